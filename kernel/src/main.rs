@@ -1,0 +1,71 @@
+//! The Strata unikernel.
+//!
+//! Boots on QEMU's x86_64 machines through PVH, finds every virtio-blk device (virtio-mmio on
+//! microvm, virtio-pci on pc/q35), names each by its serial, runs the workload the command line
+//! asks for, and ends QEMU with a status the runner understands (see [`exit_code`]).
+//!
+//! Output has three channels: the human console on COM1 (with machine-readable `@{...}` records
+//! mixed in, see [`report`]), defmt logs on QEMU's debugcon (port 0xe9), and the exit status.
+
+#![no_std]
+#![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod cmdline;
+mod console;
+mod devices;
+mod exit_code;
+mod footprint;
+mod hal;
+mod log;
+mod report;
+mod workloads;
+
+use strata_boot::arch::{start_info::StartInfo, tsc};
+
+/// The kernel's entry, called by the boot trampoline with the PVH start info's address.
+#[no_mangle]
+extern "C" fn strata_main(start_info_paddr: u64) -> ! {
+    tsc::mark_boot();
+    console::init();
+    // SAFETY: `start_info_paddr` is what the PVH loader passed in ebx.
+    let info = match unsafe { StartInfo::read(start_info_paddr) } {
+        Ok(info) => info,
+        Err(bad) => {
+            println!("strata: no PVH start info (magic {:#x}); boot with QEMU -kernel", bad.0);
+            exit_code::exit(exit_code::BOOT_ERROR);
+        }
+    };
+    let cal = tsc::calibrate();
+    let cmdline = info.cmdline();
+    println!("strata {} booting: cmdline \"{}\"", env!("CARGO_PKG_VERSION"), cmdline);
+    report::boot(&cal, info.ram_bytes(), cmdline);
+    footprint::report();
+    defmt::info!("boot: tsc {=u64} Hz (calibrated: {=bool})", cal.hz, cal.calibrated);
+
+    let command = match cmdline::parse(cmdline) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("strata: bad command line: {}", e);
+            report::error("usage", format_args!("{}", e));
+            println!("{}", cmdline::USAGE);
+            exit_code::exit(exit_code::USAGE);
+        }
+    };
+
+    let mut disks = devices::Catalog::new();
+    devices::discover(&mut disks);
+    let code = workloads::run(&command, &mut disks);
+    exit_code::exit(code)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    console::force_unlock();
+    match info.location() {
+        Some(l) => println!("strata: PANIC at {}:{}:{}: {}", l.file(), l.line(), l.column(), info.message()),
+        None => println!("strata: PANIC: {}", info.message()),
+    }
+    report::error("panic", format_args!("{}", info.message()));
+    exit_code::exit(exit_code::PANIC)
+}

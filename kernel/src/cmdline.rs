@@ -9,7 +9,8 @@ use core::fmt;
 use strata_block::options::{Options, OptionsError, ValueError};
 
 /// Printed after a command-line error.
-pub const USAGE: &str = "usage: devices | sha256 [device=]SERIAL | demo [[device=]SERIAL][,size=BYTES]";
+pub const USAGE: &str =
+    "usage: devices | sha256 [device=]SERIAL | demo [[device=]SERIAL][,size=BYTES] | logbench";
 
 /// The largest number of options a workload takes.
 const MAX_OPTIONS: usize = 8;
@@ -19,6 +20,8 @@ const MAX_OPTIONS: usize = 8;
 pub enum Command<'a> {
     /// Print the device table.
     Devices,
+    /// Measure the cost per byte of the candidate log channels.
+    LogBench,
     /// Hash a device's raw bytes.
     Sha256 {
         /// Serial of the device.
@@ -82,6 +85,10 @@ pub fn parse(cmdline: &str) -> Result<Command<'_>, CmdlineError<'_>> {
         "devices" => {
             opts.check_only(&[]).map_err(CmdlineError::Options)?;
             Ok(Command::Devices)
+        }
+        "logbench" => {
+            opts.check_only(&[]).map_err(CmdlineError::Options)?;
+            Ok(Command::LogBench)
         }
         "sha256" => {
             if options.is_none() {

@@ -15,19 +15,21 @@ mod cmdline;
 mod console;
 mod devices;
 mod exit_code;
+mod fault;
 mod footprint;
 mod hal;
-mod log;
+pub mod log;
 mod report;
 mod workloads;
 
-use strata_boot::arch::{start_info::StartInfo, tsc};
+use strata_boot::arch::{idt, start_info::StartInfo, tsc};
 
 /// The kernel's entry, called by the boot trampoline with the PVH start info's address.
 #[no_mangle]
 extern "C" fn strata_main(start_info_paddr: u64) -> ! {
     tsc::mark_boot();
     console::init();
+    idt::init();
     // SAFETY: `start_info_paddr` is what the PVH loader passed in ebx.
     let info = match unsafe { StartInfo::read(start_info_paddr) } {
         Ok(info) => info,
@@ -57,15 +59,4 @@ extern "C" fn strata_main(start_info_paddr: u64) -> ! {
     devices::discover(&mut disks);
     let code = workloads::run(&command, &mut disks);
     exit_code::exit(code)
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    console::force_unlock();
-    match info.location() {
-        Some(l) => println!("strata: PANIC at {}:{}:{}: {}", l.file(), l.line(), l.column(), info.message()),
-        None => println!("strata: PANIC: {}", info.message()),
-    }
-    report::error("panic", format_args!("{}", info.message()));
-    exit_code::exit(exit_code::PANIC)
 }

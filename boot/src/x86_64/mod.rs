@@ -4,6 +4,7 @@
 
 pub mod entry;
 pub mod exit;
+pub mod idt;
 pub mod port;
 pub mod serial;
 pub mod start_info;

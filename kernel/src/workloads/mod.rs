@@ -3,6 +3,7 @@
 
 mod demo;
 mod devices;
+mod logbench;
 mod sha256;
 
 use crate::cmdline::Command;
@@ -13,6 +14,7 @@ use crate::{exit_code, println, report};
 pub fn run(command: &Command, disks: &mut Catalog) -> u32 {
     match *command {
         Command::Devices => devices::run(disks),
+        Command::LogBench => logbench::run(),
         Command::Sha256 { device } => match find(disks, device) {
             Ok(disk) => sha256::run(disk),
             Err(code) => code,

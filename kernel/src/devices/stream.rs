@@ -121,7 +121,7 @@ pub fn stream(
     mut each: impl FnMut(u64, &mut [u8]),
 ) -> Result<StreamStats, StreamError> {
     let end = offset.checked_add(len).ok_or(StreamError::OutOfRange)?;
-    if offset % SECTOR != 0 || len % SECTOR != 0 || end > disk.capacity() {
+    if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) || end > disk.capacity() {
         return Err(StreamError::OutOfRange);
     }
     let mut guard = ENGINE.lock();

@@ -5,6 +5,19 @@
 //! See `../shared/DESIGN.md` for the architecture this crate grows into.
 
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
-#![forbid(unsafe_code)]
+// Unsafe code only where memory is handed to devices (`dev`, and the io layer's request guard);
+// each such module opts in with `#![allow(unsafe_code)]` and a reason.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod backend;
+pub mod dev;
+pub mod driver;
+pub mod error;
+pub mod graph;
+pub mod io;
 pub mod options;
+
+pub use backend::{Backend, BackendOptions, DetectZeroes};
+pub use error::{Error, Result};
+pub use graph::{Graph, NodeId};

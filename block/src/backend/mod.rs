@@ -1,0 +1,235 @@
+//! The handle users hold (QEMU's `BlockBackend`): a root node, the permissions taken on it,
+//! bounds checks, zero detection, in-flight counting and drain, and accounting.
+
+mod stats;
+
+use core::cell::{Cell, RefCell};
+use core::future::poll_fn;
+use core::task::Poll;
+
+pub use stats::{KindStats, OpKind, Stats, BUCKETS, KINDS};
+
+use crate::error::{Error, Result};
+use crate::graph::{Attachment, Graph, NodeId, UserId};
+use crate::io::{flush, walk, zero, RangeOp};
+
+/// What to do with writes whose data is all zeros (QEMU's `detect-zeroes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DetectZeroes {
+    /// Write them as data.
+    #[default]
+    Off,
+    /// Turn them into write-zeroes.
+    On,
+    /// Turn them into write-zeroes that may deallocate.
+    Unmap,
+}
+
+/// How a backend is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct BackendOptions {
+    /// Take only read permissions; writes fail with [`Error::ReadOnly`].
+    pub read_only: bool,
+    /// Zero detection for writes.
+    pub detect_zeroes: DetectZeroes,
+    /// Monotonic clock in nanoseconds, for latency accounting.
+    pub clock: fn() -> u64,
+}
+
+fn no_clock() -> u64 {
+    0
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self { read_only: false, detect_zeroes: DetectZeroes::Off, clock: no_clock }
+    }
+}
+
+/// A user's handle on a node.
+///
+/// Every request future may be dropped at any await point: slots and buffers are released and
+/// device requests already submitted are waited for in the destructor. Leaking a request future
+/// with `mem::forget` instead of dropping it lets the device write into memory the caller has
+/// reused: don't.
+pub struct Backend<'g, 'd, const N: usize, const T: usize> {
+    graph: &'g Graph<'d, N, T>,
+    root: NodeId,
+    user: UserId,
+    opts: BackendOptions,
+    stats: RefCell<Stats>,
+    in_flight: Cell<u32>,
+    quiesce: Cell<u32>,
+}
+
+/// Counts a request in flight for its lifetime.
+struct InFlight<'a>(&'a Cell<u32>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
+    /// Attaches to `root` as a reader or writer (QEMU's default sharing), refusing a second
+    /// writer.
+    pub fn new(graph: &'g Graph<'d, N, T>, root: NodeId, opts: BackendOptions) -> Result<Self> {
+        let attachment = if opts.read_only { Attachment::READER } else { Attachment::WRITER };
+        let user = graph.attach_user(root, attachment)?;
+        Ok(Self { graph, root, user, opts, stats: RefCell::new(Stats::default()), in_flight: Cell::new(0), quiesce: Cell::new(0) })
+    }
+
+    /// The root node.
+    pub fn root(&self) -> NodeId {
+        self.root
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &'g Graph<'d, N, T> {
+        self.graph
+    }
+
+    /// Size of the root node in bytes.
+    pub fn size(&self) -> u64 {
+        self.graph.node(self.root).map_or(0, |n| n.size)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        *self.stats.borrow()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.get()
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let len = buf.len() as u64;
+        self.accounted(OpKind::Read, offset, len, async {
+            self.check_range(offset, len)?;
+            walk::read(self.graph, self.root, offset, buf).await
+        })
+        .await
+    }
+
+    /// Writes `buf` at `offset` (as write-zeroes if it is all zeros and detect-zeroes is on).
+    pub async fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let len = buf.len() as u64;
+        self.accounted(OpKind::Write, offset, len, async {
+            self.check_write(offset, len)?;
+            let as_zeroes = match self.opts.detect_zeroes {
+                DetectZeroes::Off => None,
+                DetectZeroes::On => Some(false),
+                DetectZeroes::Unmap => Some(true),
+            };
+            match as_zeroes {
+                Some(unmap) if zero::is_zero(buf) => {
+                    walk::range_op(self.graph, self.root, offset, len, RangeOp::WriteZeroes { unmap }).await
+                }
+                _ => walk::write(self.graph, self.root, offset, buf).await,
+            }
+        })
+        .await
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros; `unmap` allows deallocating them.
+    pub async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        self.accounted(OpKind::WriteZeroes, offset, len, async {
+            self.check_write(offset, len)?;
+            walk::range_op(self.graph, self.root, offset, len, RangeOp::WriteZeroes { unmap }).await
+        })
+        .await
+    }
+
+    /// Discards `len` bytes at `offset` (advisory: the data may or may not read as zeros).
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.accounted(OpKind::Discard, offset, len, async {
+            self.check_write(offset, len)?;
+            walk::range_op(self.graph, self.root, offset, len, RangeOp::Discard).await
+        })
+        .await
+    }
+
+    /// Makes every write completed before this call stable.
+    pub async fn flush(&self) -> Result<()> {
+        self.accounted(OpKind::Flush, 0, 0, flush::flush(self.graph, self.root)).await
+    }
+
+    /// Stops new requests from starting and waits until none is in flight. Requests issued
+    /// while drained wait until [`Backend::undrain`]. Nests.
+    pub async fn drain(&self) {
+        self.quiesce.set(self.quiesce.get() + 1);
+        poll_fn(|cx| {
+            if self.in_flight.get() == 0 {
+                Poll::Ready(())
+            } else {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Lets requests start again after [`Backend::drain`].
+    pub fn undrain(&self) {
+        self.quiesce.set(self.quiesce.get().saturating_sub(1));
+    }
+
+    /// Starts a submission batch (see [`Graph::plug`]).
+    pub fn plug(&self) {
+        self.graph.plug();
+    }
+
+    /// Ends a submission batch (see [`Graph::unplug`]).
+    pub fn unplug(&self) {
+        self.graph.unplug();
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfRange { offset, len, size }),
+        }
+    }
+
+    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check_range(offset, len)
+    }
+
+    /// Waits while drained, counts the request in flight, runs it and accounts for it.
+    async fn accounted(&self, kind: OpKind, offset: u64, len: u64, request: impl core::future::Future<Output = Result<()>>) -> Result<()> {
+        poll_fn(|cx| {
+            if self.quiesce.get() == 0 {
+                Poll::Ready(())
+            } else {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await;
+        self.in_flight.set(self.in_flight.get() + 1);
+        let _in_flight = InFlight(&self.in_flight);
+        let start = (self.opts.clock)();
+        let result = request.await;
+        let latency = (self.opts.clock)().saturating_sub(start);
+        let mut stats = self.stats.borrow_mut();
+        stats.record(kind, len, latency, result.is_ok());
+        if result.is_ok() && matches!(kind, OpKind::Write | OpKind::WriteZeroes) {
+            stats.wr_highest_offset = stats.wr_highest_offset.max(offset + len);
+        }
+        result
+    }
+}
+
+impl<const N: usize, const T: usize> Drop for Backend<'_, '_, N, T> {
+    fn drop(&mut self) {
+        self.graph.detach_user(self.user);
+    }
+}

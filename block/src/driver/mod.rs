@@ -1,0 +1,121 @@
+//! The static driver table (QEMU's `BlockDriver`s): one `static` descriptor per driver, probing
+//! over the first 512 bytes of an image, and dispatch from a node's state to its driver.
+//!
+//! Adding a format is: a module with its descriptor and state, one entry in [`DRIVERS`], one
+//! variant in [`FormatState`] and one arm in each of its `match`es. The io layer and the graph
+//! do not change.
+
+pub mod raw;
+
+use crate::error::{Error, Result};
+use crate::graph::Role;
+use crate::options::OptionsView;
+
+/// Bytes of an image a probe looks at (QEMU's `BLOCK_PROBE_BUF_SIZE`).
+pub const PROBE_BYTES: usize = 512;
+
+bitflags::bitflags! {
+    /// What a driver can do.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct DriverCaps: u32 {
+        /// Opens on top of a file child (a format or filter), not a device.
+        const FORMAT = 1 << 0;
+        /// Writes are supported.
+        const WRITE = 1 << 1;
+        /// Can have a backing child.
+        const BACKING = 1 << 2;
+        /// Maps 1:1 onto its file child (raw window, filters): may sit under a format.
+        const TRANSLATION_ONLY = 1 << 3;
+    }
+}
+
+/// A driver descriptor.
+#[derive(Debug)]
+pub struct DriverDesc {
+    /// The name used in `driver=`.
+    pub name: &'static str,
+    /// Capabilities.
+    pub caps: DriverCaps,
+    /// Scores the first [`PROBE_BYTES`] of an image (0: not this format; raw scores 1).
+    pub probe: Option<fn(&[u8]) -> u32>,
+    /// Option keys the driver accepts besides the common ones (`driver`, `node-name`,
+    /// `read-only`, `file`).
+    pub options: &'static [&'static str],
+}
+
+/// Leaf devices' pseudo-driver: devices are attached by name, never opened by `driver=`.
+pub static DEVICE: DriverDesc = DriverDesc { name: "device", caps: DriverCaps::WRITE, probe: None, options: &[] };
+
+/// Every format and filter driver, in probe order.
+pub static DRIVERS: &[&DriverDesc] = &[&raw::RAW];
+
+/// The driver named `name`.
+pub fn by_name(name: &str) -> Result<&'static DriverDesc> {
+    DRIVERS.iter().copied().find(|d| d.name == name).ok_or(Error::UnknownDriver)
+}
+
+/// The driver whose probe scores `head` highest; raw when nothing else claims it.
+pub fn probe(head: &[u8]) -> &'static DriverDesc {
+    let head = &head[..head.len().min(PROBE_BYTES)];
+    DRIVERS
+        .iter()
+        .copied()
+        .filter_map(|d| d.probe.map(|p| (p(head), d)))
+        .filter(|&(score, _)| score > 0)
+        .max_by_key(|&(score, _)| score)
+        .map_or(&raw::RAW, |(_, d)| d)
+}
+
+/// Where a range of a format node lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// In the child with this role, at `offset`, for `len` bytes. `writable`: the node owns
+    /// these bytes alone and they may be overwritten in place.
+    Data {
+        /// The child.
+        role: Role,
+        /// Offset in the child.
+        offset: u64,
+        /// Length of the extent.
+        len: u64,
+        /// May be overwritten in place.
+        writable: bool,
+    },
+    /// Reads as zeros for `len` bytes.
+    Zero {
+        /// Length of the extent.
+        len: u64,
+    },
+    /// Not allocated here: read from the backing child (zeros without one) for `len` bytes.
+    Unallocated {
+        /// Length of the extent.
+        len: u64,
+    },
+}
+
+/// A format node's driver state.
+#[derive(Debug)]
+pub enum FormatState {
+    /// `raw`: a window onto the file child.
+    Raw(raw::Raw),
+}
+
+impl FormatState {
+    /// Opens `desc` with `opts` over a file child of `file_size` bytes; returns the state and the
+    /// node's size.
+    pub(crate) fn open(desc: &'static DriverDesc, opts: &OptionsView<'_, '_>, file_size: u64) -> Result<(Self, u64)> {
+        if core::ptr::eq(desc, &raw::RAW) {
+            let raw = raw::Raw::open(opts, file_size)?;
+            let size = raw.size();
+            return Ok((FormatState::Raw(raw), size));
+        }
+        Err(Error::UnknownDriver)
+    }
+
+    /// Maps `len` bytes at `offset` (inside the node).
+    pub(crate) async fn map(&self, offset: u64, len: u64) -> Result<Mapping> {
+        match self {
+            FormatState::Raw(raw) => Ok(raw.map(offset, len)),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The block layer's error type: one small enum, every variant documented, carrying enough
+//! context to act on. Nothing read from a device, an image or a caller panics; it ends up here.
+
+use core::fmt;
+
+use crate::dev::DeviceError;
+use crate::options::{OptionsErrorKind, ValueError};
+
+/// A block-layer error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A leaf device failed the request.
+    Device(DeviceError),
+    /// The request reaches past the end of the node.
+    OutOfRange {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// The node's size.
+        size: u64,
+    },
+    /// A write-type request on a read-only node or backend.
+    ReadOnly,
+    /// Attaching a user or child would break another's permissions (a second writer, say).
+    PermissionConflict {
+        /// What could not be granted or shared.
+        what: &'static str,
+    },
+    /// A fixed capacity ran out where waiting is not possible (graph nodes at open time, say).
+    NoSpace {
+        /// Which capacity.
+        what: &'static str,
+    },
+    /// No driver of that name is in the driver table.
+    UnknownDriver,
+    /// No device or node has that name.
+    NotFound,
+    /// The options do not parse or do not fit the driver.
+    BadOptions {
+        /// What went wrong in the grammar (or [`OptionsErrorKind::BadValue`]).
+        kind: OptionsErrorKind,
+        /// Byte offset in the options text, where known.
+        offset: usize,
+    },
+    /// An option is missing or has a value the driver cannot use.
+    BadOption {
+        /// The option.
+        key: &'static str,
+        /// Why.
+        why: &'static str,
+    },
+    /// The operation or feature is not supported here.
+    Unsupported(&'static str),
+    /// A stale or unknown node id.
+    BadNode,
+    /// A format-on-format file child, a chain deeper than the documented bound, or a loop.
+    BadGraph(&'static str),
+}
+
+impl From<DeviceError> for Error {
+    fn from(e: DeviceError) -> Self {
+        Error::Device(e)
+    }
+}
+
+impl From<crate::options::OptionsError<'_>> for Error {
+    fn from(e: crate::options::OptionsError<'_>) -> Self {
+        Error::BadOptions { kind: e.kind, offset: e.offset }
+    }
+}
+
+impl Error {
+    /// A [`Error::BadOptions`] for a value that could not be interpreted.
+    pub fn bad_value(e: ValueError) -> Self {
+        Error::BadOptions { kind: OptionsErrorKind::BadValue(e), offset: 0 }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Device(e) => write!(f, "device: {e}"),
+            Error::OutOfRange { offset, len, size } => {
+                write!(f, "request of {len} bytes at offset {offset} is beyond the end ({size} bytes)")
+            }
+            Error::ReadOnly => f.write_str("read-only"),
+            Error::PermissionConflict { what } => write!(f, "permission conflict: {what}"),
+            Error::NoSpace { what } => write!(f, "out of {what}"),
+            Error::UnknownDriver => f.write_str("unknown driver"),
+            Error::NotFound => f.write_str("no such device or node"),
+            Error::BadOptions { kind, offset } => write!(f, "bad options at byte {offset}: {kind:?}"),
+            Error::BadOption { key, why } => write!(f, "option \"{key}\": {why}"),
+            Error::Unsupported(what) => write!(f, "unsupported: {what}"),
+            Error::BadNode => f.write_str("stale or unknown node id"),
+            Error::BadGraph(what) => write!(f, "invalid graph: {what}"),
+        }
+    }
+}
+
+/// Result with the block layer's [`Error`].
+pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -1,0 +1,211 @@
+//! The node graph (QEMU's `BlockDriverState` graph) in fixed storage.
+//!
+//! Nodes live in `N` slots addressed by generation-checked [`NodeId`]s. A node is a leaf device
+//! or a format/filter driver with children in roles (file, backing, data-file). Users
+//! ([`crate::backend::Backend`]) and parents attach with permissions, checked on every attach: a
+//! second writer is refused. Building a graph (`add_leaf`, `open`) needs `&mut Graph`; I/O needs
+//! only `&Graph`, so many requests share it.
+
+pub mod node;
+mod open;
+pub mod perm;
+
+use core::cell::{Cell, RefCell};
+
+pub use node::{Child, Node, NodeId, NodeKind, Role};
+pub use perm::{Attachment, Perm};
+
+use crate::dev::BlockDevice;
+use crate::driver;
+use crate::error::{Error, Result};
+use crate::io::bounce::BouncePool;
+use crate::io::limits::BlockLimits;
+use crate::io::tracked::Tracker;
+
+/// Most users (backends) attached at once.
+pub const MAX_USERS: usize = 8;
+
+/// Bound on backing-chain depth (and on any walk down the graph). Deeper chains are refused.
+pub const MAX_DEPTH: usize = 32;
+
+/// A user's handle on its attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserId(usize);
+
+/// A graph of at most `N` nodes with `T` tracked-request slots shared by all nodes.
+pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
+    pub(crate) nodes: [Option<Node<'d>>; N],
+    generations: [u16; N],
+    users: RefCell<[Option<(NodeId, Attachment)>; MAX_USERS]>,
+    pub(crate) tracker: Tracker<T>,
+    pub(crate) bounce: BouncePool<'d>,
+    plugged: Cell<u32>,
+}
+
+impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
+    /// An empty graph whose bounce buffers (for unaligned requests, write-zeroes fallback and
+    /// memory-alignment copies) are carved from `bounce_memory` in `buffer_size` pieces, each
+    /// aligned to `buffer_size`'s largest power-of-two factor up to 4 KiB.
+    pub fn new(bounce_memory: &'d mut [u8], buffer_size: usize) -> Self {
+        Self {
+            nodes: [const { None }; N],
+            generations: [0; N],
+            users: RefCell::new([None; MAX_USERS]),
+            tracker: Tracker::new(),
+            bounce: BouncePool::new(bounce_memory, buffer_size),
+            plugged: Cell::new(0),
+        }
+    }
+
+    /// The node behind `id`.
+    pub fn node(&self, id: NodeId) -> Result<&Node<'d>> {
+        let index = usize::from(id.index);
+        match (self.nodes.get(index), self.generations.get(index)) {
+            (Some(Some(node)), Some(&g)) if g == id.generation => Ok(node),
+            _ => Err(Error::BadNode),
+        }
+    }
+
+    /// The node named `name`.
+    pub fn find(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().enumerate().find_map(|(i, n)| {
+            let node = n.as_ref()?;
+            (node.name == name).then(|| NodeId { index: i as u16, generation: self.generations[i] })
+        })
+    }
+
+    /// Every node, with its id.
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &Node<'d>)> {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| {
+            n.as_ref().map(|node| (NodeId { index: i as u16, generation: self.generations[i] }, node))
+        })
+    }
+
+    /// Adds a leaf device as a node named `name`.
+    pub fn add_leaf(&mut self, name: &str, device: &'d dyn BlockDevice) -> Result<NodeId> {
+        let info = device.info();
+        let node = Node {
+            name: node_name(name)?,
+            driver: &driver::DEVICE,
+            kind: NodeKind::Leaf(device),
+            children: heapless::Vec::new(),
+            read_only: info.read_only,
+            size: info.capacity,
+            limits: BlockLimits::from_device(info),
+            flush: Default::default(),
+        };
+        self.insert(node)
+    }
+
+    /// Attaches a user with `attachment` to `node`, checking it against every other user and
+    /// parent of the node.
+    pub fn attach_user(&self, node: NodeId, attachment: Attachment) -> Result<UserId> {
+        let n = self.node(node)?;
+        if n.read_only && attachment.perm.intersects(Perm::WRITE | Perm::RESIZE) {
+            return Err(Error::ReadOnly);
+        }
+        self.check_holders(node, attachment, None)?;
+        let mut users = self.users.borrow_mut();
+        let slot = users.iter().position(Option::is_none).ok_or(Error::NoSpace { what: "graph user slots" })?;
+        users[slot] = Some((node, attachment));
+        Ok(UserId(slot))
+    }
+
+    /// Releases a user's attachment.
+    pub fn detach_user(&self, user: UserId) {
+        if let Some(slot) = self.users.borrow_mut().get_mut(user.0) {
+            *slot = None;
+        }
+    }
+
+    /// Closes `node` and every node below it that nothing else uses. Fails if users or other
+    /// parents still hold it.
+    pub fn close(&mut self, node: NodeId) -> Result<()> {
+        self.node(node)?;
+        if self.users.borrow().iter().flatten().any(|(n, _)| *n == node) || self.parents(node).next().is_some() {
+            return Err(Error::PermissionConflict { what: "node still in use" });
+        }
+        // Walk down without recursion: close, then continue with children nobody else holds.
+        let mut pending: heapless::Vec<NodeId, MAX_DEPTH> = heapless::Vec::new();
+        let _ = pending.push(node);
+        while let Some(id) = pending.pop() {
+            let index = usize::from(id.index);
+            let Some(closed) = self.nodes.get_mut(index).and_then(Option::take) else { continue };
+            self.generations[index] = self.generations[index].wrapping_add(1);
+            for child in &closed.children {
+                let unused = self.parents(child.node).next().is_none()
+                    && !self.users.borrow().iter().flatten().any(|(n, _)| *n == child.node);
+                if unused {
+                    pending.push(child.node).map_err(|_| Error::BadGraph("graph too deep to close"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a submission batch: leaf requests are queued without notifying devices until the
+    /// matching [`Graph::unplug`] (QEMU's `blk_io_plug`). Nests.
+    pub fn plug(&self) {
+        self.plugged.set(self.plugged.get() + 1);
+    }
+
+    /// Ends a submission batch; the outermost unplug notifies every leaf device once.
+    pub fn unplug(&self) {
+        let depth = self.plugged.get().saturating_sub(1);
+        self.plugged.set(depth);
+        if depth == 0 {
+            for (_, node) in self.nodes() {
+                if let Some(dev) = node.device() {
+                    dev.unplug();
+                }
+            }
+        }
+    }
+
+    /// True while a batch is open.
+    pub(crate) fn plugged(&self) -> bool {
+        self.plugged.get() > 0
+    }
+
+    /// Tracked-request slots in use (all nodes).
+    pub fn tracked_in_use(&self) -> usize {
+        self.tracker.in_use()
+    }
+
+    /// Bounce buffers free now, and in all.
+    pub fn bounce_buffers(&self) -> (usize, usize) {
+        (self.bounce.available(), self.bounce.total())
+    }
+
+    /// Parents of `node`: (parent id, link).
+    pub fn parents(&self, node: NodeId) -> impl Iterator<Item = (NodeId, Child)> + use<'_, 'd, N, T> {
+        self.nodes().flat_map(move |(id, n)| n.children.iter().filter(move |c| c.node == node).map(move |c| (id, *c)))
+    }
+
+    /// Checks `attachment` against all users and parents of `node` except `skip_parent`.
+    pub(crate) fn check_holders(&self, node: NodeId, attachment: Attachment, skip_parent: Option<NodeId>) -> Result<()> {
+        let users = self.users.borrow();
+        let from_users = users.iter().flatten().filter(|(n, _)| *n == node).map(|(_, a)| *a);
+        let from_parents = self.parents(node).filter(|(p, _)| Some(*p) != skip_parent).map(|(_, c)| c.attachment);
+        for other in from_users.chain(from_parents) {
+            perm::compatible(attachment, other).map_err(|what| Error::PermissionConflict { what })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn insert(&mut self, node: Node<'d>) -> Result<NodeId> {
+        if self.find(&node.name).is_some() {
+            return Err(Error::BadOption { key: "node-name", why: "a node of that name exists" });
+        }
+        let index = self.nodes.iter().position(Option::is_none).ok_or(Error::NoSpace { what: "graph node slots" })?;
+        self.nodes[index] = Some(node);
+        Ok(NodeId { index: index as u16, generation: self.generations[index] })
+    }
+
+}
+
+pub(crate) fn node_name(name: &str) -> Result<heapless::String<{ node::MAX_NODE_NAME }>> {
+    let mut s = heapless::String::new();
+    s.push_str(name).map_err(|_| Error::BadOption { key: "node-name", why: "longer than 32 bytes" })?;
+    Ok(s)
+}

@@ -1,0 +1,105 @@
+//! A node of the graph (QEMU's `BlockDriverState`) and the links to its children (`BdrvChild`).
+
+use core::cell::Cell;
+
+use super::perm::Attachment;
+use crate::dev::BlockDevice;
+use crate::driver::{DriverDesc, FormatState};
+use crate::io::limits::BlockLimits;
+
+/// Longest node name.
+pub const MAX_NODE_NAME: usize = 32;
+
+/// Most children a node has (file, backing, data-file).
+pub const MAX_CHILDREN: usize = 3;
+
+/// A node's address: slot index plus the slot's generation, so an id kept after its node was
+/// closed is detected ([`crate::Error::BadNode`]) instead of naming a newer node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeId {
+    pub(crate) index: u16,
+    pub(crate) generation: u16,
+}
+
+/// What a child is to its parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Where the format stores everything (or its metadata, with a data file).
+    File,
+    /// Where unallocated ranges are read from.
+    Backing,
+    /// Where an external-data-file format keeps guest data.
+    DataFile,
+}
+
+/// A parent's link to a child.
+#[derive(Clone, Copy, Debug)]
+pub struct Child {
+    /// The role.
+    pub role: Role,
+    /// The child node.
+    pub node: NodeId,
+    /// What the parent holds on it.
+    pub attachment: Attachment,
+}
+
+/// What a node is.
+pub enum NodeKind<'d> {
+    /// A leaf device.
+    Leaf(&'d dyn BlockDevice),
+    /// A format or filter driver with its state.
+    Format(FormatState),
+}
+
+/// Flush generations (QEMU's `write_gen`/`flushed_gen`): a flush with nothing written since the
+/// last one completes at once; concurrent flushes share one device flush.
+#[derive(Default)]
+pub struct FlushState {
+    /// Bumped when a write to this node completes.
+    pub(crate) write_gen: Cell<u64>,
+    /// The `write_gen` the last successful flush covered.
+    pub(crate) flushed_gen: Cell<u64>,
+    /// A flush is running on this node.
+    pub(crate) flushing: Cell<bool>,
+    /// Device flushes actually issued (for tests and stats).
+    pub(crate) issued: Cell<u64>,
+}
+
+/// One node.
+pub struct Node<'d> {
+    /// Unique name (`node-name`, or `#nINDEX`).
+    pub name: heapless::String<MAX_NODE_NAME>,
+    /// The driver.
+    pub driver: &'static DriverDesc,
+    /// Leaf or format.
+    pub kind: NodeKind<'d>,
+    /// Children, at most one per role.
+    pub children: heapless::Vec<Child, MAX_CHILDREN>,
+    /// Refuses writes.
+    pub read_only: bool,
+    /// Size in bytes.
+    pub size: u64,
+    /// Limits, computed bottom-up at open.
+    pub limits: BlockLimits,
+    pub(crate) flush: FlushState,
+}
+
+impl Node<'_> {
+    /// The child in `role`, if any.
+    pub fn child(&self, role: Role) -> Option<NodeId> {
+        self.children.iter().find(|c| c.role == role).map(|c| c.node)
+    }
+
+    /// The leaf device, if this is a leaf.
+    pub fn device(&self) -> Option<&dyn BlockDevice> {
+        match self.kind {
+            NodeKind::Leaf(dev) => Some(dev),
+            NodeKind::Format(_) => None,
+        }
+    }
+
+    /// Device flushes this node issued.
+    pub fn flushes_issued(&self) -> u64 {
+        self.flush.issued.get()
+    }
+}

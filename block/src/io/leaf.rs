@@ -1,0 +1,144 @@
+//! Moving bytes at a leaf: alignment, read-modify-write, splitting, bouncing.
+//!
+//! A request is cut into windows. A window that is aligned to the device's block size and whose
+//! memory meets the device's alignment goes straight between the caller's buffer and the
+//! device, in pieces of at most `max_transfer` (and segment size). Anything else — an unaligned
+//! head or tail, or memory the device cannot use — goes through a bounce buffer; for a write the
+//! partial blocks are read first (read-modify-write), and the request is marked serialising over
+//! its block-aligned range so no overlapping request interleaves with the read and the write.
+
+use crate::dev::{BlockDevice, DeviceOp, DeviceRequest, Segment};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Node, NodeId};
+use crate::io::bounce::Bounce;
+use crate::io::device;
+use crate::io::tracked::ReqKind;
+
+/// The caller's memory for one leaf request.
+pub(crate) enum Buf<'a> {
+    /// Device to memory.
+    Read(&'a mut [u8]),
+    /// Memory to device.
+    Write(&'a [u8]),
+}
+
+impl Buf<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Buf::Read(b) => b.len(),
+            Buf::Write(b) => b.len(),
+        }
+    }
+
+    fn addr(&self, at: usize) -> usize {
+        match self {
+            Buf::Read(b) => b.as_ptr() as usize + at,
+            Buf::Write(b) => b.as_ptr() as usize + at,
+        }
+    }
+}
+
+/// Reads or writes `buf` at byte `offset` of leaf node `id`.
+pub(crate) async fn rw<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, id: NodeId, offset: u64, mut buf: Buf<'_>) -> Result<()> {
+    let node = graph.node(id)?;
+    let dev = node.device().ok_or(Error::BadGraph("leaf I/O on a format node"))?;
+    let len = buf.len() as u64;
+    let end = offset.checked_add(len).filter(|&e| e <= node.size).ok_or(Error::OutOfRange { offset, len, size: node.size })?;
+    if len == 0 {
+        return Ok(());
+    }
+    let writing = matches!(buf, Buf::Write(_));
+    if writing && node.read_only {
+        return Err(Error::ReadOnly);
+    }
+    let align = u64::from(node.limits.request_alignment);
+    let kind = if writing { ReqKind::Write } else { ReqKind::Read };
+    let tracked = graph.tracker.begin(id, kind, offset, len).await;
+    if writing && (!offset.is_multiple_of(align) || end % align != 0) {
+        tracked.serialise(align);
+    }
+    tracked.wait_serialising().await;
+
+    let mut bounce: Option<Bounce<'_, '_>> = None;
+    let mut pos = offset;
+    while pos < end {
+        let at = (pos - offset) as usize;
+        let direct = direct_len(node, pos, end, buf.addr(at));
+        if direct > 0 {
+            let n = direct as usize;
+            let segment = match &mut buf {
+                Buf::Read(b) => Segment::from_mut(&mut b[at..at + n]),
+                Buf::Write(b) => Segment::from_ref(&b[at..at + n]),
+            };
+            let op = if writing { DeviceOp::Write } else { DeviceOp::Read };
+            transfer(graph, dev, op, pos, &[segment]).await?;
+            pos += direct;
+            continue;
+        }
+        // Bounce one window: whole blocks around `pos`, at most one buffer long.
+        if bounce.is_none() {
+            bounce = Some(graph.bounce.take(1).await?);
+        }
+        let window = bounce.as_mut().and_then(|b| b.get(0)).ok_or(Error::NoSpace { what: "bounce buffers" })?;
+        let usable = (window.len() as u64 / align * align) as usize;
+        if usable == 0 {
+            return Err(Error::Unsupported("bounce buffers smaller than the device block size"));
+        }
+        let wstart = pos / align * align;
+        let wend = (end.div_ceil(align) * align).min(wstart + usable as u64);
+        let cover_end = end.min(wend);
+        let wlen = (wend - wstart) as usize;
+        let data = &mut window[..wlen];
+        let (lo, hi) = ((pos - wstart) as usize, (cover_end - wstart) as usize);
+        match &mut buf {
+            Buf::Read(b) => {
+                transfer(graph, dev, DeviceOp::Read, wstart, &[Segment::from_mut(data)]).await?;
+                b[at..at + (hi - lo)].copy_from_slice(&data[lo..hi]);
+            }
+            Buf::Write(b) => {
+                let block = align as usize;
+                if lo > 0 {
+                    transfer(graph, dev, DeviceOp::Read, wstart, &[Segment::from_mut(&mut data[..block])]).await?;
+                }
+                if hi < wlen && (lo == 0 || wlen > block) {
+                    let tail = wlen - block;
+                    transfer(graph, dev, DeviceOp::Read, wstart + tail as u64, &[Segment::from_mut(&mut data[tail..])]).await?;
+                }
+                data[lo..hi].copy_from_slice(&b[at..at + (hi - lo)]);
+                transfer(graph, dev, DeviceOp::Write, wstart, &[Segment::from_ref(data)]).await?;
+            }
+        }
+        pos = cover_end;
+    }
+    if writing {
+        node.flush.write_gen.set(node.flush.write_gen.get() + 1);
+    }
+    Ok(())
+}
+
+/// Bytes from `pos` that can go straight to the device with memory at `addr`: 0 if `pos` is not
+/// block-aligned, fewer than a block remain, or the memory is misaligned.
+fn direct_len(node: &Node<'_>, pos: u64, end: u64, addr: usize) -> u64 {
+    let l = &node.limits;
+    let align = u64::from(l.request_alignment);
+    let mem = u64::from(l.mem_alignment);
+    if !pos.is_multiple_of(align) || !(addr as u64).is_multiple_of(mem) {
+        return 0;
+    }
+    let unit = align.max(mem);
+    let max = u64::from(l.max_transfer.min(l.max_segment_size));
+    (end - pos).min(max) / unit * unit
+}
+
+/// One device request, with the graph's plug state deciding whether to notify at once.
+pub(crate) async fn transfer<const N: usize, const T: usize>(
+    graph: &Graph<'_, N, T>,
+    dev: &dyn BlockDevice,
+    op: DeviceOp,
+    offset: u64,
+    segments: &[Segment],
+) -> Result<()> {
+    let len = segments.iter().map(|s| s.len as u64).sum();
+    let req = DeviceRequest { op, offset, len, segments };
+    device::run(dev, &req, !graph.plugged()).await.map_err(Error::Device)
+}

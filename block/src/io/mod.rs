@@ -1,0 +1,14 @@
+//! The request path: limits, alignment and read-modify-write, splitting, tracked requests,
+//! flush generations, write-zeroes and discard with fallbacks, zero detection. Users reach it
+//! through [`crate::backend::Backend`].
+
+pub mod bounce;
+mod device;
+pub mod flush;
+pub(crate) mod leaf;
+pub mod limits;
+pub mod tracked;
+pub(crate) mod walk;
+pub mod zero;
+
+pub use walk::RangeOp;

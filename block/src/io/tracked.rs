@@ -1,0 +1,165 @@
+//! Tracked requests (QEMU's `BdrvTrackedRequest`) in fixed storage.
+//!
+//! Every request at a leaf is entered here with its node, range and kind, and gets a sequence
+//! number. A *serialising* request (a read-modify-write, later a copy-on-read or an allocation)
+//! covers an overlap range widened to the alignment it works in; it waits for every earlier
+//! overlapping request, and every later overlapping request waits for it. Requests wait only
+//! for *earlier* ones, so waiting is cycle-free by construction. Slots release on drop (an
+//! abandoned future included) and wake the waiters. A full table is back-pressure: the request
+//! waits for a slot before it holds anything else.
+
+use core::cell::{Cell, RefCell};
+use core::future::poll_fn;
+use core::task::{Poll, Waker};
+
+use crate::graph::NodeId;
+
+/// What a tracked request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReqKind {
+    /// Read.
+    Read,
+    /// Write (data, zeroes).
+    Write,
+    /// Discard.
+    Discard,
+    /// Size change.
+    Truncate,
+}
+
+struct Entry {
+    node: NodeId,
+    seq: u64,
+    kind: ReqKind,
+    offset: u64,
+    bytes: u64,
+    overlap_offset: u64,
+    overlap_bytes: u64,
+    serialising: bool,
+    waker: Option<Waker>,
+}
+
+/// `T` tracked-request slots.
+pub struct Tracker<const T: usize> {
+    slots: RefCell<[Option<Entry>; T]>,
+    next_seq: Cell<u64>,
+}
+
+impl<const T: usize> Default for Tracker<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const T: usize> Tracker<T> {
+    /// An empty table.
+    pub const fn new() -> Self {
+        Self { slots: RefCell::new([const { None }; T]), next_seq: Cell::new(0) }
+    }
+
+    /// Enters a request, waiting for a free slot if the table is full.
+    pub async fn begin(&self, node: NodeId, kind: ReqKind, offset: u64, bytes: u64) -> Tracked<'_, T> {
+        poll_fn(|cx| match self.try_begin(node, kind, offset, bytes) {
+            Some(t) => Poll::Ready(t),
+            None => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Enters a request if a slot is free.
+    pub fn try_begin(&self, node: NodeId, kind: ReqKind, offset: u64, bytes: u64) -> Option<Tracked<'_, T>> {
+        let mut slots = self.slots.borrow_mut();
+        let index = slots.iter().position(Option::is_none)?;
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        slots[index] = Some(Entry {
+            node,
+            seq,
+            kind,
+            offset,
+            bytes,
+            overlap_offset: offset,
+            overlap_bytes: bytes,
+            serialising: false,
+            waker: None,
+        });
+        Some(Tracked { tracker: self, index })
+    }
+
+    /// Slots in use.
+    pub fn in_use(&self) -> usize {
+        self.slots.borrow().iter().filter(|s| s.is_some()).count()
+    }
+
+    fn release(&self, index: usize) {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(slot) = slots.get_mut(index) {
+            *slot = None;
+        }
+        for entry in slots.iter_mut().flatten() {
+            if let Some(w) = entry.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// A request's slot in the table; released (and waiters woken) on drop.
+pub struct Tracked<'t, const T: usize> {
+    tracker: &'t Tracker<T>,
+    index: usize,
+}
+
+impl<const T: usize> Tracked<'_, T> {
+    /// Makes the request serialising over its range widened to `align` (a power of two).
+    pub fn serialise(&self, align: u64) {
+        let mut slots = self.tracker.slots.borrow_mut();
+        if let Some(Some(e)) = slots.get_mut(self.index) {
+            let align = align.max(1);
+            let start = e.offset / align * align;
+            let end = e.offset.saturating_add(e.bytes).div_ceil(align).saturating_mul(align);
+            e.overlap_offset = start;
+            e.overlap_bytes = end - start;
+            e.serialising = true;
+        }
+    }
+
+    /// Waits until no earlier overlapping request conflicts with this one (either serialising).
+    pub async fn wait_serialising(&self) {
+        poll_fn(|cx| {
+            let mut slots = self.tracker.slots.borrow_mut();
+            let Some(Some(me)) = slots.get(self.index) else { return Poll::Ready(()) };
+            let (node, seq, start, end, serialising) =
+                (me.node, me.seq, me.overlap_offset, me.overlap_offset + me.overlap_bytes, me.serialising);
+            let conflict = slots.iter().flatten().any(|o| {
+                o.node == node
+                    && o.seq < seq
+                    && (o.serialising || serialising)
+                    && o.overlap_offset < end
+                    && start < o.overlap_offset + o.overlap_bytes
+            });
+            if !conflict {
+                return Poll::Ready(());
+            }
+            if let Some(Some(me)) = slots.get_mut(self.index) {
+                me.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The request's kind.
+    pub fn kind(&self) -> Option<ReqKind> {
+        self.tracker.slots.borrow().get(self.index).and_then(|e| e.as_ref().map(|e| e.kind))
+    }
+}
+
+impl<const T: usize> Drop for Tracked<'_, T> {
+    fn drop(&mut self) {
+        self.tracker.release(self.index);
+    }
+}

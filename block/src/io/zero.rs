@@ -1,0 +1,113 @@
+//! Write-zeroes and discard at a leaf, with fallbacks, and zero detection.
+//!
+//! Write-zeroes: the block-aligned middle goes to the device as one WriteZeroes request per
+//! `max_transfer` when the device has it (unmapping if allowed and supported), else as writes of
+//! a zeroed bounce buffer; unaligned edges are written as zeros through the read-modify-write
+//! path. Discard is advisory (as in QEMU): only the part aligned to the discard granularity goes
+//! to the device, and a device without discard makes it a successful no-op.
+
+use crate::dev::{DeviceFeatures, DeviceOp, Segment};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId};
+use crate::io::leaf::{self, transfer, Buf};
+use crate::io::tracked::ReqKind;
+use crate::io::walk::RangeOp;
+
+/// A block of zeros for edges.
+static ZEROS: [u8; 4096] = [0; 4096];
+
+/// True if every byte of `buf` is zero (detect-zeroes).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut words = buf.chunks_exact(16);
+    words.all(|w| w == [0u8; 16]) && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// Runs `op` over `len` bytes at `offset` of leaf `id`.
+pub(crate) async fn leaf_range_op<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, id: NodeId, offset: u64, len: u64, op: RangeOp) -> Result<()> {
+    let node = graph.node(id)?;
+    let dev = node.device().ok_or(Error::BadGraph("leaf I/O on a format node"))?;
+    if node.read_only {
+        return Err(Error::ReadOnly);
+    }
+    let end = offset.checked_add(len).filter(|&e| e <= node.size).ok_or(Error::OutOfRange { offset, len, size: node.size })?;
+    let features = dev.info().features;
+    let limits = node.limits;
+    match op {
+        RangeOp::Discard => {
+            let g = u64::from(limits.discard_alignment);
+            let (start, stop) = (offset.div_ceil(g) * g, end / g * g);
+            if !features.contains(DeviceFeatures::DISCARD) || start >= stop {
+                return Ok(());
+            }
+            let tracked = graph.tracker.begin(id, ReqKind::Discard, start, stop - start).await;
+            tracked.wait_serialising().await;
+            let mut pos = start;
+            while pos < stop {
+                let n = (stop - pos).min(u64::from(limits.max_transfer) / g * g).max(g);
+                transfer_range(graph, dev, DeviceOp::Discard, pos, n).await?;
+                pos += n;
+            }
+            node.flush.write_gen.set(node.flush.write_gen.get() + 1);
+        }
+        RangeOp::WriteZeroes { unmap } => {
+            let a = u64::from(limits.write_zeroes_alignment);
+            let (start, stop) = (offset.div_ceil(a) * a, end / a * a);
+            if start >= stop {
+                return write_zero_bytes(graph, id, offset, end).await;
+            }
+            write_zero_bytes(graph, id, offset, start).await?;
+            let tracked = graph.tracker.begin(id, ReqKind::Write, start, stop - start).await;
+            tracked.wait_serialising().await;
+            let device_op = if unmap && features.contains(DeviceFeatures::WRITE_ZEROES_UNMAP) {
+                Some(DeviceOp::WriteZeroes { unmap: true })
+            } else if features.contains(DeviceFeatures::WRITE_ZEROES) {
+                Some(DeviceOp::WriteZeroes { unmap: false })
+            } else {
+                None
+            };
+            let mut pos = start;
+            match device_op {
+                Some(dop) => {
+                    while pos < stop {
+                        let n = (stop - pos).min(u64::from(limits.max_transfer));
+                        transfer_range(graph, dev, dop, pos, n).await?;
+                        pos += n;
+                    }
+                }
+                None => {
+                    let mut bounce = graph.bounce.take(1).await?;
+                    let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
+                    let unit = (buf.len() as u64).min(u64::from(limits.max_transfer)) / a * a;
+                    if unit == 0 {
+                        return Err(Error::Unsupported("bounce buffers smaller than the device block size"));
+                    }
+                    buf.fill(0);
+                    while pos < stop {
+                        let n = (stop - pos).min(unit) as usize;
+                        transfer(graph, dev, DeviceOp::Write, pos, &[Segment::from_ref(&buf[..n])]).await?;
+                        pos += n as u64;
+                    }
+                }
+            }
+            drop(tracked);
+            node.flush.write_gen.set(node.flush.write_gen.get() + 1);
+            write_zero_bytes(graph, id, stop, end).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes zeros over `[from, to)` (short, unaligned edges) through the normal write path.
+async fn write_zero_bytes<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, id: NodeId, mut from: u64, to: u64) -> Result<()> {
+    while from < to {
+        let n = (to - from).min(ZEROS.len() as u64) as usize;
+        leaf::rw(graph, id, from, Buf::Write(&ZEROS[..n])).await?;
+        from += n as u64;
+    }
+    Ok(())
+}
+
+async fn transfer_range<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, dev: &dyn crate::dev::BlockDevice, op: DeviceOp, offset: u64, len: u64) -> Result<()> {
+    let req = crate::dev::DeviceRequest { op, offset, len, segments: &[] };
+    crate::io::device::run(dev, &req, !graph.plugged()).await.map_err(Error::Device)
+}

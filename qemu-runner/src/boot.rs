@@ -1,0 +1,173 @@
+//! One boot, start to finish: disks, kernel, QEMU, console, defmt log, result.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::console::{Line, Transcript};
+use crate::exit_status::{classify, Status};
+use crate::machine::{Accel, Machine};
+use crate::qemu::QemuConfig;
+use crate::workspace::RunDir;
+use crate::{defmt_log, drives, install, kernel, process, qemu};
+use crate::{BootResult, Drive, RunnerError};
+
+/// The workload when the runner makes the default disk.
+pub const DEFAULT_CMD_SCRATCH: &str = "demo";
+/// The workload when the user gives disks: read-only, never writes a user's disk unasked.
+pub const DEFAULT_CMD_USER_DRIVES: &str = "devices";
+/// Default guest RAM in MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+/// Default hard timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What to boot and how.
+#[derive(Clone, Debug)]
+pub struct BootOptions {
+    /// The disks, in order. Empty: the default 64 MiB scratch disk `target/strata/default-disk.img`
+    /// as `disk0`.
+    pub drives: Vec<Drive>,
+    /// The kernel command line. `None`: `demo` on the default disk, `devices` with user disks.
+    pub cmd: Option<String>,
+    /// The machine type.
+    pub machine: Machine,
+    /// The accelerator.
+    pub accel: Accel,
+    /// Kill QEMU after this long.
+    pub timeout: Duration,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// A prebuilt kernel ELF. `None`: `STRATA_KERNEL`, else build it.
+    pub kernel: Option<PathBuf>,
+    /// Install QEMU with apt-get if it is missing (root only).
+    pub install: bool,
+    /// Print nothing (no progress on stderr, no console echo).
+    pub quiet: bool,
+    /// Echo human console lines to stdout as they arrive (unless `quiet`).
+    pub echo_console: bool,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions {
+            drives: Vec::new(),
+            cmd: None,
+            machine: Machine::default(),
+            accel: Accel::default(),
+            timeout: DEFAULT_TIMEOUT,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            kernel: None,
+            install: true,
+            quiet: false,
+            echo_console: false,
+        }
+    }
+}
+
+/// Boots the kernel in QEMU and waits for it (or the timeout).
+///
+/// `Err` means the boot could not be attempted or QEMU could not start; a boot that ran and
+/// failed, panicked or timed out is an `Ok(BootResult)` with that status.
+pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
+    if opts.timeout.is_zero() {
+        return Err(RunnerError::Usage("the timeout must be positive".into()));
+    }
+    if opts.memory_mib < 16 {
+        return Err(RunnerError::Usage("the guest needs at least 16 MiB".into()));
+    }
+    let (drives, default_cmd) = if opts.drives.is_empty() {
+        (vec![drives::default_disk()?], DEFAULT_CMD_SCRATCH)
+    } else {
+        (drives::validate(&opts.drives)?, DEFAULT_CMD_USER_DRIVES)
+    };
+    let cmdline = opts.cmd.as_deref().unwrap_or(default_cmd);
+    let accel = opts.accel.resolve()?;
+    let program = qemu::program();
+    install::ensure_qemu(&program, opts.install, opts.quiet)?;
+    let kernel = kernel::resolve(opts.kernel.as_deref(), opts.quiet)?;
+
+    let run_dir = RunDir::create()?;
+    let defmt_file = run_dir.path().join("defmt.bin");
+    let config = QemuConfig {
+        kernel: &kernel,
+        cmdline,
+        memory_mib: opts.memory_mib,
+        machine: opts.machine,
+        accel,
+        drives: &drives,
+        defmt_file: &defmt_file,
+    };
+    let args = config.args();
+    let qemu_command = qemu::command_line(&program, &args);
+
+    let echo = opts.echo_console && !opts.quiet;
+    let mut transcript = Transcript::default();
+    let finished = process::run(&program, &args, opts.timeout, &mut |line| {
+        if echo {
+            if let Line::Text(t) | Line::BadRecord { text: t, .. } = &line {
+                println!("{t}");
+            }
+        }
+        transcript.push(line);
+    })?;
+
+    let exit_record = transcript.record_u64("exit", "code");
+    let mut outcome = classify(finished.exit, exit_record, &finished.stderr);
+    if outcome.message.is_none() && outcome.status != Status::Ok {
+        outcome.message = kernel_error(&transcript);
+    }
+    let mut warnings = std::mem::take(&mut transcript.warnings);
+    let log = read_log(&kernel, &defmt_file, &mut warnings);
+    if run_dir.kept() && !opts.quiet {
+        eprintln!("strata: run directory kept: {}", run_dir.path().display());
+    }
+    Ok(BootResult {
+        status: outcome.status,
+        exit_code: outcome.exit_code,
+        kernel_code: outcome.kernel_code,
+        message: outcome.message,
+        machine: opts.machine,
+        accel,
+        qemu_wall_ms: u64::try_from(finished.wall.as_millis()).unwrap_or(u64::MAX),
+        boot_to_first_io_us: transcript.record_u64("exit", "first_io_us"),
+        entry_us: transcript.record_u64("boot", "entry_us"),
+        cmdline: cmdline.to_string(),
+        records: transcript.records,
+        console: transcript.text,
+        log,
+        warnings,
+        qemu_stderr: finished.stderr,
+        qemu_command,
+    })
+}
+
+/// The message of the kernel's first `error` record.
+fn kernel_error(transcript: &Transcript) -> Option<String> {
+    let message = transcript.record("error")?.get("message")?.as_str()?;
+    Some(message.to_string())
+}
+
+/// Reads and decodes the defmt stream; problems become warnings.
+fn read_log(
+    kernel: &std::path::Path,
+    defmt_file: &std::path::Path,
+    warnings: &mut Vec<String>,
+) -> Vec<defmt_log::LogLine> {
+    let bytes = match std::fs::read(defmt_file) {
+        Ok(b) => b,
+        // QEMU that failed early never created it.
+        Err(_) => return Vec::new(),
+    };
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    let elf = match std::fs::read(kernel) {
+        Ok(e) => e,
+        Err(e) => {
+            warnings.push(format!("cannot read {} for defmt: {e}", kernel.display()));
+            return Vec::new();
+        }
+    };
+    let decoded = defmt_log::decode(&elf, &bytes);
+    warnings.extend(decoded.warnings);
+    decoded.lines
+}

@@ -1,0 +1,94 @@
+//! The help texts of `qemu-runner` and its subcommands.
+
+use crate::cli::SUBCOMMANDS;
+use crate::{boot, exit_status};
+
+/// The top-level help.
+pub fn main_help() -> String {
+    let mut s = String::from(
+        "qemu-runner: build the Strata kernel, boot it in QEMU, decode its logs, report.\n\n\
+         Usage: qemu-runner <SUBCOMMAND> [OPTIONS]\n       \
+         cargo run -p qemu-runner -- <SUBCOMMAND> [OPTIONS]\n\nSubcommands:\n",
+    );
+    for (name, summary) in SUBCOMMANDS {
+        s.push_str(&format!("  {name:<6} {summary}\n"));
+    }
+    s.push_str("  help   print this help, or a subcommand's (help boot)\n\n");
+    s.push_str("Run 'qemu-runner <SUBCOMMAND> --help' for its options.\n\n");
+    s.push_str(exit_status::HELP);
+    s.push('\n');
+    s
+}
+
+/// The help of `boot`.
+pub fn boot_help() -> String {
+    format!(
+        "\
+qemu-runner boot: boot the Strata kernel in QEMU on virtio-blk disks and report.
+
+Usage: qemu-runner boot [OPTIONS]
+
+Options:
+  --drive OPTS       attach a raw disk (repeatable); OPTS in Strata's options
+                     grammar: [file=]F[,serial=S][,read-only=on]. ',,' is a comma
+                     inside a value. Serial: 1-20 bytes of printable ASCII without
+                     ',' or spaces, unique; default disk0, disk1, ... in --drive
+                     order. A missing file is an error (exit 2) before QEMU starts.
+                     Without --drive: a 64 MiB scratch disk
+                     target/strata/default-disk.img (serial disk0) is made once
+                     and reused.
+  --cmd CMD          the kernel command line (default: 'demo' on the scratch
+                     disk; 'devices' when --drive is given, so a user's disk is
+                     never written unasked). Workloads include devices,
+                     sha256 SERIAL and demo [SERIAL][,size=BYTES]; a bad command
+                     line makes the kernel print its usage (exit 2)
+  --machine M        microvm (default; virtio-mmio, fastest boot), pc or q35
+                     (virtio-pci)
+  --accel A          tcg (default), kvm, or auto (kvm if /dev/kvm opens
+                     read-write, else tcg). This machine's KVM is nested, where
+                     VM exits are slow: KVM is often slower than TCG here, and
+                     tests pin tcg. TCG uses -cpu max, KVM -cpu host.
+  --timeout S        kill QEMU after S seconds (default {timeout}; fractions allowed)
+  --memory MiB       guest RAM (default {memory})
+  --kernel PATH      boot this kernel ELF instead of building one
+  --json             print exactly one JSON object on stdout (status, exit_code,
+                     kernel_code, machine, accel, qemu_wall_ms,
+                     boot_to_first_io_us, entry_us, records, console, log,
+                     warnings, qemu_stderr, qemu_command); progress goes to
+                     stderr. Errors before the boot print {{status, exit_code,
+                     error}}.
+  --no-install       do not install QEMU if it is missing
+  -h, --help         print this help
+
+Without --kernel, the kernel is built with
+  cargo build -p strata-kernel --release --target x86_64-unknown-none \\
+      --target-dir target/kernel
+(cargo's output is shown only if the build fails: exit 5). DEFMT_LOG defaults
+to 'info' for that build; RUSTFLAGS is not passed on.
+
+If qemu-system-x86_64 is missing and the runner is root with apt-get, it runs
+  apt-get update && apt-get install -y qemu-system-x86 qemu-utils
+(unless --no-install; otherwise it exits 5 and prints that command).
+
+Channels: the console is COM1 on QEMU's stdout; lines starting with '@{{' are
+JSON records (boot, footprint, device, sha256, demo, error, exit, ...) collected
+for --json and hidden from the human transcript. defmt logs arrive on debugcon
+(port 0xe9) and are decoded with the kernel ELF after QEMU exits, printed as
+'[   1.234567 INFO ] message'. The kernel exits through isa-debug-exit (port 0xf4;
+QEMU exits with 2*code+1).
+
+Environment:
+  CARGO             cargo used for the kernel build (default: cargo)
+  QEMU_SYSTEM       QEMU binary (default: qemu-system-x86_64; never installed)
+  STRATA_KERNEL     prebuilt kernel ELF, as --kernel
+  STRATA_KEEP_RUN   keep the run directory target/strata/runs/<pid>-<n>/
+                    (defmt.bin) after the run
+  DEFMT_LOG         defmt filter for the kernel build (default: info)
+
+{status}
+",
+        timeout = boot::DEFAULT_TIMEOUT.as_secs(),
+        memory = boot::DEFAULT_MEMORY_MIB,
+        status = exit_status::HELP,
+    )
+}

@@ -1,0 +1,121 @@
+//! Finding the kernel ELF: `--kernel`, `STRATA_KERNEL`, or a `cargo build` of `strata-kernel`.
+//!
+//! The build uses its own target directory, `target/kernel/`, so it never waits for the lock a
+//! running `cargo test` holds on `target/`. Concurrent callers share one build per process (a
+//! `OnceLock`), and cargo's own lock serialises processes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::{workspace, RunnerError};
+
+/// The environment variable naming a prebuilt kernel ELF.
+pub const KERNEL_ENV: &str = "STRATA_KERNEL";
+
+/// The kernel's target triple.
+pub const TARGET: &str = "x86_64-unknown-none";
+
+/// The kernel's package name.
+pub const PACKAGE: &str = "strata-kernel";
+
+/// The defmt log filter the kernel is built with unless `DEFMT_LOG` is set (defmt's own default
+/// is `error`, which would leave the log channel almost silent).
+pub const DEFAULT_DEFMT_LOG: &str = "info";
+
+/// The kernel's target directory.
+pub fn target_dir() -> PathBuf {
+    workspace::target_dir().join("kernel")
+}
+
+/// Where `cargo build` leaves the kernel ELF.
+pub fn elf_path() -> PathBuf {
+    target_dir().join(TARGET).join("release").join(PACKAGE)
+}
+
+/// The kernel to boot: `explicit` if given, else `STRATA_KERNEL`, else [`build_kernel`].
+pub fn resolve(explicit: Option<&Path>, quiet: bool) -> Result<PathBuf, RunnerError> {
+    let given = explicit.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os(KERNEL_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    match given {
+        Some(path) => match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(path),
+            Ok(_) => Err(RunnerError::MissingFile {
+                what: "kernel",
+                path,
+                source: std::io::Error::other("not a regular file"),
+            }),
+            Err(source) => Err(RunnerError::MissingFile {
+                what: "kernel",
+                path,
+                source,
+            }),
+        },
+        None => {
+            if !quiet {
+                eprintln!("strata: building {PACKAGE} ({TARGET}, release)");
+            }
+            build_kernel()
+        }
+    }
+}
+
+/// Builds the kernel (once per process; later calls return the first result) and returns the
+/// ELF's path. Cargo's output is shown only in the error.
+pub fn build_kernel() -> Result<PathBuf, RunnerError> {
+    static BUILT: OnceLock<Result<PathBuf, (String, String)>> = OnceLock::new();
+    BUILT
+        .get_or_init(run_cargo_build)
+        .clone()
+        .map_err(|(command, output)| RunnerError::Build { command, output })
+}
+
+/// Runs `cargo build` for the kernel; on failure, the command and cargo's output.
+fn run_cargo_build() -> Result<PathBuf, (String, String)> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = target_dir();
+    let args = [
+        "build".as_ref(),
+        "-p".as_ref(),
+        PACKAGE.as_ref(),
+        "--release".as_ref(),
+        "--target".as_ref(),
+        TARGET.as_ref(),
+        "--target-dir".as_ref(),
+        target_dir.as_os_str(),
+    ];
+    let shown = std::iter::once(cargo.as_os_str())
+        .chain(args)
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new(&cargo);
+    cmd.args(args).current_dir(workspace::root());
+    // Flags meant for host builds would replace the kernel's `target.x86_64-unknown-none.rustflags`
+    // (`.cargo/config.toml`), so they are not passed on.
+    cmd.env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    if std::env::var_os("DEFMT_LOG").is_none() {
+        cmd.env("DEFMT_LOG", DEFAULT_DEFMT_LOG);
+    }
+    let output = cmd.output().map_err(|e| {
+        (
+            shown.clone(),
+            format!("cannot run {}: {e}", cargo.to_string_lossy()),
+        )
+    })?;
+    if !output.status.success() {
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        return Err((shown, text));
+    }
+    let elf = elf_path();
+    if !elf.is_file() {
+        let msg = format!("cargo succeeded but {} is missing", elf.display());
+        return Err((shown, msg));
+    }
+    Ok(elf)
+}

@@ -1,0 +1,59 @@
+//! `qemu-runner`: builds the Strata kernel, lays out disks as virtio-blk devices, boots QEMU,
+//! decodes the kernel's logs and reports.
+//!
+//! The binary is a thin CLI over this library; integration tests call [`boot`] directly:
+//!
+//! ```no_run
+//! use qemu_runner::{boot, BootOptions, Drive};
+//!
+//! let opts = BootOptions {
+//!     drives: vec![Drive::new("/tmp/a.img", "disk0")],
+//!     cmd: Some("sha256 disk0".into()),
+//!     quiet: true,
+//!     ..BootOptions::default()
+//! };
+//! let result = boot(&opts)?;
+//! assert!(result.is_ok(), "{}", result.summary());
+//! # Ok::<(), qemu_runner::RunnerError>(())
+//! ```
+//!
+//! Modules, one concern each: [`cli`] (arguments), [`help`], [`drives`], [`kernel`] (the build),
+//! [`machine`], [`qemu`] (the command line), [`process`] (spawn, timeout, kill), [`console`]
+//! (records), [`defmt_log`], [`exit_status`], [`result`], [`install`], [`workspace`] (paths).
+//!
+//! Unsafe code: two blocks, each with a `// SAFETY:` comment — `prctl(PR_SET_PDEATHSIG)` before
+//! QEMU's exec, and `geteuid`.
+
+mod boot;
+pub mod cli;
+pub mod console;
+pub mod defmt_log;
+pub mod drives;
+mod error;
+pub mod exit_status;
+pub mod help;
+pub mod install;
+pub mod kernel;
+pub mod machine;
+pub mod process;
+pub mod qemu;
+pub mod result;
+pub mod workspace;
+
+pub use boot::{
+    boot, BootOptions, DEFAULT_CMD_SCRATCH, DEFAULT_CMD_USER_DRIVES, DEFAULT_MEMORY_MIB,
+    DEFAULT_TIMEOUT,
+};
+pub use drives::Drive;
+pub use error::RunnerError;
+pub use exit_status::Status;
+pub use kernel::build_kernel;
+pub use machine::{Accel, Machine, ResolvedAccel};
+pub use result::BootResult;
+
+/// Makes sure `qemu-system-x86_64` (or `QEMU_SYSTEM`) can be found; if it cannot and `install` is
+/// true, installs Debian's `qemu-system-x86` and `qemu-utils` when running as root with `apt-get`
+/// (see [`install`]). Progress goes to stderr.
+pub fn ensure_qemu(install: bool) -> Result<(), RunnerError> {
+    install::ensure_qemu(&qemu::program(), install, false)
+}

@@ -1,0 +1,218 @@
+//! The QEMU command line for one boot.
+//!
+//! Channels: the console is COM1 on QEMU's stdout (`-serial stdio`); defmt logs go to the
+//! debugcon port 0xe9, written to a file; the kernel ends the machine through `isa-debug-exit` at
+//! port 0xf4. Disks are raw `-drive if=none` backends (opened through `file.filename`, so a
+//! name with a `:` is never taken for a protocol) behind virtio-blk devices: `virtio-blk-device`
+//! (virtio-mmio) on microvm, `virtio-blk-pci` on pc and q35.
+
+use std::ffi::OsString;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use crate::machine::{Machine, ResolvedAccel};
+use crate::Drive;
+
+/// The default QEMU binary; `QEMU_SYSTEM` overrides it.
+pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+
+/// The environment variable naming another QEMU binary.
+pub const QEMU_ENV: &str = "QEMU_SYSTEM";
+
+/// `isa-debug-exit`'s I/O port, where the kernel writes its exit code.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// The debugcon I/O port of the defmt channel.
+pub const DEBUGCON_PORT: u16 = 0xe9;
+
+/// microvm's properties: no option ROMs, a PIT for TSC calibration, no PIC or RTC, and no
+/// virtio-mmio entries appended to our command line. All exist in QEMU 7.2 through 10.x.
+const MICROVM: &str = "microvm,x-option-roms=off,pit=on,pic=off,rtc=off,auto-kernel-cmdline=off";
+
+/// The QEMU binary to run: `QEMU_SYSTEM` or `qemu-system-x86_64`.
+pub fn program() -> OsString {
+    std::env::var_os(QEMU_ENV).unwrap_or_else(|| DEFAULT_QEMU.into())
+}
+
+/// Everything that goes into one QEMU command line.
+#[derive(Clone, Debug)]
+pub struct QemuConfig<'a> {
+    /// The kernel ELF (`-kernel`).
+    pub kernel: &'a Path,
+    /// The kernel command line (`-append`).
+    pub cmdline: &'a str,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// The machine type.
+    pub machine: Machine,
+    /// The accelerator.
+    pub accel: ResolvedAccel,
+    /// The disks, in order; validated already.
+    pub drives: &'a [Drive],
+    /// Where debugcon (the defmt stream) is written.
+    pub defmt_file: &'a Path,
+}
+
+/// Escapes a value for a QEMU option string (`,` becomes `,,`).
+pub fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// A path as text for QEMU, escaped.
+fn path_value(path: &Path) -> String {
+    escape(&path.to_string_lossy())
+}
+
+/// QEMU's block protocol driver for a host path: `host_device` for block devices, else `file`.
+fn protocol_driver(path: &Path) -> &'static str {
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => "host_device",
+        _ => "file",
+    }
+}
+
+impl QemuConfig<'_> {
+    /// The arguments after the program name.
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_string()));
+        let kernel = self.kernel.to_string_lossy();
+        let memory = self.memory_mib.to_string();
+        let machine = match self.machine {
+            Machine::Microvm => MICROVM,
+            Machine::Pc => "pc",
+            Machine::Q35 => "q35",
+        };
+        push(&["-machine", machine, "-accel", self.accel.as_str()]);
+        push(&["-cpu", self.accel.cpu(), "-m", &memory]);
+        push(&["-kernel", &kernel, "-append", self.cmdline]);
+        push(&[
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+        ]);
+        push(&["-serial", "stdio"]);
+        let exit = format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04");
+        push(&["-device", &exit]);
+        let chardev = format!("file,id=defmt,path={}", path_value(self.defmt_file));
+        let debugcon = format!("isa-debugcon,iobase={DEBUGCON_PORT:#x},chardev=defmt");
+        push(&["-chardev", &chardev, "-device", &debugcon]);
+        let device = match self.machine {
+            Machine::Microvm => "virtio-blk-device",
+            Machine::Pc | Machine::Q35 => "virtio-blk-pci",
+        };
+        for (i, drive) in self.drives.iter().enumerate() {
+            let mut backend = format!(
+                "if=none,id=d{i},format=raw,file.driver={},file.filename={}",
+                protocol_driver(&drive.file),
+                path_value(&drive.file)
+            );
+            if drive.read_only {
+                backend.push_str(",readonly=on");
+            }
+            let frontend = format!("{device},drive=d{i},serial={}", escape(&drive.serial));
+            push(&["-drive", &backend, "-device", &frontend]);
+        }
+        args
+    }
+}
+
+/// The full command as text: program then arguments (for the result and error messages).
+pub fn command_line(program: &OsString, args: &[String]) -> Vec<String> {
+    let mut all = vec![PathBuf::from(program).to_string_lossy().into_owned()];
+    all.extend(args.iter().cloned());
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config<'a>(machine: Machine, drives: &'a [Drive]) -> QemuConfig<'a> {
+        QemuConfig {
+            kernel: Path::new("/k/strata-kernel"),
+            cmdline: "sha256 disk0",
+            memory_mib: 256,
+            machine,
+            accel: ResolvedAccel::Tcg,
+            drives,
+            defmt_file: Path::new("/run,1/defmt.bin"),
+        }
+    }
+
+    /// The value after each occurrence of `flag`.
+    fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w.first().map(String::as_str) == Some(flag))
+            .filter_map(|w| w.get(1).map(String::as_str))
+            .collect()
+    }
+
+    #[test]
+    fn microvm_uses_virtio_mmio() {
+        let drives = [
+            Drive::new("/img/a,b.img", "disk0"),
+            Drive {
+                read_only: true,
+                ..Drive::new("/img/base.img", "base")
+            },
+        ];
+        let args = config(Machine::Microvm, &drives).args();
+        assert_eq!(values(&args, "-machine"), [MICROVM]);
+        assert_eq!(values(&args, "-accel"), ["tcg"]);
+        assert_eq!(values(&args, "-cpu"), ["max"]);
+        assert_eq!(values(&args, "-m"), ["256"]);
+        assert_eq!(values(&args, "-kernel"), ["/k/strata-kernel"]);
+        assert_eq!(values(&args, "-append"), ["sha256 disk0"]);
+        assert_eq!(values(&args, "-serial"), ["stdio"]);
+        assert_eq!(
+            values(&args, "-chardev"),
+            ["file,id=defmt,path=/run,,1/defmt.bin"]
+        );
+        assert_eq!(
+            values(&args, "-drive"),
+            [
+                "if=none,id=d0,format=raw,file.driver=file,file.filename=/img/a,,b.img",
+                "if=none,id=d1,format=raw,file.driver=file,file.filename=/img/base.img,readonly=on",
+            ]
+        );
+        assert_eq!(
+            values(&args, "-device"),
+            [
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "isa-debugcon,iobase=0xe9,chardev=defmt",
+                "virtio-blk-device,drive=d0,serial=disk0",
+                "virtio-blk-device,drive=d1,serial=base",
+            ]
+        );
+        for flag in ["-nodefaults", "-no-reboot"] {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing");
+        }
+    }
+
+    #[test]
+    fn pc_and_q35_use_virtio_pci() {
+        let drives = [Drive::new("/img/a.img", "disk0")];
+        for (machine, name) in [(Machine::Pc, "pc"), (Machine::Q35, "q35")] {
+            let mut cfg = config(machine, &drives);
+            cfg.accel = ResolvedAccel::Kvm;
+            let args = cfg.args();
+            assert_eq!(values(&args, "-machine"), [name]);
+            assert_eq!(values(&args, "-accel"), ["kvm"]);
+            assert_eq!(values(&args, "-cpu"), ["host"]);
+            assert_eq!(
+                values(&args, "-device").last().copied(),
+                Some("virtio-blk-pci,drive=d0,serial=disk0")
+            );
+        }
+    }
+
+    #[test]
+    fn no_drives_no_block_devices() {
+        let args = config(Machine::Microvm, &[]).args();
+        assert!(values(&args, "-drive").is_empty());
+    }
+}

@@ -38,12 +38,16 @@ extern "C" fn strata_main(start_info_paddr: u64) -> ! {
             exit_code::exit(exit_code::BOOT_ERROR);
         }
     };
+    // Devices first: nothing on the way to the first I/O needs the clock's frequency (times are
+    // kept in TSC ticks and converted later), so calibration waits until after discovery.
+    let mut disks = devices::Catalog::new();
+    devices::discover(&mut disks);
     let cal = tsc::calibrate();
     let cmdline = info.cmdline();
     println!("strata {} booting: cmdline \"{}\"", env!("CARGO_PKG_VERSION"), cmdline);
     report::boot(&cal, info.ram_bytes(), cmdline);
     footprint::report();
-    defmt::info!("boot: tsc {=u64} Hz (calibrated: {=bool})", cal.hz, cal.calibrated);
+    defmt::info!("boot: tsc {=u64} Hz (calibrated: {=bool}), {=usize} virtio-blk devices", cal.hz, cal.calibrated, disks.len());
 
     let command = match cmdline::parse(cmdline) {
         Ok(c) => c,
@@ -54,9 +58,6 @@ extern "C" fn strata_main(start_info_paddr: u64) -> ! {
             exit_code::exit(exit_code::USAGE);
         }
     };
-
-    let mut disks = devices::Catalog::new();
-    devices::discover(&mut disks);
     let code = workloads::run(&command, &mut disks);
     exit_code::exit(code)
 }

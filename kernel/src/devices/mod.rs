@@ -121,7 +121,6 @@ pub fn discover(catalog: &mut Catalog) {
     if !pci::discover(catalog) {
         mmio::discover(catalog);
     }
-    defmt::info!("devices: {=usize} virtio-blk found", catalog.len());
 }
 
 fn printable(bytes: &[u8]) -> heapless::String<20> {

@@ -18,6 +18,6 @@ pub mod graph;
 pub mod io;
 pub mod options;
 
-pub use backend::{Backend, BackendOptions, DetectZeroes};
+pub use backend::{Backend, BackendOptions, DetectZeroes, Drained};
 pub use error::{Error, Result};
 pub use graph::{Graph, NodeId};

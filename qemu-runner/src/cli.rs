@@ -10,10 +10,10 @@ use crate::help::{boot_help, main_help};
 use crate::{boot, exit_status, BootOptions, Drive, RunnerError};
 
 /// The subcommands and their one-line summaries.
-pub const SUBCOMMANDS: &[(&str, &str)] = &[(
-    "boot",
-    "boot the Strata kernel in QEMU on virtio-blk disks and report",
-)];
+pub const SUBCOMMANDS: &[(&str, &str)] = &[
+    ("boot", "boot the Strata kernel in QEMU on virtio-blk disks and report"),
+    ("img", "qemu-img's commands (info, convert, compare, bench) over Strata's block layer on host files"),
+];
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -155,6 +155,9 @@ fn parse_memory(text: &str) -> Result<u32, RunnerError> {
 
 /// Runs the command line (`args` without the program name) and returns the exit status.
 pub fn main(args: &[String]) -> i32 {
+    if let Some(("img", rest)) = args.split_first().map(|(a, r)| (a.as_str(), r)) {
+        return crate::img::main(rest);
+    }
     let json = args.iter().any(|a| a == "--json");
     let command = match parse(args) {
         Ok(c) => c,

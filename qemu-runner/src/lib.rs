@@ -32,6 +32,7 @@ pub mod drives;
 mod error;
 pub mod exit_status;
 pub mod help;
+pub mod img;
 pub mod install;
 pub mod kernel;
 pub mod machine;

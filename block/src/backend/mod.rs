@@ -62,6 +62,18 @@ pub struct Backend<'g, 'd, const N: usize, const T: usize> {
     quiesce: Cell<u32>,
 }
 
+/// A drained section of a [`Backend`]: new requests wait until this is dropped.
+pub struct Drained<'b, 'g, 'd, const N: usize, const T: usize> {
+    backend: &'b Backend<'g, 'd, N, T>,
+}
+
+impl<const N: usize, const T: usize> Drop for Drained<'_, '_, '_, N, T> {
+    fn drop(&mut self) {
+        let q = &self.backend.quiesce;
+        q.set(q.get().saturating_sub(1));
+    }
+}
+
 /// Counts a request in flight for its lifetime.
 struct InFlight<'a>(&'a Cell<u32>);
 
@@ -72,10 +84,11 @@ impl Drop for InFlight<'_> {
 }
 
 impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
-    /// Attaches to `root` as a reader or writer (QEMU's default sharing), refusing a second
-    /// writer.
+    /// Attaches to `root` as a reader that shares everything ([`Attachment::SHARED_READER`]) or
+    /// as a writer that shares only reading (QEMU's default): readers attach next to a writer,
+    /// a second writer is refused.
     pub fn new(graph: &'g Graph<'d, N, T>, root: NodeId, opts: BackendOptions) -> Result<Self> {
-        let attachment = if opts.read_only { Attachment::READER } else { Attachment::WRITER };
+        let attachment = if opts.read_only { Attachment::SHARED_READER } else { Attachment::WRITER };
         let user = graph.attach_user(root, attachment)?;
         Ok(Self { graph, root, user, opts, stats: RefCell::new(Stats::default()), in_flight: Cell::new(0), quiesce: Cell::new(0) })
     }
@@ -158,24 +171,25 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
         self.accounted(OpKind::Flush, 0, 0, flush::flush(self.graph, self.root)).await
     }
 
-    /// Stops new requests from starting and waits until none is in flight. Requests issued
-    /// while drained wait until [`Backend::undrain`]. Nests.
-    pub async fn drain(&self) {
+    /// Stops new requests from starting (at once, when called) and waits until none of this
+    /// backend's requests is in flight. Requests issued meanwhile wait until the returned guard
+    /// is dropped (QEMU's drained section); dropping the future before it completes ends the
+    /// drain too. Nests.
+    pub fn drain(&self) -> impl core::future::Future<Output = Drained<'_, 'g, 'd, N, T>> + '_ {
         self.quiesce.set(self.quiesce.get() + 1);
-        poll_fn(|cx| {
-            if self.in_flight.get() == 0 {
-                Poll::Ready(())
-            } else {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await
-    }
-
-    /// Lets requests start again after [`Backend::drain`].
-    pub fn undrain(&self) {
-        self.quiesce.set(self.quiesce.get().saturating_sub(1));
+        let guard = Drained { backend: self };
+        async move {
+            poll_fn(|cx| {
+                if self.in_flight.get() == 0 {
+                    Poll::Ready(())
+                } else {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            })
+            .await;
+            guard
+        }
     }
 
     /// Starts a submission batch (see [`Graph::plug`]).
@@ -221,7 +235,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
         let latency = (self.opts.clock)().saturating_sub(start);
         let mut stats = self.stats.borrow_mut();
         stats.record(kind, len, latency, result.is_ok());
-        if result.is_ok() && matches!(kind, OpKind::Write | OpKind::WriteZeroes) {
+        if result.is_ok() && len > 0 && matches!(kind, OpKind::Write | OpKind::WriteZeroes) {
             stats.wr_highest_offset = stats.wr_highest_offset.max(offset + len);
         }
         result

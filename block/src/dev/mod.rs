@@ -10,6 +10,7 @@
 //! aligned to `block_size` and `mem_alignment`, at most `max_transfer` bytes and `max_segments`
 //! segments. Devices still check and refuse what does not fit ([`DeviceError::Invalid`]).
 
+#[cfg(feature = "std")] pub mod file;
 pub mod ram;
 
 use core::task::{Context, Poll};

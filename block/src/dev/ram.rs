@@ -79,9 +79,11 @@ impl<'m, const Q: usize> RamDisk<'m, Q> {
         Self::with_info(memory, info, config)
     }
 
-    /// A disk with explicit limits and features (`info.capacity` is cut to `memory`'s length).
+    /// A disk with explicit limits and features (`info.capacity` is cut to `memory`'s length, in
+    /// whole blocks).
     pub fn with_info(memory: &'m mut [u8], mut info: DeviceInfo, config: RamConfig) -> Self {
-        info.capacity = info.capacity.min(memory.len() as u64);
+        let bs = u64::from(info.block_size.max(1));
+        info.capacity = info.capacity.min(memory.len() as u64) / bs * bs;
         info.max_segments = info.max_segments.min(RAM_MAX_SEGMENTS as u16);
         info.queue_depth = info.queue_depth.min(Q.min(u16::MAX as usize) as u16);
         Self {

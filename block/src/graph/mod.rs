@@ -81,11 +81,16 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         })
     }
 
-    /// Adds a leaf device as a node named `name`.
+    /// Adds a leaf device as a node named `name` (or `#nINDEX` if `name` is longer than a node
+    /// name may be, such as a long host path).
     pub fn add_leaf(&mut self, name: &str, device: &'d dyn BlockDevice) -> Result<NodeId> {
         let info = device.info();
+        let name = match node_name(name) {
+            Ok(n) => n,
+            Err(_) => self.auto_name()?,
+        };
         let node = Node {
-            name: node_name(name)?,
+            name,
             driver: &driver::DEVICE,
             kind: NodeKind::Leaf(device),
             children: heapless::Vec::new(),
@@ -202,6 +207,14 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         Ok(NodeId { index: index as u16, generation: self.generations[index] })
     }
 
+    /// Takes `id` out of the graph without looking at its children (undoing a failed open).
+    pub(crate) fn remove(&mut self, id: NodeId) {
+        if self.node(id).is_ok() {
+            let index = usize::from(id.index);
+            self.nodes[index] = None;
+            self.generations[index] = self.generations[index].wrapping_add(1);
+        }
+    }
 }
 
 pub(crate) fn node_name(name: &str) -> Result<heapless::String<{ node::MAX_NODE_NAME }>> {

@@ -84,6 +84,17 @@ pub struct Node<'d> {
     pub(crate) flush: FlushState,
 }
 
+/// Bumps a node's write generation when dropped: a write counts once it has started, whether it
+/// succeeds, fails or is cancelled (some of its data may be on the device), so the next flush
+/// is never skipped for it (QEMU's `bdrv_co_write_req_finish`).
+pub(crate) struct WriteGen<'a>(pub(crate) &'a Cell<u64>);
+
+impl Drop for WriteGen<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
 impl Node<'_> {
     /// The child in `role`, if any.
     pub fn child(&self, role: Role) -> Option<NodeId> {

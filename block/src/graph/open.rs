@@ -36,15 +36,33 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         }
         let name = view.get("file").ok_or(Error::BadOption { key: "file", why: "missing" })?;
         let name = name.as_str().ok_or(Error::BadOption { key: "file", why: "names contain no commas" })?;
+        // Nodes this open made, so that a failure can take them out again.
+        let mut created: heapless::Vec<NodeId, { MAX_DEPTH + 1 }> = heapless::Vec::new();
         let mut below = match self.find(name) {
             Some(id) => id,
             None => {
                 let device = resolve(name).ok_or(Error::NotFound)?;
-                self.add_leaf(name, device)?
+                let id = self.add_leaf(name, device)?;
+                let _ = created.push(id);
+                id
             }
         };
         for view in chain.iter().rev() {
-            below = self.open_format(view, below).await?;
+            match self.open_format(view, below).await {
+                Ok(id) => {
+                    let _ = created.push(id);
+                    below = id;
+                }
+                Err(e) => {
+                    // A failed open leaves the graph as it was: no half-built chain keeps its
+                    // permissions on the file below. Newest first, so nothing removed is a child
+                    // of a node that stays.
+                    while let Some(id) = created.pop() {
+                        self.remove(id);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(below)
     }
@@ -105,7 +123,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     }
 
     /// `#nINDEX` for the first free index.
-    fn auto_name(&self) -> Result<heapless::String<{ super::node::MAX_NODE_NAME }>> {
+    pub(super) fn auto_name(&self) -> Result<heapless::String<{ super::node::MAX_NODE_NAME }>> {
         let index = self.nodes.iter().position(Option::is_none).ok_or(Error::NoSpace { what: "graph node slots" })?;
         let mut s = heapless::String::new();
         let _ = core::fmt::write(&mut s, format_args!("#n{index}"));

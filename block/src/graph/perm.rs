@@ -28,6 +28,11 @@ pub struct Attachment {
 impl Attachment {
     /// A reader that lets others do anything but write (QEMU's default for a read-only user).
     pub const READER: Self = Self { perm: Perm::CONSISTENT_READ, shared: Perm::CONSISTENT_READ.union(Perm::WRITE_UNCHANGED).union(Perm::RESIZE) };
+    /// A user that only reads and lets others do anything, writing included, so a read-only
+    /// backend can sit next to a writer (QEMU's `share-rw=on`, `qemu-io --force-share`). Format
+    /// nodes take [`Attachment::READER`] on their file child instead: they cache what they read
+    /// and must not have it changed underneath.
+    pub const SHARED_READER: Self = Self { perm: Perm::CONSISTENT_READ, shared: Perm::all() };
     /// A writer that shares only reading and unchanged writes (QEMU's default for a writer).
     pub const WRITER: Self = Self {
         perm: Perm::CONSISTENT_READ.union(Perm::WRITE).union(Perm::RESIZE),

@@ -9,6 +9,7 @@
 
 use crate::dev::{BlockDevice, DeviceOp, DeviceRequest, Segment};
 use crate::error::{Error, Result};
+use crate::graph::node::WriteGen;
 use crate::graph::{Graph, Node, NodeId};
 use crate::io::bounce::Bounce;
 use crate::io::device;
@@ -39,7 +40,7 @@ impl Buf<'_> {
 }
 
 /// Reads or writes `buf` at byte `offset` of leaf node `id`.
-pub(crate) async fn rw<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, id: NodeId, offset: u64, mut buf: Buf<'_>) -> Result<()> {
+pub(crate) async fn rw<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, id: NodeId, offset: u64, buf: Buf<'_>) -> Result<()> {
     let node = graph.node(id)?;
     let dev = node.device().ok_or(Error::BadGraph("leaf I/O on a format node"))?;
     let len = buf.len() as u64;
@@ -58,7 +59,23 @@ pub(crate) async fn rw<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, 
         tracked.serialise(align);
     }
     tracked.wait_serialising().await;
+    let _generation = writing.then(|| WriteGen(&node.flush.write_gen));
+    move_bytes(graph, node, dev, offset, buf).await
+}
 
+/// The data movement of [`rw`], for a caller that already holds a tracked request covering
+/// `[offset, offset + buf.len())` — serialising over whole blocks if it writes partial ones — and
+/// bumps the write generation itself. The range must lie inside the node.
+pub(crate) async fn move_bytes<const N: usize, const T: usize>(
+    graph: &Graph<'_, N, T>,
+    node: &Node<'_>,
+    dev: &dyn BlockDevice,
+    offset: u64,
+    mut buf: Buf<'_>,
+) -> Result<()> {
+    let writing = matches!(buf, Buf::Write(_));
+    let align = u64::from(node.limits.request_alignment);
+    let end = offset + buf.len() as u64;
     let mut bounce: Option<Bounce<'_, '_>> = None;
     let mut pos = offset;
     while pos < end {
@@ -80,7 +97,9 @@ pub(crate) async fn rw<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, 
             bounce = Some(graph.bounce.take(1).await?);
         }
         let window = bounce.as_mut().and_then(|b| b.get(0)).ok_or(Error::NoSpace { what: "bounce buffers" })?;
-        let usable = (window.len() as u64 / align * align) as usize;
+        // A window is one device request: it must fit max_transfer and the segment size too.
+        let max_io = u64::from(node.limits.max_transfer.min(node.limits.max_segment_size));
+        let usable = ((window.len() as u64).min(max_io) / align * align) as usize;
         if usable == 0 {
             return Err(Error::Unsupported("bounce buffers smaller than the device block size"));
         }
@@ -109,9 +128,6 @@ pub(crate) async fn rw<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, 
             }
         }
         pos = cover_end;
-    }
-    if writing {
-        node.flush.write_gen.set(node.flush.write_gen.get() + 1);
     }
     Ok(())
 }

@@ -6,9 +6,10 @@
 //! path. Discard is advisory (as in QEMU): only the part aligned to the discard granularity goes
 //! to the device, and a device without discard makes it a successful no-op.
 
-use crate::dev::{DeviceFeatures, DeviceOp, Segment};
+use crate::dev::{BlockDevice, DeviceFeatures, DeviceOp, Segment};
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId};
+use crate::graph::node::WriteGen;
+use crate::graph::{Graph, Node, NodeId};
 use crate::io::leaf::{self, transfer, Buf};
 use crate::io::tracked::ReqKind;
 use crate::io::walk::RangeOp;
@@ -41,73 +42,87 @@ pub(crate) async fn leaf_range_op<const N: usize, const T: usize>(graph: &Graph<
             }
             let tracked = graph.tracker.begin(id, ReqKind::Discard, start, stop - start).await;
             tracked.wait_serialising().await;
+            let _generation = WriteGen(&node.flush.write_gen);
             let mut pos = start;
             while pos < stop {
                 let n = (stop - pos).min(u64::from(limits.max_transfer) / g * g).max(g);
                 transfer_range(graph, dev, DeviceOp::Discard, pos, n).await?;
                 pos += n;
             }
-            node.flush.write_gen.set(node.flush.write_gen.get() + 1);
         }
         RangeOp::WriteZeroes { unmap } => {
             let a = u64::from(limits.write_zeroes_alignment);
             let (start, stop) = (offset.div_ceil(a) * a, end / a * a);
-            if start >= stop {
-                return write_zero_bytes(graph, id, offset, end).await;
+            // One tracked request for the whole range (as QEMU), serialising if an edge is
+            // partial, so no overlapping request lands between its edges and its middle.
+            let tracked = graph.tracker.begin(id, ReqKind::Write, offset, len).await;
+            if start != offset || stop != end {
+                tracked.serialise(a);
             }
-            write_zero_bytes(graph, id, offset, start).await?;
-            let tracked = graph.tracker.begin(id, ReqKind::Write, start, stop - start).await;
             tracked.wait_serialising().await;
-            let device_op = if unmap && features.contains(DeviceFeatures::WRITE_ZEROES_UNMAP) {
-                Some(DeviceOp::WriteZeroes { unmap: true })
-            } else if features.contains(DeviceFeatures::WRITE_ZEROES) {
-                Some(DeviceOp::WriteZeroes { unmap: false })
+            let generation = WriteGen(&node.flush.write_gen);
+            if start >= stop {
+                write_zero_bytes(graph, node, dev, offset, end).await?;
             } else {
-                None
-            };
-            let mut pos = start;
-            match device_op {
-                Some(dop) => {
-                    while pos < stop {
-                        let n = (stop - pos).min(u64::from(limits.max_transfer));
-                        transfer_range(graph, dev, dop, pos, n).await?;
-                        pos += n;
+                write_zero_bytes(graph, node, dev, offset, start).await?;
+                let device_op = if unmap && features.contains(DeviceFeatures::WRITE_ZEROES_UNMAP) {
+                    Some(DeviceOp::WriteZeroes { unmap: true })
+                } else if features.contains(DeviceFeatures::WRITE_ZEROES) {
+                    Some(DeviceOp::WriteZeroes { unmap: false })
+                } else {
+                    None
+                };
+                let mut pos = start;
+                match device_op {
+                    Some(dop) => {
+                        while pos < stop {
+                            let n = (stop - pos).min(u64::from(limits.max_transfer));
+                            transfer_range(graph, dev, dop, pos, n).await?;
+                            pos += n;
+                        }
+                    }
+                    None => {
+                        let mut bounce = graph.bounce.take(1).await?;
+                        let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
+                        let unit = (buf.len() as u64).min(u64::from(limits.max_transfer.min(limits.max_segment_size))) / a * a;
+                        if unit == 0 {
+                            return Err(Error::Unsupported("bounce buffers smaller than the device block size"));
+                        }
+                        buf.fill(0);
+                        while pos < stop {
+                            let n = (stop - pos).min(unit) as usize;
+                            transfer(graph, dev, DeviceOp::Write, pos, &[Segment::from_ref(&buf[..n])]).await?;
+                            pos += n as u64;
+                        }
                     }
                 }
-                None => {
-                    let mut bounce = graph.bounce.take(1).await?;
-                    let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
-                    let unit = (buf.len() as u64).min(u64::from(limits.max_transfer)) / a * a;
-                    if unit == 0 {
-                        return Err(Error::Unsupported("bounce buffers smaller than the device block size"));
-                    }
-                    buf.fill(0);
-                    while pos < stop {
-                        let n = (stop - pos).min(unit) as usize;
-                        transfer(graph, dev, DeviceOp::Write, pos, &[Segment::from_ref(&buf[..n])]).await?;
-                        pos += n as u64;
-                    }
-                }
+                write_zero_bytes(graph, node, dev, stop, end).await?;
             }
+            drop(generation);
             drop(tracked);
-            node.flush.write_gen.set(node.flush.write_gen.get() + 1);
-            write_zero_bytes(graph, id, stop, end).await?;
         }
     }
     Ok(())
 }
 
-/// Writes zeros over `[from, to)` (short, unaligned edges) through the normal write path.
-async fn write_zero_bytes<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, id: NodeId, mut from: u64, to: u64) -> Result<()> {
+/// Writes zeros over `[from, to)` (short, unaligned edges) through the read-modify-write path,
+/// under the caller's tracked request.
+async fn write_zero_bytes<const N: usize, const T: usize>(
+    graph: &Graph<'_, N, T>,
+    node: &Node<'_>,
+    dev: &dyn BlockDevice,
+    mut from: u64,
+    to: u64,
+) -> Result<()> {
     while from < to {
         let n = (to - from).min(ZEROS.len() as u64) as usize;
-        leaf::rw(graph, id, from, Buf::Write(&ZEROS[..n])).await?;
+        leaf::move_bytes(graph, node, dev, from, Buf::Write(&ZEROS[..n])).await?;
         from += n as u64;
     }
     Ok(())
 }
 
-async fn transfer_range<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, dev: &dyn crate::dev::BlockDevice, op: DeviceOp, offset: u64, len: u64) -> Result<()> {
+async fn transfer_range<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, dev: &dyn BlockDevice, op: DeviceOp, offset: u64, len: u64) -> Result<()> {
     let req = crate::dev::DeviceRequest { op, offset, len, segments: &[] };
     crate::io::device::run(dev, &req, !graph.plugged()).await.map_err(Error::Device)
 }

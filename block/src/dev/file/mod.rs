@@ -1,0 +1,605 @@
+//! A host file or block device as a leaf ([`HostFile`]), QEMU's `file`/`host_device` protocol
+//! drivers (`block/file-posix.c`). Feature `std` only: this is the one part of `block/` that
+//! uses the host OS, threads and (at open time only) the heap.
+//!
+//! Two cache modes, as QEMU's `cache.direct`:
+//!
+//! - [`CacheMode::Writeback`] (default): the page cache is used and each request runs as
+//!   `preadv`/`pwritev`/`fallocate`/`fdatasync` **inside [`BlockDevice::submit`]**, in the
+//!   caller's thread: a page-cache hit costs a syscall, never a thread hand-off. `poll` then only
+//!   reports the stored result. Any byte offset works: `block_size` is 1 and `capacity` is the
+//!   exact file length (the sector size and size for block devices).
+//! - [`CacheMode::None`]: the file is opened with `O_DIRECT` and requests really queue: `submit`
+//!   prepares them, [`BlockDevice::unplug`] hands the batch to the kernel (one
+//!   `io_uring_enter`) or to a thread pool, `poll` reaps completions. `block_size` and
+//!   `mem_alignment` are what O_DIRECT needs, probed like QEMU's `raw_probe_alignment`;
+//!   `capacity` is the file length rounded down to `block_size` ([`HostFile::tail_bytes`] says
+//!   what was cut).
+//!
+//! Both report [`DeviceFeatures::FLUSH`] (`fdatasync`). Writable files also get
+//! `WRITE_ZEROES` and `WRITE_ZEROES_UNMAP` (a punched hole when unmapping is allowed, else
+//! `FALLOC_FL_ZERO_RANGE`; where the file system has neither, zeros are written, so the
+//! operation always works), and `DISCARD` when the file system punches holes (probed at open
+//! with a no-op punch past the end of the file; block devices use `BLKDISCARD`).
+//!
+//! Image locks: [`HostFile::open`] takes QEMU's lock bytes (see [`lock`]'s docs), so a QEMU
+//! process using the image and Strata refuse each other exactly as two QEMU processes would.
+//! A writer holds consistent-read, write and resize and shares neither write nor resize, as
+//! QEMU's qcow2 does on its file; a reader holds consistent-read and does not share write
+//! (unless [`HostFileOptions::force_share`], QEMU's `-U`).
+//!
+//! Dropping a [`HostFile`] waits for every request still in flight: worker threads and the
+//! kernel hold raw pointers into callers' memory until they finish.
+
+#![allow(unsafe_code)] // reason: implements the unsafe `BlockDevice::submit` contract over raw segments
+
+pub mod lock;
+mod pool;
+mod sys;
+mod uring;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use super::{BlockDevice, DeviceError, DeviceFeatures, DeviceInfo, DeviceOp, DeviceRequest, Segment, SubmitError, Ticket};
+use sys::Exec;
+
+/// Most bytes per request in writeback (in-thread) mode.
+pub const MAX_TRANSFER_IN_THREAD: u32 = 2 << 20;
+/// Most bytes per request in queue (O_DIRECT) mode.
+pub const MAX_TRANSFER_QUEUE: u32 = 1 << 20;
+/// Most segments per request in writeback mode (`IOV_MAX`).
+pub const MAX_SEGMENTS_IN_THREAD: u16 = 1024;
+/// Most segments per request in queue mode (each queue slot preallocates this many iovecs).
+pub const MAX_SEGMENTS_QUEUE: u16 = 256;
+/// Largest queue depth accepted in queue mode.
+pub const MAX_QUEUE_DEPTH: u16 = 4096;
+
+/// Host cache use, as QEMU's `cache.direct`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Page cache; requests run synchronously inside `submit` (QEMU `cache=writeback`).
+    #[default]
+    Writeback,
+    /// `O_DIRECT`; requests queue to io_uring or a thread pool (QEMU `cache=none`).
+    None,
+}
+
+/// Image locking, as QEMU's `locking=` option of the file driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Locking {
+    /// Take the locks; fail the open if the file system cannot lock.
+    On,
+    /// Take no locks.
+    Off,
+    /// Take the locks where the file system supports OFD locks, silently skip them elsewhere.
+    #[default]
+    Auto,
+}
+
+/// Which engine queue mode uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// io_uring if the kernel lets us set one up, else the thread pool.
+    #[default]
+    Auto,
+    /// io_uring or fail the open.
+    IoUring,
+    /// The thread pool.
+    Threads,
+}
+
+/// What a [`HostFile`] ended up using.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveEngine {
+    /// Writeback mode: requests run inside `submit`.
+    InThread,
+    /// Queue mode on io_uring.
+    IoUring,
+    /// Queue mode on the thread pool.
+    Threads,
+}
+
+/// How to open a [`HostFile`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostFileOptions<'a> {
+    /// Open read-only: writes, discards and write-zeroes are refused.
+    pub read_only: bool,
+    /// Page cache (in-thread) or O_DIRECT (queue).
+    pub mode: CacheMode,
+    /// QEMU image locks.
+    pub locking: Locking,
+    /// Share every permission with other users, QEMU's `force-share` (`-U`). Read-only only.
+    pub force_share: bool,
+    /// Queue-mode engine.
+    pub engine: Engine,
+    /// Requests held at once (default 64). In writeback mode they complete inside `submit`,
+    /// so this only bounds results not yet polled.
+    pub queue_depth: u16,
+    /// Worker threads of the thread-pool engine (default 8).
+    pub threads: u16,
+    /// In [`CacheMode::None`], if the file system refuses `O_DIRECT`, open through the page
+    /// cache (still queued) instead of failing.
+    pub direct_fallback: bool,
+    /// The serial the device reports (cut to [`super::MAX_SERIAL`] bytes).
+    pub serial: Option<&'a str>,
+}
+
+impl Default for HostFileOptions<'_> {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            mode: CacheMode::Writeback,
+            locking: Locking::Auto,
+            force_share: false,
+            engine: Engine::Auto,
+            queue_depth: 64,
+            threads: 8,
+            direct_fallback: false,
+            serial: None,
+        }
+    }
+}
+
+/// Why [`HostFile::open`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FileError {
+    /// No such file.
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The OS refused access (file permissions, a read-only file system or block device).
+    PermissionDenied {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Another process holds the image in a conflicting way (QEMU's lock bytes).
+    Locked {
+        /// The path given.
+        path: PathBuf,
+        /// QEMU's name of the permission in conflict ("write", "resize", ...).
+        perm: &'static str,
+        /// `true`: the other process holds `perm`, which we do not share ("Failed to get
+        /// shared ... lock"); `false`: it does not share `perm`, which we need.
+        shared: bool,
+    },
+    /// [`Locking::On`] but the file system cannot take OFD locks.
+    LockingUnsupported {
+        /// The path given.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// [`CacheMode::None`] but the file system refuses `O_DIRECT` (e.g. an old tmpfs).
+    DirectUnsupported {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Neither a regular file nor a block device.
+    NotAFile {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The options contradict each other.
+    InvalidOptions(&'static str),
+    /// Any other OS error.
+    Io {
+        /// The path given.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotFound { path } => write!(f, "Could not open '{}': No such file or directory", path.display()),
+            Self::PermissionDenied { path } => write!(f, "Could not open '{}': Permission denied", path.display()),
+            Self::Locked { path, perm, shared } => {
+                write!(f, "Failed to get {}\"{perm}\" lock. Is another process using the image [{}]?", if *shared { "shared " } else { "" }, path.display())
+            }
+            Self::LockingUnsupported { path, source } => {
+                write!(f, "Could not lock '{}': the file system has no OFD locks ({source}); use locking=off or auto", path.display())
+            }
+            Self::DirectUnsupported { path } => write!(
+                f,
+                "Could not open '{}' with O_DIRECT: the file system does not support it (use cache mode writeback, or allow the fallback)",
+                path.display()
+            ),
+            Self::NotAFile { path } => write!(f, "'{}' is neither a regular file nor a block device", path.display()),
+            Self::InvalidOptions(why) => write!(f, "invalid host file options: {why}"),
+            Self::Io { path, what, source } => write!(f, "Could not {what} '{}': {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for FileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::LockingUnsupported { source, .. } | Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A host file or block device as a [`BlockDevice`]. See the module docs.
+pub struct HostFile {
+    info: DeviceInfo,
+    backend: Backend,
+    tail: u64,
+    direct: bool,
+    locked: bool,
+    // Dropped after `backend` (which waits for in-flight requests): keeps the file open.
+    exec: Arc<Exec>,
+}
+
+enum Backend {
+    InThread(InThread),
+    Uring(Box<uring::Uring>),
+    Pool(pool::Pool),
+}
+
+/// A request's iovecs, owned by a queue slot and preallocated at open.
+struct IovBuf(Vec<libc::iovec>);
+
+// SAFETY: the raw pointers point into callers' memory, which the `BlockDevice::submit` contract
+// keeps valid (and unaliased, for reads) until the request completes, whichever thread touches it.
+unsafe impl Send for IovBuf {}
+
+impl IovBuf {
+    fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
+    /// Replaces the contents with `segments` (at most the capacity: validated by the caller, so
+    /// this never allocates).
+    fn fill(&mut self, segments: &[Segment]) {
+        self.0.clear();
+        self.0.extend(segments.iter().map(|s| libc::iovec { iov_base: s.ptr.cast(), iov_len: s.len }));
+    }
+}
+
+/// Writeback mode: results of requests already executed, until polled.
+struct InThread {
+    table: Mutex<InThreadTable>,
+}
+
+struct InThreadTable {
+    /// (generation, result held until polled).
+    slots: Vec<(u16, Option<Result<(), DeviceError>>)>,
+    free: Vec<u16>,
+    iov: IovBuf,
+}
+
+fn lock_unpoisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn make_ticket(index: usize, generation: u16) -> Ticket {
+    Ticket((u32::from(generation) << 16) | (index as u32 & 0xffff))
+}
+
+fn split_ticket(ticket: Ticket) -> (usize, u16) {
+    ((ticket.0 & 0xffff) as usize, (ticket.0 >> 16) as u16)
+}
+
+/// Results packed into an atomic byte (thread-pool slots).
+fn encode_result(r: Result<(), DeviceError>) -> u8 {
+    match r {
+        Ok(()) => 0,
+        Err(DeviceError::Io) => 1,
+        Err(DeviceError::ReadOnly) => 2,
+        Err(DeviceError::Invalid) => 3,
+        Err(DeviceError::Unsupported) => 4,
+        Err(DeviceError::NoSpace) => 5,
+        Err(DeviceError::Timeout) => 6,
+    }
+}
+
+fn decode_result(v: u8) -> Result<(), DeviceError> {
+    match v {
+        0 => Ok(()),
+        2 => Err(DeviceError::ReadOnly),
+        3 => Err(DeviceError::Invalid),
+        4 => Err(DeviceError::Unsupported),
+        5 => Err(DeviceError::NoSpace),
+        6 => Err(DeviceError::Timeout),
+        _ => Err(DeviceError::Io),
+    }
+}
+
+/// Checks `req` against `info` (as every device does, see [`super::ram`]).
+fn validate(info: &DeviceInfo, req: &DeviceRequest<'_>) -> Result<(), DeviceError> {
+    let bs = u64::from(info.block_size.max(1));
+    let writes = !matches!(req.op, DeviceOp::Read | DeviceOp::Flush);
+    if writes && info.read_only {
+        return Err(DeviceError::ReadOnly);
+    }
+    match req.op {
+        DeviceOp::Flush => return Ok(()),
+        DeviceOp::Discard if !info.features.contains(DeviceFeatures::DISCARD) => return Err(DeviceError::Unsupported),
+        DeviceOp::WriteZeroes { unmap } => {
+            let need = if unmap { DeviceFeatures::WRITE_ZEROES_UNMAP } else { DeviceFeatures::WRITE_ZEROES };
+            if !info.features.contains(need) {
+                return Err(DeviceError::Unsupported);
+            }
+        }
+        _ => {}
+    }
+    let end = req.offset.checked_add(req.len).ok_or(DeviceError::Invalid)?;
+    if !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > info.capacity || req.len == 0 {
+        return Err(DeviceError::Invalid);
+    }
+    if matches!(req.op, DeviceOp::Read | DeviceOp::Write) {
+        let total: u64 = req.segments.iter().map(|s| s.len as u64).sum();
+        let align = info.mem_alignment.max(1) as usize;
+        if total != req.len
+            || req.len > u64::from(info.max_transfer)
+            || req.segments.len() > usize::from(info.max_segments)
+            || req.segments.iter().any(|s| s.len > info.max_segment_size as usize || !(s.ptr as usize).is_multiple_of(align) || !s.len.is_multiple_of(align))
+        {
+            return Err(DeviceError::Invalid);
+        }
+    }
+    Ok(())
+}
+
+fn open_error(path: &Path, what: &'static str, e: io::Error) -> FileError {
+    let path = path.to_path_buf();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => FileError::NotFound { path },
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => FileError::PermissionDenied { path },
+        _ => FileError::Io { path, what, source: e },
+    }
+}
+
+impl HostFile {
+    /// Opens `path` (a regular file or a block device) as a device. See the module docs for
+    /// what each option does to [`DeviceInfo`].
+    pub fn open(path: &Path, opts: &HostFileOptions<'_>) -> Result<HostFile, FileError> {
+        if opts.force_share && !opts.read_only {
+            return Err(FileError::InvalidOptions("force-share requires read-only"));
+        }
+        let queued = opts.mode == CacheMode::None;
+        let depth = opts.queue_depth.max(1);
+        if queued && depth > MAX_QUEUE_DEPTH {
+            return Err(FileError::InvalidOptions("queue depth above 4096"));
+        }
+        let open = |direct: bool| {
+            let mut o = OpenOptions::new();
+            o.read(true).write(!opts.read_only);
+            if direct {
+                o.custom_flags(libc::O_DIRECT);
+            }
+            o.open(path)
+        };
+        let (file, direct) = match open(queued) {
+            Ok(f) => (f, queued),
+            Err(e) if queued && e.raw_os_error() == Some(libc::EINVAL) => {
+                if !opts.direct_fallback {
+                    return Err(FileError::DirectUnsupported { path: path.to_path_buf() });
+                }
+                (open(false).map_err(|e| open_error(path, "open", e))?, false)
+            }
+            Err(e) => return Err(open_error(path, "open", e)),
+        };
+        let meta = file.metadata().map_err(|e| open_error(path, "stat", e))?;
+        let is_blockdev = meta.file_type().is_block_device();
+        if !is_blockdev && !meta.file_type().is_file() {
+            return Err(FileError::NotAFile { path: path.to_path_buf() });
+        }
+        if is_blockdev && !opts.read_only && sys::blockdev_read_only(&file) {
+            return Err(FileError::PermissionDenied { path: path.to_path_buf() });
+        }
+
+        let locked = Self::take_locks(&file, path, opts)?;
+
+        let length = if is_blockdev { sys::blockdev_size(&file).map_err(|e| open_error(path, "get the size of", e))? } else { meta.len() };
+        let (block_size, mem_alignment) = if direct {
+            sys::probe_direct_alignment(&file, is_blockdev)
+        } else if is_blockdev {
+            (sys::blockdev_sector_size(&file).unwrap_or(512), 1)
+        } else {
+            (1, 1)
+        };
+        let capacity = length / u64::from(block_size) * u64::from(block_size);
+
+        let exec = Exec::new(file, is_blockdev, !opts.read_only).map_err(|e| open_error(path, "allocate buffers for", e))?;
+        let mut features = DeviceFeatures::FLUSH;
+        if !opts.read_only {
+            features |= DeviceFeatures::WRITE_ZEROES | DeviceFeatures::WRITE_ZEROES_UNMAP;
+            if is_blockdev || exec.probe_punch(length) {
+                features |= DeviceFeatures::DISCARD;
+            }
+        }
+        let exec = Arc::new(exec);
+
+        let mut info = DeviceInfo::new(capacity, block_size);
+        info.read_only = opts.read_only;
+        info.features = features;
+        info.mem_alignment = mem_alignment;
+        info.discard_alignment = block_size;
+        let max_segments;
+        let backend = if queued {
+            info.max_transfer = MAX_TRANSFER_QUEUE.max(block_size);
+            max_segments = MAX_SEGMENTS_QUEUE;
+            info.queue_depth = depth;
+            let ring = || uring::Uring::new(exec.clone(), depth, usize::from(max_segments));
+            let pool = || {
+                pool::Pool::new(exec.clone(), depth, usize::from(max_segments), opts.threads.max(1)).map_err(|e| FileError::Io {
+                    path: path.to_path_buf(),
+                    what: "start worker threads for",
+                    source: e,
+                })
+            };
+            match opts.engine {
+                Engine::Threads => Backend::Pool(pool()?),
+                Engine::IoUring => {
+                    Backend::Uring(Box::new(ring().map_err(|e| FileError::Io { path: path.to_path_buf(), what: "set up io_uring for", source: e })?))
+                }
+                Engine::Auto => match ring() {
+                    Ok(r) => Backend::Uring(Box::new(r)),
+                    Err(_) => Backend::Pool(pool()?),
+                },
+            }
+        } else {
+            info.max_transfer = MAX_TRANSFER_IN_THREAD.max(block_size);
+            max_segments = MAX_SEGMENTS_IN_THREAD;
+            info.queue_depth = depth;
+            Backend::InThread(InThread {
+                table: Mutex::new(InThreadTable {
+                    slots: vec![(0, None); usize::from(depth)],
+                    free: (0..depth).rev().collect(),
+                    iov: IovBuf::with_capacity(usize::from(max_segments)),
+                }),
+            })
+        };
+        info.max_segments = max_segments;
+        info.max_segment_size = info.max_transfer;
+        if let Some(serial) = opts.serial {
+            info = info.with_serial(serial);
+        }
+        Ok(HostFile { info, backend, tail: length - capacity, direct, locked, exec })
+    }
+
+    /// QEMU's lock bytes for this open; `Ok(false)` when locking is off or unsupported (auto).
+    fn take_locks(file: &File, path: &Path, opts: &HostFileOptions<'_>) -> Result<bool, FileError> {
+        use lock::{PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED};
+        if opts.locking == Locking::Off {
+            return Ok(false);
+        }
+        let (perm, shared) = if opts.read_only {
+            (PERM_CONSISTENT_READ, if opts.force_share { PERM_ALL } else { PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED })
+        } else {
+            (PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE, PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED)
+        };
+        use std::os::fd::AsRawFd;
+        match lock::apply(file.as_raw_fd(), perm, shared) {
+            Ok(()) => Ok(true),
+            Err(lock::LockError::Unsupported(_)) if opts.locking == Locking::Auto => Ok(false),
+            Err(lock::LockError::Unsupported(e)) => Err(FileError::LockingUnsupported { path: path.to_path_buf(), source: io::Error::from_raw_os_error(e) }),
+            Err(lock::LockError::Conflict { perm, shared }) => Err(FileError::Locked { path: path.to_path_buf(), perm, shared }),
+            Err(lock::LockError::Os(e)) => Err(FileError::Io { path: path.to_path_buf(), what: "lock", source: io::Error::from_raw_os_error(e) }),
+        }
+    }
+
+    /// Bytes at the end of the file beyond `capacity` (O_DIRECT mode rounds the length down to
+    /// `block_size`; those bytes cannot be reached through this device). 0 in writeback mode.
+    pub fn tail_bytes(&self) -> u64 {
+        self.tail
+    }
+
+    /// Whether the file is open with `O_DIRECT`.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Whether QEMU's image locks are held.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// How requests execute.
+    pub fn engine(&self) -> ActiveEngine {
+        match self.backend {
+            Backend::InThread(_) => ActiveEngine::InThread,
+            Backend::Uring(_) => ActiveEngine::IoUring,
+            Backend::Pool(_) => ActiveEngine::Threads,
+        }
+    }
+
+    /// Requests submitted and not yet complete (writeback mode: always 0).
+    pub fn in_flight(&self) -> usize {
+        match &self.backend {
+            Backend::InThread(_) => 0,
+            Backend::Uring(u) => u.in_flight(),
+            Backend::Pool(p) => p.in_flight(),
+        }
+    }
+}
+
+impl InThread {
+    /// Runs the request now and keeps its result for `poll`.
+    ///
+    /// # Safety
+    /// As [`BlockDevice::submit`].
+    unsafe fn submit(&self, exec: &Exec, req: &DeviceRequest<'_>) -> Result<Ticket, SubmitError> {
+        let mut guard = lock_unpoisoned(&self.table);
+        let t = &mut *guard;
+        let index = usize::from(t.free.pop().ok_or(SubmitError::Busy)?);
+        t.iov.fill(req.segments);
+        // SAFETY: the submit contract keeps every segment valid (reads: unaliased) until `poll`
+        // reports this ticket, which is after this call returns.
+        let result = unsafe { exec.execute(req.op, req.offset, req.len, &mut t.iov.0) };
+        let slot = &mut t.slots[index];
+        slot.0 = slot.0.wrapping_add(1);
+        slot.1 = Some(result);
+        Ok(make_ticket(index, slot.0))
+    }
+
+    fn poll(&self, ticket: Ticket) -> Result<(), DeviceError> {
+        let (index, generation) = split_ticket(ticket);
+        let mut t = lock_unpoisoned(&self.table);
+        let Some(slot) = t.slots.get_mut(index).filter(|s| s.0 == generation) else {
+            return Err(DeviceError::Invalid);
+        };
+        let result = slot.1.take().ok_or(DeviceError::Invalid)?;
+        t.free.push(index as u16);
+        result
+    }
+}
+
+impl BlockDevice for HostFile {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    unsafe fn submit(&self, req: &DeviceRequest<'_>) -> Result<Ticket, SubmitError> {
+        validate(&self.info, req).map_err(SubmitError::Invalid)?;
+        match &self.backend {
+            // SAFETY: forwarded from the caller.
+            Backend::InThread(b) => unsafe { b.submit(&self.exec, req) },
+            // SAFETY: forwarded from the caller.
+            Backend::Uring(b) => unsafe { b.submit(req) },
+            // SAFETY: forwarded from the caller.
+            Backend::Pool(b) => unsafe { b.submit(req) },
+        }
+    }
+
+    fn poll(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<Result<(), DeviceError>> {
+        let done = match &self.backend {
+            Backend::InThread(b) => Some(b.poll(ticket)),
+            Backend::Uring(b) => b.poll(ticket),
+            Backend::Pool(b) => b.poll(ticket),
+        };
+        match done {
+            Some(result) => Poll::Ready(result),
+            None => {
+                // Polled device: no interrupt will come, so ask to be polled again.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+
+    fn unplug(&self) {
+        match &self.backend {
+            Backend::InThread(_) => {}
+            Backend::Uring(b) => b.unplug(),
+            Backend::Pool(b) => b.unplug(),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `img convert -O raw`: copies what an image shows into a new sparse raw file, like
+//! `qemu-img convert -O raw` (all-zero 4 KiB blocks are left as holes).
+
+use std::cell::Cell;
+
+use futures::future::join_all;
+
+use super::args::Args;
+use super::image::{self, block_on, AlignedBuf, OpenOptions};
+use super::ImgError;
+
+/// Bytes per copy request.
+const CHUNK: u64 = 2 << 20;
+/// Copy requests in flight.
+const DEPTH: usize = 8;
+/// Granularity of hole detection (qemu-img's default `-S 4k`).
+const SPARSE: usize = 4096;
+
+/// Runs `img convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] -O raw SRC DST`.
+pub fn run(argv: &[String]) -> Result<(), ImgError> {
+    let args = Args::parse(argv, &["-f", "-O", "-t", "-T"], &["--image-opts", "-U", "-p", "-q"])?;
+    let files = args.exactly(2, "SRC and DST")?;
+    match args.value("-O") {
+        Some("raw") => {}
+        Some(other) => return Err(ImgError::usage(format!("-O {other}: only raw output is supported yet"))),
+        None => return Err(ImgError::usage("-O raw is required".into())),
+    }
+    let src = image::open(
+        &files[0],
+        &OpenOptions {
+            format: args.value("-f").map(str::to_string),
+            image_opts: args.has("--image-opts"),
+            read_only: true,
+            force_share: args.has("-U"),
+            cache: image::cache_mode(args.value("-T"))?,
+            ..OpenOptions::default()
+        },
+    )?;
+    let size = src.backend.size();
+    let out = std::fs::File::create(&files[1]).map_err(|e| ImgError::failed(format!("Could not create '{}': {e}", files[1])))?;
+    out.set_len(size).map_err(|e| ImgError::failed(format!("Could not resize '{}': {e}", files[1])))?;
+    drop(out);
+    let dst = image::open(
+        &files[1],
+        &OpenOptions { format: Some("raw".into()), cache: image::cache_mode(args.value("-t"))?, ..OpenOptions::default() },
+    )?;
+
+    let next = Cell::new(0u64);
+    let worker = || async {
+        let mut buf = AlignedBuf::new(CHUNK as usize);
+        loop {
+            let offset = next.get();
+            if offset >= size {
+                return Ok(());
+            }
+            let n = (size - offset).min(CHUNK);
+            next.set(offset + n);
+            let data = &mut buf.as_mut_slice()[..n as usize];
+            src.backend.read(offset, data).await.map_err(|e| ImgError::failed(format!("error while reading at byte {offset}: {e}")))?;
+            // Write the runs of non-zero blocks; leave zero blocks as holes.
+            let mut at = 0usize;
+            while at < data.len() {
+                let block = |i: usize| &data[i..(i + SPARSE).min(data.len())];
+                if strata_block::io::zero::is_zero(block(at)) {
+                    at += SPARSE;
+                    continue;
+                }
+                let start = at;
+                while at < data.len() && !strata_block::io::zero::is_zero(block(at)) {
+                    at += SPARSE;
+                }
+                let end = at.min(data.len());
+                let pos = offset + start as u64;
+                dst.backend.write(pos, &data[start..end]).await.map_err(|e| ImgError::failed(format!("error while writing at byte {pos}: {e}")))?;
+            }
+        }
+    };
+    let results = block_on(join_all((0..DEPTH).map(|_| worker())));
+    results.into_iter().collect::<Result<Vec<()>, ImgError>>()?;
+    block_on(dst.backend.flush()).map_err(|e| ImgError::failed(format!("error while flushing: {e}")))?;
+    Ok(())
+}

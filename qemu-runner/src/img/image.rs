@@ -1,0 +1,165 @@
+//! Opening images on the host for the `img` subcommands: host files as leaf devices, a graph and
+//! a backend from the block layer, and a small executor.
+//!
+//! The block layer never allocates; this host tool does, once per image: the graph, its bounce
+//! buffers and the opened files are leaked so they live as long as the process (a short-lived
+//! command), which is what the block layer's `'d` lifetime asks for.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use strata_block::dev::file::{CacheMode, Engine, HostFile, HostFileOptions};
+use strata_block::dev::BlockDevice;
+use strata_block::{Backend, BackendOptions, DetectZeroes, Error, Graph, NodeId};
+
+use super::ImgError;
+
+/// Graph capacity for host images: nodes and tracked requests.
+pub type HostGraph = Graph<'static, 16, 512>;
+/// A backend on a host graph.
+pub type HostBackend = Backend<'static, 'static, 16, 512>;
+
+/// Bounce buffers per image and their size.
+const BOUNCE_BUFFERS: usize = 32;
+const BOUNCE_SIZE: usize = 64 * 1024;
+
+/// How to open an image.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// `-f FMT`: the format driver, instead of probing.
+    pub format: Option<String>,
+    /// `--image-opts`: the argument is an options string, not a file name.
+    pub image_opts: bool,
+    /// Open read-only.
+    pub read_only: bool,
+    /// `-t none|writeback`.
+    pub cache: CacheMode,
+    /// `-i threads|io_uring|native`.
+    pub engine: Engine,
+    /// `-U`: share every permission (read-only opens of images others hold).
+    pub force_share: bool,
+    /// Zero detection for writes.
+    pub detect_zeroes: DetectZeroes,
+}
+
+/// An open image.
+pub struct Image {
+    /// The backend on the root node.
+    pub backend: HostBackend,
+    /// The host files under it.
+    pub files: Vec<&'static HostFile>,
+}
+
+impl Image {
+    /// The root node's driver name.
+    pub fn format(&self) -> &'static str {
+        self.backend.graph().node(self.backend.root()).map_or("?", |n| n.driver.name)
+    }
+
+    /// The root node.
+    pub fn root(&self) -> NodeId {
+        self.backend.root()
+    }
+}
+
+/// Nanoseconds since the first call: the backends' accounting clock.
+pub fn now_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Runs a future to completion on this thread (devices are polled; pending futures wake
+/// themselves).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    futures::executor::block_on(f)
+}
+
+/// Opens `spec` (a file name, or with `image_opts` an options string).
+pub fn open(spec: &str, opts: &OpenOptions) -> Result<Image, ImgError> {
+    let bounce: &'static mut [u8] = Box::leak(vec![0u8; BOUNCE_BUFFERS * BOUNCE_SIZE + 4096].into_boxed_slice());
+    let graph: &'static mut HostGraph = Box::leak(Box::new(Graph::new(bounce, BOUNCE_SIZE)));
+    let text = if opts.image_opts {
+        spec.to_string()
+    } else {
+        let escaped = spec.replace(',', ",,");
+        match &opts.format {
+            Some(f) => format!("driver={f},file={escaped}"),
+            None => format!("file={escaped}"),
+        }
+    };
+    let file_opts = HostFileOptions {
+        read_only: opts.read_only,
+        mode: opts.cache,
+        engine: opts.engine,
+        force_share: opts.force_share,
+        ..HostFileOptions::default()
+    };
+    let mut files: Vec<&'static HostFile> = Vec::new();
+    let mut file_error = None;
+    let opened = block_on(graph.open(&text, &mut |name| match HostFile::open(Path::new(name), &file_opts) {
+        Ok(f) => {
+            let f: &'static HostFile = Box::leak(Box::new(f));
+            files.push(f);
+            Some(f as &dyn BlockDevice)
+        }
+        Err(e) => {
+            file_error = Some(e);
+            None
+        }
+    }));
+    let root = match (opened, file_error) {
+        (Ok(root), _) => root,
+        (Err(Error::NotFound), Some(e)) => return Err(ImgError::failed(format!("Could not open '{spec}': {e}"))),
+        (Err(e), _) => return Err(ImgError::failed(format!("Could not open '{spec}': {e}"))),
+    };
+    let graph: &'static HostGraph = graph;
+    let backend = Backend::new(graph, root, BackendOptions { read_only: opts.read_only, detect_zeroes: opts.detect_zeroes, clock: now_ns })
+        .map_err(|e| ImgError::failed(format!("Could not open '{spec}': {e}")))?;
+    Ok(Image { backend, files })
+}
+
+/// Parses `-t` (QEMU's cache modes that matter here).
+pub fn cache_mode(value: Option<&str>) -> Result<CacheMode, ImgError> {
+    match value {
+        None | Some("writeback") | Some("unsafe") => Ok(CacheMode::Writeback),
+        Some("none") | Some("directsync") => Ok(CacheMode::None),
+        Some(other) => Err(ImgError::usage(format!("-t {other}: expected none or writeback"))),
+    }
+}
+
+/// Parses `-i`.
+pub fn engine(value: Option<&str>) -> Result<Engine, ImgError> {
+    match value {
+        None => Ok(Engine::Auto),
+        Some("io_uring") => Ok(Engine::IoUring),
+        Some("threads") | Some("native") => Ok(Engine::Threads),
+        Some(other) => Err(ImgError::usage(format!("-i {other}: expected threads, native or io_uring"))),
+    }
+}
+
+/// A zeroed buffer of `len` bytes whose address is aligned to 4 KiB (what O_DIRECT needs).
+pub struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Allocates it.
+    pub fn new(len: usize) -> Self {
+        let storage = vec![0u8; len + 4096];
+        let start = storage.as_ptr().align_offset(4096);
+        Self { storage, start, len }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}

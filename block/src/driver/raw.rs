@@ -44,6 +44,10 @@ impl Raw {
         if size > file_size - offset {
             return Err(Error::BadOption { key: "size", why: "the window reaches beyond the end of the file" });
         }
+        // As QEMU: a window of whole sectors, so nothing rounds up past its end.
+        if opts.get("size").is_some() && !size.is_multiple_of(512) {
+            return Err(Error::BadOption { key: "size", why: "not a multiple of 512" });
+        }
         Ok(Self { offset, size })
     }
 

@@ -39,7 +39,10 @@ impl Args {
             if with_value.contains(&flag.as_str()) {
                 let value = match inline {
                     Some(v) => v,
-                    None => it.next().cloned().ok_or_else(|| ImgError::usage(format!("{flag} needs a value")))?,
+                    None => it
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| ImgError::usage(format!("{flag} needs a value")))?,
                 };
                 out.flags.push((flag, Some(value)));
             } else if switches.contains(&flag.as_str()) && inline.is_none() {
@@ -58,14 +61,20 @@ impl Args {
 
     /// The last value given for `flag`.
     pub fn value(&self, flag: &str) -> Option<&str> {
-        self.flags.iter().rev().find(|(f, _)| f == flag).and_then(|(_, v)| v.as_deref())
+        self.flags
+            .iter()
+            .rev()
+            .find(|(f, _)| f == flag)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     /// The value of `flag` parsed as a number (decimal), or `default`.
     pub fn number(&self, flag: &str, default: u64) -> Result<u64, ImgError> {
         match self.value(flag) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| ImgError::usage(format!("{flag} {v}: expected a number"))),
+            Some(v) => v
+                .parse()
+                .map_err(|_| ImgError::usage(format!("{flag} {v}: expected a number"))),
         }
     }
 
@@ -105,7 +114,12 @@ mod tests {
 
     #[test]
     fn flags_values_and_positionals() {
-        let a = Args::parse(&s(&["-c", "10", "-d32", "-w", "--output=json", "f.img"]), &["-c", "-d", "--output"], &["-w"]).unwrap();
+        let a = Args::parse(
+            &s(&["-c", "10", "-d32", "-w", "--output=json", "f.img"]),
+            &["-c", "-d", "--output"],
+            &["-w"],
+        )
+        .unwrap();
         assert_eq!(a.number("-c", 0).unwrap(), 10);
         assert_eq!(a.number("-d", 0).unwrap(), 32);
         assert!(a.has("-w"));

@@ -10,7 +10,7 @@ use futures::future::join_all;
 use strata_block::backend::OpKind;
 
 use super::args::Args;
-use super::image::{self, block_on, AlignedBuf, OpenOptions};
+use super::image::{self, block_on, AlignedBuf, Image, OpenOptions};
 use super::ImgError;
 
 /// Runs `img bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
@@ -19,7 +19,18 @@ use super::ImgError;
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let args = Args::parse(
         argv,
-        &["-c", "-d", "-f", "-s", "-S", "-o", "-t", "-i", "--pattern", "--flush-interval"],
+        &[
+            "-c",
+            "-d",
+            "-f",
+            "-s",
+            "-S",
+            "-o",
+            "-t",
+            "-i",
+            "--pattern",
+            "--flush-interval",
+        ],
         &["-w", "-q", "-n", "--no-drain", "--image-opts", "-U", "--json"],
     )?;
     let spec = &args.exactly(1, "one image")?[0];
@@ -33,77 +44,125 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let pattern = args.number("--pattern", 0xa5)? as u8;
     let flush_interval = args.number("--flush-interval", 0)?;
     let native = args.has("-n");
-    let img = image::open(
-        spec,
-        &OpenOptions {
-            format: args.value("-f").map(str::to_string),
-            image_opts: args.has("--image-opts"),
-            read_only: !write,
-            force_share: args.has("-U"),
-            cache: image::cache_mode(args.value("-t").or(native.then_some("none")))?,
-            engine: image::engine(args.value("-i").or(native.then_some("native")))?,
-            ..OpenOptions::default()
-        },
-    )?;
-    let size = img.backend.size();
-    if bufsize == 0 || bufsize > size || start >= size {
-        return Err(ImgError::usage(format!("buffer size {bufsize} and offset {start} must fit in the image ({size} bytes)")));
-    }
+    let opts = OpenOptions {
+        format: args.value("-f").map(str::to_string),
+        image_opts: args.has("--image-opts"),
+        read_only: !write,
+        force_share: args.has("-U"),
+        cache: image::cache_mode(args.value("-t").or(native.then_some("none")))?,
+        engine: image::engine(args.value("-i").or(native.then_some("native")))?,
+        ..OpenOptions::default()
+    };
     let quiet = args.has("-q");
-    if !quiet && !args.has("--json") {
-        println!(
+    let json = args.has("--json");
+    let job = Job {
+        count,
+        depth,
+        bufsize,
+        step,
+        start,
+        write,
+        pattern,
+        flush_interval,
+    };
+    image::with_image(spec, &opts, |img| job.run(img, quiet, json))
+}
+
+/// One benchmark's parameters (qemu-img bench's).
+struct Job {
+    count: u64,
+    depth: usize,
+    bufsize: u64,
+    step: u64,
+    start: u64,
+    write: bool,
+    pattern: u8,
+    flush_interval: u64,
+}
+
+impl Job {
+    fn run(&self, img: &Image<'_, '_>, quiet: bool, json: bool) -> Result<(), ImgError> {
+        let Job {
+            count,
+            depth,
+            bufsize,
+            step,
+            start,
+            write,
+            pattern,
+            flush_interval,
+        } = *self;
+        let size = img.backend.size();
+        if bufsize == 0 || bufsize > size || start >= size {
+            return Err(ImgError::usage(format!(
+                "buffer size {bufsize} and offset {start} must fit in the image ({size} bytes)"
+            )));
+        }
+        if !quiet && !json {
+            println!(
             "Sending {count} {} requests, {bufsize} bytes each, {depth} in parallel (starting at offset {start}, step size {step})",
             if write { "write" } else { "read" }
         );
-    }
+        }
 
-    let issued = Cell::new(0u64);
-    let next_offset = Cell::new(start);
-    let writes_since_flush = Cell::new(0u64);
-    let backend = &img.backend;
-    let worker = || async {
-        let mut buf = AlignedBuf::new(bufsize as usize);
-        buf.as_mut_slice().fill(pattern);
-        while issued.get() < count {
-            issued.set(issued.get() + 1);
-            let mut offset = next_offset.get();
-            if offset + bufsize > size {
-                offset = 0;
-            }
-            next_offset.set((offset + step) % size);
-            let result = if write { backend.write(offset, buf.as_slice()).await } else { backend.read(offset, buf.as_mut_slice()).await };
-            result.map_err(|e| ImgError::failed(format!("request at byte {offset} failed: {e}")))?;
-            if write && flush_interval > 0 {
-                writes_since_flush.set(writes_since_flush.get() + 1);
-                if writes_since_flush.get() >= flush_interval {
-                    writes_since_flush.set(0);
-                    backend.flush().await.map_err(|e| ImgError::failed(format!("flush failed: {e}")))?;
+        let issued = Cell::new(0u64);
+        let next_offset = Cell::new(start);
+        let writes_since_flush = Cell::new(0u64);
+        let backend = &img.backend;
+        let worker = || async {
+            let mut buf = AlignedBuf::new(bufsize as usize);
+            buf.as_mut_slice().fill(pattern);
+            while issued.get() < count {
+                issued.set(issued.get() + 1);
+                let mut offset = next_offset.get();
+                if offset + bufsize > size {
+                    offset = 0;
+                }
+                next_offset.set((offset + step) % size);
+                let result = if write {
+                    backend.write(offset, buf.as_slice()).await
+                } else {
+                    backend.read(offset, buf.as_mut_slice()).await
+                };
+                result.map_err(|e| ImgError::failed(format!("request at byte {offset} failed: {e}")))?;
+                if write && flush_interval > 0 {
+                    writes_since_flush.set(writes_since_flush.get() + 1);
+                    if writes_since_flush.get() >= flush_interval {
+                        writes_since_flush.set(0);
+                        backend
+                            .flush()
+                            .await
+                            .map_err(|e| ImgError::failed(format!("flush failed: {e}")))?;
+                    }
                 }
             }
-        }
-        Ok::<(), ImgError>(())
-    };
-    let t0 = Instant::now();
-    let results = block_on(join_all((0..depth).map(|_| worker())));
-    let seconds = t0.elapsed().as_secs_f64();
-    results.into_iter().collect::<Result<Vec<()>, ImgError>>()?;
+            Ok::<(), ImgError>(())
+        };
+        let t0 = Instant::now();
+        let results = block_on(join_all((0..depth).map(|_| worker())));
+        let seconds = t0.elapsed().as_secs_f64();
+        results.into_iter().collect::<Result<Vec<()>, ImgError>>()?;
 
-    let stats = img.backend.stats();
-    let kind = stats.kind(if write { OpKind::Write } else { OpKind::Read });
-    let iops = count as f64 / seconds.max(1e-9);
-    let mbps = iops * bufsize as f64 / 1e6;
-    let (p50, p99, p999) = (kind.percentile_ns(500), kind.percentile_ns(990), kind.percentile_ns(999));
-    if args.has("--json") {
-        let v = serde_json::json!({
-            "rw": if write { "write" } else { "read" }, "count": count, "depth": depth, "bufsize": bufsize,
-            "seconds": seconds, "iops": iops, "mb_per_s": mbps,
-            "mean_ns": kind.total_ns / kind.ops.max(1), "p50_ns_le": p50, "p99_ns_le": p99, "p999_ns_le": p999,
-            "engine": format!("{:?}", img.files.first().map(|f| f.engine())),
-        });
-        println!("{v}");
-    } else if !quiet {
-        println!("Run completed in {seconds:.3} seconds.");
-        println!(
+        let stats = img.backend.stats();
+        let kind = stats.kind(if write { OpKind::Write } else { OpKind::Read });
+        let iops = count as f64 / seconds.max(1e-9);
+        let mbps = iops * bufsize as f64 / 1e6;
+        let (p50, p99, p999) = (
+            kind.percentile_ns(500),
+            kind.percentile_ns(990),
+            kind.percentile_ns(999),
+        );
+        if json {
+            let v = serde_json::json!({
+                "rw": if write { "write" } else { "read" }, "count": count, "depth": depth, "bufsize": bufsize,
+                "seconds": seconds, "iops": iops, "mb_per_s": mbps,
+                "mean_ns": kind.total_ns / kind.ops.max(1), "p50_ns_le": p50, "p99_ns_le": p99, "p999_ns_le": p999,
+                "engine": format!("{:?}", img.files.first().map(|f| f.engine())),
+            });
+            println!("{v}");
+        } else if !quiet {
+            println!("Run completed in {seconds:.3} seconds.");
+            println!(
             "strata: {iops:.0} IOPS, {mbps:.1} MB/s; latency mean {:.1} us, p50 <= {:.1} us, p99 <= {:.1} us, p99.9 <= {:.1} us ({:?})",
             (kind.total_ns / kind.ops.max(1)) as f64 / 1e3,
             p50 as f64 / 1e3,
@@ -111,6 +170,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
             p999 as f64 / 1e3,
             img.files.first().map(|f| f.engine()),
         );
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use futures::future::join_all;
 
 use super::args::Args;
-use super::image::{self, block_on, AlignedBuf, OpenOptions};
+use super::image::{self, block_on, AlignedBuf, Image, OpenOptions};
 use super::ImgError;
 
 /// Bytes per copy request.
@@ -25,26 +25,32 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         Some(other) => return Err(ImgError::usage(format!("-O {other}: only raw output is supported yet"))),
         None => return Err(ImgError::usage("-O raw is required".into())),
     }
-    let src = image::open(
-        &files[0],
-        &OpenOptions {
-            format: args.value("-f").map(str::to_string),
-            image_opts: args.has("--image-opts"),
-            read_only: true,
-            force_share: args.has("-U"),
-            cache: image::cache_mode(args.value("-T"))?,
-            ..OpenOptions::default()
-        },
-    )?;
-    let size = src.backend.size();
-    let out = std::fs::File::create(&files[1]).map_err(|e| ImgError::failed(format!("Could not create '{}': {e}", files[1])))?;
-    out.set_len(size).map_err(|e| ImgError::failed(format!("Could not resize '{}': {e}", files[1])))?;
-    drop(out);
-    let dst = image::open(
-        &files[1],
-        &OpenOptions { format: Some("raw".into()), cache: image::cache_mode(args.value("-t"))?, ..OpenOptions::default() },
-    )?;
+    let src_opts = OpenOptions {
+        format: args.value("-f").map(str::to_string),
+        image_opts: args.has("--image-opts"),
+        read_only: true,
+        force_share: args.has("-U"),
+        cache: image::cache_mode(args.value("-T"))?,
+        ..OpenOptions::default()
+    };
+    let dst_opts = OpenOptions {
+        format: Some("raw".into()),
+        cache: image::cache_mode(args.value("-t"))?,
+        ..OpenOptions::default()
+    };
+    image::with_image(&files[0], &src_opts, |src| {
+        let size = src.backend.size();
+        let out = std::fs::File::create(&files[1])
+            .map_err(|e| ImgError::failed(format!("Could not create '{}': {e}", files[1])))?;
+        out.set_len(size)
+            .map_err(|e| ImgError::failed(format!("Could not resize '{}': {e}", files[1])))?;
+        drop(out);
+        image::with_image(&files[1], &dst_opts, |dst| copy(src, dst, size))
+    })
+}
 
+/// Copies `size` bytes from `src` to `dst`, leaving zero blocks as holes, then flushes.
+fn copy(src: &Image<'_, '_>, dst: &Image<'_, '_>, size: u64) -> Result<(), ImgError> {
     let next = Cell::new(0u64);
     let worker = || async {
         let mut buf = AlignedBuf::new(CHUNK as usize);
@@ -56,7 +62,10 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
             let n = (size - offset).min(CHUNK);
             next.set(offset + n);
             let data = &mut buf.as_mut_slice()[..n as usize];
-            src.backend.read(offset, data).await.map_err(|e| ImgError::failed(format!("error while reading at byte {offset}: {e}")))?;
+            src.backend
+                .read(offset, data)
+                .await
+                .map_err(|e| ImgError::failed(format!("error while reading at byte {offset}: {e}")))?;
             // Write the runs of non-zero blocks; leave zero blocks as holes.
             let mut at = 0usize;
             while at < data.len() {
@@ -71,7 +80,10 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
                 }
                 let end = at.min(data.len());
                 let pos = offset + start as u64;
-                dst.backend.write(pos, &data[start..end]).await.map_err(|e| ImgError::failed(format!("error while writing at byte {pos}: {e}")))?;
+                dst.backend
+                    .write(pos, &data[start..end])
+                    .await
+                    .map_err(|e| ImgError::failed(format!("error while writing at byte {pos}: {e}")))?;
             }
         }
     };

@@ -1,9 +1,9 @@
 //! Opening images on the host for the `img` subcommands: host files as leaf devices, a graph and
 //! a backend from the block layer, and a small executor.
 //!
-//! The block layer never allocates; this host tool does, once per image: the graph, its bounce
-//! buffers and the opened files are leaked so they live as long as the process (a short-lived
-//! command), which is what the block layer's `'d` lifetime asks for.
+//! [`with_image`] keeps everything an image needs (its files, bounce memory, graph, backend) in
+//! one scope and closes it all, locks included, when the scope ends: the block layer borrows
+//! what it uses (it never allocates), so the owner of the memory must outlive it.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -16,9 +16,9 @@ use strata_block::{Backend, BackendOptions, DetectZeroes, Error, Graph, NodeId};
 use super::ImgError;
 
 /// Graph capacity for host images: nodes and tracked requests.
-pub type HostGraph = Graph<'static, 16, 512>;
+pub type HostGraph<'a> = Graph<'a, 16, 512>;
 /// A backend on a host graph.
-pub type HostBackend = Backend<'static, 'static, 16, 512>;
+pub type HostBackend<'g, 'd> = Backend<'g, 'd, 16, 512>;
 
 /// Bounce buffers per image and their size.
 const BOUNCE_BUFFERS: usize = 32;
@@ -44,17 +44,20 @@ pub struct OpenOptions {
 }
 
 /// An open image.
-pub struct Image {
+pub struct Image<'g, 'd> {
     /// The backend on the root node.
-    pub backend: HostBackend,
+    pub backend: HostBackend<'g, 'd>,
     /// The host files under it.
-    pub files: Vec<&'static HostFile>,
+    pub files: Vec<&'d HostFile>,
 }
 
-impl Image {
+impl Image<'_, '_> {
     /// The root node's driver name.
     pub fn format(&self) -> &'static str {
-        self.backend.graph().node(self.backend.root()).map_or("?", |n| n.driver.name)
+        self.backend
+            .graph()
+            .node(self.backend.root())
+            .map_or("?", |n| n.driver.name)
     }
 
     /// The root node.
@@ -75,10 +78,16 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
 }
 
-/// Opens `spec` (a file name, or with `image_opts` an options string).
-pub fn open(spec: &str, opts: &OpenOptions) -> Result<Image, ImgError> {
-    let bounce: &'static mut [u8] = Box::leak(vec![0u8; BOUNCE_BUFFERS * BOUNCE_SIZE + 4096].into_boxed_slice());
-    let graph: &'static mut HostGraph = Box::leak(Box::new(Graph::new(bounce, BOUNCE_SIZE)));
+/// Opens `spec` (a file name, or with `image_opts` an options string) and runs `f` on it; the
+/// image is closed when `f` returns.
+pub fn with_image<R>(
+    spec: &str,
+    opts: &OpenOptions,
+    f: impl FnOnce(&Image<'_, '_>) -> Result<R, ImgError>,
+) -> Result<R, ImgError> {
+    let arena: typed_arena::Arena<HostFile> = typed_arena::Arena::new();
+    let mut bounce = vec![0u8; BOUNCE_BUFFERS * BOUNCE_SIZE + 4096];
+    let mut graph: HostGraph<'_> = Graph::new(&mut bounce, BOUNCE_SIZE);
     let text = if opts.image_opts {
         spec.to_string()
     } else {
@@ -95,28 +104,40 @@ pub fn open(spec: &str, opts: &OpenOptions) -> Result<Image, ImgError> {
         force_share: opts.force_share,
         ..HostFileOptions::default()
     };
-    let mut files: Vec<&'static HostFile> = Vec::new();
+    let mut files: Vec<&HostFile> = Vec::new();
     let mut file_error = None;
-    let opened = block_on(graph.open(&text, &mut |name| match HostFile::open(Path::new(name), &file_opts) {
-        Ok(f) => {
-            let f: &'static HostFile = Box::leak(Box::new(f));
-            files.push(f);
-            Some(f as &dyn BlockDevice)
-        }
-        Err(e) => {
-            file_error = Some(e);
-            None
-        }
-    }));
+    let opened = block_on(
+        graph.open(&text, &mut |name| match HostFile::open(Path::new(name), &file_opts) {
+            Ok(f) => {
+                let f: &HostFile = arena.alloc(f);
+                files.push(f);
+                Some(f as &dyn BlockDevice)
+            }
+            Err(e) => {
+                file_error = Some(e);
+                None
+            }
+        }),
+    );
     let root = match (opened, file_error) {
         (Ok(root), _) => root,
         (Err(Error::NotFound), Some(e)) => return Err(ImgError::failed(format!("Could not open '{spec}': {e}"))),
         (Err(e), _) => return Err(ImgError::failed(format!("Could not open '{spec}': {e}"))),
     };
-    let graph: &'static HostGraph = graph;
-    let backend = Backend::new(graph, root, BackendOptions { read_only: opts.read_only, detect_zeroes: opts.detect_zeroes, clock: now_ns })
-        .map_err(|e| ImgError::failed(format!("Could not open '{spec}': {e}")))?;
-    Ok(Image { backend, files })
+    let backend = Backend::new(
+        &graph,
+        root,
+        BackendOptions {
+            read_only: opts.read_only,
+            detect_zeroes: opts.detect_zeroes,
+            clock: now_ns,
+        },
+    )
+    .map_err(|e| ImgError::failed(format!("Could not open '{spec}': {e}")))?;
+    let image = Image { backend, files };
+    let result = f(&image);
+    drop(image);
+    result
 }
 
 /// Parses `-t` (QEMU's cache modes that matter here).
@@ -134,7 +155,9 @@ pub fn engine(value: Option<&str>) -> Result<Engine, ImgError> {
         None => Ok(Engine::Auto),
         Some("io_uring") => Ok(Engine::IoUring),
         Some("threads") | Some("native") => Ok(Engine::Threads),
-        Some(other) => Err(ImgError::usage(format!("-i {other}: expected threads, native or io_uring"))),
+        Some(other) => Err(ImgError::usage(format!(
+            "-i {other}: expected threads, native or io_uring"
+        ))),
     }
 }
 

@@ -17,16 +17,17 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         force_share: args.has("-U") || args.has("--force-share"),
         ..OpenOptions::default()
     };
-    let img = image::open(spec, &opts)?;
-    let size = img.backend.size();
+    let (size, format) = image::with_image(spec, &opts, |img| Ok((img.backend.size(), img.format())))?;
     // Host disk use of the named file (not known for an options string).
-    let disk = (!opts.image_opts).then(|| std::fs::metadata(spec).map(|m| m.blocks() * 512).ok()).flatten();
+    let disk = (!opts.image_opts)
+        .then(|| std::fs::metadata(spec).map(|m| m.blocks() * 512).ok())
+        .flatten();
     match args.value("--output").unwrap_or("human") {
         "json" => {
             let v = serde_json::json!({
                 "virtual-size": size,
                 "filename": spec,
-                "format": img.format(),
+                "format": format,
                 "actual-size": disk,
                 "dirty-flag": false,
             });
@@ -34,7 +35,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         }
         "human" => {
             println!("image: {spec}");
-            println!("file format: {}", img.format());
+            println!("file format: {format}");
             println!("virtual size: {} ({size} bytes)", human_size(size));
             if let Some(disk) = disk {
                 println!("disk size: {}", human_size(disk));
@@ -58,7 +59,13 @@ pub fn human_size(bytes: u64) -> String {
     if unit == 0 {
         format!("{bytes} B")
     } else {
-        let decimals = if value >= 100.0 { 0 } else if value >= 10.0 { 1 } else { 2 };
+        let decimals = if value >= 100.0 {
+            0
+        } else if value >= 10.0 {
+            1
+        } else {
+            2
+        };
         let text = format!("{value:.decimals$}");
         let trimmed = text.trim_end_matches('0').trim_end_matches('.');
         format!("{trimmed} {}", UNITS[unit])

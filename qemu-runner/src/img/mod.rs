@@ -78,7 +78,9 @@ pub fn main(args: &[String]) -> i32 {
                 return 2;
             }
         },
-        other => Err(ImgError::usage(format!("unknown img command \"{other}\" (info, convert, compare, bench)"))),
+        other => Err(ImgError::usage(format!(
+            "unknown img command \"{other}\" (info, convert, compare, bench)"
+        ))),
     };
     match result {
         Ok(status) => status,

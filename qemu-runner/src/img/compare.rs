@@ -53,8 +53,8 @@ fn compare(a: &Image<'_, '_>, b: &Image<'_, '_>, strict: bool, quiet: bool) -> R
             &mut buf_a.as_mut_slice()[..n as usize],
             &mut buf_b.as_mut_slice()[..n as usize],
         );
-        read_or_zero(&a, offset, size_a, da)?;
-        read_or_zero(&b, offset, size_b, db)?;
+        read_or_zero(a, offset, size_a, da)?;
+        read_or_zero(b, offset, size_b, db)?;
         if let Some(i) = da.iter().zip(db.iter()).position(|(x, y)| x != y) {
             if !quiet {
                 let at = (offset + i as u64) / 512 * 512;

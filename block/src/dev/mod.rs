@@ -97,6 +97,46 @@ impl DeviceInfo {
         self
     }
 
+    /// Checks `req` against these limits and features: what every device does before accepting
+    /// a request (the io layer never sends one that fails, but a device does not trust that).
+    pub fn check(&self, req: &DeviceRequest<'_>) -> Result<(), DeviceError> {
+        let writes = !matches!(req.op, DeviceOp::Read | DeviceOp::Flush);
+        if writes && self.read_only {
+            return Err(DeviceError::ReadOnly);
+        }
+        match req.op {
+            DeviceOp::Flush => return Ok(()),
+            DeviceOp::Discard if !self.features.contains(DeviceFeatures::DISCARD) => return Err(DeviceError::Unsupported),
+            DeviceOp::WriteZeroes { unmap } => {
+                let need = if unmap { DeviceFeatures::WRITE_ZEROES_UNMAP } else { DeviceFeatures::WRITE_ZEROES };
+                if !self.features.contains(need) {
+                    return Err(DeviceError::Unsupported);
+                }
+            }
+            _ => {}
+        }
+        let bs = u64::from(self.block_size.max(1));
+        let end = req.offset.checked_add(req.len).ok_or(DeviceError::Invalid)?;
+        if !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > self.capacity || req.len == 0 {
+            return Err(DeviceError::Invalid);
+        }
+        if matches!(req.op, DeviceOp::Read | DeviceOp::Write) {
+            let total: u64 = req.segments.iter().map(|s| s.len as u64).sum();
+            let align = self.mem_alignment.max(1) as usize;
+            let bad_segment = |s: &Segment| {
+                s.len > self.max_segment_size as usize || !(s.ptr as usize).is_multiple_of(align) || !s.len.is_multiple_of(align)
+            };
+            if total != req.len
+                || req.len > u64::from(self.max_transfer)
+                || req.segments.len() > usize::from(self.max_segments)
+                || req.segments.iter().any(bad_segment)
+            {
+                return Err(DeviceError::Invalid);
+            }
+        }
+        Ok(())
+    }
+
     /// The serial as text.
     pub fn serial(&self) -> &str {
         let n = usize::from(self.serial_len).min(MAX_SERIAL);

@@ -106,42 +106,6 @@ impl<'m, const Q: usize> RamDisk<'m, Q> {
         self.slots.borrow().iter().filter(|s| s.pending.is_some_and(|p| p.result.is_none())).count()
     }
 
-    fn validate(&self, req: &DeviceRequest<'_>) -> Result<(), DeviceError> {
-        let info = &self.info;
-        let bs = u64::from(info.block_size);
-        let writes = !matches!(req.op, DeviceOp::Read | DeviceOp::Flush);
-        if writes && info.read_only {
-            return Err(DeviceError::ReadOnly);
-        }
-        match req.op {
-            DeviceOp::Flush => return Ok(()),
-            DeviceOp::Discard if !info.features.contains(DeviceFeatures::DISCARD) => return Err(DeviceError::Unsupported),
-            DeviceOp::WriteZeroes { unmap } => {
-                let need = if unmap { DeviceFeatures::WRITE_ZEROES_UNMAP } else { DeviceFeatures::WRITE_ZEROES };
-                if !info.features.contains(need) {
-                    return Err(DeviceError::Unsupported);
-                }
-            }
-            _ => {}
-        }
-        let end = req.offset.checked_add(req.len).ok_or(DeviceError::Invalid)?;
-        if !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > info.capacity || req.len == 0 {
-            return Err(DeviceError::Invalid);
-        }
-        if matches!(req.op, DeviceOp::Read | DeviceOp::Write) {
-            let total: u64 = req.segments.iter().map(|s| s.len as u64).sum();
-            let align = info.mem_alignment.max(1) as usize;
-            if total != req.len
-                || req.len > u64::from(info.max_transfer)
-                || req.segments.len() > usize::from(info.max_segments)
-                || req.segments.iter().any(|s| s.len > info.max_segment_size as usize || !(s.ptr as usize).is_multiple_of(align) || s.len % align != 0)
-            {
-                return Err(DeviceError::Invalid);
-            }
-        }
-        Ok(())
-    }
-
     /// Executes every due request (in shuffled order if configured) and ages the others.
     fn advance(&self) {
         let mut slots = self.slots.borrow_mut();
@@ -217,7 +181,7 @@ impl<const Q: usize> BlockDevice for RamDisk<'_, Q> {
     }
 
     unsafe fn submit(&self, req: &DeviceRequest<'_>) -> Result<Ticket, SubmitError> {
-        self.validate(req).map_err(SubmitError::Invalid)?;
+        self.info.check(req).map_err(SubmitError::Invalid)?;
         if req.segments.len() > RAM_MAX_SEGMENTS {
             return Err(SubmitError::Invalid(DeviceError::Invalid));
         }

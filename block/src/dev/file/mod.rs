@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use super::{BlockDevice, DeviceError, DeviceFeatures, DeviceInfo, DeviceOp, DeviceRequest, Segment, SubmitError, Ticket};
+use super::{BlockDevice, DeviceError, DeviceFeatures, DeviceInfo, DeviceRequest, Segment, SubmitError, Ticket};
 use sys::Exec;
 
 /// Most bytes per request in writeback (in-thread) mode.
@@ -321,42 +321,6 @@ fn decode_result(v: u8) -> Result<(), DeviceError> {
     }
 }
 
-/// Checks `req` against `info` (as every device does, see [`super::ram`]).
-fn validate(info: &DeviceInfo, req: &DeviceRequest<'_>) -> Result<(), DeviceError> {
-    let bs = u64::from(info.block_size.max(1));
-    let writes = !matches!(req.op, DeviceOp::Read | DeviceOp::Flush);
-    if writes && info.read_only {
-        return Err(DeviceError::ReadOnly);
-    }
-    match req.op {
-        DeviceOp::Flush => return Ok(()),
-        DeviceOp::Discard if !info.features.contains(DeviceFeatures::DISCARD) => return Err(DeviceError::Unsupported),
-        DeviceOp::WriteZeroes { unmap } => {
-            let need = if unmap { DeviceFeatures::WRITE_ZEROES_UNMAP } else { DeviceFeatures::WRITE_ZEROES };
-            if !info.features.contains(need) {
-                return Err(DeviceError::Unsupported);
-            }
-        }
-        _ => {}
-    }
-    let end = req.offset.checked_add(req.len).ok_or(DeviceError::Invalid)?;
-    if !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > info.capacity || req.len == 0 {
-        return Err(DeviceError::Invalid);
-    }
-    if matches!(req.op, DeviceOp::Read | DeviceOp::Write) {
-        let total: u64 = req.segments.iter().map(|s| s.len as u64).sum();
-        let align = info.mem_alignment.max(1) as usize;
-        if total != req.len
-            || req.len > u64::from(info.max_transfer)
-            || req.segments.len() > usize::from(info.max_segments)
-            || req.segments.iter().any(|s| s.len > info.max_segment_size as usize || !(s.ptr as usize).is_multiple_of(align) || !s.len.is_multiple_of(align))
-        {
-            return Err(DeviceError::Invalid);
-        }
-    }
-    Ok(())
-}
-
 fn open_error(path: &Path, what: &'static str, e: io::Error) -> FileError {
     let path = path.to_path_buf();
     match e.raw_os_error() {
@@ -568,7 +532,7 @@ impl BlockDevice for HostFile {
     }
 
     unsafe fn submit(&self, req: &DeviceRequest<'_>) -> Result<Ticket, SubmitError> {
-        validate(&self.info, req).map_err(SubmitError::Invalid)?;
+        self.info.check(req).map_err(SubmitError::Invalid)?;
         match &self.backend {
             // SAFETY: forwarded from the caller.
             Backend::InThread(b) => unsafe { b.submit(&self.exec, req) },

@@ -14,6 +14,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use super::sys::AlignedBuf;
 use super::*;
+use crate::dev::DeviceOp;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -1,19 +1,90 @@
-//! The kernel command line: `WORKLOAD [OPTIONS]`.
+//! The kernel command line: `WORKLOAD [OPTIONS] [--flag value ...]`.
 //!
-//! `OPTIONS` is one word in Strata's options grammar (`strata_block::options`), with an implied
-//! first key so the common case stays short: `sha256 disk0` means `sha256 device=disk0`.
-//! Tokens QEMU's microvm may append for Linux (`virtio_mmio.device=...`) are ignored; anything
-//! else unexpected is an error, reported with [`USAGE`].
+//! `OPTIONS` is one word in Strata's options grammar (`strata_block::options`, QEMU `-blockdev`
+//! style) describing the node to open, with `file` implied for the first element:
+//! `sha256 disk0` is `sha256 file=disk0` (the format probed; raw for anything that is not a
+//! known image), `sha256 driver=raw,offset=1M,size=4M,file=disk0` a window of it. Names resolve
+//! only through the device catalog (virtio serials). Flags follow the options word. Tokens
+//! QEMU's microvm may append for Linux (`virtio_mmio.device=...`) are ignored; anything else
+//! unexpected is an error, reported with [`USAGE`].
 
 use core::fmt;
 use strata_block::options::{Options, OptionsError, ValueError};
 
 /// Printed after a command-line error.
-pub const USAGE: &str =
-    "usage: devices | sha256 [device=]SERIAL | demo [[device=]SERIAL][,size=BYTES] | logbench";
+pub const USAGE: &str = "\
+usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw,offset=N,size=N,...]
+  devices                      the device table
+  sha256 OPTIONS               SHA-256 of what the opened node shows
+  demo [OPTIONS]               write, flush, read back, verify (default: first device, 16M)
+  bench OPTIONS [--rw randread|randwrite|read|write] [--bs 4k] [--qd 1..64]
+                [--seconds N | --count N]
+  logbench                     cost per byte of the log channels";
 
-/// The largest number of options a workload takes.
-const MAX_OPTIONS: usize = 8;
+/// Most options in one options word (as many as the graph's open takes).
+const MAX_OPTIONS: usize = 32;
+
+/// Deepest queue depth `bench` runs.
+pub const MAX_QD: u32 = 64;
+
+/// A bench's access pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rw {
+    /// Random reads.
+    RandRead,
+    /// Random writes.
+    RandWrite,
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+}
+
+impl Rw {
+    /// The name on the command line and in records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rw::RandRead => "randread",
+            Rw::RandWrite => "randwrite",
+            Rw::Read => "read",
+            Rw::Write => "write",
+        }
+    }
+
+    /// True for writes.
+    pub fn writes(self) -> bool {
+        matches!(self, Rw::RandWrite | Rw::Write)
+    }
+
+    /// True for random offsets.
+    pub fn random(self) -> bool {
+        matches!(self, Rw::RandRead | Rw::RandWrite)
+    }
+}
+
+/// When a bench stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// After this many seconds.
+    Seconds(u64),
+    /// After this many requests.
+    Count(u64),
+}
+
+/// A bench's parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchArgs<'a> {
+    /// The node to open.
+    pub options: &'a str,
+    /// Access pattern.
+    pub rw: Rw,
+    /// Bytes per request.
+    pub bs: u64,
+    /// Requests in flight (tasks).
+    pub qd: u32,
+    /// When to stop.
+    pub stop: Stop,
+}
 
 /// A parsed command.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,18 +93,18 @@ pub enum Command<'a> {
     Devices,
     /// Measure the cost per byte of the candidate log channels.
     LogBench,
-    /// Hash a device's raw bytes.
+    /// Hash what a node shows.
     Sha256 {
-        /// Serial of the device.
-        device: &'a str,
+        /// The node, in the options grammar.
+        options: &'a str,
     },
     /// Write a pattern, flush, read back and verify, with throughput and latency.
     Demo {
-        /// Serial of the device (default: the first serial in sort order).
-        device: Option<&'a str>,
-        /// Bytes to write (default: 16 MiB or the device's size, whichever is smaller).
-        size: Option<u64>,
+        /// The node (default: the device whose serial sorts first).
+        options: Option<&'a str>,
     },
+    /// Measure IOPS, throughput, latency and cycles per stage.
+    Bench(BenchArgs<'a>),
 }
 
 /// What is wrong with a command line.
@@ -43,28 +114,34 @@ pub enum CmdlineError<'a> {
     UnknownCommand(&'a str),
     /// A workload that needs options was given none.
     MissingOptions(&'static str),
-    /// More words than the workload takes.
+    /// A word that is neither the options word nor a flag.
     ExtraWord(&'a str),
-    /// The options word does not parse or names unknown keys.
+    /// The options word does not parse.
     Options(OptionsError<'a>),
-    /// A required option is absent.
-    MissingKey(&'static str),
-    /// An option's value is unusable.
-    BadValue(&'static str, ValueError),
-    /// A device name contains an escaped comma (serials never do).
-    NotAName(&'static str),
+    /// A flag the workload does not take.
+    UnknownFlag(&'a str),
+    /// A flag without its value.
+    MissingValue(&'a str),
+    /// A flag given twice.
+    DuplicateFlag(&'a str),
+    /// A flag's value is unusable.
+    BadFlag(&'a str, &'static str),
+    /// A flag's size or number does not parse.
+    BadValue(&'a str, ValueError),
 }
 
 impl fmt::Display for CmdlineError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownCommand(w) => write!(f, "unknown workload \"{}\"", w),
-            Self::MissingOptions(cmd) => write!(f, "{} needs options", cmd),
-            Self::ExtraWord(w) => write!(f, "unexpected word \"{}\" (options are one word: key=value,...)", w),
+            Self::MissingOptions(cmd) => write!(f, "{} needs options (which node to use)", cmd),
+            Self::ExtraWord(w) => write!(f, "unexpected word \"{}\" (options are one word: key=value,...; flags start with --)", w),
             Self::Options(e) => write!(f, "{}", e),
-            Self::MissingKey(k) => write!(f, "missing option \"{}\"", k),
-            Self::BadValue(k, e) => write!(f, "option \"{}\": {}", k, e),
-            Self::NotAName(k) => write!(f, "option \"{}\" must be a plain name", k),
+            Self::UnknownFlag(w) => write!(f, "unknown flag \"{}\"", w),
+            Self::MissingValue(w) => write!(f, "flag \"{}\" needs a value", w),
+            Self::DuplicateFlag(w) => write!(f, "flag \"{}\" given twice", w),
+            Self::BadFlag(w, why) => write!(f, "flag \"{}\": {}", w, why),
+            Self::BadValue(w, e) => write!(f, "flag \"{}\": {}", w, e),
         }
     }
 }
@@ -73,35 +150,110 @@ impl fmt::Display for CmdlineError<'_> {
 pub fn parse(cmdline: &str) -> Result<Command<'_>, CmdlineError<'_>> {
     let mut words = cmdline.split_ascii_whitespace().filter(|w| !w.starts_with("virtio_mmio.device="));
     let Some(workload) = words.next() else { return Ok(Command::Devices) };
-    let options = words.next();
-    if let Some(extra) = words.next() {
-        return Err(CmdlineError::ExtraWord(extra));
+    let mut rest = words.peekable();
+    let options = rest.next_if(|w| !w.starts_with("--"));
+    if let Some(text) = options {
+        // The grammar is checked here so that its errors name the key; keys are checked by the
+        // driver that opens the node.
+        Options::<'_, MAX_OPTIONS>::parse(text, Some("file")).map_err(CmdlineError::Options)?;
     }
-    let opts: Options<'_, MAX_OPTIONS> = Options::parse(options.unwrap_or(""), Some("device")).map_err(CmdlineError::Options)?;
-    let name = |key: &'static str| -> Result<Option<&str>, CmdlineError<'_>> {
-        opts.get(key).map(|v| v.as_str().ok_or(CmdlineError::NotAName(key))).transpose()
+    let mut flags: heapless::Vec<(&str, &str), 8> = heapless::Vec::new();
+    while let Some(word) = rest.next() {
+        if !word.starts_with("--") {
+            return Err(CmdlineError::ExtraWord(word));
+        }
+        let (name, value) = match word.split_once('=') {
+            Some((n, v)) => (n, v),
+            None => (word, rest.next().ok_or(CmdlineError::MissingValue(word))?),
+        };
+        if flags.iter().any(|(n, _)| *n == name) {
+            return Err(CmdlineError::DuplicateFlag(name));
+        }
+        flags.push((name, value)).map_err(|_| CmdlineError::UnknownFlag(name))?;
+    }
+    let no_flags = || match flags.first() {
+        Some((name, _)) => Err(CmdlineError::UnknownFlag(name)),
+        None => Ok(()),
+    };
+    let no_options = |cmd| match options {
+        Some(w) => Err(CmdlineError::ExtraWord(w)).map(|()| cmd),
+        None => Ok(cmd),
     };
     match workload {
         "devices" => {
-            opts.check_only(&[]).map_err(CmdlineError::Options)?;
-            Ok(Command::Devices)
+            no_flags()?;
+            no_options(Command::Devices)
         }
         "logbench" => {
-            opts.check_only(&[]).map_err(CmdlineError::Options)?;
-            Ok(Command::LogBench)
+            no_flags()?;
+            no_options(Command::LogBench)
         }
         "sha256" => {
-            if options.is_none() {
-                return Err(CmdlineError::MissingOptions("sha256"));
-            }
-            opts.check_only(&["device"]).map_err(CmdlineError::Options)?;
-            Ok(Command::Sha256 { device: name("device")?.ok_or(CmdlineError::MissingKey("device"))? })
+            no_flags()?;
+            Ok(Command::Sha256 { options: options.ok_or(CmdlineError::MissingOptions("sha256"))? })
         }
         "demo" => {
-            opts.check_only(&["device", "size"]).map_err(CmdlineError::Options)?;
-            let size = opts.get("size").map(|v| v.parse_size().map_err(|e| CmdlineError::BadValue("size", e))).transpose()?;
-            Ok(Command::Demo { device: name("device")?, size })
+            no_flags()?;
+            Ok(Command::Demo { options })
+        }
+        "bench" => {
+            let options = options.ok_or(CmdlineError::MissingOptions("bench"))?;
+            bench(options, &flags).map(Command::Bench)
         }
         other => Err(CmdlineError::UnknownCommand(other)),
     }
+}
+
+fn bench<'a>(options: &'a str, flags: &[(&'a str, &'a str)]) -> Result<BenchArgs<'a>, CmdlineError<'a>> {
+    let mut args = BenchArgs { options, rw: Rw::RandRead, bs: 4096, qd: 1, stop: Stop::Seconds(5) };
+    let mut stop = None;
+    for &(name, value) in flags {
+        let number = |what| size(what, value);
+        match name {
+            "--rw" => {
+                args.rw = match value {
+                    "randread" => Rw::RandRead,
+                    "randwrite" => Rw::RandWrite,
+                    "read" => Rw::Read,
+                    "write" => Rw::Write,
+                    _ => return Err(CmdlineError::BadFlag(name, "expected randread, randwrite, read or write")),
+                }
+            }
+            "--bs" => {
+                args.bs = number(name)?;
+                if args.bs == 0 || !args.bs.is_multiple_of(512) || args.bs > 1 << 20 {
+                    return Err(CmdlineError::BadFlag(name, "expected a multiple of 512 from 512 to 1M"));
+                }
+            }
+            "--qd" => {
+                let qd = number(name)?;
+                if qd == 0 || qd > u64::from(MAX_QD) {
+                    return Err(CmdlineError::BadFlag(name, "expected 1 to 64"));
+                }
+                args.qd = qd as u32;
+            }
+            "--seconds" | "--count" => {
+                if stop.is_some() {
+                    return Err(CmdlineError::BadFlag(name, "give --seconds or --count, not both"));
+                }
+                let n = number(name)?;
+                if n == 0 {
+                    return Err(CmdlineError::BadFlag(name, "must be positive"));
+                }
+                stop = Some(if name == "--seconds" { Stop::Seconds(n) } else { Stop::Count(n) });
+            }
+            _ => return Err(CmdlineError::UnknownFlag(name)),
+        }
+    }
+    if let Some(s) = stop {
+        args.stop = s;
+    }
+    Ok(args)
+}
+
+/// A flag's value as a size or count (`4k`, `32`, `0x10`), read like the options grammar's sizes.
+fn size<'a>(name: &'a str, value: &'a str) -> Result<u64, CmdlineError<'a>> {
+    let opts = Options::<'_, 1>::parse(value, Some("v")).map_err(|_| CmdlineError::BadFlag(name, "expected a number"))?;
+    let v = opts.get("v").ok_or(CmdlineError::BadFlag(name, "expected a number"))?;
+    v.parse_size().map_err(|e| CmdlineError::BadValue(name, e))
 }

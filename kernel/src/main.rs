@@ -14,12 +14,14 @@
 mod cmdline;
 mod console;
 mod devices;
+mod executor;
 mod exit_code;
 mod fault;
 mod footprint;
 mod hal;
 pub mod log;
 mod report;
+mod stack;
 mod workloads;
 
 use strata_boot::arch::{idt, start_info::StartInfo, tsc};
@@ -58,6 +60,6 @@ extern "C" fn strata_main(start_info_paddr: u64) -> ! {
             exit_code::exit(exit_code::USAGE);
         }
     };
-    let code = workloads::run(&command, &mut disks);
+    let code = workloads::run(&command, &disks);
     exit_code::exit(code)
 }

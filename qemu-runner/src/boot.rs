@@ -8,7 +8,7 @@ use crate::exit_status::{classify, Status};
 use crate::machine::{Accel, Machine};
 use crate::qemu::QemuConfig;
 use crate::workspace::RunDir;
-use crate::{defmt_log, drives, install, kernel, process, qemu};
+use crate::{defmt_log, drives, footprint, install, kernel, process, qemu};
 use crate::{BootResult, Drive, RunnerError};
 
 /// The workload when the runner makes the default disk.
@@ -117,6 +117,13 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     }
     let mut warnings = std::mem::take(&mut transcript.warnings);
     let log = read_log(&kernel, &defmt_file, &mut warnings);
+    let block_footprint = match std::fs::read(&kernel).map_err(|e| e.to_string()).and_then(|elf| footprint::block_share(&elf)) {
+        Ok(share) => Some(share),
+        Err(e) => {
+            warnings.push(format!("block layer footprint: {e}"));
+            None
+        }
+    };
     if run_dir.kept() && !opts.quiet {
         eprintln!("strata: run directory kept: {}", run_dir.path().display());
     }
@@ -130,6 +137,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
         qemu_wall_ms: u64::try_from(finished.wall.as_millis()).unwrap_or(u64::MAX),
         boot_to_first_io_us: transcript.record_u64("exit", "first_io_us"),
         entry_us: transcript.record_u64("boot", "entry_us"),
+        block_footprint,
         cmdline: cmdline.to_string(),
         records: transcript.records,
         console: transcript.text,

@@ -3,6 +3,8 @@
 //! `--drive` uses Strata's options grammar (`strata_block::options`): `file=F,serial=S,read-only=on`,
 //! where `file=` may be left out of the first element and `,,` writes a comma inside a value. Each
 //! drive becomes one virtio-blk device whose serial is the name the kernel knows it by.
+//! `driver=null-co,size=1G` attaches QEMU's null block driver instead of a file (reads return
+//! zeros, writes are dropped): a device with no storage cost, for benchmarks.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -18,7 +20,21 @@ use crate::{workspace, RunnerError};
 pub const MAX_SERIAL_LEN: usize = 20;
 
 /// The keys `--drive` accepts.
-pub const DRIVE_KEYS: [&str; 3] = ["file", "serial", "read-only"];
+pub const DRIVE_KEYS: [&str; 5] = ["file", "serial", "read-only", "driver", "size"];
+
+/// What QEMU puts behind a drive's virtio-blk device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "driver")]
+pub enum Backing {
+    /// The raw file (or block device) `Drive::file`.
+    #[default]
+    File,
+    /// QEMU's `null-co` driver of `size` bytes, `read-zeroes=on`; `Drive::file` is empty.
+    NullCo {
+        /// Capacity in bytes (a multiple of 512).
+        size: u64,
+    },
+}
 
 /// Size of the default disk `target/strata/default-disk.img`.
 pub const DEFAULT_DISK_BYTES: u64 = 64 << 20;
@@ -26,12 +42,14 @@ pub const DEFAULT_DISK_BYTES: u64 = 64 << 20;
 /// One disk attached to the guest as a virtio-blk device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Drive {
-    /// The raw image file (or block device) on the host.
+    /// The raw image file (or block device) on the host (empty for `null-co`).
     pub file: PathBuf,
     /// The virtio-blk serial: the device's name inside the kernel.
     pub serial: String,
     /// Attach read-only.
     pub read_only: bool,
+    /// A file, or QEMU's null driver.
+    pub backing: Backing,
 }
 
 impl Drive {
@@ -41,6 +59,15 @@ impl Drive {
             file: file.into(),
             serial: serial.into(),
             read_only: false,
+            backing: Backing::File,
+        }
+    }
+
+    /// A read-write drive on QEMU's `null-co` driver of `size` bytes.
+    pub fn null_co(size: u64, serial: impl Into<String>) -> Self {
+        Drive {
+            backing: Backing::NullCo { size },
+            ..Drive::new(PathBuf::new(), serial)
         }
     }
 
@@ -55,10 +82,30 @@ impl Drive {
         let opts = Options::<16>::parse(text, Some("file")).map_err(|e| bad(e.to_string()))?;
         opts.check_only(&DRIVE_KEYS)
             .map_err(|e| bad(format!("{e} (allowed: {})", DRIVE_KEYS.join(", "))))?;
-        let file = match opts.get("file") {
-            Some(v) if v.unescaped_len() > 0 => v.to_string(),
-            _ => return Err(bad("no file given".into())),
+        let backing = match opts.get("driver").map(|v| v.to_string()).as_deref() {
+            None | Some("file") => Backing::File,
+            Some("null-co") => {
+                let size = opts
+                    .get("size")
+                    .ok_or_else(|| bad("driver=null-co needs size=BYTES".into()))?
+                    .parse_size()
+                    .map_err(|e| bad(format!("size: {e}")))?;
+                if size == 0 || size % 512 != 0 {
+                    return Err(bad("size: a positive multiple of 512".into()));
+                }
+                Backing::NullCo { size }
+            }
+            Some(other) => return Err(bad(format!("driver \"{other}\": expected file or null-co"))),
         };
+        let file = match (backing, opts.get("file")) {
+            (Backing::File, Some(v)) if v.unescaped_len() > 0 => v.to_string(),
+            (Backing::File, _) => return Err(bad("no file given".into())),
+            (Backing::NullCo { .. }, None) => String::new(),
+            (Backing::NullCo { .. }, Some(_)) => return Err(bad("driver=null-co takes no file".into())),
+        };
+        if backing == Backing::File && opts.get("size").is_some() {
+            return Err(bad("size= is for driver=null-co (a file's size is its own)".into()));
+        }
         let serial = match opts.get("serial") {
             Some(v) => v.to_string(),
             None => Drive::default_serial(index),
@@ -72,6 +119,7 @@ impl Drive {
             file: PathBuf::from(file),
             serial,
             read_only,
+            backing,
         })
     }
 }
@@ -109,7 +157,10 @@ pub fn validate(drives: &[Drive]) -> Result<Vec<Drive>, RunnerError> {
                 drive.serial
             )));
         }
-        let file = absolute_file(&drive.file)?;
+        let file = match drive.backing {
+            Backing::File => absolute_file(&drive.file)?,
+            Backing::NullCo { .. } => PathBuf::new(),
+        };
         out.push(Drive {
             file,
             ..drive.clone()
@@ -185,7 +236,8 @@ mod tests {
             Ok(Drive {
                 file: "x.img".into(),
                 serial: "base".into(),
-                read_only: true
+                read_only: true,
+                backing: Backing::File,
             })
         );
         assert_eq!(parse("x.img,read-only=off").map(|d| d.read_only), Ok(false));
@@ -200,7 +252,7 @@ mod tests {
     #[test]
     fn errors() {
         let err = |t: &str| parse(t).err().unwrap_or_default();
-        assert!(err("a.img,size=1").contains("unknown option \"size\""));
+        assert!(err("a.img,colour=1").contains("unknown option \"colour\""));
         assert!(err("a.img,read-only=maybe").contains("read-only"));
         assert!(err("serial=x").contains("no file"));
         assert!(err("").contains("no file"));
@@ -209,6 +261,21 @@ mod tests {
         assert!(err("a.img,serial=a b").contains("' '"));
         assert!(err("a.img,serial=a,,b").contains("','"));
         assert!(err("a.img,a.img").contains("a.img"));
+    }
+
+    #[test]
+    fn null_co() {
+        assert_eq!(
+            parse("driver=null-co,size=1G,serial=n"),
+            Ok(Drive::null_co(1 << 30, "n"))
+        );
+        let err = |t: &str| parse(t).err().unwrap_or_default();
+        assert!(err("driver=null-co").contains("needs size"));
+        assert!(err("driver=null-co,size=1000").contains("multiple of 512"));
+        assert!(err("driver=null-co,size=1M,file=a.img").contains("takes no file"));
+        assert!(err("a.img,size=1M").contains("null-co"));
+        assert!(err("a.img,driver=nbd").contains("expected file or null-co"));
+        assert!(validate(&[Drive::null_co(1 << 20, "n")]).is_ok());
     }
 
     #[test]

@@ -30,18 +30,24 @@ Usage: qemu-runner boot [OPTIONS]
 
 Options:
   --drive OPTS       attach a raw disk (repeatable); OPTS in Strata's options
-                     grammar: [file=]F[,serial=S][,read-only=on]. ',,' is a comma
+                     grammar: [file=]F[,serial=S][,read-only=on], or
+                     driver=null-co,size=BYTES[,serial=S] for QEMU's null driver
+                     (reads zeros, drops writes; for benchmarks). ',,' is a comma
                      inside a value. Serial: 1-20 bytes of printable ASCII without
                      ',' or spaces, unique; default disk0, disk1, ... in --drive
                      order. A missing file is an error (exit 2) before QEMU starts.
                      Without --drive: a 64 MiB scratch disk
                      target/strata/default-disk.img (serial disk0) is made once
                      and reused.
-  --cmd CMD          the kernel command line (default: 'demo' on the scratch
-                     disk; 'devices' when --drive is given, so a user's disk is
-                     never written unasked). Workloads include devices,
-                     sha256 SERIAL and demo [SERIAL][,size=BYTES]; a bad command
-                     line makes the kernel print its usage (exit 2)
+  --cmd CMD          the kernel command line, WORKLOAD [OPTIONS] [--flag value...]
+                     (default: 'demo' on the scratch disk; 'devices' when --drive
+                     is given, so a user's disk is never written unasked).
+                     OPTIONS names the node to open in the options grammar
+                     (SERIAL, or driver=raw,offset=1M,size=4M,file=SERIAL).
+                     Workloads: devices, sha256 OPTIONS, demo [OPTIONS],
+                     bench OPTIONS [--rw randread|randwrite|read|write] [--bs 4k]
+                     [--qd 1..64] [--seconds N | --count N], logbench; a bad
+                     command line makes the kernel print its usage (exit 2)
   --machine M        microvm (default; virtio-mmio, fastest boot), pc or q35
                      (virtio-pci)
   --accel A          tcg (default), kvm, or auto (kvm if /dev/kvm opens
@@ -53,7 +59,8 @@ Options:
   --kernel PATH      boot this kernel ELF instead of building one
   --json             print exactly one JSON object on stdout (status, exit_code,
                      kernel_code, machine, accel, qemu_wall_ms,
-                     boot_to_first_io_us, entry_us, records, console, log,
+                     boot_to_first_io_us, entry_us, block_footprint, records,
+                     console, log,
                      warnings, qemu_stderr, qemu_command); progress goes to
                      stderr. Errors before the boot print {{status, exit_code,
                      error}}.
@@ -71,7 +78,7 @@ If qemu-system-x86_64 is missing and the runner is root with apt-get, it runs
 (unless --no-install; otherwise it exits 5 and prints that command).
 
 Channels: the console is COM1 on QEMU's stdout; lines starting with '@{{' are
-JSON records (boot, footprint, device, sha256, demo, error, exit, ...) collected
+JSON records (boot, footprint, device, sha256, demo, bench, error, exit, ...) collected
 for --json and hidden from the human transcript. defmt logs arrive on debugcon
 (port 0xe9) and are decoded with the kernel ELF after QEMU exits, printed as
 '[   1.234567 INFO ] message'. The kernel exits through isa-debug-exit (port 0xf4;

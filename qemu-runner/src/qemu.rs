@@ -3,14 +3,16 @@
 //! Channels: the console is COM1 on QEMU's stdout (`-serial stdio`); defmt logs go to the
 //! debugcon port 0xe9, written to a file; the kernel ends the machine through `isa-debug-exit` at
 //! port 0xf4. Disks are raw `-drive if=none` backends (opened through `file.filename`, so a
-//! name with a `:` is never taken for a protocol) behind virtio-blk devices: `virtio-blk-device`
-//! (virtio-mmio) on microvm, `virtio-blk-pci` on pc and q35.
+//! name with a `:` is never taken for a protocol), or `-blockdev driver=null-co` nodes, behind
+//! virtio-blk devices: `virtio-blk-device` (virtio-mmio) on microvm, `virtio-blk-pci` on pc and
+//! q35.
 
 use std::ffi::OsString;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::machine::{Machine, ResolvedAccel};
+use crate::drives::Backing;
 use crate::Drive;
 
 /// The default QEMU binary; `QEMU_SYSTEM` overrides it.
@@ -105,16 +107,28 @@ impl QemuConfig<'_> {
             Machine::Pc | Machine::Q35 => "virtio-blk-pci",
         };
         for (i, drive) in self.drives.iter().enumerate() {
-            let mut backend = format!(
-                "if=none,id=d{i},format=raw,file.driver={},file.filename={}",
-                protocol_driver(&drive.file),
-                path_value(&drive.file)
-            );
-            if drive.read_only {
-                backend.push_str(",readonly=on");
-            }
             let frontend = format!("{device},drive=d{i},serial={}", escape(&drive.serial));
-            push(&["-drive", &backend, "-device", &frontend]);
+            match drive.backing {
+                Backing::File => {
+                    let mut backend = format!(
+                        "if=none,id=d{i},format=raw,file.driver={},file.filename={}",
+                        protocol_driver(&drive.file),
+                        path_value(&drive.file)
+                    );
+                    if drive.read_only {
+                        backend.push_str(",readonly=on");
+                    }
+                    push(&["-drive", &backend, "-device", &frontend]);
+                }
+                Backing::NullCo { size } => {
+                    let mut node =
+                        format!("driver=null-co,node-name=d{i},size={size},read-zeroes=on");
+                    if drive.read_only {
+                        node.push_str(",read-only=on");
+                    }
+                    push(&["-blockdev", &node, "-device", &frontend]);
+                }
+            }
         }
         args
     }
@@ -208,6 +222,23 @@ mod tests {
                 Some("virtio-blk-pci,drive=d0,serial=disk0")
             );
         }
+    }
+
+    #[test]
+    fn null_co_is_a_blockdev() {
+        let mut null = Drive::null_co(1 << 30, "null0");
+        null.read_only = true;
+        let drives = [null];
+        let args = config(Machine::Microvm, &drives).args();
+        assert_eq!(
+            values(&args, "-blockdev"),
+            ["driver=null-co,node-name=d0,size=1073741824,read-zeroes=on,read-only=on"]
+        );
+        assert!(values(&args, "-drive").is_empty());
+        assert_eq!(
+            values(&args, "-device").last().copied(),
+            Some("virtio-blk-device,drive=d0,serial=null0")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::defmt_log::LogLine;
 use crate::exit_status::Status;
+use crate::footprint::BlockShare;
 use crate::machine::{Machine, ResolvedAccel};
 
 /// Everything one boot produced.
@@ -30,6 +31,9 @@ pub struct BootResult {
     pub boot_to_first_io_us: Option<u64>,
     /// Microseconds from VM start to kernel entry (the `boot` record's `entry_us`).
     pub entry_us: Option<u64>,
+    /// The block layer's share of the kernel's static footprint, from the ELF's symbols (the
+    /// kernel's own sections are in its `footprint` record).
+    pub block_footprint: Option<BlockShare>,
     /// The kernel command line.
     pub cmdline: String,
     /// The console records, in order.
@@ -84,6 +88,16 @@ impl BootResult {
         for line in &self.log {
             let _ = writeln!(s, "{}", line.human());
         }
+        if let Some(b) = &self.block_footprint {
+            let _ = writeln!(
+                s,
+                "footprint: block layer (strata_block symbols) text {} KiB, rodata {} KiB, data {} KiB, bss {} KiB",
+                b.text / 1024,
+                b.rodata / 1024,
+                b.data / 1024,
+                b.bss / 1024
+            );
+        }
         for w in &self.warnings {
             let _ = writeln!(s, "strata: warning: {w}");
         }
@@ -115,6 +129,7 @@ mod tests {
             qemu_wall_ms: 812,
             boot_to_first_io_us: Some(3100),
             entry_us: Some(11000),
+            block_footprint: None,
             cmdline: "devices".into(),
             records: vec![serde_json::json!({"type": "exit", "code": 0})],
             console: "hello\n".into(),

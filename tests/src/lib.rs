@@ -68,7 +68,7 @@ pub fn sha256sum(path: &Path) -> String {
 
 /// A drive for `qemu-runner`.
 pub fn drive(file: &Path, serial: &str, read_only: bool) -> Drive {
-    Drive { file: file.to_path_buf(), serial: serial.into(), read_only }
+    Drive { read_only, ..Drive::new(file, serial) }
 }
 
 /// Boots the kernel on `machine` under TCG with `drives` and `cmd`.

@@ -4,14 +4,19 @@
 //! virtio-mmio slots from the top and PCI order depends on the command line, so position means
 //! nothing. Discovery tries both transports: PCI through port I/O when a host bridge answers
 //! (pc, q35), else the microvm virtio-mmio window.
+//!
+//! Each device is the block layer's virtio-blk leaf ([`strata_block::dev::virtio::VirtioBlk`])
+//! in a `'static` cell of its own, so graphs can hold it for the whole run.
 
 mod mmio;
 mod pci;
-pub mod stream;
 
 use core::sync::atomic::{AtomicU64, Ordering};
+use static_cell::StaticCell;
+use strata_block::dev::virtio::VirtioBlk;
+use strata_block::dev::BlockDevice;
 use strata_boot::arch::tsc;
-use virtio_drivers::{device::blk::VirtIOBlk, transport::SomeTransport};
+use virtio_drivers::transport::SomeTransport;
 
 use crate::hal::KernelHal;
 use crate::println;
@@ -19,8 +24,14 @@ use crate::println;
 /// Most devices the catalog holds; more are reported and ignored.
 pub const MAX_DISKS: usize = 16;
 
-/// Bytes per virtio-blk sector (capacity unit and request address unit).
-pub const SECTOR: u64 = 512;
+/// Descriptors in each device's queue (QEMU offers 256 on virtio-pci and more on virtio-mmio).
+pub const QUEUE_SIZE: usize = 256;
+
+/// Request slots per device: the deepest queue depth a workload can ask for.
+pub const QUEUE_SLOTS: usize = 64;
+
+/// The leaf type of every kernel device.
+pub type Leaf = VirtioBlk<KernelHal, SomeTransport<'static>, QUEUE_SIZE, QUEUE_SLOTS>;
 
 /// Where a device sits on its transport.
 #[derive(Clone, Copy, Debug)]
@@ -34,8 +45,8 @@ pub enum Location {
 /// One virtio-blk device.
 pub struct Disk {
     serial: heapless::String<20>,
-    /// The driver (virtio-drivers' synchronous request layer plus its non-blocking calls).
-    pub blk: VirtIOBlk<KernelHal, SomeTransport<'static>>,
+    /// The block layer's leaf over it.
+    pub dev: Leaf,
     /// Where the device was found.
     pub location: Location,
 }
@@ -48,18 +59,20 @@ impl Disk {
 
     /// Capacity in bytes.
     pub fn capacity(&self) -> u64 {
-        self.blk.capacity().saturating_mul(SECTOR)
+        self.dev.info().capacity
     }
 
     /// True if the device refuses writes (VIRTIO_BLK_F_RO).
     pub fn read_only(&self) -> bool {
-        self.blk.readonly()
+        self.dev.info().read_only
     }
 }
 
+static CELLS: [StaticCell<Disk>; MAX_DISKS] = [const { StaticCell::new() }; MAX_DISKS];
+
 /// All devices found, in discovery order.
 pub struct Catalog {
-    disks: heapless::Vec<Disk, MAX_DISKS>,
+    disks: heapless::Vec<&'static Disk, MAX_DISKS>,
 }
 
 impl Catalog {
@@ -69,8 +82,8 @@ impl Catalog {
     }
 
     /// The devices, in discovery order.
-    pub fn iter(&self) -> impl Iterator<Item = &Disk> {
-        self.disks.iter()
+    pub fn iter(&self) -> impl Iterator<Item = &'static Disk> + '_ {
+        self.disks.iter().copied()
     }
 
     /// Number of devices.
@@ -79,40 +92,51 @@ impl Catalog {
     }
 
     /// The device with this serial.
-    pub fn find(&mut self, serial: &str) -> Option<&mut Disk> {
-        self.disks.iter_mut().find(|d| d.serial() == serial)
+    pub fn find(&self, serial: &str) -> Option<&'static Disk> {
+        self.iter().find(|d| d.serial() == serial)
     }
 
     /// The device whose serial sorts first (the demo's default).
-    pub fn first_by_serial(&mut self) -> Option<&mut Disk> {
-        self.disks.iter_mut().min_by(|a, b| a.serial().cmp(b.serial()))
+    pub fn first_by_serial(&self) -> Option<&'static Disk> {
+        self.iter().min_by(|a, b| a.serial().cmp(b.serial()))
+    }
+
+    /// Moves every device forward: pops completions and wakes the tasks waiting for them.
+    /// Returns the requests completed.
+    pub fn poll_all(&self) -> usize {
+        self.iter().map(|d| d.dev.process_completions()).sum()
+    }
+
+    /// Requests in flight on all devices.
+    pub fn in_flight(&self) -> u32 {
+        self.iter().map(|d| d.dev.in_flight()).sum()
     }
 
     fn add(&mut self, transport: SomeTransport<'static>, location: Location) {
-        let mut blk = match VirtIOBlk::<KernelHal, _>::new(transport) {
-            Ok(blk) => blk,
+        let Some(cell) = CELLS.get(self.disks.len()) else {
+            println!("strata: more than {} virtio-blk devices; ignoring {:?}", MAX_DISKS, location);
+            return;
+        };
+        let dev = match Leaf::new(transport, Some(tsc::rdtsc)) {
+            Ok(dev) => dev,
             Err(e) => {
-                println!("strata: virtio-blk at {:?}: init failed: {:?}", location, e);
+                println!("strata: virtio-blk at {:?}: init failed: {}", location, e);
                 return;
             }
         };
-        let mut id = [0u8; 20];
-        let serial = match blk.device_id(&mut id) {
-            Ok(len) => {
-                note_first_io();
-                printable(&id[..len.min(20)])
-            }
-            Err(e) => {
-                println!("strata: virtio-blk at {:?}: GetId failed: {:?}", location, e);
-                heapless::String::new()
-            }
-        };
+        // Bring-up asked the device for its serial: the first device I/O.
+        note_first_io();
+        // The executor polls devices when idle: tasks waiting on one are woken by completions.
+        dev.set_wake_on_pending(false);
+        let serial = printable(dev.serial_bytes());
+        if serial.is_empty() {
+            println!("strata: virtio-blk at {:?}: no serial (GetId)", location);
+        }
         if self.disks.iter().any(|d| d.serial == serial) {
             println!("strata: warning: two devices have serial \"{}\"; only the first is usable by name", serial);
         }
-        if self.disks.push(Disk { serial, blk, location }).is_err() {
-            println!("strata: more than {} virtio-blk devices; ignoring {:?}", MAX_DISKS, location);
-        }
+        let disk: &'static Disk = cell.init(Disk { serial, dev, location });
+        let _ = self.disks.push(disk);
     }
 }
 

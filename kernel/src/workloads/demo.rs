@@ -1,94 +1,142 @@
-//! `demo`: the main job. Writes a pattern over the start of a device, flushes, reads it back,
-//! verifies every byte, and reports throughput and latency for each phase.
+//! `demo [OPTIONS]`: writes a pattern over a node (default: the first 16 MiB of the device whose
+//! serial sorts first; `demo scratch,size=8M` the first 8 MiB of `scratch`), flushes, reads it
+//! back, verifies every byte, and reports throughput and latency for each phase.
 //!
 //! The pattern depends on the byte offset and a seed taken from the clock, so a stale read from
-//! an earlier run can never pass verification.
+//! an earlier run can never pass verification. [`DEPTH`] tasks move [`CHUNK`]-byte pieces.
 
+use core::cell::Cell;
+
+use strata_block::backend::{KindStats, OpKind};
+use strata_block::{BackendOptions, Error};
 use strata_boot::arch::tsc;
 
-use crate::devices::stream::{stream, Dir, StreamStats};
-use crate::devices::Disk;
+use super::{data, per_sec, MbPerSec, Micros};
+use crate::devices::Catalog;
+use crate::executor;
 use crate::report::{self, Record};
-use crate::workloads::{MbPerSec, Micros};
+use crate::stack::{self, KBackend};
 use crate::{exit_code, println};
 
-/// Bytes written when the command line does not say.
+/// Bytes written when the node is larger.
 const DEFAULT_SIZE: u64 = 16 * 1024 * 1024;
+/// Tasks (requests in flight).
+const DEPTH: usize = 8;
+/// Bytes per request.
+const CHUNK: usize = 64 * 1024;
 
-/// Runs the demo on `disk` over `size` bytes (default [`DEFAULT_SIZE`], capped at the device).
-pub fn run(disk: &mut Disk, size: Option<u64>) -> u32 {
-    let serial = disk.serial();
-    let mut name = heapless::String::<20>::new();
-    let _ = name.push_str(serial);
-    if disk.read_only() {
-        println!("strata: demo: device \"{}\" is read-only; the demo writes to its device", name);
-        report::error("read-only", format_args!("device \"{}\" is read-only", name));
-        return exit_code::FAILURE;
-    }
-    let size = size.unwrap_or(DEFAULT_SIZE).min(disk.capacity()) / 512 * 512;
+/// Runs the demo on the node `options` describes.
+pub fn run(catalog: &Catalog, options: &str) -> u32 {
+    let (Some(mut graph), Some(buf)) = (stack::graph(), data()) else { return exit_code::FAILURE };
+    let (node, _leaves) = match stack::open(&mut graph, catalog, options) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let opts = BackendOptions { clock: stack::clock_ns, ..BackendOptions::default() };
+    let backend = match KBackend::new(&graph, node, opts) {
+        Ok(b) => b,
+        Err(Error::ReadOnly) => {
+            println!("strata: demo: \"{}\" is read-only; the demo writes to it", options);
+            report::error("read-only", format_args!("\"{}\" is read-only", options));
+            return exit_code::FAILURE;
+        }
+        Err(e) => return stack::fail("demo", options, e),
+    };
+    let size = backend.size().min(DEFAULT_SIZE) / 512 * 512;
     if size == 0 {
-        println!("strata: demo: nothing to do on \"{}\" (size 0)", name);
+        println!("strata: demo: nothing to do on \"{}\" (size 0)", options);
         report::error("usage", format_args!("demo size is 0"));
         return exit_code::USAGE;
     }
     let seed = tsc::rdtsc() | 1;
-    println!("demo: device \"{}\": write {} bytes, flush, read back, verify", name, size);
+    println!("demo: \"{}\": write {} bytes, flush, read back, verify", options, size);
+    let platform = stack::Io::new(&graph, catalog);
+    let first_bad = Cell::new(None);
 
-    let write = match stream(disk, Dir::Write, 0, size, |offset, chunk| fill(seed, offset, chunk)) {
-        Ok(s) => s,
-        Err(e) => return fail(&name, "write", e),
-    };
+    let started = tsc::rdtsc();
+    if let Err(e) = phase(&backend, &platform, buf, size, true, seed, &first_bad) {
+        return stack::fail("demo: write", options, e);
+    }
+    let write_ns = tsc::ticks_to_ns(tsc::rdtsc().wrapping_sub(started));
     let flush_start = tsc::rdtsc();
-    if let Err(e) = disk.blk.flush() {
-        return fail(&name, "flush", e);
+    if let Some(Err(e)) = executor::block_on(backend.flush(), &platform) {
+        return stack::fail("demo: flush", options, e);
     }
     let flush_ns = tsc::ticks_to_ns(tsc::rdtsc().wrapping_sub(flush_start));
-
-    let mut first_bad = None;
-    let read = match stream(disk, Dir::Read, 0, size, |offset, chunk| {
-        if first_bad.is_none() {
-            first_bad = verify(seed, offset, chunk);
-        }
-    }) {
-        Ok(s) => s,
-        Err(e) => return fail(&name, "read", e),
-    };
-    if let Some(at) = first_bad {
-        println!("strata: demo: verification FAILED at byte {} of \"{}\"", at, name);
+    let started = tsc::rdtsc();
+    if let Err(e) = phase(&backend, &platform, buf, size, false, seed, &first_bad) {
+        return stack::fail("demo: read", options, e);
+    }
+    let read_ns = tsc::ticks_to_ns(tsc::rdtsc().wrapping_sub(started));
+    if let Some(at) = first_bad.get() {
+        println!("strata: demo: verification FAILED at byte {} of \"{}\"", at, options);
         report::error("verify", format_args!("mismatch at byte {}", at));
         return exit_code::FAILURE;
     }
 
-    print_phase("write", &write);
+    let stats = backend.stats();
+    let (w, r) = (stats.kind(OpKind::Write), stats.kind(OpKind::Read));
+    print_phase("write", w, write_ns);
     println!("demo: flush  {}", Micros(flush_ns));
-    print_phase("read ", &read);
+    print_phase("read ", r, read_ns);
     println!("demo: verified {} bytes: OK", size);
     Record::new("demo")
-        .str("device", name.as_str())
+        .str("node", options)
         .num("bytes", size)
-        .num("write_bytes_per_sec", write.bytes_per_sec())
-        .num("write_p50_ns", write.p50_ns)
-        .num("write_p99_ns", write.p99_ns)
+        .num("write_bytes_per_sec", per_sec(w.bytes, write_ns))
+        .num("write_p50_ns", w.percentile_ns(500))
+        .num("write_p99_ns", w.percentile_ns(990))
         .num("flush_ns", flush_ns)
-        .num("read_bytes_per_sec", read.bytes_per_sec())
-        .num("read_p50_ns", read.p50_ns)
-        .num("read_p99_ns", read.p99_ns)
+        .num("read_bytes_per_sec", per_sec(r.bytes, read_ns))
+        .num("read_p50_ns", r.percentile_ns(500))
+        .num("read_p99_ns", r.percentile_ns(990))
         .bool("verified", true)
         .emit();
     exit_code::SUCCESS
 }
 
-fn print_phase(phase: &str, s: &StreamStats) {
-    println!(
-        "demo: {}  {} in {} requests of up to 64 KiB: {}, latency p50 {} p99 {} max {}",
-        phase, s.bytes, s.requests, MbPerSec(s.bytes_per_sec()), Micros(s.p50_ns), Micros(s.p99_ns), Micros(s.max_ns)
-    );
+/// Writes (`write`) or reads and verifies `size` bytes with [`DEPTH`] tasks.
+fn phase(backend: &KBackend<'_>, platform: &stack::Io<'_>, buf: &mut [u8], size: u64, write: bool, seed: u64, first_bad: &Cell<Option<u64>>) -> Result<(), Error> {
+    let failed: Cell<Option<Error>> = Cell::new(None);
+    let mut tasks: heapless::Vec<_, DEPTH> = heapless::Vec::new();
+    for (first, mem) in buf.chunks_mut(CHUNK).take(DEPTH).enumerate() {
+        let failed = &failed;
+        let _ = tasks.push(async move {
+            let mut offset = (first * CHUNK) as u64;
+            while offset < size && failed.get().is_none() {
+                let len = (size - offset).min(CHUNK as u64) as usize;
+                let chunk = &mut mem[..len];
+                let result = if write {
+                    fill(seed, offset, chunk);
+                    backend.write(offset, chunk).await
+                } else {
+                    let r = backend.read(offset, chunk).await;
+                    if r.is_ok() && first_bad.get().is_none() {
+                        first_bad.set(verify(seed, offset, chunk));
+                    }
+                    r
+                };
+                if let Err(e) = result {
+                    failed.set(Some(e));
+                }
+                offset += (DEPTH * CHUNK) as u64;
+            }
+        });
+    }
+    executor::run(executor::as_slice(core::pin::pin!(tasks)), platform);
+    failed.get().map_or(Ok(()), Err)
 }
 
-fn fail(name: &str, phase: &str, e: impl core::fmt::Display) -> u32 {
-    println!("strata: demo: {} on \"{}\" failed: {}", phase, name, e);
-    report::error("io", format_args!("{} failed: {}", phase, e));
-    exit_code::FAILURE
+fn print_phase(phase: &str, s: &KindStats, ns: u64) {
+    println!(
+        "demo: {}  {} in {} requests of up to 64 KiB: {}, latency p50 <{} p99 <{}",
+        phase,
+        s.bytes,
+        s.ops,
+        MbPerSec(per_sec(s.bytes, ns)),
+        Micros(s.percentile_ns(500)),
+        Micros(s.percentile_ns(990))
+    );
 }
 
 /// The pattern's 8-byte word at byte `offset` (a multiple of 8): splitmix64 of offset and seed.

@@ -5,7 +5,7 @@ use crate::report::Record;
 use crate::{exit_code, println};
 
 /// Prints one line per device (sorted by serial) and a `device` record for each.
-pub fn run(disks: &mut Catalog) -> u32 {
+pub fn run(disks: &Catalog) -> u32 {
     let mut order: heapless::Vec<usize, { crate::devices::MAX_DISKS }> = (0..disks.len()).collect();
     let all: heapless::Vec<_, { crate::devices::MAX_DISKS }> = disks.iter().collect();
     order.sort_unstable_by(|&a, &b| all[a].serial().cmp(all[b].serial()));

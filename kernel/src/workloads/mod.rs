@@ -1,52 +1,53 @@
 //! The workloads the command line chooses between. Each returns an exit code
 //! ([`crate::exit_code`]) and reports what it did on the console and as records.
+//!
+//! Workloads that move data open a node through the block layer ([`crate::stack`]) and run
+//! their requests as tasks of the polled executor ([`crate::executor`]).
 
+mod bench;
 mod demo;
 mod devices;
+mod histogram;
 mod logbench;
 mod sha256;
 
+use static_cell::ConstStaticCell;
+
 use crate::cmdline::Command;
-use crate::devices::{Catalog, Disk};
+use crate::devices::Catalog;
 use crate::{exit_code, println, report};
 
+/// Bytes of the data buffer workloads share (one workload per boot).
+pub const DATA_BYTES: usize = 8 << 20;
+
+#[repr(C, align(4096))]
+struct Data([u8; DATA_BYTES]);
+static DATA: ConstStaticCell<Data> = ConstStaticCell::new(Data([0; DATA_BYTES]));
+
+/// The data buffer (page-aligned); `None` if a workload took it already.
+fn data() -> Option<&'static mut [u8]> {
+    DATA.try_take().map(|d| &mut d.0[..])
+}
+
 /// Runs `command` against the discovered devices.
-pub fn run(command: &Command, disks: &mut Catalog) -> u32 {
+pub fn run(command: &Command, disks: &Catalog) -> u32 {
     match *command {
         Command::Devices => devices::run(disks),
         Command::LogBench => logbench::run(),
-        Command::Sha256 { device } => match find(disks, device) {
-            Ok(disk) => sha256::run(disk),
-            Err(code) => code,
-        },
-        Command::Demo { device, size } => {
-            let disk = match device {
-                Some(serial) => find(disks, serial),
-                None => disks.first_by_serial().ok_or_else(|| {
+        Command::Sha256 { options } => sha256::run(disks, options),
+        Command::Bench(args) => bench::run(disks, &args),
+        Command::Demo { options } => {
+            let default = disks.first_by_serial().map(|d| d.serial());
+            match options.or(default) {
+                Some(options) => demo::run(disks, options),
+                None => {
                     println!("strata: demo: no virtio-blk device found");
                     report::error("usage", format_args!("no virtio-blk device"));
                     exit_code::USAGE
-                }),
-            };
-            match disk {
-                Ok(disk) => demo::run(disk, size),
-                Err(code) => code,
+                }
             }
         }
     }
-}
-
-/// The device with `serial`, or a reported usage error listing the serials there are.
-fn find<'c>(disks: &'c mut Catalog, serial: &str) -> Result<&'c mut Disk, u32> {
-    if disks.find(serial).is_none() {
-        println!("strata: no device with serial \"{}\"; devices are:", serial);
-        for d in disks.iter() {
-            println!("  {}", d.serial());
-        }
-        report::error("usage", format_args!("no device with serial \"{}\"", serial));
-        return Err(exit_code::USAGE);
-    }
-    disks.find(serial).ok_or(exit_code::USAGE)
 }
 
 /// Formats bytes per second as MB/s with one decimal, for the console.
@@ -66,4 +67,9 @@ impl core::fmt::Display for Micros {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{}.{} us", self.0 / 1000, (self.0 % 1000) / 100)
     }
+}
+
+/// Bytes per second for `bytes` in `ns`.
+fn per_sec(bytes: u64, ns: u64) -> u64 {
+    (u128::from(bytes) * 1_000_000_000 / u128::from(ns.max(1))) as u64
 }

@@ -1,40 +1,103 @@
-//! `sha256 SERIAL`: the SHA-256 of a device's raw bytes, read through the polled path.
+//! `sha256 OPTIONS`: the SHA-256 of what the opened node shows (`sha256 disk0` hashes the
+//! device's raw bytes; `sha256 driver=raw,offset=1M,size=4M,file=disk0` a window of them).
+//!
+//! [`READERS`] tasks read chunks round-robin (task `i` reads chunks `i`, `i + READERS`, ...) and
+//! feed the hash in offset order, so while one task hashes, the others' reads are in flight.
+
+use core::cell::{Cell, RefCell};
+use core::future::poll_fn;
+use core::task::Poll;
 
 use sha2::{Digest, Sha256};
+use strata_block::backend::OpKind;
+use strata_block::{BackendOptions, Error};
+use strata_boot::arch::tsc;
 
-use crate::devices::stream::{stream, Dir};
-use crate::devices::Disk;
-use crate::report::{self, Record};
-use crate::workloads::{MbPerSec, Micros};
+use super::{data, per_sec, MbPerSec, Micros};
+use crate::devices::Catalog;
+use crate::executor;
+use crate::report::Record;
+use crate::stack::{self, KBackend};
 use crate::{exit_code, println};
 
-/// Hashes the whole device and prints the hex digest.
-pub fn run(disk: &mut Disk) -> u32 {
-    let mut hasher = Sha256::new();
-    let capacity = disk.capacity();
-    let stats = match stream(disk, Dir::Read, 0, capacity, |_, chunk| hasher.update(&*chunk)) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("strata: sha256 {}: {}", disk.serial(), e);
-            report::error("io", format_args!("sha256 {}: {}", disk.serial(), e));
-            return exit_code::FAILURE;
-        }
+/// Reading tasks.
+const READERS: usize = 8;
+/// Bytes per read.
+const CHUNK: usize = 256 * 1024;
+
+/// Hashes the node described by `options` and prints the hex digest.
+pub fn run(catalog: &Catalog, options: &str) -> u32 {
+    let (Some(mut graph), Some(buf)) = (stack::graph(), data()) else { return exit_code::FAILURE };
+    let (node, leaves) = match stack::open(&mut graph, catalog, options) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
-    let digest = hasher.finalize();
+    let opts = BackendOptions { read_only: true, clock: stack::clock_ns, ..BackendOptions::default() };
+    let backend = match KBackend::new(&graph, node, opts) {
+        Ok(b) => b,
+        Err(e) => return stack::fail("sha256", options, e),
+    };
+    let size = backend.size();
+    let started = tsc::rdtsc();
+    let hashed = Cell::new(0u64); // chunks hashed so far
+    let hasher = RefCell::new(Sha256::new());
+    let failed: Cell<Option<Error>> = Cell::new(None);
+    let mut tasks: heapless::Vec<_, READERS> = heapless::Vec::new();
+    for (first, mem) in buf.chunks_mut(CHUNK).take(READERS).enumerate() {
+        let (backend, hashed, hasher, failed) = (&backend, &hashed, &hasher, &failed);
+        let _ = tasks.push(async move {
+            let mut chunk = first as u64;
+            loop {
+                let offset = chunk * CHUNK as u64;
+                if offset >= size || failed.get().is_some() {
+                    return;
+                }
+                let len = (size - offset).min(CHUNK as u64) as usize;
+                if let Err(e) = backend.read(offset, &mut mem[..len]).await {
+                    failed.set(Some(e));
+                    return;
+                }
+                // Our turn to hash comes when every earlier chunk is hashed.
+                poll_fn(|cx| {
+                    if hashed.get() == chunk || failed.get().is_some() {
+                        Poll::Ready(())
+                    } else {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                })
+                .await;
+                if failed.get().is_some() {
+                    return;
+                }
+                hasher.borrow_mut().update(&mem[..len]);
+                hashed.set(chunk + 1);
+                chunk += READERS as u64;
+            }
+        });
+    }
+    let platform = stack::Io::new(&graph, catalog);
+    executor::run(executor::as_slice(core::pin::pin!(tasks)), &platform);
+    let ns = tsc::ticks_to_ns(tsc::rdtsc().wrapping_sub(started));
+    if let Some(e) = failed.get() {
+        return stack::fail("sha256", options, e);
+    }
+    let digest = hasher.into_inner().finalize();
     let mut hex = heapless::String::<64>::new();
     for b in digest {
         let _ = core::fmt::write(&mut hex, format_args!("{:02x}", b));
     }
-    println!("{}  {}", hex, disk.serial());
+    let reads = *backend.stats().kind(OpKind::Read);
+    println!("{}  {}", hex, options);
     println!(
-        "sha256: {} bytes in {} requests, {}, latency p50 {} p99 {}",
-        stats.bytes, stats.requests, MbPerSec(stats.bytes_per_sec()), Micros(stats.p50_ns), Micros(stats.p99_ns)
+        "sha256: {} bytes in {} requests, {}, latency p50 <{} p99 <{}",
+        size,
+        reads.ops,
+        MbPerSec(per_sec(size, ns)),
+        Micros(reads.percentile_ns(500)),
+        Micros(reads.percentile_ns(990))
     );
-    Record::new("sha256")
-        .str("device", disk.serial())
-        .num("bytes", stats.bytes)
-        .str("digest", hex.as_str())
-        .num("us", stats.ns / 1000)
-        .emit();
+    let device = leaves.first().map_or("", |d| d.serial());
+    Record::new("sha256").str("node", options).str("device", device).num("bytes", size).str("digest", hex.as_str()).num("us", ns / 1000).emit();
     exit_code::SUCCESS
 }

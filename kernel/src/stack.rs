@@ -1,0 +1,171 @@
+//! A workload's block stack: a graph over the catalog's devices, the node the command line's
+//! options describe, and the executor glue that drives requests through it.
+//!
+//! Names in the options resolve only through the device catalog (virtio serials). Errors are
+//! reported here, once, with the exit code they deserve: the command line's fault (bad options,
+//! unknown serial) is [`exit_code::USAGE`], the device's or the image's is
+//! [`exit_code::FAILURE`].
+
+use core::cell::Cell;
+
+use static_cell::ConstStaticCell;
+use strata_block::dev::BlockDevice;
+use strata_block::{Error, Graph, NodeId};
+use strata_boot::arch::tsc;
+
+use crate::devices::{Catalog, Disk};
+use crate::executor::{self, Platform};
+use crate::{exit_code, println, report};
+
+/// Graph nodes.
+pub const NODES: usize = 16;
+/// Tracked-request slots (more than the deepest bench queue).
+pub const TRACKED: usize = 128;
+
+/// The kernel's graph type.
+pub type KGraph = Graph<'static, NODES, TRACKED>;
+/// The kernel's backend type.
+pub type KBackend<'g> = strata_block::Backend<'g, 'static, NODES, TRACKED>;
+
+/// Bounce memory for unaligned requests, split in [`BOUNCE_BUFFER`] pieces.
+const BOUNCE_BYTES: usize = 256 * 1024;
+/// One bounce buffer.
+pub const BOUNCE_BUFFER: usize = 64 * 1024;
+
+#[repr(C, align(4096))]
+struct Bounce([u8; BOUNCE_BYTES]);
+static BOUNCE: ConstStaticCell<Bounce> = ConstStaticCell::new(Bounce([0; BOUNCE_BYTES]));
+
+/// A device that completes nothing for this long while holding requests is declared dead.
+pub const DEVICE_TIMEOUT_S: u64 = 30;
+
+/// A fresh graph (one per boot: the bounce memory is taken once).
+pub fn graph() -> Option<KGraph> {
+    BOUNCE.try_take().map(|b| Graph::new(&mut b.0, BOUNCE_BUFFER))
+}
+
+/// The leaf devices an open resolved, for their statistics.
+pub type Leaves = heapless::Vec<&'static Disk, 4>;
+
+/// Opens the node `options` describes; reports failures and returns the exit code.
+pub fn open(graph: &mut KGraph, catalog: &Catalog, options: &str) -> Result<(NodeId, Leaves), u32> {
+    let mut leaves = Leaves::new();
+    let mut missing: Option<heapless::String<64>> = None;
+    let mut resolve = |name: &str| -> Option<&'static dyn BlockDevice> {
+        match catalog.find(name) {
+            Some(disk) => {
+                let _ = leaves.push(disk);
+                Some(&disk.dev)
+            }
+            None => {
+                let mut s = heapless::String::new();
+                let _ = s.push_str(name);
+                missing = Some(s);
+                None
+            }
+        }
+    };
+    let platform = Devices { catalog, watchdog: Watchdog::new() };
+    let opened = executor::block_on(graph.open(options, &mut resolve), &platform);
+    match opened {
+        Some(Ok(node)) => Ok((node, leaves)),
+        Some(Err(Error::NotFound)) if missing.is_some() => {
+            let name = missing.unwrap_or_default();
+            println!("strata: no device with serial \"{}\"; devices are:", name);
+            for d in catalog.iter() {
+                println!("  {}", d.serial());
+            }
+            report::error("usage", format_args!("no device with serial \"{}\"", name));
+            Err(exit_code::USAGE)
+        }
+        Some(Err(e)) => Err(fail("open", options, e)),
+        None => Err(exit_code::FAILURE),
+    }
+}
+
+/// Reports a block-layer error of `what` on `options` and returns its exit code.
+pub fn fail(what: &str, options: &str, e: Error) -> u32 {
+    let (kind, code) = match e {
+        Error::BadOptions { .. } | Error::BadOption { .. } | Error::UnknownDriver | Error::NotFound | Error::BadGraph(_) => ("usage", exit_code::USAGE),
+        Error::ReadOnly => ("read-only", exit_code::FAILURE),
+        _ => ("io", exit_code::FAILURE),
+    };
+    println!("strata: {} \"{}\": {}", what, options, e);
+    report::error(kind, format_args!("{} \"{}\": {}", what, options, e));
+    code
+}
+
+/// Declares the devices dead when they hold requests and complete none for
+/// [`DEVICE_TIMEOUT_S`].
+pub struct Watchdog {
+    last_progress: Cell<u64>,
+}
+
+impl Watchdog {
+    /// Starts counting now.
+    pub fn new() -> Self {
+        Self { last_progress: Cell::new(tsc::rdtsc()) }
+    }
+
+    fn check(&self, catalog: &Catalog, completed: usize) {
+        let now = tsc::rdtsc();
+        if completed > 0 || catalog.in_flight() == 0 {
+            self.last_progress.set(now);
+        } else if now.wrapping_sub(self.last_progress.get()) > tsc::hz().saturating_mul(DEVICE_TIMEOUT_S) {
+            println!("strata: the devices completed nothing for {} s", DEVICE_TIMEOUT_S);
+            report::error("io", format_args!("device timeout: nothing completed for {} s", DEVICE_TIMEOUT_S));
+            exit_code::exit(exit_code::FAILURE);
+        }
+    }
+}
+
+/// Polls the catalog's devices; no batching (for opening a graph, which needs `&mut`).
+pub struct Devices<'a> {
+    /// The devices.
+    pub catalog: &'a Catalog,
+    /// Dead-device detection.
+    pub watchdog: Watchdog,
+}
+
+impl Platform for Devices<'_> {
+    fn poll_devices(&self) -> usize {
+        let n = self.catalog.poll_all();
+        self.watchdog.check(self.catalog, n);
+        n
+    }
+}
+
+/// Runs I/O through a graph: each executor round is one submission batch (plug before,
+/// unplug after: one doorbell per device per round), and idle rounds poll the devices.
+pub struct Io<'a> {
+    /// The graph.
+    pub graph: &'a KGraph,
+    /// The devices.
+    pub devices: Devices<'a>,
+}
+
+impl<'a> Io<'a> {
+    /// Batching I/O on `graph` over `catalog`'s devices.
+    pub fn new(graph: &'a KGraph, catalog: &'a Catalog) -> Self {
+        Self { graph, devices: Devices { catalog, watchdog: Watchdog::new() } }
+    }
+}
+
+impl Platform for Io<'_> {
+    fn begin_round(&self) {
+        self.graph.plug();
+    }
+
+    fn end_round(&self) {
+        self.graph.unplug();
+    }
+
+    fn poll_devices(&self) -> usize {
+        self.devices.poll_devices()
+    }
+}
+
+/// The backend's clock: nanoseconds since boot.
+pub fn clock_ns() -> u64 {
+    tsc::ns_since_boot()
+}

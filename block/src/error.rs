@@ -57,6 +57,31 @@ pub enum Error {
     BadNode,
     /// A format-on-format file child, a chain deeper than the documented bound, or a loop.
     BadGraph(&'static str),
+    /// The image's header cannot be used: bad magic, unknown version, a field out of range, a
+    /// table misplaced (unaligned, overlapping the header or another table, past the end of the
+    /// file) or a size that contradicts the header or the file. Found at open; nothing was read
+    /// through the image.
+    BadImage {
+        /// Which check failed.
+        what: &'static str,
+    },
+    /// Metadata met while reading contradicts the format: an L1/L2 or refcount entry unaligned,
+    /// with reserved bits set, past the end of the file or pointing into metadata; a compressed
+    /// cluster that starts past the end of the file or does not decode; a contradictory
+    /// subcluster bitmap. The request fails; other ranges of the image stay readable.
+    Corrupt {
+        /// Which check failed.
+        what: &'static str,
+        /// Offset in the image file of the offending entry or structure.
+        offset: u64,
+    },
+    /// A backing or data-file name was refused: too long, not UTF-8, with a protocol prefix
+    /// (`json:`, `nbd:`), absolute or escaping the allowed directory tree, or unknown to the
+    /// device catalog.
+    BadName {
+        /// Why.
+        what: &'static str,
+    },
 }
 
 impl From<DeviceError> for Error {
@@ -95,6 +120,9 @@ impl fmt::Display for Error {
             Error::Unsupported(what) => write!(f, "unsupported: {what}"),
             Error::BadNode => f.write_str("stale or unknown node id"),
             Error::BadGraph(what) => write!(f, "invalid graph: {what}"),
+            Error::BadImage { what } => write!(f, "invalid image: {what}"),
+            Error::Corrupt { what, offset } => write!(f, "corrupt image: {what} (at file offset {offset:#x})"),
+            Error::BadName { what } => write!(f, "refused file name: {what}"),
         }
     }
 }

@@ -5,10 +5,11 @@
 //! variant in [`FormatState`] and one arm in each of its `match`es. The io layer and the graph
 //! do not change.
 
+pub mod qcow2;
 pub mod raw;
 
 use crate::error::{Error, Result};
-use crate::graph::Role;
+use crate::graph::{Graph, NodeId, Role};
 use crate::options::OptionsView;
 
 /// Bytes of an image a probe looks at (QEMU's `BLOCK_PROBE_BUF_SIZE`).
@@ -47,7 +48,7 @@ pub struct DriverDesc {
 pub static DEVICE: DriverDesc = DriverDesc { name: "device", caps: DriverCaps::WRITE, probe: None, options: &[] };
 
 /// Every format and filter driver, in probe order.
-pub static DRIVERS: &[&DriverDesc] = &[&raw::RAW];
+pub static DRIVERS: &[&DriverDesc] = &[&qcow2::QCOW2, &raw::RAW];
 
 /// The driver named `name`.
 pub fn by_name(name: &str) -> Result<&'static DriverDesc> {
@@ -91,31 +92,95 @@ pub enum Mapping {
         /// Length of the extent.
         len: u64,
     },
+    /// Inside one compressed cluster: the format decodes it ([`FormatState::read_compressed`])
+    /// and the io layer copies `len` bytes starting `skip` bytes into the decoded cluster.
+    Compressed {
+        /// First byte of the compressed data in the file child.
+        host_offset: u64,
+        /// Bytes of compressed data the descriptor covers.
+        csize: u64,
+        /// Offset of the extent inside the decoded cluster.
+        skip: u64,
+        /// Length of the extent.
+        len: u64,
+    },
 }
 
 /// A format node's driver state.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // reason: nodes live in fixed arrays (no heap to box into); a qcow2 node's state is ~260 bytes by design
 pub enum FormatState {
     /// `raw`: a window onto the file child.
     Raw(raw::Raw),
+    /// `qcow2`.
+    Qcow2(qcow2::Qcow2),
 }
 
 impl FormatState {
-    /// Opens `desc` with `opts` over a file child of `file_size` bytes; returns the state and the
+    /// Opens `desc` with `opts` over the file child `file` of `graph`; returns the state and the
     /// node's size.
-    pub(crate) fn open(desc: &'static DriverDesc, opts: &OptionsView<'_, '_>, file_size: u64) -> Result<(Self, u64)> {
+    pub(crate) async fn open<const N: usize, const T: usize>(
+        desc: &'static DriverDesc,
+        opts: &OptionsView<'_, '_>,
+        graph: &Graph<'_, N, T>,
+        file: NodeId,
+    ) -> Result<(Self, u64)> {
+        let file_size = graph.node(file)?.size;
         if core::ptr::eq(desc, &raw::RAW) {
             let raw = raw::Raw::open(opts, file_size)?;
             let size = raw.size();
             return Ok((FormatState::Raw(raw), size));
         }
+        if core::ptr::eq(desc, &qcow2::QCOW2) {
+            let q = qcow2::Qcow2::open(graph, file, opts).await?;
+            let size = q.size();
+            return Ok((FormatState::Qcow2(q), size));
+        }
         Err(Error::UnknownDriver)
     }
 
-    /// Maps `len` bytes at `offset` (inside the node).
-    pub(crate) async fn map(&self, offset: u64, len: u64) -> Result<Mapping> {
+    /// Maps `len` bytes at `offset` (inside node `node`, whose state this is).
+    pub(crate) async fn map<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
         match self {
             FormatState::Raw(raw) => Ok(raw.map(offset, len)),
+            FormatState::Qcow2(q) => q.map(graph, node, offset, len).await,
+        }
+    }
+
+    /// For translation-only drivers: where byte `offset` lives (role of the child, offset
+    /// there), with every following byte of the node contiguous after it. `None` for formats.
+    /// Synchronous, so metadata I/O can pass through such nodes without re-entering a format.
+    pub(crate) fn translate(&self, offset: u64) -> Option<(Role, u64)> {
+        match self {
+            FormatState::Raw(raw) => match raw.map(offset, 0) {
+                Mapping::Data { role, offset, .. } => Some((role, offset)),
+                _ => None,
+            },
+            FormatState::Qcow2(_) => None,
+        }
+    }
+
+    /// Decodes a [`Mapping::Compressed`] extent of node `node` into `out`.
+    pub(crate) async fn read_compressed<const N: usize, const T: usize>(
+        &self,
+        graph: &Graph<'_, N, T>,
+        node: NodeId,
+        host_offset: u64,
+        csize: u64,
+        skip: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        match self {
+            FormatState::Qcow2(q) => q.read_compressed(graph, node, host_offset, csize, skip, out).await,
+            FormatState::Raw(_) => Err(Error::BadGraph("compressed mapping from a driver without compression")),
+        }
+    }
+
+    /// The qcow2 state, if this is a qcow2 node.
+    pub fn qcow2(&self) -> Option<&qcow2::Qcow2> {
+        match self {
+            FormatState::Qcow2(q) => Some(q),
+            FormatState::Raw(_) => None,
         }
     }
 }

@@ -7,16 +7,18 @@
 //! only `&Graph`, so many requests share it.
 
 pub mod node;
-mod open;
+pub mod open;
 pub mod perm;
 
 use core::cell::{Cell, RefCell};
 
 pub use node::{Child, Node, NodeId, NodeKind, Role};
+pub use open::{check_name, NameRequest, Resolver};
 pub use perm::{Attachment, Perm};
 
 use crate::dev::BlockDevice;
 use crate::driver;
+use crate::driver::qcow2::cache::{CacheSlot, Inflater, MetaCache};
 use crate::error::{Error, Result};
 use crate::io::bounce::BouncePool;
 use crate::io::limits::BlockLimits;
@@ -25,8 +27,13 @@ use crate::io::tracked::Tracker;
 /// Most users (backends) attached at once.
 pub const MAX_USERS: usize = 8;
 
-/// Bound on backing-chain depth (and on any walk down the graph). Deeper chains are refused.
+/// Bound on any walk down the graph (a backing chain plus the translation nodes and leaf under
+/// its bottom). Deeper graphs are refused.
 pub const MAX_DEPTH: usize = 32;
+
+/// Bound on backing-chain length: images below the top one. Opening a longer chain fails with
+/// [`Error::BadGraph`]; so does a loop (a file met twice in one chain).
+pub const MAX_BACKING_CHAIN: usize = 20;
 
 /// A user's handle on its attachment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +46,7 @@ pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
     users: RefCell<[Option<(NodeId, Attachment)>; MAX_USERS]>,
     pub(crate) tracker: Tracker<T>,
     pub(crate) bounce: BouncePool<'d>,
+    pub(crate) meta: MetaCache<'d>,
     plugged: Cell<u32>,
 }
 
@@ -53,8 +61,27 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             users: RefCell::new([None; MAX_USERS]),
             tracker: Tracker::new(),
             bounce: BouncePool::new(bounce_memory, buffer_size),
+            meta: MetaCache::empty(),
             plugged: Cell::new(0),
         }
+    }
+
+    /// Gives the graph its metadata cache: qcow2 L1, L2 and refcount tables of every node are
+    /// read through these slots, 4 KiB each (the byte budget is `slots.len() * 4 KiB`). Call
+    /// before opening qcow2 images; without slots their open fails with [`Error::NoSpace`].
+    pub fn set_metadata_cache(&mut self, slots: &'d [CacheSlot]) {
+        self.meta.set_slots(slots);
+    }
+
+    /// Gives the graph decoders for compressed clusters (about 60 KiB each); a read of a
+    /// compressed cluster takes one for its duration and waits while all are busy.
+    pub fn set_decompressors(&mut self, inflaters: &'d [Inflater]) {
+        self.meta.set_inflaters(inflaters);
+    }
+
+    /// The metadata cache's counters.
+    pub fn metadata_cache_stats(&self) -> crate::driver::qcow2::cache::CacheStats {
+        self.meta.stats()
     }
 
     /// The node behind `id`.

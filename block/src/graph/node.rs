@@ -44,6 +44,7 @@ pub struct Child {
 }
 
 /// What a node is.
+#[allow(clippy::large_enum_variant)] // reason: nodes live in fixed arrays (no heap to box into); see `FormatState`
 pub enum NodeKind<'d> {
     /// A leaf device.
     Leaf(&'d dyn BlockDevice),

@@ -1,29 +1,110 @@
-//! Opening nodes from Strata's options grammar (QEMU `-blockdev` style).
+//! Opening nodes from Strata's options grammar (QEMU `-blockdev` style), with whole backing
+//! chains and data files.
 //!
 //! `driver=raw,offset=1M,file=disk0` opens a raw node over the node or device named `disk0`;
 //! `file.driver=raw,file.file=disk0` nests. A bare name (`disk0`) means `file=disk0` with the
 //! driver probed. Nested `file` children are collected first and opened bottom-up in a loop —
-//! no recursion. Names resolve to existing nodes first, then through the caller's resolver
-//! (the kernel's device catalog, or host files), never anything else.
+//! no recursion.
+//!
+//! A format that names more files (qcow2: a data file, a backing file) gets them next, again in
+//! a loop: the top image's data file and backing file, then the backing image's, and so on, at
+//! most [`MAX_BACKING_CHAIN`] images below the top; a file met twice in one chain is a loop and
+//! an error. A backing image's format is its parent's `backing_fmt` if named, else probed.
+//! Options of the top node override what its header says: `backing=null` (no backing),
+//! `backing=NAME`, `data-file=NAME`.
+//!
+//! Names go through the caller's [`Resolver`] — the kernel's device catalog, or host files
+//! relative to the referring image ([`NameRequest::referrer`] says which leaf holds it) — never
+//! anything else. Before that, names from images are checked here: not empty, at most 1023
+//! bytes, UTF-8, no NUL, no protocol prefix (`json:`, `nbd:`: a `:` before any `/`).
 
 use crate::dev::BlockDevice;
-use crate::driver::{self, DriverCaps, FormatState, PROBE_BYTES};
+use crate::driver::{self, DriverCaps, DriverDesc, FormatState, PROBE_BYTES};
 use crate::error::{Error, Result};
-use crate::graph::{Attachment, Child, Graph, Node, NodeId, NodeKind, Role, MAX_DEPTH};
+use crate::graph::{Attachment, Child, Graph, Node, NodeId, NodeKind, Role, MAX_BACKING_CHAIN, MAX_DEPTH};
 use crate::io::limits::BlockLimits;
-use crate::io::walk;
+use crate::io::{child_io, walk};
 use crate::options::{Options, OptionsView};
 
 /// Most options in one open.
 pub const MAX_OPEN_OPTIONS: usize = 32;
 
+/// Longest backing or data-file name.
+pub const MAX_NAME: usize = 1023;
+
 /// Keys every format node accepts.
 const COMMON_KEYS: &[&str] = &["driver", "node-name", "read-only", "file"];
 
+/// A name the opener needs turned into a device.
+#[derive(Clone, Copy)]
+pub struct NameRequest<'a, 'd> {
+    /// The name as written (in the options, or in an image header).
+    pub name: &'a str,
+    /// What it is for: [`Role::File`] for the name the user gave, [`Role::Backing`] or
+    /// [`Role::DataFile`] for names read from an image.
+    pub role: Role,
+    /// For names read from an image: the leaf device that image lives on (host resolvers take
+    /// relative names relative to it).
+    pub referrer: Option<&'d dyn BlockDevice>,
+}
+
+/// Turns names into devices: the kernel's device catalog, host files, a test's table.
+pub trait Resolver<'d> {
+    /// The device for `req`, or why not ([`Error::NotFound`], [`Error::BadName`], ...).
+    fn resolve(&mut self, req: &NameRequest<'_, 'd>) -> Result<&'d dyn BlockDevice>;
+
+    /// False to open images without their backing files (QEMU's `BDRV_O_NO_BACKING`, as
+    /// `qemu-img info` does): unallocated ranges then read as zeros.
+    fn follow_backing(&mut self) -> bool {
+        true
+    }
+}
+
+/// A resolver from a closure over names only (no referrer): `None` is [`Error::NotFound`].
+struct ByName<'r, 'd>(&'r mut dyn FnMut(&str) -> Option<&'d dyn BlockDevice>);
+
+impl<'d> Resolver<'d> for ByName<'_, 'd> {
+    fn resolve(&mut self, req: &NameRequest<'_, 'd>) -> Result<&'d dyn BlockDevice> {
+        (self.0)(req.name).ok_or(Error::NotFound)
+    }
+}
+
+/// Checks a backing or data-file name read from an image (see the module docs).
+pub fn check_name(name: &str) -> Result<()> {
+    let refuse = |what| Err(Error::BadName { what });
+    if name.is_empty() {
+        return refuse("empty file name");
+    }
+    if name.len() > MAX_NAME {
+        return refuse("file name longer than 1023 bytes");
+    }
+    if name.contains('\0') {
+        return refuse("file name contains NUL");
+    }
+    let head = name.split('/').next().unwrap_or(name);
+    if head.contains(':') {
+        return refuse("protocol prefix (json:, nbd:, ...) refused");
+    }
+    Ok(())
+}
+
+fn same_device(a: &dyn BlockDevice, b: &dyn BlockDevice) -> bool {
+    core::ptr::addr_eq(a as *const dyn BlockDevice, b as *const dyn BlockDevice)
+}
+
+/// Nodes made by one open, so that a failure can take them out again.
+type Created = heapless::Vec<NodeId, { 3 * MAX_DEPTH + 4 }>;
+
 impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     /// Opens the node described by `text`; `resolve` turns a name into a device when no node has
-    /// that name.
+    /// that name (names read from images are passed as they are).
     pub async fn open(&mut self, text: &str, resolve: &mut dyn FnMut(&str) -> Option<&'d dyn BlockDevice>) -> Result<NodeId> {
+        self.open_with(text, &mut ByName(resolve)).await
+    }
+
+    /// Opens the node described by `text`, with its backing chain and data files, resolving
+    /// names through `resolver`. A failure leaves the graph as it was.
+    pub async fn open_with(&mut self, text: &str, resolver: &mut dyn Resolver<'d>) -> Result<NodeId> {
         let opts: Options<'_, MAX_OPEN_OPTIONS> = Options::parse(text, Some("file"))?;
         let mut chain: heapless::Vec<OptionsView<'_, '_>, MAX_DEPTH> = heapless::Vec::new();
         let mut view = opts.root();
@@ -36,42 +117,194 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         }
         let name = view.get("file").ok_or(Error::BadOption { key: "file", why: "missing" })?;
         let name = name.as_str().ok_or(Error::BadOption { key: "file", why: "names contain no commas" })?;
-        // Nodes this open made, so that a failure can take them out again.
-        let mut created: heapless::Vec<NodeId, { MAX_DEPTH + 1 }> = heapless::Vec::new();
+        let mut created = Created::new();
+        let result = self.open_inner(&chain, name, resolver, &mut created).await;
+        if result.is_err() {
+            // A failed open leaves the graph as it was: no half-built chain keeps its
+            // permissions on the files below. Newest first.
+            while let Some(id) = created.pop() {
+                self.remove(id);
+            }
+        }
+        result
+    }
+
+    async fn open_inner(
+        &mut self,
+        chain: &[OptionsView<'_, '_>],
+        name: &str,
+        resolver: &mut dyn Resolver<'d>,
+        created: &mut Created,
+    ) -> Result<NodeId> {
         let mut below = match self.find(name) {
             Some(id) => id,
             None => {
-                let device = resolve(name).ok_or(Error::NotFound)?;
+                let device = resolver.resolve(&NameRequest { name, role: Role::File, referrer: None })?;
                 let id = self.add_leaf(name, device)?;
-                let _ = created.push(id);
+                created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
                 id
             }
         };
         for view in chain.iter().rev() {
-            match self.open_format(view, below).await {
-                Ok(id) => {
-                    let _ = created.push(id);
-                    below = id;
-                }
-                Err(e) => {
-                    // A failed open leaves the graph as it was: no half-built chain keeps its
-                    // permissions on the file below. Newest first, so nothing removed is a child
-                    // of a node that stays.
-                    while let Some(id) = created.pop() {
-                        self.remove(id);
-                    }
-                    return Err(e);
-                }
-            }
+            let id = self.open_format(view, below, None).await?;
+            created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
+            below = id;
         }
+        let top_view = chain.first().copied();
+        self.open_links(below, top_view, resolver, created).await?;
         Ok(below)
     }
 
-    /// Opens one format node described by `view` on top of `file`.
-    async fn open_format(&mut self, view: &OptionsView<'_, '_>, file: NodeId) -> Result<NodeId> {
-        let desc = match view.get("driver") {
-            Some(name) => driver::by_name(name.as_str().unwrap_or(""))?,
-            None => {
+    /// Opens the data files and the backing chain of `top` (see the module docs).
+    async fn open_links(
+        &mut self,
+        top: NodeId,
+        top_view: Option<OptionsView<'_, '_>>,
+        resolver: &mut dyn Resolver<'d>,
+        created: &mut Created,
+    ) -> Result<()> {
+        let mut seen: heapless::Vec<&'d dyn BlockDevice, { MAX_BACKING_CHAIN + 2 }> = heapless::Vec::new();
+        let mut cur = top;
+        let mut view = top_view;
+        let mut buf = [0u8; MAX_NAME];
+        for depth in 0..=MAX_BACKING_CHAIN {
+            let node = self.node(cur)?;
+            let NodeKind::Format(FormatState::Qcow2(q)) = &node.kind else { return Ok(()) };
+            let links = q.links();
+            let mut fmt = [0u8; 16];
+            let fmt_len = q.extensions().backing_format().map_or(0, |f| {
+                fmt[..f.len()].copy_from_slice(f.as_bytes());
+                f.len()
+            });
+            let file = node.child(Role::File).ok_or(Error::BadGraph("format node without a file child"))?;
+            let referrer = self.leaf_device(file)?;
+            if depth == 0 {
+                let _ = seen.push(referrer);
+            }
+            let read_only = node.read_only;
+
+            if links.needs_data_file {
+                let given = view.and_then(|v| v.get("data-file")).map(|v| v.as_str().ok_or(Error::BadOption { key: "data-file", why: "names contain no commas" }));
+                let name = match (given, links.data_file) {
+                    (Some(n), _) => n?,
+                    (None, Some(r)) => self.read_name(file, r.offset, r.len, &mut buf).await?,
+                    (None, None) => return Err(Error::BadImage { what: "external data file needed but not named" }),
+                };
+                check_name(name)?;
+                let dev = resolver.resolve(&NameRequest { name, role: Role::DataFile, referrer: Some(referrer) })?;
+                if seen.iter().any(|d| same_device(*d, dev)) {
+                    return Err(Error::BadGraph("a data file is an image of the same chain"));
+                }
+                let leaf = self.leaf_for(name, dev, created)?;
+                let attachment = if read_only { Attachment::READER } else { Attachment::FORMAT_FILE };
+                self.attach_child(cur, Role::DataFile, leaf, attachment)?;
+            }
+
+            let given = view.and_then(|v| v.get("backing")).map(|v| v.as_str().ok_or(Error::BadOption { key: "backing", why: "names contain no commas" }));
+            let name = match (given, links.backing) {
+                (Some(n), _) => {
+                    let n = n?;
+                    if n == "null" || n.is_empty() {
+                        return Ok(());
+                    }
+                    n
+                }
+                (None, Some(r)) => self.read_name(file, r.offset, r.len, &mut buf).await?,
+                (None, None) => return Ok(()),
+            };
+            if !resolver.follow_backing() {
+                return Ok(());
+            }
+            if depth == MAX_BACKING_CHAIN {
+                return Err(Error::BadGraph("backing chain longer than MAX_BACKING_CHAIN (20)"));
+            }
+            check_name(name)?;
+            let dev = resolver.resolve(&NameRequest { name, role: Role::Backing, referrer: Some(referrer) })?;
+            if seen.iter().any(|d| same_device(*d, dev)) {
+                return Err(Error::BadGraph("backing chain loop: a file is its own backing file"));
+            }
+            seen.push(dev).map_err(|_| Error::BadGraph("backing chain longer than MAX_BACKING_CHAIN (20)"))?;
+            let leaf = self.leaf_for(name, dev, created)?;
+            let forced = match core::str::from_utf8(&fmt[..fmt_len]) {
+                Ok("") => None,
+                Ok(f) => Some(driver::by_name(f)?),
+                Err(_) => return Err(Error::BadName { what: "backing format name is not UTF-8" }),
+            };
+            let empty: Options<'_, 1> = Options::default();
+            let backing = self.open_format(&empty.root(), leaf, forced).await?;
+            created.push(backing).map_err(|_| Error::BadGraph("open made too many nodes"))?;
+            self.attach_child(cur, Role::Backing, backing, Attachment::READER)?;
+            cur = backing;
+            view = None;
+        }
+        Ok(())
+    }
+
+    /// Reads a name of `len` bytes at `offset` of `file` into `buf`.
+    async fn read_name<'b>(&self, file: NodeId, offset: u64, len: u16, buf: &'b mut [u8; MAX_NAME]) -> Result<&'b str> {
+        let n = usize::from(len);
+        if n > MAX_NAME {
+            return Err(Error::BadName { what: "file name longer than 1023 bytes" });
+        }
+        child_io::read(self, file, offset, &mut buf[..n]).await.map_err(|e| match e {
+            Error::OutOfRange { .. } => Error::BadImage { what: "truncated: a file name lies past the end of the file" },
+            e => e,
+        })?;
+        core::str::from_utf8(&buf[..n]).map_err(|_| Error::BadName { what: "file name is not UTF-8" })
+    }
+
+    /// The leaf device under `node`, through translation-only nodes.
+    fn leaf_device(&self, node: NodeId) -> Result<&'d dyn BlockDevice> {
+        let mut cur = node;
+        for _ in 0..MAX_DEPTH {
+            let n = self.node(cur)?;
+            match &n.kind {
+                NodeKind::Leaf(dev) => return Ok(*dev),
+                NodeKind::Format(_) => cur = n.child(Role::File).ok_or(Error::BadGraph("format node without a file child"))?,
+            }
+        }
+        Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
+    }
+
+    /// The leaf node of `dev` if the graph has one, else a new leaf named `name` (or `#nINDEX`
+    /// if that name is taken or too long).
+    fn leaf_for(&mut self, name: &str, dev: &'d dyn BlockDevice, created: &mut Created) -> Result<NodeId> {
+        let existing = self.nodes().find_map(|(id, n)| match n.kind {
+            NodeKind::Leaf(d) if same_device(d, dev) => Some(id),
+            _ => None,
+        });
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        let id = if self.find(name).is_some() {
+            let auto = self.auto_name()?;
+            self.add_leaf(&auto, dev)?
+        } else {
+            self.add_leaf(name, dev)?
+        };
+        created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
+        Ok(id)
+    }
+
+    /// Links `child` under `parent` in `role`, checking permissions.
+    fn attach_child(&mut self, parent: NodeId, role: Role, child: NodeId, attachment: Attachment) -> Result<()> {
+        self.check_holders(child, attachment, None)?;
+        let index = usize::from(parent.index);
+        self.node(parent)?;
+        let node = self.nodes.get_mut(index).and_then(Option::as_mut).ok_or(Error::BadNode)?;
+        if node.children.iter().any(|c| c.role == role) {
+            return Err(Error::BadGraph("node already has a child in that role"));
+        }
+        node.children.push(Child { role, node: child, attachment }).map_err(|_| Error::NoSpace { what: "node children" })
+    }
+
+    /// Opens one format node described by `view` on top of `file`; the driver is `forced`, or
+    /// `driver=`, or probed.
+    async fn open_format(&mut self, view: &OptionsView<'_, '_>, file: NodeId, forced: Option<&'static DriverDesc>) -> Result<NodeId> {
+        let desc = match (forced, view.get("driver")) {
+            (Some(d), _) => d,
+            (None, Some(name)) => driver::by_name(name.as_str().unwrap_or(""))?,
+            (None, None) => {
                 let size = self.node(file)?.size;
                 let mut head = [0u8; PROBE_BYTES];
                 let n = (size as usize).min(PROBE_BYTES);
@@ -102,8 +335,8 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         let read_only = asked_ro || file_node.read_only || !desc.caps.contains(DriverCaps::WRITE);
         let attachment = if read_only { Attachment::READER } else { Attachment::FORMAT_FILE };
         self.check_holders(file, attachment, None)?;
-        let (state, size) = FormatState::open(desc, view, file_node.size)?;
         let limits = BlockLimits::inherit(&file_node.limits);
+        let (state, size) = FormatState::open(desc, view, self, file).await?;
         let name = match view.get("node-name") {
             Some(v) => super::node_name(v.as_str().ok_or(Error::BadOption { key: "node-name", why: "names contain no commas" })?)?,
             None => self.auto_name()?,
@@ -128,5 +361,21 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         let mut s = heapless::String::new();
         let _ = core::fmt::write(&mut s, format_args!("#n{index}"));
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn names() {
+        assert!(check_name("base.qcow2").is_ok());
+        assert!(check_name("../x/base.qcow2").is_ok());
+        assert!(check_name("dir/a:b").is_ok());
+        assert!(check_name("json:{}").is_err());
+        assert!(check_name("nbd:localhost:10809").is_err());
+        assert!(check_name("").is_err());
+        assert!(check_name(&"a".repeat(1024)).is_err());
     }
 }

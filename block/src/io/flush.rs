@@ -18,7 +18,8 @@ use crate::io::leaf::transfer;
 /// Flushes `root` and everything below it.
 pub(crate) async fn flush<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, root: NodeId) -> Result<()> {
     // Breadth-first, parents before children, without recursion.
-    let mut order: heapless::Vec<NodeId, MAX_DEPTH> = heapless::Vec::new();
+    // A chain of MAX_DEPTH formats each with a file (and maybe a data file) below it.
+    let mut order: heapless::Vec<NodeId, { 3 * MAX_DEPTH }> = heapless::Vec::new();
     order.push(root).map_err(|_| Error::BadGraph("graph too large to flush"))?;
     let mut i = 0;
     while let Some(&id) = order.get(i) {

@@ -3,6 +3,7 @@
 //! through [`crate::backend::Backend`].
 
 pub mod bounce;
+pub(crate) mod child_io;
 mod device;
 pub mod flush;
 pub(crate) mod leaf;
@@ -11,4 +12,4 @@ pub mod tracked;
 pub(crate) mod walk;
 pub mod zero;
 
-pub use walk::RangeOp;
+pub use walk::{block_status, Extent, ExtentKind, RangeOp};

@@ -16,28 +16,62 @@ use crate::io::leaf::{self, Buf};
 pub(crate) enum Target {
     /// On this leaf at this offset.
     Leaf(NodeId, u64),
-    /// Reads as zeros.
+    /// Reads as zeros: a layer says so (a zero cluster).
     Zero,
+    /// Reads as zeros: no layer of the chain has it (or it lies past a shorter backing file).
+    Hole,
+    /// Inside a compressed cluster of format node `node`: decoded by its driver.
+    Compressed {
+        /// The format node.
+        node: NodeId,
+        /// Compressed data in its file child.
+        host: u64,
+        /// Its length.
+        csize: u64,
+        /// Offset inside the decoded cluster.
+        skip: u64,
+    },
+}
+
+/// A resolved extent: where, how long, and how many backing links were followed to get there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Located {
+    pub(crate) target: Target,
+    pub(crate) len: u64,
+    pub(crate) depth: u8,
+    /// The last node that is not translation-only to map the extent as data in this layer.
+    pub(crate) mapped_by: Option<NodeId>,
 }
 
 /// Resolves the longest extent starting at `offset` (at most `len` bytes) of `node`.
 pub(crate) async fn resolve<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64, writing: bool) -> Result<(Target, u64)> {
+    locate(graph, node, offset, len, writing).await.map(|l| (l.target, l.len))
+}
+
+/// [`resolve`], with the backing depth.
+pub(crate) async fn locate<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64, writing: bool) -> Result<Located> {
     let (mut cur, mut off, mut n) = (node, offset, len);
+    let mut depth = 0u8;
+    let mut mapped_by = None;
+    let done = |target, len, depth, mapped_by| Ok(Located { target, len, depth, mapped_by });
     for _ in 0..MAX_DEPTH {
         let here = graph.node(cur)?;
         if off >= here.size {
             // Below a larger overlay: past this node's end reads as zeros.
-            return if writing { Err(Error::OutOfRange { offset: off, len: n, size: here.size }) } else { Ok((Target::Zero, n)) };
+            return if writing { Err(Error::OutOfRange { offset: off, len: n, size: here.size }) } else { done(Target::Hole, n, depth, None) };
         }
         n = n.min(here.size - off);
         let state = match &here.kind {
-            NodeKind::Leaf(_) => return Ok((Target::Leaf(cur, off), n)),
+            NodeKind::Leaf(_) => return done(Target::Leaf(cur, off), n, depth, mapped_by),
             NodeKind::Format(state) => state,
         };
-        match state.map(off, n).await? {
+        match state.map(graph, cur, off, n).await? {
             Mapping::Data { role, offset, len, writable } => {
                 if writing && !writable {
                     return Err(Error::Unsupported("copy-on-write of a shared or compressed cluster"));
+                }
+                if !here.driver.caps.contains(crate::driver::DriverCaps::TRANSLATION_ONLY) {
+                    mapped_by = Some(cur);
                 }
                 cur = here.child(role).ok_or(Error::BadGraph("mapping names a missing child"))?;
                 off = offset;
@@ -47,7 +81,7 @@ pub(crate) async fn resolve<const N: usize, const T: usize>(graph: &Graph<'_, N,
                 if writing {
                     return Err(Error::Unsupported("allocating writes"));
                 }
-                return Ok((Target::Zero, n.min(len)));
+                return done(Target::Zero, n.min(len), depth, None);
             }
             Mapping::Unallocated { len } => {
                 n = n.min(len);
@@ -55,9 +89,18 @@ pub(crate) async fn resolve<const N: usize, const T: usize>(graph: &Graph<'_, N,
                     return Err(Error::Unsupported("allocating writes"));
                 }
                 match here.child(Role::Backing) {
-                    Some(backing) => cur = backing,
-                    None => return Ok((Target::Zero, n)),
+                    Some(backing) => {
+                        cur = backing;
+                        depth = depth.saturating_add(1);
+                    }
+                    None => return done(Target::Hole, n, depth, None),
                 }
+            }
+            Mapping::Compressed { host_offset, csize, skip, len } => {
+                if writing {
+                    return Err(Error::Unsupported("copy-on-write of a shared or compressed cluster"));
+                }
+                return done(Target::Compressed { node: cur, host: host_offset, csize, skip }, n.min(len), depth, Some(cur));
             }
         }
         if n == 0 {
@@ -76,11 +119,62 @@ pub(crate) async fn read<const N: usize, const T: usize>(graph: &Graph<'_, N, T>
         let part = &mut buf[done..done + n as usize];
         match target {
             Target::Leaf(leaf, at) => leaf::rw(graph, leaf, at, Buf::Read(part)).await?,
-            Target::Zero => part.fill(0),
+            Target::Zero | Target::Hole => part.fill(0),
+            Target::Compressed { node: fmt, host, csize, skip } => {
+                let NodeKind::Format(state) = &graph.node(fmt)?.kind else {
+                    return Err(Error::BadGraph("compressed extent on a leaf"));
+                };
+                state.read_compressed(graph, fmt, host, csize, skip, part).await?;
+            }
         }
         done += n as usize;
     }
     Ok(())
+}
+
+/// What one extent of a node is, as `qemu-img map` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Data on a leaf at an offset (reached through the chain).
+    Data {
+        /// The leaf.
+        leaf: NodeId,
+        /// Offset on it.
+        offset: u64,
+        /// The format node that mapped it (a qcow2 node), or `None` if only translation nodes
+        /// (raw) lie between the layer and the leaf.
+        mapped_by: Option<NodeId>,
+    },
+    /// A compressed cluster (data, no plain offset).
+    Compressed,
+    /// A layer says zeros.
+    Zero,
+    /// No layer has it: zeros.
+    Hole,
+}
+
+/// One extent of a node: its kind, length, and the backing depth where it was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// What it is.
+    pub kind: ExtentKind,
+    /// Length in bytes (at least 1).
+    pub len: u64,
+    /// Backing links followed (0: the node itself).
+    pub depth: u8,
+}
+
+/// The extent starting at `offset` of `node`, at most `len` bytes (QEMU's block status, for
+/// `img map`). Reads metadata only.
+pub async fn block_status<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<Extent> {
+    let l = locate(graph, node, offset, len, false).await?;
+    let kind = match l.target {
+        Target::Leaf(leaf, offset) => ExtentKind::Data { leaf, offset, mapped_by: l.mapped_by },
+        Target::Zero => ExtentKind::Zero,
+        Target::Hole => ExtentKind::Hole,
+        Target::Compressed { .. } => ExtentKind::Compressed,
+    };
+    Ok(Extent { kind, len: l.len, depth: l.depth })
 }
 
 /// Writes `buf` at byte `offset` of `node`.

@@ -16,9 +16,14 @@ const DEPTH: usize = 8;
 /// Granularity of hole detection (qemu-img's default `-S 4k`).
 const SPARSE: usize = 4096;
 
-/// Runs `img convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] -O raw SRC DST`.
+/// Runs `img convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME]
+/// [--cache-size SIZE] [--allow-backing-anywhere] -O raw SRC DST`.
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
-    let args = Args::parse(argv, &["-f", "-O", "-t", "-T"], &["--image-opts", "-U", "-p", "-q"])?;
+    let args = Args::parse(
+        argv,
+        &["-f", "-O", "-t", "-T", "-l", "--cache-size"],
+        &["--image-opts", "-U", "-p", "-q", "--allow-backing-anywhere"],
+    )?;
     let files = args.exactly(2, "SRC and DST")?;
     match args.value("-O") {
         Some("raw") => {}
@@ -31,6 +36,9 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         read_only: true,
         force_share: args.has("-U"),
         cache: image::cache_mode(args.value("-T"))?,
+        cache_bytes: args.value("--cache-size").map(|_| args.size("--cache-size", 0)).transpose()?,
+        allow_backing_anywhere: args.has("--allow-backing-anywhere"),
+        extra: args.value("-l").map(snapshot_option).transpose()?,
         ..OpenOptions::default()
     };
     let dst_opts = OpenOptions {
@@ -47,6 +55,21 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         drop(out);
         image::with_image(&files[1], &dst_opts, |dst| copy(src, dst, size))
     })
+}
+
+/// `-l snapshot.name=NAME`, `-l snapshot.id=ID` or `-l NAME` (qemu-img's forms) as options for
+/// the top node.
+fn snapshot_option(value: &str) -> Result<String, ImgError> {
+    let (key, name) = match value.split_once('=') {
+        Some(("snapshot.name", n)) => ("snapshot.name", n),
+        Some(("snapshot.id", n)) => ("snapshot.id", n),
+        Some((k, _)) => return Err(ImgError::usage(format!("-l {k}=...: expected snapshot.name= or snapshot.id="))),
+        None => ("snapshot.name", value),
+    };
+    if name.is_empty() {
+        return Err(ImgError::usage("-l: empty snapshot name".into()));
+    }
+    Ok(format!("{key}={}", name.replace(',', ",,")))
 }
 
 /// Copies `size` bytes from `src` to `dst`, leaving zero blocks as holes, then flushes.

@@ -5,20 +5,27 @@
 //! one scope and closes it all, locks included, when the scope ends: the block layer borrows
 //! what it uses (it never allocates), so the owner of the memory must outlive it.
 
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use strata_block::dev::file::{CacheMode, Engine, HostFile, HostFileOptions};
-use strata_block::dev::BlockDevice;
+use strata_block::driver::qcow2::cache::{CacheSlot, Inflater, SLICE};
 use strata_block::{Backend, BackendOptions, DetectZeroes, Error, Graph, NodeId};
 
+use super::resolve::HostResolver;
 use super::ImgError;
 
-/// Graph capacity for host images: nodes and tracked requests.
-pub type HostGraph<'a> = Graph<'a, 16, 512>;
+/// Graph capacity for host images: nodes (a 20-deep chain of images with their files, plus
+/// data files) and tracked requests.
+pub type HostGraph<'a> = Graph<'a, 64, 512>;
 /// A backend on a host graph.
-pub type HostBackend<'g, 'd> = Backend<'g, 'd, 16, 512>;
+pub type HostBackend<'g, 'd> = Backend<'g, 'd, 64, 512>;
+
+/// Default qcow2 metadata cache budget (`--cache-size`): 4 MiB, enough for every L2 table of a
+/// 32 GiB image with 64 KiB clusters.
+pub const DEFAULT_CACHE_BYTES: u64 = 4 << 20;
+/// Decoders for compressed clusters per image.
+const INFLATERS: usize = 4;
 
 /// Bounce buffers per image and their size.
 const BOUNCE_BUFFERS: usize = 32;
@@ -41,14 +48,25 @@ pub struct OpenOptions {
     pub force_share: bool,
     /// Zero detection for writes.
     pub detect_zeroes: DetectZeroes,
+    /// qcow2 metadata cache budget in bytes (`None`: [`DEFAULT_CACHE_BYTES`]); rounded down to
+    /// 4 KiB slots, at least one.
+    pub cache_bytes: Option<u64>,
+    /// Backing and data files may lie outside the opened image's directory tree.
+    pub allow_backing_anywhere: bool,
+    /// Open without backing files (as `qemu-img info`).
+    pub no_backing: bool,
+    /// Extra options for the top node in Strata's grammar (`snapshot.name=NAME`).
+    pub extra: Option<String>,
 }
 
 /// An open image.
 pub struct Image<'g, 'd> {
     /// The backend on the root node.
     pub backend: HostBackend<'g, 'd>,
-    /// The host files under it.
+    /// The host files under it (the image's first).
     pub files: Vec<&'d HostFile>,
+    /// Their canonical paths, in the same order.
+    pub paths: Vec<std::path::PathBuf>,
 }
 
 impl Image<'_, '_> {
@@ -86,15 +104,23 @@ pub fn with_image<R>(
     f: impl FnOnce(&Image<'_, '_>) -> Result<R, ImgError>,
 ) -> Result<R, ImgError> {
     let arena: typed_arena::Arena<HostFile> = typed_arena::Arena::new();
+    let budget = opts.cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
+    let slots: Vec<CacheSlot> = (0..(budget / SLICE as u64).max(1)).map(|_| CacheSlot::new()).collect();
+    let inflaters: Vec<Inflater> = (0..INFLATERS).map(|_| Inflater::new()).collect();
     let mut bounce = vec![0u8; BOUNCE_BUFFERS * BOUNCE_SIZE + 4096];
     let mut graph: HostGraph<'_> = Graph::new(&mut bounce, BOUNCE_SIZE);
+    graph.set_metadata_cache(&slots);
+    graph.set_decompressors(&inflaters);
+    let extra = opts.extra.as_deref().map(|e| format!("{e},")).unwrap_or_default();
     let text = if opts.image_opts {
         spec.to_string()
     } else {
         let escaped = spec.replace(',', ",,");
         match &opts.format {
-            Some(f) => format!("driver={f},file={escaped}"),
-            None => format!("file={escaped}"),
+            Some(f) => format!("driver={f},{extra}file={escaped}"),
+            None if extra.is_empty() => format!("file={escaped}"),
+            // Options for the top node need its driver: probe it first.
+            None => format!("driver={},{extra}file={escaped}", probe_format(spec)?),
         }
     };
     let file_opts = HostFileOptions {
@@ -104,25 +130,18 @@ pub fn with_image<R>(
         force_share: opts.force_share,
         ..HostFileOptions::default()
     };
-    let mut files: Vec<&HostFile> = Vec::new();
-    let mut file_error = None;
-    let opened = block_on(
-        graph.open(&text, &mut |name| match HostFile::open(Path::new(name), &file_opts) {
-            Ok(f) => {
-                let f: &HostFile = arena.alloc(f);
-                files.push(f);
-                Some(f as &dyn BlockDevice)
-            }
-            Err(e) => {
-                file_error = Some(e);
-                None
-            }
-        }),
-    );
-    let root = match (opened, file_error) {
-        (Ok(root), _) => root,
-        (Err(Error::NotFound), Some(e)) => return Err(ImgError::failed(format!("Could not open '{spec}': {e}"))),
-        (Err(e), _) => return Err(ImgError::failed(format!("Could not open '{spec}': {e}"))),
+    let mut resolver = HostResolver::new(&arena, file_opts, opts.allow_backing_anywhere, opts.no_backing);
+    let opened = block_on(graph.open_with(&text, &mut resolver));
+    let root = match opened {
+        Ok(root) => root,
+        Err(e) => {
+            let detail = match (&e, resolver.last_error.take()) {
+                (Error::NotFound | Error::BadName { .. }, Some(text)) => text,
+                (_, Some(text)) => format!("{e} ({text})"),
+                (_, None) => e.to_string(),
+            };
+            return Err(ImgError::failed(format!("Could not open '{spec}': {detail}")));
+        }
     };
     let backend = Backend::new(
         &graph,
@@ -134,10 +153,27 @@ pub fn with_image<R>(
         },
     )
     .map_err(|e| ImgError::failed(format!("Could not open '{spec}': {e}")))?;
-    let image = Image { backend, files };
+    let (paths, files) = resolver.files.iter().map(|(p, f)| (p.clone(), *f)).unzip();
+    let image = Image { backend, files, paths };
     let result = f(&image);
     drop(image);
     result
+}
+
+/// The format a file probes as (the block layer's probe over its first 512 bytes).
+fn probe_format(spec: &str) -> Result<&'static str, ImgError> {
+    use std::io::Read;
+    let mut head = [0u8; strata_block::driver::PROBE_BYTES];
+    let mut file = std::fs::File::open(spec).map_err(|e| ImgError::failed(format!("Could not open '{spec}': {e}")))?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(ImgError::failed(format!("Could not read '{spec}': {e}"))),
+        }
+    }
+    Ok(strata_block::driver::probe(&head[..n]).name)
 }
 
 /// Parses `-t` (QEMU's cache modes that matter here).

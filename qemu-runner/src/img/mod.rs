@@ -1,6 +1,6 @@
 //! `qemu-runner img`: qemu-img's commands over Strata's block layer, on host files.
 //!
-//! `info`, `convert -O raw`, `compare` and `bench`, with qemu-img's syntax where they overlap so
+//! `info`, `map`, `convert -O raw`, `compare` and `bench`, with qemu-img's syntax where they overlap so
 //! the two can be run side by side. Options use the shared grammar (`--image-opts`).
 //! Exit statuses follow qemu-img: 0 success, 1 failure (for `compare`: the images differ),
 //! 2 usage error (for `compare`: any error).
@@ -11,6 +11,8 @@ mod compare;
 mod convert;
 pub mod image;
 mod info;
+mod map;
+mod resolve;
 
 use std::fmt;
 
@@ -44,7 +46,8 @@ pub const HELP: &str = "\
 qemu-runner img COMMAND [OPTIONS]: qemu-img's commands over Strata's block layer
 
   info [-f FMT] [--image-opts] [-U] [--output=human|json] FILE
-  convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] -O raw SRC DST
+  map [-f FMT] [--image-opts] [-U] [--output=human|json] FILE
+  convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME] -O raw SRC DST
   compare [-f FMT] [-F FMT] [-s] [-q] [-U] A B
   bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
         [-t none|writeback] [-i threads|native|io_uring] [--flush-interval N]
@@ -54,6 +57,10 @@ FILE is a file name (format probed unless -f), or with --image-opts an options s
 Strata's grammar, e.g. driver=raw,offset=1M,size=64M,file=disk.img.
 -t none opens with O_DIRECT and queues requests (io_uring or threads); writeback (the default)
 runs them in the calling thread through the page cache.
+qcow2 images open with their backing chains and data files. Backing and data-file names
+resolve relative to the image naming them and must stay inside the directory tree of the
+image given, unless --allow-backing-anywhere; protocol prefixes (json:, nbd:) are refused.
+--cache-size SIZE sets the qcow2 metadata cache budget (default 4M, 4 KiB slices).
 Exit status: 0 ok, 1 failed (compare: images differ), 2 usage error (compare: any error).
 ";
 
@@ -69,6 +76,7 @@ pub fn main(args: &[String]) -> i32 {
             return 0;
         }
         "info" => info::run(rest).map(|()| 0),
+        "map" => map::run(rest).map(|()| 0),
         "convert" => convert::run(rest).map(|()| 0),
         "bench" => bench::run(rest).map(|()| 0),
         "compare" => match compare::run(rest) {
@@ -79,7 +87,7 @@ pub fn main(args: &[String]) -> i32 {
             }
         },
         other => Err(ImgError::usage(format!(
-            "unknown img command \"{other}\" (info, convert, compare, bench)"
+            "unknown img command \"{other}\" (info, map, convert, compare, bench)"
         ))),
     };
     match result {

@@ -1,0 +1,321 @@
+//! The metadata cache: L1, L2 and refcount tables alike, in slices of at most 4 KiB, shared by
+//! every qcow2 node of a graph (DESIGN.md, "Resources").
+//!
+//! **Budget.** The caller gives the graph `slots` ([`CacheSlot`], 4 KiB each) once, with
+//! [`crate::Graph::set_metadata_cache`]; the byte budget is `slots.len() * 4 KiB` and never grows.
+//! A table is read slice by slice as it is used, so a 16 TiB image with a 256 KiB L1 table opens
+//! and reads with a 64 KiB budget; "absurd" tables are those that contradict the header or the
+//! file, never those larger than the cache.
+//!
+//! **Layout.** Slots are grouped in sets of [`WAYS`]; a slice (keyed by the node holding the
+//! metadata and the slice's byte offset there) lives in the set its key hashes to and replaces
+//! the least recently used clean slot of that set. A lookup touches at most `WAYS` slots, so a
+//! cache that holds a whole image costs no more per lookup than a small one.
+//!
+//! **Concurrency.** One executor thread, many requests: a slot being loaded is marked so and
+//! others wait for it instead of reading it twice; data is copied out under a short borrow and no
+//! borrow is held across an await. Dropping a loading future gives its slot back (a guard).
+//!
+//! **Writes (next issue).** Slots carry `dirty` and `pins`: a dirty or pinned slot is never
+//! evicted; write-back in dependency order is the writer's job.
+
+use core::cell::{Cell, RefCell};
+use core::future::poll_fn;
+use core::task::Poll;
+
+use miniz_oxide::inflate::core::DecompressorOxide;
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId};
+use crate::io::child_io;
+
+/// Bytes per slot (the largest slice).
+pub const SLICE: usize = 4096;
+
+/// Slots per set.
+pub const WAYS: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Empty,
+    Loading,
+    Ready,
+}
+
+/// One cached slice: storage and bookkeeping. Make them with [`CacheSlot::new`] (a `const fn`,
+/// so `[const { CacheSlot::new() }; 16]` works in a `static`).
+pub struct CacheSlot {
+    data: RefCell<[u8; SLICE]>,
+    key: Cell<Option<(NodeId, u64)>>,
+    len: Cell<u32>,
+    state: Cell<SlotState>,
+    dirty: Cell<bool>,
+    pins: Cell<u16>,
+    used: Cell<u64>,
+}
+
+impl CacheSlot {
+    /// An empty slot.
+    pub const fn new() -> Self {
+        Self {
+            data: RefCell::new([0; SLICE]),
+            key: Cell::new(None),
+            len: Cell::new(0),
+            state: Cell::new(SlotState::Empty),
+            dirty: Cell::new(false),
+            pins: Cell::new(0),
+            used: Cell::new(0),
+        }
+    }
+
+    fn evictable(&self) -> bool {
+        self.state.get() != SlotState::Loading && !self.dirty.get() && self.pins.get() == 0
+    }
+}
+
+impl Default for CacheSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A raw-deflate decoder with its 32 KiB window and an input buffer: what decoding one
+/// compressed cluster needs, whatever the cluster size (the output is streamed out of the
+/// window). About 60 KiB each; the graph holds as many as the caller gives it
+/// ([`crate::Graph::set_decompressors`]), and a request waits for a free one.
+pub struct Inflater {
+    pub(super) state: RefCell<DecompressorOxide>,
+    pub(super) window: RefCell<[u8; WINDOW]>,
+    pub(super) input: RefCell<[u8; INPUT]>,
+    busy: Cell<bool>,
+}
+
+/// Deflate window (and the decoder's wrapping output buffer).
+pub const WINDOW: usize = 32 * 1024;
+/// Compressed bytes read per step.
+pub const INPUT: usize = 16 * 1024;
+
+impl Inflater {
+    /// An idle decoder.
+    pub fn new() -> Self {
+        Self {
+            state: RefCell::new(DecompressorOxide::new()),
+            window: RefCell::new([0; WINDOW]),
+            input: RefCell::new([0; INPUT]),
+            busy: Cell::new(false),
+        }
+    }
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An inflater taken from the pool; given back on drop.
+pub(super) struct TakenInflater<'a>(pub(super) &'a Inflater);
+
+impl Drop for TakenInflater<'_> {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+    }
+}
+
+/// Hit and miss counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups served from the cache.
+    pub hits: u64,
+    /// Slices read from the image.
+    pub misses: u64,
+    /// Slots in the cache.
+    pub slots: usize,
+}
+
+/// The graph's metadata memory: the slice cache and the decoders.
+pub struct MetaCache<'d> {
+    slots: &'d [CacheSlot],
+    inflaters: &'d [Inflater],
+    tick: Cell<u64>,
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+}
+
+/// Gives a slot back (empty) if its load was abandoned or failed.
+struct LoadGuard<'a> {
+    slot: &'a CacheSlot,
+    done: bool,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.slot.key.set(None);
+            self.slot.state.set(SlotState::Empty);
+        }
+    }
+}
+
+/// Returns `Pending` once (waking itself), so other requests run.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+impl<'d> MetaCache<'d> {
+    /// A cache with no memory: qcow2 opens fail until the graph is given some.
+    pub const fn empty() -> Self {
+        Self { slots: &[], inflaters: &[], tick: Cell::new(0), hits: Cell::new(0), misses: Cell::new(0) }
+    }
+
+    pub(crate) fn set_slots(&mut self, slots: &'d [CacheSlot]) {
+        self.slots = slots;
+    }
+
+    pub(crate) fn set_inflaters(&mut self, inflaters: &'d [Inflater]) {
+        self.inflaters = inflaters;
+    }
+
+    /// Slots (budget / 4 KiB).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats { hits: self.hits.get(), misses: self.misses.get(), slots: self.slots.len() }
+    }
+
+    /// Forgets every clean slice of `node` (it was closed, or its file changed underneath).
+    pub fn forget(&self, node: NodeId) {
+        for slot in self.slots {
+            if slot.key.get().is_some_and(|(n, _)| n == node) && slot.evictable() {
+                slot.key.set(None);
+                slot.state.set(SlotState::Empty);
+            }
+        }
+    }
+
+    fn set_of(&self, node: NodeId, offset: u64) -> &'d [CacheSlot] {
+        let sets = (self.slots.len() / WAYS).max(1);
+        // Multiplicative hashing of the slice number and node: neighbouring slices of one table
+        // land in different sets.
+        let h = (offset >> 9)
+            .wrapping_add(u64::from(node.index) << 40)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let set = ((h >> 32) % sets as u64) as usize;
+        let start = set * WAYS;
+        let end = if set + 1 == sets { self.slots.len() } else { start + WAYS };
+        self.slots.get(start..end).unwrap_or(&[])
+    }
+
+    // The slot's data stays mutably borrowed while the device fills it: the slot is marked
+    // Loading first, so nobody else borrows it (and `try_borrow` would fail, not panic).
+    #[allow(clippy::await_holding_refcell_ref)] // reason: exclusive by the Loading protocol above
+    /// Runs `f` on the `len` bytes (at most [`SLICE`]) at `offset` of `node` — a slice-aligned
+    /// piece of a table — reading them through the cache. Bytes past the end of `node` read as
+    /// zeros.
+    pub(crate) async fn with_slice<R, const N: usize, const T: usize>(
+        &self,
+        graph: &Graph<'_, N, T>,
+        node: NodeId,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        if self.slots.is_empty() {
+            return Err(Error::NoSpace { what: "metadata cache (Graph::set_metadata_cache)" });
+        }
+        if len == 0 || len > SLICE {
+            return Err(Error::BadGraph("metadata slice larger than a cache slot"));
+        }
+        let key = Some((node, offset));
+        let set = self.set_of(node, offset);
+        loop {
+            let tick = self.tick.get() + 1;
+            self.tick.set(tick);
+            if let Some(slot) = set.iter().find(|s| s.key.get() == key) {
+                match slot.state.get() {
+                    SlotState::Ready if slot.len.get() as usize == len => {
+                        slot.used.set(tick);
+                        self.hits.set(self.hits.get() + 1);
+                        let data = slot.data.try_borrow().map_err(|_| Error::BadGraph("metadata slot busy"))?;
+                        return Ok(f(&data[..len]));
+                    }
+                    SlotState::Loading => {
+                        yield_now().await;
+                        continue;
+                    }
+                    _ => {
+                        // Same offset, other length: cannot happen for one image; reload.
+                        if slot.evictable() {
+                            slot.key.set(None);
+                            slot.state.set(SlotState::Empty);
+                        }
+                    }
+                }
+            }
+            let victim = set
+                .iter()
+                .filter(|s| s.evictable())
+                .min_by_key(|s| if s.state.get() == SlotState::Empty { 0 } else { s.used.get() });
+            let Some(slot) = victim else {
+                // Every slot of the set is loading or pinned: wait for one.
+                yield_now().await;
+                continue;
+            };
+            slot.key.set(key);
+            slot.state.set(SlotState::Loading);
+            slot.len.set(len as u32);
+            self.misses.set(self.misses.get() + 1);
+            let mut guard = LoadGuard { slot, done: false };
+            {
+                let mut data = slot.data.try_borrow_mut().map_err(|_| Error::BadGraph("metadata slot busy"))?;
+                child_io::read_upto(graph, node, offset, &mut data[..len]).await?;
+            }
+            slot.state.set(SlotState::Ready);
+            slot.used.set(tick);
+            guard.done = true;
+        }
+    }
+
+    /// The big-endian u64 at `offset` of `node` (8-aligned), through the slice of `slice_len`
+    /// bytes that holds it.
+    pub(crate) async fn read_u64<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, slice_len: usize) -> Result<u64> {
+        let start = offset / slice_len as u64 * slice_len as u64;
+        let at = (offset - start) as usize;
+        self.with_slice(graph, node, start, slice_len, |s| {
+            s.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+        })
+        .await?
+        .ok_or(Error::BadGraph("table entry across a slice"))
+    }
+
+    /// Takes a free decoder, waiting while all are busy.
+    pub(super) async fn take_inflater(&self) -> Result<TakenInflater<'d>> {
+        if self.inflaters.is_empty() {
+            return Err(Error::NoSpace { what: "decompressors (Graph::set_decompressors)" });
+        }
+        poll_fn(|cx| match self.inflaters.iter().find(|i| !i.busy.get()) {
+            Some(i) => {
+                i.busy.set(true);
+                Poll::Ready(Ok(TakenInflater(i)))
+            }
+            None => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,131 @@
+//! Header extensions (`qcow2.txt`, "Header extensions"): the area after the header up to the
+//! backing file name (or the end of the first cluster), walked once at open. Backing format and
+//! data-file name are kept (the names by position, read again when the chain is opened); the
+//! feature-name table and bitmaps are noted and skipped; unknown extensions are skipped.
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId};
+use crate::io::child_io;
+
+use super::header::Header;
+
+/// Backing file format name.
+pub const BACKING_FORMAT: u32 = 0xe279_2aca;
+/// Feature name table.
+pub const FEATURE_NAMES: u32 = 0x6803_f857;
+/// Bitmaps.
+pub const BITMAPS: u32 = 0x2385_2875;
+/// Full disk encryption header pointer.
+pub const CRYPTO: u32 = 0x0537_be77;
+/// External data file name.
+pub const DATA_FILE: u32 = 0x4441_5441;
+
+/// Longest backing format name (QEMU keeps 15 bytes and a NUL).
+pub const MAX_FORMAT_NAME: usize = 15;
+/// Longest data file name.
+pub const MAX_DATA_FILE_NAME: u32 = 1023;
+/// Most extensions walked (each takes at least 8 bytes, so a 2 MiB cluster could hold 256 Ki).
+pub const MAX_EXTENSIONS: usize = 1024;
+
+/// A string stored in the image: its offset and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameRef {
+    /// Offset in the image file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u16,
+}
+
+/// What the extensions say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// Backing format name bytes (`backing_fmt_len` used).
+    pub backing_fmt: [u8; MAX_FORMAT_NAME],
+    /// Bytes of `backing_fmt` used (0: none).
+    pub backing_fmt_len: u8,
+    /// External data file name.
+    pub data_file: Option<NameRef>,
+    /// A feature-name table is present.
+    pub feature_names: bool,
+    /// A bitmaps extension is present (skipped).
+    pub bitmaps: bool,
+    /// Unknown extensions skipped.
+    pub unknown: u16,
+}
+
+impl Extensions {
+    /// The backing format, if named.
+    pub fn backing_format(&self) -> Option<&str> {
+        let n = usize::from(self.backing_fmt_len);
+        (n > 0).then(|| core::str::from_utf8(self.backing_fmt.get(..n).unwrap_or(&[])).unwrap_or(""))
+    }
+}
+
+/// Walks the extension area of `header` in `file`.
+pub async fn read<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, header: &Header) -> Result<Extensions> {
+    let bad = |what| Err(Error::BadImage { what });
+    let cluster = header.cluster_size();
+    let file_size = child_io::size(graph, file)?;
+    let mut end = if header.backing_file_offset != 0 { header.backing_file_offset.min(cluster) } else { cluster };
+    end = end.min(file_size);
+    let mut pos = u64::from(header.header_length);
+    let mut ext = Extensions::default();
+    let mut seen = 0u32;
+    for _ in 0..MAX_EXTENSIONS {
+        if pos + 8 > end {
+            // QEMU reads no further than the area; a missing end marker at its very end is fine.
+            if pos == end || pos >= file_size {
+                return Ok(ext);
+            }
+            return bad("header extension area overflows");
+        }
+        let mut head = [0u8; 8];
+        child_io::read(graph, file, pos, &mut head).await?;
+        let kind = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        if kind == 0 {
+            return Ok(ext);
+        }
+        let data = pos + 8;
+        if data + u64::from(len) > end {
+            return bad("header extension runs past the extension area");
+        }
+        let bit = match kind {
+            BACKING_FORMAT => 1,
+            FEATURE_NAMES => 2,
+            BITMAPS => 4,
+            CRYPTO => 8,
+            DATA_FILE => 16,
+            _ => 0,
+        };
+        if bit != 0 && seen & bit != 0 {
+            return bad("header extension appears twice");
+        }
+        seen |= bit;
+        match kind {
+            BACKING_FORMAT => {
+                if len as usize > MAX_FORMAT_NAME {
+                    return Err(Error::BadName { what: "backing format name too long" });
+                }
+                child_io::read(graph, file, data, &mut ext.backing_fmt[..len as usize]).await?;
+                ext.backing_fmt_len = len as u8;
+            }
+            FEATURE_NAMES => {
+                if len % 48 != 0 {
+                    return bad("feature name table length not a multiple of 48");
+                }
+                ext.feature_names = true;
+            }
+            BITMAPS => ext.bitmaps = true,
+            DATA_FILE => {
+                if len > MAX_DATA_FILE_NAME {
+                    return Err(Error::BadName { what: "data file name too long" });
+                }
+                ext.data_file = Some(NameRef { offset: data, len: len as u16 });
+            }
+            _ => ext.unknown = ext.unknown.saturating_add(1),
+        }
+        pos = data + u64::from(len).div_ceil(8) * 8;
+    }
+    bad("too many header extensions")
+}

@@ -1,0 +1,208 @@
+//! The qcow2 format, read side (QEMU's `block/qcow2*.c`; spec: `docs/interop/qcow2.txt`).
+//!
+//! Split by concern: [`header`] (the struct and its field checks), [`extensions`], [`validation`]
+//! (where tables may lie), [`tables`] (L1/L2 lookup and the mapping), [`subclusters`] (extended
+//! L2), [`compressed`] (deflate through a bounded decoder), [`refcount`] (read side),
+//! [`snapshots`], and [`cache`] (the graph-wide slice cache all tables are read through).
+//!
+//! The node state ([`Qcow2`]) is a few hundred bytes: geometry, table positions, the header as
+//! parsed. Names (backing file, data file) are not kept: the opener reads them from the image
+//! when it builds the chain. Metadata is read through the file child with
+//! [`crate::io::child_io`], never through another format. The driver maps; the io layer moves
+//! data (DESIGN.md). Writes are the next issue: the driver has no `WRITE` capability, so every
+//! qcow2 node is read-only (which also makes dirty and corrupt images safe to read).
+
+pub mod cache;
+mod compressed;
+pub mod extensions;
+pub mod header;
+mod refcount;
+pub mod snapshots;
+pub mod subclusters;
+pub mod tables;
+pub mod validation;
+
+pub use refcount::entry as refcount_entry;
+
+use super::{DriverCaps, DriverDesc};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId};
+use crate::io::child_io;
+use crate::options::OptionsView;
+
+use extensions::{Extensions, NameRef};
+use header::{Compression, Header, KNOWN_HEADER_LEN};
+use snapshots::Walk;
+use validation::{Metadata, Region, Table};
+
+/// The descriptor.
+pub static QCOW2: DriverDesc = DriverDesc {
+    name: "qcow2",
+    caps: DriverCaps::FORMAT.union(DriverCaps::BACKING),
+    probe: Some(probe),
+    options: &["backing", "data-file", "snapshot"],
+};
+
+fn probe(head: &[u8]) -> u32 {
+    if header::looks_like_qcow2(head) {
+        100
+    } else {
+        0
+    }
+}
+
+/// An open qcow2 node.
+#[derive(Debug)]
+pub struct Qcow2 {
+    pub(crate) cluster_bits: u8,
+    pub(crate) extended_l2: bool,
+    pub(crate) data_file: bool,
+    pub(crate) refcount_order: u8,
+    pub(crate) compression: Compression,
+    /// The L1 table mapped: the active one, or the open snapshot's.
+    pub(crate) l1: Region,
+    pub(crate) l1_entries: u32,
+    /// Header cluster and tables, for overlap checks.
+    pub(crate) meta: Metadata,
+    /// The snapshot open (index in the table), if any.
+    pub(crate) snapshot: Option<u32>,
+    size: u64,
+    header: Header,
+    ext: Extensions,
+}
+
+/// Names the chain opener needs from a qcow2 node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Links {
+    /// The backing file name, stored in the image.
+    pub backing: Option<NameRef>,
+    /// The data-file name, stored in the image.
+    pub data_file: Option<NameRef>,
+    /// The image keeps guest data in an external data file.
+    pub needs_data_file: bool,
+}
+
+impl Qcow2 {
+    /// Opens the image in `file`: header, extensions and tables checked, the snapshot given by
+    /// `snapshot.name` or `snapshot.id` selected (read-only).
+    pub(crate) async fn open<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, opts: &OptionsView<'_, '_>) -> Result<Self> {
+        if graph.meta.slots() == 0 {
+            return Err(Error::NoSpace { what: "metadata cache (Graph::set_metadata_cache)" });
+        }
+        let mut bytes = [0u8; KNOWN_HEADER_LEN];
+        let present = child_io::read_upto(graph, file, 0, &mut bytes).await?;
+        let header = Header::parse(&bytes, present)?;
+        let file_size = child_io::size(graph, file)?;
+        let cs = header.cluster_size();
+        if u64::from(header.l1_size) < header.l1_entries_for(header.size) {
+            return Err(Error::BadImage { what: "L1 table too small for the virtual size" });
+        }
+        let l1 = validation::place(Table::L1, header.l1_table_offset, u64::from(header.l1_size) * 8, validation::MAX_L1_BYTES, cs, file_size)?;
+        let rt_bytes = u64::from(header.refcount_table_clusters) * cs;
+        let refcount_table = validation::place(Table::RefcountTable, header.refcount_table_offset, rt_bytes, validation::MAX_REFTABLE_BYTES, cs, file_size)?;
+        let ext = extensions::read(graph, file, &header).await?;
+        let snaps = snapshots::check(graph, file, header.snapshots_offset, header.nb_snapshots, cs, header.size).await?;
+        let data_file = header.incompatible & header::incompat::DATA_FILE != 0;
+        let meta = Metadata { header: Region::new(0, cs), l1, refcount_table, snapshots: snaps };
+        validation::disjoint(&meta)?;
+        let mut q = Qcow2 {
+            cluster_bits: header.cluster_bits as u8,
+            extended_l2: header.extended_l2(),
+            data_file,
+            refcount_order: header.refcount_order as u8,
+            compression: header.compression,
+            l1,
+            l1_entries: header.l1_size,
+            meta,
+            snapshot: None,
+            size: header.size,
+            header,
+            ext,
+        };
+        let wanted = match (opts.get("snapshot.name"), opts.get("snapshot.id")) {
+            (Some(v), _) => Some((v, false)),
+            (None, Some(v)) => Some((v, true)),
+            (None, None) => None,
+        };
+        if let Some((value, by_id)) = wanted {
+            let key = value.as_str().ok_or(Error::BadOption { key: "snapshot.name", why: "names contain no commas" })?;
+            let mut walk = Walk::new(header.snapshots_offset, header.nb_snapshots, cs, header.size);
+            let snap = match snapshots::find(graph, file, &mut walk, key, by_id).await {
+                Err(Error::NotFound) => return Err(Error::BadOption { key: "snapshot.name", why: "no snapshot of that name or id" }),
+                other => other?,
+            };
+            if snap.disk_size > i64::MAX as u64 {
+                return Err(Error::BadImage { what: "snapshot virtual size above 2^63" });
+            }
+            if u64::from(snap.l1_size) < header.l1_entries_for(snap.disk_size) {
+                return Err(Error::BadImage { what: "snapshot L1 table too small for its virtual size" });
+            }
+            q.l1 = validation::place(Table::SnapshotL1, snap.l1_table_offset, u64::from(snap.l1_size) * 8, validation::MAX_L1_BYTES, cs, file_size)?;
+            q.l1_entries = snap.l1_size;
+            q.size = snap.disk_size;
+            q.snapshot = Some(snap.index);
+        }
+        Ok(q)
+    }
+
+    /// The node's virtual size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The header as parsed.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// What the header extensions say.
+    pub fn extensions(&self) -> &Extensions {
+        &self.ext
+    }
+
+    /// Cluster size in bytes.
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// The snapshot open, if any (index in the snapshot table).
+    pub fn open_snapshot(&self) -> Option<u32> {
+        self.snapshot
+    }
+
+    /// A walk over the snapshot table (list it with [`Walk::next`] on the node's file child).
+    pub fn snapshots(&self) -> Walk {
+        Walk::new(self.header.snapshots_offset, self.header.nb_snapshots, self.cluster_size(), self.header.size)
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of the image file under qcow2 node `node` (names,
+    /// tables: what tools such as `img info` show).
+    pub async fn read_file_bytes<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let file = graph.node(node)?.child(crate::graph::Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
+        child_io::read(graph, file, offset, buf).await
+    }
+
+    /// Names the chain opener resolves.
+    pub fn links(&self) -> Links {
+        let backing = (self.header.backing_file_offset != 0)
+            .then_some(NameRef { offset: self.header.backing_file_offset, len: self.header.backing_file_size as u16 });
+        Links { backing, data_file: self.ext.data_file, needs_data_file: self.data_file }
+    }
+
+    pub(crate) fn l2_entry_size(&self) -> u64 {
+        if self.extended_l2 {
+            16
+        } else {
+            8
+        }
+    }
+
+    pub(crate) fn l2_entries(&self) -> u64 {
+        self.cluster_size() / self.l2_entry_size()
+    }
+
+    /// Bytes of a table read at once: a 4 KiB slice, or one cluster if clusters are smaller.
+    pub(crate) fn slice_len(&self) -> usize {
+        (self.cluster_size() as usize).min(cache::SLICE)
+    }
+}

@@ -1,0 +1,273 @@
+//! The two-level mapping (`qcow2.txt`, "Cluster mapping"): L1 entries name L2 tables, L2
+//! entries describe guest clusters. Entries are read through the metadata cache, checked
+//! (alignment, reserved bits, end of file, metadata overlap, data-file identity), and runs of
+//! clusters (or subclusters) of one kind with contiguous host offsets are merged into one
+//! extent, within one cache slice.
+
+use crate::driver::Mapping;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId, Role};
+
+use super::subclusters::{self, Sub};
+use super::validation::{self, ClusterRef, Region};
+use super::Qcow2;
+
+/// Offset bits of an L1 entry.
+pub const L1_OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
+/// Reserved bits of an L1 entry.
+pub const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
+/// Offset bits of a standard L2 entry.
+pub const L2_OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
+/// Reserved bits of a standard L2 entry (bit 0 is the zero flag).
+pub const L2_RESERVED: u64 = 0x3f00_0000_0000_01fe;
+/// Refcount exactly one (L1 and L2).
+pub const COPIED: u64 = 1 << 63;
+/// Compressed cluster (L2).
+pub const COMPRESSED: u64 = 1 << 62;
+/// Reads as zeros (standard L2, version 3).
+pub const ZERO: u64 = 1;
+
+/// A byte offset in the virtual disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GuestOffset(pub u64);
+
+/// A byte offset in the image file (or the external data file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostOffset(pub u64);
+
+/// What an L2 entry says about its guest cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// No host cluster; with subclusters, the bitmap may still mark zeros.
+    Unallocated {
+        /// Subcluster bitmap (0 without subclusters).
+        bitmap: u64,
+    },
+    /// Reads as zeros (standard entries' zero flag), preallocated or not.
+    Zero,
+    /// A host cluster.
+    Normal {
+        /// Its offset.
+        host: HostOffset,
+        /// Refcount exactly one.
+        copied: bool,
+        /// Subcluster bitmap (all allocated without subclusters).
+        bitmap: u64,
+    },
+    /// Compressed data.
+    Compressed {
+        /// First byte of the compressed data.
+        host: HostOffset,
+        /// Bytes the descriptor covers.
+        csize: u64,
+    },
+}
+
+/// Decodes an L1 entry stored at `at`: the L2 table's offset, or `None` if unallocated.
+pub fn decode_l1(entry: u64, at: u64) -> Result<Option<HostOffset>> {
+    if entry & L1_RESERVED != 0 {
+        return Err(Error::Corrupt { what: "L1 entry: reserved bits set", offset: at });
+    }
+    let off = entry & L1_OFFSET;
+    Ok((off != 0).then_some(HostOffset(off)))
+}
+
+/// Decodes an L2 entry (and bitmap) of `q` stored at `at`, describing guest cluster `guest`.
+pub fn decode_l2(q: &Qcow2, entry: u64, bitmap: u64, guest: GuestOffset, at: u64) -> Result<Entry> {
+    let corrupt = |what| Err(Error::Corrupt { what, offset: at });
+    if entry & COMPRESSED != 0 {
+        if q.data_file {
+            return corrupt("L2 entry: compressed cluster in an image with an external data file");
+        }
+        let shift = 62 - (u32::from(q.cluster_bits) - 8);
+        let host = entry & ((1u64 << shift) - 1);
+        if host >> 56 != 0 {
+            return corrupt("L2 entry: compressed cluster offset beyond 2^56");
+        }
+        let sectors = ((entry >> shift) & ((1u64 << (u32::from(q.cluster_bits) - 8)) - 1)) + 1;
+        let csize = sectors * 512 - (host & 511);
+        return Ok(Entry::Compressed { host: HostOffset(host), csize });
+    }
+    if entry & L2_RESERVED != 0 {
+        return corrupt("L2 entry: reserved bits set");
+    }
+    let copied = entry & COPIED != 0;
+    let off = entry & L2_OFFSET;
+    if !q.extended_l2 && entry & ZERO != 0 {
+        if !off.is_multiple_of(q.cluster_size()) {
+            return corrupt("L2 entry: preallocated zero cluster offset not cluster-aligned");
+        }
+        return Ok(Entry::Zero);
+    }
+    let allocated = off != 0 || (q.data_file && copied);
+    if !allocated {
+        if q.extended_l2 {
+            subclusters::check_unallocated(bitmap, at)?;
+        }
+        return Ok(Entry::Unallocated { bitmap });
+    }
+    if !off.is_multiple_of(q.cluster_size()) {
+        return corrupt("L2 entry: data cluster offset not cluster-aligned");
+    }
+    if q.data_file && off != guest.0 {
+        return corrupt("L2 entry: external data file offset differs from the guest offset");
+    }
+    let bitmap = if q.extended_l2 {
+        subclusters::check_allocated(bitmap, at)?;
+        bitmap
+    } else {
+        0xffff_ffff
+    };
+    Ok(Entry::Normal { host: HostOffset(off), copied, bitmap })
+}
+
+/// One run of a scan, before it becomes a [`Mapping`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    Data { host: u64, writable: bool },
+    Zero,
+    Unallocated,
+}
+
+/// What [`Qcow2::scan`] found: a run of `len` bytes, or a compressed cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    Run(Run, u64),
+    Compressed { host: u64, csize: u64, skip: u64, len: u64 },
+}
+
+impl Qcow2 {
+    /// Maps `len` bytes at `offset` (inside the node) of qcow2 node `node`.
+    pub(crate) async fn map<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
+        let here = graph.node(node)?;
+        let file = here.child(Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
+        let data_role = if self.data_file { Role::DataFile } else { Role::File };
+        let data = here.child(data_role).ok_or(Error::BadGraph("qcow2 node without its data-file child"))?;
+        let file_size = graph.node(file)?.size;
+        let eof = graph.node(data)?.size;
+        let cs = self.cluster_size();
+        let l2_entries = self.l2_entries();
+        let guest_cluster = offset >> self.cluster_bits;
+        let l1_index = guest_cluster / l2_entries;
+        let l2_index = guest_cluster % l2_entries;
+        // Bytes this L2 table covers from `offset`.
+        let table_end = (l1_index + 1).saturating_mul(l2_entries).saturating_mul(cs);
+        let len = len.min(table_end - offset);
+        if l1_index >= u64::from(self.l1_entries) {
+            return Ok(Mapping::Unallocated { len });
+        }
+        let slice_len = self.slice_len();
+        let l1_at = self.l1.start + l1_index * 8;
+        let l1_entry = graph.meta.read_u64(graph, file, l1_at, slice_len).await?;
+        let Some(l2) = decode_l1(l1_entry, l1_at)? else {
+            return Ok(Mapping::Unallocated { len });
+        };
+        validation::cluster_ref(l2.0, cs, file_size, &self.meta, l1_at, ClusterRef::L2Table)?;
+        let esize = self.l2_entry_size();
+        let entry_at = l2.0 + l2_index * esize;
+        let slice_start = entry_at / slice_len as u64 * slice_len as u64;
+        let skip = (entry_at - slice_start) as usize;
+        let found = graph
+            .meta
+            .with_slice(graph, file, slice_start, slice_len, |s| self.scan(s.get(skip..).unwrap_or(&[]), entry_at, offset, len, eof))
+            .await??;
+        Ok(match found {
+            Found::Compressed { host, csize, skip, len } => Mapping::Compressed { host_offset: host, csize, skip, len },
+            Found::Run(Run::Zero, n) => Mapping::Zero { len: n },
+            Found::Run(Run::Unallocated, n) => Mapping::Unallocated { len: n },
+            Found::Run(Run::Data { host, writable }, n) => {
+                // A cluster the file ends inside reads as zeros past the end (QEMU writes such
+                // images); clusters starting past the end were refused by the scan.
+                if host >= eof {
+                    Mapping::Zero { len: n }
+                } else {
+                    Mapping::Data { role: data_role, offset: host, len: n.min(eof - host), writable }
+                }
+            }
+        })
+    }
+
+    /// Scans L2 `entries` (stored from file offset `at` on) for the longest run of one kind
+    /// starting at guest byte `offset`, at most `len` bytes; data runs need contiguous host
+    /// offsets. `eof` is the size of the file data clusters live in.
+    fn scan(&self, entries: &[u8], at: u64, offset: u64, len: u64, eof: u64) -> Result<Found> {
+        let cs = self.cluster_size();
+        let unit_bits = if self.extended_l2 { u32::from(self.cluster_bits) - 5 } else { u32::from(self.cluster_bits) };
+        let end = offset + len;
+        let esize = self.l2_entry_size() as usize;
+        let first_cluster = offset & !(cs - 1);
+        let mut pos = offset;
+        let mut run: Option<Run> = None;
+        for (i, raw) in entries.chunks_exact(esize).enumerate() {
+            let cluster = first_cluster + i as u64 * cs;
+            if cluster >= end {
+                break;
+            }
+            let entry_at = at + (i * esize) as u64;
+            let word = |k: usize| raw.get(k..k + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+            let bitmap = if self.extended_l2 { word(8) } else { 0 };
+            let entry = decode_l2(self, word(0), bitmap, GuestOffset(cluster), entry_at)?;
+            if let Entry::Compressed { host, csize } = entry {
+                if run.is_some() {
+                    break;
+                }
+                if host.0 >= eof {
+                    return Err(Error::Corrupt { what: "L2 entry: compressed cluster starts past the end of the file", offset: entry_at });
+                }
+                let stop = end.min(cluster + cs);
+                return Ok(Found::Compressed { host: host.0, csize, skip: pos - cluster, len: stop - pos });
+            }
+            let mut checked = false;
+            while pos < end && pos < cluster + cs {
+                let sub = ((pos - cluster) >> unit_bits) as u32;
+                let class = match entry {
+                    Entry::Zero => Run::Zero,
+                    Entry::Unallocated { bitmap } => match subclusters::kind(bitmap, sub, false) {
+                        Sub::Zero => Run::Zero,
+                        _ => Run::Unallocated,
+                    },
+                    Entry::Normal { host, copied, bitmap } => match subclusters::kind(bitmap, sub, true) {
+                        Sub::Zero => Run::Zero,
+                        Sub::Unallocated => Run::Unallocated,
+                        Sub::Data => {
+                            if !checked {
+                                self.check_data_cluster(host.0, eof, entry_at)?;
+                                checked = true;
+                            }
+                            Run::Data { host: host.0 + (pos - cluster), writable: copied && self.snapshot.is_none() }
+                        }
+                    },
+                    Entry::Compressed { .. } => Run::Unallocated,
+                };
+                match (run, class) {
+                    (None, c) => run = Some(c),
+                    (Some(Run::Data { host, writable }), Run::Data { host: h, writable: w }) => {
+                        if writable != w || host + (pos - offset) != h {
+                            return Ok(Found::Run(Run::Data { host, writable }, pos - offset));
+                        }
+                    }
+                    (Some(r), c) if r == c => {}
+                    (Some(r), _) => return Ok(Found::Run(r, pos - offset)),
+                }
+                pos = ((pos >> unit_bits) + 1) << unit_bits;
+            }
+            pos = pos.min(end);
+        }
+        match run {
+            Some(r) if pos > offset => Ok(Found::Run(r, pos - offset)),
+            _ => Err(Error::BadGraph("qcow2 scan found nothing")),
+        }
+    }
+
+    /// A data cluster must start inside its file and, in the image file, not lie on the header
+    /// or a table.
+    fn check_data_cluster(&self, host: u64, eof: u64, entry_at: u64) -> Result<()> {
+        if host >= eof {
+            return Err(Error::Corrupt { what: "L2 entry: data cluster past the end of the file", offset: entry_at });
+        }
+        if !self.data_file && self.meta.hit(&Region::new(host, self.cluster_size())).is_some() {
+            return Err(Error::Corrupt { what: "L2 entry: data cluster overlaps the header or a table", offset: entry_at });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+//! Metadata I/O of a format on its file (or data-file) child, without re-entering a format.
+//!
+//! A format reads its headers and tables through this module, never through the generic walk:
+//! the child is resolved through translation-only nodes (raw windows, filters) with their
+//! synchronous [`FormatState::translate`](crate::driver::FormatState::translate) down to a leaf,
+//! where [`leaf::rw`] moves the bytes. So the async call graph stays acyclic (DESIGN.md, "No heap
+//! means no recursion"): walk → format map → child_io → leaf, and never back up.
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId, NodeKind, MAX_DEPTH};
+use crate::io::leaf::{self, Buf};
+
+/// The leaf and offset where `len` bytes at `offset` of `node` live; the range must lie inside
+/// every node on the way down.
+fn to_leaf<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<(NodeId, u64)> {
+    let (mut cur, mut off) = (node, offset);
+    for _ in 0..MAX_DEPTH {
+        let here = graph.node(cur)?;
+        match off.checked_add(len) {
+            Some(end) if end <= here.size => {}
+            _ => return Err(Error::OutOfRange { offset: off, len, size: here.size }),
+        }
+        let state = match &here.kind {
+            NodeKind::Leaf(_) => return Ok((cur, off)),
+            NodeKind::Format(state) => state,
+        };
+        let (role, at) = state.translate(off).ok_or(Error::BadGraph("metadata I/O through a node that is not translation-only"))?;
+        cur = here.child(role).ok_or(Error::BadGraph("translation names a missing child"))?;
+        off = at;
+    }
+    Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
+}
+
+/// Size in bytes of `node` (the end of its file, for a format's child).
+pub(crate) fn size<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId) -> Result<u64> {
+    Ok(graph.node(node)?.size)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` of `node`; [`Error::OutOfRange`] if any of them
+/// lies past its end.
+pub(crate) async fn read<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let (leaf, at) = to_leaf(graph, node, offset, buf.len() as u64)?;
+    leaf::rw(graph, leaf, at, Buf::Read(buf)).await
+}
+
+/// Reads what of `buf.len()` bytes at `offset` of `node` lies before its end and fills the rest
+/// with zeros (a table whose last cluster the file does not hold in full); returns the bytes
+/// actually read.
+pub(crate) async fn read_upto<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    let end = size(graph, node)?;
+    let n = end.saturating_sub(offset).min(buf.len() as u64) as usize;
+    let (head, tail) = buf.split_at_mut(n);
+    tail.fill(0);
+    read(graph, node, offset, head).await?;
+    Ok(n)
+}

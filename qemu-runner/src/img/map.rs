@@ -1,0 +1,237 @@
+//! `img map`: where an image's data lives, like `qemu-img map`: extents with start, length,
+//! depth in the chain, present, zero, data and host offset, merged as qemu-img merges them.
+//!
+//! The block layer reports each extent's kind ([`strata_block::io::block_status`]); what QEMU
+//! learns from the host file system is added here, as QEMU does: ranges of a raw file that are
+//! holes read as zeros and are not data; inside a qcow2 data cluster, a host hole sets `zero`
+//! only if the image looks metadata-preallocated (QEMU's `qcow2_detect_metadata_preallocation`:
+//! more clusters with a refcount than the file has allocated, by a tenth).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use strata_block::dev::BlockDevice;
+use strata_block::graph::Role;
+use strata_block::io::{block_status, ExtentKind};
+use strata_block::NodeId;
+
+use super::args::Args;
+use super::image::{self, block_on, Image, OpenOptions};
+use super::ImgError;
+
+/// Most bytes asked for per status call.
+const STEP: u64 = 1 << 30;
+
+/// One extent as qemu-img prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    /// First byte.
+    pub start: u64,
+    /// Bytes.
+    pub length: u64,
+    /// Backing links followed.
+    pub depth: u8,
+    /// Allocated in some layer.
+    pub present: bool,
+    /// Reads as zeros.
+    pub zero: bool,
+    /// Has data.
+    pub data: bool,
+    /// Host offset, where there is one.
+    pub offset: Option<u64>,
+    /// Host file, where there is one.
+    pub file: Option<PathBuf>,
+}
+
+/// Runs `img map [-f FMT] [--image-opts] [-U] [--output=human|json] [--cache-size SIZE]
+/// [--allow-backing-anywhere] FILE`.
+pub fn run(argv: &[String]) -> Result<(), ImgError> {
+    let args = Args::parse(argv, &["-f", "--output", "--cache-size"], &["-U", "--force-share", "--image-opts", "--allow-backing-anywhere"])?;
+    let spec = &args.exactly(1, "one image")?[0];
+    let opts = OpenOptions {
+        format: args.value("-f").map(str::to_string),
+        image_opts: args.has("--image-opts"),
+        read_only: true,
+        force_share: args.has("-U") || args.has("--force-share"),
+        cache_bytes: args.value("--cache-size").map(|_| args.size("--cache-size", 0)).transpose()?,
+        allow_backing_anywhere: args.has("--allow-backing-anywhere"),
+        ..OpenOptions::default()
+    };
+    let json = match args.value("--output").unwrap_or("human") {
+        "json" => true,
+        "human" => false,
+        other => return Err(ImgError::usage(format!("--output={other}: expected human or json"))),
+    };
+    let entries = image::with_image(spec, &opts, map)?;
+    if json {
+        let lines: Vec<String> = entries.iter().map(json_line).collect();
+        println!("[{}]", lines.join(",\n"));
+    } else {
+        println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
+        for e in entries.iter().filter(|e| e.data && e.offset.is_some()) {
+            let file = e.file.as_deref().map_or(String::new(), |p| p.display().to_string());
+            println!("{:<#16x}{:<#16x}{:<#16x}{file}", e.start, e.length, e.offset.unwrap_or(0));
+        }
+    }
+    Ok(())
+}
+
+/// qemu-img's JSON line for one extent.
+fn json_line(e: &MapEntry) -> String {
+    let mut s = format!(
+        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}",
+        e.start, e.length, e.depth, e.present, e.zero, e.data
+    );
+    if let Some(o) = e.offset {
+        s.push_str(&format!(", \"offset\": {o}"));
+    }
+    s.push('}');
+    s
+}
+
+/// The extents of an open image.
+pub fn map(img: &Image<'_, '_>) -> Result<Vec<MapEntry>, ImgError> {
+    let graph = img.backend.graph();
+    let size = img.backend.size();
+    let mut files = HostFiles { img, open: HashMap::new() };
+    let mut prealloc: HashMap<NodeId, bool> = HashMap::new();
+    let mut out: Vec<MapEntry> = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let ext = block_on(block_status(graph, img.root(), pos, (size - pos).min(STEP)))
+            .map_err(|e| ImgError::failed(format!("error while mapping at byte {pos}: {e}")))?;
+        let base = MapEntry { start: pos, length: ext.len, depth: ext.depth, present: true, zero: false, data: true, offset: None, file: None };
+        match ext.kind {
+            ExtentKind::Compressed => push(&mut out, base),
+            ExtentKind::Zero => push(&mut out, MapEntry { zero: true, data: false, ..base }),
+            ExtentKind::Hole => push(&mut out, MapEntry { zero: true, data: false, present: false, ..base }),
+            ExtentKind::Data { leaf, offset, mapped_by } => {
+                let path = graph.node(leaf).ok().and_then(|n| n.device()).and_then(|d| files.path(d));
+                let qcow2_prealloc = mapped_by.map(|q| *prealloc.entry(q).or_insert_with(|| metadata_preallocated(img, q)));
+                // Split by the host file's holes.
+                let mut done = 0;
+                while done < ext.len {
+                    let (hole, n) = match &path {
+                        Some(p) => files.hole(p, offset + done, ext.len - done),
+                        None => (false, ext.len - done),
+                    };
+                    let (data, zero) = match qcow2_prealloc {
+                        None => (!hole, hole),
+                        Some(pre) => (true, hole && pre),
+                    };
+                    push(&mut out, MapEntry {
+                        start: pos + done,
+                        length: n,
+                        data,
+                        zero,
+                        offset: Some(offset + done),
+                        file: path.clone(),
+                        ..base.clone()
+                    });
+                    done += n;
+                }
+            }
+        }
+        pos += ext.len;
+    }
+    Ok(out)
+}
+
+/// Appends `e`, merging it into the last entry where qemu-img would.
+fn push(out: &mut Vec<MapEntry>, e: MapEntry) {
+    if let Some(last) = out.last_mut() {
+        let contiguous = match (last.offset, e.offset) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a + last.length == b,
+            _ => false,
+        };
+        if last.depth == e.depth && last.present == e.present && last.zero == e.zero && last.data == e.data && last.file == e.file && contiguous {
+            last.length += e.length;
+            return;
+        }
+    }
+    out.push(e);
+}
+
+/// QEMU's metadata-preallocation guess for qcow2 node `node`.
+fn metadata_preallocated(img: &Image<'_, '_>, node: NodeId) -> bool {
+    let graph = img.backend.graph();
+    let Ok(n) = graph.node(node) else { return false };
+    let (Some(q), Some(file)) = (match &n.kind {
+        strata_block::graph::NodeKind::Format(s) => s.qcow2(),
+        _ => None,
+    }, n.child(Role::File)) else {
+        return false;
+    };
+    let Some(path) = graph.node(file).ok().and_then(|f| f.device()).and_then(|d| HostFiles { img, open: HashMap::new() }.path(d)) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata(&path) else { return false };
+    let cs = q.cluster_size();
+    let real_clusters = meta.blocks() * 512 / cs;
+    let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+    let end = meta.len().div_ceil(cs);
+    let mut count = 0;
+    for i in 0..end {
+        if count > threshold {
+            break;
+        }
+        match block_on(q.refcount(graph, file, i * cs)) {
+            Ok(r) => count += u64::from(r != 0),
+            Err(_) => return false,
+        }
+    }
+    count > threshold
+}
+
+/// Host files of an image, for hole queries.
+struct HostFiles<'i, 'g, 'd> {
+    img: &'i Image<'g, 'd>,
+    open: HashMap<PathBuf, File>,
+}
+
+impl HostFiles<'_, '_, '_> {
+    fn path(&self, dev: &dyn BlockDevice) -> Option<PathBuf> {
+        self.img
+            .files
+            .iter()
+            .position(|f| std::ptr::addr_eq(*f as &dyn BlockDevice as *const dyn BlockDevice, dev as *const dyn BlockDevice))
+            .and_then(|i| self.img.paths.get(i).cloned())
+    }
+
+    /// Whether `offset` of `path` is in a hole, and for how many bytes (at most `len`) that
+    /// stays so. Unknown answers count as data.
+    fn hole(&mut self, path: &Path, offset: u64, len: u64) -> (bool, u64) {
+        if !self.open.contains_key(path) {
+            match File::open(path) {
+                Ok(f) => {
+                    self.open.insert(path.to_path_buf(), f);
+                }
+                Err(_) => return (false, len),
+            }
+        }
+        let Some(f) = self.open.get(path) else { return (false, len) };
+        let fd = f.as_raw_fd();
+        let Ok(off) = libc::off_t::try_from(offset) else { return (false, len) };
+        // SAFETY: lseek on a file descriptor we own; no memory is involved.
+        let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+        if data < 0 {
+            // ENXIO: no data at or after `offset` (past the end too).
+            let enxio = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+            return (enxio, len);
+        }
+        let data = data as u64;
+        if data > offset {
+            return (true, (data - offset).min(len));
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, off, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return (false, len);
+        }
+        (false, (hole as u64).saturating_sub(offset).clamp(1, len))
+    }
+}

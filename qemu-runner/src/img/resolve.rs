@@ -1,0 +1,112 @@
+//! Host name resolution for `img`: turns the names the block layer asks for into host files.
+//!
+//! Rules (DESIGN.md, "Devices and names"):
+//! - the name the user gave is a path as given (relative to the working directory); the tree
+//!   its directory roots is the *allowed tree*;
+//! - backing and data-file names read from an image are relative to the directory of the image
+//!   that names them (absolute names are taken as they are), and after resolving symlinks must
+//!   lie inside the allowed tree, unless `--allow-backing-anywhere`;
+//! - protocol prefixes (`json:`, `nbd:`) never reach here: the block layer refuses them;
+//! - one host file is opened once: the same file named twice is the same device, which is how
+//!   the block layer sees a loop in a chain.
+
+use std::path::{Path, PathBuf};
+
+use strata_block::dev::file::{HostFile, HostFileOptions};
+use strata_block::dev::BlockDevice;
+use strata_block::graph::{NameRequest, Resolver};
+use strata_block::Error;
+
+/// Opens host files for one image and remembers them.
+pub struct HostResolver<'d> {
+    arena: &'d typed_arena::Arena<HostFile>,
+    opts: HostFileOptions<'d>,
+    /// Files opened, by canonical path.
+    pub files: Vec<(PathBuf, &'d HostFile)>,
+    tree: Option<PathBuf>,
+    allow_anywhere: bool,
+    no_backing: bool,
+    /// The last failure, as text for the user.
+    pub last_error: Option<String>,
+}
+
+impl<'d> HostResolver<'d> {
+    /// A resolver opening files with `opts` into `arena`.
+    pub fn new(arena: &'d typed_arena::Arena<HostFile>, opts: HostFileOptions<'d>, allow_anywhere: bool, no_backing: bool) -> Self {
+        Self { arena, opts, files: Vec::new(), tree: None, allow_anywhere, no_backing, last_error: None }
+    }
+
+    /// The path of a device this resolver opened.
+    pub fn path_of(&self, dev: &dyn BlockDevice) -> Option<&Path> {
+        self.files
+            .iter()
+            .find(|(_, f)| std::ptr::addr_eq(*f as &dyn BlockDevice as *const dyn BlockDevice, dev as *const dyn BlockDevice))
+            .map(|(p, _)| p.as_path())
+    }
+
+    fn fail(&mut self, e: Error, text: String) -> Error {
+        self.last_error = Some(text);
+        e
+    }
+}
+
+impl<'d> Resolver<'d> for HostResolver<'d> {
+    fn resolve(&mut self, req: &NameRequest<'_, 'd>) -> Result<&'d dyn BlockDevice, Error> {
+        let path = match req.referrer {
+            None => PathBuf::from(req.name),
+            Some(dev) => {
+                let Some(base) = self.path_of(dev) else {
+                    return Err(self.fail(Error::NotFound, format!("'{}': the image naming it is not a host file", req.name)));
+                };
+                base.parent().unwrap_or(Path::new("/")).join(req.name)
+            }
+        };
+        let canonical = match path.canonicalize() {
+            Ok(p) => p,
+            Err(e) => {
+                let what = match req.referrer {
+                    None => format!("{e}"),
+                    Some(_) => format!("Could not open backing file '{}': {e}", path.display()),
+                };
+                return Err(self.fail(Error::NotFound, what));
+            }
+        };
+        match (&self.tree, req.referrer) {
+            (None, None) | (Some(_), None) => {
+                if self.tree.is_none() {
+                    self.tree = canonical.parent().map(Path::to_path_buf);
+                }
+            }
+            (Some(tree), Some(_)) => {
+                if !self.allow_anywhere && !canonical.starts_with(tree) {
+                    let text = format!(
+                        "'{}' lies outside {} (use --allow-backing-anywhere to allow it)",
+                        canonical.display(),
+                        tree.display()
+                    );
+                    return Err(self.fail(Error::BadName { what: "backing or data file outside the opened image's directory tree" }, text));
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        if let Some((_, f)) = self.files.iter().find(|(p, _)| *p == canonical) {
+            return Ok(*f as &dyn BlockDevice);
+        }
+        let mut opts = self.opts;
+        if req.role == strata_block::graph::Role::Backing {
+            opts.read_only = true;
+        }
+        match HostFile::open(&canonical, &opts) {
+            Ok(f) => {
+                let f: &'d HostFile = self.arena.alloc(f);
+                self.files.push((canonical, f));
+                Ok(f as &dyn BlockDevice)
+            }
+            Err(e) => Err(self.fail(Error::NotFound, format!("{e}"))),
+        }
+    }
+
+    fn follow_backing(&mut self) -> bool {
+        !self.no_backing
+    }
+}

@@ -11,10 +11,13 @@ mod compare;
 mod convert;
 pub mod image;
 mod info;
-mod map;
+pub mod map;
 mod resolve;
 
 use std::fmt;
+
+/// The block layer the commands run on (for callers that inspect open images).
+pub use strata_block as block;
 
 /// An `img` failure with its exit status.
 #[derive(Debug)]

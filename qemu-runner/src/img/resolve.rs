@@ -66,7 +66,7 @@ impl<'d> Resolver<'d> for HostResolver<'d> {
             Err(e) => {
                 let what = match req.referrer {
                     None => format!("{e}"),
-                    Some(_) => format!("Could not open backing file '{}': {e}", path.display()),
+                    Some(_) => format!("Could not open {} '{}': {e}", if req.role == strata_block::graph::Role::Backing { "backing file" } else { "data file" }, path.display()),
                 };
                 return Err(self.fail(Error::NotFound, what));
             }

@@ -145,9 +145,10 @@ impl Qcow2 {
         Ok(q)
     }
 
-    /// The node's virtual size.
+    /// The node's virtual size: the header's, rounded down to whole 512-byte sectors as QEMU
+    /// does (`total_sectors`), so reads match `qemu-img convert` byte for byte.
     pub fn size(&self) -> u64 {
-        self.size
+        self.size & !511
     }
 
     /// The header as parsed.

@@ -177,7 +177,13 @@ pub fn read_all(file: &Path, opts: OpenOptions) -> Result<(), String> {
 /// Asserts that reading `file` fails with a message containing `what` (and neither panics nor
 /// hangs).
 pub fn assert_refused(file: &Path, what: &str) {
-    match read_all(file, OpenOptions { read_only: true, ..OpenOptions::default() }) {
+    assert_refused_as(file, None, what)
+}
+
+/// [`assert_refused`], opening with format `format` (`None`: probed).
+pub fn assert_refused_as(file: &Path, format: Option<&str>, what: &str) {
+    let opts = OpenOptions { read_only: true, format: format.map(str::to_string), ..OpenOptions::default() };
+    match read_all(file, opts) {
         Ok(()) => panic!("{}: read without error, expected \"{what}\"", file.display()),
         Err(e) => assert!(e.contains(what), "{}: expected \"{what}\", got \"{e}\"", file.display()),
     }

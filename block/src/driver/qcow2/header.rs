@@ -159,6 +159,10 @@ impl Header {
         if version != 2 && version != 3 {
             return bad("unknown qcow2 version (only 2 and 3 exist)");
         }
+        let min = if version == 2 { V2_HEADER_LEN } else { V3_MIN_HEADER_LEN };
+        if present < min as usize {
+            return bad("truncated: the file ends inside the header");
+        }
         let header_length = if version == 2 { V2_HEADER_LEN } else { raw.header_length.get() };
         if present < header_length.min(KNOWN_HEADER_LEN as u32) as usize || present < V2_HEADER_LEN as usize {
             return bad("truncated: the file ends inside the header");

@@ -15,7 +15,10 @@ use super::ImgError;
 
 /// Runs `img bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
 /// [-t none|writeback] [-i threads|native|io_uring] [--pattern N] [--flush-interval N]
-/// [--no-drain] [-q] [--image-opts] [--json] FILE`.
+/// [--no-drain] [-q] [--image-opts] [--json] [--random SEED] [--cache-size SIZE] FILE`.
+///
+/// `--random SEED` (Strata's, not qemu-img's): offsets are pseudo-random multiples of the
+/// buffer size instead of stepping. `--cache-size` is the qcow2 metadata cache budget.
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let args = Args::parse(
         argv,
@@ -30,6 +33,8 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
             "-i",
             "--pattern",
             "--flush-interval",
+            "--random",
+            "--cache-size",
         ],
         &["-w", "-q", "-n", "--no-drain", "--image-opts", "-U", "--json"],
     )?;
@@ -51,8 +56,10 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         force_share: args.has("-U"),
         cache: image::cache_mode(args.value("-t").or(native.then_some("none")))?,
         engine: image::engine(args.value("-i").or(native.then_some("native")))?,
+        cache_bytes: args.value("--cache-size").map(|_| args.size("--cache-size", 0)).transpose()?,
         ..OpenOptions::default()
     };
+    let random = args.value("--random").map(|_| args.number("--random", 1)).transpose()?;
     let quiet = args.has("-q");
     let json = args.has("--json");
     let job = Job {
@@ -64,6 +71,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         write,
         pattern,
         flush_interval,
+        random,
     };
     image::with_image(spec, &opts, |img| job.run(img, quiet, json))
 }
@@ -78,6 +86,7 @@ struct Job {
     write: bool,
     pattern: u8,
     flush_interval: u64,
+    random: Option<u64>,
 }
 
 impl Job {
@@ -91,7 +100,9 @@ impl Job {
             write,
             pattern,
             flush_interval,
+            random,
         } = *self;
+        let rng = Cell::new(random.unwrap_or(1) | 1);
         let size = img.backend.size();
         if bufsize == 0 || bufsize > size || start >= size {
             return Err(ImgError::usage(format!(
@@ -119,6 +130,16 @@ impl Job {
                     offset = 0;
                 }
                 next_offset.set((offset + step) % size);
+                if random.is_some() {
+                    // xorshift64*: a reproducible spread of aligned offsets.
+                    let mut x = rng.get();
+                    x ^= x >> 12;
+                    x ^= x << 25;
+                    x ^= x >> 27;
+                    rng.set(x);
+                    let slots = ((size - start) / bufsize).max(1);
+                    offset = start + (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) % slots * bufsize;
+                }
                 let result = if write {
                     backend.write(offset, buf.as_slice()).await
                 } else {

@@ -34,6 +34,8 @@
 #![allow(unsafe_code)] // reason: the device reads and writes request memory outside the borrow checker's view (VirtQueue::add/pop_used)
 
 mod config;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use core::cell::{Cell, RefCell, UnsafeCell};
@@ -149,6 +151,9 @@ struct Slot {
     t_used: u64,
 }
 
+/// `by_head` of a descriptor that heads no request.
+const NO_SLOT: u16 = u16::MAX;
+
 const NO_SEGMENT: Segment = Segment { ptr: core::ptr::null_mut(), len: 0 };
 const FREE_SLOT: Slot = Slot {
     state: State::Free,
@@ -168,6 +173,10 @@ struct Inner<H: Hal, T: Transport, const SIZE: usize, const Q: usize> {
     queue: VirtQueue<H, SIZE>,
     slots: [Slot; Q],
     wakers: [Option<Waker>; Q],
+    /// Free slots (a stack: O(1) submit).
+    free: heapless::Vec<u16, Q>,
+    /// Slot of each in-flight head descriptor ([`NO_SLOT`] otherwise): O(1) completion.
+    by_head: [u16; SIZE],
     stats: VirtioStats,
     in_flight: u32,
     /// Requests published since the last doorbell.
@@ -242,6 +251,8 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> VirtioBlk<H, T, SI
                 queue,
                 slots: [FREE_SLOT; Q],
                 wakers: [const { None }; Q],
+                free: (0..Q.min(usize::from(NO_SLOT)) as u16).rev().collect(),
+                by_head: [NO_SLOT; SIZE],
                 stats: VirtioStats::default(),
                 in_flight: 0,
                 unnotified: false,
@@ -305,14 +316,21 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> VirtioBlk<H, T, SI
     }
 
     fn reap(&self, inner: &mut Inner<H, T, SIZE, Q>) -> usize {
+        if inner.broken {
+            // Reset: nothing in the used ring means anything any more.
+            return 0;
+        }
         let mut done = 0;
         while let Some(head) = inner.queue.peek_used() {
-            let Some(index) = inner.slots.iter().position(|s| s.state == State::InFlight && s.head == head) else {
+            let index = usize::from(inner.by_head.get(usize::from(head)).copied().unwrap_or(NO_SLOT));
+            let ours = inner.slots.get(index).is_some_and(|s| s.state == State::InFlight && s.head == head);
+            if !ours {
                 // A used entry naming no request of ours: the device is broken. Reset it so it
                 // stops touching memory, then fail everything it held.
                 self.fail_all(inner);
                 return done;
-            };
+            }
+            inner.by_head[usize::from(head)] = NO_SLOT;
             let slot = inner.slots[index];
             let mem = self.slot_mem(index);
             let queue = &mut inner.queue;
@@ -367,37 +385,20 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> VirtioBlk<H, T, SI
             }
         }
         inner.in_flight = 0;
+        inner.by_head = [NO_SLOT; SIZE];
     }
 
+    /// [`DeviceInfo::check`], plus what virtio needs on top: no empty or null segment
+    /// (virtio-drivers refuses empty buffers), and range operations within `max_transfer`, which
+    /// keeps them inside the device's per-segment sector maxima.
     fn validate(&self, req: &DeviceRequest<'_>) -> Result<(), DeviceError> {
-        let info = &self.info;
-        let bs = u64::from(info.block_size);
-        if !matches!(req.op, DeviceOp::Read | DeviceOp::Flush) && info.read_only {
-            return Err(DeviceError::ReadOnly);
-        }
-        match req.op {
-            DeviceOp::Flush => return Ok(()),
-            DeviceOp::Discard if !info.features.contains(DeviceFeatures::DISCARD) => return Err(DeviceError::Unsupported),
-            DeviceOp::WriteZeroes { unmap } => {
-                let need = if unmap { DeviceFeatures::WRITE_ZEROES_UNMAP } else { DeviceFeatures::WRITE_ZEROES };
-                if !info.features.contains(need) {
-                    return Err(DeviceError::Unsupported);
-                }
-            }
-            _ => {}
-        }
-        let end = req.offset.checked_add(req.len).ok_or(DeviceError::Invalid)?;
-        if req.len == 0 || !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > info.capacity || req.len > u64::from(info.max_transfer) {
+        self.info.check(req)?;
+        let data = matches!(req.op, DeviceOp::Read | DeviceOp::Write);
+        if data && req.segments.iter().any(|s| s.len == 0 || s.ptr.is_null()) {
             return Err(DeviceError::Invalid);
         }
-        if matches!(req.op, DeviceOp::Read | DeviceOp::Write) {
-            let total = req.segments.iter().try_fold(0u64, |sum, s| sum.checked_add(s.len as u64));
-            if total != Some(req.len)
-                || req.segments.len() > usize::from(info.max_segments)
-                || req.segments.iter().any(|s| s.len == 0 || s.len > info.max_segment_size as usize || s.ptr.is_null())
-            {
-                return Err(DeviceError::Invalid);
-            }
+        if !data && req.op != DeviceOp::Flush && req.len > u64::from(self.info.max_transfer) {
+            return Err(DeviceError::Invalid);
         }
         Ok(())
     }
@@ -477,10 +478,11 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
         if inner.broken {
             return Err(SubmitError::Invalid(DeviceError::Io));
         }
-        let Some(index) = inner.slots.iter().position(|s| s.state == State::Free) else {
+        let Some(&index) = inner.free.last() else {
             inner.stats.busy += 1;
             return Err(SubmitError::Busy);
         };
+        let index = usize::from(index);
         let sector = req.offset / SECTOR;
         let (type_, layout) = match req.op {
             DeviceOp::Read => (wire::T_IN, Layout::Read),
@@ -502,6 +504,7 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
             // No volatile cache: every completed write is already stable.
             slot.state = State::Done(Ok(()));
             inner.slots[index] = slot;
+            inner.free.pop();
             return Ok(Ticket((u32::from(generation) << 16) | index as u32));
         }
         let mem = self.slot_mem(index);
@@ -536,6 +539,10 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
         slot.head = head;
         slot.t_publish = (self.clock)();
         inner.slots[index] = slot;
+        inner.free.pop();
+        if let Some(h) = inner.by_head.get_mut(usize::from(head)) {
+            *h = index as u16;
+        }
         inner.in_flight += 1;
         inner.unnotified = true;
         let held = inner.in_flight;
@@ -559,6 +566,7 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
                 let now = (self.clock)();
                 inner.slots[index].state = State::Free;
                 inner.wakers[index] = None;
+                let _ = inner.free.push(index as u16);
                 if slot.t_used != 0 {
                     inner.stats.completion_ticks += now.wrapping_sub(slot.t_used);
                     inner.stats.returned += 1;

@@ -79,7 +79,9 @@ pub fn run<F: Future<Output = ()>>(mut tasks: Pin<&mut [F]>, platform: &dyn Plat
         stats.rounds += 1;
         platform.begin_round();
         for i in 0..n {
-            if done[i] || !READY[i].swap(false, Ordering::Acquire) {
+            // A plain load first: most tasks are not ready in most rounds, and a swap is a locked
+            // read-modify-write.
+            if done[i] || !READY[i].load(Ordering::Relaxed) || !READY[i].swap(false, Ordering::Acquire) {
                 continue;
             }
             stats.polls += 1;

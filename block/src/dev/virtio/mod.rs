@@ -331,13 +331,14 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> VirtioBlk<H, T, SI
                 return done;
             }
             inner.by_head[usize::from(head)] = NO_SLOT;
-            let slot = inner.slots[index];
             let mem = self.slot_mem(index);
-            let queue = &mut inner.queue;
+            let Inner { slots, queue, .. } = &mut *inner;
+            let slot = &slots[index];
             // SAFETY: `mem` and the segments are exactly the buffers `submit` added with this
             // head; the caller of `submit` keeps the segments valid until the ticket is
             // reported complete, which happens only after this pop.
-            let used = unsafe { with_buffers(mem, &slot, |ins, outs| queue.pop_used(head, ins, outs)) };
+            let used = unsafe { with_buffers(mem, slot, |ins, outs| queue.pop_used(head, ins, outs)) };
+            let (writable, layout, t_submit, t_publish) = (slot.writable, slot.layout, slot.t_submit, slot.t_publish);
             let now = (self.clock)();
             // SAFETY: the device has returned the chain: nothing writes the status any more.
             let status = unsafe { core::ptr::read_volatile(addr_of!((*mem).status)) };
@@ -345,7 +346,7 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> VirtioBlk<H, T, SI
                 Err(_) => Err(DeviceError::Io),
                 // A used length the request cannot have: more than it offered, or a read that
                 // did not fill its buffers.
-                Ok(len) if u64::from(len) > slot.writable || (slot.layout == Layout::Read && u64::from(len) != slot.writable) => Err(DeviceError::Io),
+                Ok(len) if u64::from(len) > writable || (layout == Layout::Read && u64::from(len) != writable) => Err(DeviceError::Io),
                 Ok(_) => match status {
                     wire::S_OK => Ok(()),
                     wire::S_UNSUPP => Err(DeviceError::Unsupported),
@@ -359,8 +360,8 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> VirtioBlk<H, T, SI
             let stats = &mut inner.stats;
             stats.completed += 1;
             stats.errors += u64::from(result.is_err());
-            stats.submit_ticks += slot.t_publish.wrapping_sub(slot.t_submit);
-            stats.device_ticks += now.wrapping_sub(slot.t_publish);
+            stats.submit_ticks += t_publish.wrapping_sub(t_submit);
+            stats.device_ticks += now.wrapping_sub(t_publish);
             if let Some(w) = inner.wakers[index].take() {
                 w.wake();
             }
@@ -496,16 +497,22 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
             inner.stats.busy += 1;
             return Err(SubmitError::Busy);
         }
-        let generation = inner.slots[index].generation.wrapping_add(1);
-        let mut slot = Slot { state: State::InFlight, generation, layout, nsegs: nsegs as u8, t_submit, ..FREE_SLOT };
+        let inner = &mut *inner;
+        let slot = &mut inner.slots[index];
+        let generation = slot.generation.wrapping_add(1);
+        let ticket = Ticket((u32::from(generation) << 16) | index as u32);
+        slot.generation = generation;
+        slot.layout = layout;
+        slot.nsegs = nsegs as u8;
         slot.segments[..nsegs].copy_from_slice(&req.segments[..nsegs]);
         slot.writable = 1 + if layout == Layout::Read { req.len } else { 0 };
+        slot.t_submit = t_submit;
+        slot.t_used = 0;
         if req.op == DeviceOp::Flush && !self.info.features.contains(DeviceFeatures::FLUSH) {
             // No volatile cache: every completed write is already stable.
             slot.state = State::Done(Ok(()));
-            inner.slots[index] = slot;
             inner.free.pop();
-            return Ok(Ticket((u32::from(generation) << 16) | index as u32));
+            return Ok(ticket);
         }
         let mem = self.slot_mem(index);
         let range = match req.op {
@@ -527,7 +534,7 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
         // SAFETY: the slot memory is ours until the device returns the chain (the slot stays
         // InFlight, so it is not reused); the segments stay valid by `submit`'s contract until
         // `poll` reports this ticket, which happens only after `reap` popped the chain.
-        let added = unsafe { with_buffers(mem, &slot, |ins, outs| queue.add(ins, outs)) };
+        let added = unsafe { with_buffers(mem, slot, |ins, outs| queue.add(ins, outs)) };
         let head = match added {
             Ok(head) => head,
             Err(virtio_drivers::Error::QueueFull) => {
@@ -536,9 +543,9 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
             }
             Err(_) => return Err(SubmitError::Invalid(DeviceError::Invalid)),
         };
+        slot.state = State::InFlight;
         slot.head = head;
         slot.t_publish = (self.clock)();
-        inner.slots[index] = slot;
         inner.free.pop();
         if let Some(h) = inner.by_head.get_mut(usize::from(head)) {
             *h = index as u16;
@@ -549,7 +556,7 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
         let stats = &mut inner.stats;
         stats.submitted += 1;
         stats.max_in_flight = stats.max_in_flight.max(held);
-        Ok(Ticket((u32::from(generation) << 16) | index as u32))
+        Ok(ticket)
     }
 
     fn poll(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<Result<(), DeviceError>> {
@@ -557,18 +564,18 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
         self.reap(&mut inner);
         let index = (ticket.0 & 0xffff) as usize;
         let generation = (ticket.0 >> 16) as u16;
-        let Some(slot) = inner.slots.get(index).copied().filter(|s| s.generation == generation) else {
+        let Some((state, t_used)) = inner.slots.get(index).filter(|s| s.generation == generation).map(|s| (s.state, s.t_used)) else {
             return Poll::Ready(Err(DeviceError::Invalid));
         };
-        match slot.state {
+        match state {
             State::Free => Poll::Ready(Err(DeviceError::Invalid)),
             State::Done(result) => {
                 let now = (self.clock)();
                 inner.slots[index].state = State::Free;
                 inner.wakers[index] = None;
                 let _ = inner.free.push(index as u16);
-                if slot.t_used != 0 {
-                    inner.stats.completion_ticks += now.wrapping_sub(slot.t_used);
+                if t_used != 0 {
+                    inner.stats.completion_ticks += now.wrapping_sub(t_used);
                     inner.stats.returned += 1;
                 }
                 Poll::Ready(result)

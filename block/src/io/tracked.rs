@@ -40,9 +40,19 @@ struct Entry {
 }
 
 /// `T` tracked-request slots.
+///
+/// The common case is cheap: with no serialising request in the table a plain request's wait
+/// is a counter check, releasing wakes nobody unless someone waits, and a free slot is found
+/// from a hint (the last one released) rather than by a scan from the start.
 pub struct Tracker<const T: usize> {
     slots: RefCell<[Option<Entry>; T]>,
     next_seq: Cell<u64>,
+    /// Entries marked serialising.
+    serialising: Cell<usize>,
+    /// Entries with a stored waker.
+    waiting: Cell<usize>,
+    /// Where to look for a free slot first.
+    free_hint: Cell<usize>,
 }
 
 impl<const T: usize> Default for Tracker<T> {
@@ -54,7 +64,13 @@ impl<const T: usize> Default for Tracker<T> {
 impl<const T: usize> Tracker<T> {
     /// An empty table.
     pub const fn new() -> Self {
-        Self { slots: RefCell::new([const { None }; T]), next_seq: Cell::new(0) }
+        Self {
+            slots: RefCell::new([const { None }; T]),
+            next_seq: Cell::new(0),
+            serialising: Cell::new(0),
+            waiting: Cell::new(0),
+            free_hint: Cell::new(0),
+        }
     }
 
     /// Enters a request, waiting for a free slot if the table is full.
@@ -72,7 +88,12 @@ impl<const T: usize> Tracker<T> {
     /// Enters a request if a slot is free.
     pub fn try_begin(&self, node: NodeId, kind: ReqKind, offset: u64, bytes: u64) -> Option<Tracked<'_, T>> {
         let mut slots = self.slots.borrow_mut();
-        let index = slots.iter().position(Option::is_none)?;
+        let hint = self.free_hint.get().min(T);
+        let index = match slots[hint..].iter().position(Option::is_none) {
+            Some(i) => hint + i,
+            None => slots[..hint].iter().position(Option::is_none)?,
+        };
+        self.free_hint.set(index + 1);
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         slots[index] = Some(Entry {
@@ -96,14 +117,24 @@ impl<const T: usize> Tracker<T> {
 
     fn release(&self, index: usize) {
         let mut slots = self.slots.borrow_mut();
-        if let Some(slot) = slots.get_mut(index) {
-            *slot = None;
+        if let Some(entry) = slots.get_mut(index).and_then(Option::take) {
+            if entry.serialising {
+                self.serialising.set(self.serialising.get() - 1);
+            }
+            if entry.waker.is_some() {
+                self.waiting.set(self.waiting.get() - 1);
+            }
+            self.free_hint.set(index);
+        }
+        if self.waiting.get() == 0 {
+            return;
         }
         for entry in slots.iter_mut().flatten() {
             if let Some(w) = entry.waker.take() {
                 w.wake();
             }
         }
+        self.waiting.set(0);
     }
 }
 
@@ -123,6 +154,9 @@ impl<const T: usize> Tracked<'_, T> {
             let end = e.offset.saturating_add(e.bytes).div_ceil(align).saturating_mul(align);
             e.overlap_offset = start;
             e.overlap_bytes = end - start;
+            if !e.serialising {
+                self.tracker.serialising.set(self.tracker.serialising.get() + 1);
+            }
             e.serialising = true;
         }
     }
@@ -132,6 +166,10 @@ impl<const T: usize> Tracked<'_, T> {
         poll_fn(|cx| {
             let mut slots = self.tracker.slots.borrow_mut();
             let Some(Some(me)) = slots.get(self.index) else { return Poll::Ready(()) };
+            // Only a serialising request on one side makes a conflict.
+            if !me.serialising && self.tracker.serialising.get() == 0 {
+                return Poll::Ready(());
+            }
             let (node, seq, start, end, serialising) =
                 (me.node, me.seq, me.overlap_offset, me.overlap_offset + me.overlap_bytes, me.serialising);
             let conflict = slots.iter().flatten().any(|o| {
@@ -145,7 +183,9 @@ impl<const T: usize> Tracked<'_, T> {
                 return Poll::Ready(());
             }
             if let Some(Some(me)) = slots.get_mut(self.index) {
-                me.waker = Some(cx.waker().clone());
+                if me.waker.replace(cx.waker().clone()).is_none() {
+                    self.tracker.waiting.set(self.tracker.waiting.get() + 1);
+                }
             }
             Poll::Pending
         })

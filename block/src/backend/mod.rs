@@ -4,14 +4,12 @@
 mod stats;
 
 use core::cell::{Cell, RefCell};
-use core::future::poll_fn;
-use core::task::Poll;
 
 pub use stats::{KindStats, OpKind, Stats, BUCKETS, KINDS};
 
 use crate::error::{Error, Result};
 use crate::graph::{Attachment, Graph, NodeId, UserId};
-use crate::io::{flush, walk, zero, RangeOp};
+use crate::io::{flush, wait_until, walk, zero, RangeOp};
 
 /// What to do with writes whose data is all zeros (QEMU's `detect-zeroes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -179,15 +177,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
         self.quiesce.set(self.quiesce.get() + 1);
         let guard = Drained { backend: self };
         async move {
-            poll_fn(|cx| {
-                if self.in_flight.get() == 0 {
-                    Poll::Ready(())
-                } else {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-            })
-            .await;
+            wait_until(|| self.in_flight.get() == 0).await;
             guard
         }
     }
@@ -219,15 +209,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
 
     /// Waits while drained, counts the request in flight, runs it and accounts for it.
     async fn accounted(&self, kind: OpKind, offset: u64, len: u64, request: impl core::future::Future<Output = Result<()>>) -> Result<()> {
-        poll_fn(|cx| {
-            if self.quiesce.get() == 0 {
-                Poll::Ready(())
-            } else {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await;
+        wait_until(|| self.quiesce.get() == 0).await;
         self.in_flight.set(self.in_flight.get() + 1);
         let _in_flight = InFlight(&self.in_flight);
         let start = (self.opts.clock)();

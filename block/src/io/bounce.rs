@@ -8,10 +8,9 @@
 //! an error, never a hang.
 
 use core::cell::RefCell;
-use core::future::poll_fn;
-use core::task::Poll;
 
 use crate::error::{Error, Result};
+use crate::io::wait_for;
 
 /// Most buffers in a pool.
 pub const MAX_BUFFERS: usize = 64;
@@ -62,11 +61,10 @@ impl<'m> BouncePool<'m> {
         if n == 0 || n > MAX_TAKE || n > self.total {
             return Err(Error::NoSpace { what: "bounce buffers (pool too small for this request)" });
         }
-        poll_fn(|cx| {
+        let bufs = wait_for(|| {
             let mut free = self.free.borrow_mut();
             if free.len() < n {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+                return None;
             }
             let mut bufs = heapless::Vec::new();
             for _ in 0..n {
@@ -74,9 +72,10 @@ impl<'m> BouncePool<'m> {
                     let _ = bufs.push(b);
                 }
             }
-            Poll::Ready(Ok(Bounce { pool: self, bufs }))
+            Some(bufs)
         })
-        .await
+        .await;
+        Ok(Bounce { pool: self, bufs })
     }
 }
 

@@ -7,13 +7,12 @@
 //! children flush, parents before children (DESIGN.md rule 5).
 
 use core::cell::Cell;
-use core::future::poll_fn;
-use core::task::Poll;
 
 use crate::dev::{DeviceFeatures, DeviceOp};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, NodeKind, MAX_DEPTH};
 use crate::io::leaf::transfer;
+use crate::io::wait_until;
 
 /// Flushes `root` and everything below it.
 pub(crate) async fn flush<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, root: NodeId) -> Result<()> {
@@ -58,15 +57,7 @@ async fn flush_leaf<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, id:
         }
         if state.flushing.get() {
             // Someone else is flushing: wait for them, then look again.
-            poll_fn(|cx| {
-                if state.flushing.get() {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
-                }
-            })
-            .await;
+            wait_until(|| !state.flushing.get()).await;
             continue;
         }
         state.flushing.set(true);

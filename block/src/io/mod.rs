@@ -9,6 +9,8 @@ pub mod flush;
 pub(crate) mod leaf;
 pub mod limits;
 pub mod tracked;
+mod wait;
+pub(crate) use wait::{take as wait_for, until as wait_until};
 pub(crate) mod walk;
 pub mod zero;
 

@@ -13,6 +13,7 @@ use core::future::poll_fn;
 use core::task::{Poll, Waker};
 
 use crate::graph::NodeId;
+use crate::io::wait_for;
 
 /// What a tracked request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,14 +76,7 @@ impl<const T: usize> Tracker<T> {
 
     /// Enters a request, waiting for a free slot if the table is full.
     pub async fn begin(&self, node: NodeId, kind: ReqKind, offset: u64, bytes: u64) -> Tracked<'_, T> {
-        poll_fn(|cx| match self.try_begin(node, kind, offset, bytes) {
-            Some(t) => Poll::Ready(t),
-            None => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await
+        wait_for(|| self.try_begin(node, kind, offset, bytes)).await
     }
 
     /// Enters a request if a slot is free.

@@ -27,7 +27,7 @@ use miniz_oxide::inflate::core::DecompressorOxide;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
-use crate::io::child_io;
+use crate::io::{child_io, wait_for};
 
 /// Bytes per slot (the largest slice).
 pub const SLICE: usize = 4096;
@@ -306,16 +306,8 @@ impl<'d> MetaCache<'d> {
         if self.inflaters.is_empty() {
             return Err(Error::NoSpace { what: "decompressors (Graph::set_decompressors)" });
         }
-        poll_fn(|cx| match self.inflaters.iter().find(|i| !i.busy.get()) {
-            Some(i) => {
-                i.busy.set(true);
-                Poll::Ready(Ok(TakenInflater(i)))
-            }
-            None => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await
+        let inflater = wait_for(|| self.inflaters.iter().find(|i| !i.busy.get())).await;
+        inflater.busy.set(true);
+        Ok(TakenInflater(inflater))
     }
 }

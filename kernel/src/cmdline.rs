@@ -4,7 +4,11 @@
 //! style) describing the node to open, with `file` implied for the first element:
 //! `sha256 disk0` is `sha256 file=disk0` (the format probed; raw for anything that is not a
 //! known image), `sha256 driver=raw,offset=1M,size=4M,file=disk0` a window of it. Names resolve
-//! only through the device catalog (virtio serials). Flags follow the options word. Tokens
+//! only through the device catalog: `--map NAME=SERIAL` (repeatable, any workload) names a
+//! device for a file name — the options' `file`, or a backing or data-file name exactly as an
+//! image header writes it (`/`, `.` and `=` allowed in NAME; the last `=` splits); names without a
+//! map are taken as serials. `qemu-runner boot` adds one per file of a chain. Flags follow the
+//! options word. Tokens
 //! QEMU's microvm may append for Linux (`virtio_mmio.device=...`) are ignored; anything else
 //! unexpected is an error, reported with [`USAGE`].
 
@@ -19,7 +23,24 @@ usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw
   demo [OPTIONS]               write, flush, read back, verify (default: first device, 16M)
   bench OPTIONS [--rw randread|randwrite|read|write] [--bs 4k] [--qd 1..64]
                 [--seconds N | --count N]
-  logbench                     cost per byte of the log channels";
+  logbench                     cost per byte of the log channels
+  --map NAME=SERIAL            (any workload, repeatable) the file NAME (in OPTIONS or an image's
+                               backing/data-file name, as written) is the device SERIAL";
+
+/// Most `--map` pairs (microvm's virtio-mmio slots).
+pub const MAX_MAPS: usize = 24;
+
+/// `--map NAME=SERIAL` pairs, in command-line order.
+pub type Maps<'a> = heapless::Vec<(&'a str, &'a str), MAX_MAPS>;
+
+/// A parsed command line: the command and the name→serial maps.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Cmdline<'a> {
+    /// What to run.
+    pub command: Command<'a>,
+    /// Names resolved to serials before the catalog is searched.
+    pub maps: Maps<'a>,
+}
 
 /// Most options in one options word (as many as the graph's open takes).
 const MAX_OPTIONS: usize = 32;
@@ -147,7 +168,13 @@ impl fmt::Display for CmdlineError<'_> {
 }
 
 /// Parses the kernel command line. An empty line means `devices` (it never writes).
-pub fn parse(cmdline: &str) -> Result<Command<'_>, CmdlineError<'_>> {
+pub fn parse(cmdline: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
+    let mut maps = Maps::new();
+    let command = parse_command(cmdline, &mut maps)?;
+    Ok(Cmdline { command, maps })
+}
+
+fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>) -> Result<Command<'a>, CmdlineError<'a>> {
     let mut words = cmdline.split_ascii_whitespace().filter(|w| !w.starts_with("virtio_mmio.device="));
     let Some(workload) = words.next() else { return Ok(Command::Devices) };
     let mut rest = words.peekable();
@@ -166,6 +193,17 @@ pub fn parse(cmdline: &str) -> Result<Command<'_>, CmdlineError<'_>> {
             Some((n, v)) => (n, v),
             None => (word, rest.next().ok_or(CmdlineError::MissingValue(word))?),
         };
+        if name == "--map" {
+            let (file, serial) = value.rsplit_once('=').ok_or(CmdlineError::BadFlag(name, "expected NAME=SERIAL"))?;
+            if file.is_empty() || serial.is_empty() || serial.len() > 20 {
+                return Err(CmdlineError::BadFlag(name, "expected NAME=SERIAL (a serial is 1 to 20 bytes)"));
+            }
+            if maps.iter().any(|(n, _)| *n == file) {
+                return Err(CmdlineError::BadFlag(name, "a name mapped twice"));
+            }
+            maps.push((file, serial)).map_err(|_| CmdlineError::BadFlag(name, "more than 24 maps"))?;
+            continue;
+        }
         if flags.iter().any(|(n, _)| *n == name) {
             return Err(CmdlineError::DuplicateFlag(name));
         }

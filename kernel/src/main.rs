@@ -51,7 +51,7 @@ extern "C" fn strata_main(start_info_paddr: u64) -> ! {
     footprint::report();
     defmt::info!("boot: tsc {=u64} Hz (calibrated: {=bool}), {=usize} virtio-blk devices", cal.hz, cal.calibrated, disks.len());
 
-    let command = match cmdline::parse(cmdline) {
+    let parsed = match cmdline::parse(cmdline) {
         Ok(c) => c,
         Err(e) => {
             println!("strata: bad command line: {}", e);
@@ -60,6 +60,6 @@ extern "C" fn strata_main(start_info_paddr: u64) -> ! {
             exit_code::exit(exit_code::USAGE);
         }
     };
-    let code = workloads::run(&command, &disks);
+    let code = workloads::run(&parsed.command, &disks, &parsed.maps);
     exit_code::exit(code)
 }

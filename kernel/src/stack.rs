@@ -1,7 +1,10 @@
 //! A workload's block stack: a graph over the catalog's devices, the node the command line's
 //! options describe, and the executor glue that drives requests through it.
 //!
-//! Names in the options resolve only through the device catalog (virtio serials). Errors are
+//! Names — in the options, and backing or data-file names read from images — resolve only
+//! through the device catalog: first through the command line's `--map NAME=SERIAL` pairs (what
+//! `qemu-runner boot` passes for every file of a chain, with the name as the referring image
+//! writes it), then as a virtio serial; nothing else is opened. Errors are
 //! reported here, once, with the exit code they deserve: the command line's fault (bad options,
 //! unknown serial) is [`exit_code::USAGE`], the device's or the image's is
 //! [`exit_code::FAILURE`].
@@ -10,16 +13,20 @@ use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use static_cell::ConstStaticCell;
+use static_cell::StaticCell;
 use strata_block::dev::BlockDevice;
+use strata_block::driver::qcow2::cache::{CacheSlot, Inflater};
+use strata_block::graph::{NameRequest, Resolver, Role};
 use strata_block::{Error, Graph, NodeId};
 use strata_boot::arch::tsc;
 
+use crate::cmdline::Maps;
 use crate::devices::{Catalog, Disk};
 use crate::executor::{self, Platform};
 use crate::{exit_code, println, report};
 
-/// Graph nodes.
-pub const NODES: usize = 16;
+/// Graph nodes: a 20-deep backing chain with data files is a format node and a leaf per file.
+pub const NODES: usize = 64;
 /// Tracked-request slots: the deepest bench queue (an aligned request holds one slot at its
 /// leaf; a full table is back-pressure, not an error). No larger: the tracker scans its whole
 /// table about three times per request, which under TCG costs measurably (paired runs at
@@ -43,43 +50,94 @@ static BOUNCE: ConstStaticCell<Bounce> = ConstStaticCell::new(Bounce([0; BOUNCE_
 /// A device that completes nothing for this long while holding requests is declared dead.
 pub const DEVICE_TIMEOUT_S: u64 = 30;
 
-/// A fresh graph (one per boot: the bounce memory is taken once).
+/// Metadata cache slots for qcow2 L1, L2 and refcount tables (4 KiB each): 256 KiB, which maps
+/// 16 GiB of 64 KiB clusters without evicting; bigger images page their tables through it.
+pub const META_SLOTS: usize = 64;
+static META: ConstStaticCell<[CacheSlot; META_SLOTS]> = ConstStaticCell::new([const { CacheSlot::new() }; META_SLOTS]);
+
+/// Decoders for compressed clusters (about 60 KiB each); compressed reads take turns.
+pub const INFLATERS: usize = 1;
+static INFLATER: StaticCell<[Inflater; INFLATERS]> = StaticCell::new();
+
+/// A fresh graph with its metadata cache and decoders (one per boot: the memory is taken once).
 pub fn graph() -> Option<KGraph> {
-    BOUNCE.try_take().map(|b| Graph::new(&mut b.0, BOUNCE_BUFFER))
+    let bounce = BOUNCE.try_take()?;
+    let meta = META.try_take()?;
+    let inflaters = INFLATER.try_init_with(|| core::array::from_fn(|_| Inflater::new()))?;
+    let mut graph = Graph::new(&mut bounce.0, BOUNCE_BUFFER);
+    graph.set_metadata_cache(meta);
+    graph.set_decompressors(inflaters);
+    Some(graph)
 }
 
-/// The leaf devices an open resolved, for their statistics.
-pub type Leaves = heapless::Vec<&'static Disk, 4>;
+/// Most leaf devices an open resolves (a backing chain's files and data files).
+pub const MAX_LEAVES: usize = 24;
 
-/// Opens the node `options` describes; reports failures and returns the exit code.
-pub fn open(graph: &mut KGraph, catalog: &Catalog, options: &str) -> Result<(NodeId, Leaves), u32> {
-    let mut leaves = Leaves::new();
-    let mut missing: Option<heapless::String<64>> = None;
-    let mut resolve = |name: &str| -> Option<&'static dyn BlockDevice> {
-        match catalog.find(name) {
+/// The leaf devices an open resolved, for their statistics.
+pub type Leaves = heapless::Vec<&'static Disk, MAX_LEAVES>;
+
+/// The longest name reported back when one does not resolve.
+const MAX_REPORTED_NAME: usize = 256;
+
+/// Resolves names through the command line's maps, then as serials (see the module docs).
+struct CatalogResolver<'a> {
+    catalog: &'a Catalog,
+    maps: &'a Maps<'a>,
+    leaves: Leaves,
+    /// The name that did not resolve, its role, and the serial its map named (if any).
+    missing: Option<(heapless::String<MAX_REPORTED_NAME>, Role, Option<&'a str>)>,
+}
+
+impl Resolver<'static> for CatalogResolver<'_> {
+    fn resolve(&mut self, req: &NameRequest<'_, 'static>) -> strata_block::Result<&'static dyn BlockDevice> {
+        let mapped = self.maps.iter().find(|(n, _)| *n == req.name).map(|(_, s)| *s);
+        match self.catalog.find(mapped.unwrap_or(req.name)) {
             Some(disk) => {
-                let _ = leaves.push(disk);
-                Some(&disk.dev)
+                if !self.leaves.iter().any(|d| core::ptr::eq(*d, disk)) {
+                    let _ = self.leaves.push(disk);
+                }
+                Ok(&disk.dev)
             }
             None => {
                 let mut s = heapless::String::new();
-                let _ = s.push_str(name);
-                missing = Some(s);
-                None
+                for c in req.name.chars() {
+                    if s.push(c).is_err() {
+                        break;
+                    }
+                }
+                self.missing = Some((s, req.role, mapped));
+                Err(Error::NotFound)
             }
         }
-    };
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Backing => "backing file",
+        Role::DataFile => "data file",
+        Role::File => "device",
+    }
+}
+
+/// Opens the node `options` describes, resolving names through `maps` and the catalog;
+/// reports failures and returns the exit code.
+pub fn open(graph: &mut KGraph, catalog: &Catalog, maps: &Maps<'_>, options: &str) -> Result<(NodeId, Leaves), u32> {
+    let mut resolver = CatalogResolver { catalog, maps, leaves: Leaves::new(), missing: None };
     let platform = Devices { catalog, watchdog: Watchdog::new() };
-    let opened = executor::block_on(graph.open(options, &mut resolve), &platform);
+    let opened = executor::block_on(graph.open_with(options, &mut resolver), &platform);
     match opened {
-        Some(Ok(node)) => Ok((node, leaves)),
-        Some(Err(Error::NotFound)) if missing.is_some() => {
-            let name = missing.unwrap_or_default();
-            println!("strata: no device with serial \"{}\"; devices are:", name);
+        Some(Ok(node)) => Ok((node, resolver.leaves)),
+        Some(Err(Error::NotFound)) if resolver.missing.is_some() => {
+            let Some((name, role, mapped)) = resolver.missing else { return Err(exit_code::USAGE) };
+            match mapped {
+                Some(serial) => println!("strata: {} \"{}\" is mapped to serial \"{}\", which no device has; devices are:", role_name(role), name, serial),
+                None => println!("strata: {} \"{}\": no device with serial \"{}\" (and no --map for it); devices are:", role_name(role), name, name),
+            }
             for d in catalog.iter() {
                 println!("  {}", d.serial());
             }
-            report::error("usage", format_args!("no device with serial \"{}\"", name));
+            report::error("usage", format_args!("{} \"{}\" not found in the device catalog", role_name(role), name));
             Err(exit_code::USAGE)
         }
         Some(Err(e)) => Err(fail("open", options, e)),

@@ -8,7 +8,7 @@ use crate::exit_status::{classify, Status};
 use crate::machine::{Accel, Machine};
 use crate::qemu::QemuConfig;
 use crate::workspace::RunDir;
-use crate::{defmt_log, drives, footprint, install, kernel, process, qemu};
+use crate::{chain, defmt_log, drives, footprint, install, kernel, process, qemu};
 use crate::{BootResult, Drive, RunnerError};
 
 /// The workload when the runner makes the default disk.
@@ -44,6 +44,8 @@ pub struct BootOptions {
     pub quiet: bool,
     /// Echo human console lines to stdout as they arrive (unless `quiet`).
     pub echo_console: bool,
+    /// A qcow2 drive's backing and data files may lie outside its directory tree.
+    pub allow_backing_anywhere: bool,
 }
 
 impl Default for BootOptions {
@@ -59,6 +61,7 @@ impl Default for BootOptions {
             install: true,
             quiet: false,
             echo_console: false,
+            allow_backing_anywhere: false,
         }
     }
 }
@@ -79,7 +82,15 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     } else {
         (drives::validate(&opts.drives)?, DEFAULT_CMD_USER_DRIVES)
     };
-    let cmdline = opts.cmd.as_deref().unwrap_or(default_cmd);
+    // qcow2 drives bring their backing and data files as more raw drives, with name maps for
+    // the kernel (see `chain`).
+    let (drives, maps) = chain::expand(&drives, opts.machine, opts.allow_backing_anywhere)?;
+    let mut cmdline = opts.cmd.as_deref().unwrap_or(default_cmd).to_string();
+    for word in &maps {
+        cmdline.push(' ');
+        cmdline.push_str(word);
+    }
+    let cmdline = cmdline.as_str();
     let accel = opts.accel.resolve()?;
     let program = qemu::program();
     install::ensure_qemu(&program, opts.install, opts.quiet)?;

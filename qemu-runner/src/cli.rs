@@ -118,6 +118,10 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
                 no_value(flag, inline)?;
                 options.install = false;
             }
+            "--allow-backing-anywhere" => {
+                no_value(flag, inline)?;
+                options.allow_backing_anywhere = true;
+            }
             other => {
                 return Err(RunnerError::Usage(format!(
                     "boot: unknown argument \"{other}\"; try 'qemu-runner boot --help'"

@@ -36,6 +36,10 @@ Options:
                      inside a value. Serial: 1-20 bytes of printable ASCII without
                      ',' or spaces, unique; default disk0, disk1, ... in --drive
                      order. A missing file is an error (exit 2) before QEMU starts.
+                     A qcow2 file brings its backing chain and data files (found
+                     as 'img' finds them) as more raw read-only drives S.1, S.2,
+                     ..., and '--map NAME=S.n' words on the kernel command line
+                     for the names the images write; the guest opens the chain.
                      Without --drive: a 64 MiB scratch disk
                      target/strata/default-disk.img (serial disk0) is made once
                      and reused.
@@ -65,6 +69,9 @@ Options:
                      stderr. Errors before the boot print {{status, exit_code,
                      error}}.
   --no-install       do not install QEMU if it is missing
+  --allow-backing-anywhere
+                     a qcow2 drive's backing and data files may lie outside
+                     the directory tree of its file
   -h, --help         print this help
 
 Without --kernel, the kernel is built with

@@ -25,6 +25,7 @@
 //! QEMU's exec, and `geteuid`.
 
 mod boot;
+pub mod chain;
 pub mod cli;
 pub mod console;
 pub mod defmt_log;

@@ -22,7 +22,7 @@ use crate::stack::{self, KBackend};
 use crate::{exit_code, println};
 
 /// Runs the bench described by `args`.
-pub fn run(catalog: &Catalog, args: &BenchArgs<'_>) -> u32 {
+pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<'_>) -> u32 {
     let (Some(mut graph), Some(buf)) = (stack::graph(), data()) else { return exit_code::FAILURE };
     let options = args.options;
     let (bs, qd) = (args.bs, args.qd as usize);
@@ -31,7 +31,7 @@ pub fn run(catalog: &Catalog, args: &BenchArgs<'_>) -> u32 {
         report::error("usage", format_args!("--bs x --qd exceeds {} bytes", buf.len()));
         return exit_code::USAGE;
     }
-    let (node, leaves) = match stack::open(&mut graph, catalog, options) {
+    let (node, leaves) = match stack::open(&mut graph, catalog, maps, options) {
         Ok(v) => v,
         Err(code) => return code,
     };

@@ -26,9 +26,9 @@ const DEPTH: usize = 8;
 const CHUNK: usize = 64 * 1024;
 
 /// Runs the demo on the node `options` describes.
-pub fn run(catalog: &Catalog, options: &str) -> u32 {
+pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, options: &str) -> u32 {
     let (Some(mut graph), Some(buf)) = (stack::graph(), data()) else { return exit_code::FAILURE };
-    let (node, _leaves) = match stack::open(&mut graph, catalog, options) {
+    let (node, _leaves) = match stack::open(&mut graph, catalog, maps, options) {
         Ok(v) => v,
         Err(code) => return code,
     };

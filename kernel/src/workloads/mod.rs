@@ -13,7 +13,7 @@ mod sha256;
 
 use static_cell::ConstStaticCell;
 
-use crate::cmdline::Command;
+use crate::cmdline::{Command, Maps};
 use crate::devices::Catalog;
 use crate::{exit_code, println, report};
 
@@ -30,16 +30,16 @@ fn data() -> Option<&'static mut [u8]> {
 }
 
 /// Runs `command` against the discovered devices.
-pub fn run(command: &Command, disks: &Catalog) -> u32 {
+pub fn run(command: &Command, disks: &Catalog, maps: &Maps<'_>) -> u32 {
     match *command {
         Command::Devices => devices::run(disks),
         Command::LogBench => logbench::run(),
-        Command::Sha256 { options } => sha256::run(disks, options),
-        Command::Bench(args) => bench::run(disks, &args),
+        Command::Sha256 { options } => sha256::run(disks, maps, options),
+        Command::Bench(args) => bench::run(disks, maps, &args),
         Command::Demo { options } => {
             let default = disks.first_by_serial().map(|d| d.serial());
             match options.or(default) {
-                Some(options) => demo::run(disks, options),
+                Some(options) => demo::run(disks, maps, options),
                 None => {
                     println!("strata: demo: no virtio-blk device found");
                     report::error("usage", format_args!("no virtio-blk device"));

@@ -26,9 +26,9 @@ const READERS: usize = 8;
 const CHUNK: usize = 256 * 1024;
 
 /// Hashes the node described by `options` and prints the hex digest.
-pub fn run(catalog: &Catalog, options: &str) -> u32 {
+pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, options: &str) -> u32 {
     let (Some(mut graph), Some(buf)) = (stack::graph(), data()) else { return exit_code::FAILURE };
-    let (node, leaves) = match stack::open(&mut graph, catalog, options) {
+    let (node, leaves) = match stack::open(&mut graph, catalog, maps, options) {
         Ok(v) => v,
         Err(code) => return code,
     };

@@ -12,7 +12,7 @@ mod convert;
 pub mod image;
 mod info;
 pub mod map;
-mod resolve;
+pub(crate) mod resolve;
 
 use std::fmt;
 

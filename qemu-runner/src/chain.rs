@@ -1,0 +1,218 @@
+//! Image chains behind `--drive`: a qcow2 drive's backing files and data files, attached raw.
+//!
+//! The guest opens a chain from its device catalog only (DESIGN.md, "Devices and names"), so
+//! the runner does what a host open would and hands the result over: for a drive whose file
+//! starts with the qcow2 magic it walks the backing chain and the data files with `img`'s host
+//! rules ([`crate::img::resolve`]: names relative to the referring image, inside the directory
+//! tree of the drive's file, protocol prefixes refused, loops refused), attaches every file as
+//! one more raw virtio-blk drive — serials `S.1`, `S.2`, ... after the drive's serial `S`,
+//! read-only — and passes `--map NAME=SERIAL` on the kernel command line for every name exactly
+//! as the referring image writes it. A missing or refused file is a runner error before QEMU
+//! starts.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use strata_block::dev::file::{HostFile, HostFileOptions};
+use strata_block::dev::BlockDevice;
+use strata_block::graph::{check_name, NameRequest, Resolver, Role};
+
+use crate::drives::{check_serial, Backing, Drive};
+use crate::img::resolve::HostResolver;
+use crate::{Machine, RunnerError};
+
+/// Most virtio-blk devices a boot takes: microvm's 24 virtio-mmio slots, which is also what the
+/// kernel's device catalog holds (pc/q35 have more free PCI slots, the catalog does not).
+pub fn max_drives(machine: Machine) -> usize {
+    match machine {
+        Machine::Microvm | Machine::Pc | Machine::Q35 => 24,
+    }
+}
+
+/// The qcow2 magic, `QFI\xfb`.
+const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+/// Header extension: backing file format name.
+const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+/// Header extension: external data file name.
+const EXT_DATA_FILE: u32 = 0x4441_5441;
+/// Incompatible feature bit: external data file.
+const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+
+/// The names a qcow2 header gives: backing file, its format, data file.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Links {
+    backing: Option<String>,
+    backing_fmt: Option<String>,
+    data_file: Option<String>,
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4).map_or(0, |s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
+}
+
+/// Reads the links of the image at `path`; `None` if it is not qcow2.
+fn read_links(path: &Path) -> Result<Option<Links>, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The header, its extensions and (usually) the backing name sit in the first cluster; read
+    // up to 64 KiB plus the longest name.
+    let mut head = Vec::new();
+    file.by_ref().take(64 * 1024 + 1024).read_to_end(&mut head).map_err(|e| format!("{}: {e}", path.display()))?;
+    if head.len() < 4 || head[..4] != QCOW2_MAGIC {
+        return Ok(None);
+    }
+    let bad = |what: &str| format!("{}: {what}", path.display());
+    let version = be32(&head, 4);
+    if version != 2 && version != 3 {
+        return Err(bad("unsupported qcow2 version"));
+    }
+    let text = |at: u64, len: u64| -> Result<String, String> {
+        let (at, len) = (at as usize, len as usize);
+        let bytes = head.get(at..at.saturating_add(len)).ok_or_else(|| bad("a file name lies past the header area"))?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| bad("a file name is not UTF-8"))
+    };
+    let mut links = Links::default();
+    let (boff, blen) = (be64(&head, 8), u64::from(be32(&head, 16)));
+    if boff != 0 && blen != 0 {
+        if blen > 1023 {
+            return Err(bad("backing file name longer than 1023 bytes"));
+        }
+        links.backing = Some(text(boff, blen)?);
+    }
+    let (incompat, header_len) = if version == 3 { (be64(&head, 72), be32(&head, 100) as usize) } else { (0, 72) };
+    let mut at = header_len;
+    while at + 8 <= head.len() {
+        let (kind, len) = (be32(&head, at), u64::from(be32(&head, at + 4)));
+        if kind == 0 {
+            break;
+        }
+        let data = (at + 8) as u64;
+        match kind {
+            EXT_BACKING_FORMAT => links.backing_fmt = Some(text(data, len)?),
+            EXT_DATA_FILE if incompat & INCOMPAT_DATA_FILE != 0 => links.data_file = Some(text(data, len)?),
+            _ => {}
+        }
+        at = (data + len.div_ceil(8) * 8) as usize;
+    }
+    Ok(links.into())
+}
+
+/// One file of a chain: where it is, and the name its referrer wrote.
+struct Member {
+    path: PathBuf,
+    name: String,
+}
+
+/// Walks the chain under `top` with the host rules; returns its other files, top first.
+fn walk(top: &Path, allow_anywhere: bool) -> Result<Vec<Member>, RunnerError> {
+    let arena = typed_arena::Arena::<HostFile>::new();
+    let opts = HostFileOptions { read_only: true, force_share: true, ..HostFileOptions::default() };
+    let mut resolver = HostResolver::new(&arena, opts, allow_anywhere, false);
+    let usage = |m: String| RunnerError::Usage(format!("--drive {}: {m}", top.display()));
+    let top_name = top.to_string_lossy();
+    let mut referrer: &dyn BlockDevice = resolver
+        .resolve(&NameRequest { name: &top_name, role: Role::File, referrer: None })
+        .map_err(|e| usage(resolver.last_error.clone().unwrap_or_else(|| e.to_string())))?;
+    let mut path = top.to_path_buf();
+    let mut members = Vec::new();
+    let mut probe = true;
+    for _ in 0..=strata_block::graph::MAX_BACKING_CHAIN {
+        let links = if probe { read_links(&path).map_err(usage)? } else { None };
+        let Some(links) = links else { return Ok(members) };
+        let mut next = None;
+        for (name, role) in [(links.data_file, Role::DataFile), (links.backing, Role::Backing)] {
+            let Some(name) = name else { continue };
+            check_name(&name).map_err(|e| usage(format!("\"{name}\" in {}: {e}", path.display())))?;
+            let before = resolver.files.len();
+            let dev = resolver
+                .resolve(&NameRequest { name: &name, role, referrer: Some(referrer) })
+                .map_err(|e| usage(resolver.last_error.clone().unwrap_or_else(|| e.to_string())))?;
+            if resolver.files.len() == before {
+                return Err(usage(format!("\"{name}\" in {}: a file met twice in one chain (a loop)", path.display())));
+            }
+            let file = resolver.path_of(dev).map(Path::to_path_buf).unwrap_or_default();
+            members.push(Member { path: file.clone(), name: name.clone() });
+            if role == Role::Backing {
+                probe = links.backing_fmt.as_deref().is_none_or(|f| f == "qcow2");
+                next = Some((dev, file));
+            }
+        }
+        match next {
+            Some((dev, file)) => {
+                referrer = dev;
+                path = file;
+            }
+            None => return Ok(members),
+        }
+    }
+    Err(usage(format!("a backing chain deeper than {}", strata_block::graph::MAX_BACKING_CHAIN)))
+}
+
+/// Expands qcow2 drives into their chains (see the module docs): the drives to attach and the
+/// `--map NAME=SERIAL` words for the kernel command line.
+pub fn expand(drives: &[Drive], machine: Machine, allow_anywhere: bool) -> Result<(Vec<Drive>, Vec<String>), RunnerError> {
+    let mut out = Vec::new();
+    let mut maps: Vec<(String, String)> = Vec::new();
+    for drive in drives {
+        out.push(drive.clone());
+        if drive.backing != Backing::File {
+            continue;
+        }
+        for (i, member) in walk(&drive.file, allow_anywhere)?.into_iter().enumerate() {
+            let serial = format!("{}.{}", drive.serial, i + 1);
+            check_serial(&serial).map_err(|m| {
+                RunnerError::Usage(format!("--drive {}: chain file {}: {m} (choose a shorter serial=)", drive.file.display(), member.path.display()))
+            })?;
+            if member.name.chars().any(char::is_whitespace) {
+                return Err(RunnerError::Usage(format!(
+                    "--drive {}: the file name \"{}\" contains whitespace, which the kernel command line cannot carry",
+                    drive.file.display(),
+                    member.name
+                )));
+            }
+            match maps.iter().find(|(n, _)| *n == member.name) {
+                Some((_, s)) => {
+                    // The same name for another file (images in different directories): the
+                    // guest resolves by name only.
+                    let same = out.iter().any(|d| d.serial == *s && d.file == member.path);
+                    if !same {
+                        return Err(RunnerError::Usage(format!(
+                            "--drive {}: the name \"{}\" means two different files in this chain; the guest resolves names only",
+                            drive.file.display(),
+                            member.name
+                        )));
+                    }
+                    continue;
+                }
+                None => maps.push((member.name.clone(), serial.clone())),
+            }
+            out.push(Drive { file: member.path, serial, read_only: true, backing: Backing::File });
+        }
+    }
+    let max = max_drives(machine);
+    if out.len() > max {
+        return Err(RunnerError::Usage(format!(
+            "{} drives with their backing and data files; the {} machine takes at most {max}",
+            out.len(),
+            machine.as_str()
+        )));
+    }
+    let words = maps.into_iter().map(|(n, s)| format!("--map={n}={s}")).collect();
+    Ok((out, words))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_files_have_no_links() {
+        let f = std::env::temp_dir().join(format!("qr-chain-{}.raw", std::process::id()));
+        assert!(std::fs::write(&f, [0u8; 4096]).is_ok());
+        assert_eq!(read_links(&f), Ok(None));
+        let _ = std::fs::remove_file(&f);
+    }
+}

@@ -1,0 +1,143 @@
+//! qcow2 images in the guest: `qemu-runner boot --drive file=top.qcow2` resolves the chain and
+//! data files on the host, attaches every file raw with a serial (`S`, `S.1`, ...) and maps the
+//! names the images write to those serials on the kernel command line; the guest's `sha256` of
+//! the top must equal the host's `sha256sum` of `qemu-img convert -O raw` of the same image.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
+
+#[path = "qcow2_util/mod.rs"]
+mod util;
+
+use std::path::{Path, PathBuf};
+
+use strata_tests::{boot, drive, random_raw_disk, records, scratch, sha256sum, BootOptions, Machine};
+use util::*;
+
+/// What `qemu-img convert -O raw` makes of `file`, hashed on the host.
+fn host_digest(file: &Path) -> String {
+    let raw = file.with_extension("converted.raw");
+    qimg(&["convert", "-O", "raw", file.to_str().unwrap(), raw.to_str().unwrap()]);
+    let digest = sha256sum(&raw);
+    let _ = std::fs::remove_file(&raw);
+    digest
+}
+
+/// Boots `sha256 top` with `top` as the drive `top` and checks the guest's digest.
+fn check_guest(machine: Machine, top: &Path) {
+    let r = boot(machine, vec![drive(top, "top", false)], "sha256 top");
+    assert!(r.is_ok(), "{}: {}\n{}", top.display(), r.summary(), r.console);
+    let digest = records(&r, "sha256");
+    assert_eq!(digest.len(), 1, "{}", r.console);
+    assert_eq!(digest[0]["digest"], host_digest(top), "guest and host disagree on {}", top.display());
+}
+
+/// base.raw <- l1.qcow2 <- ... <- lN.qcow2, every other link without a backing format, each
+/// layer writing its own pattern.
+fn chain(dir: &Path, depth: usize) -> PathBuf {
+    let base = dir.join("base.raw");
+    random_raw_disk(&base, 3 * MIB, 7);
+    let mut below = ("base.raw".to_string(), "raw");
+    let mut top = base;
+    for i in 1..=depth {
+        let name = format!("l{i}.qcow2");
+        let f = dir.join(&name);
+        let size = [2 * MIB, 4 * MIB, 3 * MIB + 512][i % 3];
+        create(&f, if i % 4 == 0 { "cluster_size=4k" } else { "" }, &size.to_string(), &["-b", &below.0, "-F", below.1]);
+        let at = (i as u64 * 97 * KIB) % (2 * MIB);
+        qio("qcow2", &f, &[&format!("write -P {} {at} 40k", 0x30 + i)]);
+        if i % 2 == 0 {
+            drop_backing_format(&f);
+        }
+        below = (name, "qcow2");
+        top = f;
+    }
+    top
+}
+
+#[test]
+fn qcow2_with_data_and_a_data_file() {
+    let dir = scratch("guest-qcow2");
+    let f = dir.join("a.qcow2");
+    create(&f, "", &(4 * MIB).to_string(), &[]);
+    qio("qcow2", &f, &["write -P 0x5a 0 64k", "write -P 0xa5 1M 4k", "write -z 2M 64k", "write -P 7 3M 100k"]);
+    check_guest(Machine::Microvm, &f);
+    let g = dir.join("ext.qcow2");
+    create(&g, &format!("data_file={}", dir.join("ext.data").display()), &(2 * MIB).to_string(), &[]);
+    qio("qcow2", &g, &["write -P 0x11 512k 128k"]);
+    check_guest(Machine::Microvm, &g);
+}
+
+#[test]
+fn three_deep_chain_microvm_and_pc() {
+    let dir = scratch("guest-chain3");
+    let top = chain(&dir, 2);
+    check_guest(Machine::Microvm, &top);
+    check_guest(Machine::Pc, &top);
+}
+
+#[test]
+fn compressed_image() {
+    let dir = scratch("guest-compressed");
+    let raw = dir.join("src.raw");
+    random_raw_disk(&raw, 2 * MIB, 3);
+    let c = dir.join("c.qcow2");
+    qimg(&["convert", "-c", "-O", "qcow2", raw.to_str().unwrap(), c.to_str().unwrap()]);
+    check_guest(Machine::Microvm, &c);
+}
+
+#[test]
+fn sixteen_deep_chain() {
+    let dir = scratch("guest-chain16");
+    let top = chain(&dir, 16);
+    check_guest(Machine::Microvm, &top);
+}
+
+#[test]
+fn a_missing_backing_file_fails_before_qemu_starts() {
+    let dir = scratch("guest-missing");
+    let top = dir.join("top.qcow2");
+    create(&top, "", &MIB.to_string(), &["-b", "gone.raw", "-F", "raw", "-u"]);
+    let opts = BootOptions { drives: vec![drive(&top, "top", false)], cmd: Some("sha256 top".into()), quiet: true, ..BootOptions::default() };
+    let err = qemu_runner::boot(&opts).expect_err("a missing backing file is an error");
+    assert!(err.to_string().contains("gone.raw"), "{err}");
+    assert_eq!(err.exit_code(), 2);
+}
+
+#[test]
+fn a_name_the_guest_cannot_resolve_exits_2() {
+    let dir = scratch("guest-unresolved");
+    let f = dir.join("a.qcow2");
+    create(&f, "", &MIB.to_string(), &[]);
+    let r = boot(Machine::Microvm, vec![drive(&f, "top", false)], "sha256 driver=qcow2,file=top,backing=elsewhere.img");
+    assert_eq!(r.exit_code, 2, "{}", r.console);
+    assert!(r.console.contains("backing file \"elsewhere.img\""), "{}", r.console);
+}
+
+#[test]
+fn a_chain_longer_than_the_machine_takes_is_a_runner_error() {
+    // A 20-deep chain (21 files) and four raw disks: 25 devices.
+    let dir = scratch("guest-chain20");
+    let top = chain(&dir, 20);
+    let mut drives = vec![drive(&top, "top", false)];
+    for i in 0..4 {
+        let f = dir.join(format!("r{i}.raw"));
+        random_raw_disk(&f, 64 * KIB, i);
+        drives.push(drive(&f, &format!("r{i}"), false));
+    }
+    let opts = BootOptions { drives, cmd: Some("devices".into()), quiet: true, ..BootOptions::default() };
+    let err = qemu_runner::boot(&opts).expect_err("too many drives");
+    assert!(err.to_string().contains("at most 24"), "{err}");
+    assert_eq!(err.exit_code(), 2);
+}
+
+#[test]
+fn one_name_for_two_files_is_a_runner_error() {
+    // Two chains whose images write the same names for different files: the guest resolves
+    // by name only, so the runner refuses.
+    let (one, two) = (scratch("guest-chain2a"), scratch("guest-chain2b"));
+    let (a, b) = (chain(&one, 2), chain(&two, 2));
+    let opts = BootOptions { drives: vec![drive(&a, "a", false), drive(&b, "b", false)], cmd: Some("devices".into()), quiet: true, ..BootOptions::default() };
+    let err = qemu_runner::boot(&opts).expect_err("ambiguous names");
+    assert!(err.to_string().contains("two different files"), "{err}");
+    assert_eq!(err.exit_code(), 2);
+}

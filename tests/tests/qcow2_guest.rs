@@ -141,3 +141,23 @@ fn one_name_for_two_files_is_a_runner_error() {
     assert!(err.to_string().contains("two different files"), "{err}");
     assert_eq!(err.exit_code(), 2);
 }
+
+#[test]
+fn map_flags_on_the_kernel_command_line() {
+    let dir = scratch("guest-map");
+    let f = dir.join("d.raw");
+    random_raw_disk(&f, 256 * KIB, 5);
+    // A name (with '/' and '.') mapped to a serial opens that device.
+    let r = boot(Machine::Microvm, vec![drive(&f, "d0", false)], "sha256 dir/d.raw --map dir/d.raw=d0");
+    assert!(r.is_ok(), "{}\n{}", r.summary(), r.console);
+    assert_eq!(records(&r, "sha256")[0]["digest"], sha256sum(&f));
+    for (cmd, expect) in [
+        ("sha256 d0 --map nothing", "NAME=SERIAL"),
+        ("sha256 d0 --map a=d0 --map a=d0", "mapped twice"),
+        ("sha256 x --map x=nosuch", "mapped to serial \"nosuch\""),
+    ] {
+        let r = boot(Machine::Microvm, vec![drive(&f, "d0", false)], cmd);
+        assert_eq!(r.exit_code, 2, "{cmd:?}: {}", r.console);
+        assert!(r.console.contains(expect), "{cmd:?}: expected {expect:?} in:\n{}", r.console);
+    }
+}

@@ -11,37 +11,10 @@ mod util;
 use qemu_runner::img::image::OpenOptions;
 use util::*;
 
-/// base.raw <- l1.qcow2 <- ... <- lN.qcow2 (raw can only be the bottom: it has no backing),
-/// every other link without a backing format (probed), sizes going up and down, each layer
-/// writing its own pattern.
-fn chain(dir: &std::path::Path, depth: usize) -> std::path::PathBuf {
-    let base = dir.join("base.raw");
-    random_raw_disk(&base, 3 * MIB, 21);
-    let mut below = ("base.raw".to_string(), "raw");
-    let mut top = base;
-    for i in 1..=depth {
-        let name = format!("l{i}.qcow2");
-        let f = dir.join(&name);
-        let size = [2 * MIB, 4 * MIB, 3 * MIB + 512][i % 3];
-        create(&f, if i % 4 == 0 { "cluster_size=4k" } else { "" }, &size.to_string(), &["-b", &below.0, "-F", below.1]);
-        let at = (i as u64 * 97 * KIB) % (2 * MIB);
-        qio("qcow2", &f, &[&format!("write -P {} {at} 40k", 0x30 + i)]);
-        if i % 5 == 0 {
-            qio("qcow2", &f, &[&format!("write -z {} 64k", at + 512 * KIB)]);
-        }
-        if i % 2 == 0 {
-            drop_backing_format(&f);
-        }
-        below = (name, "qcow2");
-        top = f;
-    }
-    top
-}
-
 #[test]
 fn chains_read_like_qemu() {
     let dir = scratch("qcow2-chain");
-    let top = chain(&dir, 16);
+    let top = chain(&dir, 16, 21);
     check_convert(&top, &[]);
     check_map(&top);
     // Shorter chains, each top with a different size than its backing.

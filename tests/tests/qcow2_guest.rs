@@ -8,7 +8,7 @@
 #[path = "qcow2_util/mod.rs"]
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use strata_tests::{boot, drive, random_raw_disk, records, scratch, sha256sum, BootOptions, Machine};
 use util::*;
@@ -31,29 +31,6 @@ fn check_guest(machine: Machine, top: &Path) {
     assert_eq!(digest[0]["digest"], host_digest(top), "guest and host disagree on {}", top.display());
 }
 
-/// base.raw <- l1.qcow2 <- ... <- lN.qcow2, every other link without a backing format, each
-/// layer writing its own pattern.
-fn chain(dir: &Path, depth: usize) -> PathBuf {
-    let base = dir.join("base.raw");
-    random_raw_disk(&base, 3 * MIB, 7);
-    let mut below = ("base.raw".to_string(), "raw");
-    let mut top = base;
-    for i in 1..=depth {
-        let name = format!("l{i}.qcow2");
-        let f = dir.join(&name);
-        let size = [2 * MIB, 4 * MIB, 3 * MIB + 512][i % 3];
-        create(&f, if i % 4 == 0 { "cluster_size=4k" } else { "" }, &size.to_string(), &["-b", &below.0, "-F", below.1]);
-        let at = (i as u64 * 97 * KIB) % (2 * MIB);
-        qio("qcow2", &f, &[&format!("write -P {} {at} 40k", 0x30 + i)]);
-        if i % 2 == 0 {
-            drop_backing_format(&f);
-        }
-        below = (name, "qcow2");
-        top = f;
-    }
-    top
-}
-
 #[test]
 fn qcow2_with_data_and_a_data_file() {
     let dir = scratch("guest-qcow2");
@@ -70,7 +47,7 @@ fn qcow2_with_data_and_a_data_file() {
 #[test]
 fn three_deep_chain_microvm_and_pc() {
     let dir = scratch("guest-chain3");
-    let top = chain(&dir, 2);
+    let top = chain(&dir, 2, 7);
     check_guest(Machine::Microvm, &top);
     check_guest(Machine::Pc, &top);
 }
@@ -88,7 +65,7 @@ fn compressed_image() {
 #[test]
 fn sixteen_deep_chain() {
     let dir = scratch("guest-chain16");
-    let top = chain(&dir, 16);
+    let top = chain(&dir, 16, 7);
     check_guest(Machine::Microvm, &top);
 }
 
@@ -117,7 +94,7 @@ fn a_name_the_guest_cannot_resolve_exits_2() {
 fn a_chain_longer_than_the_machine_takes_is_a_runner_error() {
     // A 20-deep chain (21 files) and four raw disks: 25 devices.
     let dir = scratch("guest-chain20");
-    let top = chain(&dir, 20);
+    let top = chain(&dir, 20, 7);
     let mut drives = vec![drive(&top, "top", false)];
     for i in 0..4 {
         let f = dir.join(format!("r{i}.raw"));
@@ -135,7 +112,7 @@ fn one_name_for_two_files_is_a_runner_error() {
     // Two chains whose images write the same names for different files: the guest resolves
     // by name only, so the runner refuses.
     let (one, two) = (scratch("guest-chain2a"), scratch("guest-chain2b"));
-    let (a, b) = (chain(&one, 2), chain(&two, 2));
+    let (a, b) = (chain(&one, 2, 7), chain(&two, 2, 7));
     let opts = BootOptions { drives: vec![drive(&a, "a", false), drive(&b, "b", false)], cmd: Some("devices".into()), quiet: true, ..BootOptions::default() };
     let err = qemu_runner::boot(&opts).expect_err("ambiguous names");
     assert!(err.to_string().contains("two different files"), "{err}");

@@ -242,3 +242,30 @@ pub fn drop_backing_format(file: &Path) {
         patch(file, at, &0x1234_5678u32.to_be_bytes());
     }
 }
+
+/// base.raw <- l1.qcow2 <- ... <- lN.qcow2 (raw can only be the bottom: it has no backing; its
+/// bytes come from `seed`), every other link without a backing format (probed), sizes going up
+/// and down, each layer writing its own pattern and every fifth some zeroes.
+pub fn chain(dir: &Path, depth: usize, seed: u64) -> PathBuf {
+    let base = dir.join("base.raw");
+    random_raw_disk(&base, 3 * MIB, seed);
+    let mut below = ("base.raw".to_string(), "raw");
+    let mut top = base;
+    for i in 1..=depth {
+        let name = format!("l{i}.qcow2");
+        let f = dir.join(&name);
+        let size = [2 * MIB, 4 * MIB, 3 * MIB + 512][i % 3];
+        create(&f, if i % 4 == 0 { "cluster_size=4k" } else { "" }, &size.to_string(), &["-b", &below.0, "-F", below.1]);
+        let at = (i as u64 * 97 * KIB) % (2 * MIB);
+        qio("qcow2", &f, &[&format!("write -P {} {at} 40k", 0x30 + i)]);
+        if i % 5 == 0 {
+            qio("qcow2", &f, &[&format!("write -z {} 64k", at + 512 * KIB)]);
+        }
+        if i % 2 == 0 {
+            drop_backing_format(&f);
+        }
+        below = (name, "qcow2");
+        top = f;
+    }
+    top
+}

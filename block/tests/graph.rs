@@ -202,13 +202,13 @@ fn open_errors() {
 
     // Edge windows are fine: empty at the end, and the whole device.
     let empty = open(&mut graph, "driver=raw,offset=64K,read-only=on,file=d0").unwrap();
-    assert_eq!(graph.node(empty).unwrap().size, 0);
+    assert_eq!(graph.node(empty).unwrap().size(), 0);
     let whole = open(
         &mut graph,
         "driver=raw,offset=0,size=64K,read-only=on,file=d0",
     )
     .unwrap();
-    assert_eq!(graph.node(whole).unwrap().size, 64 << 10);
+    assert_eq!(graph.node(whole).unwrap().size(), 64 << 10);
 
     // Read-only format nodes (above) refuse writers below them: they cache what they read, as
     // in QEMU.
@@ -265,7 +265,7 @@ fn failed_nested_open_leaves_nothing_behind() {
     assert_eq!(graph.find("d1"), None);
     let d1 = block_on(graph.open("d1", &mut resolve)).unwrap();
     assert!(graph.find("d1").is_some());
-    assert_eq!(graph.node(d1).unwrap().size, 4096);
+    assert_eq!(graph.node(d1).unwrap().size(), 4096);
 }
 
 #[test]
@@ -300,7 +300,7 @@ fn resolver_and_probe() {
         let id = block_on(graph.open(name, &mut resolve)).unwrap();
         let node = graph.node(id).unwrap();
         assert_eq!(node.driver.name, "raw", "{name} probes as raw");
-        assert_eq!(node.size, size);
+        assert_eq!(node.size(), size);
         assert!(
             graph.find(name).is_some(),
             "the device is a node named {name}"
@@ -314,7 +314,7 @@ fn resolver_and_probe() {
     assert_eq!(asked, ["big", "empty", "short", "gone"]);
     let short_raw = graph
         .nodes()
-        .find(|(_, n)| n.driver.name == "raw" && n.size == 100)
+        .find(|(_, n)| n.driver.name == "raw" && n.size() == 100)
         .unwrap()
         .0;
     let be = Backend::new(&graph, short_raw, rw()).unwrap();
@@ -323,7 +323,7 @@ fn resolver_and_probe() {
     assert_eq!(buf, [0x33; 100]);
     let empty_raw = graph
         .nodes()
-        .find(|(_, n)| n.driver.name == "raw" && n.size == 0)
+        .find(|(_, n)| n.driver.name == "raw" && n.size() == 0)
         .unwrap()
         .0;
     let be = Backend::new(&graph, empty_raw, rw()).unwrap();
@@ -353,8 +353,8 @@ fn nested_raw_offsets_compose() {
             .unwrap()
             .child(strata_block::graph::Role::File)
             .unwrap();
-        assert_eq!(graph.node(inner).unwrap().size, (64 << 10) - 8192);
-        assert_eq!(graph.node(top).unwrap().size, 19968);
+        assert_eq!(graph.node(inner).unwrap().size(), (64 << 10) - 8192);
+        assert_eq!(graph.node(top).unwrap().size(), 19968);
         let be = Backend::new(&graph, top, rw()).unwrap();
         block_on(be.write(0, &[1; 10])).unwrap();
         block_on(be.write(19_958, &[2; 10])).unwrap();

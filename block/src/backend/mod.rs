@@ -103,7 +103,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
 
     /// Size of the root node in bytes.
     pub fn size(&self) -> u64 {
-        self.graph.node(self.root).map_or(0, |n| n.size)
+        self.graph.node(self.root).map_or(0, |n| n.size())
     }
 
     /// Counters so far.

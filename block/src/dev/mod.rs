@@ -101,6 +101,12 @@ impl DeviceInfo {
     /// Checks `req` against these limits and features: what every device does before accepting
     /// a request (the io layer never sends one that fails, but a device does not trust that).
     pub fn check(&self, req: &DeviceRequest<'_>) -> Result<(), DeviceError> {
+        self.check_within(req, self.capacity)
+    }
+
+    /// [`DeviceInfo::check`] against a device that has grown to `capacity` bytes since it was
+    /// opened ([`BlockDevice::grow`]).
+    pub fn check_within(&self, req: &DeviceRequest<'_>, capacity: u64) -> Result<(), DeviceError> {
         let writes = !matches!(req.op, DeviceOp::Read | DeviceOp::Flush);
         if writes && self.read_only {
             return Err(DeviceError::ReadOnly);
@@ -118,7 +124,7 @@ impl DeviceInfo {
         }
         let bs = u64::from(self.block_size.max(1));
         let end = req.offset.checked_add(req.len).ok_or(DeviceError::Invalid)?;
-        if !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > self.capacity || req.len == 0 {
+        if !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > capacity || req.len == 0 {
             return Err(DeviceError::Invalid);
         }
         if matches!(req.op, DeviceOp::Read | DeviceOp::Write) {
@@ -273,4 +279,19 @@ pub trait BlockDevice {
     /// Ends a submission batch: devices that queue requests notify the hardware once here
     /// (QEMU's io_unplug) instead of once per request. The default does nothing.
     fn unplug(&self) {}
+
+    /// Size in bytes now: [`DeviceInfo::capacity`] unless the device has grown since.
+    fn capacity(&self) -> u64 {
+        self.info().capacity
+    }
+
+    /// Extends the device to at least `min_capacity` bytes and returns its new capacity (QEMU's
+    /// truncate on a growing file). A host file grows; devices of fixed size (virtio-blk, RAM)
+    /// say [`DeviceError::NoSpace`], which is what an image that fills its disk gets.
+    fn grow(&self, min_capacity: u64) -> Result<u64, DeviceError> {
+        if min_capacity <= self.capacity() {
+            return Ok(self.capacity());
+        }
+        Err(DeviceError::NoSpace)
+    }
 }

@@ -125,7 +125,7 @@ impl FormatState {
         graph: &Graph<'_, N, T>,
         file: NodeId,
     ) -> Result<(Self, u64)> {
-        let file_size = graph.node(file)?.size;
+        let file_size = graph.node(file)?.size();
         if core::ptr::eq(desc, &raw::RAW) {
             let raw = raw::Raw::open(opts, file_size)?;
             let size = raw.size();

@@ -78,8 +78,8 @@ pub struct Node<'d> {
     pub children: heapless::Vec<Child, MAX_CHILDREN>,
     /// Refuses writes.
     pub read_only: bool,
-    /// Size in bytes.
-    pub size: u64,
+    /// Size in bytes (grows when an image file is extended or a disk resized).
+    pub(crate) size: Cell<u64>,
     /// Limits, computed bottom-up at open.
     pub limits: BlockLimits,
     pub(crate) flush: FlushState,
@@ -108,6 +108,11 @@ impl Node<'_> {
             NodeKind::Leaf(dev) => Some(dev),
             NodeKind::Format(_) => None,
         }
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size.get()
     }
 
     /// Device flushes this node issued.

@@ -305,7 +305,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             (Some(d), _) => d,
             (None, Some(name)) => driver::by_name(name.as_str().unwrap_or(""))?,
             (None, None) => {
-                let size = self.node(file)?.size;
+                let size = self.node(file)?.size();
                 let mut head = [0u8; PROBE_BYTES];
                 let n = (size as usize).min(PROBE_BYTES);
                 walk::read(self, file, 0, &mut head[..n]).await?;
@@ -349,7 +349,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             kind: NodeKind::Format(state),
             children,
             read_only,
-            size,
+            size: core::cell::Cell::new(size),
             limits,
             flush: Default::default(),
         })

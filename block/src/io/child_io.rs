@@ -17,8 +17,8 @@ fn to_leaf<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId
     for _ in 0..MAX_DEPTH {
         let here = graph.node(cur)?;
         match off.checked_add(len) {
-            Some(end) if end <= here.size => {}
-            _ => return Err(Error::OutOfRange { offset: off, len, size: here.size }),
+            Some(end) if end <= here.size() => {}
+            _ => return Err(Error::OutOfRange { offset: off, len, size: here.size() }),
         }
         let state = match &here.kind {
             NodeKind::Leaf(_) => return Ok((cur, off)),
@@ -33,7 +33,7 @@ fn to_leaf<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId
 
 /// Size in bytes of `node` (the end of its file, for a format's child).
 pub(crate) fn size<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId) -> Result<u64> {
-    Ok(graph.node(node)?.size)
+    Ok(graph.node(node)?.size())
 }
 
 /// Reads exactly `buf.len()` bytes at `offset` of `node`; [`Error::OutOfRange`] if any of them
@@ -56,4 +56,31 @@ pub(crate) async fn read_upto<const N: usize, const T: usize>(graph: &Graph<'_, 
     tail.fill(0);
     read(graph, node, offset, head).await?;
     Ok(n)
+}
+
+/// Writes `buf` at `offset` of `node` (metadata, or a format's data on its data child); every
+/// byte must lie inside the node ([`grow`] it first).
+pub(crate) async fn write<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let (leaf, at) = to_leaf(graph, node, offset, buf.len() as u64)?;
+    leaf::rw(graph, leaf, at, Buf::Write(buf)).await
+}
+
+/// Makes `node` at least `min_size` bytes long (an image file growing as clusters are
+/// allocated at its end). Only a leaf grows: a window of fixed size over it cannot, and a
+/// device of fixed size (a virtio disk) reports [`Error::NoSpace`]-like device errors.
+pub(crate) fn grow<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, min_size: u64) -> Result<u64> {
+    let here = graph.node(node)?;
+    if min_size <= here.size() {
+        return Ok(here.size());
+    }
+    let dev = here.device().ok_or(Error::NoSpace { what: "room in the image file (its node cannot grow)" })?;
+    let new = dev.grow(min_size).map_err(|e| match e {
+        crate::dev::DeviceError::NoSpace => Error::NoSpace { what: "room on the device holding the image" },
+        other => Error::Device(other),
+    })?;
+    here.size.set(new);
+    Ok(new)
 }

@@ -44,7 +44,7 @@ pub(crate) async fn rw<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, 
     let node = graph.node(id)?;
     let dev = node.device().ok_or(Error::BadGraph("leaf I/O on a format node"))?;
     let len = buf.len() as u64;
-    let end = offset.checked_add(len).filter(|&e| e <= node.size).ok_or(Error::OutOfRange { offset, len, size: node.size })?;
+    let end = offset.checked_add(len).filter(|&e| e <= node.size()).ok_or(Error::OutOfRange { offset, len, size: node.size() })?;
     if len == 0 {
         return Ok(());
     }

@@ -56,11 +56,11 @@ pub(crate) async fn locate<const N: usize, const T: usize>(graph: &Graph<'_, N, 
     let done = |target, len, depth, mapped_by| Ok(Located { target, len, depth, mapped_by });
     for _ in 0..MAX_DEPTH {
         let here = graph.node(cur)?;
-        if off >= here.size {
+        if off >= here.size() {
             // Below a larger overlay: past this node's end reads as zeros.
-            return if writing { Err(Error::OutOfRange { offset: off, len: n, size: here.size }) } else { done(Target::Hole, n, depth, None) };
+            return if writing { Err(Error::OutOfRange { offset: off, len: n, size: here.size() }) } else { done(Target::Hole, n, depth, None) };
         }
-        n = n.min(here.size - off);
+        n = n.min(here.size() - off);
         let state = match &here.kind {
             NodeKind::Leaf(_) => return done(Target::Leaf(cur, off), n, depth, mapped_by),
             NodeKind::Format(state) => state,

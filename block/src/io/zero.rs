@@ -30,7 +30,7 @@ pub(crate) async fn leaf_range_op<const N: usize, const T: usize>(graph: &Graph<
     if node.read_only {
         return Err(Error::ReadOnly);
     }
-    let end = offset.checked_add(len).filter(|&e| e <= node.size).ok_or(Error::OutOfRange { offset, len, size: node.size })?;
+    let end = offset.checked_add(len).filter(|&e| e <= node.size()).ok_or(Error::OutOfRange { offset, len, size: node.size() })?;
     let features = dev.info().features;
     let limits = node.limits;
     match op {

@@ -46,6 +46,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -238,6 +239,8 @@ impl std::error::Error for FileError {
 /// A host file or block device as a [`BlockDevice`]. See the module docs.
 pub struct HostFile {
     info: DeviceInfo,
+    /// Size now (starts at `info.capacity`; [`BlockDevice::grow`] raises it).
+    capacity: AtomicU64,
     backend: Backend,
     tail: u64,
     direct: bool,
@@ -436,7 +439,7 @@ impl HostFile {
         if let Some(serial) = opts.serial {
             info = info.with_serial(serial);
         }
-        Ok(HostFile { info, backend, tail: length - capacity, direct, locked, exec })
+        Ok(HostFile { capacity: AtomicU64::new(info.capacity), info, backend, tail: length - capacity, direct, locked, exec })
     }
 
     /// QEMU's lock bytes for this open; `Ok(false)` when locking is off or unsupported (auto).
@@ -532,7 +535,7 @@ impl BlockDevice for HostFile {
     }
 
     unsafe fn submit(&self, req: &DeviceRequest<'_>) -> Result<Ticket, SubmitError> {
-        self.info.check(req).map_err(SubmitError::Invalid)?;
+        self.info.check_within(req, self.capacity.load(Ordering::Acquire)).map_err(SubmitError::Invalid)?;
         match &self.backend {
             // SAFETY: forwarded from the caller.
             Backend::InThread(b) => unsafe { b.submit(&self.exec, req) },
@@ -557,6 +560,33 @@ impl BlockDevice for HostFile {
                 Poll::Pending
             }
         }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    /// Extends the file (sparse) to `min_capacity` rounded up to the block size. Block devices
+    /// and read-only files do not grow.
+    fn grow(&self, min_capacity: u64) -> Result<u64, DeviceError> {
+        let now = self.capacity();
+        if min_capacity <= now {
+            return Ok(now);
+        }
+        if self.info.read_only {
+            return Err(DeviceError::ReadOnly);
+        }
+        if self.exec.is_blockdev {
+            return Err(DeviceError::NoSpace);
+        }
+        let bs = u64::from(self.info.block_size);
+        let new = min_capacity.checked_next_multiple_of(bs).ok_or(DeviceError::NoSpace)?;
+        self.exec.file.set_len(new).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EFBIG) => DeviceError::NoSpace,
+            _ => DeviceError::Io,
+        })?;
+        self.capacity.store(new, Ordering::Release);
+        Ok(new)
     }
 
     fn unplug(&self) {

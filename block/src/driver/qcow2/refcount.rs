@@ -50,7 +50,7 @@ impl Qcow2 {
         if block == 0 {
             return Ok(0);
         }
-        let file_size = graph.node(file)?.size;
+        let file_size = graph.node(file)?.size();
         validation::cluster_ref(block, self.cluster_size(), file_size, &self.meta, entry_at, ClusterRef::RefcountBlock)?;
         let bit = in_block << self.refcount_order;
         let byte = bit / 8;

@@ -143,8 +143,8 @@ impl Qcow2 {
         let file = here.child(Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
         let data_role = if self.data_file { Role::DataFile } else { Role::File };
         let data = here.child(data_role).ok_or(Error::BadGraph("qcow2 node without its data-file child"))?;
-        let file_size = graph.node(file)?.size;
-        let eof = graph.node(data)?.size;
+        let file_size = graph.node(file)?.size();
+        let eof = graph.node(data)?.size();
         let cs = self.cluster_size();
         let l2_entries = self.l2_entries();
         let guest_cluster = offset >> self.cluster_bits;

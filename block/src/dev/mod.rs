@@ -12,6 +12,7 @@
 
 #[cfg(feature = "std")] pub mod file;
 pub mod ram;
+pub mod record;
 pub mod virtio;
 
 use core::task::{Context, Poll};

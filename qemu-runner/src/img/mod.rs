@@ -9,9 +9,11 @@ mod args;
 mod bench;
 mod compare;
 mod convert;
+pub mod crashlog;
 pub mod image;
 mod info;
 pub mod map;
+pub mod replay;
 pub(crate) mod resolve;
 
 use std::fmt;
@@ -55,6 +57,8 @@ qemu-runner img COMMAND [OPTIONS]: qemu-img's commands over Strata's block layer
   bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
         [-t none|writeback] [-i threads|native|io_uring] [--flush-interval N]
         [--pattern N] [-q] [--json] FILE
+  replay LOG BASE OUT --cut SEQ [--drop SEED] | replay LOG --plan N [--seed S]
+        (crash logs: copy BASE to OUT and apply what a crash at SEQ could leave)
 
 FILE is a file name (format probed unless -f), or with --image-opts an options string in
 Strata's grammar, e.g. driver=raw,offset=1M,size=64M,file=disk.img.
@@ -82,6 +86,7 @@ pub fn main(args: &[String]) -> i32 {
         "map" => map::run(rest).map(|()| 0),
         "convert" => convert::run(rest).map(|()| 0),
         "bench" => bench::run(rest).map(|()| 0),
+        "replay" => replay::run(rest).map(|()| 0),
         "compare" => match compare::run(rest) {
             Ok(status) => return status,
             Err(e) => {

@@ -121,7 +121,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
         let len = buf.len() as u64;
         self.accounted(OpKind::Read, offset, len, async {
             self.check_range(offset, len)?;
-            walk::read(self.graph, self.root, offset, buf).await
+            walk::read_request(self.graph, self.root, offset, buf).await
         })
         .await
     }
@@ -167,6 +167,15 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
     /// Makes every write completed before this call stable.
     pub async fn flush(&self) -> Result<()> {
         self.accounted(OpKind::Flush, 0, 0, flush::flush(self.graph, self.root)).await
+    }
+
+    /// Closes cleanly: waits for requests in flight, writes every cache back, makes it stable
+    /// and marks images clean (qcow2's dirty bit). Dropping a backend without this is a crash as
+    /// far as the image is concerned: what was not flushed may be lost (an unflushed qcow2 may
+    /// leak clusters), and an image with lazy refcounts stays marked dirty.
+    pub async fn close(self) -> Result<()> {
+        let _drained = self.drain().await;
+        flush::close(self.graph, self.root).await
     }
 
     /// Stops new requests from starting (at once, when called) and waits until none of this

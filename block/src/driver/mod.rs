@@ -117,13 +117,14 @@ pub enum FormatState {
 }
 
 impl FormatState {
-    /// Opens `desc` with `opts` over the file child `file` of `graph`; returns the state and the
-    /// node's size.
+    /// Opens `desc` with `opts` over the file child `file` of `graph` (for writing unless
+    /// `read_only`); returns the state and the node's size.
     pub(crate) async fn open<const N: usize, const T: usize>(
         desc: &'static DriverDesc,
         opts: &OptionsView<'_, '_>,
         graph: &Graph<'_, N, T>,
         file: NodeId,
+        read_only: bool,
     ) -> Result<(Self, u64)> {
         let file_size = graph.node(file)?.size();
         if core::ptr::eq(desc, &raw::RAW) {
@@ -132,7 +133,7 @@ impl FormatState {
             return Ok((FormatState::Raw(raw), size));
         }
         if core::ptr::eq(desc, &qcow2::QCOW2) {
-            let q = qcow2::Qcow2::open(graph, file, opts).await?;
+            let q = qcow2::Qcow2::open(graph, file, opts, read_only).await?;
             let size = q.size();
             return Ok((FormatState::Qcow2(q), size));
         }
@@ -174,6 +175,50 @@ impl FormatState {
             FormatState::Qcow2(q) => q.read_compressed(graph, node, host_offset, csize, skip, out).await,
             FormatState::Raw(_) => Err(Error::BadGraph("compressed mapping from a driver without compression")),
         }
+    }
+
+    /// True if the driver handles whole write requests itself (allocation, copy-on-write)
+    /// instead of mapping them for the generic path.
+    pub(crate) fn writes_itself(&self) -> bool {
+        matches!(self, FormatState::Qcow2(_))
+    }
+
+    /// Writes `buf` at `offset` of node `node` (drivers that [write themselves](Self::writes_itself)).
+    pub(crate) async fn write<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
+        match self {
+            FormatState::Qcow2(q) => q.write(graph, node, offset, buf).await,
+            FormatState::Raw(_) => Err(Error::BadGraph("raw maps its writes")),
+        }
+    }
+
+    /// Write-zeroes or discard on node `node` (drivers that write themselves).
+    pub(crate) async fn range_op<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64, op: crate::io::RangeOp) -> Result<()> {
+        match self {
+            FormatState::Qcow2(q) => q.range_op(graph, node, offset, len, op).await,
+            FormatState::Raw(_) => Err(Error::BadGraph("raw maps its range operations")),
+        }
+    }
+
+    /// Writes caches back and makes them stable, before the children flush (DESIGN.md rule 5).
+    pub(crate) async fn flush_caches<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
+        match self {
+            FormatState::Qcow2(q) => q.flush_caches(graph, node).await,
+            FormatState::Raw(_) => Ok(()),
+        }
+    }
+
+    /// A clean close: everything stable and the image marked clean.
+    pub(crate) async fn close<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
+        match self {
+            FormatState::Qcow2(q) => q.close(graph, node).await,
+            FormatState::Raw(_) => Ok(()),
+        }
+    }
+
+    /// True if reads of node `node` must be tracked at the node: a format that allocates and
+    /// frees clusters while it is written (a read must finish before its cluster is freed).
+    pub(crate) fn tracks_reads(&self) -> bool {
+        matches!(self, FormatState::Qcow2(q) if q.w.writable)
     }
 
     /// The qcow2 state, if this is a qcow2 node.

@@ -45,6 +45,9 @@ pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
     generations: [u16; N],
     users: RefCell<[Option<(NodeId, Attachment)>; MAX_USERS]>,
     pub(crate) tracker: Tracker<T>,
+    /// Tracked requests at format nodes that allocate (qcow2 written): a separate table, taken
+    /// before a leaf slot and never while holding one, so the two cannot deadlock.
+    pub(crate) format_tracker: Tracker<T>,
     pub(crate) bounce: BouncePool<'d>,
     pub(crate) meta: MetaCache<'d>,
     plugged: Cell<u32>,
@@ -60,6 +63,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             generations: [0; N],
             users: RefCell::new([None; MAX_USERS]),
             tracker: Tracker::new(),
+            format_tracker: Tracker::new(),
             bounce: BouncePool::new(bounce_memory, buffer_size),
             meta: MetaCache::empty(),
             plugged: Cell::new(0),

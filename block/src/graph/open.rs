@@ -336,7 +336,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         let attachment = if read_only { Attachment::READER } else { Attachment::FORMAT_FILE };
         self.check_holders(file, attachment, None)?;
         let limits = BlockLimits::inherit(&file_node.limits);
-        let (state, size) = FormatState::open(desc, view, self, file).await?;
+        let (state, size) = FormatState::open(desc, view, self, file, read_only).await?;
         let name = match view.get("node-name") {
             Some(v) => super::node_name(v.as_str().ok_or(Error::BadOption { key: "node-name", why: "names contain no commas" })?)?,
             None => self.auto_name()?,

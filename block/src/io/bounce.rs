@@ -79,6 +79,29 @@ impl<'m> BouncePool<'m> {
     }
 }
 
+impl<'m> BouncePool<'m> {
+    /// Takes one buffer for a copy that will issue leaf requests while holding it (a qcow2
+    /// copy-on-write): waits until taking it still leaves one free, so the leaf requests'
+    /// own bounces (which take one and hold nothing else) always find one and copies cannot
+    /// starve each other. Needs a pool of at least two.
+    pub async fn take_for_copy(&self) -> Result<Bounce<'_, 'm>> {
+        if self.total < 2 {
+            return Err(Error::NoSpace { what: "bounce buffers (copy-on-write needs a pool of at least two)" });
+        }
+        let buf = wait_for(|| {
+            let mut free = self.free.borrow_mut();
+            if free.len() < 2 {
+                return None;
+            }
+            free.pop()
+        })
+        .await;
+        let mut bufs = heapless::Vec::new();
+        let _ = bufs.push(buf);
+        Ok(Bounce { pool: self, bufs })
+    }
+}
+
 /// Buffers taken from a pool; returned on drop.
 pub struct Bounce<'p, 'm> {
     pool: &'p BouncePool<'m>,

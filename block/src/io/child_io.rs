@@ -84,3 +84,9 @@ pub(crate) fn grow<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node
     here.size.set(new);
     Ok(new)
 }
+
+/// Passes a discard of `len` bytes at `offset` of `node` down to its leaf (advisory).
+pub(crate) async fn discard<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<()> {
+    let (leaf, at) = to_leaf(graph, node, offset, len)?;
+    crate::io::zero::leaf_range_op(graph, leaf, at, len, crate::io::RangeOp::Discard).await
+}

@@ -14,8 +14,42 @@ use crate::graph::{Graph, NodeId, NodeKind, MAX_DEPTH};
 use crate::io::leaf::transfer;
 use crate::io::wait_until;
 
-/// Flushes `root` and everything below it.
+/// Flushes `root` and everything below it: format nodes write their caches back (parents
+/// first), then every leaf flushes.
 pub(crate) async fn flush<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, root: NodeId) -> Result<()> {
+    let order = below(graph, root)?;
+    for &id in &order {
+        if let NodeKind::Format(state) = &graph.node(id)?.kind {
+            state.flush_caches(graph, id).await?;
+        }
+    }
+    flush_leaves(graph, root).await
+}
+
+/// Closes `root` and everything below it cleanly: formats write back and mark their images
+/// clean (parents first), then every leaf flushes.
+pub(crate) async fn close<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, root: NodeId) -> Result<()> {
+    for &id in &below(graph, root)? {
+        if let NodeKind::Format(state) = &graph.node(id)?.kind {
+            state.close(graph, id).await?;
+        }
+    }
+    flush_leaves(graph, root).await
+}
+
+/// Flushes every leaf below `root` (and `root` itself if it is one), without asking formats
+/// to write back their caches: what a format's own write-back uses on its file child.
+pub(crate) async fn flush_leaves<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, root: NodeId) -> Result<()> {
+    for &id in &below(graph, root)? {
+        if let NodeKind::Leaf(_) = graph.node(id)?.kind {
+            flush_leaf(graph, id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `root` and every node below it, parents before children, without recursion.
+fn below<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, root: NodeId) -> Result<heapless::Vec<NodeId, { 3 * MAX_DEPTH }>> {
     // Breadth-first, parents before children, without recursion.
     // A chain of MAX_DEPTH formats each with a file (and maybe a data file) below it.
     let mut order: heapless::Vec<NodeId, { 3 * MAX_DEPTH }> = heapless::Vec::new();
@@ -29,12 +63,7 @@ pub(crate) async fn flush<const N: usize, const T: usize>(graph: &Graph<'_, N, T
             }
         }
     }
-    for &id in &order {
-        if let NodeKind::Leaf(_) = graph.node(id)?.kind {
-            flush_leaf(graph, id).await?;
-        }
-    }
-    Ok(())
+    Ok(order)
 }
 
 /// Clears a node's `flushing` flag even if the flush future is dropped.

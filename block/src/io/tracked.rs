@@ -186,6 +186,11 @@ impl<const T: usize> Tracked<'_, T> {
         .await
     }
 
+    /// True once [`Tracked::serialise`] was called.
+    pub fn is_serialising(&self) -> bool {
+        self.tracker.slots.borrow().get(self.index).and_then(|e| e.as_ref().map(|e| e.serialising)) == Some(true)
+    }
+
     /// The request's kind.
     pub fn kind(&self) -> Option<ReqKind> {
         self.tracker.slots.borrow().get(self.index).and_then(|e| e.as_ref().map(|e| e.kind))

@@ -110,6 +110,19 @@ pub(crate) async fn locate<const N: usize, const T: usize>(graph: &Graph<'_, N, 
     Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
 }
 
+/// Reads `buf` from byte `offset` of `node` as a request of its own: at a node that allocates
+/// and frees while written, the read is tracked there, so no cluster it reads is freed (and
+/// reused) before it is done. Internal reads (copy-on-write sources) use [`read`].
+pub(crate) async fn read_request<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let tracks = matches!(&graph.node(node)?.kind, NodeKind::Format(state) if state.tracks_reads());
+    if !tracks {
+        return read(graph, node, offset, buf).await;
+    }
+    let tracked = graph.format_tracker.begin(node, crate::io::tracked::ReqKind::Read, offset, buf.len() as u64).await;
+    tracked.wait_serialising().await;
+    read(graph, node, offset, buf).await
+}
+
 /// Reads `buf` from byte `offset` of `node`.
 pub(crate) async fn read<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
     let mut done = 0usize;
@@ -177,8 +190,20 @@ pub async fn block_status<const N: usize, const T: usize>(graph: &Graph<'_, N, T
     Ok(Extent { kind, len: l.len, depth: l.depth })
 }
 
-/// Writes `buf` at byte `offset` of `node`.
+/// The format state of `node` if its driver handles whole write requests itself (qcow2).
+fn writer<'g, 'd, const N: usize, const T: usize>(graph: &'g Graph<'d, N, T>, node: NodeId) -> Result<Option<&'g crate::driver::FormatState>> {
+    Ok(match &graph.node(node)?.kind {
+        NodeKind::Format(state) if state.writes_itself() => Some(state),
+        _ => None,
+    })
+}
+
+/// Writes `buf` at byte `offset` of `node`: a driver that writes itself gets the whole request,
+/// anything else is mapped extent by extent down to leaves.
 pub(crate) async fn write<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
+    if let Some(state) = writer(graph, node)? {
+        return state.write(graph, node, offset, buf).await;
+    }
     let mut done = 0usize;
     while done < buf.len() {
         let rest = (buf.len() - done) as u64;
@@ -192,6 +217,9 @@ pub(crate) async fn write<const N: usize, const T: usize>(graph: &Graph<'_, N, T
 
 /// Runs `op` (write-zeroes or discard) over `len` bytes at `offset` of `node`, extent by extent.
 pub(crate) async fn range_op<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64, op: RangeOp) -> Result<()> {
+    if let Some(state) = writer(graph, node)? {
+        return state.range_op(graph, node, offset, len, op).await;
+    }
     let mut done = 0u64;
     while done < len {
         let (target, n) = resolve(graph, node, offset + done, len - done, true).await?;

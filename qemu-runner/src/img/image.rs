@@ -156,8 +156,13 @@ pub fn with_image<R>(
     let (paths, files) = resolver.files.iter().map(|(p, f)| (p.clone(), *f)).unzip();
     let image = Image { backend, files, paths };
     let result = f(&image);
-    drop(image);
-    result
+    // A clean close: caches written back and stable, images marked clean.
+    let closed = block_on(image.backend.close());
+    match (result, closed) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(ImgError::failed(format!("Could not close '{spec}': {e}"))),
+    }
 }
 
 /// The format a file probes as (the block layer's probe over its first 512 bytes).

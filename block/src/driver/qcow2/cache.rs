@@ -16,8 +16,13 @@
 //! others wait for it instead of reading it twice; data is copied out under a short borrow and no
 //! borrow is held across an await. Dropping a loading future gives its slot back (a guard).
 //!
-//! **Writes (next issue).** Slots carry `dirty` and `pins`: a dirty or pinned slot is never
-//! evicted; write-back in dependency order is the writer's job.
+//! **Writes.** A changed slice stays in its slot, dirty, tagged with its [`Class`]; a dirty slot
+//! is never evicted. [`MetaCache::write_back`] writes a node's dirty slices in dependency order
+//! (DESIGN.md, crash consistency): refcount slices, then a flush of the file (which also makes
+//! every data write completed so far stable), then table slices. A set with no clean slot left
+//! writes back the nodes it holds before it evicts. While a slice is being written it can be read
+//! but not changed; changes wait. Dirty slices are written back only by [`MetaCache::write_back`],
+//! one at a time per graph.
 
 use core::cell::{Cell, RefCell};
 use core::future::poll_fn;
@@ -35,6 +40,15 @@ pub const SLICE: usize = 4096;
 /// Slots per set.
 pub const WAYS: usize = 8;
 
+/// What a dirty slice holds, in the order slices are written back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Class {
+    /// Refcount table and refcount blocks: stable before anything that points at what they count.
+    Refcount,
+    /// L2 tables: written after a flush, so the data and refcounts they rely on are stable.
+    Table,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
     Empty,
@@ -49,8 +63,8 @@ pub struct CacheSlot {
     key: Cell<Option<(NodeId, u64)>>,
     len: Cell<u32>,
     state: Cell<SlotState>,
-    dirty: Cell<bool>,
-    pins: Cell<u16>,
+    dirty: Cell<Option<Class>>,
+    writing: Cell<bool>,
     used: Cell<u64>,
 }
 
@@ -62,14 +76,14 @@ impl CacheSlot {
             key: Cell::new(None),
             len: Cell::new(0),
             state: Cell::new(SlotState::Empty),
-            dirty: Cell::new(false),
-            pins: Cell::new(0),
+            dirty: Cell::new(None),
+            writing: Cell::new(false),
             used: Cell::new(0),
         }
     }
 
     fn evictable(&self) -> bool {
-        self.state.get() != SlotState::Loading && !self.dirty.get() && self.pins.get() == 0
+        self.state.get() != SlotState::Loading && self.dirty.get().is_none() && !self.writing.get()
     }
 }
 
@@ -129,6 +143,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Slices read from the image.
     pub misses: u64,
+    /// Slices written back.
+    pub writebacks: u64,
     /// Slots in the cache.
     pub slots: usize,
 }
@@ -140,6 +156,9 @@ pub struct MetaCache<'d> {
     tick: Cell<u64>,
     hits: Cell<u64>,
     misses: Cell<u64>,
+    writebacks: Cell<u64>,
+    /// A write-back is running (one per graph at a time).
+    writing_back: Cell<bool>,
 }
 
 /// Gives a slot back (empty) if its load was abandoned or failed.
@@ -155,6 +174,19 @@ impl Drop for LoadGuard<'_> {
             self.slot.state.set(SlotState::Empty);
         }
     }
+}
+
+/// Clears a flag on drop (a write-back or a slice write that ended, or was abandoned).
+struct Running<'a>(&'a Cell<bool>);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+async fn wait_until_free(flag: &Cell<bool>) {
+    crate::io::wait_until(|| !flag.get()).await;
 }
 
 /// Returns `Pending` once (waking itself), so other requests run.
@@ -175,7 +207,15 @@ async fn yield_now() {
 impl<'d> MetaCache<'d> {
     /// A cache with no memory: qcow2 opens fail until the graph is given some.
     pub const fn empty() -> Self {
-        Self { slots: &[], inflaters: &[], tick: Cell::new(0), hits: Cell::new(0), misses: Cell::new(0) }
+        Self {
+            slots: &[],
+            inflaters: &[],
+            tick: Cell::new(0),
+            hits: Cell::new(0),
+            misses: Cell::new(0),
+            writebacks: Cell::new(0),
+            writing_back: Cell::new(false),
+        }
     }
 
     pub(crate) fn set_slots(&mut self, slots: &'d [CacheSlot]) {
@@ -193,7 +233,7 @@ impl<'d> MetaCache<'d> {
 
     /// Counters so far.
     pub fn stats(&self) -> CacheStats {
-        CacheStats { hits: self.hits.get(), misses: self.misses.get(), slots: self.slots.len() }
+        CacheStats { hits: self.hits.get(), misses: self.misses.get(), writebacks: self.writebacks.get(), slots: self.slots.len() }
     }
 
     /// Forgets every clean slice of `node` (it was closed, or its file changed underneath).
@@ -204,6 +244,33 @@ impl<'d> MetaCache<'d> {
                 slot.state.set(SlotState::Empty);
             }
         }
+    }
+
+    /// Forgets clean slices of `node` inside `[start, end)`: a cluster freed or newly allocated
+    /// as a table must not be served from what the cache held for its earlier use.
+    pub(crate) fn forget_range(&self, node: NodeId, start: u64, end: u64) {
+        for slot in self.slots {
+            if let Some((n, off)) = slot.key.get() {
+                if n == node && off < end && start < off + u64::from(slot.len.get()) && slot.evictable() {
+                    slot.key.set(None);
+                    slot.state.set(SlotState::Empty);
+                }
+            }
+        }
+    }
+
+    /// True if `node` has dirty slices.
+    pub fn has_dirty(&self, node: NodeId) -> bool {
+        self.slots.iter().any(|s| s.dirty.get().is_some() && s.key.get().is_some_and(|(n, _)| n == node))
+    }
+
+    /// Slices of `node` cached now that overlap `[start, end)` (the "cached" overlap check: a data
+    /// cluster about to be allocated must not lie on a table the cache holds).
+    pub(crate) fn holds(&self, node: NodeId, start: u64, end: u64) -> bool {
+        self.slots.iter().any(|slot| {
+            slot.state.get() != SlotState::Empty
+                && slot.key.get().is_some_and(|(n, off)| n == node && off < end && start < off + u64::from(slot.len.get()))
+        })
     }
 
     fn set_of(&self, node: NodeId, offset: u64) -> &'d [CacheSlot] {
@@ -270,8 +337,11 @@ impl<'d> MetaCache<'d> {
                 .filter(|s| s.evictable())
                 .min_by_key(|s| if s.state.get() == SlotState::Empty { 0 } else { s.used.get() });
             let Some(slot) = victim else {
-                // Every slot of the set is loading or pinned: wait for one.
-                yield_now().await;
+                // No clean slot: write back the dirty ones (in order), or wait for a loading one.
+                match set.iter().find(|s| s.dirty.get().is_some() && !s.writing.get()).and_then(|s| s.key.get()) {
+                    Some((dirty_node, _)) => self.write_back(graph, dirty_node).await?,
+                    None => yield_now().await,
+                }
                 continue;
             };
             slot.key.set(key);
@@ -299,6 +369,84 @@ impl<'d> MetaCache<'d> {
         })
         .await?
         .ok_or(Error::BadGraph("table entry across a slice"))
+    }
+
+    /// Runs `f` on the slice at `offset` of `node` (as [`MetaCache::with_slice`]) to change it;
+    /// the slice becomes dirty in `class` and stays cached until written back. Waits while the
+    /// slice is being written.
+    pub(crate) async fn with_slice_mut<R, const N: usize, const T: usize>(
+        &self,
+        graph: &Graph<'_, N, T>,
+        node: NodeId,
+        offset: u64,
+        len: usize,
+        class: Class,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R> {
+        loop {
+            // Load (or find) it; then change it synchronously, so nothing moves in between.
+            self.with_slice(graph, node, offset, len, |_| ()).await?;
+            let key = Some((node, offset));
+            let Some(slot) = self.set_of(node, offset).iter().find(|s| s.key.get() == key && s.state.get() == SlotState::Ready) else {
+                continue; // evicted between the load and now: load again
+            };
+            // A slice being written cannot change; neither can refcounts while a write-back
+            // runs: a table written after its flush must not point at a count it did not cover.
+            if slot.writing.get() || (class == Class::Refcount && self.writing_back.get()) {
+                yield_now().await;
+                continue;
+            }
+            let mut data = slot.data.try_borrow_mut().map_err(|_| Error::BadGraph("metadata slot busy"))?;
+            let r = f(&mut data[..len]);
+            // A slice holding both kinds (cannot happen: tables and refcount blocks are whole
+            // clusters) would be written with the earlier class.
+            slot.dirty.set(Some(slot.dirty.get().map_or(class, |c| c.min(class))));
+            return Ok(r);
+        }
+    }
+
+    /// Writes every dirty slice of `node` (a format's file child) back, in [`Class`] order with
+    /// a flush of `node` before the table slices (DESIGN.md rules 1 and 2). Returns once all of
+    /// them are written (not flushed: the caller flushes when it needs them stable).
+    pub(crate) async fn write_back<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
+        self.write_back_with(graph, node, true).await
+    }
+
+    /// [`MetaCache::write_back`]; `ordered: false` skips the flush between classes (lazy
+    /// refcounts: the dirty bit says refcounts may lag).
+    #[allow(clippy::await_holding_refcell_ref)] // reason: the slot is marked `writing`, so nobody borrows it mutably meanwhile
+    pub(crate) async fn write_back_with<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, ordered: bool) -> Result<()> {
+        wait_until_free(&self.writing_back).await;
+        self.writing_back.set(true);
+        let _running = Running(&self.writing_back);
+        for class in [Class::Refcount, Class::Table] {
+            let mut flushed = false;
+            for slot in self.slots {
+                let Some((n, offset)) = slot.key.get() else { continue };
+                if n != node || slot.dirty.get() != Some(class) {
+                    continue;
+                }
+                if class == Class::Table && ordered && !flushed {
+                    crate::io::flush::flush_leaves(graph, node).await?;
+                    flushed = true;
+                }
+                slot.writing.set(true);
+                slot.dirty.set(None);
+                let _writing = Running(&slot.writing);
+                let len = slot.len.get() as usize;
+                let result = {
+                    let data = slot.data.try_borrow().map_err(|_| Error::BadGraph("metadata slot busy"))?;
+                    child_io::write(graph, node, offset, &data[..len]).await
+                };
+                if let Err(e) = result {
+                    // Still dirty: a later write-back tries again.
+                    slot.dirty.set(Some(class));
+                    return Err(e);
+                }
+                self.writebacks.set(self.writebacks.get() + 1);
+            }
+        }
+        Ok(())
     }
 
     /// Takes a free decoder, waiting while all are busy.

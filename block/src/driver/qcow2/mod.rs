@@ -1,23 +1,32 @@
 //! The qcow2 format, read side (QEMU's `block/qcow2*.c`; spec: `docs/interop/qcow2.txt`).
 //!
-//! Split by concern: [`header`] (the struct and its field checks), [`extensions`], [`validation`]
-//! (where tables may lie), [`tables`] (L1/L2 lookup and the mapping), [`subclusters`] (extended
-//! L2), [`compressed`] (deflate through a bounded decoder), [`refcount`] (read side),
-//! [`snapshots`], and [`cache`] (the graph-wide slice cache all tables are read through).
+//! Split by concern. Reading: [`header`] (the struct and its field checks), [`extensions`],
+//! [`validation`] (where tables may lie), [`tables`] (L1/L2 lookup and the mapping),
+//! [`subclusters`] (extended L2), [`compressed`] (deflate through a bounded decoder), [`refcount`]
+//! (reading and changing counts), [`snapshots`], and [`cache`] (the graph-wide slice cache all
+//! tables go through). Writing: [`state`] (what a read-write node keeps: locks, pending frees,
+//! header flags), [`alloc`] (cluster allocation, refcount blocks), [`write`] (plan → copy-on-write
+//! → commit), [`zeroing`] (write-zeroes and discard), [`writeback`] (flush and clean close in
+//! dependency order) and [`create`].
 //!
-//! The node state ([`Qcow2`]) is a few hundred bytes: geometry, table positions, the header as
-//! parsed. Names (backing file, data file) are not kept: the opener reads them from the image
-//! when it builds the chain. Metadata is read through the file child with
-//! [`crate::io::child_io`], never through another format. The driver maps; the io layer moves
-//! data (DESIGN.md). Writes are the next issue: the driver has no `WRITE` capability, so every
-//! qcow2 node is read-only (which also makes dirty and corrupt images safe to read).
+//! The node state ([`Qcow2`]) is about a kilobyte: geometry, table positions, the header as
+//! parsed, and the write state. Names (backing file, data file) are not kept: the opener reads
+//! them from the image when it builds the chain. Metadata goes through the file child with
+//! [`crate::io::child_io`], never through another format. The driver maps and plans; the io
+//! layer moves data (DESIGN.md).
 
 pub mod cache;
 mod compressed;
+pub mod create;
 pub mod extensions;
 pub mod header;
+mod alloc;
 mod refcount;
 pub mod snapshots;
+pub(crate) mod state;
+mod write;
+mod writeback;
+mod zeroing;
 pub mod subclusters;
 pub mod tables;
 pub mod validation;
@@ -25,6 +34,8 @@ pub mod validation;
 pub use refcount::entry as refcount_entry;
 
 use super::{DriverCaps, DriverDesc};
+use core::cell::Cell;
+
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
 use crate::io::child_io;
@@ -38,7 +49,7 @@ use validation::{Metadata, Region, Table};
 /// The descriptor.
 pub static QCOW2: DriverDesc = DriverDesc {
     name: "qcow2",
-    caps: DriverCaps::FORMAT.union(DriverCaps::BACKING),
+    caps: DriverCaps::FORMAT.union(DriverCaps::BACKING).union(DriverCaps::WRITE),
     probe: Some(probe),
     options: &["backing", "data-file", "snapshot"],
 };
@@ -59,16 +70,18 @@ pub struct Qcow2 {
     pub(crate) data_file: bool,
     pub(crate) refcount_order: u8,
     pub(crate) compression: Compression,
-    /// The L1 table mapped: the active one, or the open snapshot's.
-    pub(crate) l1: Region,
-    pub(crate) l1_entries: u32,
-    /// Header cluster and tables, for overlap checks.
-    pub(crate) meta: Metadata,
+    /// The L1 table mapped: the active one, or the open snapshot's (moves when it grows).
+    pub(crate) l1: Cell<Region>,
+    pub(crate) l1_entries: Cell<u32>,
+    /// Header cluster and tables, for overlap checks (tables move when they grow).
+    pub(crate) meta: Cell<Metadata>,
     /// The snapshot open (index in the table), if any.
     pub(crate) snapshot: Option<u32>,
-    size: u64,
+    size: Cell<u64>,
     header: Header,
     ext: Extensions,
+    /// What a read-write open keeps (inert on read-only nodes).
+    pub(crate) w: state::WriteState,
 }
 
 /// Names the chain opener needs from a qcow2 node.
@@ -85,7 +98,14 @@ pub struct Links {
 impl Qcow2 {
     /// Opens the image in `file`: header, extensions and tables checked, the snapshot given by
     /// `snapshot.name` or `snapshot.id` selected (read-only).
-    pub(crate) async fn open<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, opts: &OptionsView<'_, '_>) -> Result<Self> {
+    /// Read-write opens (`read_only` false) refuse dirty, corrupt and external-data-file images
+    /// and snapshots, and clear unknown autoclear bits before anything else is written.
+    pub(crate) async fn open<const N: usize, const T: usize>(
+        graph: &Graph<'_, N, T>,
+        file: NodeId,
+        opts: &OptionsView<'_, '_>,
+        read_only: bool,
+    ) -> Result<Self> {
         if graph.meta.slots() == 0 {
             return Err(Error::NoSpace { what: "metadata cache (Graph::set_metadata_cache)" });
         }
@@ -111,13 +131,14 @@ impl Qcow2 {
             data_file,
             refcount_order: header.refcount_order as u8,
             compression: header.compression,
-            l1,
-            l1_entries: header.l1_size,
-            meta,
+            l1: Cell::new(l1),
+            l1_entries: Cell::new(header.l1_size),
+            meta: Cell::new(meta),
             snapshot: None,
-            size: header.size,
+            size: Cell::new(header.size),
             header,
             ext,
+            w: state::WriteState::new(&header, !read_only, file_size),
         };
         let wanted = match (opts.get("snapshot.name"), opts.get("snapshot.id")) {
             (Some(v), _) => Some((v, false)),
@@ -137,10 +158,16 @@ impl Qcow2 {
             if u64::from(snap.l1_size) < header.l1_entries_for(snap.disk_size) {
                 return Err(Error::BadImage { what: "snapshot L1 table too small for its virtual size" });
             }
-            q.l1 = validation::place(Table::SnapshotL1, snap.l1_table_offset, u64::from(snap.l1_size) * 8, validation::MAX_L1_BYTES, cs, file_size)?;
-            q.l1_entries = snap.l1_size;
-            q.size = snap.disk_size;
+            if !read_only {
+                return Err(Error::BadOption { key: "snapshot.name", why: "snapshots open read-only (add read-only=on)" });
+            }
+            q.l1.set(validation::place(Table::SnapshotL1, snap.l1_table_offset, u64::from(snap.l1_size) * 8, validation::MAX_L1_BYTES, cs, file_size)?);
+            q.l1_entries.set(snap.l1_size);
+            q.size.set(snap.disk_size);
             q.snapshot = Some(snap.index);
+        }
+        if !read_only {
+            q.open_for_writing(graph, file).await?;
         }
         Ok(q)
     }
@@ -148,7 +175,7 @@ impl Qcow2 {
     /// The node's virtual size: the header's, rounded down to whole 512-byte sectors as QEMU
     /// does (`total_sectors`), so reads match `qemu-img convert` byte for byte.
     pub fn size(&self) -> u64 {
-        self.size & !511
+        self.size.get() & !511
     }
 
     /// The header as parsed.

@@ -1,8 +1,8 @@
-//! Refcounts, read side (`qcow2.txt`, "Host cluster management"): the refcount of a host
-//! cluster through the refcount table and its blocks, both paged through the metadata cache.
-//! Widths 1..64 bits: sub-byte entries are packed least significant bit first, wider ones are
-//! big-endian. Reads need no refcounts; this is what `img check`-style tools and the writer
-//! (next issue) build on.
+//! Refcount entries (`qcow2.txt`, "Host cluster management"): the refcount of a host cluster
+//! through the refcount table and its blocks, both paged through the metadata cache, and the
+//! entry codec. Widths 1..64 bits: sub-byte entries are packed least significant bit first,
+//! wider ones are big-endian. Reads need no refcounts; `img`-style tools and the allocator
+//! ([`super::alloc`]) do.
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
@@ -27,6 +27,30 @@ pub fn entry(slice: &[u8], order: u32, index: u64) -> Option<u64> {
     }
 }
 
+/// Stores `value` as entry `index` of width `1 << order` bits; `None` if it does not fit the
+/// width or the slice.
+pub fn set_entry(slice: &mut [u8], order: u32, index: u64, value: u64) -> Option<()> {
+    let bits = 1u64 << order;
+    if bits < 64 && value >> bits != 0 {
+        return None;
+    }
+    let bit = index.checked_mul(bits)?;
+    let byte = usize::try_from(bit / 8).ok()?;
+    if bits < 8 {
+        let b = slice.get_mut(byte)?;
+        let shift = (bit % 8) as u32;
+        let mask = (((1u16 << bits) - 1) as u8) << shift;
+        *b = (*b & !mask) | ((value as u8) << shift);
+    } else {
+        let n = (bits / 8) as usize;
+        let bytes = slice.get_mut(byte..byte + n)?;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (value >> (8 * (n - 1 - i))) as u8;
+        }
+    }
+    Some(())
+}
+
 impl Qcow2 {
     /// The refcount of the host cluster holding byte `host` of the image file `file`. Clusters
     /// past the refcount table, or in a block not yet allocated, have refcount 0.
@@ -36,12 +60,12 @@ impl Qcow2 {
         let per_block = (self.cluster_size() * 8) >> self.refcount_order;
         let table_index = cluster / per_block;
         let in_block = cluster % per_block;
-        let table_entries = self.meta.refcount_table.len / 8;
+        let table_entries = self.meta.get().refcount_table.len / 8;
         if table_index >= table_entries {
             return Ok(0);
         }
         let slice_len = self.slice_len();
-        let entry_at = self.meta.refcount_table.start + table_index * 8;
+        let entry_at = self.meta.get().refcount_table.start + table_index * 8;
         let rt_entry = graph.meta.read_u64(graph, file, entry_at, slice_len).await?;
         if rt_entry & 0x1ff != 0 {
             return Err(Error::Corrupt { what: "refcount table entry: reserved bits set", offset: entry_at });
@@ -51,7 +75,7 @@ impl Qcow2 {
             return Ok(0);
         }
         let file_size = graph.node(file)?.size();
-        validation::cluster_ref(block, self.cluster_size(), file_size, &self.meta, entry_at, ClusterRef::RefcountBlock)?;
+        validation::cluster_ref(block, self.cluster_size(), file_size, &self.meta.get(), entry_at, ClusterRef::RefcountBlock)?;
         let bit = in_block << self.refcount_order;
         let byte = bit / 8;
         let slice_start = byte / slice_len as u64 * slice_len as u64;
@@ -68,6 +92,25 @@ impl Qcow2 {
 #[cfg(test)]
 mod tests {
     use super::entry;
+
+    #[test]
+    fn set_round_trips() {
+        for order in 0..=6u32 {
+            let max = if order == 6 { u64::MAX } else { (1u64 << (1 << order)) - 1 };
+            let mut s = [0u8; 64];
+            for index in 0..8u64 {
+                let v = max.wrapping_sub(index) & max;
+                assert_eq!(super::set_entry(&mut s, order, index, v), Some(()));
+                assert_eq!(entry(&s, order, index), Some(v), "order {order} index {index}");
+            }
+            if order < 6 {
+                assert_eq!(super::set_entry(&mut s, order, 0, max + 1), None);
+            }
+            for index in 0..8u64 {
+                assert_eq!(entry(&s, order, index), Some(max.wrapping_sub(index) & max));
+            }
+        }
+    }
 
     #[test]
     fn widths() {

@@ -153,16 +153,16 @@ impl Qcow2 {
         // Bytes this L2 table covers from `offset`.
         let table_end = (l1_index + 1).saturating_mul(l2_entries).saturating_mul(cs);
         let len = len.min(table_end - offset);
-        if l1_index >= u64::from(self.l1_entries) {
+        if l1_index >= u64::from(self.l1_entries.get()) {
             return Ok(Mapping::Unallocated { len });
         }
         let slice_len = self.slice_len();
-        let l1_at = self.l1.start + l1_index * 8;
+        let l1_at = self.l1.get().start + l1_index * 8;
         let l1_entry = graph.meta.read_u64(graph, file, l1_at, slice_len).await?;
         let Some(l2) = decode_l1(l1_entry, l1_at)? else {
             return Ok(Mapping::Unallocated { len });
         };
-        validation::cluster_ref(l2.0, cs, file_size, &self.meta, l1_at, ClusterRef::L2Table)?;
+        validation::cluster_ref(l2.0, cs, file_size, &self.meta.get(), l1_at, ClusterRef::L2Table)?;
         let esize = self.l2_entry_size();
         let entry_at = l2.0 + l2_index * esize;
         let slice_start = entry_at / slice_len as u64 * slice_len as u64;
@@ -265,7 +265,7 @@ impl Qcow2 {
         if host >= eof {
             return Err(Error::Corrupt { what: "L2 entry: data cluster past the end of the file", offset: entry_at });
         }
-        if !self.data_file && self.meta.hit(&Region::new(host, self.cluster_size())).is_some() {
+        if !self.data_file && self.meta.get().hit(&Region::new(host, self.cluster_size())).is_some() {
             return Err(Error::Corrupt { what: "L2 entry: data cluster overlaps the header or a table", offset: entry_at });
         }
         Ok(())

@@ -1,0 +1,212 @@
+//! Host cluster allocation (QEMU's `qcow2_alloc_clusters`, `alloc_refcount_block`): a search for
+//! free clusters through the refcount blocks, refcount changes in the metadata cache, and new
+//! refcount blocks placed where they describe themselves.
+//!
+//! Allocation runs under the node's allocation lock. A refcount increase only touches the cache
+//! (class `Refcount`): the write-back writes refcounts, flushes, and only then writes the tables
+//! that point at the new clusters (DESIGN.md rule 1). A new refcount block is written and flushed
+//! before the refcount table entry naming it changes. Before a cluster is handed out it is
+//! checked against the image's metadata — the header, L1, refcount and snapshot tables and every
+//! table slice the cache holds (QEMU's "cached" overlap check); a hit marks the image corrupt.
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId};
+use crate::io::{child_io, flush};
+
+use super::cache::Class;
+use super::refcount::{entry, set_entry};
+use super::validation::{self, ClusterRef, Region};
+use super::Qcow2;
+
+/// Where a search for free clusters stopped.
+enum Search {
+    /// `count` free clusters from this index, all with refcount blocks.
+    Found(u64),
+    /// This cluster is free but has no refcount block yet.
+    NeedsBlock(u64),
+}
+
+impl Qcow2 {
+    /// Refcount entries per refcount block.
+    pub(crate) fn per_block(&self) -> u64 {
+        (self.cluster_size() * 8) >> self.refcount_order
+    }
+
+    /// The refcount block for table index `index`: `None` past the table, `Some(0)` if none.
+    async fn refcount_block<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, index: u64) -> Result<Option<u64>> {
+        let rt = self.meta.get().refcount_table;
+        if index >= rt.len / 8 {
+            return Ok(None);
+        }
+        let at = rt.start + index * 8;
+        let e = graph.meta.read_u64(graph, file, at, self.slice_len()).await?;
+        if e & 0x1ff != 0 {
+            return Err(Error::Corrupt { what: "refcount table entry: reserved bits set", offset: at });
+        }
+        if e != 0 {
+            validation::cluster_ref(e, self.cluster_size(), child_io::size(graph, file)?, &self.meta.get(), at, ClusterRef::RefcountBlock)?;
+        }
+        Ok(Some(e))
+    }
+
+    /// The slice of refcount block `block` holding cluster `cluster`'s entry: (slice offset in
+    /// the file, entry index inside the slice).
+    fn refcount_slot(&self, block: u64, cluster: u64) -> (u64, u64) {
+        let in_block = cluster % self.per_block();
+        let per_slice = (self.slice_len() as u64 * 8) >> self.refcount_order;
+        (block + in_block / per_slice * self.slice_len() as u64, in_block % per_slice)
+    }
+
+    /// Looks for `count` free clusters in a row from cluster `from` on, a refcount slice at a
+    /// time.
+    async fn search<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, from: u64, count: u64) -> Result<Search> {
+        let order = u32::from(self.refcount_order);
+        let per_slice = (self.slice_len() as u64 * 8) >> order;
+        let (mut start, mut c) = (from, from);
+        while c < start + count {
+            let block = match self.refcount_block(graph, file, c / self.per_block()).await? {
+                None => return Err(Error::NoSpace { what: "refcount table (growing it is not supported yet)" }),
+                Some(0) => return Ok(Search::NeedsBlock(c)),
+                Some(b) => b,
+            };
+            let (slice, first) = self.refcount_slot(block, c);
+            let limit = (per_slice - first).min(start + count - c);
+            let used = graph
+                .meta
+                .with_slice(graph, file, slice, self.slice_len(), |s| (0..limit).find(|&i| entry(s, order, first + i) != Some(0)))
+                .await?;
+            match used {
+                Some(i) => {
+                    start = c + i + 1;
+                    c = start;
+                }
+                None => c += limit,
+            }
+        }
+        Ok(Search::Found(start))
+    }
+
+    /// Allocates `count` contiguous host clusters (refcount 1 each, in the cache) and returns the
+    /// first one's byte offset; the image file grows to hold them. Caller holds the allocation
+    /// lock.
+    pub(crate) async fn alloc_clusters<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, count: u64) -> Result<u64> {
+        let cs = self.cluster_size();
+        loop {
+            match self.search(graph, file, self.w.free_hint.get(), count).await? {
+                Search::NeedsBlock(c) => self.new_refcount_block(graph, file, c).await?,
+                Search::Found(first) => {
+                    let (start, end) = (first * cs, (first + count) * cs);
+                    self.check_new_clusters(graph, file, start, end).await?;
+                    child_io::grow(graph, file, end)?;
+                    for c in first..first + count {
+                        self.change_refcount(graph, file, c, 1).await?;
+                    }
+                    if start < self.w.fresh_from.get() {
+                        // A cluster used before: the cache may hold it from an earlier life.
+                        graph.meta.forget_range(file, start, end);
+                    } else {
+                        self.w.fresh_from.set(end);
+                    }
+                    self.w.free_hint.set(first + count);
+                    return Ok(start);
+                }
+            }
+        }
+    }
+
+    /// Adds `delta` (+1 or -1) to the refcount of host cluster `cluster`; returns the new count.
+    pub(crate) async fn change_refcount<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, cluster: u64, delta: i64) -> Result<u64> {
+        let index = cluster / self.per_block();
+        let block = match self.refcount_block(graph, file, index).await? {
+            Some(b) if b != 0 => b,
+            _ => {
+                let what = "refcount of a cluster without a refcount block changed";
+                return Err(self.signal_corruption(graph, file, what, cluster << self.cluster_bits).await);
+            }
+        };
+        let (slice, i) = self.refcount_slot(block, cluster);
+        let order = u32::from(self.refcount_order);
+        let changed = graph
+            .meta
+            .with_slice_mut(graph, file, slice, self.slice_len(), Class::Refcount, |s| {
+                let old = entry(s, order, i)?;
+                let new = if delta < 0 { old.checked_sub(delta.unsigned_abs())? } else { old.checked_add(delta as u64)? };
+                set_entry(s, order, i, new)?;
+                Some(new)
+            })
+            .await?;
+        match changed {
+            Some(n) => Ok(n),
+            None if delta < 0 => Err(self.signal_corruption(graph, file, "refcount dropped below zero", cluster << self.cluster_bits).await),
+            None => Err(Error::Unsupported("refcount overflow (more references than the refcount width holds)")),
+        }
+    }
+
+    /// Writes a refcount block at cluster `c` (which it covers, counting itself), flushes it, and
+    /// links it from the refcount table (in the cache).
+    async fn new_refcount_block<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, c: u64) -> Result<()> {
+        let cs = self.cluster_size();
+        let host = c * cs;
+        self.check_new_clusters(graph, file, host, host + cs).await?;
+        child_io::grow(graph, file, host + cs)?;
+        let fresh = host >= self.w.fresh_from.get();
+        let slice_len = self.slice_len();
+        let (self_slice, self_index) = self.refcount_slot(host, c);
+        let mut buf = [0u8; super::cache::SLICE];
+        let mut at = host;
+        while at < host + cs {
+            let piece = &mut buf[..slice_len];
+            piece.fill(0);
+            if at == self_slice {
+                set_entry(piece, u32::from(self.refcount_order), self_index, 1).ok_or(Error::BadGraph("refcount entry outside its slice"))?;
+            } else if fresh {
+                at += slice_len as u64;
+                continue;
+            }
+            child_io::write(graph, file, at, piece).await?;
+            at += slice_len as u64;
+        }
+        graph.meta.forget_range(file, host, host + cs);
+        if fresh {
+            self.w.fresh_from.set(host + cs);
+        }
+        flush::flush_leaves(graph, file).await?;
+        let rt = self.meta.get().refcount_table;
+        let entry_at = rt.start + c / self.per_block() * 8;
+        self.check_meta_write(graph, file, entry_at, Class::Refcount).await?;
+        let slice_start = entry_at / slice_len as u64 * slice_len as u64;
+        let k = (entry_at - slice_start) as usize;
+        graph
+            .meta
+            .with_slice_mut(graph, file, slice_start, slice_len, Class::Refcount, |s| {
+                s.get_mut(k..k + 8).map(|b| b.copy_from_slice(&host.to_be_bytes()))
+            })
+            .await?
+            .ok_or(Error::BadGraph("refcount table entry across a slice"))
+    }
+
+    /// The "cached" overlap check for clusters about to be allocated: they must not lie on the
+    /// header, a table, or anything the metadata cache holds for this image.
+    async fn check_new_clusters<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, start: u64, end: u64) -> Result<()> {
+        let region = Region::new(start, end - start);
+        if self.meta.get().hit(&region).is_some() || graph.meta.holds(file, start, end) {
+            return Err(self.signal_corruption(graph, file, "allocation would overwrite metadata (refcounts are wrong)", start).await);
+        }
+        Ok(())
+    }
+
+    /// The overlap check for a metadata slice about to change: table slices (L1, L2) and refcount
+    /// slices must lie on their own kind of structure, never on the header or the snapshot table.
+    pub(crate) async fn check_meta_write<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, at: u64, class: Class) -> Result<()> {
+        let m = self.meta.get();
+        let r = Region::new(at, 8);
+        let bad = r.overlaps(&m.header)
+            || r.overlaps(&m.snapshots)
+            || (class == Class::Table && r.overlaps(&m.refcount_table))
+            || (class == Class::Refcount && r.overlaps(&m.l1));
+        if bad {
+            return Err(self.signal_corruption(graph, file, "metadata write would overwrite other metadata", at).await);
+        }
+        Ok(())
+    }
+}

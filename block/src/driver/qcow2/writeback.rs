@@ -1,0 +1,102 @@
+//! Making a read-write qcow2 node's metadata stable (DESIGN.md rule 5): flush, the pending
+//! frees, and the clean close.
+//!
+//! A flush writes the node's dirty slices back in dependency order — refcount slices, a flush of
+//! the file (every data write completed so far becomes stable with it), L2 and L1 slices — then
+//! flushes the file again, so every table change is stable. Only then do the clusters those
+//! changes stopped referencing get their refcounts dropped (and, for guest discards, a discard
+//! passed to the file): they stay dirty in the cache until the next flush, so a crash in
+//! between leaks them at worst. With lazy refcounts the first flush is skipped: the dirty bit
+//! tells a reader that refcounts may lag.
+
+use crate::error::Result;
+use crate::graph::{Graph, NodeId};
+use crate::io::{child_io, flush};
+
+use super::state::PendingFree;
+use super::Qcow2;
+
+impl Qcow2 {
+    /// Writes everything back and makes it stable; then applies the frees that were waiting for
+    /// it. A no-op on a read-only node.
+    pub(crate) async fn flush_caches<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
+        if !self.w.writable {
+            return Ok(());
+        }
+        let file = Self::file(graph, node)?;
+        // Frees whose table changes are in the cache now: the write-back below covers them.
+        let frees = core::mem::take(&mut *self.w.pending.borrow_mut());
+        let stable = async {
+            graph.meta.write_back_with(graph, file, !self.w.lazy).await?;
+            flush::flush_leaves(graph, file).await
+        }
+        .await;
+        if let Err(e) = stable {
+            // Not stable: they wait for the next flush, ahead of frees queued meanwhile (what no
+            // longer fits is dropped: a leak, never a early free).
+            let mut pending = self.w.pending.borrow_mut();
+            let later = core::mem::replace(&mut *pending, frees);
+            for f in later {
+                let _ = pending.push(f);
+            }
+            return Err(e);
+        }
+        self.apply_frees(graph, file, &frees).await
+    }
+
+    /// Drops the refcounts of freed clusters (their table changes are stable).
+    async fn apply_frees<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, frees: &[PendingFree]) -> Result<()> {
+        let cs = self.cluster_size();
+        for f in frees {
+            let first = f.host >> self.cluster_bits;
+            let last = (f.host + f.len.max(1) - 1) >> self.cluster_bits;
+            for c in first..=last {
+                if self.change_refcount(graph, file, c, -1).await? != 0 {
+                    continue;
+                }
+                graph.meta.forget_range(file, c * cs, (c + 1) * cs);
+                if c < self.w.free_hint.get() {
+                    self.w.free_hint.set(c);
+                }
+                if f.discard {
+                    // Advisory, as QEMU's pass-discard-request: a failure changes nothing.
+                    let _ = child_io::discard(graph, file, c * cs, cs).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a free for after the next flush; runs one first if the list is full.
+    pub(crate) async fn free_later<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, free: PendingFree) -> Result<()> {
+        loop {
+            {
+                let mut pending = self.w.pending.borrow_mut();
+                if let Some(last) = pending.last_mut() {
+                    let contiguous = last.host + last.len == free.host && last.len % self.cluster_size() == 0;
+                    if contiguous && last.discard == free.discard && free.len % self.cluster_size() == 0 {
+                        last.len += free.len;
+                        return Ok(());
+                    }
+                }
+                if pending.push(free).is_ok() {
+                    return Ok(());
+                }
+            }
+            self.flush_caches(graph, node).await?;
+        }
+    }
+
+    /// A clean close: everything written back and stable, waiting frees applied and written, the
+    /// dirty bit (lazy refcounts) cleared. After it `qemu-img check` finds no leaks.
+    pub(crate) async fn close<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
+        if !self.w.writable {
+            return Ok(());
+        }
+        // The first round applies the frees, which dirties refcounts; the second writes them.
+        self.flush_caches(graph, node).await?;
+        self.flush_caches(graph, node).await?;
+        let file = Self::file(graph, node)?;
+        self.mark_clean(graph, file).await
+    }
+}

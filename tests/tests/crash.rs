@@ -80,22 +80,27 @@ fn qcow2_preallocated_metadata() {
     crash_test(&start("q-prealloc", "qcow2", &["-o", "preallocation=metadata"], false), true);
 }
 
+// The allocating cases open the leaf through the page cache: a fresh qcow2 file is not a whole
+// number of 4 KiB blocks (196616 bytes), and an O_DIRECT leaf rounds its capacity down, which
+// the qcow2 open refuses ("L1 table reaches past the end of the file"). The replay does not
+// depend on the leaf's cache mode.
+
 #[test]
 #[ignore = "needs qcow2 allocating writes"]
 fn qcow2_allocating() {
-    crash_test(&start("q-alloc", "qcow2", &[], false), true);
+    crash_test(&start("q-alloc", "qcow2", &[], false), false);
 }
 
 #[test]
 #[ignore = "needs qcow2 allocating writes"]
 fn qcow2_allocating_over_backing() {
-    crash_test(&start("q-backing", "qcow2", &[], true), true);
+    crash_test(&start("q-backing", "qcow2", &[], true), false);
 }
 
 #[test]
 #[ignore = "needs qcow2 allocating writes"]
 fn qcow2_small_clusters() {
-    crash_test(&start("q-small", "qcow2", &["-o", "cluster_size=4096"], false), true);
+    crash_test(&start("q-small", "qcow2", &["-o", "cluster_size=4096"], false), false);
 }
 
 /// The oracle is not vacuous: dropping a write that a completed flush covered is caught.

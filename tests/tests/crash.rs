@@ -75,7 +75,6 @@ fn raw_control_writeback() {
 }
 
 #[test]
-#[ignore = "needs qcow2 writes"]
 fn qcow2_preallocated_metadata() {
     crash_test(&start("q-prealloc", "qcow2", &["-o", "preallocation=metadata"], false), true);
 }
@@ -86,19 +85,16 @@ fn qcow2_preallocated_metadata() {
 // depend on the leaf's cache mode.
 
 #[test]
-#[ignore = "needs qcow2 allocating writes"]
 fn qcow2_allocating() {
     crash_test(&start("q-alloc", "qcow2", &[], false), false);
 }
 
 #[test]
-#[ignore = "needs qcow2 allocating writes"]
 fn qcow2_allocating_over_backing() {
     crash_test(&start("q-backing", "qcow2", &[], true), false);
 }
 
 #[test]
-#[ignore = "needs qcow2 allocating writes"]
 fn qcow2_small_clusters() {
     crash_test(&start("q-small", "qcow2", &["-o", "cluster_size=4096"], false), false);
 }

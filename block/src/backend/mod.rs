@@ -169,6 +169,19 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
         self.accounted(OpKind::Flush, 0, 0, flush::flush(self.graph, self.root)).await
     }
 
+    /// Grows the root node to `new_size` bytes (QEMU's `block_resize`; qcow2 only, growing
+    /// only). Waits for requests in flight and holds new ones meanwhile.
+    pub async fn resize(&self, new_size: u64) -> Result<()> {
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let _drained = self.drain().await;
+        match &self.graph.node(self.root)?.kind {
+            crate::graph::NodeKind::Format(state) => state.resize(self.graph, self.root, new_size).await,
+            crate::graph::NodeKind::Leaf(_) => Err(Error::Unsupported("resizing a device")),
+        }
+    }
+
     /// Closes cleanly: waits for requests in flight, writes every cache back, makes it stable
     /// and marks images clean (qcow2's dirty bit). Dropping a backend without this is a crash as
     /// far as the image is concerned: what was not flushed may be lost (an unflushed qcow2 may

@@ -207,6 +207,14 @@ impl FormatState {
         }
     }
 
+    /// Grows node `node` to `new_size` bytes (drained by the caller).
+    pub(crate) async fn resize<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, new_size: u64) -> Result<()> {
+        match self {
+            FormatState::Qcow2(q) => q.grow(graph, node, new_size).await,
+            FormatState::Raw(_) => Err(Error::Unsupported("resizing a raw node")),
+        }
+    }
+
     /// A clean close: everything stable and the image marked clean.
     pub(crate) async fn close<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
         match self {

@@ -24,6 +24,8 @@ enum Search {
     Found(u64),
     /// This cluster is free but has no refcount block yet.
     NeedsBlock(u64),
+    /// The search ran past what the refcount table covers.
+    NeedsTable,
 }
 
 impl Qcow2 {
@@ -65,7 +67,7 @@ impl Qcow2 {
         let (mut start, mut c) = (from, from);
         while c < start + count {
             let block = match self.refcount_block(graph, file, c / self.per_block()).await? {
-                None => return Err(Error::NoSpace { what: "refcount table (growing it is not supported yet)" }),
+                None => return Ok(Search::NeedsTable),
                 Some(0) => return Ok(Search::NeedsBlock(c)),
                 Some(b) => b,
             };
@@ -89,11 +91,12 @@ impl Qcow2 {
     /// Allocates `count` contiguous host clusters (refcount 1 each, in the cache) and returns the
     /// first one's byte offset; the image file grows to hold them. Caller holds the allocation
     /// lock.
-    pub(crate) async fn alloc_clusters<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, count: u64) -> Result<u64> {
+    pub(crate) async fn alloc_clusters<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, file: NodeId, count: u64) -> Result<u64> {
         let cs = self.cluster_size();
         loop {
             match self.search(graph, file, self.w.free_hint.get(), count).await? {
                 Search::NeedsBlock(c) => self.new_refcount_block(graph, file, c).await?,
+                Search::NeedsTable => self.grow_refcount_table(graph, node, file).await?,
                 Search::Found(first) => {
                     let (start, end) = (first * cs, (first + count) * cs);
                     self.check_new_clusters(graph, file, start, end).await?;
@@ -189,7 +192,10 @@ impl Qcow2 {
     /// header, a table, or anything the metadata cache holds for this image.
     async fn check_new_clusters<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, start: u64, end: u64) -> Result<()> {
         let region = Region::new(start, end - start);
-        if self.meta.get().hit(&region).is_some() || graph.meta.holds(file, start, end) {
+        // Clusters past everything written since the open cannot hold a table the cache knows
+        // of (every table lies below that line), so the cache is searched only below it.
+        let below_fresh = start < self.w.fresh_from.get();
+        if self.meta.get().hit(&region).is_some() || (below_fresh && graph.meta.holds(file, start, end)) {
             return Err(self.signal_corruption(graph, file, "allocation would overwrite metadata (refcounts are wrong)", start).await);
         }
         Ok(())

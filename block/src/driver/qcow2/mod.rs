@@ -5,9 +5,9 @@
 //! [`subclusters`] (extended L2), [`compressed`] (deflate through a bounded decoder), [`refcount`]
 //! (reading and changing counts), [`snapshots`], and [`cache`] (the graph-wide slice cache all
 //! tables go through). Writing: [`state`] (what a read-write node keeps: locks, pending frees,
-//! header flags), [`alloc`] (cluster allocation, refcount blocks), [`write`] (plan → copy-on-write
-//! → commit), [`zeroing`] (write-zeroes and discard), [`writeback`] (flush and clean close in
-//! dependency order) and [`create`].
+//! header flags), [`alloc`] (cluster allocation, refcount blocks), [`write`] (plan →
+//! copy-on-write → commit), [`grow`] (virtual size, refcount table), [`zeroing`] (write-zeroes
+//! and discard), [`writeback`] (flush and clean close in dependency order) and [`create`].
 //!
 //! The node state ([`Qcow2`]) is about a kilobyte: geometry, table positions, the header as
 //! parsed, and the write state. Names (backing file, data file) are not kept: the opener reads
@@ -21,6 +21,7 @@ pub mod create;
 pub mod extensions;
 pub mod header;
 mod alloc;
+mod grow;
 mod refcount;
 pub mod snapshots;
 pub(crate) mod state;

@@ -155,7 +155,7 @@ impl Qcow2 {
             Need::Fresh(_) => {
                 let _lock = self.alloc_lock().await;
                 let fresh = self.w.fresh_from.get();
-                let host = self.alloc_clusters(graph, file, count as u64).await?;
+                let host = self.alloc_clusters(graph, node, file, count as u64).await?;
                 (host, host >= fresh)
             }
         };
@@ -347,9 +347,9 @@ impl Qcow2 {
             }
         }
         let fresh = self.w.fresh_from.get();
-        let table = self.alloc_clusters(graph, file, 1).await?;
+        let table = self.alloc_clusters(graph, node, file, 1).await?;
         match old {
-            Some(shared) => self.copy_cluster(graph, file, shared.0, table).await?,
+            Some(shared) => self.copy_bytes(graph, file, shared.0, table, cs).await?,
             None if table < fresh => self.zero_cluster(graph, file, table).await?,
             None => {}
         }
@@ -367,22 +367,6 @@ impl Qcow2 {
             self.free_later(graph, node, PendingFree { host: shared.0, len: cs, discard: false }).await?;
         }
         Ok(table)
-    }
-
-    /// Copies host cluster `from` to `to` (a table shared with a snapshot) through a bounce
-    /// buffer.
-    async fn copy_cluster<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, from: u64, to: u64) -> Result<()> {
-        let mut bounce = graph.bounce.take_for_copy().await?;
-        let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
-        let cs = self.cluster_size();
-        let mut at = 0;
-        while at < cs {
-            let n = ((cs - at) as usize).min(buf.len());
-            child_io::read(graph, file, from + at, &mut buf[..n]).await?;
-            child_io::write(graph, file, to + at, &buf[..n]).await?;
-            at += n as u64;
-        }
-        Ok(())
     }
 
     /// Writes zeros over host cluster `at`.

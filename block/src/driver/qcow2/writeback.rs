@@ -73,8 +73,8 @@ impl Qcow2 {
             {
                 let mut pending = self.w.pending.borrow_mut();
                 if let Some(last) = pending.last_mut() {
-                    let contiguous = last.host + last.len == free.host && last.len % self.cluster_size() == 0;
-                    if contiguous && last.discard == free.discard && free.len % self.cluster_size() == 0 {
+                    let contiguous = last.host + last.len == free.host && last.len.is_multiple_of(self.cluster_size());
+                    if contiguous && last.discard == free.discard && free.len.is_multiple_of(self.cluster_size()) {
                         last.len += free.len;
                         return Ok(());
                     }

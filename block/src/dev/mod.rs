@@ -38,7 +38,9 @@ bitflags::bitflags! {
 /// What a device is and what it accepts. Fixed once the device is open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
-    /// Size in bytes (a multiple of `block_size`).
+    /// Size in bytes. A multiple of `block_size`, except for a host file opened with O_DIRECT,
+    /// whose last block may be partial: requests may reach to its end (reads past the end of
+    /// the file return zeros).
     pub capacity: u64,
     /// Logical block size: every request's offset and length are multiples of it. A power of two.
     pub block_size: u32,
@@ -125,7 +127,7 @@ impl DeviceInfo {
         }
         let bs = u64::from(self.block_size.max(1));
         let end = req.offset.checked_add(req.len).ok_or(DeviceError::Invalid)?;
-        if !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > capacity || req.len == 0 {
+        if !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > capacity.next_multiple_of(bs) || req.len == 0 {
             return Err(DeviceError::Invalid);
         }
         if matches!(req.op, DeviceOp::Read | DeviceOp::Write) {

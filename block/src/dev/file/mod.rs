@@ -13,8 +13,9 @@
 //!   prepares them, [`BlockDevice::unplug`] hands the batch to the kernel (one
 //!   `io_uring_enter`) or to a thread pool, `poll` reaps completions. `block_size` and
 //!   `mem_alignment` are what O_DIRECT needs, probed like QEMU's `raw_probe_alignment`;
-//!   `capacity` is the file length rounded down to `block_size` ([`HostFile::tail_bytes`] says
-//!   what was cut).
+//!   `capacity` is the exact file length: a request may reach into the last, partial block
+//!   (reads past the end of the file come back as zeros, as in QEMU), so a qcow2 file that
+//!   `qemu-img create` left at 196616 bytes opens with O_DIRECT too.
 //!
 //! Both report [`DeviceFeatures::FLUSH`] (`fdatasync`). Writable files also get
 //! `WRITE_ZEROES` and `WRITE_ZEROES_UNMAP` (a punched hole when unmapping is allowed, else
@@ -242,7 +243,6 @@ pub struct HostFile {
     /// Size now (starts at `info.capacity`; [`BlockDevice::grow`] raises it).
     capacity: AtomicU64,
     backend: Backend,
-    tail: u64,
     direct: bool,
     locked: bool,
     // Dropped after `backend` (which waits for in-flight requests): keeps the file open.
@@ -382,7 +382,7 @@ impl HostFile {
         } else {
             (1, 1)
         };
-        let capacity = length / u64::from(block_size) * u64::from(block_size);
+        let capacity = length;
 
         let exec = Exec::new(file, is_blockdev, !opts.read_only).map_err(|e| open_error(path, "allocate buffers for", e))?;
         let mut features = DeviceFeatures::FLUSH;
@@ -439,7 +439,7 @@ impl HostFile {
         if let Some(serial) = opts.serial {
             info = info.with_serial(serial);
         }
-        Ok(HostFile { capacity: AtomicU64::new(info.capacity), info, backend, tail: length - capacity, direct, locked, exec })
+        Ok(HostFile { capacity: AtomicU64::new(info.capacity), info, backend, direct, locked, exec })
     }
 
     /// QEMU's lock bytes for this open; `Ok(false)` when locking is off or unsupported (auto).
@@ -461,12 +461,6 @@ impl HostFile {
             Err(lock::LockError::Conflict { perm, shared }) => Err(FileError::Locked { path: path.to_path_buf(), perm, shared }),
             Err(lock::LockError::Os(e)) => Err(FileError::Io { path: path.to_path_buf(), what: "lock", source: io::Error::from_raw_os_error(e) }),
         }
-    }
-
-    /// Bytes at the end of the file beyond `capacity` (O_DIRECT mode rounds the length down to
-    /// `block_size`; those bytes cannot be reached through this device). 0 in writeback mode.
-    pub fn tail_bytes(&self) -> u64 {
-        self.tail
     }
 
     /// Whether the file is open with `O_DIRECT`.

@@ -312,7 +312,16 @@ impl Exec {
                 return Ok(());
             }
             offset += n as u64;
+            let before = iov.iter().map(|v| v.iov_len).sum::<usize>();
             iov = advance_iov(iov, n as usize);
+            if !write && (n as usize) < before {
+                // A regular file reads short only at its end (an O_DIRECT read of its partial
+                // last block): the rest is past the end and reads as zeros. Asking again at an
+                // unaligned offset would fail under O_DIRECT.
+                // SAFETY: as above; a read's memory is valid for writes.
+                unsafe { zero_iov(iov) };
+                return Ok(());
+            }
         }
         Ok(())
     }

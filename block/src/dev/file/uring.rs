@@ -249,6 +249,15 @@ impl Inner {
                 slot.done += res as u64;
                 if slot.done >= slot.len {
                     Some(Ok(()))
+                } else if slot.op == DeviceOp::Read && !exec.is_blockdev {
+                    // A regular file reads short only at its end (O_DIRECT's partial last block):
+                    // the rest reads as zeros (asking again at an unaligned offset would fail).
+                    let total = slot.iov.0.len();
+                    let rest = sys::advance_iov(&mut slot.iov.0[slot.start..], res as usize).len();
+                    // SAFETY: the iovecs describe the caller's read buffer, valid for writes until
+                    // this request completes (now).
+                    unsafe { sys::zero_iov(&slot.iov.0[total - rest..]) };
+                    Some(Ok(()))
                 } else {
                     let total = slot.iov.0.len();
                     let rest = sys::advance_iov(&mut slot.iov.0[slot.start..], res as usize).len();

@@ -120,6 +120,57 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// Longest options text [`open_read_only`] builds.
+const MAX_OPTIONS_TEXT: usize = 1024;
+
+/// Opens the node `options` describes for reading only: `read-only=on` is added to every format
+/// level the options describe (`file.read-only=on` for a nested one) that does not say otherwise,
+/// so a qcow2 image is opened without a write to its header (a read-write open clears autoclear
+/// bits and refuses dirty images). Backing files are always opened read-only.
+pub fn open_read_only(graph: &mut KGraph, catalog: &Catalog, maps: &Maps<'_>, options: &str) -> Result<(NodeId, Leaves), u32> {
+    let mut text = heapless::String::<MAX_OPTIONS_TEXT>::new();
+    match read_only_options(options, &mut text) {
+        Ok(()) => open(graph, catalog, maps, text.as_str()),
+        Err(e) => Err(fail("open", options, e)),
+    }
+}
+
+/// `options` with `read-only=on` at every format level that names no `read-only`, into `out`.
+fn read_only_options(options: &str, out: &mut heapless::String<MAX_OPTIONS_TEXT>) -> Result<(), Error> {
+    let too_long = Error::BadOption { key: "file", why: "options too long" };
+    let parsed = strata_block::options::Options::<'_, 32>::parse(options, Some("file"))?;
+    out.push_str(options).map_err(|()| too_long)?;
+    let mut view = Some(parsed.root());
+    let mut depth = 0;
+    while let Some(v) = view {
+        if v.get("read-only").is_none() {
+            out.push(',').map_err(|()| too_long)?;
+            for _ in 0..depth {
+                out.push_str("file.").map_err(|()| too_long)?;
+            }
+            out.push_str("read-only=on").map_err(|()| too_long)?;
+        }
+        view = v.child("file");
+        depth += 1;
+    }
+    Ok(())
+}
+
+/// Closes `backend` cleanly (caches written back, flushed, images marked clean): what every
+/// workload that may have written does last. A failure is reported as `WHAT: close` and its
+/// exit code returned.
+pub fn close(backend: KBackend<'_>, platform: &Io<'_>, what: &str, options: &str) -> Result<(), u32> {
+    match executor::block_on(backend.close(), platform) {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => {
+            let mut label = heapless::String::<64>::new();
+            let _ = core::fmt::write(&mut label, format_args!("{}: close", what));
+            Err(fail(label.as_str(), options, e))
+        }
+        None => Err(exit_code::FAILURE),
+    }
+}
+
 /// Opens the node `options` describes, resolving names through `maps` and the catalog;
 /// reports failures and returns the exit code.
 pub fn open(graph: &mut KGraph, catalog: &Catalog, maps: &Maps<'_>, options: &str) -> Result<(NodeId, Leaves), u32> {
@@ -150,12 +201,19 @@ pub fn fail(what: &str, options: &str, e: Error) -> u32 {
     let (kind, code) = match e {
         Error::BadOptions { .. } | Error::BadOption { .. } | Error::UnknownDriver | Error::NotFound | Error::BadGraph(_) => ("usage", exit_code::USAGE),
         Error::ReadOnly => ("read-only", exit_code::FAILURE),
+        Error::NoSpace { .. } => ("no-space", exit_code::FAILURE),
         _ => ("io", exit_code::FAILURE),
     };
     println!("strata: {} \"{}\": {}", what, options, e);
+    if let Error::NoSpace { what: ROOM_ON_THE_DEVICE } = e {
+        println!("strata: the image grew to the end of its device; give the drive more room (qemu-runner: headroom=SIZE)");
+    }
     report::error(kind, format_args!("{} \"{}\": {}", what, options, e));
     code
 }
+
+/// What [`Error::NoSpace`] names when an image outgrows the device holding it.
+const ROOM_ON_THE_DEVICE: &str = "room on the device holding the image";
 
 /// Declares the devices dead when they hold requests and complete none for
 /// [`DEVICE_TIMEOUT_S`].

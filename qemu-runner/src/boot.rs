@@ -8,7 +8,7 @@ use crate::exit_status::{classify, Status};
 use crate::machine::{Accel, Machine};
 use crate::qemu::QemuConfig;
 use crate::workspace::RunDir;
-use crate::{chain, defmt_log, drives, footprint, install, kernel, process, qemu};
+use crate::{chain, defmt_log, drives, footprint, headroom, install, kernel, process, qemu};
 use crate::{BootResult, Drive, RunnerError};
 
 /// The workload when the runner makes the default disk.
@@ -74,8 +74,9 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     if opts.timeout.is_zero() {
         return Err(RunnerError::Usage("the timeout must be positive".into()));
     }
-    if opts.memory_mib < 16 {
-        return Err(RunnerError::Usage("the guest needs at least 16 MiB".into()));
+    // The kernel's image with its static memory (an 8 MiB stack among it) is about 19 MiB.
+    if opts.memory_mib < 32 {
+        return Err(RunnerError::Usage("the guest needs at least 32 MiB".into()));
     }
     let (drives, default_cmd) = if opts.drives.is_empty() {
         (vec![drives::default_disk()?], DEFAULT_CMD_SCRATCH)
@@ -96,6 +97,9 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     install::ensure_qemu(&program, opts.install, opts.quiet)?;
     let kernel = kernel::resolve(opts.kernel.as_deref(), opts.quiet)?;
 
+    // Writable qcow2 images get room to grow; given back when QEMU is gone (the guard also
+    // does it on every early return).
+    let grown = headroom::grow(&drives)?;
     let run_dir = RunDir::create()?;
     let defmt_file = run_dir.path().join("defmt.bin");
     let config = QemuConfig {
@@ -119,7 +123,9 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
             }
         }
         transcript.push(line);
-    })?;
+    });
+    let shrink_warnings = grown.shrink();
+    let finished = finished?;
 
     let exit_record = transcript.record_u64("exit", "code");
     let mut outcome = classify(finished.exit, exit_record, &finished.stderr);
@@ -127,6 +133,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
         outcome.message = kernel_error(&transcript);
     }
     let mut warnings = std::mem::take(&mut transcript.warnings);
+    warnings.extend(shrink_warnings);
     let log = read_log(&kernel, &defmt_file, &mut warnings);
     let block_footprint = match std::fs::read(&kernel).map_err(|e| e.to_string()).and_then(|elf| footprint::block_share(&elf)) {
         Ok(share) => Some(share),

@@ -189,7 +189,8 @@ pub fn expand(drives: &[Drive], machine: Machine, allow_anywhere: bool) -> Resul
                 }
                 None => maps.push((member.name.clone(), serial.clone())),
             }
-            out.push(Drive { file: member.path, serial, read_only: true, backing: Backing::File });
+            // Backing and data files are only read: no headroom.
+            out.push(Drive { read_only: true, headroom: Some(0), ..Drive::new(member.path, serial) });
         }
     }
     let max = max_drives(machine);

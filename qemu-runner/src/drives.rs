@@ -4,7 +4,8 @@
 //! where `file=` may be left out of the first element and `,,` writes a comma inside a value. Each
 //! drive becomes one virtio-blk device whose serial is the name the kernel knows it by.
 //! `driver=null-co,size=1G` attaches QEMU's null block driver instead of a file (reads return
-//! zeros, writes are dropped): a device with no storage cost, for benchmarks.
+//! zeros, writes are dropped): a device with no storage cost, for benchmarks. `headroom=SIZE`
+//! is the room a writable qcow2 image may grow into during the boot (see [`crate::headroom`]).
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -20,7 +21,7 @@ use crate::{workspace, RunnerError};
 pub const MAX_SERIAL_LEN: usize = 20;
 
 /// The keys `--drive` accepts.
-pub const DRIVE_KEYS: [&str; 5] = ["file", "serial", "read-only", "driver", "size"];
+pub const DRIVE_KEYS: [&str; 6] = ["file", "serial", "read-only", "driver", "size", "headroom"];
 
 /// What QEMU puts behind a drive's virtio-blk device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -50,6 +51,9 @@ pub struct Drive {
     pub read_only: bool,
     /// A file, or QEMU's null driver.
     pub backing: Backing,
+    /// `headroom=`: bytes a writable qcow2 file is extended by for the boot (`None`:
+    /// [`crate::headroom::DEFAULT_HEADROOM`]; `Some(0)`: none).
+    pub headroom: Option<u64>,
 }
 
 impl Drive {
@@ -60,6 +64,7 @@ impl Drive {
             serial: serial.into(),
             read_only: false,
             backing: Backing::File,
+            headroom: None,
         }
     }
 
@@ -115,11 +120,21 @@ impl Drive {
             Some(v) => v.parse_bool().map_err(|e| bad(format!("read-only: {e}")))?,
             None => false,
         };
+        let headroom = match opts.get("headroom") {
+            Some(v) => Some(v.parse_size().map_err(|e| bad(format!("headroom: {e}")))?),
+            None => None,
+        };
+        match headroom {
+            Some(h) if h > 0 && backing != Backing::File => return Err(bad("headroom= is for image files, not driver=null-co".into())),
+            Some(h) if h > 0 && read_only => return Err(bad("headroom= is for writable drives (read-only=on never grows)".into())),
+            _ => {}
+        }
         Ok(Drive {
             file: PathBuf::from(file),
             serial,
             read_only,
             backing,
+            headroom,
         })
     }
 }
@@ -238,9 +253,13 @@ mod tests {
                 serial: "base".into(),
                 read_only: true,
                 backing: Backing::File,
+                headroom: None,
             })
         );
         assert_eq!(parse("x.img,read-only=off").map(|d| d.read_only), Ok(false));
+        assert_eq!(parse("x.img,headroom=1M").map(|d| d.headroom), Ok(Some(1 << 20)));
+        assert_eq!(parse("x.img,headroom=0").map(|d| d.headroom), Ok(Some(0)));
+        assert_eq!(parse("x.img,headroom=0,read-only=on").map(|d| d.headroom), Ok(Some(0)));
     }
 
     #[test]
@@ -261,6 +280,9 @@ mod tests {
         assert!(err("a.img,serial=a b").contains("' '"));
         assert!(err("a.img,serial=a,,b").contains("','"));
         assert!(err("a.img,a.img").contains("a.img"));
+        assert!(err("a.img,headroom=lots").contains("headroom"));
+        assert!(err("a.img,headroom=1M,read-only=on").contains("writable"));
+        assert!(err("driver=null-co,size=1M,headroom=1M").contains("null-co"));
     }
 
     #[test]

@@ -40,6 +40,9 @@ Options:
                      as 'img' finds them) as more raw read-only drives S.1, S.2,
                      ..., and '--map NAME=S.n' words on the kernel command line
                      for the names the images write; the guest opens the chain.
+                     headroom=SIZE (default 256M, 0: none): a writable qcow2
+                     file is extended (sparse) by SIZE for the boot, room for the
+                     image to grow, and cut back to the image's end afterwards.
                      Without --drive: a 64 MiB scratch disk
                      target/strata/default-disk.img (serial disk0) is made once
                      and reused.

@@ -19,7 +19,7 @@
 //!
 //! Modules, one concern each: [`cli`] (arguments), [`help`], [`drives`], [`kernel`] (the build),
 //! [`machine`], [`qemu`] (the command line), [`process`] (spawn, timeout, kill), [`console`]
-//! (records), [`defmt_log`], [`exit_status`], [`footprint`] (the block layer's share), [`result`], [`install`], [`workspace`] (paths).
+//! (records), [`defmt_log`], [`exit_status`], [`footprint`] (the block layer's share), [`headroom`] (room for qcow2 images to grow), [`result`], [`install`], [`workspace`] (paths).
 //!
 //! Unsafe code: two blocks, each with a `// SAFETY:` comment — `prctl(PR_SET_PDEATHSIG)` before
 //! QEMU's exec, and `geteuid`.
@@ -33,6 +33,7 @@ pub mod drives;
 mod error;
 pub mod exit_status;
 pub mod footprint;
+pub mod headroom;
 pub mod help;
 pub mod img;
 pub mod install;

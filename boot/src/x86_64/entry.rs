@@ -12,8 +12,9 @@
 
 use core::arch::global_asm;
 
-/// Size of the boot stack, the only stack the single-threaded kernel has.
-pub const BOOT_STACK_SIZE: usize = 512 * 1024;
+/// Size of the boot stack, the only stack the single-threaded kernel has. 8 MiB: the kernel's
+/// executor keeps up to 64 request futures in one frame, and a qcow2 write future is ~27 KiB.
+pub const BOOT_STACK_SIZE: usize = 8 * 1024 * 1024;
 
 /// Number of 2 MiB pages identity-mapped at boot: 4 GiB.
 const IDENTITY_2M_PAGES: usize = 2048;

@@ -6,6 +6,9 @@
 //! sequential offset (shared, wrapping at the node's end). Latency is measured per request
 //! around the backend call; the stages (submit, device, completion) come from the virtio leaf's
 //! TSC stamps, with the most requests the device held at once. One `bench` record per run.
+//!
+//! Read modes open the node read-only; write modes open it read-write and close it cleanly at
+//! the end (outside the timed run), after a failed run too.
 
 use core::cell::{Cell, RefCell};
 
@@ -22,6 +25,10 @@ use crate::stack::{self, KBackend};
 use crate::{exit_code, println};
 
 /// Runs the bench described by `args`.
+///
+/// Not inlined: each workload's request futures get their own frame, not a share of the
+/// dispatcher's.
+#[inline(never)]
 pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<'_>) -> u32 {
     let (Some(mut graph), Some(buf)) = (stack::graph(), data()) else { return exit_code::FAILURE };
     let options = args.options;
@@ -31,7 +38,13 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
         report::error("usage", format_args!("--bs x --qd exceeds {} bytes", buf.len()));
         return exit_code::USAGE;
     }
-    let (node, leaves) = match stack::open(&mut graph, catalog, maps, options) {
+    // Reads open the node read-only (no header write, dirty images allowed); writes read-write.
+    let opened = if args.rw.writes() {
+        stack::open(&mut graph, catalog, maps, options)
+    } else {
+        stack::open_read_only(&mut graph, catalog, maps, options)
+    };
+    let (node, leaves) = match opened {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -63,44 +76,57 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
     for d in &leaves {
         d.dev.reset_stats();
     }
-    let start = tsc::rdtsc();
-    let mut tasks: heapless::Vec<_, { crate::cmdline::MAX_QD as usize }> = heapless::Vec::new();
-    for (i, mem) in buf.chunks_mut(bs as usize).take(qd).enumerate() {
-        let (backend, issued, next_seq, latencies, failed) = (&backend, &issued, &next_seq, &latencies, &failed);
-        let rw = args.rw;
-        let _ = tasks.push(async move {
-            let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((i as u64 + 1) << 32) ^ start;
-            loop {
-                let now = tsc::rdtsc();
-                if issued.get() >= count || now.wrapping_sub(start) >= deadline_ticks || failed.get().is_some() {
-                    return;
-                }
-                issued.set(issued.get() + 1);
-                let slot = if rw.random() {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng % slots
-                } else {
-                    let s = next_seq.get();
-                    next_seq.set((s + 1) % slots);
-                    s
-                };
-                let offset = slot * bs;
-                let result = if rw.writes() { backend.write(offset, mem).await } else { backend.read(offset, mem).await };
-                match result {
-                    Ok(()) => latencies.borrow_mut().record(tsc::rdtsc().wrapping_sub(now)),
-                    Err(e) => failed.set(Some(e)),
-                }
-            }
-        });
-    }
     let platform = stack::Io::new(&graph, catalog);
-    let exec = executor::run(executor::as_slice(core::pin::pin!(tasks)), &platform);
+    let start = tsc::rdtsc();
+    // The tasks live in this block: they borrow the backend, which the close below consumes.
+    let exec = {
+        let mut tasks: heapless::Vec<_, { crate::cmdline::MAX_QD as usize }> = heapless::Vec::new();
+        for (i, mem) in buf.chunks_mut(bs as usize).take(qd).enumerate() {
+            let (backend, issued, next_seq, latencies, failed) = (&backend, &issued, &next_seq, &latencies, &failed);
+            let rw = args.rw;
+            let _ = tasks.push(async move {
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((i as u64 + 1) << 32) ^ start;
+                loop {
+                    let now = tsc::rdtsc();
+                    if issued.get() >= count || now.wrapping_sub(start) >= deadline_ticks || failed.get().is_some() {
+                        return;
+                    }
+                    issued.set(issued.get() + 1);
+                    let slot = if rw.random() {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        rng % slots
+                    } else {
+                        let s = next_seq.get();
+                        next_seq.set((s + 1) % slots);
+                        s
+                    };
+                    let offset = slot * bs;
+                    let result = if rw.writes() { backend.write(offset, mem).await } else { backend.read(offset, mem).await };
+                    match result {
+                        Ok(()) => latencies.borrow_mut().record(tsc::rdtsc().wrapping_sub(now)),
+                        Err(e) => failed.set(Some(e)),
+                    }
+                }
+            });
+        }
+        // Pinned where they are: `pin!` would move the tasks (64 futures of up to ~30 KiB with
+        // qcow2 writes) into a second copy on the stack.
+        // SAFETY: `tasks` is shadowed by its pinned reference, so it is never moved again.
+        let tasks = unsafe { core::pin::Pin::new_unchecked(&mut tasks) };
+        executor::run(executor::as_slice(tasks), &platform)
+    };
     let elapsed_ticks = tsc::rdtsc().wrapping_sub(start);
     let elapsed_ns = tsc::ticks_to_ns(elapsed_ticks);
+    // Writes end with a clean close (caches written back, flushed, the image marked clean), also
+    // after a failure, so the image stays consistent; its time is not the bench's.
+    let closed = if args.rw.writes() { stack::close(backend, &platform, "bench", options) } else { Ok(()) };
     if let Some(e) = failed.get() {
         return stack::fail("bench", options, e);
+    }
+    if let Err(code) = closed {
+        return code;
     }
 
     let lat = latencies.into_inner();
@@ -122,8 +148,11 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
         leaf.returned += s.returned;
     }
     let per = |sum: u64, n: u64| sum / n.max(1);
-    let (submit, device, completion) =
-        (per(leaf.submit_ticks, leaf.completed), per(leaf.device_ticks, leaf.completed), per(leaf.completion_ticks, leaf.returned));
+    let (submit, device, completion) = (
+        per(leaf.submit_ticks, leaf.completed),
+        per(leaf.device_ticks, leaf.completed),
+        per(leaf.completion_ticks, leaf.returned),
+    );
     let total_per_io = per(elapsed_ticks, ios);
     println!(
         "bench: {} {} bs={} qd={}: {} I/Os in {}.{:03} s: {} IOPS, {}",

@@ -1,5 +1,6 @@
 //! `sha256 OPTIONS`: the SHA-256 of what the opened node shows (`sha256 disk0` hashes the
 //! device's raw bytes; `sha256 driver=raw,offset=1M,size=4M,file=disk0` a window of them).
+//! The node is opened read-only (`read-only=on` at every format level).
 //!
 //! [`READERS`] tasks read chunks round-robin (task `i` reads chunks `i`, `i + READERS`, ...) and
 //! feed the hash in offset order, so while one task hashes, the others' reads are in flight.
@@ -26,9 +27,14 @@ const READERS: usize = 8;
 const CHUNK: usize = 256 * 1024;
 
 /// Hashes the node described by `options` and prints the hex digest.
+///
+/// Not inlined: each workload's request futures get their own frame, not a share of the
+/// dispatcher's.
+#[inline(never)]
 pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, options: &str) -> u32 {
     let (Some(mut graph), Some(buf)) = (stack::graph(), data()) else { return exit_code::FAILURE };
-    let (node, leaves) = match stack::open(&mut graph, catalog, maps, options) {
+    // Only reads: a read-only open never writes the image (nor refuses a dirty one).
+    let (node, leaves) = match stack::open_read_only(&mut graph, catalog, maps, options) {
         Ok(v) => v,
         Err(code) => return code,
     };

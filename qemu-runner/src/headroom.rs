@@ -1,0 +1,216 @@
+//! Room for writable qcow2 images to grow into during a boot.
+//!
+//! A virtio disk's capacity is fixed when QEMU starts, but a qcow2 image grows as the guest
+//! allocates clusters. So before the boot the runner extends every writable qcow2 drive's file
+//! by its `headroom=` (default [`DEFAULT_HEADROOM`]; `headroom=0` disables it) with `set_len`:
+//! the new bytes are a hole, so the guest reads zeros past the image, as the block layer
+//! expects of a growing file. When QEMU has exited (however it ended) the file is cut back to
+//! the image's real end — the end of the last cluster with a nonzero refcount, read through the
+//! block layer on the host — and never below its size before the boot (nor, when the file ended
+//! inside its last cluster and nothing was written past that, above it). An image that ran out of
+//! the room fails its writes with "out of room on the device holding the image".
+//!
+//! Files that get no headroom: read-only drives, backing and data files, files that are not
+//! qcow2, and qcow2 images the guest cannot open read-write anyway (dirty, corrupt, or with an
+//! external data file). An image left dirty by the guest (lazy refcounts, not closed) keeps its
+//! headroom: its refcounts cannot tell where it ends. A warning says so.
+
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use strata_block::driver::qcow2::header::incompat;
+use strata_block::graph::{NodeKind, Role};
+
+use crate::drives::{Backing, Drive};
+use crate::img::image::{self, block_on};
+use crate::img::ImgError;
+use crate::RunnerError;
+
+/// Headroom of a writable qcow2 drive without `headroom=`: 256 MiB.
+pub const DEFAULT_HEADROOM: u64 = 256 << 20;
+
+/// Incompatible bits that keep the guest from opening an image read-write.
+const NO_WRITES: u64 = incompat::DIRTY | incompat::CORRUPT | incompat::DATA_FILE;
+
+/// One extended file.
+#[derive(Debug)]
+struct Grown {
+    path: PathBuf,
+    /// Its length before the boot.
+    original: u64,
+}
+
+/// The files extended for a boot; [`Headroom::shrink`] (or dropping it) cuts them back.
+#[derive(Debug, Default)]
+pub struct Headroom {
+    files: Vec<Grown>,
+}
+
+/// Extends the files of the writable qcow2 drives among `drives` (see the module docs).
+pub fn grow(drives: &[Drive]) -> Result<Headroom, RunnerError> {
+    let mut grown = Headroom::default();
+    for drive in drives {
+        let headroom = drive.headroom.unwrap_or(DEFAULT_HEADROOM);
+        if drive.read_only || drive.backing != Backing::File || headroom == 0 || !writable_qcow2(&drive.file) {
+            continue;
+        }
+        let io = |e| RunnerError::io(format!("extending {} by headroom={headroom}", drive.file.display()), e);
+        let file = OpenOptions::new().write(true).open(&drive.file).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            continue;
+        }
+        let original = meta.len();
+        // Whole sectors: the disk's capacity is counted in them.
+        let len = original.saturating_add(headroom).next_multiple_of(512);
+        file.set_len(len).map_err(io)?;
+        grown.files.push(Grown { path: drive.file.clone(), original });
+    }
+    Ok(grown)
+}
+
+/// Whether `path` holds a qcow2 image the guest may open read-write.
+fn writable_qcow2(path: &Path) -> bool {
+    let mut head = [0u8; 80];
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    if f.read_exact(&mut head).is_err() || head[..4] != *b"QFI\xfb" {
+        return false;
+    }
+    let be64 = |at: usize| head[at..at + 8].iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    match version {
+        2 => true,
+        3 => be64(72) & NO_WRITES == 0,
+        _ => false,
+    }
+}
+
+impl Headroom {
+    /// Files extended.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Cuts every file back to its image's end (never below its size before the boot); what
+    /// could not be done comes back as warnings. Call after QEMU has exited.
+    pub fn shrink(mut self) -> Vec<String> {
+        self.shrink_all()
+    }
+
+    fn shrink_all(&mut self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for g in self.files.drain(..) {
+            if let Err(e) = shrink_one(&g) {
+                warnings.push(format!("{}: headroom not given back: {e}", g.path.display()));
+            }
+        }
+        warnings
+    }
+}
+
+impl Drop for Headroom {
+    fn drop(&mut self) {
+        let _ = self.shrink_all();
+    }
+}
+
+/// Cuts one file back (see [`Headroom::shrink`]).
+fn shrink_one(g: &Grown) -> Result<(), String> {
+    let len = std::fs::metadata(&g.path).map_err(|e| e.to_string())?.len();
+    if len <= g.original {
+        return Ok(());
+    }
+    let end = image_end(&g.path, g.original, len)?.clamp(g.original, len);
+    let mut file = OpenOptions::new().read(true).write(true).open(&g.path).map_err(|e| e.to_string())?;
+    // A file that ended inside its last cluster (as `qemu-img create` leaves them) keeps its
+    // length while nothing was written past it: past the end reads as zeros anyway.
+    let target = if end - g.original < 64 * 1024 && zeros(&mut file, g.original, end - g.original) { g.original } else { end };
+    file.set_len(target).map_err(|e| e.to_string())
+}
+
+/// Whether the `len` bytes at `offset` of `file` are all zeros (false if they cannot be read).
+fn zeros(file: &mut std::fs::File, offset: u64, len: u64) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let mut buf = vec![0u8; len as usize];
+    file.seek(SeekFrom::Start(offset)).is_ok() && file.read_exact(&mut buf).is_ok() && buf.iter().all(|&b| b == 0)
+}
+
+/// The end of the last cluster of the qcow2 image `path` (a file of `len` bytes) with a nonzero
+/// refcount, looking no lower than `floor`; `floor` if no cluster at or above it is in use.
+pub fn image_end(path: &Path, floor: u64, len: u64) -> Result<u64, String> {
+    let opts = image::OpenOptions {
+        read_only: true,
+        no_backing: true,
+        format: Some("qcow2".into()),
+        cache_bytes: Some(1 << 20),
+        ..image::OpenOptions::default()
+    };
+    let spec = path.to_str().ok_or("the path is not UTF-8")?;
+    image::with_image(spec, &opts, |img| {
+        let graph = img.backend.graph();
+        let node = graph.node(img.root()).map_err(|e| ImgError::failed(e.to_string()))?;
+        let (Some(q), Some(file)) = (
+            match &node.kind {
+                NodeKind::Format(s) => s.qcow2(),
+                NodeKind::Leaf(_) => None,
+            },
+            node.child(Role::File),
+        ) else {
+            return Err(ImgError::failed("not a qcow2 image".into()));
+        };
+        if q.header().incompatible & (incompat::DIRTY | incompat::CORRUPT) != 0 {
+            return Err(ImgError::failed("the image is marked dirty or corrupt, so its refcounts cannot say where it ends".into()));
+        }
+        let cs = q.cluster_size();
+        let lowest = floor / cs;
+        let mut cluster = len.div_ceil(cs);
+        while cluster > lowest {
+            let at = (cluster - 1) * cs;
+            let refcount = block_on(q.refcount(graph, file, at)).map_err(|e| ImgError::failed(format!("refcount of the cluster at {at}: {e}")))?;
+            if refcount != 0 {
+                return Ok(cluster * cs);
+            }
+            cluster -= 1;
+        }
+        Ok(floor)
+    })
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_writable_qcow2_files_grow() {
+        let dir = std::env::temp_dir().join(format!("qr-headroom-{}", std::process::id()));
+        assert!(std::fs::create_dir_all(&dir).is_ok());
+        let raw = dir.join("a.raw");
+        assert!(std::fs::write(&raw, [0u8; 4096]).is_ok());
+        let mut head = vec![0u8; 4096];
+        head[..4].copy_from_slice(b"QFI\xfb");
+        head[7] = 3;
+        let q = dir.join("a.qcow2");
+        assert!(std::fs::write(&q, &head).is_ok());
+        head[79] = 1; // dirty
+        let dirty = dir.join("dirty.qcow2");
+        assert!(std::fs::write(&dirty, &head).is_ok());
+        let ro = Drive { read_only: true, ..Drive::new(&q, "ro") };
+        let off = Drive { headroom: Some(0), ..Drive::new(&q, "off") };
+        let grown = grow(&[Drive::new(&raw, "r"), Drive::new(&dirty, "d"), ro, off]);
+        assert!(matches!(grown, Ok(ref g) if g.is_empty()));
+        let grown = grow(&[Drive { headroom: Some(1000), ..Drive::new(&q, "q") }]);
+        assert!(matches!(grown, Ok(ref g) if g.len() == 1));
+        assert_eq!(std::fs::metadata(&q).map(|m| m.len()).ok(), Some(4096 + 1024));
+        // Not a real image: the end cannot be read, the file stays grown and a warning says why.
+        let warnings = grown.map(Headroom::shrink).unwrap_or_default();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -11,6 +11,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
+pub mod cmd;
 pub mod dev;
 pub mod driver;
 pub mod error;

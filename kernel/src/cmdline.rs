@@ -24,6 +24,11 @@ usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw
   bench OPTIONS [--rw randread|randwrite|read|write] [--bs 4k] [--qd 1..64]
                 [--seconds N | --count N]
   logbench                     cost per byte of the log channels
+  io OPTIONS -c CMD [-c CMD ...] qemu-io's read [-P pat] [-q], write [-P pat | -z [-u]] [-q],
+                               discard [-q], flush; CMD's words are separated by commas:
+                               -c write,-P,0xaa,0,64k -c read,-P,0xaa,0,64k
+  stress OPTIONS --seed N --ops N --qd 1..64 [--max-len 64k] [--block 4k] [--mix R:W:Z:ZU:D:F]
+                               seeded verified mix; 'flush K covers ops 0..N' markers
   --map NAME=SERIAL            (any workload, repeatable) the file NAME (in OPTIONS or an image's
                                backing/data-file name, as written) is the device SERIAL";
 
@@ -107,6 +112,43 @@ pub struct BenchArgs<'a> {
     pub stop: Stop,
 }
 
+/// `io`'s commands: the values of the command line's `-c` flags, in order, each one word whose
+/// commas separate qemu-io's words (`write,-P,0xaa,0,64k`: QEMU's `-append` keeps no quotes,
+/// so spaces would split them). Holds the command line and finds them again when iterated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoCmds<'a>(&'a str);
+
+impl<'a> IoCmds<'a> {
+    /// The commands (each checked by [`parse`] with `strata_block::cmd::parse_words`).
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> {
+        let mut words = self.0.split_ascii_whitespace();
+        core::iter::from_fn(move || loop {
+            if words.next()? == "-c" {
+                return words.next();
+            }
+        })
+    }
+}
+
+/// What `stress` runs (see `strata_block::cmd::stress::Config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StressArgs<'a> {
+    /// The node to open.
+    pub options: &'a str,
+    /// The seed.
+    pub seed: u64,
+    /// Ops.
+    pub ops: u32,
+    /// Queue depth.
+    pub qd: u32,
+    /// Longest op (default: 64 KiB or the node).
+    pub max_len: Option<u64>,
+    /// Block size (alignment and model granularity).
+    pub block: u32,
+    /// Op weights.
+    pub mix: strata_block::cmd::stress::Mix,
+}
+
 /// A parsed command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -126,6 +168,15 @@ pub enum Command<'a> {
     },
     /// Measure IOPS, throughput, latency and cycles per stage.
     Bench(BenchArgs<'a>),
+    /// Run qemu-io commands.
+    Io {
+        /// The node.
+        options: &'a str,
+        /// The commands, comma-separated words each.
+        cmds: IoCmds<'a>,
+    },
+    /// Run the seeded stress engine.
+    Stress(StressArgs<'a>),
 }
 
 /// What is wrong with a command line.
@@ -149,6 +200,8 @@ pub enum CmdlineError<'a> {
     BadFlag(&'a str, &'static str),
     /// A flag's size or number does not parse.
     BadValue(&'a str, ValueError),
+    /// An `io` command does not parse.
+    IoCommand(&'a str, strata_block::cmd::ParseError<'a>),
 }
 
 impl fmt::Display for CmdlineError<'_> {
@@ -163,6 +216,7 @@ impl fmt::Display for CmdlineError<'_> {
             Self::DuplicateFlag(w) => write!(f, "flag \"{}\" given twice", w),
             Self::BadFlag(w, why) => write!(f, "flag \"{}\": {}", w, why),
             Self::BadValue(w, e) => write!(f, "flag \"{}\": {}", w, e),
+            Self::IoCommand(w, e) => write!(f, "-c {}: {}", w, e),
         }
     }
 }
@@ -185,7 +239,14 @@ fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>) -> Result<Command<'a
         Options::<'_, MAX_OPTIONS>::parse(text, Some("file")).map_err(CmdlineError::Options)?;
     }
     let mut flags: heapless::Vec<(&str, &str), 8> = heapless::Vec::new();
+    let mut io_cmds = 0usize;
     while let Some(word) = rest.next() {
+        if word == "-c" {
+            let value = rest.next().ok_or(CmdlineError::MissingValue(word))?;
+            strata_block::cmd::parse_words(value.split(',')).map_err(|e| CmdlineError::IoCommand(value, e))?;
+            io_cmds += 1;
+            continue;
+        }
         if !word.starts_with("--") {
             return Err(CmdlineError::ExtraWord(word));
         }
@@ -217,6 +278,9 @@ fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>) -> Result<Command<'a
         Some(w) => Err(CmdlineError::ExtraWord(w)).map(|()| cmd),
         None => Ok(cmd),
     };
+    if workload != "io" && io_cmds > 0 {
+        return Err(CmdlineError::UnknownFlag("-c"));
+    }
     match workload {
         "devices" => {
             no_flags()?;
@@ -237,6 +301,18 @@ fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>) -> Result<Command<'a
         "bench" => {
             let options = options.ok_or(CmdlineError::MissingOptions("bench"))?;
             bench(options, &flags).map(Command::Bench)
+        }
+        "io" => {
+            let options = options.ok_or(CmdlineError::MissingOptions("io"))?;
+            no_flags()?;
+            if io_cmds == 0 {
+                return Err(CmdlineError::MissingValue("-c"));
+            }
+            Ok(Command::Io { options, cmds: IoCmds(cmdline) })
+        }
+        "stress" => {
+            let options = options.ok_or(CmdlineError::MissingOptions("stress"))?;
+            stress(options, &flags).map(Command::Stress)
         }
         other => Err(CmdlineError::UnknownCommand(other)),
     }
@@ -285,6 +361,38 @@ fn bench<'a>(options: &'a str, flags: &[(&'a str, &'a str)]) -> Result<BenchArgs
     }
     if let Some(s) = stop {
         args.stop = s;
+    }
+    Ok(args)
+}
+
+fn stress<'a>(options: &'a str, flags: &[(&'a str, &'a str)]) -> Result<StressArgs<'a>, CmdlineError<'a>> {
+    let mut args = StressArgs { options, seed: 0, ops: 0, qd: 1, max_len: None, block: 4096, mix: Default::default() };
+    let mut given = [false; 3];
+    for &(name, value) in flags {
+        match name {
+            "--seed" => (args.seed, given[0]) = (size(name, value)?, true),
+            "--ops" => {
+                let n = size(name, value)?;
+                args.ops = u32::try_from(n).ok().filter(|&n| n < strata_block::cmd::stress::MAX_OPS).ok_or(CmdlineError::BadFlag(name, "too many ops"))?;
+                given[1] = true;
+            }
+            "--qd" => {
+                let qd = size(name, value)?;
+                if qd == 0 || qd > u64::from(MAX_QD) {
+                    return Err(CmdlineError::BadFlag(name, "expected 1 to 64"));
+                }
+                (args.qd, given[2]) = (qd as u32, true);
+            }
+            "--max-len" => args.max_len = Some(size(name, value)?),
+            "--block" => args.block = u32::try_from(size(name, value)?).map_err(|_| CmdlineError::BadFlag(name, "too large"))?,
+            "--mix" => args.mix = strata_block::cmd::stress::Mix::parse(value).ok_or(CmdlineError::BadFlag(name, "expected R:W:Z:ZU:D:F weights"))?,
+            _ => return Err(CmdlineError::UnknownFlag(name)),
+        }
+    }
+    for (i, flag) in ["--seed", "--ops", "--qd"].into_iter().enumerate() {
+        if !given[i] {
+            return Err(CmdlineError::MissingValue(flag));
+        }
     }
     Ok(args)
 }

@@ -8,8 +8,10 @@ mod bench;
 mod demo;
 mod devices;
 mod histogram;
+mod io;
 mod logbench;
 mod sha256;
+mod stress;
 
 use static_cell::ConstStaticCell;
 
@@ -36,6 +38,8 @@ pub fn run(command: &Command, disks: &Catalog, maps: &Maps<'_>) -> u32 {
         Command::LogBench => logbench::run(),
         Command::Sha256 { options } => sha256::run(disks, maps, options),
         Command::Bench(args) => bench::run(disks, maps, &args),
+        Command::Io { options, cmds } => io::run(disks, maps, options, cmds),
+        Command::Stress(args) => stress::run(disks, maps, &args),
         Command::Demo { options } => {
             let default = disks.first_by_serial().map(|d| d.serial());
             match options.or(default) {

@@ -12,9 +12,11 @@ mod convert;
 pub mod crashlog;
 pub mod image;
 mod info;
+pub mod io;
 pub mod map;
 pub mod replay;
 pub(crate) mod resolve;
+mod stress;
 
 use std::fmt;
 
@@ -57,6 +59,12 @@ qemu-runner img COMMAND [OPTIONS]: qemu-img's commands over Strata's block layer
   bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
         [-t none|writeback] [-i threads|native|io_uring] [--flush-interval N]
         [--pattern N] [-q] [--json] FILE
+  io [-f FMT] [--image-opts] [-t CACHE] [-r] [-U] -c CMD [-c CMD ...] FILE
+        (qemu-io's read [-P pat] [-q], write [-P pat | -z [-u]] [-q], discard [-q], flush;
+         exit status as qemu-io: 0 all commands succeeded, 1 otherwise)
+  stress [-f FMT] [--image-opts] [-t CACHE] --seed N --ops N --qd N [--max-len SIZE]
+        [--block SIZE] [--offset SIZE] [--length SIZE] [--mix R:W:Z:ZU:D:F] [--json] [-v] FILE
+        (seeded verified mix at a queue depth; prints 'flush K covers ops 0..N' markers)
   replay LOG BASE OUT --cut SEQ [--drop SEED] | replay LOG --plan N [--seed S]
         (crash logs: copy BASE to OUT and apply what a crash at SEQ could leave)
 
@@ -86,6 +94,8 @@ pub fn main(args: &[String]) -> i32 {
         "map" => map::run(rest).map(|()| 0),
         "convert" => convert::run(rest).map(|()| 0),
         "bench" => bench::run(rest).map(|()| 0),
+        "io" => return io::main(rest),
+        "stress" => stress::run(rest).map(|()| 0),
         "replay" => replay::run(rest).map(|()| 0),
         "compare" => match compare::run(rest) {
             Ok(status) => return status,

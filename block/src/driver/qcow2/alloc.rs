@@ -155,10 +155,12 @@ impl Qcow2 {
         let fresh = host >= self.w.fresh_from.get();
         let slice_len = self.slice_len();
         let (self_slice, self_index) = self.refcount_slot(host, c);
-        let mut buf = [0u8; super::cache::SLICE];
+        // A bounce buffer, not an array: a local array would live in every request's future.
+        let mut bounce = graph.bounce.take_for_copy().await?;
+        let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
         let mut at = host;
         while at < host + cs {
-            let piece = &mut buf[..slice_len];
+            let piece = buf.get_mut(..slice_len).ok_or(Error::NoSpace { what: "bounce buffers smaller than a metadata slice" })?;
             piece.fill(0);
             if at == self_slice {
                 set_entry(piece, u32::from(self.refcount_order), self_index, 1).ok_or(Error::BadGraph("refcount entry outside its slice"))?;
@@ -169,6 +171,7 @@ impl Qcow2 {
             child_io::write(graph, file, at, piece).await?;
             at += slice_len as u64;
         }
+        drop(bounce);
         graph.meta.forget_range(file, host, host + cs);
         if fresh {
             self.w.fresh_from.set(host + cs);

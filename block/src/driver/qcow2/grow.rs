@@ -116,13 +116,14 @@ impl Qcow2 {
         // The blocks: each counts the area clusters in its range.
         let order = u32::from(self.refcount_order);
         let slice_len = self.slice_len() as u64;
-        let mut buf = [0u8; super::cache::SLICE];
+        let mut bounce = graph.bounce.take_for_copy().await?;
+        let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
         for b in 0..blocks {
             let block_at = (area + b) * cs;
             let first = (old_entries + b) * per_block;
             let mut at = 0;
             while at < cs {
-                let piece = &mut buf[..slice_len as usize];
+                let piece = buf.get_mut(..slice_len as usize).ok_or(Error::NoSpace { what: "bounce buffers smaller than a metadata slice" })?;
                 piece.fill(0);
                 let per_slice = (slice_len * 8) >> order;
                 let first_here = first + at / slice_len * per_slice;
@@ -135,6 +136,7 @@ impl Qcow2 {
                 at += slice_len;
             }
         }
+        drop(bounce);
         // The table: the old entries, then the new blocks.
         let table_at = (area + blocks) * cs;
         for c in 0..table {

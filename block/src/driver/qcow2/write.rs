@@ -29,8 +29,13 @@ use super::tables::{decode_l1, decode_l2, Entry, GuestOffset, COPIED, L1_OFFSET,
 use super::validation::{self, ClusterRef};
 use super::Qcow2;
 
-/// Most clusters one allocation step takes at once.
-const MAX_GROUP: usize = 64;
+/// Most clusters one allocation step takes at once (the plan lives in the request's future,
+/// so it stays small: 16 clusters is 1 MiB of 64 KiB clusters per step).
+const MAX_GROUP: usize = 16;
+
+/// Zeros to write from (a static: a buffer in an async function would live in every request's
+/// future).
+static ZEROS: [u8; 4096] = [0; 4096];
 
 /// What a cluster about to be written needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -371,7 +376,7 @@ impl Qcow2 {
 
     /// Writes zeros over host cluster `at`.
     pub(crate) async fn zero_cluster<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, at: u64) -> Result<()> {
-        let zeros = [0u8; super::cache::SLICE];
+        let zeros = &ZEROS;
         let cs = self.cluster_size();
         let mut off = 0;
         while off < cs {

@@ -335,7 +335,6 @@ fn zeroes_and_discard_v2() {
 }
 
 #[test]
-#[ignore = "BUG: a v2 discard over a backing file exposes the backing file's data; QEMU keeps the data (qcow2_co_pdiscard: -ENOTSUP)"]
 fn zeroes_and_discard_v2_over_backing() {
     zero_discard_case("v2-backing", "compat=0.10", 64 * KIB, true);
 }
@@ -595,7 +594,6 @@ fn overlapping_writes_in_flight() {
 }
 
 #[test]
-#[ignore = "CONTRACT: with -t none overlapping plain writes complete in any order (see overlapping_writes_keep_issue_order_direct)"]
 fn overlapping_writes_in_flight_direct() {
     overlapping_writes(rw_direct(), "direct");
 }
@@ -627,7 +625,6 @@ fn same_cluster_allocations_race() {
 }
 
 #[test]
-#[ignore = "BUG: hits the spurious 'L2 table past the end of the file' corruption (concurrent_writes_under_a_new_l2_table_direct)"]
 fn same_cluster_allocations_race_direct() {
     same_cluster_allocations(rw_direct(), "direct");
 }
@@ -810,7 +807,6 @@ fn random_ops_v2() {
 }
 
 #[test]
-#[ignore = "BUG: a v2 discard over a backing file exposes the backing file's data; QEMU keeps the data"]
 fn random_ops_v2_over_backing() {
     random_ops("v2-backing", "compat=0.10", 64 * KIB, 5, 500, 16, rw(), true);
 }
@@ -846,7 +842,6 @@ fn direct_open_of_a_fresh_image() {
 /// 2 MiB, the file grown to ~2 MiB of unreferenced clusters; since 6607512 (the table grows)
 /// the write hangs. 31.5 KiB works. QEMU writes it.
 #[test]
-#[ignore = "BUG: cluster_size=512,refcount_bits=64: a 32 KiB allocating write hangs (was: NoSpace 'out of refcount table')"]
 fn allocation_as_large_as_a_refcount_block() {
     let dir = scratch("qcow2w-refblock-group");
     let f = fresh(&dir, "r.qcow2", "cluster_size=512,refcount_bits=64", 8 * MIB);
@@ -900,7 +895,6 @@ fn race_rounds(name: &str, copts: &str, cs: u64, with_backing: bool, opts: OpenO
 /// lost and the node refuses further writes (the header's corrupt bit stays clear; `qemu-img
 /// check` is clean with one allocated cluster). Writeback mode never shows it.
 #[test]
-#[ignore = "BUG: concurrent first writes under a new L2 table with -t none fail with a spurious 'L2 table past the end of the file' corruption"]
 fn concurrent_writes_under_a_new_l2_table_direct() {
     let cs = 64 * KIB;
     let c = 15 * cs;
@@ -915,7 +909,6 @@ fn concurrent_writes_under_a_new_l2_table_direct() {
 /// plain in-place write) waits for nothing and A's later segment lands over it. As QEMU (plain
 /// overlapping writes are unordered), but not the issue order this suite was asked to expect.
 #[test]
-#[ignore = "CONTRACT: overlapping in-place writes are not ordered by issue (only serialising ones are), so a later write can be overwritten by an earlier one"]
 fn overlapping_writes_keep_issue_order_direct() {
     let cs = 64 * KIB;
     let setup = vec![Op::write(209967, 7368, 1), Op::write(313848, 3820, 2), Op::write(84590, 6187, 3), Op::write(335994, 5035, 4)];

@@ -20,8 +20,8 @@ use super::Qcow2;
 
 /// Where a search for free clusters stopped.
 enum Search {
-    /// `count` free clusters from this index, all with refcount blocks.
-    Found(u64),
+    /// Free clusters from this index (this many), all with refcount blocks.
+    Found(u64, u64),
     /// This cluster is free but has no refcount block yet.
     NeedsBlock(u64),
     /// The search ran past what the refcount table covers.
@@ -59,15 +59,19 @@ impl Qcow2 {
         (block + in_block / per_slice * self.slice_len() as u64, in_block % per_slice)
     }
 
-    /// Looks for `count` free clusters in a row from cluster `from` on, a refcount slice at a
-    /// time.
-    async fn search<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, from: u64, count: u64) -> Result<Search> {
+    /// Looks for free clusters from cluster `from` on, a refcount slice at a time: `count` in a
+    /// row if `whole`, else the first run of at most `count` (so holes left by frees are used and
+    /// a run never has to cross a refcount block that does not exist yet).
+    async fn search<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, from: u64, count: u64, whole: bool) -> Result<Search> {
         let order = u32::from(self.refcount_order);
         let per_slice = (self.slice_len() as u64 * 8) >> order;
         let (mut start, mut c) = (from, from);
         while c < start + count {
+            let found_part = c > start && !whole;
             let block = match self.refcount_block(graph, file, c / self.per_block()).await? {
+                None if found_part => return Ok(Search::Found(start, c - start)),
                 None => return Ok(Search::NeedsTable),
+                Some(0) if found_part => return Ok(Search::Found(start, c - start)),
                 Some(0) => return Ok(Search::NeedsBlock(c)),
                 Some(b) => b,
             };
@@ -78,6 +82,7 @@ impl Qcow2 {
                 .with_slice(graph, file, slice, self.slice_len(), |s| (0..limit).find(|&i| entry(s, order, first + i) != Some(0)))
                 .await?;
             match used {
+                Some(i) if !whole && c + i > start => return Ok(Search::Found(start, c + i - start)),
                 Some(i) => {
                     start = c + i + 1;
                     c = start;
@@ -85,19 +90,31 @@ impl Qcow2 {
                 None => c += limit,
             }
         }
-        Ok(Search::Found(start))
+        Ok(Search::Found(start, count))
     }
 
-    /// Allocates `count` contiguous host clusters (refcount 1 each, in the cache) and returns the
-    /// first one's byte offset; the image file grows to hold them. Caller holds the allocation
-    /// lock.
-    pub(crate) async fn alloc_clusters<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, file: NodeId, count: u64) -> Result<u64> {
+    /// Allocates host clusters (refcount 1 each, in the cache): `count` contiguous ones if
+    /// `whole` (a table), else the first free run of 1..=`count`. Returns the first one's byte
+    /// offset and how many; the image file grows to hold them. Caller holds the allocation lock.
+    pub(crate) async fn alloc_clusters<const N: usize, const T: usize>(
+        &self,
+        graph: &Graph<'_, N, T>,
+        node: NodeId,
+        file: NodeId,
+        count: u64,
+        whole: bool,
+    ) -> Result<(u64, u64)> {
         let cs = self.cluster_size();
+        if whole && count >= self.per_block() {
+            // Each new refcount block sits inside the range it counts, so no free run spans a
+            // whole block's range: refuse rather than search forever.
+            return Err(Error::Unsupported("a table larger than one refcount block's reach (use larger clusters or wider refcounts)"));
+        }
         loop {
-            match self.search(graph, file, self.w.free_hint.get(), count).await? {
+            match self.search(graph, file, self.w.free_hint.get(), count, whole).await? {
                 Search::NeedsBlock(c) => self.new_refcount_block(graph, file, c).await?,
                 Search::NeedsTable => self.grow_refcount_table(graph, node, file).await?,
-                Search::Found(first) => {
+                Search::Found(first, count) => {
                     let (start, end) = (first * cs, (first + count) * cs);
                     self.check_new_clusters(graph, file, start, end).await?;
                     child_io::grow(graph, file, end)?;
@@ -111,7 +128,7 @@ impl Qcow2 {
                         self.w.fresh_from.set(end);
                     }
                     self.w.free_hint.set(first + count);
-                    return Ok(start);
+                    return Ok((start, count));
                 }
             }
         }

@@ -50,7 +50,7 @@ impl Qcow2 {
         }
         let clusters = bytes.div_ceil(cs);
         let fresh = self.w.fresh_from.get();
-        let new = self.alloc_clusters(graph, node, file, clusters).await?;
+        let (new, _) = self.alloc_clusters(graph, node, file, clusters, true).await?;
         // Dirty L1 slices (and the refcounts of the new table) reach the disk first.
         graph.meta.write_back(graph, file).await?;
         let old = self.l1.get();

@@ -143,8 +143,9 @@ impl Qcow2 {
         let file = here.child(Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
         let data_role = if self.data_file { Role::DataFile } else { Role::File };
         let data = here.child(data_role).ok_or(Error::BadGraph("qcow2 node without its data-file child"))?;
-        let file_size = graph.node(file)?.size();
-        let eof = graph.node(data)?.size();
+        // File sizes are read after each await, never before: a concurrent write may grow the
+        // file and point a table at the new space while this lookup waits for a slice.
+        let size_of = |n: NodeId| graph.node(n).map(|n| n.size());
         let cs = self.cluster_size();
         let l2_entries = self.l2_entries();
         let guest_cluster = offset >> self.cluster_bits;
@@ -162,15 +163,18 @@ impl Qcow2 {
         let Some(l2) = decode_l1(l1_entry, l1_at)? else {
             return Ok(Mapping::Unallocated { len });
         };
-        validation::cluster_ref(l2.0, cs, file_size, &self.meta.get(), l1_at, ClusterRef::L2Table)?;
+        validation::cluster_ref(l2.0, cs, size_of(file)?, &self.meta.get(), l1_at, ClusterRef::L2Table)?;
         let esize = self.l2_entry_size();
         let entry_at = l2.0 + l2_index * esize;
         let slice_start = entry_at / slice_len as u64 * slice_len as u64;
         let skip = (entry_at - slice_start) as usize;
         let found = graph
             .meta
-            .with_slice(graph, file, slice_start, slice_len, |s| self.scan(s.get(skip..).unwrap_or(&[]), entry_at, offset, len, eof))
+            .with_slice(graph, file, slice_start, slice_len, |s| {
+                self.scan(s.get(skip..).unwrap_or(&[]), entry_at, offset, len, size_of(data)?)
+            })
             .await??;
+        let eof = size_of(data)?;
         Ok(match found {
             Found::Compressed { host, csize, skip, len } => Mapping::Compressed { host_offset: host, csize, skip, len },
             Found::Run(Run::Zero, n) => Mapping::Zero { len: n },

@@ -1,10 +1,10 @@
 //! Guest writes, as plan → execute → commit (QEMU's `qcow2_co_pwritev_part`,
 //! `qcow2_alloc_host_offset`, `perform_cow`, `qcow2_alloc_cluster_link_l2`).
 //!
-//! A write holds one tracked request at the qcow2 node for its whole range. Where the mapping is
-//! `writable` (the node owns the cluster alone) the data goes in place. Anywhere else the request
-//! first becomes serialising over whole clusters — so no overlapping request interleaves with
-//! the allocation, and a later reader waits for the commit — then, per run of clusters:
+//! A write holds one serialising tracked request at the qcow2 node over the whole clusters of its
+//! range, so overlapping requests run in issue order and none interleaves with an allocation (a
+//! later reader waits for the commit). Where the mapping is `writable` (the node owns the
+//! cluster alone) the data goes in place. Anywhere else, per run of clusters:
 //! - **plan**: the L2 table (allocated, or copied from one shared with a snapshot) and the entries;
 //!   clusters that need a new host cluster are grouped and allocated contiguously;
 //! - **execute**: copy-on-write of the parts of the first and last cluster the write does not
@@ -73,6 +73,11 @@ impl Qcow2 {
         let file = Self::file(graph, node)?;
         self.mark_dirty(graph, file).await?;
         let tracked = graph.format_tracker.begin(node, ReqKind::Write, offset, buf.len() as u64).await;
+        // Serialising from the start, over whole clusters: overlapping writes run in the order
+        // they were issued, whole, as if one after another — also when one of them allocates
+        // halfway through (a write that became serialising only then would interleave with a
+        // later one that had started meanwhile).
+        tracked.serialise(self.cluster_size());
         tracked.wait_serialising().await;
         self.write_tracked(graph, node, file, offset, buf, &tracked).await
     }
@@ -148,7 +153,7 @@ impl Qcow2 {
             needs[i] = self.need(e, bitmap, GuestOffset(first + i as u64 * cs), entry_at + i as u64 * esize)?;
         }
         // A run of fresh clusters, or one owned cluster.
-        let count = match needs[0] {
+        let mut count = match needs[0] {
             Need::Owned { .. } => 1,
             Need::Fresh(_) => needs[..wanted].iter().take_while(|n| matches!(n, Need::Fresh(_))).count(),
         };
@@ -160,7 +165,8 @@ impl Qcow2 {
             Need::Fresh(_) => {
                 let _lock = self.alloc_lock().await;
                 let fresh = self.w.fresh_from.get();
-                let host = self.alloc_clusters(graph, node, file, count as u64).await?;
+                let (host, got) = self.alloc_clusters(graph, node, file, count as u64, false).await?;
+                count = got as usize;
                 (host, host >= fresh)
             }
         };
@@ -352,7 +358,7 @@ impl Qcow2 {
             }
         }
         let fresh = self.w.fresh_from.get();
-        let table = self.alloc_clusters(graph, node, file, 1).await?;
+        let (table, _) = self.alloc_clusters(graph, node, file, 1, true).await?;
         match old {
             Some(shared) => self.copy_bytes(graph, file, shared.0, table, cs).await?,
             None if table < fresh => self.zero_cluster(graph, file, table).await?,

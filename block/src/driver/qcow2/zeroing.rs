@@ -7,9 +7,10 @@
 //!   at the edges that do not read as zeros already are written as zeros. Version 2 has no zero
 //!   flag: zeros are written as data.
 //! - **discard** (advisory): only whole clusters; each becomes a zero cluster (version 3; with
-//!   extended L2 all-zero subclusters) or unallocated (version 2, where it reads from the backing
-//!   file again); an unallocated cluster without a backing file stays as it is. Freed clusters
-//!   are discarded in the file too once their table change is stable.
+//!   extended L2 all-zero subclusters) or unallocated (version 2 without a backing file; with
+//!   one, nothing happens: it would show the backing file's stale data); an unallocated cluster
+//!   without a backing file stays as it is. Freed clusters are discarded in the file too once
+//!   their table change is stable.
 //!
 //! Both hold one serialising tracked request over whole clusters for their range.
 
@@ -54,6 +55,9 @@ impl Qcow2 {
         let end = offset + len;
         let cs = self.cluster_size();
         match op {
+            // Version 2 has no zero flag: a discarded cluster would show the backing file's
+            // stale data, so QEMU does nothing (-ENOTSUP, and discards are advisory).
+            RangeOp::Discard if self.header().version < 3 && graph.node(node)?.child(Role::Backing).is_some() => Ok(()),
             RangeOp::Discard => {
                 let (start, stop) = self.whole_units(offset, end, cs);
                 let mut c = start;

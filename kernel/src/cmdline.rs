@@ -24,6 +24,9 @@ usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw
   bench OPTIONS [--rw randread|randwrite|read|write] [--bs 4k] [--qd 1..64]
                 [--seconds N | --count N]
   logbench                     cost per byte of the log channels
+  create SERIAL --size N [--cluster-size 64k] [--extended-l2] [--lazy-refcounts]
+                [--refcount-bits 16] [--backing NAME] [--backing-fmt FMT]
+                               format the device (or a raw window of it) as an empty qcow2
   io OPTIONS -c CMD [-c CMD ...] qemu-io's read [-P pat] [-q], write [-P pat | -z [-u]] [-q],
                                discard [-q], flush; CMD's words are separated by commas:
                                -c write,-P,0xaa,0,64k -c read,-P,0xaa,0,64k
@@ -149,6 +152,30 @@ pub struct StressArgs<'a> {
     pub mix: strata_block::cmd::stress::Mix,
 }
 
+/// What `create` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreateArgs<'a> {
+    /// The device: a serial, or a raw window in the options grammar.
+    pub options: &'a str,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+    /// Extended L2 entries.
+    pub extended_l2: bool,
+    /// Lazy refcounts.
+    pub lazy_refcounts: bool,
+    /// Refcount width in bits.
+    pub refcount_bits: u64,
+    /// Backing file name to store.
+    pub backing: Option<&'a str>,
+    /// Its format.
+    pub backing_fmt: Option<&'a str>,
+}
+
+/// Flags that take no value.
+const SWITCHES: &[&str] = &["--extended-l2", "--lazy-refcounts"];
+
 /// A parsed command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -168,6 +195,8 @@ pub enum Command<'a> {
     },
     /// Measure IOPS, throughput, latency and cycles per stage.
     Bench(BenchArgs<'a>),
+    /// Format a device as an empty qcow2 image.
+    Create(CreateArgs<'a>),
     /// Run qemu-io commands.
     Io {
         /// The node.
@@ -252,6 +281,7 @@ fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>) -> Result<Command<'a
         }
         let (name, value) = match word.split_once('=') {
             Some((n, v)) => (n, v),
+            None if SWITCHES.contains(&word) => (word, "on"),
             None => (word, rest.next().ok_or(CmdlineError::MissingValue(word))?),
         };
         if name == "--map" {
@@ -301,6 +331,10 @@ fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>) -> Result<Command<'a
         "bench" => {
             let options = options.ok_or(CmdlineError::MissingOptions("bench"))?;
             bench(options, &flags).map(Command::Bench)
+        }
+        "create" => {
+            let options = options.ok_or(CmdlineError::MissingOptions("create"))?;
+            create(options, &flags).map(Command::Create)
         }
         "io" => {
             let options = options.ok_or(CmdlineError::MissingOptions("io"))?;
@@ -393,6 +427,37 @@ fn stress<'a>(options: &'a str, flags: &[(&'a str, &'a str)]) -> Result<StressAr
         if !given[i] {
             return Err(CmdlineError::MissingValue(flag));
         }
+    }
+    Ok(args)
+}
+
+fn create<'a>(options: &'a str, flags: &[(&'a str, &'a str)]) -> Result<CreateArgs<'a>, CmdlineError<'a>> {
+    let mut args = CreateArgs { options, size: 0, cluster_size: 65536, extended_l2: false, lazy_refcounts: false, refcount_bits: 16, backing: None, backing_fmt: None };
+    let mut sized = false;
+    for &(name, value) in flags {
+        match name {
+            "--size" => (args.size, sized) = (size(name, value)?, true),
+            "--cluster-size" => args.cluster_size = size(name, value)?,
+            "--refcount-bits" => args.refcount_bits = size(name, value)?,
+            "--extended-l2" | "--lazy-refcounts" => {
+                let on = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(CmdlineError::BadFlag(name, "expected on or off (or no value)")),
+                };
+                if name == "--extended-l2" {
+                    args.extended_l2 = on;
+                } else {
+                    args.lazy_refcounts = on;
+                }
+            }
+            "--backing" => args.backing = Some(value),
+            "--backing-fmt" => args.backing_fmt = Some(value),
+            _ => return Err(CmdlineError::UnknownFlag(name)),
+        }
+    }
+    if !sized {
+        return Err(CmdlineError::MissingValue("--size"));
     }
     Ok(args)
 }

@@ -5,6 +5,7 @@
 //! their requests as tasks of the polled executor ([`crate::executor`]).
 
 mod bench;
+mod create;
 mod demo;
 mod devices;
 mod histogram;
@@ -38,6 +39,7 @@ pub fn run(command: &Command, disks: &Catalog, maps: &Maps<'_>) -> u32 {
         Command::LogBench => logbench::run(),
         Command::Sha256 { options } => sha256::run(disks, maps, options),
         Command::Bench(args) => bench::run(disks, maps, &args),
+        Command::Create(args) => create::run(disks, maps, &args),
         Command::Io { options, cmds } => io::run(disks, maps, options, cmds),
         Command::Stress(args) => stress::run(disks, maps, &args),
         Command::Demo { options } => {

@@ -9,6 +9,7 @@ mod args;
 mod bench;
 mod compare;
 mod convert;
+mod create;
 pub mod crashlog;
 pub mod image;
 mod info;
@@ -56,6 +57,8 @@ qemu-runner img COMMAND [OPTIONS]: qemu-img's commands over Strata's block layer
   map [-f FMT] [--image-opts] [-U] [--output=human|json] FILE
   convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME] -O raw SRC DST
   compare [-f FMT] [-F FMT] [-s] [-q] [-U] A B
+  create [-f qcow2|raw] [-b BACKING -F FMT] [-o OPTIONS] [-u] [-q] FILE [SIZE]
+        (OPTIONS: cluster_size, extended_l2, lazy_refcounts, refcount_bits, backing_file, backing_fmt)
   bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
         [-t none|writeback] [-i threads|native|io_uring] [--flush-interval N]
         [--pattern N] [-q] [--json] FILE
@@ -93,6 +96,7 @@ pub fn main(args: &[String]) -> i32 {
         "info" => info::run(rest).map(|()| 0),
         "map" => map::run(rest).map(|()| 0),
         "convert" => convert::run(rest).map(|()| 0),
+        "create" => create::run(rest).map(|()| 0),
         "bench" => bench::run(rest).map(|()| 0),
         "io" => return io::main(rest),
         "stress" => stress::run(rest).map(|()| 0),

@@ -54,6 +54,9 @@ pub struct Tracker<const T: usize> {
     waiting: Cell<usize>,
     /// Where to look for a free slot first.
     free_hint: Cell<usize>,
+    /// One past the highest slot in use: conflict scans stop there (a big table with a few
+    /// requests in flight costs what those few cost).
+    high: Cell<usize>,
 }
 
 impl<const T: usize> Default for Tracker<T> {
@@ -71,6 +74,7 @@ impl<const T: usize> Tracker<T> {
             serialising: Cell::new(0),
             waiting: Cell::new(0),
             free_hint: Cell::new(0),
+            high: Cell::new(0),
         }
     }
 
@@ -88,6 +92,7 @@ impl<const T: usize> Tracker<T> {
             None => slots[..hint].iter().position(Option::is_none)?,
         };
         self.free_hint.set(index + 1);
+        self.high.set(self.high.get().max(index + 1));
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         slots[index] = Some(Entry {
@@ -119,6 +124,11 @@ impl<const T: usize> Tracker<T> {
                 self.waiting.set(self.waiting.get() - 1);
             }
             self.free_hint.set(index);
+            let mut high = self.high.get();
+            while high > 0 && slots.get(high - 1).is_some_and(Option::is_none) {
+                high -= 1;
+            }
+            self.high.set(high);
         }
         if self.waiting.get() == 0 {
             return;
@@ -166,7 +176,7 @@ impl<const T: usize> Tracked<'_, T> {
             }
             let (node, seq, start, end, serialising) =
                 (me.node, me.seq, me.overlap_offset, me.overlap_offset + me.overlap_bytes, me.serialising);
-            let conflict = slots.iter().flatten().any(|o| {
+            let conflict = slots[..self.tracker.high.get().min(T)].iter().flatten().any(|o| {
                 o.node == node
                     && o.seq < seq
                     && (o.serialising || serialising)

@@ -15,6 +15,7 @@ pub mod image;
 mod info;
 pub mod io;
 pub mod map;
+mod resize;
 pub mod replay;
 pub(crate) mod resolve;
 mod stress;
@@ -56,6 +57,7 @@ qemu-runner img COMMAND [OPTIONS]: qemu-img's commands over Strata's block layer
   info [-f FMT] [--image-opts] [-U] [--output=human|json] FILE
   map [-f FMT] [--image-opts] [-U] [--output=human|json] FILE
   convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME] -O raw SRC DST
+  resize [-f FMT] [--image-opts] [-q] FILE [+]SIZE   (qcow2, growing)
   compare [-f FMT] [-F FMT] [-s] [-q] [-U] A B
   create [-f qcow2|raw] [-b BACKING -F FMT] [-o OPTIONS] [-u] [-q] FILE [SIZE]
         (OPTIONS: cluster_size, extended_l2, lazy_refcounts, refcount_bits, backing_file, backing_fmt)
@@ -96,6 +98,7 @@ pub fn main(args: &[String]) -> i32 {
         "info" => info::run(rest).map(|()| 0),
         "map" => map::run(rest).map(|()| 0),
         "convert" => convert::run(rest).map(|()| 0),
+        "resize" => resize::run(rest).map(|()| 0),
         "create" => create::run(rest).map(|()| 0),
         "bench" => bench::run(rest).map(|()| 0),
         "io" => return io::main(rest),

@@ -21,6 +21,7 @@ use crate::driver;
 use crate::driver::qcow2::cache::{CacheSlot, Inflater, MetaCache};
 use crate::error::{Error, Result};
 use crate::io::bounce::BouncePool;
+use crate::io::events::{Event, EventHook};
 use crate::io::limits::BlockLimits;
 use crate::io::tracked::Tracker;
 
@@ -51,6 +52,7 @@ pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
     pub(crate) bounce: BouncePool<'d>,
     pub(crate) meta: MetaCache<'d>,
     plugged: Cell<u32>,
+    events: Option<&'d dyn EventHook>,
 }
 
 impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
@@ -67,6 +69,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             bounce: BouncePool::new(bounce_memory, buffer_size),
             meta: MetaCache::empty(),
             plugged: Cell::new(0),
+            events: None,
         }
     }
 
@@ -81,6 +84,25 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     /// compressed cluster takes one for its duration and waits while all are busy.
     pub fn set_decompressors(&mut self, inflaters: &'d [Inflater]) {
         self.meta.set_inflaters(inflaters);
+    }
+
+    /// Installs a fault-injection hook: format drivers report their metadata events to it and
+    /// fail where it says so (see [`crate::io::events`]).
+    pub fn set_event_hook(&mut self, hook: &'d dyn EventHook) {
+        self.events = Some(hook);
+    }
+
+    /// True if a fault-injection hook is installed.
+    pub(crate) fn has_event_hook(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// Reports `event` at format node `node` to the hook, if any.
+    pub(crate) fn event(&self, node: NodeId, event: Event) -> Result<()> {
+        match self.events {
+            Some(hook) => hook.event(node, event),
+            None => Ok(()),
+        }
     }
 
     /// The metadata cache's counters.

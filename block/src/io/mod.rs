@@ -3,6 +3,7 @@
 //! through [`crate::backend::Backend`].
 
 pub mod bounce;
+pub mod events;
 pub(crate) mod child_io;
 mod device;
 pub mod flush;

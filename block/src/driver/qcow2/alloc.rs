@@ -11,6 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
+use crate::io::events::Event;
 use crate::io::{child_io, flush};
 
 use super::cache::Class;
@@ -146,6 +147,7 @@ impl Qcow2 {
         };
         let (slice, i) = self.refcount_slot(block, cluster);
         let order = u32::from(self.refcount_order);
+        self.event_at(graph, file, Event::RefblockUpdate)?;
         let changed = graph
             .meta
             .with_slice_mut(graph, file, slice, self.slice_len(), Class::Refcount, |s| {
@@ -171,6 +173,7 @@ impl Qcow2 {
         child_io::grow(graph, file, host + cs)?;
         let fresh = host >= self.w.fresh_from.get();
         let slice_len = self.slice_len();
+        self.event_at(graph, file, Event::RefblockAllocWrite)?;
         let (self_slice, self_index) = self.refcount_slot(host, c);
         // A bounce buffer, not an array: a local array would live in every request's future.
         let mut bounce = graph.bounce.take_for_copy().await?;
@@ -194,6 +197,7 @@ impl Qcow2 {
             self.w.fresh_from.set(host + cs);
         }
         flush::flush_leaves(graph, file).await?;
+        self.event_at(graph, file, Event::RefblockAllocHookup)?;
         let rt = self.meta.get().refcount_table;
         let entry_at = rt.start + c / self.per_block() * 8;
         self.check_meta_write(graph, file, entry_at, Class::Refcount).await?;
@@ -206,6 +210,17 @@ impl Qcow2 {
             })
             .await?
             .ok_or(Error::BadGraph("refcount table entry across a slice"))
+    }
+
+    /// Reports `event` for the qcow2 node whose file is `file`.
+    pub(crate) fn event_at<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, event: Event) -> Result<()> {
+        if !graph.has_event_hook() {
+            return Ok(());
+        }
+        match graph.parents(file).find(|(_, c)| c.role == crate::graph::Role::File) {
+            Some((node, _)) => graph.event(node, event),
+            None => Ok(()),
+        }
     }
 
     /// The "cached" overlap check for clusters about to be allocated: they must not lie on the

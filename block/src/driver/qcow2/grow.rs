@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
+use crate::io::events::Event;
 use crate::io::{child_io, flush};
 
 use super::refcount::set_entry;
@@ -49,11 +50,13 @@ impl Qcow2 {
             return Err(Error::Unsupported("an L1 table above 32 MiB (virtual size too large for this cluster size)"));
         }
         let clusters = bytes.div_ceil(cs);
+        graph.event(node, Event::L1GrowAllocTable)?;
         let fresh = self.w.fresh_from.get();
         let (new, _) = self.alloc_clusters(graph, node, file, clusters, true).await?;
         // Dirty L1 slices (and the refcounts of the new table) reach the disk first.
         graph.meta.write_back(graph, file).await?;
         let old = self.l1.get();
+        graph.event(node, Event::L1GrowWriteTable)?;
         if new < fresh {
             for c in 0..clusters {
                 self.zero_cluster(graph, file, new + c * cs).await?;
@@ -64,6 +67,7 @@ impl Qcow2 {
         let mut hdr = [0u8; 12];
         hdr[..4].copy_from_slice(&(entries as u32).to_be_bytes());
         hdr[4..].copy_from_slice(&new.to_be_bytes());
+        graph.event(node, Event::L1GrowActivateTable)?;
         child_io::write(graph, file, field::L1_SIZE, &hdr).await?;
         flush::flush_leaves(graph, file).await?;
         let region = Region::new(new, bytes);
@@ -85,6 +89,7 @@ impl Qcow2 {
     pub(crate) async fn grow_refcount_table<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, file: NodeId) -> Result<()> {
         let cs = self.cluster_size();
         let per_block = self.per_block();
+        graph.event(node, Event::ReftableGrow)?;
         let old = self.meta.get().refcount_table;
         let old_entries = old.len / 8;
         let area = old_entries * per_block;
@@ -118,6 +123,7 @@ impl Qcow2 {
         let slice_len = self.slice_len() as u64;
         let mut bounce = graph.bounce.take_for_copy().await?;
         let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
+        graph.event(node, Event::RefblockAllocWriteBlocks)?;
         for b in 0..blocks {
             let block_at = (area + b) * cs;
             let first = (old_entries + b) * per_block;
@@ -139,6 +145,7 @@ impl Qcow2 {
         drop(bounce);
         // The table: the old entries, then the new blocks.
         let table_at = (area + blocks) * cs;
+        graph.event(node, Event::RefblockAllocWriteTable)?;
         for c in 0..table {
             self.zero_cluster(graph, file, table_at + c * cs).await?;
         }
@@ -150,6 +157,7 @@ impl Qcow2 {
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&table_at.to_be_bytes());
         hdr[8..].copy_from_slice(&(table as u32).to_be_bytes());
+        graph.event(node, Event::RefblockAllocSwitchTable)?;
         child_io::write(graph, file, field::REFCOUNT_TABLE, &hdr).await?;
         flush::flush_leaves(graph, file).await?;
         let mut meta = self.meta.get();

@@ -20,6 +20,7 @@
 use crate::driver::Mapping;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Role};
+use crate::io::events::Event;
 use crate::io::tracked::{ReqKind, Tracked};
 use crate::io::{child_io, walk};
 
@@ -163,6 +164,7 @@ impl Qcow2 {
                 (host, false)
             }
             Need::Fresh(_) => {
+                graph.event(node, Event::ClusterAlloc)?;
                 let _lock = self.alloc_lock().await;
                 let fresh = self.w.fresh_from.get();
                 let (host, got) = self.alloc_clusters(graph, node, file, count as u64, false).await?;
@@ -185,8 +187,10 @@ impl Qcow2 {
             self.copy_on_write(graph, node, file, hi, cow_hi, host_i + (hi - gi), zero_src, fresh).await?;
         }
         let n = (stop - pos) as usize;
+        graph.event(node, Event::WriteAio)?;
         child_io::write(graph, file, host + (pos - first), &data[..n]).await?;
         // Commit.
+        graph.event(node, Event::L2Update)?;
         self.check_meta_write(graph, file, entry_at, Class::Table).await?;
         let ext = self.extended_l2;
         let changed = graph
@@ -296,8 +300,10 @@ impl Qcow2 {
             if zeros {
                 chunk.fill(0);
             } else {
+                graph.event(node, Event::CowRead)?;
                 walk::read(graph, node, at, chunk).await?;
             }
+            graph.event(node, Event::CowWrite)?;
             child_io::write(graph, file, host + (at - from), chunk).await?;
             at += n as u64;
         }
@@ -359,11 +365,16 @@ impl Qcow2 {
         }
         let fresh = self.w.fresh_from.get();
         let (table, _) = self.alloc_clusters(graph, node, file, 1, true).await?;
+        if old.is_some() {
+            graph.event(node, Event::L2AllocCowRead)?;
+        }
+        graph.event(node, Event::L2AllocWrite)?;
         match old {
             Some(shared) => self.copy_bytes(graph, file, shared.0, table, cs).await?,
             None if table < fresh => self.zero_cluster(graph, file, table).await?,
             None => {}
         }
+        graph.event(node, Event::L1Update)?;
         self.check_meta_write(graph, file, l1_at, Class::Table).await?;
         let slice_start = l1_at / slice_len as u64 * slice_len as u64;
         let k = (l1_at - slice_start) as usize;

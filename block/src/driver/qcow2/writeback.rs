@@ -11,6 +11,7 @@
 
 use crate::error::Result;
 use crate::graph::{Graph, NodeId};
+use crate::io::events::Event;
 use crate::io::{child_io, flush};
 
 use super::state::PendingFree;
@@ -27,7 +28,9 @@ impl Qcow2 {
         // Frees whose table changes are in the cache now: the write-back below covers them.
         let frees = core::mem::take(&mut *self.w.pending.borrow_mut());
         let stable = async {
+            graph.event(node, Event::FlushToOs)?;
             graph.meta.write_back_with(graph, file, !self.w.lazy).await?;
+            graph.event(node, Event::FlushToDisk)?;
             flush::flush_leaves(graph, file).await
         }
         .await;
@@ -51,6 +54,7 @@ impl Qcow2 {
             let first = f.host >> self.cluster_bits;
             let last = (f.host + f.len.max(1) - 1) >> self.cluster_bits;
             for c in first..=last {
+                self.event_at(graph, file, Event::ClusterFree)?;
                 if self.change_refcount(graph, file, c, -1).await? != 0 {
                     continue;
                 }

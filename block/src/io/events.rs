@@ -1,0 +1,90 @@
+//! Named points in the format drivers' metadata paths (QEMU's blkdebug events, with QEMU's
+//! names) where a fault-injection filter can make the operation fail. Inert unless a hook is
+//! installed with [`crate::Graph::set_event_hook`]: without one, an event costs a branch.
+
+use crate::error::Result;
+use crate::graph::NodeId;
+
+/// A point in a metadata path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Event {
+    /// An L1 entry is about to change.
+    L1Update,
+    /// A larger L1 table: clusters allocated, written, made active.
+    L1GrowAllocTable,
+    /// See [`Event::L1GrowAllocTable`].
+    L1GrowWriteTable,
+    /// See [`Event::L1GrowAllocTable`].
+    L1GrowActivateTable,
+    /// A new L2 table is written (zeroed, or copied from a shared one).
+    L2AllocWrite,
+    /// A shared L2 table is read to be copied.
+    L2AllocCowRead,
+    /// L2 entries are about to change.
+    L2Update,
+    /// Guest data goes to a data cluster.
+    WriteAio,
+    /// Copy-on-write reads its source.
+    CowRead,
+    /// Copy-on-write writes what it read.
+    CowWrite,
+    /// The refcount table is replaced by a larger one.
+    ReftableGrow,
+    /// A refcount entry changes.
+    RefblockUpdate,
+    /// A new refcount block is written.
+    RefblockAllocWrite,
+    /// A new refcount block is linked from the refcount table.
+    RefblockAllocHookup,
+    /// The refcount blocks of a grown table are written.
+    RefblockAllocWriteBlocks,
+    /// A grown refcount table is written.
+    RefblockAllocWriteTable,
+    /// The header switches to a grown refcount table.
+    RefblockAllocSwitchTable,
+    /// Host clusters are allocated.
+    ClusterAlloc,
+    /// A host cluster's refcount drops.
+    ClusterFree,
+    /// Caches are written back to the file.
+    FlushToOs,
+    /// The file is flushed to stable storage.
+    FlushToDisk,
+}
+
+impl Event {
+    /// QEMU's name for the event (`blkdebug` rules use these).
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::L1Update => "l1_update",
+            Event::L1GrowAllocTable => "l1_grow_alloc_table",
+            Event::L1GrowWriteTable => "l1_grow_write_table",
+            Event::L1GrowActivateTable => "l1_grow_activate_table",
+            Event::L2AllocWrite => "l2_alloc_write",
+            Event::L2AllocCowRead => "l2_alloc_cow_read",
+            Event::L2Update => "l2_update",
+            Event::WriteAio => "write_aio",
+            Event::CowRead => "cow_read",
+            Event::CowWrite => "cow_write",
+            Event::ReftableGrow => "reftable_grow",
+            Event::RefblockUpdate => "refblock_update",
+            Event::RefblockAllocWrite => "refblock_alloc_write",
+            Event::RefblockAllocHookup => "refblock_alloc_hookup",
+            Event::RefblockAllocWriteBlocks => "refblock_alloc_write_blocks",
+            Event::RefblockAllocWriteTable => "refblock_alloc_write_table",
+            Event::RefblockAllocSwitchTable => "refblock_alloc_switch_table",
+            Event::ClusterAlloc => "cluster_alloc",
+            Event::ClusterFree => "cluster_free",
+            Event::FlushToOs => "flush_to_os",
+            Event::FlushToDisk => "flush_to_disk",
+        }
+    }
+}
+
+/// What a fault-injection filter implements: called at every event of every format node; an
+/// error fails the operation there (the driver then behaves as if the I/O had failed).
+pub trait EventHook {
+    /// Event `event` happens at format node `node`.
+    fn event(&self, node: NodeId, event: Event) -> Result<()>;
+}

@@ -201,15 +201,7 @@ impl Qcow2 {
         let rt = self.meta.get().refcount_table;
         let entry_at = rt.start + c / self.per_block() * 8;
         self.check_meta_write(graph, file, entry_at, Class::Refcount).await?;
-        let slice_start = entry_at / slice_len as u64 * slice_len as u64;
-        let k = (entry_at - slice_start) as usize;
-        graph
-            .meta
-            .with_slice_mut(graph, file, slice_start, slice_len, Class::Refcount, |s| {
-                s.get_mut(k..k + 8).map(|b| b.copy_from_slice(&host.to_be_bytes()))
-            })
-            .await?
-            .ok_or(Error::BadGraph("refcount table entry across a slice"))
+        graph.meta.write_u64(graph, file, entry_at, slice_len, Class::Refcount, host).await
     }
 
     /// Reports `event` for the qcow2 node whose file is `file`.

@@ -449,6 +449,24 @@ impl<'d> MetaCache<'d> {
         Ok(())
     }
 
+    /// Sets the big-endian u64 at `offset` of `node` (8-aligned) to `value` in the cache, through
+    /// the slice of `slice_len` bytes that holds it; the slice becomes dirty in `class`.
+    pub(crate) async fn write_u64<const N: usize, const T: usize>(
+        &self,
+        graph: &Graph<'_, N, T>,
+        node: NodeId,
+        offset: u64,
+        slice_len: usize,
+        class: Class,
+        value: u64,
+    ) -> Result<()> {
+        let start = offset / slice_len as u64 * slice_len as u64;
+        let at = (offset - start) as usize;
+        self.with_slice_mut(graph, node, start, slice_len, class, |s| s.get_mut(at..at + 8).map(|b| b.copy_from_slice(&value.to_be_bytes())))
+            .await?
+            .ok_or(Error::BadGraph("table entry across a slice"))
+    }
+
     /// Takes a free decoder, waiting while all are busy.
     pub(super) async fn take_inflater(&self) -> Result<TakenInflater<'d>> {
         if self.inflaters.is_empty() {

@@ -63,6 +63,23 @@ pub enum Entry {
     },
 }
 
+/// The raw L2 entry (and subcluster bitmap with `extended`) at byte `at` of a table slice;
+/// zeros where the slice ends.
+pub fn l2_words(s: &[u8], at: usize, extended: bool) -> (u64, u64) {
+    let word = |k: usize| s.get(at + k..at + k + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+    (word(0), if extended { word(8) } else { 0 })
+}
+
+/// Stores an L2 entry (and with `extended` its bitmap) at byte `at` of a table slice; `None` if
+/// it does not fit.
+pub fn set_l2_words(s: &mut [u8], at: usize, extended: bool, entry: u64, bitmap: u64) -> Option<()> {
+    s.get_mut(at..at + 8)?.copy_from_slice(&entry.to_be_bytes());
+    if extended {
+        s.get_mut(at + 8..at + 16)?.copy_from_slice(&bitmap.to_be_bytes());
+    }
+    Some(())
+}
+
 /// Decodes an L1 entry stored at `at`: the L2 table's offset, or `None` if unallocated.
 pub fn decode_l1(entry: u64, at: u64) -> Result<Option<HostOffset>> {
     if entry & L1_RESERVED != 0 {
@@ -208,9 +225,8 @@ impl Qcow2 {
                 break;
             }
             let entry_at = at + (i * esize) as u64;
-            let word = |k: usize| raw.get(k..k + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
-            let bitmap = if self.extended_l2 { word(8) } else { 0 };
-            let entry = decode_l2(self, word(0), bitmap, GuestOffset(cluster), entry_at)?;
+            let (word, bitmap) = l2_words(raw, 0, self.extended_l2);
+            let entry = decode_l2(self, word, bitmap, GuestOffset(cluster), entry_at)?;
             if let Entry::Compressed { host, csize } = entry {
                 if run.is_some() {
                     break;

@@ -26,7 +26,7 @@ use crate::io::{child_io, walk};
 
 use super::cache::Class;
 use super::state::PendingFree;
-use super::tables::{decode_l1, decode_l2, Entry, GuestOffset, COPIED, L1_OFFSET, L2_OFFSET};
+use super::tables::{decode_l1, decode_l2, l2_words, set_l2_words, Entry, GuestOffset, COPIED, L1_OFFSET, L2_OFFSET};
 use super::validation::{self, ClusterRef};
 use super::Qcow2;
 
@@ -142,9 +142,7 @@ impl Qcow2 {
             .meta
             .with_slice(graph, file, slice, slice_len as usize, |s| {
                 for (i, e) in raw.iter_mut().enumerate().take(wanted) {
-                    let at = skip + i * esize as usize;
-                    let word = |k: usize| s.get(at + k..at + k + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
-                    *e = (word(0), if esize == 16 { word(8) } else { 0 });
+                    *e = l2_words(s, skip + i * esize as usize, self.extended_l2);
                 }
             })
             .await?;
@@ -198,18 +196,12 @@ impl Qcow2 {
             .with_slice_mut(graph, file, slice, slice_len as usize, Class::Table, |s| {
                 for i in 0..count {
                     let at = skip + i * esize as usize;
-                    let old = s.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-                    if old != Some(raw[i].0) {
+                    if l2_words(s, at, ext).0 != raw[i].0 {
                         return false;
                     }
                     let new = (host + i as u64 * cs) | COPIED;
-                    if let Some(b) = s.get_mut(at..at + 8) {
-                        b.copy_from_slice(&new.to_be_bytes());
-                    }
-                    if ext {
-                        if let Some(b) = s.get_mut(at + 8..at + 16) {
-                            b.copy_from_slice(&bitmaps[i].to_be_bytes());
-                        }
+                    if set_l2_words(s, at, ext, new, bitmaps[i]).is_none() {
+                        return false;
                     }
                 }
                 true
@@ -376,15 +368,7 @@ impl Qcow2 {
         }
         graph.event(node, Event::L1Update)?;
         self.check_meta_write(graph, file, l1_at, Class::Table).await?;
-        let slice_start = l1_at / slice_len as u64 * slice_len as u64;
-        let k = (l1_at - slice_start) as usize;
-        graph
-            .meta
-            .with_slice_mut(graph, file, slice_start, slice_len, Class::Table, |s| {
-                s.get_mut(k..k + 8).map(|b| b.copy_from_slice(&(table | COPIED).to_be_bytes()))
-            })
-            .await?
-            .ok_or(Error::BadGraph("L1 entry across a slice"))?;
+        graph.meta.write_u64(graph, file, l1_at, slice_len, Class::Table, table | COPIED).await?;
         if let Some(shared) = old {
             self.free_later(graph, node, PendingFree { host: shared.0, len: cs, discard: false }).await?;
         }

@@ -14,14 +14,14 @@
 //!
 //! Both hold one serialising tracked request over whole clusters for their range.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Role};
 use crate::io::tracked::{ReqKind, Tracked};
 use crate::io::RangeOp;
 
 use super::cache::Class;
 use super::state::PendingFree;
-use super::tables::{decode_l1, decode_l2, Entry, GuestOffset, L2_OFFSET, ZERO};
+use super::tables::{decode_l1, decode_l2, l2_words, set_l2_words, Entry, GuestOffset, L2_OFFSET, ZERO};
 use super::Qcow2;
 
 /// Zero bits for all 32 subclusters, no allocated ones.
@@ -151,10 +151,9 @@ impl Qcow2 {
         let at = l2 + ((c >> self.cluster_bits) % self.l2_entries()) * esize;
         let slice = at / slice_len as u64 * slice_len as u64;
         let k = (at - slice) as usize;
-        let word = |s: &[u8], i: usize| s.get(i..i + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
         let (e, bitmap) = graph
             .meta
-            .with_slice(graph, file, slice, slice_len, |s| (word(s, k), if esize == 16 { word(s, k + 8) } else { 0 }))
+            .with_slice(graph, file, slice, slice_len, |s| l2_words(s, k, esize == 16))
             .await?;
         let (entry, new_bitmap, free) = match self.changed(e, bitmap, GuestOffset(c), at, change, has_backing)? {
             Outcome::AsData => {
@@ -171,17 +170,9 @@ impl Qcow2 {
         self.check_meta_write(graph, file, at, Class::Table).await?;
         graph
             .meta
-            .with_slice_mut(graph, file, slice, slice_len, Class::Table, |s| {
-                if let Some(b) = s.get_mut(k..k + 8) {
-                    b.copy_from_slice(&entry.to_be_bytes());
-                }
-                if esize == 16 {
-                    if let Some(b) = s.get_mut(k + 8..k + 16) {
-                        b.copy_from_slice(&new_bitmap.to_be_bytes());
-                    }
-                }
-            })
-            .await?;
+            .with_slice_mut(graph, file, slice, slice_len, Class::Table, |s| set_l2_words(s, k, esize == 16, entry, new_bitmap))
+            .await?
+            .ok_or(Error::BadGraph("L2 entry across a slice"))?;
         if let Some(f) = free {
             self.free_later(graph, node, f).await?;
         }

@@ -50,9 +50,11 @@ static BOUNCE: ConstStaticCell<Bounce> = ConstStaticCell::new(Bounce([0; BOUNCE_
 /// A device that completes nothing for this long while holding requests is declared dead.
 pub const DEVICE_TIMEOUT_S: u64 = 30;
 
-/// Metadata cache slots for qcow2 L1, L2 and refcount tables (4 KiB each): 256 KiB, which maps
-/// 16 GiB of 64 KiB clusters without evicting; bigger images page their tables through it.
-pub const META_SLOTS: usize = 64;
+/// Metadata cache slots for qcow2 L1, L2 and refcount tables (4 KiB each): 1 MiB, which holds
+/// every table of a 1 GiB overlay with extended L2 being written at random (at 256 KiB the dirty
+/// slices of such a run filled the cache and every eviction forced a write-back with flushes);
+/// bigger images page their tables through it.
+pub const META_SLOTS: usize = 256;
 static META: ConstStaticCell<[CacheSlot; META_SLOTS]> = ConstStaticCell::new([const { CacheSlot::new() }; META_SLOTS]);
 
 /// Decoders for compressed clusters (about 60 KiB each); compressed reads take turns.

@@ -90,3 +90,10 @@ pub(crate) async fn discard<const N: usize, const T: usize>(graph: &Graph<'_, N,
     let (leaf, at) = to_leaf(graph, node, offset, len)?;
     crate::io::zero::leaf_range_op(graph, leaf, at, len, crate::io::RangeOp::Discard).await
 }
+
+/// Makes `len` bytes at `offset` of `node` read as zeros, offloaded to the leaf where it can
+/// (virtio-blk's and host files' write-zeroes), else written from a zero buffer.
+pub(crate) async fn write_zeroes<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<()> {
+    let (leaf, at) = to_leaf(graph, node, offset, len)?;
+    crate::io::zero::leaf_range_op(graph, leaf, at, len, crate::io::RangeOp::WriteZeroes { unmap: false }).await
+}

@@ -122,10 +122,8 @@ impl Qcow2 {
                     for c in first..first + count {
                         self.change_refcount(graph, file, c, 1).await?;
                     }
-                    if start < self.w.fresh_from.get() {
-                        // A cluster used before: the cache may hold it from an earlier life.
-                        graph.meta.forget_range(file, start, end);
-                    } else {
+                    // (A cluster used before holds nothing in the cache: freeing it forgot it.)
+                    if start >= self.w.fresh_from.get() {
                         self.w.fresh_from.set(end);
                     }
                     self.w.free_hint.set(first + count);
@@ -222,7 +220,7 @@ impl Qcow2 {
         // Clusters past everything written since the open cannot hold a table the cache knows
         // of (every table lies below that line), so the cache is searched only below it.
         let below_fresh = start < self.w.fresh_from.get();
-        if self.meta.get().hit(&region).is_some() || (below_fresh && graph.meta.holds(file, start, end)) {
+        if self.meta.get().hit(&region).is_some() || (below_fresh && graph.meta.holds(file, start, end, self.slice_len() as u64)) {
             return Err(self.signal_corruption(graph, file, "allocation would overwrite metadata (refcounts are wrong)", start).await);
         }
         Ok(())

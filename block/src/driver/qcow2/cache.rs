@@ -264,13 +264,19 @@ impl<'d> MetaCache<'d> {
         self.slots.iter().any(|s| s.dirty.get().is_some() && s.key.get().is_some_and(|(n, _)| n == node))
     }
 
-    /// Slices of `node` cached now that overlap `[start, end)` (the "cached" overlap check: a data
-    /// cluster about to be allocated must not lie on a table the cache holds).
-    pub(crate) fn holds(&self, node: NodeId, start: u64, end: u64) -> bool {
-        self.slots.iter().any(|slot| {
-            slot.state.get() != SlotState::Empty
-                && slot.key.get().is_some_and(|(n, off)| n == node && off < end && start < off + u64::from(slot.len.get()))
-        })
+    /// True if a slice of `node` starting in `[start, end)` at a multiple of `slice_len` is
+    /// cached (the "cached" overlap check: a cluster about to be allocated must not lie on a
+    /// table the cache holds). Looks only in the sets those slices hash to, not at every slot.
+    pub(crate) fn holds(&self, node: NodeId, start: u64, end: u64, slice_len: u64) -> bool {
+        let mut off = start;
+        while off < end {
+            let key = Some((node, off));
+            if self.set_of(node, off).iter().any(|s| s.key.get() == key && s.state.get() != SlotState::Empty) {
+                return true;
+            }
+            off += slice_len.max(1);
+        }
+        false
     }
 
     fn set_of(&self, node: NodeId, offset: u64) -> &'d [CacheSlot] {

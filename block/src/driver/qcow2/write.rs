@@ -34,10 +34,6 @@ use super::Qcow2;
 /// so it stays small: 16 clusters is 1 MiB of 64 KiB clusters per step).
 const MAX_GROUP: usize = 16;
 
-/// Zeros to write from (a static: a buffer in an async function would live in every request's
-/// future).
-static ZEROS: [u8; 4096] = [0; 4096];
-
 /// What a cluster about to be written needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Need {
@@ -283,18 +279,20 @@ impl Qcow2 {
         if zeros && fresh {
             return Ok(());
         }
+        if zeros {
+            // One request the device can offload (QEMU does the same: a zero copy-on-write is a
+            // write-zeroes), not the zeros themselves.
+            graph.event(node, Event::CowWrite)?;
+            return child_io::write_zeroes(graph, file, host, to - from).await;
+        }
         let mut bounce = graph.bounce.take_for_copy().await?;
         let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
         let mut at = from;
         while at < to {
             let n = ((to - at) as usize).min(buf.len());
             let chunk = &mut buf[..n];
-            if zeros {
-                chunk.fill(0);
-            } else {
-                graph.event(node, Event::CowRead)?;
-                walk::read(graph, node, at, chunk).await?;
-            }
+            graph.event(node, Event::CowRead)?;
+            walk::read(graph, node, at, chunk).await?;
             graph.event(node, Event::CowWrite)?;
             child_io::write(graph, file, host + (at - from), chunk).await?;
             at += n as u64;
@@ -375,16 +373,8 @@ impl Qcow2 {
         Ok(table)
     }
 
-    /// Writes zeros over host cluster `at`.
+    /// Makes host cluster `at` read as zeros (a write-zeroes the device can offload).
     pub(crate) async fn zero_cluster<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, at: u64) -> Result<()> {
-        let zeros = &ZEROS;
-        let cs = self.cluster_size();
-        let mut off = 0;
-        while off < cs {
-            let n = ((cs - off) as usize).min(zeros.len());
-            child_io::write(graph, file, at + off, &zeros[..n]).await?;
-            off += n as u64;
-        }
-        Ok(())
+        child_io::write_zeroes(graph, file, at, self.cluster_size()).await
     }
 }

@@ -6,8 +6,9 @@
 //! Operations in flight never overlap (a worker picks another range), so the order of two
 //! operations on the same bytes is their completion order and the model stays exact.
 //!
-//! TODO: switch to helper "io"'s seeded engine (`strata_block::cmd::stress`) once it lands, and
-//! keep this log format as the adapter the model reads.
+//! `strata_block::cmd::stress` (the `stress` workload) has the same no-overlap design and could
+//! drive these tests too; this one stays because it stamps each operation on the recording's
+//! seq counter, which is what the cut checker needs.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -32,6 +32,8 @@ usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw
                                -c write,-P,0xaa,0,64k -c read,-P,0xaa,0,64k
   stress OPTIONS --seed N --ops N --qd 1..64 [--max-len 64k] [--block 4k] [--mix R:W:Z:ZU:D:F]
                                seeded verified mix; 'flush K covers ops 0..N' markers
+  --zeroed SERIAL=OFFSET       (any workload, repeatable) the device reads as zeros from OFFSET
+                               on (qemu-runner's headroom): qcow2 skips writing zeros there
   --map NAME=SERIAL            (any workload, repeatable) the file NAME (in OPTIONS or an image's
                                backing/data-file name, as written) is the device SERIAL";
 
@@ -41,13 +43,18 @@ pub const MAX_MAPS: usize = 24;
 /// `--map NAME=SERIAL` pairs, in command-line order.
 pub type Maps<'a> = heapless::Vec<(&'a str, &'a str), MAX_MAPS>;
 
-/// A parsed command line: the command and the name→serial maps.
+/// `--zeroed SERIAL=OFFSET` pairs: devices the host promises read as zeros from OFFSET on.
+pub type Zeroed<'a> = heapless::Vec<(&'a str, u64), MAX_MAPS>;
+
+/// A parsed command line: the command, the name→serial maps and the zeroed tails.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Cmdline<'a> {
     /// What to run.
     pub command: Command<'a>,
     /// Names resolved to serials before the catalog is searched.
     pub maps: Maps<'a>,
+    /// Devices whose tails read as zeros (`qemu-runner boot` passes one per drive it extended).
+    pub zeroed: Zeroed<'a>,
 }
 
 /// Most options in one options word (as many as the graph's open takes).
@@ -253,11 +260,12 @@ impl fmt::Display for CmdlineError<'_> {
 /// Parses the kernel command line. An empty line means `devices` (it never writes).
 pub fn parse(cmdline: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
     let mut maps = Maps::new();
-    let command = parse_command(cmdline, &mut maps)?;
-    Ok(Cmdline { command, maps })
+    let mut zeroed = Zeroed::new();
+    let command = parse_command(cmdline, &mut maps, &mut zeroed)?;
+    Ok(Cmdline { command, maps, zeroed })
 }
 
-fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>) -> Result<Command<'a>, CmdlineError<'a>> {
+fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>, zeroed: &mut Zeroed<'a>) -> Result<Command<'a>, CmdlineError<'a>> {
     let mut words = cmdline.split_ascii_whitespace().filter(|w| !w.starts_with("virtio_mmio.device="));
     let Some(workload) = words.next() else { return Ok(Command::Devices) };
     let mut rest = words.peekable();
@@ -293,6 +301,15 @@ fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>) -> Result<Command<'a
                 return Err(CmdlineError::BadFlag(name, "a name mapped twice"));
             }
             maps.push((file, serial)).map_err(|_| CmdlineError::BadFlag(name, "more than 24 maps"))?;
+            continue;
+        }
+        if name == "--zeroed" {
+            let (serial, at) = value.rsplit_once('=').ok_or(CmdlineError::BadFlag(name, "expected SERIAL=OFFSET"))?;
+            if serial.is_empty() || serial.len() > 20 {
+                return Err(CmdlineError::BadFlag(name, "expected SERIAL=OFFSET (a serial is 1 to 20 bytes)"));
+            }
+            let at = size(name, at)?;
+            zeroed.push((serial, at)).map_err(|_| CmdlineError::BadFlag(name, "more than 24 zeroed tails"))?;
             continue;
         }
         if flags.iter().any(|(n, _)| *n == name) {

@@ -60,6 +60,11 @@ extern "C" fn strata_main(start_info_paddr: u64) -> ! {
             exit_code::exit(exit_code::USAGE);
         }
     };
+    for &(serial, at) in &parsed.zeroed {
+        if let Some(disk) = disks.find(serial) {
+            disk.dev.set_zeroed_from(at);
+        }
+    }
     let code = workloads::run(&parsed.command, &disks, &parsed.maps);
     exit_code::exit(code)
 }

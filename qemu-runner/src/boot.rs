@@ -91,7 +91,6 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
         cmdline.push(' ');
         cmdline.push_str(word);
     }
-    let cmdline = cmdline.as_str();
     let accel = opts.accel.resolve()?;
     let program = qemu::program();
     install::ensure_qemu(&program, opts.install, opts.quiet)?;
@@ -100,6 +99,12 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     // Writable qcow2 images get room to grow; given back when QEMU is gone (the guard also
     // does it on every early return).
     let grown = headroom::grow(&drives)?;
+    // The extension reads as zeros: the guest need not write zeros there.
+    for word in grown.zeroed_words() {
+        cmdline.push(' ');
+        cmdline.push_str(&word);
+    }
+    let cmdline = cmdline.as_str();
     let run_dir = RunDir::create()?;
     let defmt_file = run_dir.path().join("defmt.bin");
     let config = QemuConfig {

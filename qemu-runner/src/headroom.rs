@@ -37,6 +37,8 @@ const NO_WRITES: u64 = incompat::DIRTY | incompat::CORRUPT | incompat::DATA_FILE
 #[derive(Debug)]
 struct Grown {
     path: PathBuf,
+    /// The drive's serial.
+    serial: String,
     /// Its length before the boot.
     original: u64,
 }
@@ -65,7 +67,7 @@ pub fn grow(drives: &[Drive]) -> Result<Headroom, RunnerError> {
         // Whole sectors: the disk's capacity is counted in them.
         let len = original.saturating_add(headroom).next_multiple_of(512);
         file.set_len(len).map_err(io)?;
-        grown.files.push(Grown { path: drive.file.clone(), original });
+        grown.files.push(Grown { path: drive.file.clone(), serial: drive.serial.clone(), original });
     }
     Ok(grown)
 }
@@ -87,6 +89,13 @@ fn writable_qcow2(path: &Path) -> bool {
 }
 
 impl Headroom {
+    /// `--zeroed=SERIAL=OFFSET` kernel command-line words: each extended file reads as zeros
+    /// from its old length on (a sparse extension), so the guest's qcow2 need not write zeros
+    /// into clusters it allocates there.
+    pub fn zeroed_words(&self) -> Vec<String> {
+        self.files.iter().map(|g| format!("--zeroed={}={}", g.serial, g.original)).collect()
+    }
+
     /// Files extended.
     pub fn len(&self) -> usize {
         self.files.len()

@@ -164,6 +164,37 @@ fn guest_io_writes_what_qemu_io_reads() {
 }
 
 #[test]
+fn writes_into_the_headroom_skip_zeros_and_read_back_exactly() {
+    // The runner passes `--zeroed=top=<old length>`: clusters allocated in the headroom get no
+    // zero copy-on-write (their bytes are zeros already); what was not written must read as
+    // zeros all the same, with and without extended L2.
+    for opts in ["cluster_size=64k", "cluster_size=64k,extended_l2=on"] {
+        let dir = scratch(&format!("guest-write-zeroed-{}", opts.len()));
+        let t = dir.join("top.qcow2");
+        create(&t, opts, &(8 * MIB).to_string(), &[]);
+        let before = len(&t);
+        let cmd = "io top -c write,-P,0x5a,4096,4096 -c write,-P,0x5b,200000,1000 -c write,-P,0x5c,1M,64k -c flush";
+        let r = boot(Machine::Microvm, vec![top(&t, None)], cmd);
+        assert!(r.is_ok(), "{}\n{}", r.summary(), r.console);
+        assert!(r.console.contains("--zeroed=top="), "the runner passes the zeroed tail: {}", r.console);
+        assert_clean_and_shrunk(&t, before);
+        qio(
+            "qcow2",
+            &t,
+            &[
+                "read -P 0 0 4096",
+                "read -P 0x5a 4096 4096",
+                "read -P 0 8192 191808",
+                "read -P 0x5b 200000 1000",
+                "read -P 0 201000 847576",
+                "read -P 0x5c 1M 64k",
+                "read -P 0 1088k 7104k",
+            ],
+        );
+    }
+}
+
+#[test]
 fn killing_qemu_mid_stress_leaves_no_corruption() {
     // A smoke test, not a crash test (the host page cache keeps what QEMU wrote): the image was
     // not closed, so leaks are allowed; corruption is not.

@@ -283,6 +283,13 @@ pub trait BlockDevice {
     /// (QEMU's io_unplug) instead of once per request. The default does nothing.
     fn unplug(&self) {}
 
+    /// Where the device is known to read as zeros to its end, if anywhere: a disk whose host
+    /// file was extended (sparse) just for this boot. Formats skip writing zeros there (a
+    /// copy-on-write of zeros into a cluster that was never used). `None`: nothing known.
+    fn zeroed_from(&self) -> Option<u64> {
+        None
+    }
+
     /// Size in bytes now: [`DeviceInfo::capacity`] unless the device has grown since.
     fn capacity(&self) -> u64 {
         self.info().capacity

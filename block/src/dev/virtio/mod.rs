@@ -192,6 +192,7 @@ pub struct VirtioBlk<H: Hal, T: Transport, const SIZE: usize = 256, const Q: usi
     geometry: Geometry,
     clock: fn() -> u64,
     wake_on_pending: Cell<bool>,
+    zeroed_from: Cell<Option<u64>>,
     inner: RefCell<Inner<H, T, SIZE, Q>>,
     /// Headers, ranges and status bytes the device reads and writes; see [`SlotMem`].
     mem: UnsafeCell<[SlotMem; Q]>,
@@ -246,6 +247,7 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> VirtioBlk<H, T, SI
             geometry,
             clock: clock.unwrap_or(no_clock),
             wake_on_pending: Cell::new(true),
+            zeroed_from: Cell::new(None),
             inner: RefCell::new(Inner {
                 transport,
                 queue,
@@ -278,6 +280,12 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> VirtioBlk<H, T, SI
     /// in vain).
     pub fn set_wake_on_pending(&self, wake: bool) {
         self.wake_on_pending.set(wake);
+    }
+
+    /// Declares that the device reads as zeros from byte `at` to its end (what the host
+    /// promises for a file it extended for this boot); see [`BlockDevice::zeroed_from`].
+    pub fn set_zeroed_from(&self, at: u64) {
+        self.zeroed_from.set(Some(at));
     }
 
     /// Counters so far.
@@ -591,6 +599,10 @@ impl<H: Hal, T: Transport, const SIZE: usize, const Q: usize> BlockDevice for Vi
                 Poll::Pending
             }
         }
+    }
+
+    fn zeroed_from(&self) -> Option<u64> {
+        self.zeroed_from.get()
     }
 
     fn unplug(&self) {

@@ -139,7 +139,7 @@ impl Qcow2 {
             size: Cell::new(header.size),
             header,
             ext,
-            w: state::WriteState::new(&header, !read_only, file_size),
+            w: state::WriteState::new(&header, !read_only, Self::zeroed_from(graph, file, file_size)?),
         };
         let wanted = match (opts.get("snapshot.name"), opts.get("snapshot.id")) {
             (Some(v), _) => Some((v, false)),
@@ -171,6 +171,12 @@ impl Qcow2 {
             q.open_for_writing(graph, file).await?;
         }
         Ok(q)
+    }
+
+    /// Where the image file reads as zeros to its end: its size, or less if its device knows.
+    fn zeroed_from<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, file_size: u64) -> Result<u64> {
+        let known = graph.node(file)?.device().and_then(|d| d.zeroed_from());
+        Ok(known.map_or(file_size, |z| z.min(file_size)))
     }
 
     /// The node's virtual size: the header's, rounded down to whole 512-byte sectors as QEMU

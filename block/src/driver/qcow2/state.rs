@@ -68,7 +68,9 @@ pub struct WriteState {
 }
 
 impl WriteState {
-    pub(crate) fn new(header: &Header, writable: bool, file_size: u64) -> Self {
+    /// `fresh_from`: where the file reads as zeros to its end (its size, or less when the
+    /// device says so: [`crate::dev::BlockDevice::zeroed_from`]).
+    pub(crate) fn new(header: &Header, writable: bool, fresh_from: u64) -> Self {
         let cs = header.cluster_size();
         Self {
             writable,
@@ -77,7 +79,7 @@ impl WriteState {
             corrupt: Cell::new(false),
             alloc_busy: Cell::new(false),
             free_hint: Cell::new(0),
-            fresh_from: Cell::new(file_size.div_ceil(cs).saturating_mul(cs)),
+            fresh_from: Cell::new(fresh_from.div_ceil(cs).saturating_mul(cs)),
             pending: RefCell::new(heapless::Vec::new()),
         }
     }

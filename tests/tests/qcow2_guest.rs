@@ -13,15 +13,6 @@ use std::path::Path;
 use strata_tests::{boot, drive, random_raw_disk, records, scratch, sha256sum, BootOptions, Machine};
 use util::*;
 
-/// What `qemu-img convert -O raw` makes of `file`, hashed on the host.
-fn host_digest(file: &Path) -> String {
-    let raw = file.with_extension("converted.raw");
-    qimg(&["convert", "-O", "raw", file.to_str().unwrap(), raw.to_str().unwrap()]);
-    let digest = sha256sum(&raw);
-    let _ = std::fs::remove_file(&raw);
-    digest
-}
-
 /// Boots `sha256 top` with `top` as the drive `top` and checks the guest's digest.
 fn check_guest(machine: Machine, top: &Path) {
     let r = boot(machine, vec![drive(top, "top", false)], "sha256 top");

@@ -34,15 +34,6 @@ fn assert_clean_and_shrunk(file: &Path, before: u64) {
     assert_eq!(len, end.max(before), "{}: file length vs image end {end} (before {before})", file.display());
 }
 
-/// What `qemu-img convert -O raw` makes of `file`, hashed on the host.
-fn host_digest(file: &Path) -> String {
-    let raw = file.with_extension("converted.raw");
-    qimg(&["convert", "-O", "raw", file.to_str().unwrap(), raw.to_str().unwrap()]);
-    let digest = sha256sum(&raw);
-    let _ = std::fs::remove_file(&raw);
-    digest
-}
-
 /// A writable drive `top` on `file` with `headroom` bytes (`None`: the default).
 fn top(file: &Path, headroom: Option<u64>) -> Drive {
     Drive { headroom, ..drive(file, "top", false) }

@@ -36,16 +36,38 @@ pub fn qimg_ok(args: &[&str]) -> bool {
     Command::new(qemu_img()).args(args).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
-/// Runs qemu-io commands on `file` (format `fmt`).
+/// Runs qemu-io commands on `file` (format `fmt`); panics if one fails (its exit status, or a
+/// failure qemu-io prints, such as a `read -P` pattern mismatch).
 pub fn qio(fmt: &str, file: &Path, cmds: &[&str]) {
+    qio_out(fmt, file, cmds);
+}
+
+/// [`qio`], returning qemu-io's stdout.
+pub fn qio_out<S: AsRef<str> + std::fmt::Debug>(fmt: &str, file: &Path, cmds: &[S]) -> String {
     ensure_qemu();
     let mut c = Command::new(qemu_io_bin());
     c.args(["-f", fmt]);
     for cmd in cmds {
-        c.args(["-c", cmd]);
+        c.args(["-c", cmd.as_ref()]);
     }
     let out = c.arg(file).output().unwrap();
-    assert!(out.status.success(), "qemu-io {cmds:?} on {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !stdout.contains("Pattern verification failed") && !stdout.contains("failed:"),
+        "qemu-io {cmds:?} on {}: {stdout} {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// What `qemu-img convert -O raw` makes of `file`, hashed on the host.
+pub fn host_digest(file: &Path) -> String {
+    let raw = file.with_extension("converted.raw");
+    qimg(&["convert", "-O", "raw", file.to_str().unwrap(), raw.to_str().unwrap()]);
+    let digest = sha256sum(&raw);
+    let _ = std::fs::remove_file(&raw);
+    digest
 }
 
 /// `qemu-img create -f qcow2 -o OPTS FILE SIZE` (plus extra args such as `-b`).

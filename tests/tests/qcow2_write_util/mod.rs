@@ -328,25 +328,6 @@ pub fn map_at(runs: &[MapRun], at: u64) -> MapRun {
     *runs.iter().find(|r| r.start <= at && at < r.start + r.length).unwrap()
 }
 
-/// Runs `qemu-io -f FMT` with `cmds` on `file`; its stdout (panics on failure).
-pub fn qio_out(fmt: &str, file: &Path, cmds: &[String]) -> String {
-    ensure_qemu();
-    let mut c = Command::new(qemu_io_bin());
-    c.args(["-f", fmt]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = c.arg(file).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && !stdout.contains("Pattern verification failed") && !stdout.contains("failed:"),
-        "qemu-io {cmds:?} on {}: {stdout} {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// A raw file of `size` random bytes (seed `seed`); its bytes.
 pub fn random_raw(path: &Path, size: u64, seed: u64) -> Vec<u8> {
     random_raw_disk(path, size, seed);

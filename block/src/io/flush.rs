@@ -23,24 +23,30 @@ pub(crate) async fn flush<const N: usize, const T: usize>(graph: &Graph<'_, N, T
             state.flush_caches(graph, id).await?;
         }
     }
-    flush_leaves(graph, root).await
+    flush_leaves_in(graph, &order).await
 }
 
 /// Closes `root` and everything below it cleanly: formats write back and mark their images
 /// clean (parents first), then every leaf flushes.
 pub(crate) async fn close<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, root: NodeId) -> Result<()> {
-    for &id in &below(graph, root)? {
+    let order = below(graph, root)?;
+    for &id in &order {
         if let NodeKind::Format(state) = &graph.node(id)?.kind {
             state.close(graph, id).await?;
         }
     }
-    flush_leaves(graph, root).await
+    flush_leaves_in(graph, &order).await
 }
 
 /// Flushes every leaf below `root` (and `root` itself if it is one), without asking formats
 /// to write back their caches: what a format's own write-back uses on its file child.
 pub(crate) async fn flush_leaves<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, root: NodeId) -> Result<()> {
-    for &id in &below(graph, root)? {
+    flush_leaves_in(graph, &below(graph, root)?).await
+}
+
+/// Flushes the leaves among `nodes`.
+async fn flush_leaves_in<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, nodes: &[NodeId]) -> Result<()> {
+    for &id in nodes {
         if let NodeKind::Leaf(_) = graph.node(id)?.kind {
             flush_leaf(graph, id).await?;
         }

@@ -232,7 +232,8 @@ impl Inner {
             return; // the open-time NOP, or a stray
         };
         let result = match slot.op {
-            DeviceOp::Read | DeviceOp::Write if res == -libc::EINTR || res == -libc::EAGAIN => None,
+            // Interrupted or asked to try again: resubmit, whatever the operation.
+            _ if res == -libc::EINTR || res == -libc::EAGAIN => None,
             DeviceOp::Read | DeviceOp::Write if res < 0 => Some(Err(sys::map_errno(-res))),
             DeviceOp::Read | DeviceOp::Write if res == 0 => {
                 if slot.op == DeviceOp::Write {
@@ -267,7 +268,6 @@ impl Inner {
             }
             DeviceOp::Flush if res < 0 && res != -libc::EINVAL => Some(Err(sys::map_errno(-res))),
             DeviceOp::Flush => Some(Ok(())),
-            DeviceOp::Discard | DeviceOp::WriteZeroes { .. } if res == -libc::EINTR => None,
             DeviceOp::Discard | DeviceOp::WriteZeroes { .. } if sys::is_unsupported(-res) => {
                 exec.note_unsupported(slot.mode);
                 Some(match slot.op {
@@ -287,7 +287,14 @@ impl Inner {
                 let entry = slot.entry(exec.fd(), index);
                 // SAFETY: as in `submit`: the slot's iovecs and the caller's memory stay valid
                 // until this request completes.
-                if !unsafe { push(&mut self.ring, &entry) } {
+                let mut pushed = unsafe { push(&mut self.ring, &entry) };
+                if !pushed {
+                    // A full submission queue: hand it to the kernel, then try once more.
+                    self.submit_queued();
+                    // SAFETY: as above.
+                    pushed = unsafe { push(&mut self.ring, &entry) };
+                }
+                if !pushed {
                     self.slots[index].state = State::Done(Err(DeviceError::Io));
                     self.in_flight -= 1;
                 }

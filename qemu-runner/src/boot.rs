@@ -38,7 +38,7 @@ pub struct BootOptions {
     pub memory_mib: u32,
     /// A prebuilt kernel ELF. `None`: `STRATA_KERNEL`, else build it.
     pub kernel: Option<PathBuf>,
-    /// Install QEMU with apt-get if it is missing (root only).
+    /// Install QEMU with `scripts/setup.sh` if it is missing (root only).
     pub install: bool,
     /// Print nothing (no progress on stderr, no console echo).
     pub quiet: bool,

@@ -81,11 +81,16 @@ Without --kernel, the kernel is built with
   cargo build -p strata-kernel --release --target x86_64-unknown-none \\
       --target-dir target/kernel
 (cargo's output is shown only if the build fails: exit 5). DEFMT_LOG defaults
-to 'info' for that build; RUSTFLAGS is not passed on.
+to 'info' for that build; RUSTFLAGS is not passed on. If the toolchain lacks the
+x86_64-unknown-none target, the runner first adds it:
+  scripts/setup.sh target:x86_64-unknown-none      (rustup target add)
 
-If qemu-system-x86_64 is missing and the runner is root with apt-get, it runs
-  apt-get update && apt-get install -y qemu-system-x86 qemu-utils
-(unless --no-install; otherwise it exits 5 and prints that command).
+If qemu-system-x86_64, qemu-img or qemu-io is missing and the runner is root, it
+runs (unless --no-install; otherwise it exits 5 and prints that command)
+  scripts/setup.sh qemu-system-x86 qemu-utils
+which installs Debian's packages with apt-get at one release: the emulator that
+matches an installed qemu-utils (from backports if qemu-utils came from there),
+else both from the Debian release.
 
 Channels: the console is COM1 on QEMU's stdout; lines starting with '@{{' are
 JSON records (boot, footprint, device, sha256, demo, bench, error, exit, ...) collected

@@ -1,7 +1,8 @@
-//! Making sure QEMU is there: installing Debian's packages when running as root with `apt-get`.
+//! Making sure QEMU and the kernel's Rust target are there, through `scripts/setup.sh`.
 //!
-//! Both `qemu-system-x86` and `qemu-utils` are installed together: on Debian 12 installing
-//! `qemu-system-x86` alone removes a newer `qemu-utils` backport, taking `qemu-img` with it.
+//! The script is the one installer: `.ci/run` calls it too, so the two cannot drift apart. It
+//! keeps QEMU's packages at one release (a `qemu-utils` backport *Breaks* Debian 12's emulator)
+//! and adds rustup targets, printing one line per need on stderr.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
@@ -10,13 +11,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::qemu::DEFAULT_QEMU;
-use crate::RunnerError;
+use crate::{workspace, RunnerError};
 
-/// The packages that provide `qemu-system-x86_64` and `qemu-img`.
-pub const PACKAGES: [&str; 2] = ["qemu-system-x86", "qemu-utils"];
+/// The Debian packages that provide `qemu-system-x86_64`, `qemu-img` and `qemu-io`.
+pub const QEMU_PACKAGES: [&str; 2] = ["qemu-system-x86", "qemu-utils"];
 
-/// The install command, as shown to the user.
-pub const INSTALL_COMMAND: &str = "apt-get update && apt-get install -y qemu-system-x86 qemu-utils";
+/// The QEMU tools the runner and the tests use, from [`QEMU_PACKAGES`].
+const QEMU_TOOLS: [&str; 3] = [DEFAULT_QEMU, "qemu-img", "qemu-io"];
+
+/// The installer script, relative to the workspace root.
+pub const SETUP_SCRIPT: &str = "scripts/setup.sh";
+
+/// The command that installs `needs`, as shown to the user.
+pub fn setup_command(needs: &[&str]) -> String {
+    let script = workspace::root().join(SETUP_SCRIPT);
+    format!("{} {}", script.display(), needs.join(" "))
+}
 
 /// The first executable called `program` on `PATH`, or `program` itself if it has a `/`.
 pub fn find_program(program: &OsStr) -> Option<PathBuf> {
@@ -39,75 +49,111 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Checks that `program` (QEMU) can be found, installing it if allowed and possible.
+/// Checks that `program` (QEMU) and, for the default emulator, `qemu-img` and `qemu-io` can be
+/// found, installing them with [`SETUP_SCRIPT`] if allowed and possible.
 pub fn ensure_qemu(
     program: &OsString,
     allow_install: bool,
     quiet: bool,
 ) -> Result<(), RunnerError> {
-    if find_program(program).is_some() {
+    let default = program.as_os_str() == OsStr::new(DEFAULT_QEMU);
+    if !default {
+        return match find_program(program) {
+            Some(_) => Ok(()),
+            None => Err(RunnerError::QemuMissing(format!(
+                "{} (from QEMU_SYSTEM) not found",
+                program.to_string_lossy()
+            ))),
+        };
+    }
+    let missing = || {
+        QEMU_TOOLS
+            .into_iter()
+            .filter(|tool| find_program(OsStr::new(tool)).is_none())
+            .collect::<Vec<_>>()
+    };
+    let absent = missing();
+    if absent.is_empty() {
         return Ok(());
     }
-    let name = program.to_string_lossy();
-    let default = program.as_os_str() == OsStr::new(DEFAULT_QEMU);
-    let missing = |why: &str| {
+    let command = setup_command(&QEMU_PACKAGES);
+    let refuse = |why: &str| {
         RunnerError::QemuMissing(format!(
-            "{name} not found{why}; install QEMU as root with: {INSTALL_COMMAND}"
+            "{} not found{why}; install QEMU as root with: {command}",
+            absent.join(", ")
         ))
     };
-    if !default {
-        return Err(RunnerError::QemuMissing(format!(
-            "{name} (from QEMU_SYSTEM) not found"
-        )));
-    }
     if !allow_install {
-        return Err(missing(" (--no-install)"));
+        return Err(refuse(" (--no-install)"));
     }
     if !is_root() {
-        return Err(missing(" (not root, so not installing)"));
-    }
-    if find_program(OsStr::new("apt-get")).is_none() {
-        return Err(missing(" and apt-get is not available"));
+        return Err(refuse(" (not root, so not installing)"));
     }
     if !quiet {
-        eprintln!(
-            "{name} not found: installing Debian's {} and {} ({INSTALL_COMMAND})",
-            PACKAGES[0], PACKAGES[1]
-        );
+        eprintln!("{} not found: installing QEMU ({command})", absent.join(", "));
     }
-    apt_get(&["update"])?;
-    apt_get(&["install", "-y", PACKAGES[0], PACKAGES[1]])?;
-    if find_program(program).is_none() {
-        return Err(missing(" after installing"));
+    run_setup(&QEMU_PACKAGES).map_err(RunnerError::QemuMissing)?;
+    let still = missing();
+    if !still.is_empty() {
+        return Err(RunnerError::QemuMissing(format!(
+            "{} not found after {command}",
+            still.join(", ")
+        )));
     }
     Ok(())
 }
 
-/// Runs `apt-get args` non-interactively, its output on the runner's stderr (stdout stays clean
-/// for `--json`).
-fn apt_get(args: &[&str]) -> Result<(), RunnerError> {
-    let shown = format!("apt-get {}", args.join(" "));
+/// Makes sure the Rust toolchain that `rustc` belongs to has `target`'s standard library,
+/// adding it with rustup through [`SETUP_SCRIPT`] when it is missing (rustup does not add the
+/// `targets` of `rust-toolchain.toml` to a toolchain that is already installed). On failure, the
+/// reason and what to run.
+pub fn ensure_target(rustc: &OsStr, target: &str) -> Result<(), String> {
+    let has_target = || {
+        let sysroot = Command::new(rustc)
+            .args(["--print", "sysroot"])
+            .current_dir(workspace::root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+        sysroot.is_some_and(|s| s.join("lib/rustlib").join(target).join("lib").is_dir())
+    };
+    if has_target() {
+        return Ok(());
+    }
+    let need = format!("target:{target}");
+    run_setup(&[&need])?;
+    if has_target() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the Rust target {target} is still missing after {}",
+            setup_command(&[&need])
+        ))
+    }
+}
+
+/// Runs [`SETUP_SCRIPT`] for `needs`, its output on the runner's stderr (stdout stays clean for
+/// `--json`); on failure, the reason and the command.
+fn run_setup(needs: &[&str]) -> Result<(), String> {
+    let command = setup_command(needs);
     let stdout = std::io::stderr()
         .as_fd()
         .try_clone_to_owned()
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null());
-    let status = Command::new("apt-get")
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
+    let status = Command::new("bash")
+        .arg(workspace::root().join(SETUP_SCRIPT))
+        .args(needs)
         .stdin(Stdio::null())
         .stdout(stdout)
         .status()
-        .map_err(|source| RunnerError::Spawn {
-            program: "apt-get".into(),
-            source,
-        })?;
-    if !status.success() {
-        return Err(RunnerError::QemuMissing(format!(
-            "{shown} failed ({status}); install QEMU by hand: {INSTALL_COMMAND}"
-        )));
+        .map_err(|e| format!("cannot run {command}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command} failed ({status}); see its output above"))
     }
-    Ok(())
 }
 
 #[cfg(test)]

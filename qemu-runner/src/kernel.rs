@@ -4,11 +4,12 @@
 //! running `cargo test` holds on `target/`. Concurrent callers share one build per process (a
 //! `OnceLock`), and cargo's own lock serialises processes.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::{workspace, RunnerError};
+use crate::{install, workspace, RunnerError};
 
 /// The environment variable naming a prebuilt kernel ELF.
 pub const KERNEL_ENV: &str = "STRATA_KERNEL";
@@ -73,6 +74,21 @@ pub fn build_kernel() -> Result<PathBuf, RunnerError> {
         .map_err(|(command, output)| RunnerError::Build { command, output })
 }
 
+/// The `rustc` that `cargo` builds with: `RUSTC`, else the one in `cargo`'s folder (a toolchain's
+/// own cargo, as `CARGO` names it under rustup), else `rustc` on `PATH`.
+fn rustc_beside(cargo: &OsStr) -> OsString {
+    if let Some(rustc) = std::env::var_os("RUSTC").filter(|v| !v.is_empty()) {
+        return rustc;
+    }
+    let cargo = Path::new(cargo);
+    match cargo.parent() {
+        Some(dir) if cargo.is_absolute() && dir.join("rustc").is_file() => {
+            dir.join("rustc").into_os_string()
+        }
+        _ => "rustc".into(),
+    }
+}
+
 /// Runs `cargo build` for the kernel; on failure, the command and cargo's output.
 fn run_cargo_build() -> Result<PathBuf, (String, String)> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -92,6 +108,7 @@ fn run_cargo_build() -> Result<PathBuf, (String, String)> {
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
+    install::ensure_target(&rustc_beside(&cargo), TARGET).map_err(|e| (shown.clone(), e))?;
     let mut cmd = Command::new(&cargo);
     cmd.args(args).current_dir(workspace::root());
     // Flags meant for host builds would replace the kernel's `target.x86_64-unknown-none.rustflags`

@@ -55,9 +55,9 @@ pub use kernel::build_kernel;
 pub use machine::{Accel, Machine, ResolvedAccel};
 pub use result::BootResult;
 
-/// Makes sure `qemu-system-x86_64` (or `QEMU_SYSTEM`) can be found; if it cannot and `install` is
-/// true, installs Debian's `qemu-system-x86` and `qemu-utils` when running as root with `apt-get`
-/// (see [`install`]). Progress goes to stderr.
+/// Makes sure `qemu-system-x86_64`, `qemu-img` and `qemu-io` (or `QEMU_SYSTEM`) can be found; if
+/// they cannot and `install` is true, installs Debian's `qemu-system-x86` and `qemu-utils` at one
+/// release with `scripts/setup.sh` when running as root (see [`install`]). Progress goes to stderr.
 pub fn ensure_qemu(install: bool) -> Result<(), RunnerError> {
     install::ensure_qemu(&qemu::program(), install, false)
 }

@@ -27,9 +27,11 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// The debugcon I/O port of the defmt channel.
 pub const DEBUGCON_PORT: u16 = 0xe9;
 
-/// microvm's properties: no option ROMs, a PIT for TSC calibration, no PIC or RTC, and no
-/// virtio-mmio entries appended to our command line. All exist in QEMU 7.2 through 10.x.
-const MICROVM: &str = "microvm,x-option-roms=off,pit=on,pic=off,rtc=off,auto-kernel-cmdline=off";
+/// microvm's properties: a PIT for TSC calibration, no PIC or RTC, and no virtio-mmio entries
+/// appended to our command line. All exist in QEMU 7.2 through 10.x. Option ROMs stay on: QEMU
+/// 10's microvm boots a PVH kernel through its `pvh.bin` option ROM, and with
+/// `x-option-roms=off` the guest never starts (7.2's qboot loaded it without one).
+const MICROVM: &str = "microvm,pit=on,pic=off,rtc=off,auto-kernel-cmdline=off";
 
 /// The QEMU binary to run: `QEMU_SYSTEM` or `qemu-system-x86_64`.
 pub fn program() -> OsString {

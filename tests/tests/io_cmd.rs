@@ -38,9 +38,14 @@ fn strata_io(args: &[&str], cmds: &[&str], file: &Path) -> (i32, Vec<String>) {
     (out.status, without_timings(&out.stdout))
 }
 
-/// The lines of `text` without qemu-io's statistics lines (`4 KiB, 1 ops; 00.00 sec (...)`).
+/// The lines of `text` without qemu-io's statistics lines (`4 KiB, 1 ops; 00.00 sec (...)`),
+/// usage lines in qemu-io 9.0+'s spelling: it added `-r` (register the I/O buffer) to read and
+/// write, and Strata prints the newer line whichever qemu-io is installed.
 fn without_timings(text: &str) -> Vec<String> {
-    text.lines().filter(|l| !(l.contains(" ops; ") && l.ends_with(" ops/sec)"))).map(str::to_string).collect()
+    text.lines()
+        .filter(|l| !(l.contains(" ops; ") && l.ends_with(" ops/sec)")))
+        .map(|l| l.replacen("read [-abCqv] ", "read [-abCqrv] ", 1).replacen("write [-bcCfnquz] ", "write [-bcCfnqruz] ", 1))
+        .collect()
 }
 
 /// Runs `cmds` through qemu-io on one copy of `image` and through `img io` on another; both

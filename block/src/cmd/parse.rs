@@ -139,8 +139,8 @@ impl ParseError<'_> {
 /// qemu-io's usage line for `command`.
 fn usage(command: &str) -> &'static str {
     match command {
-        "read" => "read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset",
-        "write" => "write [-bcCfnquz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset",
+        "read" => "read [-abCqrv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset",
+        "write" => "write [-bcCfnqruz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset",
         "discard" => "discard [-Cq] off len -- discards a number of bytes at a specified offset",
         _ => "flush -- flush all in-core file state to disk",
     }
@@ -230,9 +230,10 @@ struct Getopt<'a> {
 
 impl<'a> Getopt<'a> {
     fn parse(command: &'static str, args: &[&'a str]) -> Result<Self, ParseError<'a>> {
+        // `-r` (qemu-io 9.0+: register the I/O buffer with the host) changes nothing here.
         let takes = |c: char| match command {
-            "read" => matches!(c, 'P' | 'q'),
-            "write" => matches!(c, 'P' | 'q' | 'z' | 'u'),
+            "read" => matches!(c, 'P' | 'q' | 'r'),
+            "write" => matches!(c, 'P' | 'q' | 'r' | 'z' | 'u'),
             _ => c == 'q',
         };
         let mut out = Getopt { pattern: None, quiet: false, zero: false, unmap: false, positional: heapless::Vec::new() };
@@ -262,7 +263,8 @@ impl<'a> Getopt<'a> {
                     }
                     'q' => out.quiet = true,
                     'z' => out.zero = true,
-                    _ => out.unmap = true,
+                    'u' => out.unmap = true,
+                    _ => {}
                 }
             }
         }

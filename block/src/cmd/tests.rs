@@ -26,6 +26,10 @@ fn parses_qemu_io_syntax() {
     assert_eq!(parse("  write\t-P 255 0 1 "), Ok(Write { offset: 0, len: 1, fill: Fill::Pattern(255), quiet: false }));
     assert_eq!(parse("discard -q 0 64k"), Ok(Discard { offset: 0, len: 65536, quiet: true }));
     assert_eq!(parse("flush"), Ok(Flush));
+    // qemu-io 9.0+'s `-r` (register the buffer) is accepted and changes nothing.
+    assert_eq!(parse("read -r -P 7 0 1"), Ok(Read { offset: 0, len: 1, pattern: Some(7), quiet: false }));
+    assert_eq!(parse("write -rq 0 1"), Ok(Write { offset: 0, len: 1, fill: Fill::Pattern(0xcd), quiet: true }));
+    assert_eq!(parse("discard -r 0 1"), Err(ParseError::InvalidOption { command: "discard", option: 'r' }));
     assert_eq!(parse_words("write,-P,0xaa,0,64k".split(',')), Ok(Write { offset: 0, len: 65536, fill: Fill::Pattern(0xaa), quiet: false }));
 }
 
@@ -42,8 +46,8 @@ fn parse_errors_name_the_word_and_print_qemu_io_messages() {
         ("read 1x 2", ParseError::BadNumber("1x"), "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- 1x"),
         ("read 0", ParseError::ArgCount { command: "read", given: 1 }, "bad argument count 1 to read, expected at least 2 arguments"),
         ("flush now", ParseError::ArgCount { command: "flush", given: 1 }, "bad argument count 1 to flush, expected 0 arguments"),
-        ("read -q 0", ParseError::Usage("read"), "read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset"),
-        ("write 0 1 2", ParseError::Usage("write"), "write [-bcCfnquz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset"),
+        ("read -q 0", ParseError::Usage("read"), "read [-abCqrv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset"),
+        ("write 0 1 2", ParseError::Usage("write"), "write [-bcCfnqruz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset"),
         ("write -z -P 1 0 1", ParseError::ZeroAndPattern, "Only one of -z, -P, and -s can be specified at the same time"),
         ("write -u 0 1", ParseError::UnmapWithoutZero, "-u requires -z to be specified"),
         ("read -z 0 1", ParseError::InvalidOption { command: "read", option: 'z' }, "read: invalid option -- 'z'"),
@@ -56,7 +60,7 @@ fn parse_errors_name_the_word_and_print_qemu_io_messages() {
         assert_eq!(got, Err(*error), "{line}");
         assert_eq!(got.unwrap_err().to_string(), *message, "{line}");
     }
-    assert!(parse("read -x 0 1").unwrap_err().usage_after().unwrap().starts_with("read [-abCqv]"));
+    assert!(parse("read -x 0 1").unwrap_err().usage_after().unwrap().starts_with("read [-abCqrv]"));
     assert_eq!(parse("read 0").unwrap_err().usage_after(), None);
     // `--` ends the options: what follows is positional, and "-1" is then not a size.
     assert_eq!(parse("read -- 0 -1"), Err(ParseError::BadNumber("-1")));

@@ -1,7 +1,7 @@
 //! `qemu-runner img`: qemu-img's commands over Strata's block layer, on host files.
 //!
-//! `info`, `map`, `convert -O raw`, `compare` and `bench`, with qemu-img's syntax where they overlap so
-//! the two can be run side by side. Options use the shared grammar (`--image-opts`).
+//! qemu-img's and qemu-io's commands (the table [`COMMANDS`] lists them), with their syntax where
+//! they overlap so the two can be run side by side. Options use the shared grammar (`--image-opts`).
 //! Exit statuses follow qemu-img: 0 success, 1 failure (for `compare`: the images differ),
 //! 2 usage error (for `compare`: any error).
 
@@ -50,29 +50,85 @@ impl fmt::Display for ImgError {
     }
 }
 
-/// Help for `img`.
-pub const HELP: &str = "\
-qemu-runner img COMMAND [OPTIONS]: qemu-img's commands over Strata's block layer
+/// One `img` command: its name, its usage lines in the help, and what runs it (returning the
+/// exit status, or an error that [`main`] prints).
+struct Command {
+    name: &'static str,
+    usage: &'static str,
+    run: fn(&[String]) -> Result<i32, ImgError>,
+}
 
-  info [-f FMT] [--image-opts] [-U] [--output=human|json] FILE
-  map [-f FMT] [--image-opts] [-U] [--output=human|json] FILE
-  convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME] -O raw SRC DST
-  resize [-f FMT] [--image-opts] [-q] FILE [+]SIZE   (qcow2, growing)
-  compare [-f FMT] [-F FMT] [-s] [-q] [-U] A B
-  create [-f qcow2|raw] [-b BACKING -F FMT] [-o OPTIONS] [-u] [-q] FILE [SIZE]
-        (OPTIONS: cluster_size, extended_l2, lazy_refcounts, refcount_bits, backing_file, backing_fmt)
-  bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
+/// Every `img` command, in the order the help lists them. The help and the unknown-command
+/// message are both made from this table.
+const COMMANDS: &[Command] = &[
+    Command {
+        name: "info",
+        usage: "info [-f FMT] [--image-opts] [-U] [--output=human|json] FILE",
+        run: |a| info::run(a).map(|()| 0),
+    },
+    Command {
+        name: "map",
+        usage: "map [-f FMT] [--image-opts] [-U] [--output=human|json] FILE",
+        run: |a| map::run(a).map(|()| 0),
+    },
+    Command {
+        name: "convert",
+        usage: "convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME] -O raw SRC DST",
+        run: |a| convert::run(a).map(|()| 0),
+    },
+    Command {
+        name: "resize",
+        usage: "resize [-f FMT] [--image-opts] [-q] FILE [+]SIZE   (qcow2, growing)",
+        run: |a| resize::run(a).map(|()| 0),
+    },
+    Command {
+        name: "compare",
+        usage: "compare [-f FMT] [-F FMT] [-s] [-q] [-U] A B",
+        // qemu-img compare: 0 equal, 1 different, 2 for any error.
+        run: |a| {
+            Ok(compare::run(a).unwrap_or_else(|e| {
+                eprintln!("qemu-runner img: {e}");
+                2
+            }))
+        },
+    },
+    Command {
+        name: "create",
+        usage: "create [-f qcow2|raw] [-b BACKING -F FMT] [-o OPTIONS] [-u] [-q] FILE [SIZE]
+        (OPTIONS: cluster_size, extended_l2, lazy_refcounts, refcount_bits, backing_file, backing_fmt)",
+        run: |a| create::run(a).map(|()| 0),
+    },
+    Command {
+        name: "bench",
+        usage: "bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
         [-t none|writeback] [-i threads|native|io_uring] [--flush-interval N]
-        [--pattern N] [-q] [--json] FILE
-  io [-f FMT] [--image-opts] [-t CACHE] [-r] [-U] -c CMD [-c CMD ...] FILE
+        [--pattern N] [-q] [--json] FILE",
+        run: |a| bench::run(a).map(|()| 0),
+    },
+    Command {
+        name: "io",
+        usage: "io [-f FMT] [--image-opts] [-t CACHE] [-r] [-U] -c CMD [-c CMD ...] FILE
         (qemu-io's read [-P pat] [-q], write [-P pat | -z [-u]] [-q], discard [-q], flush;
-         exit status as qemu-io: 0 all commands succeeded, 1 otherwise)
-  stress [-f FMT] [--image-opts] [-t CACHE] --seed N --ops N --qd N [--max-len SIZE]
+         exit status as qemu-io: 0 all commands succeeded, 1 otherwise)",
+        run: |a| Ok(io::main(a)),
+    },
+    Command {
+        name: "stress",
+        usage: "stress [-f FMT] [--image-opts] [-t CACHE] --seed N --ops N --qd N [--max-len SIZE]
         [--block SIZE] [--offset SIZE] [--length SIZE] [--mix R:W:Z:ZU:D:F] [--json] [-v] FILE
-        (seeded verified mix at a queue depth; prints 'flush K covers ops 0..N' markers)
-  replay LOG BASE OUT --cut SEQ [--drop SEED] | replay LOG --plan N [--seed S]
-        (crash logs: copy BASE to OUT and apply what a crash at SEQ could leave)
+        (seeded verified mix at a queue depth; prints 'flush K covers ops 0..N' markers)",
+        run: |a| stress::run(a).map(|()| 0),
+    },
+    Command {
+        name: "replay",
+        usage: "replay LOG BASE OUT --cut SEQ [--drop SEED] | replay LOG --plan N [--seed S]
+        (crash logs: copy BASE to OUT and apply what a crash at SEQ could leave)",
+        run: |a| replay::run(a).map(|()| 0),
+    },
+];
 
+/// The part of the help after the command list.
+const HELP_TAIL: &str = "\
 FILE is a file name (format probed unless -f), or with --image-opts an options string in
 Strata's grammar, e.g. driver=raw,offset=1M,size=64M,file=disk.img.
 -t none opens with O_DIRECT and queues requests (io_uring or threads); writeback (the default)
@@ -84,35 +140,40 @@ image given, unless --allow-backing-anywhere; protocol prefixes (json:, nbd:) ar
 Exit status: 0 ok, 1 failed (compare: images differ), 2 usage error (compare: any error).
 ";
 
+/// Help for `img`: every command of [`COMMANDS`] with its usage.
+pub fn help() -> String {
+    let mut text =
+        String::from("qemu-runner img COMMAND [OPTIONS]: qemu-img's commands over Strata's block layer\n\n");
+    for command in COMMANDS {
+        text.push_str("  ");
+        text.push_str(command.usage);
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(HELP_TAIL);
+    text
+}
+
+/// The names of all commands, for the unknown-command message.
+fn command_names() -> String {
+    COMMANDS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+}
+
 /// Runs `img ARGS` and returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     let Some((cmd, rest)) = args.split_first() else {
-        print!("{HELP}");
+        print!("{}", help());
         return 2;
     };
-    let result = match cmd.as_str() {
-        "-h" | "--help" | "help" => {
-            print!("{HELP}");
-            return 0;
-        }
-        "info" => info::run(rest).map(|()| 0),
-        "map" => map::run(rest).map(|()| 0),
-        "convert" => convert::run(rest).map(|()| 0),
-        "resize" => resize::run(rest).map(|()| 0),
-        "create" => create::run(rest).map(|()| 0),
-        "bench" => bench::run(rest).map(|()| 0),
-        "io" => return io::main(rest),
-        "stress" => stress::run(rest).map(|()| 0),
-        "replay" => replay::run(rest).map(|()| 0),
-        "compare" => match compare::run(rest) {
-            Ok(status) => return status,
-            Err(e) => {
-                eprintln!("qemu-runner img: {e}");
-                return 2;
-            }
-        },
-        other => Err(ImgError::usage(format!(
-            "unknown img command \"{other}\" (info, map, convert, compare, bench)"
+    if matches!(cmd.as_str(), "-h" | "--help" | "help") {
+        print!("{}", help());
+        return 0;
+    }
+    let result = match COMMANDS.iter().find(|c| c.name == cmd) {
+        Some(command) => (command.run)(rest),
+        None => Err(ImgError::usage(format!(
+            "unknown img command \"{cmd}\" ({})",
+            command_names()
         ))),
     };
     match result {
@@ -125,5 +186,21 @@ pub fn main(args: &[String]) -> i32 {
                 1
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_and_unknown_command_name_every_command() {
+        let help = help();
+        let names = command_names();
+        for command in COMMANDS {
+            assert!(help.contains(&format!("\n  {} ", command.name)), "{} not in help", command.name);
+            assert!(names.contains(command.name));
+        }
+        assert_eq!(names.split(", ").count(), COMMANDS.len());
     }
 }

@@ -24,6 +24,7 @@ use strata_block::graph::{NodeKind, Role};
 
 use crate::drives::{Backing, Drive};
 use crate::img::image::{self, block_on};
+use crate::img::output;
 use crate::img::ImgError;
 use crate::RunnerError;
 
@@ -57,8 +58,13 @@ pub fn grow(drives: &[Drive]) -> Result<Headroom, RunnerError> {
         if drive.read_only || drive.backing != Backing::File || headroom == 0 || !writable_qcow2(&drive.file) {
             continue;
         }
-        let io = |e| RunnerError::io(format!("extending {} by headroom={headroom}", drive.file.display()), e);
-        let file = OpenOptions::new().write(true).open(&drive.file).map_err(io)?;
+        let context = || format!("extending {} by headroom={headroom}", drive.file.display());
+        let io = |e| RunnerError::io(context(), e);
+        let file = OpenOptions::new().read(true).write(true).open(&drive.file).map_err(io)?;
+        // Never grow a file another process holds (QEMU's write lock, taken and tested as QEMU
+        // does): QEMU would then refuse the drive, and cutting the file back later could cut
+        // that process's clusters. The lock ends with `file`, before QEMU starts.
+        output::lock_for_writing(&file, &drive.file).map_err(|e| RunnerError::io(context(), std::io::Error::other(e)))?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
             continue;
@@ -135,8 +141,11 @@ fn shrink_one(g: &Grown) -> Result<(), String> {
     if len <= g.original {
         return Ok(());
     }
-    let end = image_end(&g.path, g.original, len)?.clamp(g.original, len);
     let mut file = OpenOptions::new().read(true).write(true).open(&g.path).map_err(|e| e.to_string())?;
+    // Held while the end is found and the file cut: another process may have opened the image
+    // since QEMU exited, and its clusters past our idea of the end must not be cut.
+    output::lock_for_writing(&file, &g.path)?;
+    let end = image_end(&g.path, g.original, len)?.clamp(g.original, len);
     // A file that ended inside its last cluster (as `qemu-img create` leaves them) keeps its
     // length while nothing was written past it: past the end reads as zeros anyway.
     let target = if end - g.original < 64 * 1024 && zeros(&mut file, g.original, end - g.original) { g.original } else { end };
@@ -158,6 +167,8 @@ pub fn image_end(path: &Path, floor: u64, len: u64) -> Result<u64, String> {
         no_backing: true,
         format: Some("qcow2".into()),
         cache_bytes: Some(1 << 20),
+        // Shares every permission: the caller holds the write lock while it reads.
+        force_share: true,
         ..image::OpenOptions::default()
     };
     let spec = path.to_str().ok_or("the path is not UTF-8")?;

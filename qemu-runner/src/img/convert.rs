@@ -2,11 +2,13 @@
 //! `qemu-img convert -O raw` (all-zero 4 KiB blocks are left as holes).
 
 use std::cell::Cell;
+use std::path::Path;
 
 use futures::future::join_all;
 
 use super::args::Args;
 use super::image::{self, block_on, AlignedBuf, Image, OpenOptions};
+use super::output;
 use super::ImgError;
 
 /// Bytes per copy request.
@@ -46,13 +48,11 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         cache: image::cache_mode(args.value("-t"))?,
         ..OpenOptions::default()
     };
+    // The source is open (and locked) before the output is touched, and the output is none of
+    // the source's files.
     image::with_image(&files[0], &src_opts, |src| {
         let size = src.backend.size();
-        let out = std::fs::File::create(&files[1])
-            .map_err(|e| ImgError::failed(format!("Could not create '{}': {e}", files[1])))?;
-        out.set_len(size)
-            .map_err(|e| ImgError::failed(format!("Could not resize '{}': {e}", files[1])))?;
-        drop(out);
+        output::create_output(Path::new(&files[1]), size, &src.paths)?;
         image::with_image(&files[1], &dst_opts, |dst| copy(src, dst, size))
     })
 }

@@ -16,6 +16,7 @@ use strata_block::Graph;
 
 use super::args::{parse_size, Args};
 use super::image::{self, block_on, OpenOptions};
+use super::output;
 use super::ImgError;
 
 /// What the command line asks for.
@@ -88,10 +89,14 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         (None, Some(_)) => return Err(usage("Backing format cannot be used without backing file")),
         _ => {}
     }
+    // The files the new image reads: its backing image (with -u it is not opened, and only a
+    // name is written, as qemu-img does).
+    let mut inputs = Vec::new();
     if let (Some(backing), Some(fmt)) = (&req.backing, &req.backing_fmt) {
         if !args.has("-u") {
-            let backing_size = backing_size(&req.file, backing, fmt)?;
+            let (backing_size, paths) = open_backing(&req.file, backing, fmt)?;
             req.size.get_or_insert(backing_size);
+            inputs = paths;
         }
     }
     let size = req.size.ok_or_else(|| usage("Image creation needs a size parameter"))?;
@@ -99,9 +104,15 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         println!("{}", formatting_line(&req, size));
     }
     match req.format.as_str() {
-        "raw" => create_raw(&req.file, size),
-        _ => create_qcow2(&req, size),
+        "raw" => new_file(&req.file, size, &inputs),
+        _ => create_qcow2(&req, size, &inputs),
     }
+}
+
+/// Makes `file` an empty sparse file of `size` bytes; refused, and left as it was, if it is one
+/// of `inputs` (the backing file) or another process holds it.
+fn new_file(file: &str, size: u64, inputs: &[PathBuf]) -> Result<(), ImgError> {
+    output::create_output(Path::new(file), size, inputs).map_err(|e| ImgError::failed(format!("{file}: {e}")))
 }
 
 /// Applies one `-o` value.
@@ -157,8 +168,9 @@ fn split_options(text: &str) -> Vec<String> {
     items.into_iter().filter(|s| !s.is_empty()).collect()
 }
 
-/// The backing image's virtual size; `backing` is relative to the new image's directory.
-fn backing_size(file: &str, backing: &str, fmt: &str) -> Result<u64, ImgError> {
+/// The backing image's virtual size and the files it opened (for [`output::create_output`]);
+/// `backing` is relative to the new image's directory.
+fn open_backing(file: &str, backing: &str, fmt: &str) -> Result<(u64, Vec<PathBuf>), ImgError> {
     let path: PathBuf = if Path::new(backing).is_absolute() {
         PathBuf::from(backing)
     } else {
@@ -172,7 +184,7 @@ fn backing_size(file: &str, backing: &str, fmt: &str) -> Result<u64, ImgError> {
         ..OpenOptions::default()
     };
     let spec = path.to_string_lossy().into_owned();
-    image::with_image(&spec, &opts, |img| Ok(img.backend.size()))
+    image::with_image(&spec, &opts, |img| Ok((img.backend.size(), img.paths.clone())))
         .map_err(|e| ImgError::failed(format!("{file}: {e}\nCould not open backing image.")))
 }
 
@@ -198,20 +210,13 @@ fn formatting_line(req: &Request, size: u64) -> String {
     line
 }
 
-/// Creates (or truncates) `file` and opens it read-write as a host-file leaf.
-fn new_file(file: &str) -> Result<HostFile, ImgError> {
-    std::fs::File::create(file).map_err(|e| ImgError::failed(format!("{file}: Could not create '{file}': {e}")))?;
+/// Opens the new (empty, see [`new_file`]) `file` read-write as a host-file leaf.
+fn open_new_file(file: &str) -> Result<HostFile, ImgError> {
     HostFile::open(Path::new(file), &HostFileOptions::default()).map_err(|e| ImgError::failed(format!("{file}: {e}")))
 }
 
-/// A sparse raw file of `size` bytes.
-fn create_raw(file: &str, size: u64) -> Result<(), ImgError> {
-    let f = std::fs::File::create(file).map_err(|e| ImgError::failed(format!("{file}: Could not create '{file}': {e}")))?;
-    f.set_len(size).map_err(|e| ImgError::failed(format!("{file}: Could not resize file: {e}")))
-}
-
 /// A qcow2 image through the block layer.
-fn create_qcow2(req: &Request, size: u64) -> Result<(), ImgError> {
+fn create_qcow2(req: &Request, size: u64, inputs: &[PathBuf]) -> Result<(), ImgError> {
     let file = req.file.as_str();
     let usage = |msg: &str| ImgError::usage(format!("{file}: {msg}"));
     let cluster_size = req.cluster_size.unwrap_or(65536);
@@ -233,7 +238,8 @@ fn create_qcow2(req: &Request, size: u64) -> Result<(), ImgError> {
     };
     // Check the options before the file is created or truncated.
     strata_block::driver::qcow2::create::Layout::new(&opts).map_err(|e| describe(file, e))?;
-    let leaf = new_file(file)?;
+    new_file(file, 0, inputs)?;
+    let leaf = open_new_file(file)?;
     let mut bounce = vec![0u8; 4 * 65536];
     let mut graph: Graph<'_, 4, 64> = Graph::new(&mut bounce, 65536);
     let node = graph.add_leaf("file", &leaf).map_err(|e| ImgError::failed(format!("{file}: {e}")))?;

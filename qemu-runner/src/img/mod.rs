@@ -15,6 +15,7 @@ pub mod image;
 mod info;
 pub mod io;
 pub mod map;
+pub(crate) mod output;
 mod resize;
 pub mod replay;
 pub(crate) mod resolve;

@@ -20,11 +20,12 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use strata_block::dev::record::Seq;
 
 use super::crashlog::{read_log, Change, Record};
+use super::output;
 use super::ImgError;
 
 /// One crash point (see the module docs).
@@ -229,6 +230,7 @@ pub fn run(args: &[String]) -> Result<(), ImgError> {
         return Err(ImgError::usage("replay: LOG BASE OUT --cut SEQ [--drop SEED] expected".into()));
     };
     let at = at.ok_or_else(|| ImgError::usage("replay: --cut SEQ expected".into()))?;
+    output::refuse_inputs(Path::new(out), &[PathBuf::from(log), PathBuf::from(base)])?;
     let applied = replay(&records, Cut { at, drop }, Path::new(base), Path::new(out)).map_err(ImgError::failed)?;
     println!("applied {} guaranteed and {} more writes, dropped {}", applied.guaranteed, applied.kept, applied.dropped);
     Ok(())

@@ -1,0 +1,132 @@
+//! Files a command writes as a whole (`convert`'s and `create`'s outputs, `replay`'s copy): never
+//! one of the command's inputs, locked as QEMU locks images before anything is changed, and
+//! created or truncated only once both are known.
+//!
+//! `qemu-img` gets the same safety from its image locks: it opens the output without `O_TRUNC`,
+//! takes the write lock, and only then truncates. An output that is the input's own file fails
+//! the lock there; Strata checks identities first so the message says what happened.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use strata_block::dev::file::lock::{self, LockError};
+use strata_block::dev::file::FileError;
+
+use super::ImgError;
+
+/// The (device, inode) pair naming the file at `path`, if it exists.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Fails if `output` exists and is the same file as one of `inputs` (the images a command reads:
+/// the top image and every backing and data file of its chain), whatever names they go by.
+pub fn refuse_inputs(output: &Path, inputs: &[PathBuf]) -> Result<(), ImgError> {
+    let Some(out) = identity(output) else { return Ok(()) };
+    match inputs.iter().find(|input| identity(input) == Some(out)) {
+        Some(input) => Err(ImgError::failed(format!(
+            "'{}' is the same file as '{}', which this command reads; refusing to write over it",
+            output.display(),
+            input.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Takes QEMU's lock bytes on `file` (at `path`) for writing and resizing, as a writable open
+/// does; they last until `file` is closed. File systems without OFD locks are let through, as
+/// QEMU's `locking=auto` does.
+pub fn lock_for_writing(file: &File, path: &Path) -> Result<(), String> {
+    use lock::{PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED};
+    let perm = PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE;
+    let shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
+    match lock::apply(file.as_raw_fd(), perm, shared) {
+        Ok(()) | Err(LockError::Unsupported(_)) => Ok(()),
+        Err(LockError::Conflict { perm, shared }) => {
+            Err(FileError::Locked { path: path.to_path_buf(), perm, shared }.to_string())
+        }
+        Err(LockError::Os(e)) => Err(format!(
+            "Could not lock '{}': {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(e)
+        )),
+    }
+}
+
+/// Makes `output` an empty sparse file of `size` bytes for a command reading `inputs`: refused if
+/// it is one of them or another process holds it (it is then left as it was); created if
+/// missing; truncated only while its write lock is held. The lock ends when this returns, and the
+/// caller opens the file again (taking the lock anew).
+pub fn create_output(output: &Path, size: u64, inputs: &[PathBuf]) -> Result<(), ImgError> {
+    refuse_inputs(output, inputs)?;
+    // Readable too: the shared lock bytes are read locks.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(output)
+        .map_err(|e| ImgError::failed(format!("Could not create '{}': {e}", output.display())))?;
+    lock_for_writing(&file, output).map_err(ImgError::failed)?;
+    // Checked again through the open file: `output` may have been renamed into place meanwhile.
+    let opened = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+    if inputs.iter().any(|input| identity(input) == opened) {
+        return Err(ImgError::failed(format!(
+            "'{}' became one of this command's inputs; refusing to write over it",
+            output.display()
+        )));
+    }
+    let resize = |len| {
+        file.set_len(len)
+            .map_err(|e| ImgError::failed(format!("Could not resize '{}': {e}", output.display())))
+    };
+    resize(0)?;
+    resize(size)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("strata-output-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn an_input_is_never_an_output_under_any_name() {
+        let d = dir("same");
+        let input = d.join("in.img");
+        std::fs::write(&input, [0x5a; 4096]).unwrap();
+        std::fs::hard_link(&input, d.join("link.img")).unwrap();
+        std::os::unix::fs::symlink(&input, d.join("sym.img")).unwrap();
+        for name in ["in.img", "link.img", "sym.img", "./in.img"] {
+            let out = d.join(name);
+            assert!(create_output(&out, 0, std::slice::from_ref(&input)).is_err(), "{name}");
+        }
+        assert_eq!(std::fs::read(&input).unwrap(), vec![0x5a; 4096], "the input is untouched");
+        create_output(&d.join("new.img"), 1 << 20, &[input]).unwrap();
+        assert_eq!(std::fs::metadata(d.join("new.img")).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn a_locked_output_is_left_as_it_was() {
+        let d = dir("locked");
+        let out = d.join("held.img");
+        std::fs::write(&out, [7u8; 512]).unwrap();
+        // Another open file description holding the write lock, as a QEMU process would.
+        let holder = OpenOptions::new().read(true).write(true).open(&out).unwrap();
+        lock_for_writing(&holder, &out).unwrap();
+        let err = create_output(&out, 0, &[]).unwrap_err().to_string();
+        assert!(err.contains("lock"), "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), vec![7u8; 512]);
+        drop(holder);
+        create_output(&out, 0, &[]).unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 0);
+    }
+}

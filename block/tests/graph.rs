@@ -450,3 +450,16 @@ fn too_many_nodes() {
     ));
     assert_eq!(graph.nodes().count(), 2);
 }
+
+#[test]
+fn the_qcow2_magic_wins_the_probe_whatever_version_follows() {
+    use strata_block::driver::probe;
+    for version in [0u32, 1, 2, 3, 4, 0xffff_ffff] {
+        let mut head = [0u8; 512];
+        head[..4].copy_from_slice(b"QFI\xfb");
+        head[4..8].copy_from_slice(&version.to_be_bytes());
+        assert_eq!(probe(&head).name, "qcow2", "version {version}");
+    }
+    assert_eq!(probe(b"QFI").name, "raw", "three bytes are no magic");
+    assert_eq!(probe(b"QFI\xfc\0\0\0\x03").name, "raw");
+}

@@ -136,10 +136,12 @@ pub struct Header {
     pub compression: Compression,
 }
 
-/// True if `head` starts like a qcow2 image (the probe).
+/// True if `head` starts with the qcow2 magic (the probe). The magic wins whatever follows it:
+/// an image of a version Strata does not open must be refused by the qcow2 driver, never read
+/// (or written over) as raw. QEMU probes version 1 as its older `qcow` format and versions 0 and
+/// 4+ as raw; Strata refuses all of them (see [`Header::parse`]).
 pub fn looks_like_qcow2(head: &[u8]) -> bool {
-    let word = |at: usize| head.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
-    word(0) == Some(MAGIC) && matches!(word(4), Some(2 | 3))
+    head.get(..4) == Some(&MAGIC.to_be_bytes()[..])
 }
 
 impl Header {
@@ -156,8 +158,10 @@ impl Header {
             return bad("not a qcow2 image (bad magic)");
         }
         let version = raw.version.get();
-        if version != 2 && version != 3 {
-            return bad("unknown qcow2 version (only 2 and 3 exist)");
+        match version {
+            2 | 3 => {}
+            1 => return Err(Error::Unsupported("qcow version 1 images (QEMU's older qcow format; convert them with qemu-img)")),
+            _ => return Err(Error::Unsupported("qcow2 versions other than 2 and 3 (unknown qcow2 version)")),
         }
         let min = if version == 2 { V2_HEADER_LEN } else { V3_MIN_HEADER_LEN };
         if present < min as usize {

@@ -44,6 +44,7 @@ impl Holder {
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("qemu-io never took the lock on {}", file.display());
     }
 }

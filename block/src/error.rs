@@ -23,6 +23,10 @@ pub enum Error {
     },
     /// A write-type request on a read-only node or backend.
     ReadOnly,
+    /// A write would put another format's header into the first sector of a raw image whose
+    /// format was probed (QEMU's `EPERM` from `raw_co_pwritev`): the next probe would open it
+    /// as that format. Naming the format (`driver=raw`) lifts the restriction.
+    ProbedRawHeader,
     /// Attaching a user or child would break another's permissions (a second writer, say).
     PermissionConflict {
         /// What could not be granted or shared.
@@ -111,6 +115,9 @@ impl fmt::Display for Error {
                 write!(f, "request of {len} bytes at offset {offset} is beyond the end ({size} bytes)")
             }
             Error::ReadOnly => f.write_str("read-only"),
+            Error::ProbedRawHeader => f.write_str(
+                "refusing to write an image header into block 0 of a raw image whose format was probed (name the format: driver=raw)",
+            ),
             Error::PermissionConflict { what } => write!(f, "permission conflict: {what}"),
             Error::NoSpace { what } => write!(f, "out of {what}"),
             Error::UnknownDriver => f.write_str("unknown driver"),

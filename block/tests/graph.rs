@@ -463,3 +463,37 @@ fn the_qcow2_magic_wins_the_probe_whatever_version_follows() {
     assert_eq!(probe(b"QFI").name, "raw", "three bytes are no magic");
     assert_eq!(probe(b"QFI\xfc\0\0\0\x03").name, "raw");
 }
+
+/// QEMU's rule for probed raw images: no write may turn block 0 into another format's header,
+/// or the next probe would open the disk as that format (and follow the files it names).
+#[test]
+fn a_probed_raw_image_never_gets_a_format_header() {
+    let mut header = [0u8; 512];
+    header[..4].copy_from_slice(b"QFI\xfb");
+    header[7] = 3;
+    for (options, probed) in [("disk", true), ("driver=raw,file=disk", false)] {
+        let mut mem = vec![0u8; 64 << 10];
+        let disk = RamDisk::<8>::new(&mut mem, 512, RamConfig::default());
+        let mut bounce = vec![0u8; 8192];
+        let mut graph: Graph<4, 8> = Graph::new(&mut bounce, 4096);
+        let mut resolve = |name: &str| (name == "disk").then_some(&disk as &dyn BlockDevice);
+        let root = block_on(graph.open(options, &mut resolve)).unwrap();
+        assert_eq!(graph.node(root).unwrap().probed, probed, "{options}");
+        let be = Backend::new(&graph, root, rw()).unwrap();
+        let refused = |r: Result<(), Error>| r == Err(Error::ProbedRawHeader);
+        // A whole header, the magic alone (the rest of block 0 already says version 3), and
+        // the magic written last into a block 0 that holds the rest of a header.
+        block_on(be.write(4, &header[4..])).unwrap();
+        assert_eq!(refused(block_on(be.write(0, &header))), probed, "{options}: whole");
+        assert_eq!(refused(block_on(be.write(0, &header[..4]))), probed, "{options}: magic");
+        assert_eq!(refused(block_on(be.write(0, &header[..2]))), false, "{options}: half a magic");
+        // Data that probes as raw, zeroing and writes past block 0 are always fine.
+        block_on(be.write(0, &[0x51; 4096])).unwrap();
+        block_on(be.write_zeroes(0, 512, false)).unwrap();
+        block_on(be.write(512, &header)).unwrap();
+        let mut back = [0u8; 4];
+        block_on(be.read(0, &mut back)).unwrap();
+        assert_eq!(back, [0; 4]);
+        block_on(be.close()).unwrap();
+    }
+}

@@ -32,6 +32,8 @@ usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw
                                -c write,-P,0xaa,0,64k -c read,-P,0xaa,0,64k
   stress OPTIONS --seed N --ops N --qd 1..64 [--max-len 64k] [--block 4k] [--mix R:W:Z:ZU:D:F]
                                seeded verified mix; 'flush K covers ops 0..N' markers
+  --format SERIAL=raw|qcow2    (any workload, repeatable) the device holds an image of that
+                               format: opened with driver=FMT unless OPTIONS name a driver
   --zeroed SERIAL=OFFSET       (any workload, repeatable) the device reads as zeros from OFFSET
                                on (qemu-runner's headroom): qcow2 skips writing zeros there
   --map NAME=SERIAL            (any workload, repeatable) the file NAME (in OPTIONS or an image's
@@ -46,7 +48,11 @@ pub type Maps<'a> = heapless::Vec<(&'a str, &'a str), MAX_MAPS>;
 /// `--zeroed SERIAL=OFFSET` pairs: devices the host promises read as zeros from OFFSET on.
 pub type Zeroed<'a> = heapless::Vec<(&'a str, u64), MAX_MAPS>;
 
-/// A parsed command line: the command, the name→serial maps and the zeroed tails.
+/// `--format SERIAL=FMT` pairs: devices whose image format the host named (never probed).
+pub type Formats<'a> = heapless::Vec<(&'a str, &'static str), MAX_MAPS>;
+
+/// A parsed command line: the command, the name→serial maps, the named formats and the zeroed
+/// tails.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Cmdline<'a> {
     /// What to run.
@@ -55,6 +61,8 @@ pub struct Cmdline<'a> {
     pub maps: Maps<'a>,
     /// Devices whose tails read as zeros (`qemu-runner boot` passes one per drive it extended).
     pub zeroed: Zeroed<'a>,
+    /// Devices whose format the host named (`qemu-runner boot` passes one per `format=`).
+    pub formats: Formats<'a>,
 }
 
 /// Most options in one options word (as many as the graph's open takes).
@@ -261,11 +269,17 @@ impl fmt::Display for CmdlineError<'_> {
 pub fn parse(cmdline: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
     let mut maps = Maps::new();
     let mut zeroed = Zeroed::new();
-    let command = parse_command(cmdline, &mut maps, &mut zeroed)?;
-    Ok(Cmdline { command, maps, zeroed })
+    let mut formats = Formats::new();
+    let command = parse_command(cmdline, &mut maps, &mut zeroed, &mut formats)?;
+    Ok(Cmdline { command, maps, zeroed, formats })
 }
 
-fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>, zeroed: &mut Zeroed<'a>) -> Result<Command<'a>, CmdlineError<'a>> {
+fn parse_command<'a>(
+    cmdline: &'a str,
+    maps: &mut Maps<'a>,
+    zeroed: &mut Zeroed<'a>,
+    formats: &mut Formats<'a>,
+) -> Result<Command<'a>, CmdlineError<'a>> {
     let mut words = cmdline.split_ascii_whitespace().filter(|w| !w.starts_with("virtio_mmio.device="));
     let Some(workload) = words.next() else { return Ok(Command::Devices) };
     let mut rest = words.peekable();
@@ -301,6 +315,19 @@ fn parse_command<'a>(cmdline: &'a str, maps: &mut Maps<'a>, zeroed: &mut Zeroed<
                 return Err(CmdlineError::BadFlag(name, "a name mapped twice"));
             }
             maps.push((file, serial)).map_err(|_| CmdlineError::BadFlag(name, "more than 24 maps"))?;
+            continue;
+        }
+        if name == "--format" {
+            let (serial, format) = value.rsplit_once('=').ok_or(CmdlineError::BadFlag(name, "expected SERIAL=raw|qcow2"))?;
+            let format = match format {
+                "raw" => "raw",
+                "qcow2" => "qcow2",
+                _ => return Err(CmdlineError::BadFlag(name, "expected SERIAL=raw|qcow2")),
+            };
+            if serial.is_empty() || serial.len() > 20 || formats.iter().any(|(s, _)| *s == serial) {
+                return Err(CmdlineError::BadFlag(name, "expected SERIAL=raw|qcow2, once per serial (1 to 20 bytes)"));
+            }
+            formats.push((serial, format)).map_err(|_| CmdlineError::BadFlag(name, "more than 24 formats"))?;
             continue;
         }
         if name == "--zeroed" {

@@ -60,6 +60,11 @@ extern "C" fn strata_main(start_info_paddr: u64) -> ! {
             exit_code::exit(exit_code::USAGE);
         }
     };
+    for &(serial, format) in &parsed.formats {
+        if let Some(disk) = disks.find(serial) {
+            disk.set_format(format);
+        }
+    }
     for &(serial, at) in &parsed.zeroed {
         if let Some(disk) = disks.find(serial) {
             disk.dev.set_zeroed_from(at);

@@ -173,9 +173,34 @@ pub fn close(backend: KBackend<'_>, platform: &Io<'_>, what: &str, options: &str
     }
 }
 
+/// `options` with `,driver=FMT` added when they name no driver and their `file` is a device
+/// whose format the host named (`--format`), into `out`; `Ok(false)` when nothing is added.
+fn named_format_options(catalog: &Catalog, maps: &Maps<'_>, options: &str, out: &mut heapless::String<MAX_OPTIONS_TEXT>) -> Result<bool, Error> {
+    let parsed = strata_block::options::Options::<'_, 32>::parse(options, Some("file"))?;
+    let root = parsed.root();
+    let Some(name) = root.get("file").and_then(|v| v.as_str()) else { return Ok(false) };
+    if root.get("driver").is_some() {
+        return Ok(false);
+    }
+    let serial = maps.iter().find(|(n, _)| *n == name).map_or(name, |(_, s)| *s);
+    let Some(format) = catalog.find(serial).and_then(|d| d.format()) else { return Ok(false) };
+    let too_long = Error::BadOption { key: "file", why: "options too long" };
+    out.push_str(options).map_err(|()| too_long)?;
+    out.push_str(",driver=").map_err(|()| too_long)?;
+    out.push_str(format).map_err(|()| too_long)?;
+    Ok(true)
+}
+
 /// Opens the node `options` describes, resolving names through `maps` and the catalog;
-/// reports failures and returns the exit code.
+/// reports failures and returns the exit code. A device whose format the host named opens
+/// with that driver unless `options` name one.
 pub fn open(graph: &mut KGraph, catalog: &Catalog, maps: &Maps<'_>, options: &str) -> Result<(NodeId, Leaves), u32> {
+    let mut named = heapless::String::<MAX_OPTIONS_TEXT>::new();
+    let options = match named_format_options(catalog, maps, options, &mut named) {
+        Ok(true) => named.as_str(),
+        Ok(false) => options,
+        Err(e) => return Err(fail("open", options, e)),
+    };
     let mut resolver = CatalogResolver { catalog, maps, leaves: Leaves::new(), missing: None };
     let platform = Devices { catalog, watchdog: Watchdog::new() };
     let opened = executor::block_on(graph.open_with(options, &mut resolver), &platform);

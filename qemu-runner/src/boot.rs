@@ -66,6 +66,9 @@ impl Default for BootOptions {
     }
 }
 
+/// The most guest RAM the kernel can use, in MiB.
+pub const MAX_MEMORY_MIB: u32 = 3072;
+
 /// Boots the kernel in QEMU and waits for it (or the timeout).
 ///
 /// `Err` means the boot could not be attempted or QEMU could not start; a boot that ran and
@@ -78,6 +81,11 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     if opts.memory_mib < 32 {
         return Err(RunnerError::Usage("the guest needs at least 32 MiB".into()));
     }
+    // The kernel identity-maps the first 4 GiB, and the machines put RAM past 3 GiB above the
+    // 4 GiB line (below it are the PCI and virtio-mmio windows).
+    if opts.memory_mib > MAX_MEMORY_MIB {
+        return Err(RunnerError::Usage(format!("--memory {}: the guest uses at most {MAX_MEMORY_MIB} MiB", opts.memory_mib)));
+    }
     let (drives, default_cmd) = if opts.drives.is_empty() {
         (vec![drives::default_disk()?], DEFAULT_CMD_SCRATCH)
     } else {
@@ -85,9 +93,14 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     };
     // qcow2 drives bring their backing and data files as more raw drives, with name maps for
     // the kernel (see `chain`).
-    let (drives, maps) = chain::expand(&drives, opts.machine, opts.allow_backing_anywhere)?;
+    let chain::Expanded { drives, words, warnings: probe_warnings } = chain::expand(&drives, opts.machine, opts.allow_backing_anywhere)?;
+    if !opts.quiet {
+        for w in &probe_warnings {
+            eprintln!("WARNING: {w}");
+        }
+    }
     let mut cmdline = opts.cmd.as_deref().unwrap_or(default_cmd).to_string();
-    for word in &maps {
+    for word in &words {
         cmdline.push(' ');
         cmdline.push_str(word);
     }
@@ -137,7 +150,8 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     if outcome.message.is_none() && outcome.status != Status::Ok {
         outcome.message = kernel_error(&transcript);
     }
-    let mut warnings = std::mem::take(&mut transcript.warnings);
+    let mut warnings = probe_warnings;
+    warnings.append(&mut transcript.warnings);
     warnings.extend(shrink_warnings);
     let log = read_log(&kernel, &defmt_file, &mut warnings);
     let block_footprint = match std::fs::read(&kernel).map_err(|e| e.to_string()).and_then(|elf| footprint::block_share(&elf)) {

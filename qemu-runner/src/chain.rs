@@ -17,7 +17,7 @@ use strata_block::dev::file::{HostFile, HostFileOptions};
 use strata_block::dev::BlockDevice;
 use strata_block::graph::{check_name, NameRequest, Resolver, Role};
 
-use crate::drives::{check_serial, Backing, Drive};
+use crate::drives::{check_serial, Backing, Drive, Format};
 use crate::img::resolve::HostResolver;
 use crate::{Machine, RunnerError};
 
@@ -151,15 +151,52 @@ fn walk(top: &Path, allow_anywhere: bool) -> Result<Vec<Member>, RunnerError> {
     Err(usage(format!("a backing chain deeper than {}", strata_block::graph::MAX_BACKING_CHAIN)))
 }
 
-/// Expands qcow2 drives into their chains (see the module docs): the drives to attach and the
-/// `--map NAME=SERIAL` words for the kernel command line.
-pub fn expand(drives: &[Drive], machine: Machine, allow_anywhere: bool) -> Result<(Vec<Drive>, Vec<String>), RunnerError> {
+/// What [`expand`] makes of the drives.
+#[derive(Debug, Default)]
+pub struct Expanded {
+    /// The drives to attach: each given drive, then its chain's files.
+    pub drives: Vec<Drive>,
+    /// Words for the kernel command line: `--map=NAME=SERIAL` for every chain file and
+    /// `--format=SERIAL=FMT` for every drive with `format=`.
+    pub words: Vec<String>,
+    /// QEMU's warning for every writable drive whose format was probed as raw.
+    pub warnings: Vec<String>,
+}
+
+/// QEMU's warning for a writable image probed as raw (`bdrv_open_inherit`).
+fn probed_raw_warning(file: &Path) -> String {
+    format!(
+        "Image format was not specified for '{}' and probing guessed raw. Automatically detecting \
+         the format is dangerous for raw images, write operations on block 0 will be restricted. \
+         Specify the 'raw' format explicitly to remove the restrictions.",
+        file.display()
+    )
+}
+
+/// Expands qcow2 drives into their chains (see the module docs). A drive with `format=raw` is
+/// never looked into; one with `format=qcow2` must be qcow2; one without is probed.
+pub fn expand(drives: &[Drive], machine: Machine, allow_anywhere: bool) -> Result<Expanded, RunnerError> {
     let mut out = Vec::new();
     let mut maps: Vec<(String, String)> = Vec::new();
+    let mut expanded = Expanded::default();
     for drive in drives {
         out.push(drive.clone());
         if drive.backing != Backing::File {
             continue;
+        }
+        if let Some(format) = drive.format {
+            expanded.words.push(format!("--format={}={}", drive.serial, format.as_str()));
+        }
+        let is_qcow2 = match drive.format {
+            Some(Format::Raw) => continue,
+            _ => read_links(&drive.file).map_err(|m| RunnerError::Usage(format!("--drive {}: {m}", drive.file.display())))?.is_some(),
+        };
+        match drive.format {
+            Some(Format::Qcow2) if !is_qcow2 => {
+                return Err(RunnerError::Usage(format!("--drive {}: format=qcow2, but the file is not a qcow2 image", drive.file.display())));
+            }
+            None if !is_qcow2 && !drive.read_only => expanded.warnings.push(probed_raw_warning(&drive.file)),
+            _ => {}
         }
         for (i, member) in walk(&drive.file, allow_anywhere)?.into_iter().enumerate() {
             let serial = format!("{}.{}", drive.serial, i + 1);
@@ -201,8 +238,9 @@ pub fn expand(drives: &[Drive], machine: Machine, allow_anywhere: bool) -> Resul
             machine.as_str()
         )));
     }
-    let words = maps.into_iter().map(|(n, s)| format!("--map={n}={s}")).collect();
-    Ok((out, words))
+    expanded.words.extend(maps.into_iter().map(|(n, s)| format!("--map={n}={s}")));
+    expanded.drives = out;
+    Ok(expanded)
 }
 
 #[cfg(test)]

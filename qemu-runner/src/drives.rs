@@ -6,6 +6,10 @@
 //! `driver=null-co,size=1G` attaches QEMU's null block driver instead of a file (reads return
 //! zeros, writes are dropped): a device with no storage cost, for benchmarks. `headroom=SIZE`
 //! is the room a writable qcow2 image may grow into during the boot (see [`crate::headroom`]).
+//! `format=raw|qcow2` names the image format, as QEMU's `-drive format=`: the runner and the
+//! kernel then never probe it. Without it a file is probed (the qcow2 magic means qcow2), and a
+//! writable drive that probes as raw gets QEMU's warning: the guest refuses writes that would
+//! put an image header into its first sector.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -21,7 +25,27 @@ use crate::{workspace, RunnerError};
 pub const MAX_SERIAL_LEN: usize = 20;
 
 /// The keys `--drive` accepts.
-pub const DRIVE_KEYS: [&str; 6] = ["file", "serial", "read-only", "driver", "size", "headroom"];
+pub const DRIVE_KEYS: [&str; 7] = ["file", "serial", "read-only", "driver", "size", "headroom", "format"];
+
+/// An image format named by `format=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// The file's bytes as they are.
+    Raw,
+    /// A qcow2 image (with its backing chain and data files).
+    Qcow2,
+}
+
+impl Format {
+    /// The driver name (QEMU's and the kernel's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+}
 
 /// What QEMU puts behind a drive's virtio-blk device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -54,6 +78,8 @@ pub struct Drive {
     /// `headroom=`: bytes a writable qcow2 file is extended by for the boot (`None`:
     /// [`crate::headroom::DEFAULT_HEADROOM`]; `Some(0)`: none).
     pub headroom: Option<u64>,
+    /// `format=`: the image format, never probed (`None`: probed).
+    pub format: Option<Format>,
 }
 
 impl Drive {
@@ -65,6 +91,7 @@ impl Drive {
             read_only: false,
             backing: Backing::File,
             headroom: None,
+            format: None,
         }
     }
 
@@ -124,6 +151,15 @@ impl Drive {
             Some(v) => Some(v.parse_size().map_err(|e| bad(format!("headroom: {e}")))?),
             None => None,
         };
+        let format = match opts.get("format").map(|v| v.to_string()).as_deref() {
+            None => None,
+            Some("raw") => Some(Format::Raw),
+            Some("qcow2") => Some(Format::Qcow2),
+            Some(other) => return Err(bad(format!("format \"{other}\": expected raw or qcow2"))),
+        };
+        if format.is_some() && backing != Backing::File {
+            return Err(bad("format= is for image files, not driver=null-co".into()));
+        }
         match headroom {
             Some(h) if h > 0 && backing != Backing::File => return Err(bad("headroom= is for image files, not driver=null-co".into())),
             Some(h) if h > 0 && read_only => return Err(bad("headroom= is for writable drives (read-only=on never grows)".into())),
@@ -135,6 +171,7 @@ impl Drive {
             read_only,
             backing,
             headroom,
+            format,
         })
     }
 }
@@ -163,7 +200,7 @@ pub fn check_serial(serial: &str) -> Result<(), String> {
 /// Returns the drives with their files made absolute.
 pub fn validate(drives: &[Drive]) -> Result<Vec<Drive>, RunnerError> {
     let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(drives.len());
+    let mut out: Vec<Drive> = Vec::with_capacity(drives.len());
     for drive in drives {
         check_serial(&drive.serial).map_err(RunnerError::Usage)?;
         if !seen.insert(drive.serial.as_str()) {
@@ -176,6 +213,16 @@ pub fn validate(drives: &[Drive]) -> Result<Vec<Drive>, RunnerError> {
             Backing::File => absolute_file(&drive.file)?,
             Backing::NullCo { .. } => PathBuf::new(),
         };
+        // One file on two drives where one writes: the guest would see it change under the
+        // other (QEMU refuses the second open on its lock).
+        if let Some(other) = out.iter().find(|d| d.backing == Backing::File && drive.backing == Backing::File && d.file == file && !(d.read_only && drive.read_only)) {
+            return Err(RunnerError::Usage(format!(
+                "drives \"{}\" and \"{}\" are the same file {} and one of them is writable",
+                other.serial,
+                drive.serial,
+                file.display()
+            )));
+        }
         out.push(Drive {
             file,
             ..drive.clone()
@@ -254,8 +301,13 @@ mod tests {
                 read_only: true,
                 backing: Backing::File,
                 headroom: None,
+                format: None,
             })
         );
+        assert_eq!(parse("x.img,format=raw").map(|d| d.format), Ok(Some(Format::Raw)));
+        assert_eq!(parse("x.img,format=qcow2").map(|d| d.format), Ok(Some(Format::Qcow2)));
+        assert!(parse("x.img,format=vmdk").is_err());
+        assert!(parse("driver=null-co,size=1M,format=raw").is_err());
         assert_eq!(parse("x.img,read-only=off").map(|d| d.read_only), Ok(false));
         assert_eq!(parse("x.img,headroom=1M").map(|d| d.headroom), Ok(Some(1 << 20)));
         assert_eq!(parse("x.img,headroom=0").map(|d| d.headroom), Ok(Some(0)));
@@ -313,8 +365,10 @@ mod tests {
         let dir = std::env::temp_dir();
         let f = dir.join(format!("qr-validate-{}.img", std::process::id()));
         assert!(std::fs::write(&f, [0u8; 512]).is_ok());
-        let ok = validate(&[Drive::new(&f, "a"), Drive::new(&f, "b")]);
-        assert!(ok.is_ok());
+        let reader = |serial| Drive { read_only: true, ..Drive::new(&f, serial) };
+        assert!(validate(&[reader("a"), reader("b")]).is_ok(), "readers share a file");
+        let shared = validate(&[Drive::new(&f, "a"), reader("b")]);
+        assert!(matches!(shared, Err(RunnerError::Usage(m)) if m.contains("same file")));
         let dup = validate(&[Drive::new(&f, "a"), Drive::new(&f, "a")]);
         assert!(matches!(dup, Err(RunnerError::Usage(m)) if m.contains("unique")));
         let missing = validate(&[Drive::new(dir.join("no-such-qr.img"), "a")]);

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use strata_block::driver::qcow2::header::incompat;
 use strata_block::graph::{NodeKind, Role};
 
-use crate::drives::{Backing, Drive};
+use crate::drives::{Backing, Drive, Format};
 use crate::img::image::{self, block_on};
 use crate::img::output;
 use crate::img::ImgError;
@@ -55,7 +55,8 @@ pub fn grow(drives: &[Drive]) -> Result<Headroom, RunnerError> {
     let mut grown = Headroom::default();
     for drive in drives {
         let headroom = drive.headroom.unwrap_or(DEFAULT_HEADROOM);
-        if drive.read_only || drive.backing != Backing::File || headroom == 0 || !writable_qcow2(&drive.file) {
+        let raw = drive.format == Some(Format::Raw);
+        if drive.read_only || drive.backing != Backing::File || headroom == 0 || raw || !writable_qcow2(&drive.file) {
             continue;
         }
         let context = || format!("extending {} by headroom={headroom}", drive.file.display());

@@ -40,6 +40,13 @@ Options:
                      as 'img' finds them) as more raw read-only drives S.1, S.2,
                      ..., and '--map NAME=S.n' words on the kernel command line
                      for the names the images write; the guest opens the chain.
+                     format=raw|qcow2 names the image format (never probed; the
+                     kernel opens it with that driver): a raw disk whose first
+                     bytes look like qcow2 stays raw. Without it a writable drive
+                     probed as raw gets QEMU's warning, and the guest refuses
+                     writes that would put an image header into its block 0.
+                     A drive shared with another process (QEMU's image lock)
+                     or one file on two drives where one writes is refused.
                      headroom=SIZE (default 256M, 0: none): a writable qcow2
                      file is extended (sparse) by SIZE for the boot, room for the
                      image to grow, and cut back to the image's end afterwards.

@@ -181,3 +181,62 @@ fn unknown_qcow2_versions_are_refused_never_written_as_raw() {
         assert_eq!(img(&["io", "-f", "raw", "-c", "read 0 512", fs]), 0, "version {version}: -f raw");
     }
 }
+
+/// A raw disk whose first sector holds a qcow2 header naming a backing file (as a guest could
+/// have written it): the drive's `format=raw` makes it raw on both sides, header included.
+#[test]
+fn a_drive_named_raw_is_raw_whatever_its_first_bytes_say() {
+    let dir = scratch("safety-format-raw");
+    let inner = patterned_qcow2(&dir, "secret.qcow2");
+    let disk = dir.join("disk.raw");
+    run_qemu_img(&["create", "-q", "-f", "qcow2", "-b", "secret.qcow2", "-F", "qcow2", disk.to_str().unwrap(), "1M"]);
+    let _ = inner;
+    // Whole sectors, as a virtio disk shows a file.
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.set_len(f.metadata().unwrap().len().next_multiple_of(512)).unwrap();
+    drop(f);
+    let want = sha256sum(&disk);
+    let len = std::fs::metadata(&disk).unwrap().len();
+    let raw = Drive { format: Some(qemu_runner::drives::Format::Raw), ..drive(&disk, "d", false) };
+    let r = boot(Machine::Microvm, vec![raw.clone()], "sha256 d");
+    assert_eq!(records(&r, "sha256")[0]["digest"], want, "read as raw, not through the header");
+    assert!(r.warnings.iter().all(|w| !w.contains("probing guessed raw")), "{:?}", r.warnings);
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), len, "a raw drive gets no qcow2 headroom");
+    // Probed, the same file is qcow2 and brings its backing file.
+    let r = boot(Machine::Microvm, vec![drive(&disk, "d", true)], "sha256 d");
+    assert_ne!(records(&r, "sha256")[0]["digest"], want);
+    // format=qcow2 on a file that is not qcow2 is refused before QEMU starts.
+    let plain = dir.join("plain.raw");
+    raw_disk(&plain, 1 << 20);
+    let q = Drive { format: Some(qemu_runner::drives::Format::Qcow2), ..drive(&plain, "p", true) };
+    let opts = BootOptions { drives: vec![q], cmd: Some("sha256 p".into()), quiet: true, ..BootOptions::default() };
+    assert!(matches!(qemu_runner::boot(&opts), Err(qemu_runner::RunnerError::Usage(_))));
+}
+
+/// QEMU's warning for a writable drive whose format was probed as raw; none when it is named.
+#[test]
+fn a_writable_probed_raw_drive_is_warned_about() {
+    let dir = scratch("safety-probe-warning");
+    let disk = dir.join("disk.raw");
+    raw_disk(&disk, 1 << 20);
+    let r = boot(Machine::Microvm, vec![drive(&disk, "d", false)], "sha256 d");
+    assert!(r.warnings.iter().any(|w| w.contains("probing guessed raw")), "{:?}", r.warnings);
+    let named = Drive { format: Some(qemu_runner::drives::Format::Raw), ..drive(&disk, "d", false) };
+    let r = boot(Machine::Microvm, vec![named], "sha256 d");
+    assert!(r.warnings.iter().all(|w| !w.contains("probing guessed raw")), "{:?}", r.warnings);
+    let r = boot(Machine::Microvm, vec![drive(&disk, "d", true)], "sha256 d");
+    assert!(r.warnings.iter().all(|w| !w.contains("probing guessed raw")), "read-only: {:?}", r.warnings);
+}
+
+#[test]
+fn one_file_on_two_drives_and_too_much_memory_are_usage_errors() {
+    let dir = scratch("safety-usage");
+    let disk = dir.join("disk.raw");
+    raw_disk(&disk, 1 << 20);
+    let usage = |opts: BootOptions| matches!(qemu_runner::boot(&opts), Err(qemu_runner::RunnerError::Usage(_)));
+    let two = |ro_a, ro_b| BootOptions { drives: vec![drive(&disk, "a", ro_a), drive(&disk, "b", ro_b)], quiet: true, ..BootOptions::default() };
+    assert!(usage(two(false, true)));
+    assert!(usage(two(false, false)));
+    assert!(!usage(two(true, true)), "two readers share a file");
+    assert!(usage(BootOptions { memory_mib: 4_294_967_295, quiet: true, ..BootOptions::default() }));
+}

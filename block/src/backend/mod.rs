@@ -131,6 +131,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
         let len = buf.len() as u64;
         self.accounted(OpKind::Write, offset, len, async {
             self.check_write(offset, len)?;
+            self.check_probed_raw_header(offset, buf).await?;
             let as_zeroes = match self.opts.detect_zeroes {
                 DetectZeroes::Off => None,
                 DetectZeroes::On => Some(false),
@@ -144,6 +145,32 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
             }
         })
         .await
+    }
+
+    /// Refuses a write of `buf` at `offset` into the first [`driver::PROBE_BYTES`] of a probed
+    /// raw root that would make them probe as another format (QEMU restricts "write operations
+    /// on block 0" of probed raw images the same way). Zeroing and discarding never make a
+    /// header, so only data writes are checked. A write covering part of the probe area is
+    /// checked against the area as it would read afterwards.
+    async fn check_probed_raw_header(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        use crate::driver::{self, PROBE_BYTES};
+        let node = self.graph.node(self.root)?;
+        if !node.probed || !core::ptr::eq(node.driver, &driver::raw::RAW) || offset >= PROBE_BYTES as u64 {
+            return Ok(());
+        }
+        let mut head = [0u8; PROBE_BYTES];
+        let size = (node.size() as usize).min(PROBE_BYTES);
+        let at = offset as usize;
+        let covered = buf.len().min(size.saturating_sub(at));
+        if at > 0 || covered < size {
+            walk::read_request(self.graph, self.root, 0, &mut head[..size]).await?;
+        }
+        head[at..at + covered].copy_from_slice(&buf[..covered]);
+        if core::ptr::eq(driver::probe(&head[..size]), &driver::raw::RAW) {
+            Ok(())
+        } else {
+            Err(Error::ProbedRawHeader)
+        }
     }
 
     /// Makes `len` bytes at `offset` read as zeros; `unmap` allows deallocating them.

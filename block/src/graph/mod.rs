@@ -148,6 +148,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             kind: NodeKind::Leaf(device),
             children: heapless::Vec::new(),
             read_only: info.read_only,
+            probed: false,
             size: Cell::new(info.capacity),
             limits: BlockLimits::from_device(info),
             flush: Default::default(),

@@ -78,6 +78,9 @@ pub struct Node<'d> {
     pub children: heapless::Vec<Child, MAX_CHILDREN>,
     /// Refuses writes.
     pub read_only: bool,
+    /// The driver was probed, not named (QEMU's `bs->probed`): a probed raw node refuses writes
+    /// that would make its first sector probe as another format.
+    pub probed: bool,
     /// Size in bytes (grows when an image file is extended or a disk resized).
     pub(crate) size: Cell<u64>,
     /// Limits, computed bottom-up at open.

@@ -301,15 +301,15 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     /// Opens one format node described by `view` on top of `file`; the driver is `forced`, or
     /// `driver=`, or probed.
     async fn open_format(&mut self, view: &OptionsView<'_, '_>, file: NodeId, forced: Option<&'static DriverDesc>) -> Result<NodeId> {
-        let desc = match (forced, view.get("driver")) {
-            (Some(d), _) => d,
-            (None, Some(name)) => driver::by_name(name.as_str().unwrap_or(""))?,
+        let (desc, probed) = match (forced, view.get("driver")) {
+            (Some(d), _) => (d, false),
+            (None, Some(name)) => (driver::by_name(name.as_str().unwrap_or(""))?, false),
             (None, None) => {
                 let size = self.node(file)?.size();
                 let mut head = [0u8; PROBE_BYTES];
                 let n = (size as usize).min(PROBE_BYTES);
                 walk::read(self, file, 0, &mut head[..n]).await?;
-                driver::probe(&head[..n])
+                (driver::probe(&head[..n]), true)
             }
         };
         if !desc.caps.contains(DriverCaps::FORMAT) {
@@ -349,6 +349,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             kind: NodeKind::Format(state),
             children,
             read_only,
+            probed,
             size: core::cell::Cell::new(size),
             limits,
             flush: Default::default(),

@@ -50,12 +50,25 @@ pub struct Disk {
     pub dev: Leaf,
     /// Where the device was found.
     pub location: Location,
+    /// The image format the host named for it (`--format`): opened with that driver, never
+    /// probed.
+    format: core::cell::Cell<Option<&'static str>>,
 }
 
 impl Disk {
     /// The device's serial (GetId); bytes that are not printable ASCII show as `?`.
     pub fn serial(&self) -> &str {
         &self.serial
+    }
+
+    /// The image format the host named, if any.
+    pub fn format(&self) -> Option<&'static str> {
+        self.format.get()
+    }
+
+    /// Names the device's image format (`--format SERIAL=FMT`).
+    pub fn set_format(&self, format: &'static str) {
+        self.format.set(Some(format));
     }
 
     /// Capacity in bytes.
@@ -136,7 +149,7 @@ impl Catalog {
         if self.disks.iter().any(|d| d.serial == serial) {
             println!("strata: warning: two devices have serial \"{}\"; only the first is usable by name", serial);
         }
-        let disk: &'static Disk = cell.init(Disk { serial, dev, location });
+        let disk: &'static Disk = cell.init(Disk { serial, dev, location, format: core::cell::Cell::new(None) });
         let _ = self.disks.push(disk);
     }
 }

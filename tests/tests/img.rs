@@ -160,3 +160,47 @@ fn bench_runs_with_qemu_img_flags() {
     assert_eq!(after[1000 * 4096..], before[1000 * 4096..]);
     assert_eq!(img(&["bench", "-s", "1G", s]), 2);
 }
+
+/// `--cache-size` and `--allow-backing-anywhere` work with every command that opens an image,
+/// before or after the command's name.
+#[test]
+fn image_wide_options_work_with_every_command_in_either_place() {
+    let dir = scratch("img-common-options");
+    let f = dir.join("a.qcow2");
+    run_qemu_img(&["create", "-q", "-f", "qcow2", f.to_str().unwrap(), "1M"]);
+    let a = f.to_str().unwrap();
+    let out = dir.join("out.raw");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["info", a],
+        vec!["map", a],
+        vec!["compare", a, a],
+        vec!["resize", a, "2M"],
+        vec!["io", "-c", "flush", a],
+        vec!["bench", "-c", "1", a],
+        vec!["stress", "--seed", "1", "--ops", "4", "--qd", "1", a],
+        vec!["convert", "-O", "raw", a, out.to_str().unwrap()],
+    ];
+    for cmd in &commands {
+        let (name, rest) = cmd.split_first().unwrap();
+        let after: Vec<&str> = [*name, "--cache-size", "1M", "--allow-backing-anywhere"].into_iter().chain(rest.iter().copied()).collect();
+        assert_eq!(img(&after), 0, "{after:?}");
+        let before: Vec<&str> = ["--cache-size=1M", "--allow-backing-anywhere", *name].into_iter().chain(rest.iter().copied()).collect();
+        assert_eq!(img(&before), 0, "{before:?}");
+    }
+    assert_eq!(img(&["--cache-size", "1M"]), 2, "a command is needed");
+}
+
+/// `img create -b` refuses a backing file outside the new image's directory tree (every later
+/// open would refuse the image) unless `--allow-backing-anywhere`, as opens do.
+#[test]
+fn create_refuses_a_backing_file_outside_the_tree() {
+    let dir = scratch("img-create-tree");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    run_qemu_img(&["create", "-q", "-f", "qcow2", dir.join("o.qcow2").to_str().unwrap(), "1M"]);
+    let t = dir.join("sub/t.qcow2");
+    let t = t.to_str().unwrap();
+    assert_eq!(img(&["create", "-q", "-f", "qcow2", "-b", "../o.qcow2", "-F", "qcow2", t]), 1);
+    assert!(!Path::new(t).exists(), "nothing created");
+    assert_eq!(img(&["create", "-q", "-f", "qcow2", "-b", "../o.qcow2", "-F", "qcow2", "--allow-backing-anywhere", t]), 0);
+    run_qemu_img(&["check", "-q", t]);
+}

@@ -84,6 +84,7 @@ fn hostile_headers() {
         ("rt-unaligned", vec![(48, u64b(l.refcount_table + 8))], "refcount table offset not cluster-aligned"),
         ("rt-too-large", vec![(56, u32b(1 << 20))], "refcount table larger than 8 MiB"),
         ("rt-past-eof", vec![(56, u32b(100))], "refcount table reaches past the end of the file"),
+        ("rt-none", vec![(56, u32b(0))], "no refcount table"),
         ("rt-on-header", vec![(48, u64b(0))], "refcount table overlaps the header"),
         ("snap-unaligned", vec![(60, u32b(1)), (64, u64b(l.l2 + 8))], "snapshot table offset not cluster-aligned"),
         ("snap-past-eof", vec![(60, u32b(1)), (64, u64b(1 << 40))], "snapshot table reaches past the end of the file"),

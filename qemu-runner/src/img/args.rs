@@ -1,7 +1,13 @@
 //! qemu-img-style arguments: short flags that may carry a value (`-c 100`, `-c100`), long flags
 //! (`--output=json`, `--output json`), and positional arguments.
 
+use super::image::OpenOptions;
 use super::ImgError;
+
+/// Flags with a value that every command takes: how images open (see [`Args::image_options`]).
+pub const IMAGE_FLAGS: [&str; 1] = ["--cache-size"];
+/// Switches every command takes: how images open.
+pub const IMAGE_SWITCHES: [&str; 1] = ["--allow-backing-anywhere"];
 
 /// Parsed arguments of one `img` subcommand.
 #[derive(Debug, Default)]
@@ -13,8 +19,11 @@ pub struct Args {
 
 impl Args {
     /// Parses `args`; `with_value` lists the flags (short like `-c` or long like `--output`) that
-    /// take a value, `switches` those that do not. Anything else is a usage error.
+    /// take a value, `switches` those that do not, besides the [`IMAGE_FLAGS`] and
+    /// [`IMAGE_SWITCHES`] every command takes. Anything else is a usage error.
     pub fn parse(args: &[String], with_value: &[&str], switches: &[&str]) -> Result<Self, ImgError> {
+        let with_value: Vec<&str> = with_value.iter().chain(&IMAGE_FLAGS).copied().collect();
+        let switches: Vec<&str> = switches.iter().chain(&IMAGE_SWITCHES).copied().collect();
         let mut out = Args::default();
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -52,6 +61,16 @@ impl Args {
             }
         }
         Ok(out)
+    }
+
+    /// The open options the image-wide flags give (`--cache-size`, `--allow-backing-anywhere`);
+    /// the rest default.
+    pub fn image_options(&self) -> Result<OpenOptions, ImgError> {
+        Ok(OpenOptions {
+            cache_bytes: self.value("--cache-size").map(|_| self.size("--cache-size", 0)).transpose()?,
+            allow_backing_anywhere: self.has("--allow-backing-anywhere"),
+            ..OpenOptions::default()
+        })
     }
 
     /// True if switch `flag` was given.

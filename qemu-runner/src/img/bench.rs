@@ -34,8 +34,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
             "--pattern",
             "--flush-interval",
             "--random",
-            "--cache-size",
-        ],
+                    ],
         &["-w", "-q", "-n", "--no-drain", "--image-opts", "-U", "--json"],
     )?;
     let spec = &args.exactly(1, "one image")?[0];
@@ -56,8 +55,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         force_share: args.has("-U"),
         cache: image::cache_mode(args.value("-t").or(native.then_some("none")))?,
         engine: image::engine(args.value("-i").or(native.then_some("native")))?,
-        cache_bytes: args.value("--cache-size").map(|_| args.size("--cache-size", 0)).transpose()?,
-        ..OpenOptions::default()
+        ..args.image_options()?
     };
     let random = args.value("--random").map(|_| args.number("--random", 1)).transpose()?;
     let quiet = args.has("-q");

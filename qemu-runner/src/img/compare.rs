@@ -17,12 +17,13 @@ pub fn run(argv: &[String]) -> Result<i32, ImgError> {
     let args = Args::parse(argv, &["-f", "-F", "-T"], &["-s", "-q", "-U", "-p", "--image-opts"])?;
     let files = args.exactly(2, "two images")?;
     let quiet = args.has("-q");
+    let common = args.image_options()?;
     let opts = |fmt: Option<&str>| OpenOptions {
         format: fmt.map(str::to_string),
         image_opts: args.has("--image-opts"),
         read_only: true,
         force_share: args.has("-U"),
-        ..OpenOptions::default()
+        ..common.clone()
     };
     image::with_image(&files[0], &opts(args.value("-f")), |a| {
         image::with_image(&files[1], &opts(args.value("-F").or(args.value("-f"))), |b| {

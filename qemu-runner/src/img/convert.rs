@@ -23,8 +23,8 @@ const SPARSE: usize = 4096;
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let args = Args::parse(
         argv,
-        &["-f", "-O", "-t", "-T", "-l", "--cache-size"],
-        &["--image-opts", "-U", "-p", "-q", "--allow-backing-anywhere"],
+        &["-f", "-O", "-t", "-T", "-l"],
+        &["--image-opts", "-U", "-p", "-q"],
     )?;
     let files = args.exactly(2, "SRC and DST")?;
     match args.value("-O") {
@@ -38,10 +38,8 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         read_only: true,
         force_share: args.has("-U"),
         cache: image::cache_mode(args.value("-T"))?,
-        cache_bytes: args.value("--cache-size").map(|_| args.size("--cache-size", 0)).transpose()?,
-        allow_backing_anywhere: args.has("--allow-backing-anywhere"),
         extra: args.value("-l").map(snapshot_option).transpose()?,
-        ..OpenOptions::default()
+        ..args.image_options()?
     };
     let dst_opts = OpenOptions {
         format: Some("raw".into()),

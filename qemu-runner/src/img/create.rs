@@ -94,7 +94,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let mut inputs = Vec::new();
     if let (Some(backing), Some(fmt)) = (&req.backing, &req.backing_fmt) {
         if !args.has("-u") {
-            let (backing_size, paths) = open_backing(&req.file, backing, fmt)?;
+            let (backing_size, paths) = open_backing(&req.file, backing, fmt, args.has("--allow-backing-anywhere"))?;
             req.size.get_or_insert(backing_size);
             inputs = paths;
         }
@@ -169,13 +169,23 @@ fn split_options(text: &str) -> Vec<String> {
 }
 
 /// The backing image's virtual size and the files it opened (for [`output::create_output`]);
-/// `backing` is relative to the new image's directory.
-fn open_backing(file: &str, backing: &str, fmt: &str) -> Result<(u64, Vec<PathBuf>), ImgError> {
-    let path: PathBuf = if Path::new(backing).is_absolute() {
-        PathBuf::from(backing)
-    } else {
-        Path::new(file).parent().unwrap_or(Path::new("")).join(backing)
-    };
+/// `backing` is relative to the new image's directory, and must lie inside that directory's tree
+/// unless `anywhere` (the rule every later open of the new image applies: an image it refuses
+/// is not made).
+fn open_backing(file: &str, backing: &str, fmt: &str, anywhere: bool) -> Result<(u64, Vec<PathBuf>), ImgError> {
+    let dir = Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let path: PathBuf = if Path::new(backing).is_absolute() { PathBuf::from(backing) } else { dir.join(backing) };
+    if !anywhere {
+        let tree = dir.canonicalize().map_err(|e| ImgError::failed(format!("{file}: {}: {e}", dir.display())))?;
+        let found = path.canonicalize().map_err(|e| ImgError::failed(format!("{file}: Could not open backing file '{}': {e}", path.display())))?;
+        if !found.starts_with(&tree) {
+            return Err(ImgError::failed(format!(
+                "{file}: the backing file '{}' lies outside {} (use --allow-backing-anywhere to allow it)",
+                found.display(),
+                tree.display()
+            )));
+        }
+    }
     let opts = OpenOptions {
         format: Some(fmt.to_string()),
         read_only: true,

@@ -23,7 +23,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         force_share: args.has("-U") || args.has("--force-share"),
         // As qemu-img info: the image alone, its backing file is only named.
         no_backing: true,
-        ..OpenOptions::default()
+        ..args.image_options()?
     };
     let (size, format, q) = image::with_image(spec, &opts, |img| Ok((img.backend.size(), img.format(), qcow2_info(img)?)))?;
     // Host disk use of the named file (not known for an options string).

@@ -77,7 +77,7 @@ fn split_commands(argv: &[String]) -> (Result<Vec<String>, ImgError>, Vec<String
 }
 
 fn open_and_run(commands: &[String], argv: &[String], out: &mut Output) -> Result<(), ImgError> {
-    let args = Args::parse(argv, &["-f", "-t", "-i", "--cache-size"], &["-r", "-n", "-U", "--image-opts", "--allow-backing-anywhere"])?;
+    let args = Args::parse(argv, &["-f", "-t", "-i"], &["-r", "-n", "-U", "--image-opts"])?;
     let spec = &args.exactly(1, "one image")?[0];
     if commands.is_empty() {
         return Err(ImgError::usage("no -c command given (interactive mode is not supported)".into()));
@@ -89,9 +89,7 @@ fn open_and_run(commands: &[String], argv: &[String], out: &mut Output) -> Resul
         force_share: args.has("-U"),
         cache: image::cache_mode(args.value("-t").or(args.has("-n").then_some("none")))?,
         engine: image::engine(args.value("-i"))?,
-        cache_bytes: args.value("--cache-size").map(|_| args.size("--cache-size", 0)).transpose()?,
-        allow_backing_anywhere: args.has("--allow-backing-anywhere"),
-        ..OpenOptions::default()
+        ..args.image_options()?
     };
     image::with_image(spec, &opts, |img| {
         let mut buf = AlignedBuf::new(BUFFER);

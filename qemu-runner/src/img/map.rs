@@ -49,16 +49,14 @@ pub struct MapEntry {
 /// Runs `img map [-f FMT] [--image-opts] [-U] [--output=human|json] [--cache-size SIZE]
 /// [--allow-backing-anywhere] FILE`.
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
-    let args = Args::parse(argv, &["-f", "--output", "--cache-size"], &["-U", "--force-share", "--image-opts", "--allow-backing-anywhere"])?;
+    let args = Args::parse(argv, &["-f", "--output"], &["-U", "--force-share", "--image-opts"])?;
     let spec = &args.exactly(1, "one image")?[0];
     let opts = OpenOptions {
         format: args.value("-f").map(str::to_string),
         image_opts: args.has("--image-opts"),
         read_only: true,
         force_share: args.has("-U") || args.has("--force-share"),
-        cache_bytes: args.value("--cache-size").map(|_| args.size("--cache-size", 0)).transpose()?,
-        allow_backing_anywhere: args.has("--allow-backing-anywhere"),
-        ..OpenOptions::default()
+        ..args.image_options()?
     };
     let json = match args.value("--output").unwrap_or("human") {
         "json" => true,

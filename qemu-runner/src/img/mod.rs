@@ -138,6 +138,7 @@ qcow2 images open with their backing chains and data files. Backing and data-fil
 resolve relative to the image naming them and must stay inside the directory tree of the
 image given, unless --allow-backing-anywhere; protocol prefixes (json:, nbd:) are refused.
 --cache-size SIZE sets the qcow2 metadata cache budget (default 4M, 4 KiB slices).
+--cache-size and --allow-backing-anywhere work with every command, before or after its name.
 Exit status: 0 ok, 1 failed (compare: images differ), 2 usage error (compare: any error).
 ";
 
@@ -160,6 +161,24 @@ fn command_names() -> String {
     COMMANDS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
 }
 
+/// The image-wide options (`--cache-size SIZE`, `--cache-size=SIZE`, `--allow-backing-anywhere`)
+/// at the start of `args` and what follows them; `None` if `args` does not start with one.
+fn leading_image_options(args: &[String]) -> Option<(Vec<String>, &[String])> {
+    let mut at = 0;
+    while let Some(word) = args.get(at) {
+        let name = word.split_once('=').map_or(word.as_str(), |(n, _)| n);
+        if args::IMAGE_SWITCHES.contains(&word.as_str()) || (args::IMAGE_FLAGS.contains(&name) && word.contains('=')) {
+            at += 1;
+        } else if args::IMAGE_FLAGS.contains(&word.as_str()) {
+            at += 2;
+        } else {
+            break;
+        }
+    }
+    let at = at.min(args.len());
+    (at > 0).then(|| (args[..at].to_vec(), &args[at..]))
+}
+
 /// Runs `img ARGS` and returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     let Some((cmd, rest)) = args.split_first() else {
@@ -169,6 +188,16 @@ pub fn main(args: &[String]) -> i32 {
     if matches!(cmd.as_str(), "-h" | "--help" | "help") {
         print!("{}", help());
         return 0;
+    }
+    // The image-wide options may also come before the command (`img --cache-size 64M map x`).
+    if let Some((leading, after)) = leading_image_options(args) {
+        let mut moved = after.to_vec();
+        if moved.is_empty() {
+            eprintln!("qemu-runner img: a command is needed after {}", leading.join(" "));
+            return 2;
+        }
+        moved.splice(1..1, leading);
+        return main(&moved);
     }
     let result = match COMMANDS.iter().find(|c| c.name == cmd) {
         Some(command) => (command.run)(rest),

@@ -20,7 +20,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let opts = OpenOptions {
         format: args.value("-f").map(str::to_string),
         image_opts: args.has("--image-opts"),
-        ..OpenOptions::default()
+        ..args.image_options()?
     };
     image::with_image(&given[0], &opts, |img| {
         let size = if relative { img.backend.size().saturating_add(amount) } else { amount };

@@ -22,8 +22,8 @@ const MAX_WORKER_BUFFER: u64 = 1 << 20;
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let args = Args::parse(
         argv,
-        &["-f", "-t", "-i", "--seed", "--ops", "--qd", "--max-len", "--block", "--offset", "--length", "--mix", "--cache-size"],
-        &["--image-opts", "--json", "-v", "--allow-backing-anywhere"],
+        &["-f", "-t", "-i", "--seed", "--ops", "--qd", "--max-len", "--block", "--offset", "--length", "--mix"],
+        &["--image-opts", "--json", "-v"],
     )?;
     let spec = &args.exactly(1, "one image")?[0];
     for required in ["--seed", "--ops", "--qd"] {
@@ -54,9 +54,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         image_opts: args.has("--image-opts"),
         cache: image::cache_mode(args.value("-t"))?,
         engine: image::engine(args.value("-i"))?,
-        cache_bytes: args.value("--cache-size").map(|_| args.size("--cache-size", 0)).transpose()?,
-        allow_backing_anywhere: args.has("--allow-backing-anywhere"),
-        ..OpenOptions::default()
+        ..args.image_options()?
     };
     image::with_image(spec, &opts, |img| {
         let result = job.run(img);

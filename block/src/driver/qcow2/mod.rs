@@ -119,6 +119,11 @@ impl Qcow2 {
             return Err(Error::BadImage { what: "L1 table too small for the virtual size" });
         }
         let l1 = validation::place(Table::L1, header.l1_table_offset, u64::from(header.l1_size) * 8, validation::MAX_L1_BYTES, cs, file_size)?;
+        // As QEMU (`qcow2_do_open`): an image without a refcount table cannot be used at all
+        // (only a repair could rebuild one).
+        if header.refcount_table_clusters == 0 {
+            return Err(Error::BadImage { what: "no refcount table (refcount_table_clusters is 0)" });
+        }
         let rt_bytes = u64::from(header.refcount_table_clusters) * cs;
         let refcount_table = validation::place(Table::RefcountTable, header.refcount_table_offset, rt_bytes, validation::MAX_REFTABLE_BYTES, cs, file_size)?;
         let ext = extensions::read(graph, file, &header).await?;

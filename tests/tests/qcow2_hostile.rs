@@ -25,6 +25,8 @@ struct Layout {
     refcount_table: u64,
     data0: u64,
     compressed_entry: u64,
+    /// Where the header extensions' end marker is.
+    ext_end: u64,
 }
 
 /// A 4 MiB v3 image, 64 KiB clusters: data at 0, a compressed cluster at 1 MiB.
@@ -40,6 +42,13 @@ fn base(dir: &Path) -> (PathBuf, Layout) {
         refcount_table: be64(&f, 48),
         data0: be64(&f, l2) & 0x00ff_ffff_ffff_fe00,
         compressed_entry: be64(&f, l2 + 16 * 8),
+        ext_end: {
+            let mut at = u64::from(be32(&f, 100));
+            while be32(&f, at) != 0 {
+                at += 8 + u64::from(be32(&f, at + 4)).next_multiple_of(8);
+            }
+            at
+        },
     };
     assert_eq!(read_all(&f, qemu_runner::img::image::OpenOptions { read_only: true, ..Default::default() }), Ok(()));
     (f, layout)
@@ -89,7 +98,11 @@ fn hostile_headers() {
         ("snap-unaligned", vec![(60, u32b(1)), (64, u64b(l.l2 + 8))], "snapshot table offset not cluster-aligned"),
         ("snap-past-eof", vec![(60, u32b(1)), (64, u64b(1 << 40))], "snapshot table reaches past the end of the file"),
         ("snap-too-many", vec![(60, u32b(70000)), (64, u64b(l.l2))], "snapshot table too large"),
-        ("snap-on-l1", vec![(60, u32b(1)), (64, u64b(l.l1))], "overlap"),
+        // Refused for the overlap or for the garbage entry the L1 table makes (whichever is met
+        // first).
+        ("snap-on-l1", vec![(60, u32b(1)), (64, u64b(l.l1))], "snapshot"),
+        ("snap-empty-unaligned", vec![(64, u64b(l.l2 + 8))], "snapshot table offset not cluster-aligned"),
+        ("ext-end-with-length", vec![(l.ext_end, u32b(0)), (l.ext_end + 4, u32b(0x10_0000))], "header extension runs past the extension area"),
         ("refcount-order", vec![(96, u32b(7))], "refcount_order above 6"),
         ("compression-type", vec![(72, u64b(8)), (104, vec![7])], "unknown compression_type"),
         ("crypt", vec![(32, u32b(2))], "encrypted qcow2 images"),

@@ -83,12 +83,13 @@ pub async fn read<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file:
         child_io::read(graph, file, pos, &mut head).await?;
         let kind = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        if kind == 0 {
-            return Ok(ext);
-        }
+        // The length is checked before the type, the end marker's too (as QEMU does).
         let data = pos + 8;
         if data + u64::from(len) > end {
             return bad("header extension runs past the extension area");
+        }
+        if kind == 0 {
+            return Ok(ext);
         }
         let bit = match kind {
             BACKING_FORMAT => 1,

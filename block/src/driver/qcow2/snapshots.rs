@@ -170,10 +170,11 @@ pub async fn check<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file
     if count > validation::MAX_SNAPSHOTS {
         return Err(Error::BadImage { what: "snapshot table too large (more than 65536 snapshots or 64 MiB)" });
     }
-    if count == 0 {
-        return Ok(Region::new(offset, 0));
-    }
     let file_size = child_io::size(graph, file)?;
+    if count == 0 {
+        // The offset of an empty table is still checked, as QEMU does.
+        return validation::place(Table::Snapshots, offset, 0, validation::MAX_SNAPSHOT_TABLE_BYTES, cluster_size, file_size);
+    }
     validation::place(Table::Snapshots, offset, 1, validation::MAX_SNAPSHOT_TABLE_BYTES, cluster_size, file_size)?;
     let mut walk = Walk::new(offset, count, cluster_size, image_size);
     while walk.next(graph, file).await?.is_some() {}

@@ -114,7 +114,8 @@ fn message(table: Table, fault: Fault) -> &'static str {
 }
 
 /// Checks a table of `bytes` bytes at `offset`: cluster-aligned, at most `max` bytes, after the
-/// header cluster and inside a file of `file_size` bytes. An empty table only needs alignment.
+/// header cluster and inside a file of `file_size` bytes. An empty table only needs alignment (and
+/// an offset QEMU's signed arithmetic can hold).
 pub fn place(table: Table, offset: u64, bytes: u64, max: u64, cluster_size: u64, file_size: u64) -> Result<Region> {
     let fail = |fault| Err(Error::BadImage { what: message(table, fault) });
     if !offset.is_multiple_of(cluster_size) {
@@ -124,7 +125,8 @@ pub fn place(table: Table, offset: u64, bytes: u64, max: u64, cluster_size: u64,
         return fail(Fault::TooLarge);
     }
     if bytes == 0 {
-        return Ok(Region::new(offset, 0));
+        // QEMU (`qcow2_validate_table`) refuses an empty table's offset past i64::MAX too.
+        return if offset > i64::MAX as u64 { fail(Fault::PastEof) } else { Ok(Region::new(offset, 0)) };
     }
     if offset < cluster_size {
         return fail(Fault::OnHeader);

@@ -4,10 +4,11 @@
 //! A flush writes the node's dirty slices back in dependency order — refcount slices, a flush of
 //! the file (every data write completed so far becomes stable with it), L2 and L1 slices — then
 //! flushes the file again, so every table change is stable. Only then do the clusters those
-//! changes stopped referencing get their refcounts dropped (and, for guest discards, a discard
-//! passed to the file): they stay dirty in the cache until the next flush, so a crash in
-//! between leaks them at worst. With lazy refcounts the first flush is skipped: the dirty bit
-//! tells a reader that refcounts may lag.
+//! changes stopped referencing get their refcounts dropped (for guest discards, after a discard
+//! passed to the file has completed, so it cannot land on a reallocated cluster): they stay
+//! dirty in the cache until the next flush, so a crash in between leaks them at worst. With
+//! lazy refcounts the first flush is skipped: the dirty bit tells a reader that refcounts may
+//! lag.
 
 use crate::error::Result;
 use crate::graph::{Graph, NodeId};
@@ -48,6 +49,12 @@ impl Qcow2 {
     }
 
     /// Drops the refcounts of freed clusters (their table changes are stable).
+    ///
+    /// A cluster whose last reference goes is discarded in the file (if asked) *before* its
+    /// refcount drops: once the refcount is 0 an allocation may take the cluster and write
+    /// there, and a discard still in flight would then punch that new data out (requests in
+    /// flight together complete in any order). QEMU gets the same order from its lock:
+    /// `update_refcount` issues the discards before an allocation can run.
     async fn apply_frees<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, frees: &[PendingFree]) -> Result<()> {
         let cs = self.cluster_size();
         for f in frees {
@@ -55,16 +62,19 @@ impl Qcow2 {
             let last = (f.host + f.len.max(1) - 1) >> self.cluster_bits;
             for c in first..=last {
                 self.event_at(graph, file, Event::ClusterFree)?;
+                // Refcount 1: this free takes the last reference. Nothing can add one meanwhile
+                // (only free clusters are allocated), so the cluster is still ours until the
+                // drop below.
+                if f.discard && self.refcount(graph, file, c * cs).await? == 1 {
+                    // Advisory, as QEMU's pass-discard-request: a failure changes nothing.
+                    let _ = child_io::discard(graph, file, c * cs, cs).await;
+                }
                 if self.change_refcount(graph, file, c, -1).await? != 0 {
                     continue;
                 }
                 graph.meta.forget_range(file, c * cs, (c + 1) * cs);
                 if c < self.w.free_hint.get() {
                     self.w.free_hint.set(c);
-                }
-                if f.discard {
-                    // Advisory, as QEMU's pass-discard-request: a failure changes nothing.
-                    let _ = child_io::discard(graph, file, c * cs, cs).await;
                 }
             }
         }

@@ -270,7 +270,8 @@ pub fn default_disk() -> Result<Drive, RunnerError> {
         drop(file);
         std::fs::rename(&tmp, &path).map_err(io)?;
     }
-    Ok(Drive::new(path, Drive::default_serial(0)))
+    // The runner made it raw: named, so never probed (and never warned about).
+    Ok(Drive { format: Some(Format::Raw), ..Drive::new(path, Drive::default_serial(0)) })
 }
 
 #[cfg(test)]

@@ -242,6 +242,9 @@ pub struct HostFile {
     info: DeviceInfo,
     /// Size now (starts at `info.capacity`; [`BlockDevice::grow`] raises it).
     capacity: AtomicU64,
+    /// [`BlockDevice::grow`] extends the file to a multiple of this: the block size, and with
+    /// O_DIRECT at least the file system's block and the page size (see `grow`).
+    grow_align: u64,
     backend: Backend,
     direct: bool,
     locked: bool,
@@ -383,6 +386,7 @@ impl HostFile {
             (1, 1)
         };
         let capacity = length;
+        let grow_align = if direct { direct_grow_align(&meta, block_size) } else { u64::from(block_size) };
 
         let exec = Exec::new(file, is_blockdev, !opts.read_only).map_err(|e| open_error(path, "allocate buffers for", e))?;
         let mut features = DeviceFeatures::FLUSH;
@@ -439,7 +443,7 @@ impl HostFile {
         if let Some(serial) = opts.serial {
             info = info.with_serial(serial);
         }
-        Ok(HostFile { capacity: AtomicU64::new(info.capacity), info, backend, direct, locked, exec })
+        Ok(HostFile { capacity: AtomicU64::new(info.capacity), grow_align, info, backend, direct, locked, exec })
     }
 
     /// QEMU's lock bytes for this open; `Ok(false)` when locking is off or unsupported (auto).
@@ -490,6 +494,26 @@ impl HostFile {
             Backend::Pool(p) => p.in_flight(),
         }
     }
+
+    /// Blocks until no request handed to the kernel (or a worker) is still running.
+    fn wait_idle(&self) {
+        match &self.backend {
+            Backend::InThread(_) => {}
+            Backend::Uring(u) => u.wait_idle(),
+            Backend::Pool(p) => p.wait_idle(),
+        }
+    }
+}
+
+/// What O_DIRECT growth rounds to: the request alignment, the page size and the file system's
+/// block size (`st_blksize`, if it is a plausible power of two), whichever is largest, and at
+/// least 4 KiB.
+fn direct_grow_align(meta: &std::fs::Metadata, block_size: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: sysconf has no memory effects.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let fs_block = Some(meta.blksize()).filter(|b| b.is_power_of_two() && *b <= 1 << 20).unwrap_or(4096);
+    u64::from(block_size).max(page).max(fs_block).max(4096)
 }
 
 impl InThread {
@@ -560,8 +584,16 @@ impl BlockDevice for HostFile {
         self.capacity.load(Ordering::Acquire)
     }
 
-    /// Extends the file (sparse) to `min_capacity` rounded up to the block size. Block devices
-    /// and read-only files do not grow.
+    /// Extends the file (sparse) to `min_capacity` rounded up to the block size (with O_DIRECT:
+    /// to the file system block and the page). Block devices and read-only files do not grow.
+    ///
+    /// With O_DIRECT a file that ends inside a file system block (as qemu-img leaves a fresh
+    /// qcow2 file) is extended only once no request is in flight. Extending it makes the file
+    /// system zero the rest of that block through the page cache (ext4:
+    /// `ext4_block_truncate_page`); a direct write into the block still in flight then cannot
+    /// drop the now dirty page when it completes, and the kernel records `EIO` for the next
+    /// `fsync` ("Page cache invalidation failure on direct I/O" in the kernel log). Growing to
+    /// whole blocks means this happens at most once per open.
     fn grow(&self, min_capacity: u64) -> Result<u64, DeviceError> {
         let now = self.capacity();
         if min_capacity <= now {
@@ -573,8 +605,10 @@ impl BlockDevice for HostFile {
         if self.exec.is_blockdev {
             return Err(DeviceError::NoSpace);
         }
-        let bs = u64::from(self.info.block_size);
-        let new = min_capacity.checked_next_multiple_of(bs).ok_or(DeviceError::NoSpace)?;
+        let new = min_capacity.checked_next_multiple_of(self.grow_align).ok_or(DeviceError::NoSpace)?;
+        if self.direct && !now.is_multiple_of(self.grow_align) {
+            self.wait_idle();
+        }
         self.exec.file.set_len(new).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EFBIG) => DeviceError::NoSpace,
             _ => DeviceError::Io,

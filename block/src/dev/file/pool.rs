@@ -141,6 +141,15 @@ impl Pool {
         }
     }
 
+    /// Blocks until the workers have finished everything handed to them (requests not yet
+    /// unplugged have not started and stay queued; results stay for `poll`).
+    pub(super) fn wait_idle(&self) {
+        let mut q = lock_unpoisoned(&self.shared.queue);
+        while q.in_flight > 0 && !self.workers.is_empty() {
+            q = self.shared.idle.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     /// `Some(result)` once `ticket` is done (or unknown: `Invalid`).
     pub(super) fn poll(&self, ticket: Ticket) -> Option<Result<(), DeviceError>> {
         let (index, generation) = split_ticket(ticket);

@@ -771,3 +771,37 @@ fn direct_partial_last_block_reads_and_writes() {
     drop(dev);
     assert_eq!(std::fs::metadata(&p).unwrap().len(), last + bs);
 }
+
+#[test]
+fn direct_grow_from_a_partial_block_waits_for_writes_in_flight() {
+    // Extending a file that ends inside a file system block zeroes the rest of the block
+    // through the page cache; a direct write into that block still in flight then fails to drop
+    // the page and the kernel reports EIO at the next fsync. So the first grow of such a file
+    // waits for what is in flight, and growth keeps the end on whole blocks afterwards.
+    for engine in ENGINES {
+        let p = make_file("dio-grow", 2560);
+        let Some(dev) = open_queue(&p, &direct(engine)) else { continue };
+        let bs = u64::from(dev.info().block_size);
+        let mut buf = Dma::new(bs as usize);
+        buf.as_mut().fill(0x77);
+        for round in 0..200 {
+            let end = dev.capacity();
+            let at = (end - 1) / bs * bs;
+            let segs = [Segment::from_ref(&buf.as_mut()[..])];
+            let req = DeviceRequest { op: DeviceOp::Write, offset: at, len: bs, segments: &segs };
+            // SAFETY: `buf` outlives the wait below.
+            let ticket = unsafe { dev.submit(&req) }.unwrap();
+            dev.unplug();
+            let grown = dev.grow(end + 1).unwrap();
+            if round == 0 {
+                assert_eq!(dev.in_flight(), 0, "{engine:?}: the write into the partial last block finished before the file grew");
+            }
+            assert_eq!(grown % 4096, 0, "{engine:?}: grown to whole pages and file system blocks");
+            block_on(Wait { dev: &dev, ticket }).unwrap();
+        }
+        assert_eq!(run(&dev, DeviceOp::Flush, 0, 0, &[]), Ok(()), "{engine:?}: no write-back error recorded");
+        drop(dev);
+        let data = std::fs::read(&p).unwrap();
+        assert!(data[2048..2560].iter().all(|&b| b == 0x77), "{engine:?}: the write in flight landed");
+    }
+}

@@ -143,6 +143,11 @@ impl Uring {
         lock_unpoisoned(&self.inner).submit_queued();
     }
 
+    /// Blocks until every request handed over so far has completed (results stay for `poll`).
+    pub(super) fn wait_idle(&self) {
+        lock_unpoisoned(&self.inner).wait_idle();
+    }
+
     /// `Some(result)` once `ticket` is done (or unknown: `Invalid`).
     pub(super) fn poll(&self, ticket: Ticket) -> Option<Result<(), DeviceError>> {
         let (index, generation) = split_ticket(ticket);
@@ -301,6 +306,19 @@ impl Inner {
             }
         }
     }
+
+    /// Submits what is queued and reaps completions until nothing is in flight.
+    fn wait_idle(&mut self) {
+        while self.in_flight > 0 {
+            self.pump();
+            if self.in_flight == 0 {
+                break;
+            }
+            if self.ring.submit_and_wait(1).is_err() {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
+    }
 }
 
 impl Drop for Uring {
@@ -310,14 +328,6 @@ impl Drop for Uring {
             Err(e) => e.into_inner(),
         };
         // The kernel writes into callers' memory until each request completes: wait for all.
-        while inner.in_flight > 0 {
-            inner.pump();
-            if inner.in_flight == 0 {
-                break;
-            }
-            if inner.ring.submit_and_wait(1).is_err() {
-                std::thread::sleep(std::time::Duration::from_micros(100));
-            }
-        }
+        inner.wait_idle();
     }
 }

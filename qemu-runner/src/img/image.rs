@@ -161,7 +161,22 @@ pub fn with_image<R>(
     match (result, closed) {
         (Ok(r), Ok(())) => Ok(r),
         (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(ImgError::failed(format!("Could not close '{spec}': {e}"))),
+        (Ok(_), Err(e)) => Err(ImgError::failed(format!("Could not close '{spec}': {e}{}", os_failures(&image.files, &image.paths)))),
+    }
+}
+
+/// What the OS last refused on each of `files` (at `paths`), as ` (path: op at offset+len:
+/// error)`, or nothing: the detail behind a device error.
+pub fn os_failures(files: &[&HostFile], paths: &[std::path::PathBuf]) -> String {
+    let parts: Vec<String> = files
+        .iter()
+        .zip(paths)
+        .filter_map(|(f, p)| f.last_os_failure().map(|e| format!("{}: {e}", p.display())))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
     }
 }
 

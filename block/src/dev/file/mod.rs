@@ -31,9 +31,13 @@
 //!
 //! Dropping a [`HostFile`] waits for every request still in flight: worker threads and the
 //! kernel hold raw pointers into callers' memory until they finish.
+//!
+//! A [`DeviceError`] says only what kind of failure it was; [`HostFile::last_os_failure`] keeps
+//! the operation, range and OS error number of the last request the OS refused, for messages.
 
 #![allow(unsafe_code)] // reason: implements the unsafe `BlockDevice::submit` contract over raw segments
 
+mod failure;
 pub mod lock;
 mod pool;
 mod sys;
@@ -52,6 +56,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use super::{BlockDevice, DeviceError, DeviceFeatures, DeviceInfo, DeviceRequest, Segment, SubmitError, Ticket};
+pub use failure::OsFailure;
 use sys::Exec;
 
 /// Most bytes per request in writeback (in-thread) mode.
@@ -495,6 +500,12 @@ impl HostFile {
         }
     }
 
+    /// The last request the OS refused (operation, range, errno), if any: the detail behind a
+    /// [`DeviceError`] this file returned.
+    pub fn last_os_failure(&self) -> Option<OsFailure> {
+        self.exec.failures.get()
+    }
+
     /// Blocks until no request handed to the kernel (or a worker) is still running.
     fn wait_idle(&self) {
         match &self.backend {
@@ -609,9 +620,13 @@ impl BlockDevice for HostFile {
         if self.direct && !now.is_multiple_of(self.grow_align) {
             self.wait_idle();
         }
-        self.exec.file.set_len(new).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EFBIG) => DeviceError::NoSpace,
-            _ => DeviceError::Io,
+        self.exec.file.set_len(new).map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            self.exec.failures.record("grow", new, 0, errno);
+            match errno {
+                libc::ENOSPC | libc::EFBIG => DeviceError::NoSpace,
+                _ => DeviceError::Io,
+            }
         })?;
         self.capacity.store(new, Ordering::Release);
         Ok(new)

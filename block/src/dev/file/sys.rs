@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::failure::LastFailure;
 use crate::dev::{DeviceError, DeviceOp};
 
 /// Most iovecs one `preadv`/`pwritev` takes (Linux's `UIO_MAXIOV`).
@@ -208,12 +209,14 @@ pub(super) struct Exec {
     zero_range_ok: AtomicBool,
     /// Zeros for emulated write-zeroes (aligned for O_DIRECT). `None` on read-only files.
     zeros: Option<AlignedBuf>,
+    /// The last request the OS refused, for error messages.
+    pub(super) failures: LastFailure,
 }
 
 impl Exec {
     pub(super) fn new(file: File, is_blockdev: bool, writable: bool) -> io::Result<Self> {
         let zeros = if writable { Some(AlignedBuf::zeroed(ZERO_BUF_LEN, 4096).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?) } else { None };
-        Ok(Self { file, is_blockdev, punch_ok: AtomicBool::new(true), zero_range_ok: AtomicBool::new(true), zeros })
+        Ok(Self { file, is_blockdev, punch_ok: AtomicBool::new(true), zero_range_ok: AtomicBool::new(true), zeros, failures: LastFailure::default() })
     }
 
     pub(super) fn fd(&self) -> libc::c_int {
@@ -300,7 +303,10 @@ impl Exec {
             if n < 0 {
                 match errno() {
                     libc::EINTR | libc::EAGAIN => continue,
-                    e => return Err(map_errno(e)),
+                    e => {
+                        let left = iov.iter().map(|v| v.iov_len as u64).sum();
+                        return Err(self.failures.note(if write { "write" } else { "read" }, offset, left, e));
+                    }
                 }
             }
             if n == 0 {
@@ -337,7 +343,7 @@ impl Exec {
                 libc::EINTR => continue,
                 // Some special files (pipes, character devices) cannot sync: nothing to do.
                 libc::EINVAL | libc::EROFS => return Ok(()),
-                e => return Err(map_errno(e)),
+                e => return Err(self.failures.note("flush", 0, 0, e)),
             }
         }
     }
@@ -348,7 +354,7 @@ impl Exec {
             let range = [offset, len];
             // SAFETY: BLKDISCARD reads two u64 through the pointer, which points at `range`.
             let r = unsafe { libc::ioctl(self.fd(), blk::BLKDISCARD as _, range.as_ptr()) };
-            return if r == 0 { Ok(()) } else { Err(map_errno(errno())) };
+            return if r == 0 { Ok(()) } else { Err(self.failures.note("discard", offset, len, errno())) };
         }
         if !self.punch_ok() {
             return Err(DeviceError::Unsupported);
@@ -359,7 +365,7 @@ impl Exec {
                 self.punch_ok.store(false, Ordering::Relaxed);
                 Err(DeviceError::Unsupported)
             }
-            Err(e) => Err(map_errno(e)),
+            Err(e) => Err(self.failures.note("discard", offset, len, e)),
         }
     }
 
@@ -371,14 +377,14 @@ impl Exec {
             match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
                 Ok(()) => return Ok(()),
                 Err(e) if is_unsupported(e) => self.punch_ok.store(false, Ordering::Relaxed),
-                Err(e) => return Err(map_errno(e)),
+                Err(e) => return Err(self.failures.note("write-zeroes", offset, len, e)),
             }
         }
         if self.zero_range_ok() {
             match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
                 Ok(()) => return Ok(()),
                 Err(e) if is_unsupported(e) => self.zero_range_ok.store(false, Ordering::Relaxed),
-                Err(e) => return Err(map_errno(e)),
+                Err(e) => return Err(self.failures.note("write-zeroes", offset, len, e)),
             }
         }
         self.write_zeroes_emulated(offset, len)

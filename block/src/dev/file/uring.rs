@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::failure::op_name;
 use super::sys::{self, Exec};
 use super::{lock_unpoisoned, make_ticket, split_ticket, IovBuf};
 use crate::dev::{DeviceError, DeviceOp, DeviceRequest, SubmitError, Ticket};
@@ -239,7 +240,7 @@ impl Inner {
         let result = match slot.op {
             // Interrupted or asked to try again: resubmit, whatever the operation.
             _ if res == -libc::EINTR || res == -libc::EAGAIN => None,
-            DeviceOp::Read | DeviceOp::Write if res < 0 => Some(Err(sys::map_errno(-res))),
+            DeviceOp::Read | DeviceOp::Write if res < 0 => Some(Err(exec.failures.note(op_name(slot.op), slot.offset + slot.done, slot.len - slot.done, -res))),
             DeviceOp::Read | DeviceOp::Write if res == 0 => {
                 if slot.op == DeviceOp::Write {
                     Some(Err(DeviceError::NoSpace))
@@ -271,7 +272,7 @@ impl Inner {
                     None
                 }
             }
-            DeviceOp::Flush if res < 0 && res != -libc::EINVAL => Some(Err(sys::map_errno(-res))),
+            DeviceOp::Flush if res < 0 && res != -libc::EINVAL => Some(Err(exec.failures.note("flush", 0, 0, -res))),
             DeviceOp::Flush => Some(Ok(())),
             DeviceOp::Discard | DeviceOp::WriteZeroes { .. } if sys::is_unsupported(-res) => {
                 exec.note_unsupported(slot.mode);
@@ -280,7 +281,7 @@ impl Inner {
                     _ => Err(DeviceError::Unsupported),
                 })
             }
-            DeviceOp::Discard | DeviceOp::WriteZeroes { .. } if res < 0 => Some(Err(sys::map_errno(-res))),
+            DeviceOp::Discard | DeviceOp::WriteZeroes { .. } if res < 0 => Some(Err(exec.failures.note(op_name(slot.op), slot.offset, slot.len, -res))),
             DeviceOp::Discard | DeviceOp::WriteZeroes { .. } => Some(Ok(())),
         };
         match result {

@@ -625,7 +625,6 @@ fn same_cluster_allocations_race() {
 }
 
 #[test]
-#[ignore = "BUG (intermittent, ~1 run in 10): the clean close fails with 'device: I/O error' under O_DIRECT; cause not found yet, see the issue 6 note"]
 fn same_cluster_allocations_race_direct() {
     same_cluster_allocations(rw_direct(), "direct");
 }
@@ -793,7 +792,6 @@ fn random_ops_over_backing() {
 }
 
 #[test]
-#[ignore = "BUG (intermittent, seen once): an O_DIRECT 'device: I/O error', as same_cluster_allocations_race_direct"]
 fn random_ops_over_backing_small_clusters_direct() {
     random_ops("4k-direct", "cluster_size=4k", 4 * KIB, 2, 500, 16, rw_direct(), true);
 }

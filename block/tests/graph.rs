@@ -486,7 +486,7 @@ fn a_probed_raw_image_never_gets_a_format_header() {
         block_on(be.write(4, &header[4..])).unwrap();
         assert_eq!(refused(block_on(be.write(0, &header))), probed, "{options}: whole");
         assert_eq!(refused(block_on(be.write(0, &header[..4]))), probed, "{options}: magic");
-        assert_eq!(refused(block_on(be.write(0, &header[..2]))), false, "{options}: half a magic");
+        assert!(!refused(block_on(be.write(0, &header[..2]))), "{options}: half a magic");
         // Data that probes as raw, zeroing and writes past block 0 are always fine.
         block_on(be.write(0, &[0x51; 4096])).unwrap();
         block_on(be.write_zeroes(0, 512, false)).unwrap();

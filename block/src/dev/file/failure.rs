@@ -7,8 +7,19 @@ use std::io;
 use std::sync::Mutex;
 
 use super::lock_unpoisoned;
-use super::sys::map_errno;
 use crate::dev::{DeviceError, DeviceOp};
+
+/// How an OS error number reaches the block layer.
+pub(super) fn map_errno(e: i32) -> DeviceError {
+    match e {
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => DeviceError::NoSpace,
+        libc::EROFS | libc::EBADF | libc::EPERM => DeviceError::ReadOnly,
+        libc::EINVAL => DeviceError::Invalid,
+        libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOTTY => DeviceError::Unsupported,
+        libc::ETIMEDOUT => DeviceError::Timeout,
+        _ => DeviceError::Io,
+    }
+}
 
 /// One request the OS refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -65,18 +65,6 @@ pub(super) fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// How an OS error number reaches the block layer.
-pub(super) fn map_errno(e: i32) -> DeviceError {
-    match e {
-        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => DeviceError::NoSpace,
-        libc::EROFS | libc::EBADF | libc::EPERM => DeviceError::ReadOnly,
-        libc::EINVAL => DeviceError::Invalid,
-        libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOTTY => DeviceError::Unsupported,
-        libc::ETIMEDOUT => DeviceError::Timeout,
-        _ => DeviceError::Io,
-    }
-}
-
 /// True for error numbers that mean "this operation is not implemented here".
 pub(super) fn is_unsupported(e: i32) -> bool {
     matches!(e, libc::EOPNOTSUPP | libc::ENOSYS | libc::ENOTTY)

@@ -85,8 +85,9 @@ CODENAME=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 BACKPORTS="$CODENAME-backports"
 BACKPORTS_FILE=/etc/apt/sources.list.d/strata-backports.sources
 
+# Waits up to 10 minutes for another apt or dpkg to finish instead of failing at once.
 apt_get() {
-    run env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0 "$@" >&2
+    run env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=600 "$@" >&2
 }
 
 # has_backports_source: true if some configured source serves $BACKPORTS.

@@ -3,7 +3,9 @@
 //! a 2 MiB cluster needs no 2 MiB buffer; only the requested part of the output is copied out.
 //!
 //! As QEMU: the stream must produce a whole cluster (it may stop there without an end marker);
-//! bytes of the descriptor past the end of the file read as zeros (QEMU writes such images). zstd
+//! bytes of the descriptor's last sector past the end of the file read as zeros (QEMU writes such
+//! images); a descriptor with a whole sector past the end was refused when it was mapped
+//! ([`super::entry_rules::compressed_extent`]). zstd
 //! is refused with [`Error::Unsupported`]`("zstd compression")`: no decoder without a heap is
 //! wired in yet.
 

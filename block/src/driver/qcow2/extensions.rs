@@ -1,13 +1,14 @@
 //! Header extensions (`qcow2.txt`, "Header extensions"): the area after the header up to the
 //! backing file name (or the end of the first cluster), walked once at open. Backing format and
 //! data-file name are kept (the names by position, read again when the chain is opened); the
-//! feature-name table and bitmaps are noted and skipped; unknown extensions are skipped.
+//! feature-name table is noted and skipped, the bitmaps extension checked (as QEMU) and skipped;
+//! unknown extensions are skipped. Extensions that contradict the feature bits are refused.
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
 use crate::io::child_io;
 
-use super::header::Header;
+use super::header::{autoclear, incompat, Header};
 
 /// Backing file format name.
 pub const BACKING_FORMAT: u32 = 0xe279_2aca;
@@ -24,6 +25,12 @@ pub const DATA_FILE: u32 = 0x4441_5441;
 pub const MAX_FORMAT_NAME: usize = 15;
 /// Longest data file name.
 pub const MAX_DATA_FILE_NAME: u32 = 1023;
+/// Length of the bitmaps extension.
+const BITMAPS_LEN: usize = 24;
+/// QEMU's limit on bitmaps in an image.
+const MAX_BITMAPS: u32 = 65535;
+/// QEMU's limit on the bitmap directory (1 KiB per bitmap).
+const MAX_BITMAP_DIRECTORY: u64 = 1024 * MAX_BITMAPS as u64;
 /// Most extensions walked (each takes at least 8 bytes, so a 2 MiB cluster could hold 256 Ki).
 pub const MAX_EXTENSIONS: usize = 1024;
 
@@ -61,8 +68,46 @@ impl Extensions {
     }
 }
 
-/// Walks the extension area of `header` in `file`.
+/// Walks the extension area of `header` in `file`, then checks what the extensions and the
+/// feature bits say of each other.
 pub async fn read<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, header: &Header) -> Result<Extensions> {
+    let ext = walk(graph, file, header).await?;
+    let bad = |what| Err(Error::BadImage { what });
+    // "It is an error if this bit is set without the bitmaps extension present" (QEMU loads no
+    // bitmaps and says nothing).
+    if header.autoclear & autoclear::BITMAPS != 0 && !ext.bitmaps {
+        return bad("bitmaps bit set without a bitmaps extension");
+    }
+    // The name "may be present if this bit is set" (QEMU ignores a name without the bit).
+    if ext.data_file.is_some() && header.incompatible & incompat::DATA_FILE == 0 {
+        return bad("external data file name without the external data file bit");
+    }
+    Ok(ext)
+}
+
+/// The bitmaps extension's fields, checked as QEMU does when the autoclear bit says they are
+/// consistent (`qcow2_read_extensions`); Strata reads no bitmap.
+fn check_bitmaps(b: &[u8; BITMAPS_LEN], cluster: u64) -> Result<()> {
+    let bad = |what| Err(Error::BadImage { what });
+    let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let dword = |i: usize| (u64::from(word(i)) << 32) | u64::from(word(i + 4));
+    let nb = word(0);
+    if nb == 0 || nb > MAX_BITMAPS {
+        return bad("bitmaps extension: number of bitmaps not in 1..=65535");
+    }
+    if word(4) != 0 {
+        return bad("bitmaps extension: reserved field not zero");
+    }
+    if dword(8) > MAX_BITMAP_DIRECTORY {
+        return bad("bitmaps extension: bitmap directory too large");
+    }
+    if !dword(16).is_multiple_of(cluster) {
+        return bad("bitmaps extension: bitmap directory offset not cluster-aligned");
+    }
+    Ok(())
+}
+
+async fn walk<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, header: &Header) -> Result<Extensions> {
     let bad = |what| Err(Error::BadImage { what });
     let cluster = header.cluster_size();
     let file_size = child_io::size(graph, file)?;
@@ -117,7 +162,20 @@ pub async fn read<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file:
                 }
                 ext.feature_names = true;
             }
-            BITMAPS => ext.bitmaps = true,
+            BITMAPS => {
+                if len as usize != BITMAPS_LEN {
+                    return bad("bitmaps extension length not 24");
+                }
+                if header.autoclear & autoclear::BITMAPS != 0 {
+                    let mut b = [0u8; BITMAPS_LEN];
+                    child_io::read(graph, file, data, &mut b).await?;
+                    check_bitmaps(&b, cluster)?;
+                }
+                ext.bitmaps = true;
+            }
+            // Only the LUKS crypt method has this header, and Strata opens no encrypted image
+            // (crypt_method is 0 here): QEMU refuses the extension too.
+            CRYPTO => return bad("full disk encryption header extension without LUKS encryption"),
             DATA_FILE => {
                 if len > MAX_DATA_FILE_NAME {
                     return Err(Error::BadName { what: "data file name too long" });

@@ -229,6 +229,11 @@ impl Header {
                 return Err(Error::BadName { what: "backing file name too long" });
             }
         }
+        // "backing files are incompatible with raw external data files" (QEMU's create refuses
+        // the pair; its open does not look).
+        if backing_file_offset != 0 && autoclear & autoclear::DATA_FILE_RAW != 0 {
+            return bad("raw external data file (data-file-raw bit) with a backing file");
+        }
         let size = raw.size.get();
         if size > i64::MAX as u64 {
             return bad("virtual size above 2^63");

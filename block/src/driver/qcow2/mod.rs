@@ -2,6 +2,7 @@
 //!
 //! Split by concern. Reading: [`header`] (the struct and its field checks), [`extensions`],
 //! [`validation`] (where tables may lie), [`tables`] (L1/L2 lookup and the mapping),
+//! [`entry_rules`] (the spec's rules about one L2 entry, checked at use),
 //! [`subclusters`] (extended L2), [`compressed`] (deflate through a bounded decoder), [`refcount`]
 //! (reading and changing counts), [`snapshots`], and [`cache`] (the graph-wide slice cache all
 //! tables go through). Writing: [`state`] (what a read-write node keeps: locks, pending frees,
@@ -18,6 +19,7 @@
 pub mod cache;
 mod compressed;
 pub mod create;
+pub mod entry_rules;
 pub mod extensions;
 pub mod header;
 mod alloc;
@@ -127,8 +129,12 @@ impl Qcow2 {
         let rt_bytes = u64::from(header.refcount_table_clusters) * cs;
         let refcount_table = validation::place(Table::RefcountTable, header.refcount_table_offset, rt_bytes, validation::MAX_REFTABLE_BYTES, cs, file_size)?;
         let ext = extensions::read(graph, file, &header).await?;
-        let snaps = snapshots::check(graph, file, header.snapshots_offset, header.nb_snapshots, cs, header.size).await?;
         let data_file = header.incompatible & header::incompat::DATA_FILE != 0;
+        // "neither compressed clusters nor internal snapshots are supported" with a data file.
+        if data_file && header.nb_snapshots != 0 {
+            return Err(Error::BadImage { what: "internal snapshots in an image with an external data file" });
+        }
+        let snaps = snapshots::check(graph, file, &header).await?;
         let meta = Metadata { header: Region::new(0, cs), l1, refcount_table, snapshots: snaps };
         validation::disjoint(&meta)?;
         let mut q = Qcow2 {
@@ -153,7 +159,7 @@ impl Qcow2 {
         };
         if let Some((value, by_id)) = wanted {
             let key = value.as_str().ok_or(Error::BadOption { key: "snapshot.name", why: "names contain no commas" })?;
-            let mut walk = Walk::new(header.snapshots_offset, header.nb_snapshots, cs, header.size);
+            let mut walk = Walk::new(&header);
             let snap = match snapshots::find(graph, file, &mut walk, key, by_id).await {
                 Err(Error::NotFound) => return Err(Error::BadOption { key: "snapshot.name", why: "no snapshot of that name or id" }),
                 other => other?,
@@ -167,7 +173,11 @@ impl Qcow2 {
             if !read_only {
                 return Err(Error::BadOption { key: "snapshot.name", why: "snapshots open read-only (add read-only=on)" });
             }
-            q.l1.set(validation::place(Table::SnapshotL1, snap.l1_table_offset, u64::from(snap.l1_size) * 8, validation::MAX_L1_BYTES, cs, file_size)?);
+            let snap_l1 = validation::place(Table::SnapshotL1, snap.l1_table_offset, u64::from(snap.l1_size) * 8, validation::MAX_L1_BYTES, cs, file_size)?;
+            if meta.hit(&snap_l1).is_some() {
+                return Err(Error::BadImage { what: "snapshot L1 table overlaps the header or a table" });
+            }
+            q.l1.set(snap_l1);
             q.l1_entries.set(snap.l1_size);
             q.size.set(snap.disk_size);
             q.snapshot = Some(snap.index);
@@ -212,7 +222,7 @@ impl Qcow2 {
 
     /// A walk over the snapshot table (list it with [`Walk::next`] on the node's file child).
     pub fn snapshots(&self) -> Walk {
-        Walk::new(self.header.snapshots_offset, self.header.nb_snapshots, self.cluster_size(), self.header.size)
+        Walk::new(&self.header)
     }
 
     /// Reads `buf.len()` bytes at `offset` of the image file under qcow2 node `node` (names,

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
 use crate::io::child_io;
 
+use super::header::Header;
 use super::validation::{self, Region, Table};
 
 /// Longest extra data QEMU accepts in an entry.
@@ -64,6 +65,10 @@ pub struct SnapshotInfo {
     pub icount: Option<u64>,
 }
 
+/// Extra data every entry of a version 3 image has ("Version 3 images must include extra data at
+/// least up to byte 55": the VM state size and the virtual disk size).
+pub const V3_MIN_EXTRA: u32 = 16;
+
 /// A walk over the snapshot table.
 pub struct Walk {
     pos: u64,
@@ -72,12 +77,15 @@ pub struct Walk {
     start: u64,
     cluster_size: u64,
     image_size: u64,
+    min_extra: u32,
 }
 
 impl Walk {
-    /// Starts at the table of `count` entries at `offset`.
-    pub fn new(offset: u64, count: u32, cluster_size: u64, image_size: u64) -> Self {
-        Self { pos: offset, index: 0, count, start: offset, cluster_size, image_size }
+    /// Starts at the snapshot table `header` names.
+    pub fn new(header: &Header) -> Self {
+        let offset = header.snapshots_offset;
+        let min_extra = if header.version >= 3 { V3_MIN_EXTRA } else { 0 };
+        Self { pos: offset, index: 0, count: header.nb_snapshots, start: offset, cluster_size: header.cluster_size(), image_size: header.size, min_extra }
     }
 
     /// Bytes walked so far (the table's length once the walk is over).
@@ -101,6 +109,10 @@ impl Walk {
         let extra = e.extra_data_size.get();
         if extra > MAX_EXTRA {
             return bad("snapshot entry: extra data larger than 1024 bytes");
+        }
+        // QEMU reads such an entry (taking the image's size for the snapshot's).
+        if extra < self.min_extra {
+            return bad("snapshot entry: version 3 needs 16 bytes of extra data");
         }
         let (id_len, name_len) = (e.id_str_size.get(), e.name_size.get());
         let body = ENTRY as u64 + u64::from(extra) + u64::from(id_len) + u64::from(name_len);
@@ -165,8 +177,9 @@ async fn read_string<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, fi
     Ok(s)
 }
 
-/// Walks the whole table: checks every entry and returns the region it covers.
-pub async fn check<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, offset: u64, count: u32, cluster_size: u64, image_size: u64) -> Result<Region> {
+/// Walks the whole table `header` names: checks every entry and returns the region it covers.
+pub async fn check<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, header: &Header) -> Result<Region> {
+    let (offset, count, cluster_size) = (header.snapshots_offset, header.nb_snapshots, header.cluster_size());
     if count > validation::MAX_SNAPSHOTS {
         return Err(Error::BadImage { what: "snapshot table too large (more than 65536 snapshots or 64 MiB)" });
     }
@@ -176,7 +189,7 @@ pub async fn check<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file
         return validation::place(Table::Snapshots, offset, 0, validation::MAX_SNAPSHOT_TABLE_BYTES, cluster_size, file_size);
     }
     validation::place(Table::Snapshots, offset, 1, validation::MAX_SNAPSHOT_TABLE_BYTES, cluster_size, file_size)?;
-    let mut walk = Walk::new(offset, count, cluster_size, image_size);
+    let mut walk = Walk::new(header);
     while walk.next(graph, file).await?.is_some() {}
     Ok(Region::new(offset, walk.walked()))
 }

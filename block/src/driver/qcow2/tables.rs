@@ -1,6 +1,6 @@
 //! The two-level mapping (`qcow2.txt`, "Cluster mapping"): L1 entries name L2 tables, L2
 //! entries describe guest clusters. Entries are read through the metadata cache, checked
-//! (alignment, reserved bits, end of file, metadata overlap, data-file identity), and runs of
+//! (alignment, reserved bits, end of file, data-file identity; the rest in [`super::entry_rules`]), and runs of
 //! clusters (or subclusters) of one kind with contiguous host offsets are merged into one
 //! extent, within one cache slice.
 
@@ -8,8 +8,9 @@ use crate::driver::Mapping;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Role};
 
+use super::entry_rules;
 use super::subclusters::{self, Sub};
-use super::validation::{self, ClusterRef, Region};
+use super::validation::{self, ClusterRef};
 use super::Qcow2;
 
 /// Offset bits of an L1 entry.
@@ -103,21 +104,28 @@ pub fn decode_l2(q: &Qcow2, entry: u64, bitmap: u64, guest: GuestOffset, at: u64
         }
         let sectors = ((entry >> shift) & ((1u64 << (u32::from(q.cluster_bits) - 8)) - 1)) + 1;
         let csize = sectors * 512 - (host & 511);
+        entry_rules::compressed(entry, bitmap, q, at)?;
         return Ok(Entry::Compressed { host: HostOffset(host), csize });
     }
     if entry & L2_RESERVED != 0 {
         return corrupt("L2 entry: reserved bits set");
     }
+    entry_rules::zero_flag(entry, q, at)?;
     let copied = entry & COPIED != 0;
     let off = entry & L2_OFFSET;
     if !q.extended_l2 && entry & ZERO != 0 {
         if !off.is_multiple_of(q.cluster_size()) {
             return corrupt("L2 entry: preallocated zero cluster offset not cluster-aligned");
         }
+        if off != 0 {
+            // A preallocation is written in place by a later guest write.
+            entry_rules::host_cluster(off, q, at)?;
+        }
         return Ok(Entry::Zero);
     }
     let allocated = off != 0 || (q.data_file && copied);
     if !allocated {
+        entry_rules::no_host(entry, q, at)?;
         if q.extended_l2 {
             subclusters::check_unallocated(bitmap, at)?;
         }
@@ -126,6 +134,7 @@ pub fn decode_l2(q: &Qcow2, entry: u64, bitmap: u64, guest: GuestOffset, at: u64
     if !off.is_multiple_of(q.cluster_size()) {
         return corrupt("L2 entry: data cluster offset not cluster-aligned");
     }
+    entry_rules::host_cluster(off, q, at)?;
     if q.data_file && off != guest.0 {
         return corrupt("L2 entry: external data file offset differs from the guest offset");
     }
@@ -231,9 +240,7 @@ impl Qcow2 {
                 if run.is_some() {
                     break;
                 }
-                if host.0 >= eof {
-                    return Err(Error::Corrupt { what: "L2 entry: compressed cluster starts past the end of the file", offset: entry_at });
-                }
+                entry_rules::compressed_extent(host.0, csize, eof, entry_at)?;
                 let stop = end.min(cluster + cs);
                 return Ok(Found::Compressed { host: host.0, csize, skip: pos - cluster, len: stop - pos });
             }
@@ -279,14 +286,11 @@ impl Qcow2 {
         }
     }
 
-    /// A data cluster must start inside its file and, in the image file, not lie on the header
-    /// or a table.
+    /// A data cluster read from must start inside its file (where it lies was checked when the
+    /// entry was decoded: [`entry_rules::host_cluster`]).
     fn check_data_cluster(&self, host: u64, eof: u64, entry_at: u64) -> Result<()> {
         if host >= eof {
             return Err(Error::Corrupt { what: "L2 entry: data cluster past the end of the file", offset: entry_at });
-        }
-        if !self.data_file && self.meta.get().hit(&Region::new(host, self.cluster_size())).is_some() {
-            return Err(Error::Corrupt { what: "L2 entry: data cluster overlaps the header or a table", offset: entry_at });
         }
         Ok(())
     }

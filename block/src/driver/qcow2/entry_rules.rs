@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 
-use super::tables::{COPIED, ZERO};
+use super::entry_bits::{COPIED, ZERO};
 use super::validation::Region;
 use super::Qcow2;
 

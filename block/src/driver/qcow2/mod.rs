@@ -19,6 +19,7 @@
 pub mod cache;
 mod compressed;
 pub mod create;
+mod entry_bits;
 pub mod entry_rules;
 pub mod extensions;
 pub mod header;

@@ -8,25 +8,11 @@ use crate::driver::Mapping;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Role};
 
+pub use super::entry_bits::{COMPRESSED, COPIED, L1_OFFSET, L1_RESERVED, L2_OFFSET, L2_RESERVED, ZERO};
 use super::entry_rules;
 use super::subclusters::{self, Sub};
 use super::validation::{self, ClusterRef};
 use super::Qcow2;
-
-/// Offset bits of an L1 entry.
-pub const L1_OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
-/// Reserved bits of an L1 entry.
-pub const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
-/// Offset bits of a standard L2 entry.
-pub const L2_OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
-/// Reserved bits of a standard L2 entry (bit 0 is the zero flag).
-pub const L2_RESERVED: u64 = 0x3f00_0000_0000_01fe;
-/// Refcount exactly one (L1 and L2).
-pub const COPIED: u64 = 1 << 63;
-/// Compressed cluster (L2).
-pub const COMPRESSED: u64 = 1 << 62;
-/// Reads as zeros (standard L2, version 3).
-pub const ZERO: u64 = 1;
 
 /// A byte offset in the virtual disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

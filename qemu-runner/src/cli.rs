@@ -1,19 +1,13 @@
 //! The command line: `qemu-runner <SUBCOMMAND> [OPTIONS]`, parsed by hand, and its help texts.
 //!
-//! Subcommands are listed in [`SUBCOMMANDS`]; a new one (such as `img`) adds an entry there, a
+//! Subcommands are listed in [`crate::help::SUBCOMMANDS`]; a new one (such as `img`) adds an entry there, a
 //! variant to [`Command`], a parse function and a run function.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::help::{boot_help, main_help};
+use crate::help::{boot_help, main_help, SUBCOMMANDS};
 use crate::{boot, exit_status, BootOptions, Drive, RunnerError};
-
-/// The subcommands and their one-line summaries.
-pub const SUBCOMMANDS: &[(&str, &str)] = &[
-    ("boot", "boot the Strata kernel in QEMU on virtio-blk disks and report"),
-    ("img", "qemu-img's commands (info, convert, compare, bench) over Strata's block layer on host files"),
-];
 
 /// What the command line asks for.
 #[derive(Debug)]

@@ -1,7 +1,13 @@
 //! The help texts of `qemu-runner` and its subcommands.
 
-use crate::cli::SUBCOMMANDS;
 use crate::{boot, exit_status};
+
+/// The subcommands and their one-line summaries (the help lists them, the parser knows them by
+/// these names).
+pub const SUBCOMMANDS: &[(&str, &str)] = &[
+    ("boot", "boot the Strata kernel in QEMU on virtio-blk disks and report"),
+    ("img", "qemu-img's and qemu-io's commands over Strata's block layer on host files (img help)"),
+];
 
 /// The top-level help.
 pub fn main_help() -> String {

@@ -187,10 +187,9 @@ fn unknown_qcow2_versions_are_refused_never_written_as_raw() {
 #[test]
 fn a_drive_named_raw_is_raw_whatever_its_first_bytes_say() {
     let dir = scratch("safety-format-raw");
-    let inner = patterned_qcow2(&dir, "secret.qcow2");
+    patterned_qcow2(&dir, "secret.qcow2");
     let disk = dir.join("disk.raw");
     run_qemu_img(&["create", "-q", "-f", "qcow2", "-b", "secret.qcow2", "-F", "qcow2", disk.to_str().unwrap(), "1M"]);
-    let _ = inner;
     // Whole sectors, as a virtio disk shows a file.
     let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
     f.set_len(f.metadata().unwrap().len().next_multiple_of(512)).unwrap();

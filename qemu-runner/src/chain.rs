@@ -1,8 +1,9 @@
 //! Image chains behind `--drive`: a qcow2 drive's backing files and data files, attached raw.
 //!
 //! The guest opens a chain from its device catalog only (DESIGN.md, "Devices and names"), so
-//! the runner does what a host open would and hands the result over: for a drive whose file
-//! starts with the qcow2 magic it walks the backing chain and the data files with `img`'s host
+//! the runner does what a host open would and hands the result over: for a drive with
+//! `format=qcow2`, or without `format=` and whose file starts with the qcow2 magic (never for
+//! `format=raw`), it walks the backing chain and the data files with `img`'s host
 //! rules ([`crate::img::resolve`]: names relative to the referring image, inside the directory
 //! tree of the drive's file, protocol prefixes refused, loops refused), attaches every file as
 //! one more raw virtio-blk drive — serials `S.1`, `S.2`, ... after the drive's serial `S`,

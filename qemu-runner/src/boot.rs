@@ -8,7 +8,7 @@ use crate::exit_status::{classify, Status};
 use crate::machine::{Accel, Machine};
 use crate::qemu::QemuConfig;
 use crate::workspace::RunDir;
-use crate::{chain, defmt_log, drives, footprint, headroom, install, kernel, process, qemu};
+use crate::{chain, defmt_log, drives, footprint, headroom, install, kernel, process, qemu, write_log};
 use crate::{BootResult, Drive, RunnerError};
 
 /// The workload when the runner makes the default disk.
@@ -108,6 +108,9 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     // Writable qcow2 images get room to grow; given back when QEMU is gone (the guard also
     // does it on every early return).
     let grown = headroom::grow(&drives)?;
+    for log in drives.iter().filter_map(|d| d.log.as_deref()) {
+        write_log::prepare(log)?;
+    }
     // The extension reads as zeros: the guest need not write zeros there.
     for word in grown.zeroed_words() {
         cmdline.push(' ');

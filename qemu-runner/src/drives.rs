@@ -9,7 +9,9 @@
 //! `format=raw|qcow2` names the image format, as QEMU's `-drive format=`: the runner and the
 //! kernel then never probe it. Without it a file is probed (the qcow2 magic means qcow2), and a
 //! writable drive that probes as raw gets QEMU's warning: the guest refuses writes that would
-//! put an image header into its first sector.
+//! put an image header into its first sector. `log=PATH` puts QEMU's `blklogwrites` filter
+//! under the drive: every write, write-zeroes, discard and flush reaching the file is logged to
+//! PATH (created or emptied before the boot) in dm-log-writes' format (see [`crate::write_log`]).
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -25,7 +27,7 @@ use crate::{workspace, RunnerError};
 pub const MAX_SERIAL_LEN: usize = 20;
 
 /// The keys `--drive` accepts.
-pub const DRIVE_KEYS: [&str; 7] = ["file", "serial", "read-only", "driver", "size", "headroom", "format"];
+pub const DRIVE_KEYS: [&str; 8] = ["file", "serial", "read-only", "driver", "size", "headroom", "format", "log"];
 
 /// An image format named by `format=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -80,6 +82,9 @@ pub struct Drive {
     pub headroom: Option<u64>,
     /// `format=`: the image format, never probed (`None`: probed).
     pub format: Option<Format>,
+    /// `log=`: the file QEMU's `blklogwrites` logs this drive's writes and flushes to (`None`:
+    /// no log).
+    pub log: Option<PathBuf>,
 }
 
 impl Drive {
@@ -92,6 +97,7 @@ impl Drive {
             backing: Backing::File,
             headroom: None,
             format: None,
+            log: None,
         }
     }
 
@@ -157,6 +163,13 @@ impl Drive {
             Some("qcow2") => Some(Format::Qcow2),
             Some(other) => return Err(bad(format!("format \"{other}\": expected raw or qcow2"))),
         };
+        let log = opts.get("log").map(|v| PathBuf::from(v.to_string()));
+        match &log {
+            Some(l) if l.as_os_str().is_empty() => return Err(bad("log: no file given".into())),
+            Some(_) if backing != Backing::File => return Err(bad("log= is for image files, not driver=null-co".into())),
+            Some(_) if read_only => return Err(bad("log= is for writable drives (a read-only drive logs nothing)".into())),
+            _ => {}
+        }
         if format.is_some() && backing != Backing::File {
             return Err(bad("format= is for image files, not driver=null-co".into()));
         }
@@ -172,6 +185,7 @@ impl Drive {
             backing,
             headroom,
             format,
+            log,
         })
     }
 }
@@ -223,8 +237,16 @@ pub fn validate(drives: &[Drive]) -> Result<Vec<Drive>, RunnerError> {
                 file.display()
             )));
         }
+        let log = match &drive.log {
+            Some(_) if drive.read_only || drive.backing != Backing::File => {
+                return Err(RunnerError::Usage(format!("drive \"{}\": log= is for writable image files", drive.serial)));
+            }
+            Some(l) => Some(crate::write_log::absolute_log(l, &file)?),
+            None => None,
+        };
         out.push(Drive {
             file,
+            log,
             ..drive.clone()
         });
     }
@@ -303,8 +325,10 @@ mod tests {
                 backing: Backing::File,
                 headroom: None,
                 format: None,
+                log: None,
             })
         );
+        assert_eq!(parse("x.img,log=x.log").map(|d| d.log), Ok(Some("x.log".into())));
         assert_eq!(parse("x.img,format=raw").map(|d| d.format), Ok(Some(Format::Raw)));
         assert_eq!(parse("x.img,format=qcow2").map(|d| d.format), Ok(Some(Format::Qcow2)));
         assert!(parse("x.img,format=vmdk").is_err());
@@ -336,6 +360,9 @@ mod tests {
         assert!(err("a.img,headroom=lots").contains("headroom"));
         assert!(err("a.img,headroom=1M,read-only=on").contains("writable"));
         assert!(err("driver=null-co,size=1M,headroom=1M").contains("null-co"));
+        assert!(err("driver=null-co,size=1M,log=l").contains("null-co"));
+        assert!(err("a.img,log=l,read-only=on").contains("writable"));
+        assert!(err("a.img,log=").contains("log"));
     }
 
     #[test]

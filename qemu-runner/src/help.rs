@@ -56,6 +56,10 @@ Options:
                      headroom=SIZE (default 256M, 0: none): a writable qcow2
                      file is extended (sparse) by SIZE for the boot, room for the
                      image to grow, and cut back to the image's end afterwards.
+                     log=PATH puts QEMU's blklogwrites under a writable file
+                     drive: its writes, write-zeroes, discards and flushes are
+                     logged to PATH (emptied first; dm-log-writes format, 512-byte
+                     sectors) for crash replay (tests/tests/guest_crash.rs).
                      Without --drive: a 64 MiB scratch disk
                      target/strata/default-disk.img (serial disk0) is made once
                      and reused.

@@ -43,6 +43,7 @@ pub mod process;
 pub mod qemu;
 pub mod result;
 pub mod workspace;
+pub mod write_log;
 
 pub use boot::{
     boot, BootOptions, DEFAULT_CMD_SCRATCH, DEFAULT_CMD_USER_DRIVES, DEFAULT_MEMORY_MIB,

@@ -5,7 +5,8 @@
 //! port 0xf4. Disks are raw `-drive if=none` backends (opened through `file.filename`, so a
 //! name with a `:` is never taken for a protocol), or `-blockdev driver=null-co` nodes, behind
 //! virtio-blk devices: `virtio-blk-device` (virtio-mmio) on microvm, `virtio-blk-pci` on pc and
-//! q35.
+//! q35. A drive with `log=` is three `-blockdev` nodes instead: file, log file and the
+//! `blklogwrites` filter (see [`crate::write_log`]).
 
 use std::ffi::OsString;
 use std::os::unix::fs::FileTypeExt;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::machine::{Machine, ResolvedAccel};
 use crate::drives::Backing;
+use crate::write_log;
 use crate::Drive;
 
 /// The default QEMU binary; `QEMU_SYSTEM` overrides it.
@@ -111,6 +113,14 @@ impl QemuConfig<'_> {
         for (i, drive) in self.drives.iter().enumerate() {
             let frontend = format!("{device},drive=d{i},serial={}", escape(&drive.serial));
             match drive.backing {
+                Backing::File if drive.log.is_some() => {
+                    let log = drive.log.as_deref().map(path_value).unwrap_or_default();
+                    let node = format!("d{i}");
+                    for dev in write_log::blockdevs(&node, protocol_driver(&drive.file), &path_value(&drive.file), &log) {
+                        push(&["-blockdev", &dev]);
+                    }
+                    push(&["-device", &frontend]);
+                }
                 Backing::File => {
                     let mut backend = format!(
                         "if=none,id=d{i},format=raw,file.driver={},file.filename={}",
@@ -241,6 +251,22 @@ mod tests {
             values(&args, "-device").last().copied(),
             Some("virtio-blk-device,drive=d0,serial=null0")
         );
+    }
+
+    #[test]
+    fn logged_drive_is_a_blklogwrites_filter() {
+        let drives = [Drive { log: Some("/img/w,1.log".into()), ..Drive::new("/img/a.qcow2", "top") }];
+        let args = config(Machine::Microvm, &drives).args();
+        assert_eq!(
+            values(&args, "-blockdev"),
+            [
+                "driver=file,node-name=d0-file,filename=/img/a.qcow2",
+                "driver=file,node-name=d0-log,filename=/img/w,,1.log",
+                "driver=blklogwrites,node-name=d0,file=d0-file,log=d0-log,log-sector-size=512",
+            ]
+        );
+        assert!(values(&args, "-drive").is_empty());
+        assert_eq!(values(&args, "-device").last().copied(), Some("virtio-blk-device,drive=d0,serial=top"));
     }
 
     #[test]

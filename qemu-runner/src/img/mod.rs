@@ -14,12 +14,15 @@ pub mod crashlog;
 pub mod image;
 mod info;
 pub mod io;
+pub mod logcut;
+pub mod logwrites;
 pub mod map;
 pub(crate) mod output;
 mod resize;
 pub mod replay;
 pub(crate) mod resolve;
 mod stress;
+pub mod stress_check;
 
 use std::fmt;
 
@@ -117,7 +120,9 @@ const COMMANDS: &[Command] = &[
         name: "stress",
         usage: "stress [-f FMT] [--image-opts] [-t CACHE] --seed N --ops N --qd N [--max-len SIZE]
         [--block SIZE] [--offset SIZE] [--length SIZE] [--mix R:W:Z:ZU:D:F] [--json] [-v] FILE
-        (seeded verified mix at a queue depth; prints 'flush K covers ops 0..N' markers)",
+        (seeded verified mix at a queue depth; prints 'flush K covers ops 0..N' markers;
+         with --check N [--sector SIZE] it runs nothing and checks a crashed disk instead:
+         ops 0..N stable, later ones possibly landed, per sector, default 512)",
         run: |a| stress::run(a).map(|()| 0),
     },
     Command {

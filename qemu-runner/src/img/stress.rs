@@ -7,6 +7,10 @@
 //! [--max-len SIZE] [--block SIZE] [--offset SIZE] [--length SIZE] [--mix R:W:Z:ZU:D:F] [--json]
 //! [-v] FILE`. Exit status: 0 done and verified, 1 an op failed or a read differed from the
 //! model, 2 usage error.
+//!
+//! `--check N [--sector SIZE]` runs nothing: it reads the disk and checks it as a crash left it
+//! after `flush K covers ops 0..N` (see [`super::stress_check`]), with the same options naming
+//! the run (`--qd` is not needed).
 
 use futures::future::join_all;
 use strata_block::cmd::stress::{Config, Event, Mix, Stress, Summary};
@@ -22,12 +26,13 @@ const MAX_WORKER_BUFFER: u64 = 1 << 20;
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let args = Args::parse(
         argv,
-        &["-f", "-t", "-i", "--seed", "--ops", "--qd", "--max-len", "--block", "--offset", "--length", "--mix"],
+        &["-f", "-t", "-i", "--seed", "--ops", "--qd", "--max-len", "--block", "--offset", "--length", "--mix", "--check", "--sector"],
         &["--image-opts", "--json", "-v"],
     )?;
     let spec = &args.exactly(1, "one image")?[0];
+    let check = args.value("--check").map(|_| args.number("--check", 0)).transpose()?;
     for required in ["--seed", "--ops", "--qd"] {
-        if args.value(required).is_none() {
+        if args.value(required).is_none() && !(required == "--qd" && check.is_some()) {
             return Err(ImgError::usage(format!("{required} is required")));
         }
     }
@@ -48,6 +53,8 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         mix,
         json: args.has("--json"),
         verbose: args.has("-v"),
+        check: check.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        sector: usize::try_from(args.size("--sector", 512)?).map_err(|_| ImgError::usage("--sector: too large".into()))?,
     };
     let opts = OpenOptions {
         format: args.value("-f").map(str::to_string),
@@ -75,6 +82,8 @@ struct Job {
     mix: Mix,
     json: bool,
     verbose: bool,
+    check: Option<u32>,
+    sector: usize,
 }
 
 impl Job {
@@ -85,6 +94,9 @@ impl Job {
         let max_len = self.max_len.unwrap_or((64 << 10).min(len));
         let cfg = Config { seed: self.seed, ops: self.ops, qd: self.qd, max_len, block, start: self.offset, len, mix: self.mix };
         cfg.check(size, usize::MAX).map_err(|e| ImgError::usage(e.to_string()))?;
+        if let Some(covered) = self.check {
+            return check_disk(img, &cfg, covered, self.sector);
+        }
         let mut table = vec![0u32; cfg.blocks() as usize];
         let per_worker = max_len.min(MAX_WORKER_BUFFER) as usize;
         let mut buffers: Vec<AlignedBuf> = (0..self.qd).map(|_| AlignedBuf::new(per_worker)).collect();
@@ -101,6 +113,18 @@ impl Job {
             Err(e) => Err(ImgError::failed(format!("stress: {e}"))),
         }
     }
+}
+
+/// `--check`: reads the whole disk and checks it (see [`super::stress_check`]).
+fn check_disk(img: &Image<'_, '_>, cfg: &Config, covered: u32, sector: usize) -> Result<(), ImgError> {
+    let size = usize::try_from(img.backend.size()).map_err(|_| ImgError::usage("the disk is too large to check in memory".into()))?;
+    let mut disk = vec![0u8; size];
+    for (i, chunk) in disk.chunks_mut(1 << 20).enumerate() {
+        block_on(img.backend.read((i as u64) << 20, chunk)).map_err(|e| ImgError::failed(format!("reading at {}: {e}", (i as u64) << 20)))?;
+    }
+    let done = super::stress_check::check(cfg, covered, &disk, sector).map_err(|e| ImgError::failed(format!("stress --check {covered}: {e}")))?;
+    println!("stress --check {covered}: {} sectors as the model says ({} of them from later ops)", done.sectors, done.later);
+    Ok(())
 }
 
 fn print_event(event: &Event, json: bool, verbose: bool) {

@@ -1,0 +1,46 @@
+//! `--drive ...,log=PATH`: QEMU's `blklogwrites` filter between a drive's virtio-blk device and
+//! its file, logging every write, write-zeroes, discard and flush to PATH.
+//!
+//! The guest still sees the file's raw bytes (a qcow2 image is opened by the guest, as without
+//! a log). The log is dm-log-writes' format with 512-byte log sectors; `img::logwrites` reads
+//! it. The options used (`file`, `log`, `log-sector-size`) exist from QEMU 3.0 through 10.x; the
+//! log is written from its start (no `log-append`), so the runner empties it before the boot —
+//! stale entries past the new end would otherwise read as part of this run.
+
+use std::path::{Path, PathBuf};
+
+use crate::RunnerError;
+
+/// The log sector size asked of QEMU: entries and write offsets count in these.
+pub const LOG_SECTOR_SIZE: u32 = 512;
+
+/// `log` made absolute (its directory must exist); refused if it is the drive's own `file`.
+pub fn absolute_log(log: &Path, file: &Path) -> Result<PathBuf, RunnerError> {
+    let missing = |source| RunnerError::MissingFile { what: "log directory of drive", path: log.to_path_buf(), source };
+    let name = log.file_name().ok_or_else(|| RunnerError::Usage(format!("log={}: not a file name", log.display())))?;
+    let dir = match log.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let abs = std::fs::canonicalize(dir).map_err(missing)?.join(name);
+    if abs == file {
+        return Err(RunnerError::Usage(format!("log={}: the drive's own image file", log.display())));
+    }
+    Ok(abs)
+}
+
+/// Creates or empties `log` (before QEMU opens it).
+pub fn prepare(log: &Path) -> Result<(), RunnerError> {
+    std::fs::File::create(log).map(drop).map_err(|e| RunnerError::io(format!("creating the write log {}", log.display()), e))
+}
+
+/// The `-blockdev` values for drive node `node` over `file` (protocol driver `protocol`) logged
+/// to `log`: the file, the log file, and the filter named `node` the device attaches to.
+/// (A logged drive is writable: [`crate::drives::validate`] refuses `read-only=on` with it.)
+pub fn blockdevs(node: &str, protocol: &str, file: &str, log: &str) -> [String; 3] {
+    [
+        format!("driver={protocol},node-name={node}-file,filename={file}"),
+        format!("driver=file,node-name={node}-log,filename={log}"),
+        format!("driver=blklogwrites,node-name={node},file={node}-file,log={node}-log,log-sector-size={LOG_SECTOR_SIZE}"),
+    ]
+}

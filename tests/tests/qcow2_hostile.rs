@@ -507,3 +507,43 @@ fn rules_snapshot_entries() {
         assert!(got.as_ref().is_err_and(|e| e.contains(what)), "{name}: {got:?}");
     }
 }
+
+/// `qemu-img check`'s exit status on `file` (0 clean, 2 corruption, 3 leaks only).
+fn qemu_check_status(file: &Path) -> i32 {
+    ensure_qemu();
+    std::process::Command::new(qemu_img()).args(["check", "-q", file.to_str().unwrap()]).status().unwrap().code().unwrap_or(-1)
+}
+
+/// The rows of `docs/qcow2-rules.md` Strata does not refuse: the two not enforced on purpose
+/// (H35, E5), which QEMU's check accepts too, and those only a full check finds (L5, L6, S12,
+/// S13, C7), which `qemu-img check` reports. Strata reads every one of them exactly as qemu-img
+/// does (the same bytes, no error, no panic).
+#[test]
+fn rules_not_refused_read_as_qemu_reads() {
+    let dir = scratch("qcow2-rules-unrefused");
+    let (f, l) = base(&dir);
+    let names = find_extension(&f, 0x6803_f857).expect("a feature name table") + 8;
+    let data_entry = be64(&f, l.l2);
+    // Two L2 tables: clusters at 0 and 512 MiB (one L2 table covers 512 MiB of 64 KiB clusters).
+    let big = dir.join("big.qcow2");
+    create(&big, "cluster_size=64k", "1G", &[]);
+    qio("qcow2", &big, &["write -P 0x21 0 64k", "write -P 0x42 512M 64k"]);
+    let big_l1 = be64(&big, 40);
+    let first_l2 = be64(&big, big_l1);
+    let cases: Vec<(&str, &Path, Vec<(u64, Vec<u8>)>, bool)> = vec![
+        // (row, image, edits, qemu-img check finds it)
+        ("H35-padding", &f, vec![(106, vec![0xab])], false),
+        ("E5-feature-name-type-bit", &f, vec![(names, vec![7, 99])], false),
+        ("L5-two-l1-entries-one-l2", &big, vec![(big_l1 + 8, u64b(first_l2))], true),
+        ("L6-l1-copied-cleared", &f, vec![(l.l1, u64b(be64(&f, l.l1) & !(1 << 63)))], true),
+        ("S12-two-l2-entries-one-cluster", &f, vec![(l.l2 + 8, u64b(data_entry))], true),
+        ("S13-l2-copied-cleared", &f, vec![(l.l2, u64b(data_entry & !(1 << 63)))], true),
+        ("C7-compressed-overlap", &f, vec![(l.l2 + 17 * 8, u64b(l.compressed_entry))], true),
+    ];
+    for (row, src, edits, found_by_check) in cases {
+        let c = edited(src, &format!("{row}.qcow2"), &edits);
+        check_convert(&c, &["-f", "qcow2"]);
+        let status = qemu_check_status(&c);
+        assert_eq!(status != 0, found_by_check, "{row}: qemu-img check exit {status}");
+    }
+}

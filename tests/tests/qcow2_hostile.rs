@@ -530,8 +530,9 @@ fn rules_not_refused_read_as_qemu_reads() {
     qio("qcow2", &big, &["write -P 0x21 0 64k", "write -P 0x42 512M 64k"]);
     let big_l1 = be64(&big, 40);
     let first_l2 = be64(&big, big_l1);
-    let cases: Vec<(&str, &Path, Vec<(u64, Vec<u8>)>, bool)> = vec![
-        // (row, image, edits, qemu-img check finds it)
+    // (row, image, edits, qemu-img check finds it)
+    type Row<'a> = (&'a str, &'a Path, Vec<(u64, Vec<u8>)>, bool);
+    let cases: Vec<Row<'_>> = vec![
         ("H35-padding", &f, vec![(106, vec![0xab])], false),
         ("E5-feature-name-type-bit", &f, vec![(names, vec![7, 99])], false),
         ("L5-two-l1-entries-one-l2", &big, vec![(big_l1 + 8, u64b(first_l2))], true),

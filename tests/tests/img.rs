@@ -166,26 +166,34 @@ fn bench_runs_with_qemu_img_flags() {
 #[test]
 fn image_wide_options_work_with_every_command_in_either_place() {
     let dir = scratch("img-common-options");
-    let f = dir.join("a.qcow2");
-    run_qemu_img(&["create", "-q", "-f", "qcow2", f.to_str().unwrap(), "1M"]);
-    let a = f.to_str().unwrap();
+    let template = dir.join("template.qcow2");
+    run_qemu_img(&["create", "-q", "-f", "qcow2", template.to_str().unwrap(), "1M"]);
     let out = dir.join("out.raw");
+    // IMG stands for a fresh copy of the template per run: the same file reopened at once could
+    // still carry the lock of its last open while another test's thread spawns a process (a
+    // child holds every open file description, close-on-exec ones included, until its exec).
     let commands: Vec<Vec<&str>> = vec![
-        vec!["info", a],
-        vec!["map", a],
-        vec!["compare", a, a],
-        vec!["resize", a, "2M"],
-        vec!["io", "-c", "flush", a],
-        vec!["bench", "-c", "1", a],
-        vec!["stress", "--seed", "1", "--ops", "4", "--qd", "1", a],
-        vec!["convert", "-O", "raw", a, out.to_str().unwrap()],
+        vec!["info", "IMG"],
+        vec!["map", "IMG"],
+        vec!["compare", "IMG", "IMG"],
+        vec!["resize", "IMG", "2M"],
+        vec!["io", "-c", "flush", "IMG"],
+        vec!["bench", "-c", "1", "IMG"],
+        vec!["stress", "--seed", "1", "--ops", "4", "--qd", "1", "IMG"],
+        vec!["convert", "-O", "raw", "IMG", out.to_str().unwrap()],
     ];
+    let mut runs = 0;
+    let mut run = |words: Vec<&str>| {
+        runs += 1;
+        let copy = dir.join(format!("a{runs}.qcow2"));
+        std::fs::copy(&template, &copy).unwrap();
+        let args: Vec<&str> = words.iter().map(|w| if *w == "IMG" { copy.to_str().unwrap() } else { w }).collect();
+        assert_eq!(img(&args), 0, "{args:?}");
+    };
     for cmd in &commands {
         let (name, rest) = cmd.split_first().unwrap();
-        let after: Vec<&str> = [*name, "--cache-size", "1M", "--allow-backing-anywhere"].into_iter().chain(rest.iter().copied()).collect();
-        assert_eq!(img(&after), 0, "{after:?}");
-        let before: Vec<&str> = ["--cache-size=1M", "--allow-backing-anywhere", *name].into_iter().chain(rest.iter().copied()).collect();
-        assert_eq!(img(&before), 0, "{before:?}");
+        run([*name, "--cache-size", "1M", "--allow-backing-anywhere"].into_iter().chain(rest.iter().copied()).collect());
+        run(["--cache-size=1M", "--allow-backing-anywhere", *name].into_iter().chain(rest.iter().copied()).collect());
     }
     assert_eq!(img(&["--cache-size", "1M"]), 2, "a command is needed");
 }

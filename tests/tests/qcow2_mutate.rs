@@ -25,25 +25,7 @@ use std::time::{Duration, Instant};
 
 use qcow2_util::*;
 use qemu_runner::img::image::{self, OpenOptions};
-
-/// xorshift64*: a small reproducible generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-}
+use qemu_runner::img::rng::Rng;
 
 /// The seed images: small, standalone (no backing file), covering the structures parsers read.
 fn seeds(dir: &Path) -> Vec<PathBuf> {
@@ -107,7 +89,7 @@ fn mutate_field(b: &mut [u8], at: u64, width: usize, rng: &mut Rng) {
         2 => old.wrapping_add(rng.below(16) + 1),
         3 => old.wrapping_sub(rng.below(16) + 1),
         4 => old.wrapping_add(512 * (rng.below(256) + 1)),
-        _ => rng.next(),
+        _ => rng.next_u64(),
     };
     let bytes = new.to_be_bytes();
     field.copy_from_slice(&bytes[8 - width..]);
@@ -261,7 +243,7 @@ fn mutated_images_never_panic_hang_or_read_differently() {
     let seed = env_u64("STRATA_MUTATE_SEED").unwrap_or(1);
     let budget = Duration::from_secs(env_u64("STRATA_MUTATE_SECS").unwrap_or(10));
     let max_iterations = env_u64("STRATA_MUTATE_ITERATIONS").unwrap_or(u64::MAX);
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::from_state(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let start = Instant::now();
     let (mut runs, mut both_read, mut refused, mut qemu_refused, mut writes) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut failures = Vec::new();

@@ -21,6 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::logwrites::{Entry, Log};
+use super::rng::Rng;
 
 /// One crash point (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,26 +52,6 @@ pub struct Applied {
     pub torn: usize,
     /// Candidates dropped.
     pub dropped: usize,
-}
-
-/// xorshift64*: seeded choices that replay the same way every time.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
 }
 
 /// The index after the last FLUSH entry below `at` (0 if none): entries below it are stable.
@@ -156,7 +137,7 @@ pub fn plan(log: &Log, budget: usize, seed: u64) -> Vec<Cut> {
     while cuts.len() < budget && !epochs.is_empty() {
         let (lo, hi) = epochs[i % epochs.len()];
         let at = lo + 1 + rng.below((hi - lo) as u64) as usize;
-        cuts.push(Cut { at, drop: Some(rng.next() >> 1) });
+        cuts.push(Cut { at, drop: Some(rng.next_u64() >> 1) });
         i += 1;
     }
     cuts

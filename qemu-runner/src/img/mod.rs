@@ -20,6 +20,7 @@ pub mod map;
 pub(crate) mod output;
 mod resize;
 pub mod replay;
+pub mod rng;
 pub(crate) mod resolve;
 mod stress;
 pub mod stress_check;

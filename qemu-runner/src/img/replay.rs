@@ -27,6 +27,7 @@ use strata_block::dev::record::Seq;
 use super::crashlog::{read_log, Change, Record};
 use super::output;
 use super::ImgError;
+use super::rng::Rng;
 
 /// One crash point (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,26 +56,6 @@ pub struct Applied {
     pub kept: usize,
     /// Candidates dropped.
     pub dropped: usize,
-}
-
-/// xorshift64*: seeded choices that replay the same way every time.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
 }
 
 /// The mutations a cut applies, in order, and how many of each kind.
@@ -194,7 +175,7 @@ pub fn plan(records: &[Record], budget: usize, seed: u64) -> Vec<Cut> {
         let k = i % epochs;
         let (lo, hi) = (bounds.get(k).copied().unwrap_or(0), bounds.get(k + 1).copied().unwrap_or(end));
         let at = lo + 1 + rng.below(hi.saturating_sub(lo));
-        cuts.push(Cut { at, drop: Some(rng.next() >> 1) });
+        cuts.push(Cut { at, drop: Some(rng.next_u64() >> 1) });
         i += 1;
     }
     cuts

@@ -18,26 +18,8 @@ use std::task::{Context, Poll, Waker};
 use qemu_runner::img::block::dev::record::Seq;
 use qemu_runner::img::block::Backend;
 
-/// xorshift64*.
-#[derive(Clone, Debug)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+/// The harness's seeded generator: the runner's, so cuts and workloads share one.
+pub use qemu_runner::img::rng::Rng;
 
 /// The bytes a write of `len` with `seed` carries.
 pub fn data(seed: u64, len: u64) -> Vec<u8> {

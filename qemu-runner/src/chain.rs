@@ -107,8 +107,9 @@ struct Member {
     name: String,
 }
 
-/// Walks the chain under `top` with the host rules; returns its other files, top first.
-fn walk(top: &Path, allow_anywhere: bool) -> Result<Vec<Member>, RunnerError> {
+/// Walks the chain under `top` with the host rules; returns its other files, top first, or
+/// `None` if `top` is not a qcow2 image.
+fn walk(top: &Path, allow_anywhere: bool) -> Result<Option<Vec<Member>>, RunnerError> {
     let arena = typed_arena::Arena::<HostFile>::new();
     let opts = HostFileOptions { read_only: true, force_share: true, ..HostFileOptions::default() };
     let mut resolver = HostResolver::new(&arena, opts, allow_anywhere, false);
@@ -122,7 +123,9 @@ fn walk(top: &Path, allow_anywhere: bool) -> Result<Vec<Member>, RunnerError> {
     let mut probe = true;
     for _ in 0..=strata_block::graph::MAX_BACKING_CHAIN {
         let links = if probe { read_links(&path).map_err(usage)? } else { None };
-        let Some(links) = links else { return Ok(members) };
+        let Some(links) = links else {
+            return Ok((path != top).then_some(members));
+        };
         let mut next = None;
         for (name, role) in [(links.data_file, Role::DataFile), (links.backing, Role::Backing)] {
             let Some(name) = name else { continue };
@@ -146,7 +149,7 @@ fn walk(top: &Path, allow_anywhere: bool) -> Result<Vec<Member>, RunnerError> {
                 referrer = dev;
                 path = file;
             }
-            None => return Ok(members),
+            None => return Ok(Some(members)),
         }
     }
     Err(usage(format!("a backing chain deeper than {}", strata_block::graph::MAX_BACKING_CHAIN)))
@@ -188,18 +191,19 @@ pub fn expand(drives: &[Drive], machine: Machine, allow_anywhere: bool) -> Resul
         if let Some(format) = drive.format {
             expanded.words.push(format!("--format={}={}", drive.serial, format.as_str()));
         }
-        let is_qcow2 = match drive.format {
-            Some(Format::Raw) => continue,
-            _ => read_links(&drive.file).map_err(|m| RunnerError::Usage(format!("--drive {}: {m}", drive.file.display())))?.is_some(),
-        };
-        match drive.format {
-            Some(Format::Qcow2) if !is_qcow2 => {
+        if drive.format == Some(Format::Raw) {
+            continue;
+        }
+        let Some(members) = walk(&drive.file, allow_anywhere)? else {
+            if drive.format == Some(Format::Qcow2) {
                 return Err(RunnerError::Usage(format!("--drive {}: format=qcow2, but the file is not a qcow2 image", drive.file.display())));
             }
-            None if !is_qcow2 && !drive.read_only => expanded.warnings.push(probed_raw_warning(&drive.file)),
-            _ => {}
-        }
-        for (i, member) in walk(&drive.file, allow_anywhere)?.into_iter().enumerate() {
+            if !drive.read_only {
+                expanded.warnings.push(probed_raw_warning(&drive.file));
+            }
+            continue;
+        };
+        for (i, member) in members.into_iter().enumerate() {
             let serial = format!("{}.{}", drive.serial, i + 1);
             check_serial(&serial).map_err(|m| {
                 RunnerError::Usage(format!("--drive {}: chain file {}: {m} (choose a shorter serial=)", drive.file.display(), member.path.display()))

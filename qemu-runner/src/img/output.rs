@@ -39,10 +39,7 @@ pub fn refuse_inputs(output: &Path, inputs: &[PathBuf]) -> Result<(), ImgError> 
 /// does; they last until `file` is closed. File systems without OFD locks are let through, as
 /// QEMU's `locking=auto` does.
 pub fn lock_for_writing(file: &File, path: &Path) -> Result<(), String> {
-    use lock::{PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED};
-    let perm = PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE;
-    let shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
-    match lock::apply(file.as_raw_fd(), perm, shared) {
+    match lock::apply(file.as_raw_fd(), lock::WRITER_PERM, lock::DEFAULT_SHARED) {
         Ok(()) | Err(LockError::Unsupported(_)) => Ok(()),
         Err(LockError::Conflict { perm, shared }) => {
             Err(FileError::Locked { path: path.to_path_buf(), perm, shared }.to_string())

@@ -25,6 +25,12 @@ pub const PERM_RESIZE: u8 = 1 << 3;
 /// `BLK_PERM_ALL`.
 pub const PERM_ALL: u8 = 0x0f;
 
+/// What a writable open holds (QEMU's defaults for a writer): reads, writes, resizes.
+pub const WRITER_PERM: u8 = PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE;
+/// What a writable (or plain read-only) open shares with others: reading and writes that keep
+/// the contents.
+pub const DEFAULT_SHARED: u8 = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
+
 /// First byte of the "holds permission" locks (`RAW_LOCK_PERM_BASE`).
 const PERM_BASE: i64 = 100;
 /// First byte of the "does not share permission" locks (`RAW_LOCK_SHARED_BASE`).

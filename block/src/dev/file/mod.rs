@@ -453,14 +453,14 @@ impl HostFile {
 
     /// QEMU's lock bytes for this open; `Ok(false)` when locking is off or unsupported (auto).
     fn take_locks(file: &File, path: &Path, opts: &HostFileOptions<'_>) -> Result<bool, FileError> {
-        use lock::{PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED};
+        use lock::{DEFAULT_SHARED, PERM_ALL, PERM_CONSISTENT_READ, WRITER_PERM};
         if opts.locking == Locking::Off {
             return Ok(false);
         }
         let (perm, shared) = if opts.read_only {
-            (PERM_CONSISTENT_READ, if opts.force_share { PERM_ALL } else { PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED })
+            (PERM_CONSISTENT_READ, if opts.force_share { PERM_ALL } else { DEFAULT_SHARED })
         } else {
-            (PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE, PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED)
+            (WRITER_PERM, DEFAULT_SHARED)
         };
         use std::os::fd::AsRawFd;
         match lock::apply(file.as_raw_fd(), perm, shared) {

@@ -17,6 +17,7 @@ use strata_block::Graph;
 use super::args::{parse_size, Args};
 use super::image::{self, block_on, OpenOptions};
 use super::output;
+use super::resolve;
 use super::ImgError;
 
 /// What the command line asks for.
@@ -178,13 +179,7 @@ fn open_backing(file: &str, backing: &str, fmt: &str, anywhere: bool) -> Result<
     if !anywhere {
         let tree = dir.canonicalize().map_err(|e| ImgError::failed(format!("{file}: {}: {e}", dir.display())))?;
         let found = path.canonicalize().map_err(|e| ImgError::failed(format!("{file}: Could not open backing file '{}': {e}", path.display())))?;
-        if !found.starts_with(&tree) {
-            return Err(ImgError::failed(format!(
-                "{file}: the backing file '{}' lies outside {} (use --allow-backing-anywhere to allow it)",
-                found.display(),
-                tree.display()
-            )));
-        }
+        resolve::check_in_tree(&found, &tree, false).map_err(|e| ImgError::failed(format!("{file}: the backing file {e}")))?;
     }
     let opts = OpenOptions {
         format: Some(fmt.to_string()),

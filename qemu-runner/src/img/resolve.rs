@@ -17,6 +17,15 @@ use strata_block::dev::BlockDevice;
 use strata_block::graph::{NameRequest, Resolver};
 use strata_block::Error;
 
+/// The tree rule: `canonical` (a resolved backing or data file) must lie inside `tree`, unless
+/// `allow_anywhere`; the error says where it lies and how to allow it.
+pub(crate) fn check_in_tree(canonical: &Path, tree: &Path, allow_anywhere: bool) -> Result<(), String> {
+    if allow_anywhere || canonical.starts_with(tree) {
+        return Ok(());
+    }
+    Err(format!("'{}' lies outside {} (use --allow-backing-anywhere to allow it)", canonical.display(), tree.display()))
+}
+
 /// Opens host files for one image and remembers them.
 pub struct HostResolver<'d> {
     arena: &'d typed_arena::Arena<HostFile>,
@@ -78,12 +87,7 @@ impl<'d> Resolver<'d> for HostResolver<'d> {
                 }
             }
             (Some(tree), Some(_)) => {
-                if !self.allow_anywhere && !canonical.starts_with(tree) {
-                    let text = format!(
-                        "'{}' lies outside {} (use --allow-backing-anywhere to allow it)",
-                        canonical.display(),
-                        tree.display()
-                    );
+                if let Err(text) = check_in_tree(&canonical, tree, self.allow_anywhere) {
                     return Err(self.fail(Error::BadName { what: "backing or data file outside the opened image's directory tree" }, text));
                 }
             }

@@ -105,12 +105,11 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     install::ensure_qemu(&program, opts.install, opts.quiet)?;
     let kernel = kernel::resolve(opts.kernel.as_deref(), opts.quiet)?;
 
+    // Write logs start empty; none may be a file a drive (or its chain) reads.
+    write_log::prepare_all(&drives)?;
     // Writable qcow2 images get room to grow; given back when QEMU is gone (the guard also
     // does it on every early return).
     let grown = headroom::grow(&drives)?;
-    for log in drives.iter().filter_map(|d| d.log.as_deref()) {
-        write_log::prepare(log)?;
-    }
     // The extension reads as zeros: the guest need not write zeros there.
     for word in grown.zeroed_words() {
         cmdline.push(' ');

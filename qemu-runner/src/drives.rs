@@ -241,7 +241,7 @@ pub fn validate(drives: &[Drive]) -> Result<Vec<Drive>, RunnerError> {
             Some(_) if drive.read_only || drive.backing != Backing::File => {
                 return Err(RunnerError::Usage(format!("drive \"{}\": log= is for writable image files", drive.serial)));
             }
-            Some(l) => Some(crate::write_log::absolute_log(l, &file)?),
+            Some(l) => Some(crate::write_log::absolute_log(l)?),
             None => None,
         };
         out.push(Drive {

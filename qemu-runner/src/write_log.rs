@@ -9,29 +9,38 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::drives::{Backing, Drive};
+use crate::img::output;
 use crate::RunnerError;
 
 /// The log sector size asked of QEMU: entries and write offsets count in these.
 pub const LOG_SECTOR_SIZE: u32 = 512;
 
-/// `log` made absolute (its directory must exist); refused if it is the drive's own `file`.
-pub fn absolute_log(log: &Path, file: &Path) -> Result<PathBuf, RunnerError> {
+/// `log` made absolute (its directory must exist). Whether it is a drive's file is checked by
+/// [`prepare_all`], against every drive and chain file, by identity.
+pub fn absolute_log(log: &Path) -> Result<PathBuf, RunnerError> {
     let missing = |source| RunnerError::MissingFile { what: "log directory of drive", path: log.to_path_buf(), source };
     let name = log.file_name().ok_or_else(|| RunnerError::Usage(format!("log={}: not a file name", log.display())))?;
     let dir = match log.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let abs = std::fs::canonicalize(dir).map_err(missing)?.join(name);
-    if abs == file {
-        return Err(RunnerError::Usage(format!("log={}: the drive's own image file", log.display())));
-    }
-    Ok(abs)
+    Ok(std::fs::canonicalize(dir).map_err(missing)?.join(name))
 }
 
-/// Creates or empties `log` (before QEMU opens it).
-pub fn prepare(log: &Path) -> Result<(), RunnerError> {
-    std::fs::File::create(log).map(drop).map_err(|e| RunnerError::io(format!("creating the write log {}", log.display()), e))
+/// Creates or empties the write log of every drive in `drives` (the drives to attach, chain
+/// files included) before QEMU opens them; a log that is the same file as any drive's (under
+/// any name) is refused before anything is emptied.
+pub fn prepare_all(drives: &[Drive]) -> Result<(), RunnerError> {
+    let files: Vec<PathBuf> = drives.iter().filter(|d| d.backing == Backing::File).map(|d| d.file.clone()).collect();
+    let logs: Vec<&Path> = drives.iter().filter_map(|d| d.log.as_deref()).collect();
+    for log in &logs {
+        output::refuse_inputs(log, &files).map_err(|e| RunnerError::Usage(format!("log={}: {e}", log.display())))?;
+    }
+    for log in logs {
+        std::fs::File::create(log).map_err(|e| RunnerError::io(format!("creating the write log {}", log.display()), e))?;
+    }
+    Ok(())
 }
 
 /// The `-blockdev` values for drive node `node` over `file` (protocol driver `protocol`) logged

@@ -239,3 +239,22 @@ fn one_file_on_two_drives_and_too_much_memory_are_usage_errors() {
     assert!(!usage(two(true, true)), "two readers share a file");
     assert!(usage(BootOptions { memory_mib: 4_294_967_295, quiet: true, ..BootOptions::default() }));
 }
+
+/// A drive's write log is emptied before the boot: it must never be a file a drive reads.
+#[test]
+fn a_write_log_is_never_a_drive_file() {
+    let dir = scratch("safety-log-self");
+    let x = patterned_qcow2(&dir, "x.qcow2");
+    let before = sha256sum(&x);
+    std::fs::hard_link(&x, dir.join("alias.log")).unwrap();
+    for log in [x.clone(), dir.join("alias.log")] {
+        let opts = BootOptions {
+            drives: vec![Drive { log: Some(log.clone()), ..drive(&x, "s", false) }],
+            cmd: Some("sha256 s".into()),
+            quiet: true,
+            ..BootOptions::default()
+        };
+        assert!(matches!(qemu_runner::boot(&opts), Err(qemu_runner::RunnerError::Usage(_))), "log={}", log.display());
+        assert_eq!(sha256sum(&x), before, "log={}", log.display());
+    }
+}

@@ -299,7 +299,7 @@ fn resolver_and_probe() {
     for (name, size) in [("big", 64 << 10), ("empty", 0), ("short", 100)] {
         let id = block_on(graph.open(name, &mut resolve)).unwrap();
         let node = graph.node(id).unwrap();
-        assert_eq!(node.driver.name, "raw", "{name} probes as raw");
+        assert_eq!(node.driver, "raw", "{name} probes as raw");
         assert_eq!(node.size(), size);
         assert!(
             graph.find(name).is_some(),
@@ -314,7 +314,7 @@ fn resolver_and_probe() {
     assert_eq!(asked, ["big", "empty", "short", "gone"]);
     let short_raw = graph
         .nodes()
-        .find(|(_, n)| n.driver.name == "raw" && n.size() == 100)
+        .find(|(_, n)| n.driver == "raw" && n.size() == 100)
         .unwrap()
         .0;
     let be = Backend::new(&graph, short_raw, rw()).unwrap();
@@ -323,7 +323,7 @@ fn resolver_and_probe() {
     assert_eq!(buf, [0x33; 100]);
     let empty_raw = graph
         .nodes()
-        .find(|(_, n)| n.driver.name == "raw" && n.size() == 0)
+        .find(|(_, n)| n.driver == "raw" && n.size() == 0)
         .unwrap()
         .0;
     let be = Backend::new(&graph, empty_raw, rw()).unwrap();

@@ -19,7 +19,7 @@ use strata_block::dev::ram::{RamConfig, RamDisk};
 use strata_block::dev::{
     BlockDevice, DeviceError, DeviceInfo, DeviceOp, DeviceRequest, SubmitError, Ticket,
 };
-use strata_block::driver::qcow2::cache::CacheSlot;
+use strata_block::io::cache::CacheSlot;
 use strata_block::driver::qcow2::create::{create, CreateOptions};
 use strata_block::{Backend, BackendOptions, Graph, Result};
 
@@ -212,7 +212,7 @@ fn a_cluster_freed_by_discard_is_reused_only_after_the_file_discard() {
         let mut graph: Graph<'_, 4, 16> = Graph::new(&mut bounce, 4096);
         let leaf = graph.add_leaf("d", &disk).unwrap();
         block_on(create(
-            &graph,
+            &graph.io(),
             leaf,
             &CreateOptions {
                 cluster_bits: 12,

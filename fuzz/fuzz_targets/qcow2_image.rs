@@ -8,7 +8,7 @@ use futures::executor::block_on;
 use libfuzzer_sys::fuzz_target;
 use strata_block::dev::ram::{RamConfig, RamDisk};
 use strata_block::dev::BlockDevice;
-use strata_block::driver::qcow2::cache::{CacheSlot, Inflater};
+use strata_block::io::cache::{CacheSlot, Inflater};
 use strata_block::{Backend, BackendOptions, Graph};
 
 /// Bytes read or written per request, and the most read in all (keeps each run short).

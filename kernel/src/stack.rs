@@ -14,8 +14,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use static_cell::ConstStaticCell;
 use static_cell::StaticCell;
+use strata_block::clock::Clock;
 use strata_block::dev::BlockDevice;
-use strata_block::driver::qcow2::cache::{CacheSlot, Inflater};
+use strata_block::io::cache::{CacheSlot, Inflater};
 use strata_block::graph::{NameRequest, Resolver, Role};
 use strata_block::{Error, Graph, NodeId};
 use strata_boot::arch::tsc;
@@ -69,7 +70,17 @@ pub fn graph() -> Option<KGraph> {
     let mut graph = Graph::new(&mut bounce.0, BOUNCE_BUFFER);
     graph.set_metadata_cache(meta);
     graph.set_decompressors(inflaters);
+    graph.set_clock(&TscClock);
     Some(graph)
+}
+
+/// The block layer's clock: the TSC since boot, in nanoseconds ([`clock_ns`]).
+struct TscClock;
+
+impl Clock for TscClock {
+    fn now_ns(&self) -> u64 {
+        clock_ns()
+    }
 }
 
 /// Most leaf devices an open resolves (a backing chain's files and data files).

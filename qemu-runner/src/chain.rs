@@ -1,6 +1,6 @@
 //! Image chains behind `--drive`: a qcow2 drive's backing files and data files, attached raw.
 //!
-//! The guest opens a chain from its device catalog only (DESIGN.md, "Devices and names"), so
+//! The guest opens a chain from its device catalog only (`docs/ARCHITECTURE.md`, "Devices and names"), so
 //! the runner does what a host open would and hands the result over: for a drive with
 //! `format=qcow2`, or without `format=` and whose file starts with the qcow2 magic (never for
 //! `format=raw`), it walks the backing chain and the data files with `img`'s host

@@ -20,7 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use strata_block::driver::qcow2::header::incompat;
-use strata_block::graph::{NodeKind, Role};
+use strata_block::graph::Role;
 
 use crate::drives::{Backing, Drive, Format};
 use crate::img::image::{self, block_on};
@@ -177,10 +177,7 @@ pub fn image_end(path: &Path, floor: u64, len: u64) -> Result<u64, String> {
         let graph = img.backend.graph();
         let node = graph.node(img.root()).map_err(|e| ImgError::failed(e.to_string()))?;
         let (Some(q), Some(file)) = (
-            match &node.kind {
-                NodeKind::Format(s) => s.qcow2(),
-                NodeKind::Leaf(_) => None,
-            },
+            graph.state(img.root()).ok().flatten().and_then(|s| s.qcow2()),
             node.child(Role::File),
         ) else {
             return Err(ImgError::failed("not a qcow2 image".into()));
@@ -193,7 +190,7 @@ pub fn image_end(path: &Path, floor: u64, len: u64) -> Result<u64, String> {
         let mut cluster = len.div_ceil(cs);
         while cluster > lowest {
             let at = (cluster - 1) * cs;
-            let refcount = block_on(q.refcount(graph, file, at)).map_err(|e| ImgError::failed(format!("refcount of the cluster at {at}: {e}")))?;
+            let refcount = block_on(q.refcount(&graph.io(), file, at)).map_err(|e| ImgError::failed(format!("refcount of the cluster at {at}: {e}")))?;
             if refcount != 0 {
                 return Ok(cluster * cs);
             }

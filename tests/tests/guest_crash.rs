@@ -1,4 +1,4 @@
-//! Crash consistency under the real guest (DESIGN.md, "Testing", crash row): the kernel's
+//! Crash consistency under the real guest (`docs/ARCHITECTURE.md`, "Testing", crash row): the kernel's
 //! `stress` runs on an image behind QEMU's `blklogwrites` (`--drive ...,log=`); the log is cut
 //! after flushes and inside flush epochs (unflushed writes dropped, reordered and torn) onto
 //! copies of the starting image, and every copy must pass `qemu-img check` (leaks allowed and

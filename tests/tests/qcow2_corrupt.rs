@@ -1,4 +1,4 @@
-//! The "cached" overlap check (DESIGN.md, crash consistency): an image whose refcounts say a
+//! The "cached" overlap check (`docs/ARCHITECTURE.md`, crash consistency): an image whose refcounts say a
 //! table's cluster is free must not get that cluster overwritten. Strata refuses the write,
 //! marks the image corrupt (header bit and node) and leaves the table as it was.
 

@@ -1,4 +1,4 @@
-//! Injected faults in qcow2's metadata paths (DESIGN.md, "Testing": faults): a hook fails the
+//! Injected faults in qcow2's metadata paths (`docs/ARCHITECTURE.md`, "Testing": faults): a hook fails the
 //! k-th occurrence of one named event (QEMU's blkdebug names) during a workload of allocating
 //! writes, write-zeroes, discards, flushes and a table growth; the failing request reports the
 //! error, and whatever happened, `qemu-img check` finds no corruption afterwards (leaks are
@@ -13,7 +13,7 @@ use std::process::Command;
 
 use qemu_runner::img::block::dev::file::{HostFile, HostFileOptions};
 use qemu_runner::img::block::dev::{BlockDevice, DeviceError};
-use qemu_runner::img::block::driver::qcow2::cache::{CacheSlot, Inflater};
+use qemu_runner::img::block::io::cache::{CacheSlot, Inflater};
 use qemu_runner::img::block::io::events::{Event, EventHook};
 use qemu_runner::img::block::{Backend, BackendOptions, Error, Graph, NodeId, Result};
 use qemu_runner::img::image::block_on;

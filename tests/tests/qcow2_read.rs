@@ -51,10 +51,10 @@ fn versions_cluster_sizes_and_refcount_widths() {
         let rc = image::with_image(&s, &OpenOptions { read_only: true, ..OpenOptions::default() }, |img| {
             let g = img.backend.graph();
             let n = g.node(img.root()).unwrap();
-            let qemu_runner::img::block::graph::NodeKind::Format(state) = &n.kind else { panic!() };
+            let state = g.state(img.root()).unwrap().unwrap();
             let q = state.qcow2().unwrap();
             let file = n.child(qemu_runner::img::block::graph::Role::File).unwrap();
-            Ok((image::block_on(q.refcount(g, file, 0)).unwrap(), image::block_on(q.refcount(g, file, 1 << 40)).unwrap()))
+            Ok((image::block_on(q.refcount(&g.io(), file, 0)).unwrap(), image::block_on(q.refcount(&g.io(), file, 1 << 40)).unwrap()))
         })
         .unwrap();
         assert_eq!(rc, (1, 0), "{name}");
@@ -178,11 +178,11 @@ fn snapshots_listed_and_read() {
     let names = image::with_image(&s, &OpenOptions { read_only: true, ..OpenOptions::default() }, |img| {
         let g = img.backend.graph();
         let n = g.node(img.root()).unwrap();
-        let qemu_runner::img::block::graph::NodeKind::Format(state) = &n.kind else { panic!() };
+        let state = g.state(img.root()).unwrap().unwrap();
         let mut walk = state.qcow2().unwrap().snapshots();
         let file = n.child(qemu_runner::img::block::graph::Role::File).unwrap();
         let mut names = Vec::new();
-        while let Some(s) = image::block_on(walk.next(g, file)).unwrap() {
+        while let Some(s) = image::block_on(walk.next(&g.io(), file)).unwrap() {
             names.push(s.name.as_str().to_string());
         }
         Ok(names)

@@ -9,7 +9,8 @@ pub use stats::{KindStats, OpKind, Stats, BUCKETS, KINDS};
 
 use crate::error::{Error, Result};
 use crate::graph::{Attachment, Graph, NodeId, UserId};
-use crate::io::{flush, wait_until, walk, zero, RangeOp};
+use crate::io::{wait_until, zero, RangeOp};
+use crate::path::{flush, range, walk, write};
 
 /// What to do with writes whose data is all zeros (QEMU's `detect-zeroes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -121,7 +122,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
         let len = buf.len() as u64;
         self.accounted(OpKind::Read, offset, len, async {
             self.check_range(offset, len)?;
-            walk::read_request(self.graph, self.root, offset, buf).await
+            walk::read_request(&self.graph.stack(), self.root, offset, buf).await
         })
         .await
     }
@@ -139,9 +140,9 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
             };
             match as_zeroes {
                 Some(unmap) if zero::is_zero(buf) => {
-                    walk::range_op(self.graph, self.root, offset, len, RangeOp::WriteZeroes { unmap }).await
+                    range::range_op(&self.graph.stack(), self.root, offset, len, RangeOp::WriteZeroes { unmap }).await
                 }
-                _ => walk::write(self.graph, self.root, offset, buf).await,
+                _ => write::write(&self.graph.stack(), self.root, offset, buf).await,
             }
         })
         .await
@@ -155,7 +156,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
     async fn check_probed_raw_header(&self, offset: u64, buf: &[u8]) -> Result<()> {
         use crate::driver::{self, PROBE_BYTES};
         let node = self.graph.node(self.root)?;
-        if !node.probed || !core::ptr::eq(node.driver, &driver::raw::RAW) || offset >= PROBE_BYTES as u64 {
+        if !node.probed || node.driver != driver::raw::RAW.name || offset >= PROBE_BYTES as u64 {
             return Ok(());
         }
         let mut head = [0u8; PROBE_BYTES];
@@ -163,10 +164,10 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
         let at = offset as usize;
         let covered = buf.len().min(size.saturating_sub(at));
         if at > 0 || covered < size {
-            walk::read_request(self.graph, self.root, 0, &mut head[..size]).await?;
+            walk::read_request(&self.graph.stack(), self.root, 0, &mut head[..size]).await?;
         }
         head[at..at + covered].copy_from_slice(&buf[..covered]);
-        if core::ptr::eq(driver::probe(&head[..size]), &driver::raw::RAW) {
+        if driver::probe(&head[..size]).id == driver::raw::RAW.id {
             Ok(())
         } else {
             Err(Error::ProbedRawHeader)
@@ -177,7 +178,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
     pub async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<()> {
         self.accounted(OpKind::WriteZeroes, offset, len, async {
             self.check_write(offset, len)?;
-            walk::range_op(self.graph, self.root, offset, len, RangeOp::WriteZeroes { unmap }).await
+            range::range_op(&self.graph.stack(), self.root, offset, len, RangeOp::WriteZeroes { unmap }).await
         })
         .await
     }
@@ -186,14 +187,14 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.accounted(OpKind::Discard, offset, len, async {
             self.check_write(offset, len)?;
-            walk::range_op(self.graph, self.root, offset, len, RangeOp::Discard).await
+            range::range_op(&self.graph.stack(), self.root, offset, len, RangeOp::Discard).await
         })
         .await
     }
 
     /// Makes every write completed before this call stable.
     pub async fn flush(&self) -> Result<()> {
-        self.accounted(OpKind::Flush, 0, 0, flush::flush(self.graph, self.root)).await
+        self.accounted(OpKind::Flush, 0, 0, flush::flush(&self.graph.stack(), self.root)).await
     }
 
     /// Grows the root node to `new_size` bytes (QEMU's `block_resize`; qcow2 only, growing
@@ -203,9 +204,9 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
             return Err(Error::ReadOnly);
         }
         let _drained = self.drain().await;
-        match &self.graph.node(self.root)?.kind {
-            crate::graph::NodeKind::Format(state) => state.resize(self.graph, self.root, new_size).await,
-            crate::graph::NodeKind::Leaf(_) => Err(Error::Unsupported("resizing a device")),
+        match self.graph.state(self.root)? {
+            Some(state) => state.resize(&self.graph.io(), self.root, new_size).await,
+            None => Err(Error::Unsupported("resizing a device")),
         }
     }
 
@@ -215,17 +216,19 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
     /// leak clusters), and an image with lazy refcounts stays marked dirty.
     pub async fn close(self) -> Result<()> {
         let _drained = self.drain().await;
-        flush::close(self.graph, self.root).await
+        flush::close(&self.graph.stack(), self.root).await
     }
 
     /// Stops new requests from starting (at once, when called) and waits until none of this
     /// backend's requests is in flight. Requests issued meanwhile wait until the returned guard
     /// is dropped (QEMU's drained section); dropping the future before it completes ends the
-    /// drain too. Nests.
+    /// drain too. Nests. Requests a node holds (a latency, a throttle) are released while the
+    /// drain waits, so it ends (QEMU restarts throttled requests the same way).
     pub fn drain(&self) -> impl core::future::Future<Output = Drained<'_, 'g, 'd, N, T>> + '_ {
         self.quiesce.set(self.quiesce.get() + 1);
         let guard = Drained { backend: self };
         async move {
+            let _release = self.graph.release_held();
             wait_until(|| self.in_flight.get() == 0).await;
             guard
         }

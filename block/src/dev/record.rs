@@ -1,6 +1,6 @@
 //! A leaf that records what reaches the device below: every completed write (with its bytes),
 //! write-zeroes, discard and grow, and every flush's submission and completion, reported to a
-//! caller-provided [`RecordSink`]. The crash-consistency harness (DESIGN.md, "Testing") replays
+//! caller-provided [`RecordSink`]. The crash-consistency harness (`docs/ARCHITECTURE.md`, "Testing") replays
 //! such a stream cut at many points onto copies of the starting image.
 //!
 //! # Sequence numbers and flush semantics

@@ -1,15 +1,26 @@
 //! The static driver table (QEMU's `BlockDriver`s): one `static` descriptor per driver, probing
 //! over the first 512 bytes of an image, and dispatch from a node's state to its driver.
 //!
-//! Adding a format is: a module with its descriptor and state, one entry in [`DRIVERS`], one
-//! variant in [`FormatState`] and one arm in each of its `match`es. The io layer and the graph
-//! do not change.
+//! **Adding a driver** is a module with a descriptor and a state type that implements
+//! [`Driver`], and one line in the [`drivers!`] list at the bottom of this file. The list makes
+//! the state enum ([`FormatState`]), the pending-commit enum ([`Pending`]), the table
+//! ([`DRIVERS`]) and every dispatch `match`; the layers above name no driver (the backend's
+//! probed-raw guard compares with raw's descriptor, and `img info`/`img map` read qcow2's own
+//! details through [`FormatState::qcow2`]).
+//!
+//! Drivers see a graph only through [`Io`] (the lower io half): they map, plan and commit; the
+//! layer above ([`crate::path`]) walks the graph and moves data. No driver calls back up.
 
+pub mod plan;
 pub mod qcow2;
 pub mod raw;
 
+pub use plan::{Allocation, Cow, Mapping, RangeStep, WritePlan};
+
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId, Role};
+use crate::io::tracked::{ReqKind, Tracked};
+use crate::io::{Io, RangeOp};
+use crate::node::{NodeId, Pass};
 use crate::options::OptionsView;
 
 /// Bytes of an image a probe looks at (QEMU's `BLOCK_PROBE_BUF_SIZE`).
@@ -27,6 +38,9 @@ bitflags::bitflags! {
         const BACKING = 1 << 2;
         /// Maps 1:1 onto its file child (raw window, filters): may sit under a format.
         const TRANSLATION_ONLY = 1 << 3;
+        /// Opens without a file child: the node is where the data ends (QEMU's protocol
+        /// drivers, such as `null-co`).
+        const PROTOCOL = 1 << 4;
     }
 }
 
@@ -35,6 +49,8 @@ bitflags::bitflags! {
 pub struct DriverDesc {
     /// The name used in `driver=`.
     pub name: &'static str,
+    /// Which entry of the table this is.
+    pub id: DriverId,
     /// Capabilities.
     pub caps: DriverCaps,
     /// Scores the first [`PROBE_BYTES`] of an image (0: not this format; raw scores 1).
@@ -44,11 +60,108 @@ pub struct DriverDesc {
     pub options: &'static [&'static str],
 }
 
-/// Leaf devices' pseudo-driver: devices are attached by name, never opened by `driver=`.
-pub static DEVICE: DriverDesc = DriverDesc { name: "device", caps: DriverCaps::WRITE, probe: None, options: &[] };
+/// A name an image stores (a backing or data file): offset and length in its file child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameRef {
+    /// Offset in the image file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u16,
+}
 
-/// Every format and filter driver, in probe order.
-pub static DRIVERS: &[&DriverDesc] = &[&qcow2::QCOW2, &raw::RAW];
+/// The other files a node's image names, which the graph opens after it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Links<'a> {
+    /// The backing file name, stored in the image.
+    pub backing: Option<NameRef>,
+    /// The backing file's format, if the image names it.
+    pub backing_format: Option<&'a str>,
+    /// The data-file name, stored in the image.
+    pub data_file: Option<NameRef>,
+    /// The image keeps guest data in an external data file.
+    pub needs_data_file: bool,
+}
+
+/// A driver: what the layers above call on a node's state. Only `open`, `size` and `map` are
+/// required; the rest default to "not supported" or "nothing to do".
+#[allow(async_fn_in_trait)] // reason: dispatch is static (the generated enum), never `dyn`
+pub trait Driver: Sized {
+    /// What an allocating write hands from [`Driver::plan_write`] to [`Driver::commit_write`].
+    type Pending;
+
+    /// Opens a node over the file child `file` (`None` for a protocol driver), for writing
+    /// unless `read_only`.
+    async fn open(io: &Io<'_, '_>, file: Option<NodeId>, opts: &OptionsView<'_, '_>, read_only: bool) -> Result<Self>;
+
+    /// The node's size in bytes.
+    fn size(&self) -> u64;
+
+    /// For translation-only drivers: where the node's bytes are in its child.
+    fn pass(&self) -> Option<Pass> {
+        None
+    }
+
+    /// The files the image names.
+    fn links(&self) -> Links<'_> {
+        Links::default()
+    }
+
+    /// Holds a request entering node `node` until the driver lets it go on (a latency, a
+    /// bucket); most drivers let everything through at once.
+    async fn admit(&self, _io: &Io<'_, '_>, _node: NodeId, _kind: ReqKind, _offset: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Where `len` bytes at `offset` of node `node` live.
+    async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping>;
+
+    /// Decodes a [`Mapping::Compressed`] extent into `out`.
+    async fn read_compressed(&self, _io: &Io<'_, '_>, _node: NodeId, _host: u64, _csize: u64, _skip: u64, _out: &mut [u8]) -> Result<()> {
+        Err(Error::BadGraph("compressed mapping from a driver without compression"))
+    }
+
+    /// True if reads must be tracked at the node: it allocates and frees while written, and a
+    /// read must finish before a cluster it reads is freed.
+    fn tracks_reads(&self) -> bool {
+        false
+    }
+
+    /// Starts a write or range operation over `[offset, offset + len)`: checks, and the tracked
+    /// request the whole operation holds (serialising where the driver allocates).
+    async fn begin_write<'g>(&self, _io: &Io<'g, '_>, _node: NodeId, _kind: ReqKind, _offset: u64, _len: u64) -> Result<Option<Tracked<'g>>> {
+        Ok(None)
+    }
+
+    /// How to write the next `len` bytes at `offset` (under [`Driver::begin_write`]'s request).
+    async fn plan_write(&self, _io: &Io<'_, '_>, _node: NodeId, _offset: u64, _len: u64) -> Result<WritePlan<Self::Pending>> {
+        Err(Error::Unsupported("writes to this driver"))
+    }
+
+    /// Makes an executed [`WritePlan::Allocate`] visible (metadata).
+    async fn commit_write(&self, _io: &Io<'_, '_>, _node: NodeId, _pending: Self::Pending) -> Result<()> {
+        Err(Error::BadGraph("commit without an allocation"))
+    }
+
+    /// The next step of write-zeroes or discard over `[offset, end)`.
+    async fn plan_range(&self, _io: &Io<'_, '_>, _node: NodeId, _offset: u64, _end: u64, _op: RangeOp) -> Result<RangeStep> {
+        Err(Error::Unsupported("range operations on this driver"))
+    }
+
+    /// Writes caches back and makes them stable, before the children flush.
+    async fn flush_caches(&self, _io: &Io<'_, '_>, _node: NodeId) -> Result<()> {
+        Ok(())
+    }
+
+    /// A clean close: everything stable and the image marked clean.
+    async fn close(&self, _io: &Io<'_, '_>, _node: NodeId) -> Result<()> {
+        Ok(())
+    }
+
+    /// Grows the node to `new_size` bytes (drained by the caller).
+    async fn resize(&self, _io: &Io<'_, '_>, _node: NodeId, _new_size: u64) -> Result<()> {
+        Err(Error::Unsupported("resizing a node of this driver"))
+    }
+}
 
 /// The driver named `name`.
 pub fn by_name(name: &str) -> Result<&'static DriverDesc> {
@@ -67,173 +180,134 @@ pub fn probe(head: &[u8]) -> &'static DriverDesc {
         .map_or(&raw::RAW, |(_, d)| d)
 }
 
-/// Where a range of a format node lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mapping {
-    /// In the child with this role, at `offset`, for `len` bytes. `writable`: the node owns
-    /// these bytes alone and they may be overwritten in place.
-    Data {
-        /// The child.
-        role: Role,
-        /// Offset in the child.
-        offset: u64,
-        /// Length of the extent.
-        len: u64,
-        /// May be overwritten in place.
-        writable: bool,
-    },
-    /// Reads as zeros for `len` bytes.
-    Zero {
-        /// Length of the extent.
-        len: u64,
-    },
-    /// Not allocated here: read from the backing child (zeros without one) for `len` bytes.
-    Unallocated {
-        /// Length of the extent.
-        len: u64,
-    },
-    /// Inside one compressed cluster: the format decodes it ([`FormatState::read_compressed`])
-    /// and the io layer copies `len` bytes starting `skip` bytes into the decoded cluster.
-    Compressed {
-        /// First byte of the compressed data in the file child.
-        host_offset: u64,
-        /// Bytes of compressed data the descriptor covers.
-        csize: u64,
-        /// Offset of the extent inside the decoded cluster.
-        skip: u64,
-        /// Length of the extent.
-        len: u64,
-    },
+/// Generates the table, the state and pending enums, and the dispatch, from one list of
+/// `Variant(StateType) = DESCRIPTOR` lines.
+macro_rules! drivers {
+    ($($variant:ident($ty:ty) = $desc:path),* $(,)?) => {
+        /// Which driver a descriptor is (one per line of the table).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum DriverId {
+            $(#[doc = concat!("`", stringify!($variant), "`.")] $variant,)*
+        }
+
+        /// Every driver, in probe order.
+        pub static DRIVERS: &[&DriverDesc] = &[$(&$desc),*];
+
+        /// A driver node's state.
+        #[allow(clippy::large_enum_variant)] // reason: nodes live in fixed arrays (no heap to box into); a qcow2 node's state is about a kilobyte by design
+        pub enum FormatState {
+            $(#[doc = concat!("`", stringify!($variant), "`.")] $variant($ty),)*
+        }
+
+        /// An allocating write between execution and commit.
+        #[allow(clippy::large_enum_variant)] // reason: lives in the request's future (no heap to box into); qcow2's is ~450 bytes
+        pub enum Pending {
+            $(#[doc = concat!("`", stringify!($variant), "`.")] $variant(<$ty as Driver>::Pending),)*
+        }
+
+        impl FormatState {
+            /// Opens `desc` over `file` (see [`Driver::open`]).
+            pub(crate) async fn open(desc: &'static DriverDesc, io: &Io<'_, '_>, file: Option<NodeId>, opts: &OptionsView<'_, '_>, read_only: bool) -> Result<Self> {
+                match desc.id {
+                    $(DriverId::$variant => Ok(Self::$variant(<$ty as Driver>::open(io, file, opts, read_only).await?)),)*
+                }
+            }
+
+            /// See [`Driver::size`].
+            pub fn size(&self) -> u64 {
+                match self { $(Self::$variant(d) => d.size(),)* }
+            }
+
+            /// See [`Driver::pass`].
+            pub fn pass(&self) -> Option<Pass> {
+                match self { $(Self::$variant(d) => d.pass(),)* }
+            }
+
+            /// See [`Driver::links`].
+            pub fn links(&self) -> Links<'_> {
+                match self { $(Self::$variant(d) => d.links(),)* }
+            }
+
+            /// See [`Driver::tracks_reads`].
+            pub(crate) fn tracks_reads(&self) -> bool {
+                match self { $(Self::$variant(d) => d.tracks_reads(),)* }
+            }
+
+            /// See [`Driver::admit`].
+            pub(crate) async fn admit(&self, io: &Io<'_, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<()> {
+                match self { $(Self::$variant(d) => d.admit(io, node, kind, offset, len).await,)* }
+            }
+
+            /// See [`Driver::map`].
+            pub(crate) async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
+                match self { $(Self::$variant(d) => d.map(io, node, offset, len).await,)* }
+            }
+
+            /// See [`Driver::read_compressed`].
+            pub(crate) async fn read_compressed(&self, io: &Io<'_, '_>, node: NodeId, host: u64, csize: u64, skip: u64, out: &mut [u8]) -> Result<()> {
+                match self { $(Self::$variant(d) => d.read_compressed(io, node, host, csize, skip, out).await,)* }
+            }
+
+            /// See [`Driver::begin_write`].
+            pub(crate) async fn begin_write<'g>(&self, io: &Io<'g, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<Option<Tracked<'g>>> {
+                match self { $(Self::$variant(d) => d.begin_write(io, node, kind, offset, len).await,)* }
+            }
+
+            /// See [`Driver::plan_write`].
+            pub(crate) async fn plan_write(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<WritePlan<Pending>> {
+                match self {
+                    $(Self::$variant(d) => Ok(match d.plan_write(io, node, offset, len).await? {
+                        WritePlan::Child { role, offset, len, grow_to } => WritePlan::Child { role, offset, len, grow_to },
+                        WritePlan::Sink { len } => WritePlan::Sink { len },
+                        WritePlan::Allocate(a, p) => WritePlan::Allocate(a, Pending::$variant(p)),
+                    }),)*
+                }
+            }
+
+            /// See [`Driver::commit_write`].
+            pub(crate) async fn commit_write(&self, io: &Io<'_, '_>, node: NodeId, pending: Pending) -> Result<()> {
+                match (self, pending) {
+                    $((Self::$variant(d), Pending::$variant(p)) => d.commit_write(io, node, p).await,)*
+                    #[allow(unreachable_patterns)] // reason: with one driver the arms above are exhaustive
+                    _ => Err(Error::BadGraph("commit for another driver's allocation")),
+                }
+            }
+
+            /// See [`Driver::plan_range`].
+            pub(crate) async fn plan_range(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, end: u64, op: RangeOp) -> Result<RangeStep> {
+                match self { $(Self::$variant(d) => d.plan_range(io, node, offset, end, op).await,)* }
+            }
+
+            /// See [`Driver::flush_caches`].
+            pub(crate) async fn flush_caches(&self, io: &Io<'_, '_>, node: NodeId) -> Result<()> {
+                match self { $(Self::$variant(d) => d.flush_caches(io, node).await,)* }
+            }
+
+            /// See [`Driver::close`].
+            pub(crate) async fn close(&self, io: &Io<'_, '_>, node: NodeId) -> Result<()> {
+                match self { $(Self::$variant(d) => d.close(io, node).await,)* }
+            }
+
+            /// See [`Driver::resize`].
+            pub(crate) async fn resize(&self, io: &Io<'_, '_>, node: NodeId, new_size: u64) -> Result<()> {
+                match self { $(Self::$variant(d) => d.resize(io, node, new_size).await,)* }
+            }
+        }
+    };
 }
 
-/// A format node's driver state.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // reason: nodes live in fixed arrays (no heap to box into); a qcow2 node's state is ~260 bytes by design
-pub enum FormatState {
-    /// `raw`: a window onto the file child.
-    Raw(raw::Raw),
-    /// `qcow2`.
-    Qcow2(qcow2::Qcow2),
+drivers! {
+    Qcow2(qcow2::Qcow2) = qcow2::QCOW2,
+    Raw(raw::Raw) = raw::RAW,
 }
 
 impl FormatState {
-    /// Opens `desc` with `opts` over the file child `file` of `graph` (for writing unless
-    /// `read_only`); returns the state and the node's size.
-    pub(crate) async fn open<const N: usize, const T: usize>(
-        desc: &'static DriverDesc,
-        opts: &OptionsView<'_, '_>,
-        graph: &Graph<'_, N, T>,
-        file: NodeId,
-        read_only: bool,
-    ) -> Result<(Self, u64)> {
-        let file_size = graph.node(file)?.size();
-        if core::ptr::eq(desc, &raw::RAW) {
-            let raw = raw::Raw::open(opts, file_size)?;
-            let size = raw.size();
-            return Ok((FormatState::Raw(raw), size));
-        }
-        if core::ptr::eq(desc, &qcow2::QCOW2) {
-            let q = qcow2::Qcow2::open(graph, file, opts, read_only).await?;
-            let size = q.size();
-            return Ok((FormatState::Qcow2(q), size));
-        }
-        Err(Error::UnknownDriver)
-    }
-
-    /// Maps `len` bytes at `offset` (inside node `node`, whose state this is).
-    pub(crate) async fn map<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
-        match self {
-            FormatState::Raw(raw) => Ok(raw.map(offset, len)),
-            FormatState::Qcow2(q) => q.map(graph, node, offset, len).await,
-        }
-    }
-
-    /// For translation-only drivers: where byte `offset` lives (role of the child, offset
-    /// there), with every following byte of the node contiguous after it. `None` for formats.
-    /// Synchronous, so metadata I/O can pass through such nodes without re-entering a format.
-    pub(crate) fn translate(&self, offset: u64) -> Option<(Role, u64)> {
-        match self {
-            FormatState::Raw(raw) => match raw.map(offset, 0) {
-                Mapping::Data { role, offset, .. } => Some((role, offset)),
-                _ => None,
-            },
-            FormatState::Qcow2(_) => None,
-        }
-    }
-
-    /// Decodes a [`Mapping::Compressed`] extent of node `node` into `out`.
-    pub(crate) async fn read_compressed<const N: usize, const T: usize>(
-        &self,
-        graph: &Graph<'_, N, T>,
-        node: NodeId,
-        host_offset: u64,
-        csize: u64,
-        skip: u64,
-        out: &mut [u8],
-    ) -> Result<()> {
-        match self {
-            FormatState::Qcow2(q) => q.read_compressed(graph, node, host_offset, csize, skip, out).await,
-            FormatState::Raw(_) => Err(Error::BadGraph("compressed mapping from a driver without compression")),
-        }
-    }
-
-    /// True if the driver handles whole write requests itself (allocation, copy-on-write)
-    /// instead of mapping them for the generic path.
-    pub(crate) fn writes_itself(&self) -> bool {
-        matches!(self, FormatState::Qcow2(_))
-    }
-
-    /// Writes `buf` at `offset` of node `node` (drivers that [write themselves](Self::writes_itself)).
-    pub(crate) async fn write<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
-        match self {
-            FormatState::Qcow2(q) => q.write(graph, node, offset, buf).await,
-            FormatState::Raw(_) => Err(Error::BadGraph("raw maps its writes")),
-        }
-    }
-
-    /// Write-zeroes or discard on node `node` (drivers that write themselves).
-    pub(crate) async fn range_op<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64, op: crate::io::RangeOp) -> Result<()> {
-        match self {
-            FormatState::Qcow2(q) => q.range_op(graph, node, offset, len, op).await,
-            FormatState::Raw(_) => Err(Error::BadGraph("raw maps its range operations")),
-        }
-    }
-
-    /// Writes caches back and makes them stable, before the children flush (DESIGN.md rule 5).
-    pub(crate) async fn flush_caches<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
-        match self {
-            FormatState::Qcow2(q) => q.flush_caches(graph, node).await,
-            FormatState::Raw(_) => Ok(()),
-        }
-    }
-
-    /// Grows node `node` to `new_size` bytes (drained by the caller).
-    pub(crate) async fn resize<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, new_size: u64) -> Result<()> {
-        match self {
-            FormatState::Qcow2(q) => q.grow(graph, node, new_size).await,
-            FormatState::Raw(_) => Err(Error::Unsupported("resizing a raw node")),
-        }
-    }
-
-    /// A clean close: everything stable and the image marked clean.
-    pub(crate) async fn close<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
-        match self {
-            FormatState::Qcow2(q) => q.close(graph, node).await,
-            FormatState::Raw(_) => Ok(()),
-        }
-    }
-
-    /// True if reads of node `node` must be tracked at the node: a format that allocates and
-    /// frees clusters while it is written (a read must finish before its cluster is freed).
-    pub(crate) fn tracks_reads(&self) -> bool {
-        matches!(self, FormatState::Qcow2(q) if q.w.writable)
-    }
-
-    /// The qcow2 state, if this is a qcow2 node.
+    /// The qcow2 state, for commands that are about qcow2 itself (`img info`'s format-specific
+    /// section, `img map`'s host offsets).
     pub fn qcow2(&self) -> Option<&qcow2::Qcow2> {
         match self {
             FormatState::Qcow2(q) => Some(q),
-            FormatState::Raw(_) => None,
+            _ => None,
         }
     }
 }

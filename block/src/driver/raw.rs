@@ -1,14 +1,16 @@
 //! The `raw` format: the file child's bytes as they are, optionally a window of them
 //! (`offset`, `size`), as QEMU's `block/raw-format.c`.
 
-use super::{DriverCaps, DriverDesc, Mapping};
+use super::{Driver, DriverCaps, DriverDesc, DriverId, Mapping};
 use crate::error::{Error, Result};
-use crate::graph::Role;
+use crate::io::Io;
+use crate::node::{NodeId, Pass, Role};
 use crate::options::OptionsView;
 
 /// The descriptor.
 pub static RAW: DriverDesc = DriverDesc {
     name: "raw",
+    id: DriverId::Raw,
     caps: DriverCaps::FORMAT.union(DriverCaps::WRITE).union(DriverCaps::TRANSLATION_ONLY),
     probe: Some(probe),
     options: &["offset", "size"],
@@ -26,10 +28,33 @@ pub struct Raw {
     size: u64,
 }
 
+impl Driver for Raw {
+    type Pending = core::convert::Infallible;
+
+    async fn open(io: &Io<'_, '_>, file: Option<NodeId>, opts: &OptionsView<'_, '_>, _read_only: bool) -> Result<Self> {
+        let file = file.ok_or(Error::BadOption { key: "file", why: "missing" })?;
+        Self::window(opts, io.node(file)?.size())
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Everything is in the file child, shifted by the window's offset: reads, writes and
+    /// metadata I/O pass through without the driver.
+    fn pass(&self) -> Option<Pass> {
+        Some(Pass { role: Role::File, offset: self.offset })
+    }
+
+    async fn map(&self, _io: &Io<'_, '_>, _node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
+        Ok(Mapping::Data { role: Role::File, offset: self.offset + offset, len, writable: true })
+    }
+}
+
 impl Raw {
     /// Reads `offset` and `size` (defaults: 0 and the rest of the file) and checks the window
     /// lies inside the file.
-    pub fn open(opts: &OptionsView<'_, '_>, file_size: u64) -> Result<Self> {
+    pub fn window(opts: &OptionsView<'_, '_>, file_size: u64) -> Result<Self> {
         let offset = match opts.get("offset") {
             Some(v) => v.parse_size().map_err(Error::bad_value)?,
             None => 0,
@@ -49,15 +74,5 @@ impl Raw {
             return Err(Error::BadOption { key: "size", why: "not a multiple of 512" });
         }
         Ok(Self { offset, size })
-    }
-
-    /// The window's size: the node's size.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Everything is data in the file child, shifted by the window's offset.
-    pub fn map(&self, offset: u64, len: u64) -> Mapping {
-        Mapping::Data { role: Role::File, offset: self.offset + offset, len, writable: true }
     }
 }

@@ -1,36 +1,34 @@
-//! The node graph (QEMU's `BlockDriverState` graph) in fixed storage.
+//! The node graph (QEMU's `BlockDriverState` graph) in fixed storage: it owns the nodes and
+//! their drivers' states, the shared pools, and the users.
 //!
 //! Nodes live in `N` slots addressed by generation-checked [`NodeId`]s. A node is a leaf device
-//! or a format/filter driver with children in roles (file, backing, data-file). Users
+//! or a driver node with children in roles (file, backing, data-file). Users
 //! ([`crate::backend::Backend`]) and parents attach with permissions, checked on every attach: a
 //! second writer is refused. Building a graph (`add_leaf`, `open`) needs `&mut Graph`; I/O needs
-//! only `&Graph`, so many requests share it.
+//! only `&Graph`, so many requests share it. The layers below see it through views that do not
+//! carry `N` and `T`: [`Io`] (drivers and the lower io half) and [`Stack`] (the walk).
 
-pub mod node;
 pub mod open;
-pub mod perm;
 
 use core::cell::{Cell, RefCell};
 
-pub use node::{Child, Node, NodeId, NodeKind, Role};
+pub use crate::node::{perm, Attachment, Child, Node, NodeId, NodeKind, Pass, Perm, Role, MAX_DEPTH};
 pub use open::{check_name, NameRequest, Resolver};
-pub use perm::{Attachment, Perm};
 
+use crate::clock::Clock;
 use crate::dev::BlockDevice;
-use crate::driver;
-use crate::driver::qcow2::cache::{CacheSlot, Inflater, MetaCache};
+use crate::driver::FormatState;
 use crate::error::{Error, Result};
 use crate::io::bounce::BouncePool;
-use crate::io::events::{Event, EventHook};
-use crate::io::limits::BlockLimits;
-use crate::io::tracked::Tracker;
+use crate::io::cache::{CacheSlot, CacheStats, Inflater, MetaCache};
+use crate::io::events::EventHook;
+use crate::io::tracked::{Entry, TrackerOf};
+use crate::io::Io;
+use crate::node::BlockLimits;
+use crate::path::Stack;
 
 /// Most users (backends) attached at once.
 pub const MAX_USERS: usize = 8;
-
-/// Bound on any walk down the graph (a backing chain plus the translation nodes and leaf under
-/// its bottom). Deeper graphs are refused.
-pub const MAX_DEPTH: usize = 32;
 
 /// Bound on backing-chain length: images below the top one. Opening a longer chain fails with
 /// [`Error::BadGraph`]; so does a loop (a file met twice in one chain).
@@ -42,17 +40,21 @@ pub struct UserId(usize);
 
 /// A graph of at most `N` nodes with `T` tracked-request slots shared by all nodes.
 pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
-    pub(crate) nodes: [Option<Node<'d>>; N],
+    nodes: [Option<Node<'d>>; N],
+    /// Driver state of each driver node, by slot.
+    states: [Option<FormatState>; N],
     generations: [u16; N],
     users: RefCell<[Option<(NodeId, Attachment)>; MAX_USERS]>,
-    pub(crate) tracker: Tracker<T>,
-    /// Tracked requests at format nodes that allocate (qcow2 written): a separate table, taken
+    tracker: TrackerOf<[Option<Entry>; T]>,
+    /// Tracked requests at driver nodes that allocate (qcow2 written): a separate table, taken
     /// before a leaf slot and never while holding one, so the two cannot deadlock.
-    pub(crate) format_tracker: Tracker<T>,
-    pub(crate) bounce: BouncePool<'d>,
-    pub(crate) meta: MetaCache<'d>,
+    format_tracker: TrackerOf<[Option<Entry>; T]>,
+    bounce: BouncePool<'d>,
+    meta: MetaCache<'d>,
     plugged: Cell<u32>,
+    release: Cell<u32>,
     events: Option<&'d dyn EventHook>,
+    clock: Option<&'d dyn Clock>,
 }
 
 impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
@@ -62,15 +64,57 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     pub fn new(bounce_memory: &'d mut [u8], buffer_size: usize) -> Self {
         Self {
             nodes: [const { None }; N],
+            states: [const { None }; N],
             generations: [0; N],
             users: RefCell::new([None; MAX_USERS]),
-            tracker: Tracker::new(),
-            format_tracker: Tracker::new(),
+            tracker: TrackerOf::new(),
+            format_tracker: TrackerOf::new(),
             bounce: BouncePool::new(bounce_memory, buffer_size),
             meta: MetaCache::empty(),
             plugged: Cell::new(0),
+            release: Cell::new(0),
             events: None,
+            clock: None,
         }
+    }
+
+    /// The view drivers and the lower io half work with.
+    pub fn io(&self) -> Io<'_, 'd> {
+        Io {
+            nodes: &self.nodes,
+            generations: &self.generations,
+            tracker: &self.tracker,
+            format_tracker: &self.format_tracker,
+            bounce: &self.bounce,
+            meta: &self.meta,
+            events: self.events,
+            plugged: &self.plugged,
+            clock: self.clock,
+            release: &self.release,
+        }
+    }
+
+    /// The view the walk and the executors work with.
+    pub fn stack(&self) -> Stack<'_, 'd> {
+        Stack { io: self.io(), states: &self.states }
+    }
+
+    /// Gives the graph a clock: nodes that wait for time (`latency-ns`, throttling) need one.
+    pub fn set_clock(&mut self, clock: &'d dyn Clock) {
+        self.clock = Some(clock);
+    }
+
+    /// Releases every request a node holds (a throttle, a latency) at once, and keeps releasing
+    /// new ones until the returned guard is dropped: what a drain does so that it ends.
+    pub fn release_held(&self) -> ReleaseHeld<'_> {
+        self.release.set(self.release.get() + 1);
+        ReleaseHeld(&self.release)
+    }
+
+    /// The driver state of node `id` (`None` for a leaf).
+    pub fn state(&self, id: NodeId) -> Result<Option<&FormatState>> {
+        self.node(id)?;
+        Ok(self.states.get(usize::from(id.index)).and_then(Option::as_ref))
     }
 
     /// Gives the graph its metadata cache: qcow2 L1, L2 and refcount tables of every node are
@@ -92,21 +136,8 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         self.events = Some(hook);
     }
 
-    /// True if a fault-injection hook is installed.
-    pub(crate) fn has_event_hook(&self) -> bool {
-        self.events.is_some()
-    }
-
-    /// Reports `event` at format node `node` to the hook, if any.
-    pub(crate) fn event(&self, node: NodeId, event: Event) -> Result<()> {
-        match self.events {
-            Some(hook) => hook.event(node, event),
-            None => Ok(()),
-        }
-    }
-
     /// The metadata cache's counters.
-    pub fn metadata_cache_stats(&self) -> crate::driver::qcow2::cache::CacheStats {
+    pub fn metadata_cache_stats(&self) -> CacheStats {
         self.meta.stats()
     }
 
@@ -144,16 +175,17 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         };
         let node = Node {
             name,
-            driver: &driver::DEVICE,
+            driver: "device",
             kind: NodeKind::Leaf(device),
             children: heapless::Vec::new(),
             read_only: info.read_only,
             probed: false,
             size: Cell::new(info.capacity),
             limits: BlockLimits::from_device(info),
+            pass: None,
             flush: Default::default(),
         };
-        self.insert(node)
+        self.insert(node, None)
     }
 
     /// Attaches a user with `attachment` to `node`, checking it against every other user and
@@ -190,6 +222,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         while let Some(id) = pending.pop() {
             let index = usize::from(id.index);
             let Some(closed) = self.nodes.get_mut(index).and_then(Option::take) else { continue };
+            self.states[index] = None;
             self.generations[index] = self.generations[index].wrapping_add(1);
             for child in &closed.children {
                 let unused = self.parents(child.node).next().is_none()
@@ -221,14 +254,9 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         }
     }
 
-    /// True while a batch is open.
-    pub(crate) fn plugged(&self) -> bool {
-        self.plugged.get() > 0
-    }
-
     /// Tracked-request slots in use (all nodes).
     pub fn tracked_in_use(&self) -> usize {
-        self.tracker.in_use()
+        self.io().tracker.in_use()
     }
 
     /// Bounce buffers free now, and in all.
@@ -252,12 +280,13 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         Ok(())
     }
 
-    pub(crate) fn insert(&mut self, node: Node<'d>) -> Result<NodeId> {
+    pub(crate) fn insert(&mut self, node: Node<'d>, state: Option<FormatState>) -> Result<NodeId> {
         if self.find(&node.name).is_some() {
             return Err(Error::BadOption { key: "node-name", why: "a node of that name exists" });
         }
         let index = self.nodes.iter().position(Option::is_none).ok_or(Error::NoSpace { what: "graph node slots" })?;
         self.nodes[index] = Some(node);
+        self.states[index] = state;
         Ok(NodeId { index: index as u16, generation: self.generations[index] })
     }
 
@@ -266,12 +295,22 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         if self.node(id).is_ok() {
             let index = usize::from(id.index);
             self.nodes[index] = None;
+            self.states[index] = None;
             self.generations[index] = self.generations[index].wrapping_add(1);
         }
     }
 }
 
-pub(crate) fn node_name(name: &str) -> Result<heapless::String<{ node::MAX_NODE_NAME }>> {
+/// Keeps held requests released while alive (see [`Graph::release_held`]).
+pub struct ReleaseHeld<'g>(&'g Cell<u32>);
+
+impl Drop for ReleaseHeld<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+pub(crate) fn node_name(name: &str) -> Result<heapless::String<{ crate::node::MAX_NODE_NAME }>> {
     let mut s = heapless::String::new();
     s.push_str(name).map_err(|_| Error::BadOption { key: "node-name", why: "longer than 32 bytes" })?;
     Ok(s)

@@ -19,12 +19,13 @@
 //! bytes, UTF-8, no NUL, no protocol prefix (`json:`, `nbd:`: a `:` before any `/`).
 
 use crate::dev::BlockDevice;
-use crate::driver::{self, DriverCaps, DriverDesc, FormatState, PROBE_BYTES};
+use crate::driver::{self, DriverCaps, DriverDesc, FormatState, Links, PROBE_BYTES};
 use crate::error::{Error, Result};
 use crate::graph::{Attachment, Child, Graph, Node, NodeId, NodeKind, Role, MAX_BACKING_CHAIN, MAX_DEPTH};
-use crate::io::limits::BlockLimits;
-use crate::io::{child_io, walk};
+use crate::io::child_io;
+use crate::node::BlockLimits;
 use crate::options::{Options, OptionsView};
+use crate::path::walk;
 
 /// Most options in one open.
 pub const MAX_OPEN_OPTIONS: usize = 32;
@@ -115,10 +116,8 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
                 None => break,
             }
         }
-        let name = view.get("file").ok_or(Error::BadOption { key: "file", why: "missing" })?;
-        let name = name.as_str().ok_or(Error::BadOption { key: "file", why: "names contain no commas" })?;
         let mut created = Created::new();
-        let result = self.open_inner(&chain, name, resolver, &mut created).await;
+        let result = self.open_inner(&chain, resolver, &mut created).await;
         if result.is_err() {
             // A failed open leaves the graph as it was: no half-built chain keeps its
             // permissions on the files below. Newest first.
@@ -129,23 +128,35 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         result
     }
 
-    async fn open_inner(
-        &mut self,
-        chain: &[OptionsView<'_, '_>],
-        name: &str,
-        resolver: &mut dyn Resolver<'d>,
-        created: &mut Created,
-    ) -> Result<NodeId> {
-        let mut below = match self.find(name) {
-            Some(id) => id,
-            None => {
-                let device = resolver.resolve(&NameRequest { name, role: Role::File, referrer: None })?;
-                let id = self.add_leaf(name, device)?;
+    async fn open_inner(&mut self, chain: &[OptionsView<'_, '_>], resolver: &mut dyn Resolver<'d>, created: &mut Created) -> Result<NodeId> {
+        let (innermost, formats) = chain.split_last().ok_or(Error::BadOption { key: "file", why: "missing" })?;
+        let protocol = match innermost.get("driver") {
+            Some(name) if innermost.get("file").is_none() => Some(driver::by_name(name.as_str().unwrap_or(""))?),
+            _ => None,
+        };
+        let mut below = match protocol {
+            // A node that ends the graph itself (`driver=null-co,size=…`).
+            Some(desc) => {
+                let id = self.open_node(innermost, None, desc, false).await?;
                 created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
                 id
             }
+            None => {
+                let name = innermost.get("file").ok_or(Error::BadOption { key: "file", why: "missing" })?;
+                let name = name.as_str().ok_or(Error::BadOption { key: "file", why: "names contain no commas" })?;
+                match self.find(name) {
+                    Some(id) => id,
+                    None => {
+                        let device = resolver.resolve(&NameRequest { name, role: Role::File, referrer: None })?;
+                        let id = self.add_leaf(name, device)?;
+                        created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
+                        id
+                    }
+                }
+            }
         };
-        for view in chain.iter().rev() {
+        let formats = if protocol.is_some() { formats } else { chain };
+        for view in formats.iter().rev() {
             let id = self.open_format(view, below, None).await?;
             created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
             below = id;
@@ -169,23 +180,29 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         let mut buf = [0u8; MAX_NAME];
         for depth in 0..=MAX_BACKING_CHAIN {
             let node = self.node(cur)?;
-            let NodeKind::Format(FormatState::Qcow2(q)) = &node.kind else { return Ok(()) };
-            let links = q.links();
+            let Some(state) = self.state(cur)? else { return Ok(()) };
+            let links = state.links();
             let mut fmt = [0u8; 16];
-            let fmt_len = q.extensions().backing_format().map_or(0, |f| {
-                fmt[..f.len()].copy_from_slice(f.as_bytes());
-                f.len()
+            let fmt_len = links.backing_format.map_or(0, |f| {
+                let n = f.len().min(fmt.len());
+                fmt[..n].copy_from_slice(&f.as_bytes()[..n]);
+                n
             });
-            let file = node.child(Role::File).ok_or(Error::BadGraph("format node without a file child"))?;
+            let (backing_ref, data_file_ref, needs_data_file) = (links.backing, links.data_file, links.needs_data_file);
+            let overridden = view.is_some_and(|v| v.get("backing").is_some() || v.get("data-file").is_some());
+            if links == Links::default() && !overridden {
+                return Ok(()); // names nothing (raw, null-co)
+            }
+            let file = node.child(Role::File).ok_or(Error::BadGraph("driver node without a file child"))?;
             let referrer = self.leaf_device(file)?;
             if depth == 0 {
                 let _ = seen.push(referrer);
             }
             let read_only = node.read_only;
 
-            if links.needs_data_file {
+            if needs_data_file {
                 let given = view.and_then(|v| v.get("data-file")).map(|v| v.as_str().ok_or(Error::BadOption { key: "data-file", why: "names contain no commas" }));
-                let name = match (given, links.data_file) {
+                let name = match (given, data_file_ref) {
                     (Some(n), _) => n?,
                     (None, Some(r)) => self.read_name(file, r.offset, r.len, &mut buf).await?,
                     (None, None) => return Err(Error::BadImage { what: "external data file needed but not named" }),
@@ -201,7 +218,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             }
 
             let given = view.and_then(|v| v.get("backing")).map(|v| v.as_str().ok_or(Error::BadOption { key: "backing", why: "names contain no commas" }));
-            let name = match (given, links.backing) {
+            let name = match (given, backing_ref) {
                 (Some(n), _) => {
                     let n = n?;
                     if n == "null" || n.is_empty() {
@@ -246,11 +263,25 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         if n > MAX_NAME {
             return Err(Error::BadName { what: "file name longer than 1023 bytes" });
         }
-        child_io::read(self, file, offset, &mut buf[..n]).await.map_err(|e| match e {
+        child_io::read(&self.io(), file, offset, &mut buf[..n]).await.map_err(|e| match e {
             Error::OutOfRange { .. } => Error::BadImage { what: "truncated: a file name lies past the end of the file" },
             e => e,
         })?;
         core::str::from_utf8(&buf[..n]).map_err(|_| Error::BadName { what: "file name is not UTF-8" })
+    }
+
+    /// True if `node` is a leaf or translation-only nodes over one.
+    fn passes_to_leaf(&self, node: NodeId) -> Result<bool> {
+        let mut cur = node;
+        for _ in 0..MAX_DEPTH {
+            let n = self.node(cur)?;
+            match (n.kind, n.pass) {
+                (NodeKind::Leaf(_), _) => return Ok(true),
+                (NodeKind::Driver, None) => return Ok(false),
+                (NodeKind::Driver, Some(p)) => cur = n.child(p.role).ok_or(Error::BadGraph("translation names a missing child"))?,
+            }
+        }
+        Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
     }
 
     /// The leaf device under `node`, through translation-only nodes.
@@ -260,7 +291,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             let n = self.node(cur)?;
             match &n.kind {
                 NodeKind::Leaf(dev) => return Ok(*dev),
-                NodeKind::Format(_) => cur = n.child(Role::File).ok_or(Error::BadGraph("format node without a file child"))?,
+                NodeKind::Driver => cur = n.child(Role::File).ok_or(Error::BadGraph("driver node without a file child"))?,
             }
         }
         Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
@@ -308,56 +339,68 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
                 let size = self.node(file)?.size();
                 let mut head = [0u8; PROBE_BYTES];
                 let n = (size as usize).min(PROBE_BYTES);
-                walk::read(self, file, 0, &mut head[..n]).await?;
+                walk::read(&self.stack(), file, 0, &mut head[..n]).await?;
                 (driver::probe(&head[..n]), true)
             }
         };
         if !desc.caps.contains(DriverCaps::FORMAT) {
             return Err(Error::UnknownDriver);
         }
+        self.open_node(view, Some(file), desc, probed).await
+    }
+
+    /// Opens a node of driver `desc` described by `view`, over `file` (none for a protocol
+    /// driver).
+    async fn open_node(&mut self, view: &OptionsView<'_, '_>, file: Option<NodeId>, desc: &'static DriverDesc, probed: bool) -> Result<NodeId> {
         let mut allowed: heapless::Vec<&str, 16> = heapless::Vec::new();
         for key in COMMON_KEYS.iter().chain(desc.options) {
             let _ = allowed.push(key);
         }
         view.check_only(&allowed)?;
-        let file_node = self.node(file)?;
-        if !desc.caps.contains(DriverCaps::TRANSLATION_ONLY) {
-            if let NodeKind::Format(_) = file_node.kind {
-                if !file_node.driver.caps.contains(DriverCaps::TRANSLATION_ONLY) {
-                    return Err(Error::BadGraph("a format's file child must be a device or a translation-only node"));
-                }
-            }
-        }
         let asked_ro = match view.get("read-only") {
             Some(v) => v.parse_bool().map_err(Error::bad_value)?,
             None => false,
         };
-        let read_only = asked_ro || file_node.read_only || !desc.caps.contains(DriverCaps::WRITE);
-        let attachment = if read_only { Attachment::READER } else { Attachment::FORMAT_FILE };
-        self.check_holders(file, attachment, None)?;
-        let limits = BlockLimits::inherit(&file_node.limits);
-        let (state, size) = FormatState::open(desc, view, self, file, read_only).await?;
+        let mut read_only = asked_ro || !desc.caps.contains(DriverCaps::WRITE);
+        let mut children = heapless::Vec::new();
+        let mut limits = BlockLimits::unlimited();
+        if let Some(file) = file {
+            let file_node = self.node(file)?;
+            // A format's metadata I/O passes only through translation-only nodes down to a
+            // leaf (no recursion into another format).
+            if !desc.caps.contains(DriverCaps::TRANSLATION_ONLY) && !self.passes_to_leaf(file)? {
+                return Err(Error::BadGraph("a format's file child must be a device or translation-only nodes over one"));
+            }
+            read_only |= file_node.read_only;
+            limits = BlockLimits::inherit(&file_node.limits);
+            let attachment = if read_only { Attachment::READER } else { Attachment::FORMAT_FILE };
+            self.check_holders(file, attachment, None)?;
+            let _ = children.push(Child { role: Role::File, node: file, attachment });
+        } else if !desc.caps.contains(DriverCaps::PROTOCOL) {
+            return Err(Error::BadOption { key: "file", why: "missing" });
+        }
+        let state = FormatState::open(desc, &self.io(), file, view, read_only).await?;
         let name = match view.get("node-name") {
             Some(v) => super::node_name(v.as_str().ok_or(Error::BadOption { key: "node-name", why: "names contain no commas" })?)?,
             None => self.auto_name()?,
         };
-        let mut children = heapless::Vec::new();
-        let _ = children.push(Child { role: Role::File, node: file, attachment });
-        self.insert(Node {
+        let node = Node {
             name,
-            driver: desc,
-            kind: NodeKind::Format(state),
+            driver: desc.name,
+            kind: NodeKind::Driver,
             children,
             read_only,
             probed,
-            size: core::cell::Cell::new(size),
+            size: core::cell::Cell::new(state.size()),
             limits,
+            pass: state.pass(),
             flush: Default::default(),
-        })
+        };
+        self.insert(node, Some(state))
     }
 
     /// `#nINDEX` for the first free index.
-    pub(super) fn auto_name(&self) -> Result<heapless::String<{ super::node::MAX_NODE_NAME }>> {
+    pub(super) fn auto_name(&self) -> Result<heapless::String<{ crate::node::MAX_NODE_NAME }>> {
         let index = self.nodes.iter().position(Option::is_none).ok_or(Error::NoSpace { what: "graph node slots" })?;
         let mut s = heapless::String::new();
         let _ = core::fmt::write(&mut s, format_args!("#n{index}"));

@@ -80,24 +80,28 @@ impl<'m> BouncePool<'m> {
 }
 
 impl<'m> BouncePool<'m> {
-    /// Takes one buffer for a copy that will issue leaf requests while holding it (a qcow2
-    /// copy-on-write): waits until taking it still leaves one free, so the leaf requests'
-    /// own bounces (which take one and hold nothing else) always find one and copies cannot
-    /// starve each other. Needs a pool of at least two.
-    pub async fn take_for_copy(&self) -> Result<Bounce<'_, 'm>> {
-        if self.total < 2 {
-            return Err(Error::NoSpace { what: "bounce buffers (copy-on-write needs a pool of at least two)" });
+    /// Takes `n` buffers for a copy that will issue leaf requests while holding them (a
+    /// copy-on-write): waits until taking them still leaves one free, so the leaf requests' own
+    /// bounces (which take one and hold nothing else) always find one and copies cannot starve
+    /// each other. Needs a pool of at least `n + 1`.
+    pub async fn take_for_copy(&self, n: usize) -> Result<Bounce<'_, 'm>> {
+        if n == 0 || n > MAX_TAKE || self.total < n + 1 {
+            return Err(Error::NoSpace { what: "bounce buffers (a copy-on-write needs one more than it takes)" });
         }
-        let buf = wait_for(|| {
+        let bufs = wait_for(|| {
             let mut free = self.free.borrow_mut();
-            if free.len() < 2 {
+            if free.len() < n + 1 {
                 return None;
             }
-            free.pop()
+            let mut bufs = heapless::Vec::new();
+            for _ in 0..n {
+                if let Some(b) = free.pop() {
+                    let _ = bufs.push(b);
+                }
+            }
+            Some(bufs)
         })
         .await;
-        let mut bufs = heapless::Vec::new();
-        let _ = bufs.push(buf);
         Ok(Bounce { pool: self, bufs })
     }
 }
@@ -112,6 +116,12 @@ impl<'m> Bounce<'_, 'm> {
     /// Buffer `i`.
     pub fn get(&mut self, i: usize) -> Option<&mut [u8]> {
         self.bufs.get_mut(i).map(|b| &mut **b)
+    }
+
+    /// The first two buffers at once (the second `None` if only one was taken).
+    pub fn pair(&mut self) -> (Option<&mut [u8]>, Option<&mut [u8]>) {
+        let mut it = self.bufs.iter_mut();
+        (it.next().map(|b| &mut **b), it.next().map(|b| &mut **b))
     }
 }
 

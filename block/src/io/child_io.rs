@@ -1,78 +1,90 @@
 //! Metadata I/O of a format on its file (or data-file) child, without re-entering a format.
 //!
-//! A format reads its headers and tables through this module, never through the generic walk:
-//! the child is resolved through translation-only nodes (raw windows, filters) with their
-//! synchronous [`FormatState::translate`](crate::driver::FormatState::translate) down to a leaf,
-//! where [`leaf::rw`] moves the bytes. So the async call graph stays acyclic (DESIGN.md, "No heap
-//! means no recursion"): walk → format map → child_io → leaf, and never back up.
+//! A format reads its headers and tables through this module, never through the walk: the child
+//! is resolved through translation-only nodes (raw windows, filters) by the [`Pass`] each keeps
+//! down to a leaf, where [`leaf::rw`] moves the bytes. So the async call graph stays acyclic
+//! (`docs/ARCHITECTURE.md`, "No heap means no recursion"): walk → driver → child_io → leaf, and
+//! never back up.
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId, NodeKind, MAX_DEPTH};
+use crate::io::Io;
+use crate::node::{NodeId, NodeKind, Pass, MAX_DEPTH};
 use crate::io::leaf::{self, Buf};
+use crate::io::RangeOp;
 
 /// The leaf and offset where `len` bytes at `offset` of `node` live; the range must lie inside
 /// every node on the way down.
-fn to_leaf<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<(NodeId, u64)> {
+fn to_leaf(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<(NodeId, u64)> {
     let (mut cur, mut off) = (node, offset);
     for _ in 0..MAX_DEPTH {
-        let here = graph.node(cur)?;
+        let here = io.node(cur)?;
         match off.checked_add(len) {
             Some(end) if end <= here.size() => {}
             _ => return Err(Error::OutOfRange { offset: off, len, size: here.size() }),
         }
-        let state = match &here.kind {
-            NodeKind::Leaf(_) => return Ok((cur, off)),
-            NodeKind::Format(state) => state,
-        };
-        let (role, at) = state.translate(off).ok_or(Error::BadGraph("metadata I/O through a node that is not translation-only"))?;
+        if let NodeKind::Leaf(_) = here.kind {
+            return Ok((cur, off));
+        }
+        let Pass { role, offset } = here.pass.ok_or(Error::BadGraph("metadata I/O through a node that is not translation-only"))?;
         cur = here.child(role).ok_or(Error::BadGraph("translation names a missing child"))?;
-        off = at;
+        off = off.checked_add(offset).ok_or(Error::OutOfRange { offset: off, len, size: here.size() })?;
     }
     Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
 }
 
 /// Size in bytes of `node` (the end of its file, for a format's child).
-pub(crate) fn size<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId) -> Result<u64> {
-    Ok(graph.node(node)?.size())
+pub(crate) fn size(io: &Io<'_, '_>, node: NodeId) -> Result<u64> {
+    Ok(io.node(node)?.size())
 }
 
 /// Reads exactly `buf.len()` bytes at `offset` of `node`; [`Error::OutOfRange`] if any of them
 /// lies past its end.
-pub(crate) async fn read<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+pub(crate) async fn read(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
     if buf.is_empty() {
         return Ok(());
     }
-    let (leaf, at) = to_leaf(graph, node, offset, buf.len() as u64)?;
-    leaf::rw(graph, leaf, at, Buf::Read(buf)).await
+    let (leaf, at) = to_leaf(io, node, offset, buf.len() as u64)?;
+    leaf::rw(io, leaf, at, Buf::Read(buf)).await
 }
 
 /// Reads what of `buf.len()` bytes at `offset` of `node` lies before its end and fills the rest
 /// with zeros (a table whose last cluster the file does not hold in full); returns the bytes
 /// actually read.
-pub(crate) async fn read_upto<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<usize> {
-    let end = size(graph, node)?;
+pub(crate) async fn read_upto(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    let end = size(io, node)?;
     let n = end.saturating_sub(offset).min(buf.len() as u64) as usize;
     let (head, tail) = buf.split_at_mut(n);
     tail.fill(0);
-    read(graph, node, offset, head).await?;
+    read(io, node, offset, head).await?;
     Ok(n)
 }
 
 /// Writes `buf` at `offset` of `node` (metadata, or a format's data on its data child); every
 /// byte must lie inside the node ([`grow`] it first).
-pub(crate) async fn write<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
+pub(crate) async fn write(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
     if buf.is_empty() {
         return Ok(());
     }
-    let (leaf, at) = to_leaf(graph, node, offset, buf.len() as u64)?;
-    leaf::rw(graph, leaf, at, Buf::Write(buf)).await
+    let (leaf, at) = to_leaf(io, node, offset, buf.len() as u64)?;
+    leaf::rw(io, leaf, at, Buf::Write(buf)).await
+}
+
+/// Writes `parts` back to back from `offset` of `node` as one leaf request where the leaf
+/// allows (a copy-on-write head, the data and a copy-on-write tail).
+pub(crate) async fn write_vectored(io: &Io<'_, '_>, node: NodeId, offset: u64, parts: &[&[u8]]) -> Result<()> {
+    let len = parts.iter().map(|p| p.len() as u64).sum();
+    if len == 0 {
+        return Ok(());
+    }
+    let (leaf, at) = to_leaf(io, node, offset, len)?;
+    leaf::write_vectored(io, leaf, at, parts).await
 }
 
 /// Makes `node` at least `min_size` bytes long (an image file growing as clusters are
 /// allocated at its end). Only a leaf grows: a window of fixed size over it cannot, and a
 /// device of fixed size (a virtio disk) reports [`Error::NoSpace`]-like device errors.
-pub(crate) fn grow<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, min_size: u64) -> Result<u64> {
-    let here = graph.node(node)?;
+pub(crate) fn grow(io: &Io<'_, '_>, node: NodeId, min_size: u64) -> Result<u64> {
+    let here = io.node(node)?;
     if min_size <= here.size() {
         return Ok(here.size());
     }
@@ -86,14 +98,14 @@ pub(crate) fn grow<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node
 }
 
 /// Passes a discard of `len` bytes at `offset` of `node` down to its leaf (advisory).
-pub(crate) async fn discard<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<()> {
-    let (leaf, at) = to_leaf(graph, node, offset, len)?;
-    crate::io::zero::leaf_range_op(graph, leaf, at, len, crate::io::RangeOp::Discard).await
+pub(crate) async fn discard(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<()> {
+    let (leaf, at) = to_leaf(io, node, offset, len)?;
+    crate::io::zero::leaf_range_op(io, leaf, at, len, RangeOp::Discard).await
 }
 
 /// Makes `len` bytes at `offset` of `node` read as zeros, offloaded to the leaf where it can
 /// (virtio-blk's and host files' write-zeroes), else written from a zero buffer.
-pub(crate) async fn write_zeroes<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<()> {
-    let (leaf, at) = to_leaf(graph, node, offset, len)?;
-    crate::io::zero::leaf_range_op(graph, leaf, at, len, crate::io::RangeOp::WriteZeroes { unmap: false }).await
+pub(crate) async fn write_zeroes(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<()> {
+    let (leaf, at) = to_leaf(io, node, offset, len)?;
+    crate::io::zero::leaf_range_op(io, leaf, at, len, RangeOp::WriteZeroes { unmap: false }).await
 }

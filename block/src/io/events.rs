@@ -3,7 +3,7 @@
 //! installed with [`crate::Graph::set_event_hook`]: without one, an event costs a branch.
 
 use crate::error::Result;
-use crate::graph::NodeId;
+use crate::node::NodeId;
 
 /// A point in a metadata path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -9,8 +9,9 @@
 
 use crate::dev::{BlockDevice, DeviceOp, DeviceRequest, Segment};
 use crate::error::{Error, Result};
-use crate::graph::node::WriteGen;
-use crate::graph::{Graph, Node, NodeId};
+use crate::node::WriteGen;
+use crate::io::Io;
+use crate::node::{Node, NodeId};
 use crate::io::bounce::Bounce;
 use crate::io::device;
 use crate::io::tracked::ReqKind;
@@ -40,8 +41,8 @@ impl Buf<'_> {
 }
 
 /// Reads or writes `buf` at byte `offset` of leaf node `id`.
-pub(crate) async fn rw<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, id: NodeId, offset: u64, buf: Buf<'_>) -> Result<()> {
-    let node = graph.node(id)?;
+pub(crate) async fn rw(io: &Io<'_, '_>, id: NodeId, offset: u64, buf: Buf<'_>) -> Result<()> {
+    let node = io.node(id)?;
     let dev = node.device().ok_or(Error::BadGraph("leaf I/O on a format node"))?;
     let len = buf.len() as u64;
     let end = offset.checked_add(len).filter(|&e| e <= node.size()).ok_or(Error::OutOfRange { offset, len, size: node.size() })?;
@@ -54,20 +55,20 @@ pub(crate) async fn rw<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, 
     }
     let align = u64::from(node.limits.request_alignment);
     let kind = if writing { ReqKind::Write } else { ReqKind::Read };
-    let tracked = graph.tracker.begin(id, kind, offset, len).await;
+    let tracked = io.tracker.begin(id, kind, offset, len).await;
     if writing && (!offset.is_multiple_of(align) || end % align != 0) {
         tracked.serialise(align);
     }
     tracked.wait_serialising().await;
     let _generation = writing.then(|| WriteGen(&node.flush.write_gen));
-    move_bytes(graph, node, dev, offset, buf).await
+    move_bytes(io, node, dev, offset, buf).await
 }
 
 /// The data movement of [`rw`], for a caller that already holds a tracked request covering
 /// `[offset, offset + buf.len())` — serialising over whole blocks if it writes partial ones — and
 /// bumps the write generation itself. The range must lie inside the node.
-pub(crate) async fn move_bytes<const N: usize, const T: usize>(
-    graph: &Graph<'_, N, T>,
+pub(crate) async fn move_bytes(
+    io: &Io<'_, '_>,
     node: &Node<'_>,
     dev: &dyn BlockDevice,
     offset: u64,
@@ -88,13 +89,13 @@ pub(crate) async fn move_bytes<const N: usize, const T: usize>(
                 Buf::Write(b) => Segment::from_ref(&b[at..at + n]),
             };
             let op = if writing { DeviceOp::Write } else { DeviceOp::Read };
-            transfer(graph, dev, op, pos, &[segment]).await?;
+            transfer(io, dev, op, pos, &[segment]).await?;
             pos += direct;
             continue;
         }
         // Bounce one window: whole blocks around `pos`, at most one buffer long.
         if bounce.is_none() {
-            bounce = Some(graph.bounce.take(1).await?);
+            bounce = Some(io.bounce.take(1).await?);
         }
         let window = bounce.as_mut().and_then(|b| b.get(0)).ok_or(Error::NoSpace { what: "bounce buffers" })?;
         // A window is one device request: it must fit max_transfer and the segment size too.
@@ -111,23 +112,67 @@ pub(crate) async fn move_bytes<const N: usize, const T: usize>(
         let (lo, hi) = ((pos - wstart) as usize, (cover_end - wstart) as usize);
         match &mut buf {
             Buf::Read(b) => {
-                transfer(graph, dev, DeviceOp::Read, wstart, &[Segment::from_mut(data)]).await?;
+                transfer(io, dev, DeviceOp::Read, wstart, &[Segment::from_mut(data)]).await?;
                 b[at..at + (hi - lo)].copy_from_slice(&data[lo..hi]);
             }
             Buf::Write(b) => {
                 let block = align as usize;
                 if lo > 0 {
-                    transfer(graph, dev, DeviceOp::Read, wstart, &[Segment::from_mut(&mut data[..block])]).await?;
+                    transfer(io, dev, DeviceOp::Read, wstart, &[Segment::from_mut(&mut data[..block])]).await?;
                 }
                 if hi < wlen && (lo == 0 || wlen > block) {
                     let tail = wlen - block;
-                    transfer(graph, dev, DeviceOp::Read, wstart + tail as u64, &[Segment::from_mut(&mut data[tail..])]).await?;
+                    transfer(io, dev, DeviceOp::Read, wstart + tail as u64, &[Segment::from_mut(&mut data[tail..])]).await?;
                 }
                 data[lo..hi].copy_from_slice(&b[at..at + (hi - lo)]);
-                transfer(graph, dev, DeviceOp::Write, wstart, &[Segment::from_ref(data)]).await?;
+                transfer(io, dev, DeviceOp::Write, wstart, &[Segment::from_ref(data)]).await?;
             }
         }
         pos = cover_end;
+    }
+    Ok(())
+}
+
+/// Most parts of one vectored write (head copy-on-write, data, tail copy-on-write).
+pub(crate) const MAX_PARTS: usize = 3;
+
+/// Writes `parts` back to back from byte `offset` of leaf `id` as one tracked request: as one
+/// device request with a segment per part where every part can go straight to the device,
+/// else part by part.
+pub(crate) async fn write_vectored(io: &Io<'_, '_>, id: NodeId, offset: u64, parts: &[&[u8]]) -> Result<()> {
+    if let [one] = parts {
+        return rw(io, id, offset, Buf::Write(one)).await;
+    }
+    let node = io.node(id)?;
+    let dev = node.device().ok_or(Error::BadGraph("leaf I/O on a format node"))?;
+    let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let end = offset.checked_add(len).filter(|&e| e <= node.size()).ok_or(Error::OutOfRange { offset, len, size: node.size() })?;
+    if node.read_only {
+        return Err(Error::ReadOnly);
+    }
+    let align = u64::from(node.limits.request_alignment);
+    let tracked = io.tracker.begin(id, ReqKind::Write, offset, len).await;
+    if !offset.is_multiple_of(align) || end % align != 0 {
+        tracked.serialise(align);
+    }
+    tracked.wait_serialising().await;
+    let _generation = WriteGen(&node.flush.write_gen);
+    let mut segments: heapless::Vec<Segment, MAX_PARTS> = heapless::Vec::new();
+    let mut pos = offset;
+    let mut direct = parts.len() <= usize::from(node.limits.max_segments) && len <= u64::from(node.limits.max_transfer);
+    for p in parts {
+        let n = p.len() as u64;
+        direct &= n > 0 && direct_len(node, pos, pos + n, p.as_ptr() as usize) == n;
+        direct &= segments.push(Segment::from_ref(p)).is_ok();
+        pos += n;
+    }
+    if direct {
+        return transfer(io, dev, DeviceOp::Write, offset, &segments).await;
+    }
+    let mut pos = offset;
+    for p in parts {
+        move_bytes(io, node, dev, pos, Buf::Write(p)).await?;
+        pos += p.len() as u64;
     }
     Ok(())
 }
@@ -147,8 +192,8 @@ fn direct_len(node: &Node<'_>, pos: u64, end: u64, addr: usize) -> u64 {
 }
 
 /// One device request, with the graph's plug state deciding whether to notify at once.
-pub(crate) async fn transfer<const N: usize, const T: usize>(
-    graph: &Graph<'_, N, T>,
+pub(crate) async fn transfer(
+    io: &Io<'_, '_>,
     dev: &dyn BlockDevice,
     op: DeviceOp,
     offset: u64,
@@ -156,5 +201,5 @@ pub(crate) async fn transfer<const N: usize, const T: usize>(
 ) -> Result<()> {
     let len = segments.iter().map(|s| s.len as u64).sum();
     let req = DeviceRequest { op, offset, len, segments };
-    device::run(dev, &req, !graph.plugged()).await.map_err(Error::Device)
+    device::run(dev, &req, !io.plugged()).await.map_err(Error::Device)
 }

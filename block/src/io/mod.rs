@@ -1,18 +1,22 @@
-//! The request path: limits, alignment and read-modify-write, splitting, tracked requests,
-//! flush generations, write-zeroes and discard with fallbacks, zero detection. Users reach it
-//! through [`crate::backend::Backend`].
+//! The lower half of the io layer: what drivers may use. Leaf requests (limits, alignment and
+//! read-modify-write, splitting, bounce buffers, tracked requests), flush generations at leaves,
+//! write-zeroes and discard with fallbacks, a format's I/O on its file child, the metadata slice
+//! cache, waiting, and the [`Io`] view of a graph all of these take. Nothing here names a
+//! driver; the walk over the graph and the write executor are above the drivers, in
+//! [`crate::path`].
 
 pub mod bounce;
-pub mod events;
-pub(crate) mod child_io;
+pub mod cache;
+pub mod child_io;
+mod ctx;
 mod device;
+pub mod events;
 pub mod flush;
 pub(crate) mod leaf;
-pub mod limits;
 pub mod tracked;
-mod wait;
-pub(crate) use wait::{take as wait_for, until as wait_until};
-pub(crate) mod walk;
+pub mod wait;
 pub mod zero;
 
-pub use walk::{block_status, Extent, ExtentKind, RangeOp};
+pub use ctx::Io;
+pub(crate) use wait::{take as wait_for, until as wait_until};
+pub use zero::RangeOp;

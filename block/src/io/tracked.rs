@@ -1,8 +1,9 @@
 //! Tracked requests (QEMU's `BdrvTrackedRequest`) in fixed storage.
 //!
 //! Every request at a leaf is entered here with its node, range and kind, and gets a sequence
-//! number. A *serialising* request (a read-modify-write, later a copy-on-read or an allocation)
-//! covers an overlap range widened to the alignment it works in; it waits for every earlier
+//! number (a graph keeps a second table for requests at driver nodes that allocate: qcow2
+//! writes and range operations, and reads while it is written). A *serialising* request (a
+//! read-modify-write, a qcow2 write over whole clusters; later a copy-on-read) covers an overlap range widened to the alignment it works in; it waits for every earlier
 //! overlapping request, and every later overlapping request waits for it. Requests wait only
 //! for *earlier* ones, so waiting is cycle-free by construction. Slots release on drop (an
 //! abandoned future included) and wake the waiters. A full table is back-pressure: the request
@@ -12,7 +13,7 @@ use core::cell::{Cell, RefCell};
 use core::future::poll_fn;
 use core::task::{Poll, Waker};
 
-use crate::graph::NodeId;
+use crate::node::NodeId;
 use crate::io::wait_for;
 
 /// What a tracked request does.
@@ -28,7 +29,8 @@ pub enum ReqKind {
     Truncate,
 }
 
-struct Entry {
+/// One tracked request (a slot of a [`TrackerOf`]).
+pub struct Entry {
     node: NodeId,
     seq: u64,
     kind: ReqKind,
@@ -40,13 +42,13 @@ struct Entry {
     waker: Option<Waker>,
 }
 
-/// `T` tracked-request slots.
+/// Tracked-request slots: `S` is `[Option<Entry>; T]` where the graph owns them, and
+/// `[Option<Entry>]` ([`Tracker`]) where they are used, so users do not carry `T`.
 ///
 /// The common case is cheap: with no serialising request in the table a plain request's wait
 /// is a counter check, releasing wakes nobody unless someone waits, and a free slot is found
 /// from a hint (the last one released) rather than by a scan from the start.
-pub struct Tracker<const T: usize> {
-    slots: RefCell<[Option<Entry>; T]>,
+pub struct TrackerOf<S: ?Sized> {
     next_seq: Cell<u64>,
     /// Entries marked serialising.
     serialising: Cell<usize>,
@@ -57,36 +59,43 @@ pub struct Tracker<const T: usize> {
     /// One past the highest slot in use: conflict scans stop there (a big table with a few
     /// requests in flight costs what those few cost).
     high: Cell<usize>,
+    slots: RefCell<S>,
 }
 
-impl<const T: usize> Default for Tracker<T> {
+/// The tracked-request table as requests see it.
+pub type Tracker = TrackerOf<[Option<Entry>]>;
+
+impl<const T: usize> Default for TrackerOf<[Option<Entry>; T]> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const T: usize> Tracker<T> {
-    /// An empty table.
+impl<const T: usize> TrackerOf<[Option<Entry>; T]> {
+    /// An empty table of `T` slots.
     pub const fn new() -> Self {
         Self {
-            slots: RefCell::new([const { None }; T]),
             next_seq: Cell::new(0),
             serialising: Cell::new(0),
             waiting: Cell::new(0),
             free_hint: Cell::new(0),
             high: Cell::new(0),
+            slots: RefCell::new([const { None }; T]),
         }
     }
+}
+
+impl Tracker {
 
     /// Enters a request, waiting for a free slot if the table is full.
-    pub async fn begin(&self, node: NodeId, kind: ReqKind, offset: u64, bytes: u64) -> Tracked<'_, T> {
+    pub async fn begin(&self, node: NodeId, kind: ReqKind, offset: u64, bytes: u64) -> Tracked<'_> {
         wait_for(|| self.try_begin(node, kind, offset, bytes)).await
     }
 
     /// Enters a request if a slot is free.
-    pub fn try_begin(&self, node: NodeId, kind: ReqKind, offset: u64, bytes: u64) -> Option<Tracked<'_, T>> {
+    pub fn try_begin(&self, node: NodeId, kind: ReqKind, offset: u64, bytes: u64) -> Option<Tracked<'_>> {
         let mut slots = self.slots.borrow_mut();
-        let hint = self.free_hint.get().min(T);
+        let hint = self.free_hint.get().min(slots.len());
         let index = match slots[hint..].iter().position(Option::is_none) {
             Some(i) => hint + i,
             None => slots[..hint].iter().position(Option::is_none)?,
@@ -143,12 +152,12 @@ impl<const T: usize> Tracker<T> {
 }
 
 /// A request's slot in the table; released (and waiters woken) on drop.
-pub struct Tracked<'t, const T: usize> {
-    tracker: &'t Tracker<T>,
+pub struct Tracked<'t> {
+    tracker: &'t Tracker,
     index: usize,
 }
 
-impl<const T: usize> Tracked<'_, T> {
+impl Tracked<'_> {
     /// Makes the request serialising over its range widened to `align` (a power of two).
     pub fn serialise(&self, align: u64) {
         let mut slots = self.tracker.slots.borrow_mut();
@@ -176,7 +185,7 @@ impl<const T: usize> Tracked<'_, T> {
             }
             let (node, seq, start, end, serialising) =
                 (me.node, me.seq, me.overlap_offset, me.overlap_offset + me.overlap_bytes, me.serialising);
-            let conflict = slots[..self.tracker.high.get().min(T)].iter().flatten().any(|o| {
+            let conflict = slots[..self.tracker.high.get().min(slots.len())].iter().flatten().any(|o| {
                 o.node == node
                     && o.seq < seq
                     && (o.serialising || serialising)
@@ -207,7 +216,7 @@ impl<const T: usize> Tracked<'_, T> {
     }
 }
 
-impl<const T: usize> Drop for Tracked<'_, T> {
+impl Drop for Tracked<'_> {
     fn drop(&mut self) {
         self.tracker.release(self.index);
     }

@@ -8,11 +8,11 @@
 
 use crate::dev::{BlockDevice, DeviceFeatures, DeviceOp, Segment};
 use crate::error::{Error, Result};
-use crate::graph::node::WriteGen;
-use crate::graph::{Graph, Node, NodeId};
+use crate::node::WriteGen;
+use crate::io::Io;
+use crate::node::{Node, NodeId};
 use crate::io::leaf::{self, transfer, Buf};
 use crate::io::tracked::ReqKind;
-use crate::io::walk::RangeOp;
 
 /// A block of zeros for edges.
 static ZEROS: [u8; 4096] = [0; 4096];
@@ -24,8 +24,8 @@ pub fn is_zero(buf: &[u8]) -> bool {
 }
 
 /// Runs `op` over `len` bytes at `offset` of leaf `id`.
-pub(crate) async fn leaf_range_op<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, id: NodeId, offset: u64, len: u64, op: RangeOp) -> Result<()> {
-    let node = graph.node(id)?;
+pub(crate) async fn leaf_range_op(io: &Io<'_, '_>, id: NodeId, offset: u64, len: u64, op: RangeOp) -> Result<()> {
+    let node = io.node(id)?;
     let dev = node.device().ok_or(Error::BadGraph("leaf I/O on a format node"))?;
     if node.read_only {
         return Err(Error::ReadOnly);
@@ -40,13 +40,13 @@ pub(crate) async fn leaf_range_op<const N: usize, const T: usize>(graph: &Graph<
             if !features.contains(DeviceFeatures::DISCARD) || start >= stop {
                 return Ok(());
             }
-            let tracked = graph.tracker.begin(id, ReqKind::Discard, start, stop - start).await;
+            let tracked = io.tracker.begin(id, ReqKind::Discard, start, stop - start).await;
             tracked.wait_serialising().await;
             let _generation = WriteGen(&node.flush.write_gen);
             let mut pos = start;
             while pos < stop {
                 let n = (stop - pos).min(u64::from(limits.max_transfer) / g * g).max(g);
-                transfer_range(graph, dev, DeviceOp::Discard, pos, n).await?;
+                transfer_range(io, dev, DeviceOp::Discard, pos, n).await?;
                 pos += n;
             }
         }
@@ -55,16 +55,16 @@ pub(crate) async fn leaf_range_op<const N: usize, const T: usize>(graph: &Graph<
             let (start, stop) = (offset.div_ceil(a) * a, end / a * a);
             // One tracked request for the whole range (as QEMU), serialising if an edge is
             // partial, so no overlapping request lands between its edges and its middle.
-            let tracked = graph.tracker.begin(id, ReqKind::Write, offset, len).await;
+            let tracked = io.tracker.begin(id, ReqKind::Write, offset, len).await;
             if start != offset || stop != end {
                 tracked.serialise(a);
             }
             tracked.wait_serialising().await;
             let generation = WriteGen(&node.flush.write_gen);
             if start >= stop {
-                write_zero_bytes(graph, node, dev, offset, end).await?;
+                write_zero_bytes(io, node, dev, offset, end).await?;
             } else {
-                write_zero_bytes(graph, node, dev, offset, start).await?;
+                write_zero_bytes(io, node, dev, offset, start).await?;
                 let device_op = if unmap && features.contains(DeviceFeatures::WRITE_ZEROES_UNMAP) {
                     Some(DeviceOp::WriteZeroes { unmap: true })
                 } else if features.contains(DeviceFeatures::WRITE_ZEROES) {
@@ -77,12 +77,12 @@ pub(crate) async fn leaf_range_op<const N: usize, const T: usize>(graph: &Graph<
                     Some(dop) => {
                         while pos < stop {
                             let n = (stop - pos).min(u64::from(limits.max_transfer));
-                            transfer_range(graph, dev, dop, pos, n).await?;
+                            transfer_range(io, dev, dop, pos, n).await?;
                             pos += n;
                         }
                     }
                     None => {
-                        let mut bounce = graph.bounce.take(1).await?;
+                        let mut bounce = io.bounce.take(1).await?;
                         let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
                         let unit = (buf.len() as u64).min(u64::from(limits.max_transfer.min(limits.max_segment_size))) / a * a;
                         if unit == 0 {
@@ -91,12 +91,12 @@ pub(crate) async fn leaf_range_op<const N: usize, const T: usize>(graph: &Graph<
                         buf.fill(0);
                         while pos < stop {
                             let n = (stop - pos).min(unit) as usize;
-                            transfer(graph, dev, DeviceOp::Write, pos, &[Segment::from_ref(&buf[..n])]).await?;
+                            transfer(io, dev, DeviceOp::Write, pos, &[Segment::from_ref(&buf[..n])]).await?;
                             pos += n as u64;
                         }
                     }
                 }
-                write_zero_bytes(graph, node, dev, stop, end).await?;
+                write_zero_bytes(io, node, dev, stop, end).await?;
             }
             drop(generation);
             drop(tracked);
@@ -107,8 +107,8 @@ pub(crate) async fn leaf_range_op<const N: usize, const T: usize>(graph: &Graph<
 
 /// Writes zeros over `[from, to)` (short, unaligned edges) through the read-modify-write path,
 /// under the caller's tracked request.
-async fn write_zero_bytes<const N: usize, const T: usize>(
-    graph: &Graph<'_, N, T>,
+async fn write_zero_bytes(
+    io: &Io<'_, '_>,
     node: &Node<'_>,
     dev: &dyn BlockDevice,
     mut from: u64,
@@ -116,13 +116,25 @@ async fn write_zero_bytes<const N: usize, const T: usize>(
 ) -> Result<()> {
     while from < to {
         let n = (to - from).min(ZEROS.len() as u64) as usize;
-        leaf::move_bytes(graph, node, dev, from, Buf::Write(&ZEROS[..n])).await?;
+        leaf::move_bytes(io, node, dev, from, Buf::Write(&ZEROS[..n])).await?;
         from += n as u64;
     }
     Ok(())
 }
 
-async fn transfer_range<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, dev: &dyn BlockDevice, op: DeviceOp, offset: u64, len: u64) -> Result<()> {
+async fn transfer_range(io: &Io<'_, '_>, dev: &dyn BlockDevice, op: DeviceOp, offset: u64, len: u64) -> Result<()> {
     let req = crate::dev::DeviceRequest { op, offset, len, segments: &[] };
-    crate::io::device::run(dev, &req, !graph.plugged()).await.map_err(Error::Device)
+    crate::io::device::run(dev, &req, !io.plugged()).await.map_err(Error::Device)
+}
+
+/// A range operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeOp {
+    /// Make the range read as zeros; `unmap` allows deallocating it.
+    WriteZeroes {
+        /// Deallocation allowed.
+        unmap: bool,
+    },
+    /// Drop the range's contents (advisory).
+    Discard,
 }

@@ -37,12 +37,12 @@ pub fn run(catalog: &Catalog, maps: &Maps<'_>, args: &CreateArgs<'_>) -> u32 {
         Ok(v) => v,
         Err(code) => return code,
     };
-    if graph.node(node).map(|n| n.driver.name) != Ok("raw") {
+    if graph.node(node).map(|n| n.driver) != Ok("raw") {
         return stack::fail("create", options, Error::BadOption { key: "driver", why: "create writes onto a device or a raw window of one (driver=raw)" });
     }
     let started = tsc::rdtsc();
     let platform = stack::Io::new(&graph, catalog);
-    match executor::block_on(create(&graph, node, &opts), &platform) {
+    match executor::block_on(create(&graph.io(), node, &opts), &platform) {
         Some(Ok(())) => {}
         Some(Err(e)) => return stack::fail("create", options, e),
         None => return exit_code::FAILURE,

@@ -248,7 +248,7 @@ fn create_qcow2(req: &Request, size: u64, inputs: &[PathBuf]) -> Result<(), ImgE
     let mut bounce = vec![0u8; 4 * 65536];
     let mut graph: Graph<'_, 4, 64> = Graph::new(&mut bounce, 65536);
     let node = graph.add_leaf("file", &leaf).map_err(|e| ImgError::failed(format!("{file}: {e}")))?;
-    block_on(create(&graph, node, &opts)).map_err(|e| describe(file, e))
+    block_on(create(&graph.io(), node, &opts)).map_err(|e| describe(file, e))
 }
 
 /// A block-layer error as qemu-img words it: bad options are usage errors.

@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use strata_block::dev::file::{CacheMode, Engine, HostFile, HostFileOptions};
-use strata_block::driver::qcow2::cache::{CacheSlot, Inflater, SLICE};
+use strata_block::clock::MonotonicClock;
+use strata_block::io::cache::{CacheSlot, Inflater, SLICE};
 use strata_block::{Backend, BackendOptions, DetectZeroes, Error, Graph, NodeId};
 
 use super::resolve::HostResolver;
@@ -75,7 +76,7 @@ impl Image<'_, '_> {
         self.backend
             .graph()
             .node(self.backend.root())
-            .map_or("?", |n| n.driver.name)
+            .map_or("?", |n| n.driver)
     }
 
     /// The root node.
@@ -107,10 +108,12 @@ pub fn with_image<R>(
     let budget = opts.cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
     let slots: Vec<CacheSlot> = (0..(budget / SLICE as u64).max(1)).map(|_| CacheSlot::new()).collect();
     let inflaters: Vec<Inflater> = (0..INFLATERS).map(|_| Inflater::new()).collect();
+    let clock = MonotonicClock::new();
     let mut bounce = vec![0u8; BOUNCE_BUFFERS * BOUNCE_SIZE + 4096];
     let mut graph: HostGraph<'_> = Graph::new(&mut bounce, BOUNCE_SIZE);
     graph.set_metadata_cache(&slots);
     graph.set_decompressors(&inflaters);
+    graph.set_clock(&clock);
     let extra = opts.extra.as_deref().map(|e| format!("{e},")).unwrap_or_default();
     let text = if opts.image_opts {
         spec.to_string()

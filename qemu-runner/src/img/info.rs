@@ -6,7 +6,7 @@ use strata_block::driver::qcow2::extensions::NameRef;
 use strata_block::driver::qcow2::header::{autoclear, compat, incompat};
 use strata_block::driver::qcow2::snapshots::SnapshotInfo;
 use strata_block::driver::qcow2::Qcow2;
-use strata_block::graph::{NodeKind, Role};
+use strata_block::graph::Role;
 
 use super::args::Args;
 use super::image::{self, block_on, Image, OpenOptions};
@@ -112,25 +112,23 @@ fn qcow2_info(img: &Image<'_, '_>) -> Result<Option<Qcow2Info>, ImgError> {
     let graph = img.backend.graph();
     let root = img.root();
     let node = graph.node(root).map_err(|e| ImgError::failed(e.to_string()))?;
-    let Some(q) = (match &node.kind {
-        NodeKind::Format(s) => s.qcow2(),
-        NodeKind::Leaf(_) => None,
-    }) else {
+    let Some(state) = graph.state(root).map_err(|e| ImgError::failed(e.to_string()))? else { return Ok(None) };
+    let Some(q) = state.qcow2() else {
         return Ok(None);
     };
     let fail = |e: strata_block::Error| ImgError::failed(format!("Could not read the image: {e}"));
     let h = q.header();
-    let links = q.links();
+    let links = state.links();
     let read = |r: Option<NameRef>| -> Result<Option<String>, ImgError> {
         let Some(r) = r else { return Ok(None) };
         let mut buf = vec![0u8; usize::from(r.len)];
-        block_on(Qcow2::read_file_bytes(graph, root, r.offset, &mut buf)).map_err(fail)?;
+        block_on(Qcow2::read_file_bytes(&graph.io(), root, r.offset, &mut buf)).map_err(fail)?;
         Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
     };
     let mut snapshots = Vec::new();
     let file = node.child(Role::File).ok_or_else(|| ImgError::failed("qcow2 node without a file".into()))?;
     let mut walk = q.snapshots();
-    while let Some(s) = block_on(walk.next(graph, file)).map_err(fail)? {
+    while let Some(s) = block_on(walk.next(&graph.io(), file)).map_err(fail)? {
         snapshots.push(s);
     }
     Ok(Some(Qcow2Info {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use strata_block::dev::BlockDevice;
 use strata_block::graph::Role;
-use strata_block::io::{block_status, ExtentKind};
+use strata_block::path::{block_status, ExtentKind};
 use strata_block::NodeId;
 
 use super::args::Args;
@@ -99,11 +99,11 @@ pub fn map(img: &Image<'_, '_>) -> Result<Vec<MapEntry>, ImgError> {
     let mut out: Vec<MapEntry> = Vec::new();
     let mut pos = 0;
     while pos < size {
-        let ext = block_on(block_status(graph, img.root(), pos, (size - pos).min(STEP)))
+        let ext = block_on(block_status(&graph.stack(), img.root(), pos, (size - pos).min(STEP)))
             .map_err(|e| ImgError::failed(format!("error while mapping at byte {pos}: {e}")))?;
         let base = MapEntry { start: pos, length: ext.len, depth: ext.depth, present: true, zero: false, data: true, offset: None, file: None };
         match ext.kind {
-            ExtentKind::Compressed => push(&mut out, base),
+            ExtentKind::Compressed | ExtentKind::Sink => push(&mut out, base),
             ExtentKind::Zero => push(&mut out, MapEntry { zero: true, data: false, ..base }),
             ExtentKind::Hole => push(&mut out, MapEntry { zero: true, data: false, present: false, ..base }),
             ExtentKind::Data { leaf, offset, mapped_by } => {
@@ -158,10 +158,7 @@ fn push(out: &mut Vec<MapEntry>, e: MapEntry) {
 fn metadata_preallocated(img: &Image<'_, '_>, node: NodeId) -> bool {
     let graph = img.backend.graph();
     let Ok(n) = graph.node(node) else { return false };
-    let (Some(q), Some(file)) = (match &n.kind {
-        strata_block::graph::NodeKind::Format(s) => s.qcow2(),
-        _ => None,
-    }, n.child(Role::File)) else {
+    let (Some(q), Some(file)) = (graph.state(node).ok().flatten().and_then(|s| s.qcow2()), n.child(Role::File)) else {
         return false;
     };
     let Some(path) = graph.node(file).ok().and_then(|f| f.device()).and_then(|d| HostFiles { img, open: HashMap::new() }.path(d)) else {
@@ -177,7 +174,7 @@ fn metadata_preallocated(img: &Image<'_, '_>, node: NodeId) -> bool {
         if count > threshold {
             break;
         }
-        match block_on(q.refcount(graph, file, i * cs)) {
+        match block_on(q.refcount(&graph.io(), file, i * cs)) {
             Ok(r) => count += u64::from(r != 0),
             Err(_) => return false,
         }

@@ -1,6 +1,6 @@
 //! Host name resolution for `img`: turns the names the block layer asks for into host files.
 //!
-//! Rules (DESIGN.md, "Devices and names"):
+//! Rules (`docs/ARCHITECTURE.md`, "Devices and names"):
 //! - the name the user gave is a path as given (relative to the working directory); the tree
 //!   its directory roots is the *allowed tree*;
 //! - backing and data-file names read from an image are relative to the directory of the image

@@ -4,17 +4,18 @@
 //!
 //! Allocation runs under the node's allocation lock. A refcount increase only touches the cache
 //! (class `Refcount`): the write-back writes refcounts, flushes, and only then writes the tables
-//! that point at the new clusters (DESIGN.md rule 1). A new refcount block is written and flushed
+//! that point at the new clusters (`docs/ARCHITECTURE.md` rule 1). A new refcount block is written and flushed
 //! before the refcount table entry naming it changes. Before a cluster is handed out it is
 //! checked against the image's metadata — the header, L1, refcount and snapshot tables and every
 //! table slice the cache holds (QEMU's "cached" overlap check); a hit marks the image corrupt.
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId};
+use crate::io::Io;
+use crate::node::NodeId;
 use crate::io::events::Event;
 use crate::io::{child_io, flush};
 
-use super::cache::Class;
+use crate::io::cache::Class;
 use super::refcount::{entry, set_entry};
 use super::validation::{self, ClusterRef, Region};
 use super::Qcow2;
@@ -36,18 +37,18 @@ impl Qcow2 {
     }
 
     /// The refcount block for table index `index`: `None` past the table, `Some(0)` if none.
-    async fn refcount_block<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, index: u64) -> Result<Option<u64>> {
+    async fn refcount_block(&self, io: &Io<'_, '_>, file: NodeId, index: u64) -> Result<Option<u64>> {
         let rt = self.meta.get().refcount_table;
         if index >= rt.len / 8 {
             return Ok(None);
         }
         let at = rt.start + index * 8;
-        let e = graph.meta.read_u64(graph, file, at, self.slice_len()).await?;
+        let e = io.meta.read_u64(io, file, at, self.slice_len()).await?;
         if e & 0x1ff != 0 {
             return Err(Error::Corrupt { what: "refcount table entry: reserved bits set", offset: at });
         }
         if e != 0 {
-            validation::cluster_ref(e, self.cluster_size(), child_io::size(graph, file)?, &self.meta.get(), at, ClusterRef::RefcountBlock)?;
+            validation::cluster_ref(e, self.cluster_size(), child_io::size(io, file)?, &self.meta.get(), at, ClusterRef::RefcountBlock)?;
         }
         Ok(Some(e))
     }
@@ -63,13 +64,13 @@ impl Qcow2 {
     /// Looks for free clusters from cluster `from` on, a refcount slice at a time: `count` in a
     /// row if `whole`, else the first run of at most `count` (so holes left by frees are used and
     /// a run never has to cross a refcount block that does not exist yet).
-    async fn search<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, from: u64, count: u64, whole: bool) -> Result<Search> {
+    async fn search(&self, io: &Io<'_, '_>, file: NodeId, from: u64, count: u64, whole: bool) -> Result<Search> {
         let order = u32::from(self.refcount_order);
         let per_slice = (self.slice_len() as u64 * 8) >> order;
         let (mut start, mut c) = (from, from);
         while c < start + count {
             let found_part = c > start && !whole;
-            let block = match self.refcount_block(graph, file, c / self.per_block()).await? {
+            let block = match self.refcount_block(io, file, c / self.per_block()).await? {
                 None if found_part => return Ok(Search::Found(start, c - start)),
                 None => return Ok(Search::NeedsTable),
                 Some(0) if found_part => return Ok(Search::Found(start, c - start)),
@@ -78,9 +79,9 @@ impl Qcow2 {
             };
             let (slice, first) = self.refcount_slot(block, c);
             let limit = (per_slice - first).min(start + count - c);
-            let used = graph
+            let used = io
                 .meta
-                .with_slice(graph, file, slice, self.slice_len(), |s| (0..limit).find(|&i| entry(s, order, first + i) != Some(0)))
+                .with_slice(io, file, slice, self.slice_len(), |s| (0..limit).find(|&i| entry(s, order, first + i) != Some(0)))
                 .await?;
             match used {
                 Some(i) if !whole && c + i > start => return Ok(Search::Found(start, c + i - start)),
@@ -97,9 +98,9 @@ impl Qcow2 {
     /// Allocates host clusters (refcount 1 each, in the cache): `count` contiguous ones if
     /// `whole` (a table), else the first free run of 1..=`count`. Returns the first one's byte
     /// offset and how many; the image file grows to hold them. Caller holds the allocation lock.
-    pub(crate) async fn alloc_clusters<const N: usize, const T: usize>(
+    pub(crate) async fn alloc_clusters(
         &self,
-        graph: &Graph<'_, N, T>,
+        io: &Io<'_, '_>,
         node: NodeId,
         file: NodeId,
         count: u64,
@@ -112,15 +113,15 @@ impl Qcow2 {
             return Err(Error::Unsupported("a table larger than one refcount block's reach (use larger clusters or wider refcounts)"));
         }
         loop {
-            match self.search(graph, file, self.w.free_hint.get(), count, whole).await? {
-                Search::NeedsBlock(c) => self.new_refcount_block(graph, file, c).await?,
-                Search::NeedsTable => self.grow_refcount_table(graph, node, file).await?,
+            match self.search(io, file, self.w.free_hint.get(), count, whole).await? {
+                Search::NeedsBlock(c) => self.new_refcount_block(io, file, c).await?,
+                Search::NeedsTable => self.grow_refcount_table(io, node, file).await?,
                 Search::Found(first, count) => {
                     let (start, end) = (first * cs, (first + count) * cs);
-                    self.check_new_clusters(graph, file, start, end).await?;
-                    child_io::grow(graph, file, end)?;
+                    self.check_new_clusters(io, file, start, end).await?;
+                    child_io::grow(io, file, end)?;
                     for c in first..first + count {
-                        self.change_refcount(graph, file, c, 1).await?;
+                        self.change_refcount(io, file, c, 1).await?;
                     }
                     // (A cluster used before holds nothing in the cache: freeing it forgot it.)
                     if start >= self.w.fresh_from.get() {
@@ -134,21 +135,21 @@ impl Qcow2 {
     }
 
     /// Adds `delta` (+1 or -1) to the refcount of host cluster `cluster`; returns the new count.
-    pub(crate) async fn change_refcount<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, cluster: u64, delta: i64) -> Result<u64> {
+    pub(crate) async fn change_refcount(&self, io: &Io<'_, '_>, file: NodeId, cluster: u64, delta: i64) -> Result<u64> {
         let index = cluster / self.per_block();
-        let block = match self.refcount_block(graph, file, index).await? {
+        let block = match self.refcount_block(io, file, index).await? {
             Some(b) if b != 0 => b,
             _ => {
                 let what = "refcount of a cluster without a refcount block changed";
-                return Err(self.signal_corruption(graph, file, what, cluster << self.cluster_bits).await);
+                return Err(self.signal_corruption(io, file, what, cluster << self.cluster_bits).await);
             }
         };
         let (slice, i) = self.refcount_slot(block, cluster);
         let order = u32::from(self.refcount_order);
-        self.event_at(graph, file, Event::RefblockUpdate)?;
-        let changed = graph
+        self.event_at(io, file, Event::RefblockUpdate)?;
+        let changed = io
             .meta
-            .with_slice_mut(graph, file, slice, self.slice_len(), Class::Refcount, |s| {
+            .with_slice_mut(io, file, slice, self.slice_len(), Class::Refcount, |s| {
                 let old = entry(s, order, i)?;
                 let new = if delta < 0 { old.checked_sub(delta.unsigned_abs())? } else { old.checked_add(delta as u64)? };
                 set_entry(s, order, i, new)?;
@@ -157,24 +158,24 @@ impl Qcow2 {
             .await?;
         match changed {
             Some(n) => Ok(n),
-            None if delta < 0 => Err(self.signal_corruption(graph, file, "refcount dropped below zero", cluster << self.cluster_bits).await),
+            None if delta < 0 => Err(self.signal_corruption(io, file, "refcount dropped below zero", cluster << self.cluster_bits).await),
             None => Err(Error::Unsupported("refcount overflow (more references than the refcount width holds)")),
         }
     }
 
     /// Writes a refcount block at cluster `c` (which it covers, counting itself), flushes it, and
     /// links it from the refcount table (in the cache).
-    async fn new_refcount_block<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, c: u64) -> Result<()> {
+    async fn new_refcount_block(&self, io: &Io<'_, '_>, file: NodeId, c: u64) -> Result<()> {
         let cs = self.cluster_size();
         let host = c * cs;
-        self.check_new_clusters(graph, file, host, host + cs).await?;
-        child_io::grow(graph, file, host + cs)?;
+        self.check_new_clusters(io, file, host, host + cs).await?;
+        child_io::grow(io, file, host + cs)?;
         let fresh = host >= self.w.fresh_from.get();
         let slice_len = self.slice_len();
-        self.event_at(graph, file, Event::RefblockAllocWrite)?;
+        self.event_at(io, file, Event::RefblockAllocWrite)?;
         let (self_slice, self_index) = self.refcount_slot(host, c);
         // A bounce buffer, not an array: a local array would live in every request's future.
-        let mut bounce = graph.bounce.take_for_copy().await?;
+        let mut bounce = io.bounce.take_for_copy(1).await?;
         let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
         let mut at = host;
         while at < host + cs {
@@ -186,49 +187,49 @@ impl Qcow2 {
                 at += slice_len as u64;
                 continue;
             }
-            child_io::write(graph, file, at, piece).await?;
+            child_io::write(io, file, at, piece).await?;
             at += slice_len as u64;
         }
         drop(bounce);
-        graph.meta.forget_range(file, host, host + cs);
+        io.meta.forget_range(file, host, host + cs);
         if fresh {
             self.w.fresh_from.set(host + cs);
         }
-        flush::flush_leaves(graph, file).await?;
-        self.event_at(graph, file, Event::RefblockAllocHookup)?;
+        flush::flush_leaves(io, file).await?;
+        self.event_at(io, file, Event::RefblockAllocHookup)?;
         let rt = self.meta.get().refcount_table;
         let entry_at = rt.start + c / self.per_block() * 8;
-        self.check_meta_write(graph, file, entry_at, Class::Refcount).await?;
-        graph.meta.write_u64(graph, file, entry_at, slice_len, Class::Refcount, host).await
+        self.check_meta_write(io, file, entry_at, Class::Refcount).await?;
+        io.meta.write_u64(io, file, entry_at, slice_len, Class::Refcount, host).await
     }
 
     /// Reports `event` for the qcow2 node whose file is `file`.
-    pub(crate) fn event_at<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, event: Event) -> Result<()> {
-        if !graph.has_event_hook() {
+    pub(crate) fn event_at(&self, io: &Io<'_, '_>, file: NodeId, event: Event) -> Result<()> {
+        if !io.has_event_hook() {
             return Ok(());
         }
-        match graph.parents(file).find(|(_, c)| c.role == crate::graph::Role::File) {
-            Some((node, _)) => graph.event(node, event),
+        match io.parents(file).find(|(_, c)| c.role == crate::node::Role::File) {
+            Some((node, _)) => io.event(node, event),
             None => Ok(()),
         }
     }
 
     /// The "cached" overlap check for clusters about to be allocated: they must not lie on the
     /// header, a table, or anything the metadata cache holds for this image.
-    async fn check_new_clusters<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, start: u64, end: u64) -> Result<()> {
+    async fn check_new_clusters(&self, io: &Io<'_, '_>, file: NodeId, start: u64, end: u64) -> Result<()> {
         let region = Region::new(start, end - start);
         // Clusters past everything written since the open cannot hold a table the cache knows
         // of (every table lies below that line), so the cache is searched only below it.
         let below_fresh = start < self.w.fresh_from.get();
-        if self.meta.get().hit(&region).is_some() || (below_fresh && graph.meta.holds(file, start, end, self.slice_len() as u64)) {
-            return Err(self.signal_corruption(graph, file, "allocation would overwrite metadata (refcounts are wrong)", start).await);
+        if self.meta.get().hit(&region).is_some() || (below_fresh && io.meta.holds(file, start, end, self.slice_len() as u64)) {
+            return Err(self.signal_corruption(io, file, "allocation would overwrite metadata (refcounts are wrong)", start).await);
         }
         Ok(())
     }
 
     /// The overlap check for a metadata slice about to change: table slices (L1, L2) and refcount
     /// slices must lie on their own kind of structure, never on the header or the snapshot table.
-    pub(crate) async fn check_meta_write<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, at: u64, class: Class) -> Result<()> {
+    pub(crate) async fn check_meta_write(&self, io: &Io<'_, '_>, file: NodeId, at: u64, class: Class) -> Result<()> {
         let m = self.meta.get();
         let r = Region::new(at, 8);
         let bad = r.overlaps(&m.header)
@@ -236,7 +237,7 @@ impl Qcow2 {
             || (class == Class::Table && r.overlaps(&m.refcount_table))
             || (class == Class::Refcount && r.overlaps(&m.l1));
         if bad {
-            return Err(self.signal_corruption(graph, file, "metadata write would overwrite other metadata", at).await);
+            return Err(self.signal_corruption(io, file, "metadata write would overwrite other metadata", at).await);
         }
         Ok(())
     }

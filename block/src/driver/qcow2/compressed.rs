@@ -1,5 +1,5 @@
 //! Compressed clusters (`qcow2.txt`, "Compressed Clusters Descriptor"): raw deflate decoded
-//! through a bounded decoder ([`super::cache::Inflater`]: 32 KiB window, 16 KiB input steps), so
+//! through a bounded decoder ([`crate::io::cache::Inflater`]: 32 KiB window, 16 KiB input steps), so
 //! a 2 MiB cluster needs no 2 MiB buffer; only the requested part of the output is copied out.
 //!
 //! As QEMU: the stream must produce a whole cluster (it may stop there without an end marker);
@@ -13,10 +13,11 @@ use miniz_oxide::inflate::core::{decompress_with_limit, inflate_flags::TINFL_FLA
 use miniz_oxide::inflate::TINFLStatus;
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId, Role};
+use crate::io::Io;
+use crate::node::{NodeId, Role};
 use crate::io::child_io;
 
-use super::cache::WINDOW;
+use crate::io::cache::WINDOW;
 use super::header::Compression;
 use super::Qcow2;
 
@@ -26,9 +27,9 @@ impl Qcow2 {
     #[allow(clippy::await_holding_refcell_ref)] // reason: exclusive by the pool's busy flag
     /// Decodes the compressed cluster of `csize` bytes at `host` in `node`'s file and copies
     /// its bytes `[skip, skip + out.len())` to `out`.
-    pub(crate) async fn read_compressed<const N: usize, const T: usize>(
+    pub(crate) async fn read_compressed(
         &self,
-        graph: &Graph<'_, N, T>,
+        io: &Io<'_, '_>,
         node: NodeId,
         host: u64,
         csize: u64,
@@ -42,11 +43,11 @@ impl Qcow2 {
         if skip.checked_add(out.len() as u64).is_none_or(|e| e > cs) {
             return Err(Error::BadGraph("compressed read beyond its cluster"));
         }
-        let file = graph.node(node)?.child(Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
-        if host >= child_io::size(graph, file)? {
+        let file = io.node(node)?.child(Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
+        if host >= child_io::size(io, file)? {
             return Err(Error::Corrupt { what: "L2 entry: compressed cluster starts past the end of the file", offset: host });
         }
-        let taken = graph.meta.take_inflater().await?;
+        let taken = io.meta.take_inflater().await?;
         let inflater = taken.0;
         let (Ok(mut state), Ok(mut window), Ok(mut input)) =
             (inflater.state.try_borrow_mut(), inflater.window.try_borrow_mut(), inflater.input.try_borrow_mut())
@@ -63,7 +64,7 @@ impl Qcow2 {
         loop {
             if avail_start == avail_end && fetched < csize {
                 let n = (csize - fetched).min(input.len() as u64) as usize;
-                child_io::read_upto(graph, file, host + fetched, &mut input[..n]).await?;
+                child_io::read_upto(io, file, host + fetched, &mut input[..n]).await?;
                 fetched += n as u64;
                 avail_start = 0;
                 avail_end = n;

@@ -17,7 +17,8 @@
 //! never held in memory.
 
 use crate::error::Result;
-use crate::graph::{Graph, NodeId};
+use crate::io::Io;
+use crate::node::NodeId;
 use crate::io::{child_io, flush};
 
 mod layout;
@@ -62,15 +63,15 @@ impl Default for CreateOptions<'_> {
 
 /// Writes a fresh, empty qcow2 v3 image described by `opts` onto `file` (a leaf, or a raw
 /// window over one), growing it first if it is a growable leaf; flushes when done.
-pub async fn create<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, opts: &CreateOptions<'_>) -> Result<()> {
+pub async fn create(io: &Io<'_, '_>, file: NodeId, opts: &CreateOptions<'_>) -> Result<()> {
     let layout = Layout::new(opts)?;
     let mut buf = [0u8; CHUNK];
     // Check the header fits before touching the device.
     header_bytes(&layout, opts, &mut buf)?;
-    let size = child_io::grow(graph, file, layout.file_size)?;
+    let size = child_io::grow(io, file, layout.file_size)?;
     let cs = layout.cluster_size();
     // The header cluster first: stale magic is gone before anything else is written.
-    write_zeros(graph, file, 0, cs, &mut buf).await?;
+    write_zeros(io, file, 0, cs, &mut buf).await?;
     // The refcount table: block offsets, then zeros.
     let table_bytes = u64::from(layout.refcount_table_clusters) * cs;
     let mut at = 0;
@@ -84,7 +85,7 @@ pub async fn create<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, fil
                 entry.copy_from_slice(&(cluster << layout.cluster_bits).to_be_bytes());
             }
         }
-        child_io::write(graph, file, layout.refcount_table_offset + at, piece).await?;
+        child_io::write(io, file, layout.refcount_table_offset + at, piece).await?;
         at += n as u64;
     }
     // The refcount blocks: 1 for every used cluster.
@@ -101,7 +102,7 @@ pub async fn create<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, fil
             for i in 0..layout.used_clusters.saturating_sub(first).min(in_piece) {
                 set_refcount(piece, order, i, 1);
             }
-            child_io::write(graph, file, (cluster << layout.cluster_bits) + at, piece).await?;
+            child_io::write(io, file, (cluster << layout.cluster_bits) + at, piece).await?;
             at += n as u64;
         }
     }
@@ -110,22 +111,22 @@ pub async fn create<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, fil
         let bytes = u64::from(layout.l1_entries) * 8;
         let full = bytes.next_multiple_of(cs);
         let len = if layout.l1_offset + full <= size { full } else { bytes };
-        write_zeros(graph, file, layout.l1_offset, len, &mut buf).await?;
+        write_zeros(io, file, layout.l1_offset, len, &mut buf).await?;
     }
-    flush::flush(graph, file).await?;
+    flush::flush_leaves(io, file).await?;
     let used = header_bytes(&layout, opts, &mut buf)?;
     let len = (used.next_multiple_of(512) as u64).min(cs) as usize;
-    child_io::write(graph, file, 0, &buf[..len]).await?;
-    flush::flush(graph, file).await
+    child_io::write(io, file, 0, &buf[..len]).await?;
+    flush::flush_leaves(io, file).await
 }
 
 /// Writes `len` zero bytes at `offset` of `node`, a buffer at a time.
-async fn write_zeros<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64, buf: &mut [u8; CHUNK]) -> Result<()> {
+async fn write_zeros(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64, buf: &mut [u8; CHUNK]) -> Result<()> {
     buf.fill(0);
     let mut at = 0;
     while at < len {
         let n = (len - at).min(CHUNK as u64) as usize;
-        child_io::write(graph, node, offset + at, &buf[..n]).await?;
+        child_io::write(io, node, offset + at, &buf[..n]).await?;
         at += n as u64;
     }
     Ok(())

@@ -5,7 +5,8 @@
 //! unknown extensions are skipped. Extensions that contradict the feature bits are refused.
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId};
+use crate::io::Io;
+use crate::node::NodeId;
 use crate::io::child_io;
 
 use super::header::{autoclear, incompat, Header};
@@ -34,14 +35,7 @@ const MAX_BITMAP_DIRECTORY: u64 = 1024 * MAX_BITMAPS as u64;
 /// Most extensions walked (each takes at least 8 bytes, so a 2 MiB cluster could hold 256 Ki).
 pub const MAX_EXTENSIONS: usize = 1024;
 
-/// A string stored in the image: its offset and length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NameRef {
-    /// Offset in the image file.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u16,
-}
+pub use crate::driver::NameRef;
 
 /// What the extensions say.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,8 +64,8 @@ impl Extensions {
 
 /// Walks the extension area of `header` in `file`, then checks what the extensions and the
 /// feature bits say of each other.
-pub async fn read<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, header: &Header) -> Result<Extensions> {
-    let ext = walk(graph, file, header).await?;
+pub async fn read(io: &Io<'_, '_>, file: NodeId, header: &Header) -> Result<Extensions> {
+    let ext = walk(io, file, header).await?;
     let bad = |what| Err(Error::BadImage { what });
     // "It is an error if this bit is set without the bitmaps extension present" (QEMU loads no
     // bitmaps and says nothing).
@@ -107,10 +101,10 @@ fn check_bitmaps(b: &[u8; BITMAPS_LEN], cluster: u64) -> Result<()> {
     Ok(())
 }
 
-async fn walk<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, header: &Header) -> Result<Extensions> {
+async fn walk(io: &Io<'_, '_>, file: NodeId, header: &Header) -> Result<Extensions> {
     let bad = |what| Err(Error::BadImage { what });
     let cluster = header.cluster_size();
-    let file_size = child_io::size(graph, file)?;
+    let file_size = child_io::size(io, file)?;
     let mut end = if header.backing_file_offset != 0 { header.backing_file_offset.min(cluster) } else { cluster };
     end = end.min(file_size);
     let mut pos = u64::from(header.header_length);
@@ -125,7 +119,7 @@ async fn walk<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: Nod
             return bad("header extension area overflows");
         }
         let mut head = [0u8; 8];
-        child_io::read(graph, file, pos, &mut head).await?;
+        child_io::read(io, file, pos, &mut head).await?;
         let kind = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
         // The length is checked before the type, the end marker's too (as QEMU does).
@@ -153,7 +147,7 @@ async fn walk<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: Nod
                 if len as usize > MAX_FORMAT_NAME {
                     return Err(Error::BadName { what: "backing format name too long" });
                 }
-                child_io::read(graph, file, data, &mut ext.backing_fmt[..len as usize]).await?;
+                child_io::read(io, file, data, &mut ext.backing_fmt[..len as usize]).await?;
                 ext.backing_fmt_len = len as u8;
             }
             FEATURE_NAMES => {
@@ -168,7 +162,7 @@ async fn walk<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: Nod
                 }
                 if header.autoclear & autoclear::BITMAPS != 0 {
                     let mut b = [0u8; BITMAPS_LEN];
-                    child_io::read(graph, file, data, &mut b).await?;
+                    child_io::read(io, file, data, &mut b).await?;
                     check_bitmaps(&b, cluster)?;
                 }
                 ext.bitmaps = true;

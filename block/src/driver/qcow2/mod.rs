@@ -1,22 +1,22 @@
-//! The qcow2 format, read side (QEMU's `block/qcow2*.c`; spec: `docs/interop/qcow2.txt`).
+//! The qcow2 format (QEMU's `block/qcow2*.c`; spec: `docs/interop/qcow2.txt`).
 //!
 //! Split by concern. Reading: [`header`] (the struct and its field checks), [`extensions`],
 //! [`validation`] (where tables may lie), [`tables`] (L1/L2 lookup and the mapping),
 //! [`entry_rules`] (the spec's rules about one L2 entry, checked at use),
 //! [`subclusters`] (extended L2), [`compressed`] (deflate through a bounded decoder), [`refcount`]
-//! (reading and changing counts), [`snapshots`], and [`cache`] (the graph-wide slice cache all
-//! tables go through). Writing: [`state`] (what a read-write node keeps: locks, pending frees,
-//! header flags), [`alloc`] (cluster allocation, refcount blocks), [`write`] (plan →
-//! copy-on-write → commit), [`grow`] (virtual size, refcount table), [`zeroing`] (write-zeroes
-//! and discard), [`writeback`] (flush and clean close in dependency order) and [`create`].
+//! (reading and changing counts) and [`snapshots`]; every table goes through the graph-wide
+//! slice cache ([`crate::io::cache`]). Writing: [`state`] (what a read-write node keeps: locks,
+//! pending frees, header flags), [`alloc`] (cluster allocation, refcount blocks), [`write`]
+//! (plan and commit; the io layer executes), [`grow`] (virtual size, refcount table),
+//! [`zeroing`] (write-zeroes and discard steps), [`writeback`] (flush and clean close in
+//! dependency order) and [`create`].
 //!
 //! The node state ([`Qcow2`]) is about a kilobyte: geometry, table positions, the header as
 //! parsed, and the write state. Names (backing file, data file) are not kept: the opener reads
 //! them from the image when it builds the chain. Metadata goes through the file child with
 //! [`crate::io::child_io`], never through another format. The driver maps and plans; the io
-//! layer moves data (DESIGN.md).
+//! layer moves data (`docs/ARCHITECTURE.md`).
 
-pub mod cache;
 mod compressed;
 pub mod create;
 mod entry_bits;
@@ -37,15 +37,18 @@ pub mod validation;
 
 pub use refcount::entry as refcount_entry;
 
-use super::{DriverCaps, DriverDesc};
+use super::{Driver, DriverCaps, DriverDesc, DriverId, Links, Mapping, NameRef, RangeStep, WritePlan};
 use core::cell::Cell;
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId};
+use crate::io::Io;
+use crate::node::NodeId;
 use crate::io::child_io;
+use crate::io::tracked::{ReqKind, Tracked};
+use crate::io::RangeOp;
 use crate::options::OptionsView;
 
-use extensions::{Extensions, NameRef};
+use extensions::Extensions;
 use header::{Compression, Header, KNOWN_HEADER_LEN};
 use snapshots::Walk;
 use validation::{Metadata, Region, Table};
@@ -53,6 +56,7 @@ use validation::{Metadata, Region, Table};
 /// The descriptor.
 pub static QCOW2: DriverDesc = DriverDesc {
     name: "qcow2",
+    id: DriverId::Qcow2,
     caps: DriverCaps::FORMAT.union(DriverCaps::BACKING).union(DriverCaps::WRITE),
     probe: Some(probe),
     options: &["backing", "data-file", "snapshot"],
@@ -88,35 +92,24 @@ pub struct Qcow2 {
     pub(crate) w: state::WriteState,
 }
 
-/// Names the chain opener needs from a qcow2 node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Links {
-    /// The backing file name, stored in the image.
-    pub backing: Option<NameRef>,
-    /// The data-file name, stored in the image.
-    pub data_file: Option<NameRef>,
-    /// The image keeps guest data in an external data file.
-    pub needs_data_file: bool,
-}
-
 impl Qcow2 {
     /// Opens the image in `file`: header, extensions and tables checked, the snapshot given by
     /// `snapshot.name` or `snapshot.id` selected (read-only).
     /// Read-write opens (`read_only` false) refuse dirty, corrupt and external-data-file images
     /// and snapshots, and clear unknown autoclear bits before anything else is written.
-    pub(crate) async fn open<const N: usize, const T: usize>(
-        graph: &Graph<'_, N, T>,
+    pub(crate) async fn open_image(
+        io: &Io<'_, '_>,
         file: NodeId,
         opts: &OptionsView<'_, '_>,
         read_only: bool,
     ) -> Result<Self> {
-        if graph.meta.slots() == 0 {
+        if io.meta.slots() == 0 {
             return Err(Error::NoSpace { what: "metadata cache (Graph::set_metadata_cache)" });
         }
         let mut bytes = [0u8; KNOWN_HEADER_LEN];
-        let present = child_io::read_upto(graph, file, 0, &mut bytes).await?;
+        let present = child_io::read_upto(io, file, 0, &mut bytes).await?;
         let header = Header::parse(&bytes, present)?;
-        let file_size = child_io::size(graph, file)?;
+        let file_size = child_io::size(io, file)?;
         let cs = header.cluster_size();
         if u64::from(header.l1_size) < header.l1_entries_for(header.size) {
             return Err(Error::BadImage { what: "L1 table too small for the virtual size" });
@@ -129,13 +122,13 @@ impl Qcow2 {
         }
         let rt_bytes = u64::from(header.refcount_table_clusters) * cs;
         let refcount_table = validation::place(Table::RefcountTable, header.refcount_table_offset, rt_bytes, validation::MAX_REFTABLE_BYTES, cs, file_size)?;
-        let ext = extensions::read(graph, file, &header).await?;
+        let ext = extensions::read(io, file, &header).await?;
         let data_file = header.incompatible & header::incompat::DATA_FILE != 0;
         // "neither compressed clusters nor internal snapshots are supported" with a data file.
         if data_file && header.nb_snapshots != 0 {
             return Err(Error::BadImage { what: "internal snapshots in an image with an external data file" });
         }
-        let snaps = snapshots::check(graph, file, &header).await?;
+        let snaps = snapshots::check(io, file, &header).await?;
         let meta = Metadata { header: Region::new(0, cs), l1, refcount_table, snapshots: snaps };
         validation::disjoint(&meta)?;
         let mut q = Qcow2 {
@@ -151,7 +144,7 @@ impl Qcow2 {
             size: Cell::new(header.size),
             header,
             ext,
-            w: state::WriteState::new(&header, !read_only, Self::zeroed_from(graph, file, file_size)?),
+            w: state::WriteState::new(&header, !read_only, Self::zeroed_from(io, file, file_size)?),
         };
         let wanted = match (opts.get("snapshot.name"), opts.get("snapshot.id")) {
             (Some(v), _) => Some((v, false)),
@@ -161,7 +154,7 @@ impl Qcow2 {
         if let Some((value, by_id)) = wanted {
             let key = value.as_str().ok_or(Error::BadOption { key: "snapshot.name", why: "names contain no commas" })?;
             let mut walk = Walk::new(&header);
-            let snap = match snapshots::find(graph, file, &mut walk, key, by_id).await {
+            let snap = match snapshots::find(io, file, &mut walk, key, by_id).await {
                 Err(Error::NotFound) => return Err(Error::BadOption { key: "snapshot.name", why: "no snapshot of that name or id" }),
                 other => other?,
             };
@@ -184,14 +177,14 @@ impl Qcow2 {
             q.snapshot = Some(snap.index);
         }
         if !read_only {
-            q.open_for_writing(graph, file).await?;
+            q.open_for_writing(io, file).await?;
         }
         Ok(q)
     }
 
     /// Where the image file reads as zeros to its end: its size, or less if its device knows.
-    fn zeroed_from<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, file_size: u64) -> Result<u64> {
-        let known = graph.node(file)?.device().and_then(|d| d.zeroed_from());
+    fn zeroed_from(io: &Io<'_, '_>, file: NodeId, file_size: u64) -> Result<u64> {
+        let known = io.node(file)?.device().and_then(|d| d.zeroed_from());
         Ok(known.map_or(file_size, |z| z.min(file_size)))
     }
 
@@ -228,16 +221,9 @@ impl Qcow2 {
 
     /// Reads `buf.len()` bytes at `offset` of the image file under qcow2 node `node` (names,
     /// tables: what tools such as `img info` show).
-    pub async fn read_file_bytes<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let file = graph.node(node)?.child(crate::graph::Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
-        child_io::read(graph, file, offset, buf).await
-    }
-
-    /// Names the chain opener resolves.
-    pub fn links(&self) -> Links {
-        let backing = (self.header.backing_file_offset != 0)
-            .then_some(NameRef { offset: self.header.backing_file_offset, len: self.header.backing_file_size as u16 });
-        Links { backing, data_file: self.ext.data_file, needs_data_file: self.data_file }
+    pub async fn read_file_bytes(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let file = io.node(node)?.child(crate::node::Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
+        child_io::read(io, file, offset, buf).await
     }
 
     pub(crate) fn l2_entry_size(&self) -> u64 {
@@ -254,6 +240,67 @@ impl Qcow2 {
 
     /// Bytes of a table read at once: a 4 KiB slice, or one cluster if clusters are smaller.
     pub(crate) fn slice_len(&self) -> usize {
-        (self.cluster_size() as usize).min(cache::SLICE)
+        (self.cluster_size() as usize).min(crate::io::cache::SLICE)
+    }
+}
+
+impl Driver for Qcow2 {
+    type Pending = write::Pending;
+
+    async fn open(io: &Io<'_, '_>, file: Option<NodeId>, opts: &OptionsView<'_, '_>, read_only: bool) -> Result<Self> {
+        let file = file.ok_or(Error::BadOption { key: "file", why: "missing" })?;
+        Self::open_image(io, file, opts, read_only).await
+    }
+
+    fn size(&self) -> u64 {
+        Qcow2::size(self)
+    }
+
+    fn links(&self) -> Links<'_> {
+        let backing = (self.header.backing_file_offset != 0)
+            .then_some(NameRef { offset: self.header.backing_file_offset, len: self.header.backing_file_size as u16 });
+        Links { backing, backing_format: self.ext.backing_format(), data_file: self.ext.data_file, needs_data_file: self.data_file }
+    }
+
+    async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
+        Qcow2::map(self, io, node, offset, len).await
+    }
+
+    async fn read_compressed(&self, io: &Io<'_, '_>, node: NodeId, host: u64, csize: u64, skip: u64, out: &mut [u8]) -> Result<()> {
+        Qcow2::read_compressed(self, io, node, host, csize, skip, out).await
+    }
+
+    /// While written, clusters are allocated and freed: a read must finish before a cluster it
+    /// reads is freed (and reused).
+    fn tracks_reads(&self) -> bool {
+        self.w.writable
+    }
+
+    async fn begin_write<'g>(&self, io: &Io<'g, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<Option<Tracked<'g>>> {
+        self.begin(io, node, kind, offset, len).await.map(Some)
+    }
+
+    async fn plan_write(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<WritePlan<Self::Pending>> {
+        self.plan(io, node, offset, len).await
+    }
+
+    async fn commit_write(&self, io: &Io<'_, '_>, node: NodeId, pending: Self::Pending) -> Result<()> {
+        self.commit(io, node, pending).await
+    }
+
+    async fn plan_range(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, end: u64, op: RangeOp) -> Result<RangeStep> {
+        self.plan_range_step(io, node, offset, end, op).await
+    }
+
+    async fn flush_caches(&self, io: &Io<'_, '_>, node: NodeId) -> Result<()> {
+        Qcow2::flush_caches(self, io, node).await
+    }
+
+    async fn close(&self, io: &Io<'_, '_>, node: NodeId) -> Result<()> {
+        Qcow2::close(self, io, node).await
+    }
+
+    async fn resize(&self, io: &Io<'_, '_>, node: NodeId, new_size: u64) -> Result<()> {
+        self.grow(io, node, new_size).await
     }
 }

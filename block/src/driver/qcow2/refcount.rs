@@ -5,7 +5,8 @@
 //! ([`super::alloc`]) do.
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId};
+use crate::io::Io;
+use crate::node::NodeId;
 
 use super::validation::{self, ClusterRef};
 use super::Qcow2;
@@ -54,7 +55,7 @@ pub fn set_entry(slice: &mut [u8], order: u32, index: u64, value: u64) -> Option
 impl Qcow2 {
     /// The refcount of the host cluster holding byte `host` of the image file `file`. Clusters
     /// past the refcount table, or in a block not yet allocated, have refcount 0.
-    pub async fn refcount<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, host: u64) -> Result<u64> {
+    pub async fn refcount(&self, io: &Io<'_, '_>, file: NodeId, host: u64) -> Result<u64> {
         let cluster_bits = u32::from(self.cluster_bits);
         let cluster = host >> cluster_bits;
         let per_block = (self.cluster_size() * 8) >> self.refcount_order;
@@ -66,7 +67,7 @@ impl Qcow2 {
         }
         let slice_len = self.slice_len();
         let entry_at = self.meta.get().refcount_table.start + table_index * 8;
-        let rt_entry = graph.meta.read_u64(graph, file, entry_at, slice_len).await?;
+        let rt_entry = io.meta.read_u64(io, file, entry_at, slice_len).await?;
         if rt_entry & 0x1ff != 0 {
             return Err(Error::Corrupt { what: "refcount table entry: reserved bits set", offset: entry_at });
         }
@@ -74,16 +75,16 @@ impl Qcow2 {
         if block == 0 {
             return Ok(0);
         }
-        let file_size = graph.node(file)?.size();
+        let file_size = io.node(file)?.size();
         validation::cluster_ref(block, self.cluster_size(), file_size, &self.meta.get(), entry_at, ClusterRef::RefcountBlock)?;
         let bit = in_block << self.refcount_order;
         let byte = bit / 8;
         let slice_start = byte / slice_len as u64 * slice_len as u64;
         let index_in_slice = in_block - slice_start * 8 / (1u64 << self.refcount_order);
         let order = u32::from(self.refcount_order);
-        graph
+        io
             .meta
-            .with_slice(graph, file, block + slice_start, slice_len, |s| entry(s, order, index_in_slice))
+            .with_slice(io, file, block + slice_start, slice_len, |s| entry(s, order, index_in_slice))
             .await?
             .ok_or(Error::Corrupt { what: "refcount block entry outside its slice", offset: block + byte })
     }

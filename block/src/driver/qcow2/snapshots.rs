@@ -6,7 +6,8 @@ use zerocopy::big_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId};
+use crate::io::Io;
+use crate::node::NodeId;
 use crate::io::child_io;
 
 use super::header::Header;
@@ -94,17 +95,17 @@ impl Walk {
     }
 
     /// The next entry, checked: inside the file, extra data and L1 table within QEMU's limits.
-    pub async fn next<const N: usize, const T: usize>(&mut self, graph: &Graph<'_, N, T>, file: NodeId) -> Result<Option<SnapshotInfo>> {
+    pub async fn next(&mut self, io: &Io<'_, '_>, file: NodeId) -> Result<Option<SnapshotInfo>> {
         if self.index >= self.count {
             return Ok(None);
         }
         let bad = |what| Err(Error::BadImage { what });
-        let file_size = child_io::size(graph, file)?;
+        let file_size = child_io::size(io, file)?;
         let mut raw = [0u8; ENTRY];
         if self.pos.checked_add(ENTRY as u64).is_none_or(|e| e > file_size) {
             return bad("snapshot table reaches past the end of the file");
         }
-        child_io::read(graph, file, self.pos, &mut raw).await?;
+        child_io::read(io, file, self.pos, &mut raw).await?;
         let e = RawEntry::ref_from_bytes(&raw[..]).map_err(|_| Error::BadImage { what: "snapshot entry layout" })?;
         let extra = e.extra_data_size.get();
         if extra > MAX_EXTRA {
@@ -130,14 +131,14 @@ impl Walk {
         validation::place(Table::SnapshotL1, e.l1_table_offset.get(), l1_bytes, validation::MAX_L1_BYTES, self.cluster_size, file_size)?;
         let mut ex = [0u8; 24];
         let kept = (extra as usize).min(ex.len());
-        child_io::read(graph, file, self.pos + ENTRY as u64, &mut ex[..kept]).await?;
+        child_io::read(io, file, self.pos + ENTRY as u64, &mut ex[..kept]).await?;
         let word = |i: usize| u64::from_be_bytes([ex[i], ex[i + 1], ex[i + 2], ex[i + 3], ex[i + 4], ex[i + 5], ex[i + 6], ex[i + 7]]);
         let vm_state_size = if kept >= 8 { word(0) } else { u64::from(e.vm_state_size.get()) };
         let disk_size = if kept >= 16 { word(8) } else { self.image_size };
         let icount = (kept >= 24).then(|| word(16)).filter(|&c| c != u64::MAX);
         let strings = self.pos + ENTRY as u64 + u64::from(extra);
-        let id = read_string(graph, file, strings, id_len).await?;
-        let name = read_string(graph, file, strings + u64::from(id_len), name_len).await?;
+        let id = read_string(io, file, strings, id_len).await?;
+        let name = read_string(io, file, strings + u64::from(id_len), name_len).await?;
         let info = SnapshotInfo {
             index: self.index,
             l1_table_offset: e.l1_table_offset.get(),
@@ -161,10 +162,10 @@ impl Walk {
 
 /// Reads a string of `len` bytes, keeping at most [`MAX_KEPT_NAME`] (cut on a character
 /// boundary; invalid UTF-8 is replaced by `?`).
-async fn read_string<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, at: u64, len: u16) -> Result<heapless::String<MAX_KEPT_NAME>> {
+async fn read_string(io: &Io<'_, '_>, file: NodeId, at: u64, len: u16) -> Result<heapless::String<MAX_KEPT_NAME>> {
     let mut buf = [0u8; MAX_KEPT_NAME];
     let n = usize::from(len).min(MAX_KEPT_NAME);
-    child_io::read(graph, file, at, &mut buf[..n]).await?;
+    child_io::read(io, file, at, &mut buf[..n]).await?;
     let mut s = heapless::String::new();
     let text = match core::str::from_utf8(&buf[..n]) {
         Ok(t) => t,
@@ -178,31 +179,31 @@ async fn read_string<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, fi
 }
 
 /// Walks the whole table `header` names: checks every entry and returns the region it covers.
-pub async fn check<const N: usize, const T: usize>(graph: &Graph<'_, N, T>, file: NodeId, header: &Header) -> Result<Region> {
+pub async fn check(io: &Io<'_, '_>, file: NodeId, header: &Header) -> Result<Region> {
     let (offset, count, cluster_size) = (header.snapshots_offset, header.nb_snapshots, header.cluster_size());
     if count > validation::MAX_SNAPSHOTS {
         return Err(Error::BadImage { what: "snapshot table too large (more than 65536 snapshots or 64 MiB)" });
     }
-    let file_size = child_io::size(graph, file)?;
+    let file_size = child_io::size(io, file)?;
     if count == 0 {
         // The offset of an empty table is still checked, as QEMU does.
         return validation::place(Table::Snapshots, offset, 0, validation::MAX_SNAPSHOT_TABLE_BYTES, cluster_size, file_size);
     }
     validation::place(Table::Snapshots, offset, 1, validation::MAX_SNAPSHOT_TABLE_BYTES, cluster_size, file_size)?;
     let mut walk = Walk::new(header);
-    while walk.next(graph, file).await?.is_some() {}
+    while walk.next(io, file).await?.is_some() {}
     Ok(Region::new(offset, walk.walked()))
 }
 
 /// The snapshot whose name (or, failing that, id) is `key`.
-pub async fn find<const N: usize, const T: usize>(
-    graph: &Graph<'_, N, T>,
+pub async fn find(
+    io: &Io<'_, '_>,
     file: NodeId,
     walk: &mut Walk,
     key: &str,
     by_id: bool,
 ) -> Result<SnapshotInfo> {
-    while let Some(s) = walk.next(graph, file).await? {
+    while let Some(s) = walk.next(io, file).await? {
         let hit = if by_id { usize::from(s.id_len) == key.len() && s.id == key } else { usize::from(s.name_len) == key.len() && s.name == key };
         if hit {
             return Ok(s);

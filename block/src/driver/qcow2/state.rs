@@ -7,13 +7,14 @@
 //! compressed cluster, a discard, an unmapping write-zeroes) is put on the pending list, not
 //! freed at once: its refcount drops only after the change is stable (written back and
 //! flushed), so a crash can never leave a table pointing at a cluster that was reused or whose
-//! count is too low (DESIGN.md rules 1 and 3; QEMU orders the same with cache dependencies).
+//! count is too low (`docs/ARCHITECTURE.md` rules 1 and 3; QEMU orders the same with cache dependencies).
 //! The list is fixed-size; when it is full, the writer runs a write-back that empties it.
 
 use core::cell::{Cell, RefCell};
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId};
+use crate::io::Io;
+use crate::node::NodeId;
 use crate::io::{child_io, flush, wait_until};
 
 use super::header::{compat, incompat, Header};
@@ -105,7 +106,7 @@ impl Qcow2 {
     /// Checks made once a read-write open has read the image: refuses what must not be
     /// written, and clears the autoclear bits (Strata maintains none of them) (QEMU clears the ones it does
     /// not know: their extensions would go stale).
-    pub(crate) async fn open_for_writing<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId) -> Result<()> {
+    pub(crate) async fn open_for_writing(&self, io: &Io<'_, '_>, file: NodeId) -> Result<()> {
         let h = &self.header;
         if h.incompatible & incompat::CORRUPT != 0 {
             return Err(Error::BadImage { what: "image is marked corrupt: it opens read-only (qemu-img check -r all repairs it)" });
@@ -121,8 +122,8 @@ impl Qcow2 {
         if h.version >= 3 && h.autoclear != 0 {
             // Strata keeps neither bitmaps nor a raw data file up to date: their extensions must
             // not claim to be (`autoclear::BITMAPS`, `autoclear::DATA_FILE_RAW`, unknown bits).
-            self.write_header_u64(graph, file, field::AUTOCLEAR, 0).await?;
-            flush::flush_leaves(graph, file).await?;
+            self.write_header_u64(io, file, field::AUTOCLEAR, 0).await?;
+            flush::flush_leaves(io, file).await?;
         }
         Ok(())
     }
@@ -139,8 +140,8 @@ impl Qcow2 {
     }
 
     /// With lazy refcounts, sets the dirty bit (stable) before the first write relies on it
-    /// (DESIGN.md rule 4).
-    pub(crate) async fn mark_dirty<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId) -> Result<()> {
+    /// (`docs/ARCHITECTURE.md` rule 4).
+    pub(crate) async fn mark_dirty(&self, io: &Io<'_, '_>, file: NodeId) -> Result<()> {
         if !self.w.lazy || self.w.incompatible.get() & incompat::DIRTY != 0 {
             return Ok(());
         }
@@ -149,44 +150,44 @@ impl Qcow2 {
             return Ok(());
         }
         let bits = self.w.incompatible.get() | incompat::DIRTY;
-        self.write_header_u64(graph, file, field::INCOMPATIBLE, bits).await?;
-        flush::flush_leaves(graph, file).await?;
+        self.write_header_u64(io, file, field::INCOMPATIBLE, bits).await?;
+        flush::flush_leaves(io, file).await?;
         self.w.incompatible.set(bits);
         Ok(())
     }
 
     /// Clears the dirty bit after a complete write-back (a clean close).
-    pub(crate) async fn mark_clean<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId) -> Result<()> {
+    pub(crate) async fn mark_clean(&self, io: &Io<'_, '_>, file: NodeId) -> Result<()> {
         if self.w.incompatible.get() & incompat::DIRTY == 0 {
             return Ok(());
         }
         let bits = self.w.incompatible.get() & !incompat::DIRTY;
-        self.write_header_u64(graph, file, field::INCOMPATIBLE, bits).await?;
-        flush::flush_leaves(graph, file).await?;
+        self.write_header_u64(io, file, field::INCOMPATIBLE, bits).await?;
+        flush::flush_leaves(io, file).await?;
         self.w.incompatible.set(bits);
         Ok(())
     }
 
     /// Marks the image corrupt (QEMU's `qcow2_signal_corruption`): the node refuses writes from
     /// now on and the header's corrupt bit is set (best effort). Returns the error to report.
-    pub(crate) async fn signal_corruption<const N: usize, const T: usize>(
+    pub(crate) async fn signal_corruption(
         &self,
-        graph: &Graph<'_, N, T>,
+        io: &Io<'_, '_>,
         file: NodeId,
         what: &'static str,
         offset: u64,
     ) -> Error {
         self.w.corrupt.set(true);
         let bits = self.w.incompatible.get() | incompat::CORRUPT;
-        if self.header.version >= 3 && self.write_header_u64(graph, file, field::INCOMPATIBLE, bits).await.is_ok() {
+        if self.header.version >= 3 && self.write_header_u64(io, file, field::INCOMPATIBLE, bits).await.is_ok() {
             self.w.incompatible.set(bits);
-            let _ = flush::flush_leaves(graph, file).await;
+            let _ = flush::flush_leaves(io, file).await;
         }
         Error::Corrupt { what, offset }
     }
 
     /// Writes one big-endian u64 header field.
-    pub(crate) async fn write_header_u64<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, at: u64, value: u64) -> Result<()> {
-        child_io::write(graph, file, at, &value.to_be_bytes()).await
+    pub(crate) async fn write_header_u64(&self, io: &Io<'_, '_>, file: NodeId, at: u64, value: u64) -> Result<()> {
+        child_io::write(io, file, at, &value.to_be_bytes()).await
     }
 }

@@ -6,7 +6,8 @@
 
 use crate::driver::Mapping;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId, Role};
+use crate::io::Io;
+use crate::node::{NodeId, Role};
 
 pub use super::entry_bits::{COMPRESSED, COPIED, L1_OFFSET, L1_RESERVED, L2_OFFSET, L2_RESERVED, ZERO};
 use super::entry_rules;
@@ -150,14 +151,14 @@ enum Found {
 
 impl Qcow2 {
     /// Maps `len` bytes at `offset` (inside the node) of qcow2 node `node`.
-    pub(crate) async fn map<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
-        let here = graph.node(node)?;
+    pub(crate) async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
+        let here = io.node(node)?;
         let file = here.child(Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
         let data_role = if self.data_file { Role::DataFile } else { Role::File };
         let data = here.child(data_role).ok_or(Error::BadGraph("qcow2 node without its data-file child"))?;
         // File sizes are read after each await, never before: a concurrent write may grow the
         // file and point a table at the new space while this lookup waits for a slice.
-        let size_of = |n: NodeId| graph.node(n).map(|n| n.size());
+        let size_of = |n: NodeId| io.node(n).map(|n| n.size());
         let cs = self.cluster_size();
         let l2_entries = self.l2_entries();
         let guest_cluster = offset >> self.cluster_bits;
@@ -171,7 +172,7 @@ impl Qcow2 {
         }
         let slice_len = self.slice_len();
         let l1_at = self.l1.get().start + l1_index * 8;
-        let l1_entry = graph.meta.read_u64(graph, file, l1_at, slice_len).await?;
+        let l1_entry = io.meta.read_u64(io, file, l1_at, slice_len).await?;
         let Some(l2) = decode_l1(l1_entry, l1_at)? else {
             return Ok(Mapping::Unallocated { len });
         };
@@ -180,9 +181,9 @@ impl Qcow2 {
         let entry_at = l2.0 + l2_index * esize;
         let slice_start = entry_at / slice_len as u64 * slice_len as u64;
         let skip = (entry_at - slice_start) as usize;
-        let found = graph
+        let found = io
             .meta
-            .with_slice(graph, file, slice_start, slice_len, |s| {
+            .with_slice(io, file, slice_start, slice_len, |s| {
                 self.scan(s.get(skip..).unwrap_or(&[]), entry_at, offset, len, size_of(data)?)
             })
             .await??;

@@ -1,4 +1,4 @@
-//! Making a read-write qcow2 node's metadata stable (DESIGN.md rule 5): flush, the pending
+//! Making a read-write qcow2 node's metadata stable (`docs/ARCHITECTURE.md` rule 5): flush, the pending
 //! frees, and the clean close.
 //!
 //! A flush writes the node's dirty slices back in dependency order — refcount slices, a flush of
@@ -11,7 +11,8 @@
 //! lag.
 
 use crate::error::Result;
-use crate::graph::{Graph, NodeId};
+use crate::io::Io;
+use crate::node::NodeId;
 use crate::io::events::Event;
 use crate::io::{child_io, flush};
 
@@ -21,18 +22,21 @@ use super::Qcow2;
 impl Qcow2 {
     /// Writes everything back and makes it stable; then applies the frees that were waiting for
     /// it. A no-op on a read-only node.
-    pub(crate) async fn flush_caches<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
+    pub(crate) async fn flush_caches(&self, io: &Io<'_, '_>, node: NodeId) -> Result<()> {
         if !self.w.writable {
             return Ok(());
         }
-        let file = Self::file(graph, node)?;
+        let file = Self::file(io, node)?;
         // Frees whose table changes are in the cache now: the write-back below covers them.
         let frees = core::mem::take(&mut *self.w.pending.borrow_mut());
         let stable = async {
-            graph.event(node, Event::FlushToOs)?;
-            graph.meta.write_back_with(graph, file, !self.w.lazy).await?;
-            graph.event(node, Event::FlushToDisk)?;
-            flush::flush_leaves(graph, file).await
+            io.event(node, Event::FlushToOs)?;
+            // Ordered also with lazy refcounts: the flush before the table slices is what makes
+            // guest and copy-on-write data stable before an L2 entry points at it (rule 2; QEMU's
+            // `perform_cow` makes the L2 cache depend on a flush whatever the refcount mode).
+            io.meta.write_back(io, file).await?;
+            io.event(node, Event::FlushToDisk)?;
+            flush::flush_leaves(io, file).await
         }
         .await;
         if let Err(e) = stable {
@@ -45,7 +49,7 @@ impl Qcow2 {
             }
             return Err(e);
         }
-        self.apply_frees(graph, file, &frees).await
+        self.apply_frees(io, file, &frees).await
     }
 
     /// Drops the refcounts of freed clusters (their table changes are stable).
@@ -55,24 +59,24 @@ impl Qcow2 {
     /// there, and a discard still in flight would then punch that new data out (requests in
     /// flight together complete in any order). QEMU gets the same order from its lock:
     /// `update_refcount` issues the discards before an allocation can run.
-    async fn apply_frees<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, file: NodeId, frees: &[PendingFree]) -> Result<()> {
+    async fn apply_frees(&self, io: &Io<'_, '_>, file: NodeId, frees: &[PendingFree]) -> Result<()> {
         let cs = self.cluster_size();
         for f in frees {
             let first = f.host >> self.cluster_bits;
             let last = (f.host + f.len.max(1) - 1) >> self.cluster_bits;
             for c in first..=last {
-                self.event_at(graph, file, Event::ClusterFree)?;
+                self.event_at(io, file, Event::ClusterFree)?;
                 // Refcount 1: this free takes the last reference. Nothing can add one meanwhile
                 // (only free clusters are allocated), so the cluster is still ours until the
                 // drop below.
-                if f.discard && self.refcount(graph, file, c * cs).await? == 1 {
+                if f.discard && self.refcount(io, file, c * cs).await? == 1 {
                     // Advisory, as QEMU's pass-discard-request: a failure changes nothing.
-                    let _ = child_io::discard(graph, file, c * cs, cs).await;
+                    let _ = child_io::discard(io, file, c * cs, cs).await;
                 }
-                if self.change_refcount(graph, file, c, -1).await? != 0 {
+                if self.change_refcount(io, file, c, -1).await? != 0 {
                     continue;
                 }
-                graph.meta.forget_range(file, c * cs, (c + 1) * cs);
+                io.meta.forget_range(file, c * cs, (c + 1) * cs);
                 if c < self.w.free_hint.get() {
                     self.w.free_hint.set(c);
                 }
@@ -82,7 +86,7 @@ impl Qcow2 {
     }
 
     /// Queues a free for after the next flush; runs one first if the list is full.
-    pub(crate) async fn free_later<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, free: PendingFree) -> Result<()> {
+    pub(crate) async fn free_later(&self, io: &Io<'_, '_>, node: NodeId, free: PendingFree) -> Result<()> {
         loop {
             {
                 let mut pending = self.w.pending.borrow_mut();
@@ -97,20 +101,20 @@ impl Qcow2 {
                     return Ok(());
                 }
             }
-            self.flush_caches(graph, node).await?;
+            self.flush_caches(io, node).await?;
         }
     }
 
     /// A clean close: everything written back and stable, waiting frees applied and written, the
     /// dirty bit (lazy refcounts) cleared. After it `qemu-img check` finds no leaks.
-    pub(crate) async fn close<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
+    pub(crate) async fn close(&self, io: &Io<'_, '_>, node: NodeId) -> Result<()> {
         if !self.w.writable {
             return Ok(());
         }
         // The first round applies the frees, which dirties refcounts; the second writes them.
-        self.flush_caches(graph, node).await?;
-        self.flush_caches(graph, node).await?;
-        let file = Self::file(graph, node)?;
-        self.mark_clean(graph, file).await
+        self.flush_caches(io, node).await?;
+        self.flush_caches(io, node).await?;
+        let file = Self::file(io, node)?;
+        self.mark_clean(io, file).await
     }
 }

@@ -12,14 +12,16 @@
 //!   without a backing file stays as it is. Freed clusters are discarded in the file too once
 //!   their table change is stable.
 //!
-//! Both hold one serialising tracked request over whole clusters for their range.
+//! Both run under one serialising tracked request over whole clusters of their range
+//! ([`Qcow2::begin`]); the io layer drives the steps and writes zeros as data where a step asks.
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId, Role};
-use crate::io::tracked::{ReqKind, Tracked};
+use crate::io::Io;
+use crate::node::{NodeId, Role};
+use crate::driver::RangeStep;
 use crate::io::RangeOp;
 
-use super::cache::Class;
+use crate::io::cache::Class;
 use super::state::PendingFree;
 use super::tables::{decode_l1, decode_l2, l2_words, set_l2_words, Entry, GuestOffset, L2_OFFSET, ZERO};
 use super::Qcow2;
@@ -43,51 +45,47 @@ enum Outcome {
 }
 
 impl Qcow2 {
-    /// Write-zeroes or discard over `[offset, offset + len)` of node `node`.
-    pub(crate) async fn range_op<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, len: u64, op: RangeOp) -> Result<()> {
-        self.check_writable()?;
-        let file = Self::file(graph, node)?;
-        self.mark_dirty(graph, file).await?;
-        let kind = if op == RangeOp::Discard { ReqKind::Discard } else { ReqKind::Write };
-        let tracked = graph.format_tracker.begin(node, kind, offset, len).await;
-        tracked.serialise(self.cluster_size());
-        tracked.wait_serialising().await;
-        let end = offset + len;
+    /// The next step of write-zeroes or discard over `[pos, end)` of node `node`, under the
+    /// serialising request of [`Qcow2::begin`]. Steps are stateless: the whole units of
+    /// `[pos, end)` are the same whether `pos` is where the operation started or a unit
+    /// boundary it reached.
+    pub(crate) async fn plan_range_step(&self, io: &Io<'_, '_>, node: NodeId, pos: u64, end: u64, op: RangeOp) -> Result<RangeStep> {
+        let file = Self::file(io, node)?;
         let cs = self.cluster_size();
+        let done = |to: u64| Ok(RangeStep::Done { len: to.min(end) - pos });
+        let as_data = |to: u64| Ok(RangeStep::AsData { len: to.min(end) - pos });
         match op {
             // Version 2 has no zero flag: a discarded cluster would show the backing file's
             // stale data, so QEMU does nothing (-ENOTSUP, and discards are advisory).
-            RangeOp::Discard if self.header().version < 3 && graph.node(node)?.child(Role::Backing).is_some() => Ok(()),
+            RangeOp::Discard if self.header().version < 3 && io.node(node)?.child(Role::Backing).is_some() => done(end),
             RangeOp::Discard => {
-                let (start, stop) = self.whole_units(offset, end, cs);
-                let mut c = start;
-                while c < stop {
-                    self.change_cluster(graph, node, file, c, Change::Discard, &tracked).await?;
-                    c += cs;
+                let (start, stop) = self.whole_units(pos, end, cs);
+                if pos < start || pos >= stop {
+                    return done(if pos < start { start } else { end });
                 }
-                Ok(())
+                self.change_cluster(io, node, file, pos, Change::Discard).await?;
+                done(pos + cs)
             }
-            RangeOp::WriteZeroes { .. } if self.header().version < 3 => self.zeros_as_data(graph, node, file, offset, end, &tracked).await,
+            RangeOp::WriteZeroes { .. } if self.header().version < 3 => as_data(end),
             RangeOp::WriteZeroes { unmap } => {
                 let unit = if self.extended_l2 { cs / 32 } else { cs };
-                let (start, stop) = self.whole_units(offset, end, unit);
-                if start >= stop {
-                    return self.zeros_as_data(graph, node, file, offset, end, &tracked).await;
+                let (start, stop) = self.whole_units(pos, end, unit);
+                if pos < start || pos >= stop {
+                    return as_data(if pos < start { start } else { end });
                 }
-                self.zeros_as_data(graph, node, file, offset, start, &tracked).await?;
-                let mut c = start & !(cs - 1);
-                while c < stop {
-                    let (lo, hi) = (start.max(c), stop.min(c + cs));
-                    let mask = if self.extended_l2 {
-                        let (s0, s1) = ((lo - c) / unit, (hi - c) / unit);
-                        ((1u64 << s1) - 1) & !((1u64 << s0) - 1)
-                    } else {
-                        0
-                    };
-                    self.change_cluster(graph, node, file, c, Change::Zero { unmap, mask }, &tracked).await?;
-                    c += cs;
+                let c = pos & !(cs - 1);
+                let hi = stop.min(c + cs);
+                let mask = if self.extended_l2 {
+                    let (s0, s1) = ((pos - c) / unit, (hi - c) / unit);
+                    ((1u64 << s1) - 1) & !((1u64 << s0) - 1)
+                } else {
+                    0
+                };
+                match self.change_cluster(io, node, file, c, Change::Zero { unmap, mask }).await? {
+                    Some((lo, hi)) if lo == pos => as_data(hi),
+                    Some(_) => Err(Error::BadGraph("zeroing as data away from the position")),
+                    None => done(hi),
                 }
-                self.zeros_as_data(graph, node, file, stop.min(end), end, &tracked).await
             }
         }
     }
@@ -100,83 +98,47 @@ impl Qcow2 {
         (start, stop.max(start))
     }
 
-    /// Writes zeros as data over `[from, to)` where it does not read as zeros already.
-    async fn zeros_as_data<const N: usize, const T: usize>(
-        &self,
-        graph: &Graph<'_, N, T>,
-        node: NodeId,
-        file: NodeId,
-        from: u64,
-        to: u64,
-        tracked: &Tracked<'_, T>,
-    ) -> Result<()> {
-        static ZEROS: [u8; 4096] = [0; 4096];
-        let to = to.min(self.size());
-        if from >= to || self.reads_zero(graph, node, from, to).await? {
-            return Ok(());
-        }
-        let mut at = from;
-        while at < to {
-            let n = ((to - at) as usize).min(ZEROS.len());
-            self.write_tracked(graph, node, file, at, &ZEROS[..n], tracked).await?;
-            at += n as u64;
-        }
-        Ok(())
-    }
-
-    /// Applies `change` to the entry of guest cluster `c`.
-    async fn change_cluster<const N: usize, const T: usize>(
-        &self,
-        graph: &Graph<'_, N, T>,
-        node: NodeId,
-        file: NodeId,
-        c: u64,
-        change: Change,
-        tracked: &Tracked<'_, T>,
-    ) -> Result<()> {
+    /// Applies `change` to the entry of guest cluster `c`; `Some((lo, hi))` if guest
+    /// `[lo, hi)` must be written as zeros instead (part of a compressed cluster).
+    async fn change_cluster(&self, io: &Io<'_, '_>, node: NodeId, file: NodeId, c: u64, change: Change) -> Result<Option<(u64, u64)>> {
         let cs = self.cluster_size();
-        let has_backing = graph.node(node)?.child(Role::Backing).is_some();
+        let has_backing = io.node(node)?.child(Role::Backing).is_some();
         let l1_index = (c >> self.cluster_bits) / self.l2_entries();
         if l1_index >= u64::from(self.l1_entries.get()) {
-            return Ok(());
+            return Ok(None);
         }
         let slice_len = self.slice_len();
         let l1_at = self.l1.get().start + l1_index * 8;
-        let l1 = graph.meta.read_u64(graph, file, l1_at, slice_len).await?;
+        let l1 = io.meta.read_u64(io, file, l1_at, slice_len).await?;
         if decode_l1(l1, l1_at)?.is_none() && !has_backing {
-            return Ok(()); // no table, nothing below: reads as zeros, nothing to free
+            return Ok(None); // no table, nothing below: reads as zeros, nothing to free
         }
-        let l2 = self.l2_for_write(graph, node, file, c).await?;
+        let l2 = self.l2_for_write(io, node, file, c).await?;
         let esize = self.l2_entry_size();
         let at = l2 + ((c >> self.cluster_bits) % self.l2_entries()) * esize;
         let slice = at / slice_len as u64 * slice_len as u64;
         let k = (at - slice) as usize;
-        let (e, bitmap) = graph
-            .meta
-            .with_slice(graph, file, slice, slice_len, |s| l2_words(s, k, esize == 16))
-            .await?;
+        let (e, bitmap) = io.meta.with_slice(io, file, slice, slice_len, |s| l2_words(s, k, esize == 16)).await?;
         let (entry, new_bitmap, free) = match self.changed(e, bitmap, GuestOffset(c), at, change, has_backing)? {
             Outcome::AsData => {
-                let Change::Zero { mask, .. } = change else { return Ok(()) };
+                let Change::Zero { mask, .. } = change else { return Ok(None) };
                 let sc = cs / 32;
-                let (lo, hi) = (c + u64::from(mask.trailing_zeros()) * sc, c + (64 - u64::from(mask.leading_zeros())) * sc);
-                return self.zeros_as_data(graph, node, file, lo, hi, tracked).await;
+                return Ok(Some((c + u64::from(mask.trailing_zeros()) * sc, c + (64 - u64::from(mask.leading_zeros())) * sc)));
             }
             Outcome::Set { entry, bitmap: b, free } => (entry, b, free),
         };
         if entry == e && new_bitmap == bitmap {
-            return Ok(());
+            return Ok(None);
         }
-        self.check_meta_write(graph, file, at, Class::Table).await?;
-        graph
-            .meta
-            .with_slice_mut(graph, file, slice, slice_len, Class::Table, |s| set_l2_words(s, k, esize == 16, entry, new_bitmap))
+        self.check_meta_write(io, file, at, Class::Table).await?;
+        io.meta
+            .with_slice_mut(io, file, slice, slice_len, Class::Table, |s| set_l2_words(s, k, esize == 16, entry, new_bitmap))
             .await?
             .ok_or(Error::BadGraph("L2 entry across a slice"))?;
         if let Some(f) = free {
-            self.free_later(graph, node, f).await?;
+            self.free_later(io, node, f).await?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The new entry for `change` applied to entry `e` (with `bitmap`) of guest cluster `guest`.

@@ -7,6 +7,7 @@ use super::*;
 use crate::dev::ram::{RamConfig, RamDisk};
 use crate::driver::qcow2::header::{compat, incompat, Header, KNOWN_HEADER_LEN};
 use crate::error::Error;
+use crate::graph::Graph;
 use crate::driver::qcow2::refcount_entry;
 
 fn opts(size: u64, cluster_bits: u32) -> CreateOptions<'static> {
@@ -131,7 +132,7 @@ fn create_on_ram(o: &CreateOptions<'_>, disk_bytes: usize) -> (Result<()>, std::
         let mut bounce = std::vec![0u8; 4 * 4096];
         let mut graph: Graph<'_, 4, 16> = Graph::new(&mut bounce, 4096);
         let leaf = graph.add_leaf("d", &disk).unwrap();
-        futures::executor::block_on(create(&graph, leaf, o))
+        futures::executor::block_on(create(&graph.io(), leaf, o))
     };
     (result, memory)
 }

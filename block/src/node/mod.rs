@@ -1,17 +1,26 @@
-//! A node of the graph (QEMU's `BlockDriverState`) and the links to its children (`BdrvChild`).
+//! A node of the graph (QEMU's `BlockDriverState`) as every layer sees it, and the links to its
+//! children (`BdrvChild`). A format node's driver state is not here: the graph keeps it beside
+//! the node, where only the layers above the drivers look (see `docs/ARCHITECTURE.md`).
+
+pub mod limits;
+pub mod perm;
 
 use core::cell::Cell;
 
-use super::perm::Attachment;
+pub use limits::BlockLimits;
+pub use perm::{Attachment, Perm};
+
 use crate::dev::BlockDevice;
-use crate::driver::{DriverDesc, FormatState};
-use crate::io::limits::BlockLimits;
 
 /// Longest node name.
 pub const MAX_NODE_NAME: usize = 32;
 
 /// Most children a node has (file, backing, data-file).
 pub const MAX_CHILDREN: usize = 3;
+
+/// Bound on any walk down the graph (a backing chain plus the translation nodes and leaf under
+/// its bottom). Deeper graphs are refused.
+pub const MAX_DEPTH: usize = 32;
 
 /// A node's address: slot index plus the slot's generation, so an id kept after its node was
 /// closed is detected ([`crate::Error::BadNode`]) instead of naming a newer node.
@@ -44,12 +53,23 @@ pub struct Child {
 }
 
 /// What a node is.
-#[allow(clippy::large_enum_variant)] // reason: nodes live in fixed arrays (no heap to box into); see `FormatState`
+#[derive(Clone, Copy)]
 pub enum NodeKind<'d> {
     /// A leaf device.
     Leaf(&'d dyn BlockDevice),
-    /// A format or filter driver with its state.
-    Format(FormatState),
+    /// A format, filter or protocol driver (its state is the graph's, beside the node).
+    Driver,
+}
+
+/// How a translation-only node (a raw window, a filter) maps its bytes: byte `o` of the node is
+/// byte `o + offset` of the child in `role`. Metadata I/O of a format above passes through such
+/// nodes with this, without calling their driver (so it never re-enters a driver).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    /// The child the bytes are in.
+    pub role: Role,
+    /// Where the node's byte 0 lies in that child.
+    pub offset: u64,
 }
 
 /// Flush generations (QEMU's `write_gen`/`flushed_gen`): a flush with nothing written since the
@@ -70,9 +90,9 @@ pub struct FlushState {
 pub struct Node<'d> {
     /// Unique name (`node-name`, or `#nINDEX`).
     pub name: heapless::String<MAX_NODE_NAME>,
-    /// The driver.
-    pub driver: &'static DriverDesc,
-    /// Leaf or format.
+    /// The driver's name (`driver=`; `device` for a leaf).
+    pub driver: &'static str,
+    /// Leaf or driver.
     pub kind: NodeKind<'d>,
     /// Children, at most one per role.
     pub children: heapless::Vec<Child, MAX_CHILDREN>,
@@ -85,6 +105,8 @@ pub struct Node<'d> {
     pub(crate) size: Cell<u64>,
     /// Limits, computed bottom-up at open.
     pub limits: BlockLimits,
+    /// For translation-only nodes: where their bytes are (see [`Pass`]).
+    pub pass: Option<Pass>,
     pub(crate) flush: FlushState,
 }
 
@@ -109,7 +131,7 @@ impl Node<'_> {
     pub fn device(&self) -> Option<&dyn BlockDevice> {
         match self.kind {
             NodeKind::Leaf(dev) => Some(dev),
-            NodeKind::Format(_) => None,
+            NodeKind::Driver => None,
         }
     }
 

@@ -41,6 +41,21 @@ impl BlockLimits {
         }
     }
 
+    /// Limits of a node with no child and no device (`null-co`): byte granularity, no bound
+    /// on transfers the io layer would have to split for.
+    pub fn unlimited() -> Self {
+        Self {
+            request_alignment: 1,
+            max_transfer: u32::MAX,
+            opt_transfer: 0,
+            max_segments: u16::MAX,
+            max_segment_size: u32::MAX,
+            discard_alignment: 1,
+            write_zeroes_alignment: 1,
+            mem_alignment: 1,
+        }
+    }
+
     /// Limits of a node that passes requests straight to its file child.
     pub fn inherit(child: &BlockLimits) -> Self {
         *child

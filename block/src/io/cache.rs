@@ -1,5 +1,5 @@
 //! The metadata cache: L1, L2 and refcount tables alike, in slices of at most 4 KiB, shared by
-//! every qcow2 node of a graph (DESIGN.md, "Resources").
+//! every qcow2 node of a graph (`docs/ARCHITECTURE.md`, "Resources").
 //!
 //! **Budget.** The caller gives the graph `slots` ([`CacheSlot`], 4 KiB each) once, with
 //! [`crate::Graph::set_metadata_cache`]; the byte budget is `slots.len() * 4 KiB` and never grows.
@@ -18,7 +18,7 @@
 //!
 //! **Writes.** A changed slice stays in its slot, dirty, tagged with its [`Class`]; a dirty slot
 //! is never evicted. [`MetaCache::write_back`] writes a node's dirty slices in dependency order
-//! (DESIGN.md, crash consistency): refcount slices, then a flush of the file (which also makes
+//! (`docs/ARCHITECTURE.md`, crash consistency): refcount slices, then a flush of the file (which also makes
 //! every data write completed so far stable), then table slices. A set with no clean slot left
 //! writes back the nodes it holds before it evicts. While a slice is being written it can be read
 //! but not changed; changes wait. Dirty slices are written back only by [`MetaCache::write_back`],
@@ -31,7 +31,8 @@ use core::task::Poll;
 use miniz_oxide::inflate::core::DecompressorOxide;
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId};
+use crate::io::Io;
+use crate::node::NodeId;
 use crate::io::{child_io, wait_for};
 
 /// Bytes per slot (the largest slice).
@@ -98,9 +99,9 @@ impl Default for CacheSlot {
 /// window). About 60 KiB each; the graph holds as many as the caller gives it
 /// ([`crate::Graph::set_decompressors`]), and a request waits for a free one.
 pub struct Inflater {
-    pub(super) state: RefCell<DecompressorOxide>,
-    pub(super) window: RefCell<[u8; WINDOW]>,
-    pub(super) input: RefCell<[u8; INPUT]>,
+    pub(crate) state: RefCell<DecompressorOxide>,
+    pub(crate) window: RefCell<[u8; WINDOW]>,
+    pub(crate) input: RefCell<[u8; INPUT]>,
     busy: Cell<bool>,
 }
 
@@ -128,7 +129,7 @@ impl Default for Inflater {
 }
 
 /// An inflater taken from the pool; given back on drop.
-pub(super) struct TakenInflater<'a>(pub(super) &'a Inflater);
+pub(crate) struct TakenInflater<'a>(pub(crate) &'a Inflater);
 
 impl Drop for TakenInflater<'_> {
     fn drop(&mut self) {
@@ -298,9 +299,9 @@ impl<'d> MetaCache<'d> {
     /// Runs `f` on the `len` bytes (at most [`SLICE`]) at `offset` of `node` — a slice-aligned
     /// piece of a table — reading them through the cache. Bytes past the end of `node` read as
     /// zeros.
-    pub(crate) async fn with_slice<R, const N: usize, const T: usize>(
+    pub(crate) async fn with_slice<R>(
         &self,
-        graph: &Graph<'_, N, T>,
+        io: &Io<'_, '_>,
         node: NodeId,
         offset: u64,
         len: usize,
@@ -345,7 +346,7 @@ impl<'d> MetaCache<'d> {
             let Some(slot) = victim else {
                 // No clean slot: write back the dirty ones (in order), or wait for a loading one.
                 match set.iter().find(|s| s.dirty.get().is_some() && !s.writing.get()).and_then(|s| s.key.get()) {
-                    Some((dirty_node, _)) => self.write_back(graph, dirty_node).await?,
+                    Some((dirty_node, _)) => self.write_back(io, dirty_node).await?,
                     None => yield_now().await,
                 }
                 continue;
@@ -357,7 +358,7 @@ impl<'d> MetaCache<'d> {
             let mut guard = LoadGuard { slot, done: false };
             {
                 let mut data = slot.data.try_borrow_mut().map_err(|_| Error::BadGraph("metadata slot busy"))?;
-                child_io::read_upto(graph, node, offset, &mut data[..len]).await?;
+                child_io::read_upto(io, node, offset, &mut data[..len]).await?;
             }
             slot.state.set(SlotState::Ready);
             slot.used.set(tick);
@@ -367,10 +368,10 @@ impl<'d> MetaCache<'d> {
 
     /// The big-endian u64 at `offset` of `node` (8-aligned), through the slice of `slice_len`
     /// bytes that holds it.
-    pub(crate) async fn read_u64<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, offset: u64, slice_len: usize) -> Result<u64> {
+    pub(crate) async fn read_u64(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, slice_len: usize) -> Result<u64> {
         let start = offset / slice_len as u64 * slice_len as u64;
         let at = (offset - start) as usize;
-        self.with_slice(graph, node, start, slice_len, |s| {
+        self.with_slice(io, node, start, slice_len, |s| {
             s.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
         })
         .await?
@@ -380,9 +381,9 @@ impl<'d> MetaCache<'d> {
     /// Runs `f` on the slice at `offset` of `node` (as [`MetaCache::with_slice`]) to change it;
     /// the slice becomes dirty in `class` and stays cached until written back. Waits while the
     /// slice is being written.
-    pub(crate) async fn with_slice_mut<R, const N: usize, const T: usize>(
+    pub(crate) async fn with_slice_mut<R>(
         &self,
-        graph: &Graph<'_, N, T>,
+        io: &Io<'_, '_>,
         node: NodeId,
         offset: u64,
         len: usize,
@@ -391,7 +392,7 @@ impl<'d> MetaCache<'d> {
     ) -> Result<R> {
         loop {
             // Load (or find) it; then change it synchronously, so nothing moves in between.
-            self.with_slice(graph, node, offset, len, |_| ()).await?;
+            self.with_slice(io, node, offset, len, |_| ()).await?;
             let key = Some((node, offset));
             let Some(slot) = self.set_of(node, offset).iter().find(|s| s.key.get() == key && s.state.get() == SlotState::Ready) else {
                 continue; // evicted between the load and now: load again
@@ -412,16 +413,10 @@ impl<'d> MetaCache<'d> {
     }
 
     /// Writes every dirty slice of `node` (a format's file child) back, in [`Class`] order with
-    /// a flush of `node` before the table slices (DESIGN.md rules 1 and 2). Returns once all of
+    /// a flush of `node` before the table slices (`docs/ARCHITECTURE.md` rules 1 and 2). Returns once all of
     /// them are written (not flushed: the caller flushes when it needs them stable).
-    pub(crate) async fn write_back<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId) -> Result<()> {
-        self.write_back_with(graph, node, true).await
-    }
-
-    /// [`MetaCache::write_back`]; `ordered: false` skips the flush between classes (lazy
-    /// refcounts: the dirty bit says refcounts may lag).
     #[allow(clippy::await_holding_refcell_ref)] // reason: the slot is marked `writing`, so nobody borrows it mutably meanwhile
-    pub(crate) async fn write_back_with<const N: usize, const T: usize>(&self, graph: &Graph<'_, N, T>, node: NodeId, ordered: bool) -> Result<()> {
+    pub(crate) async fn write_back(&self, io: &Io<'_, '_>, node: NodeId) -> Result<()> {
         wait_until_free(&self.writing_back).await;
         self.writing_back.set(true);
         let _running = Running(&self.writing_back);
@@ -432,8 +427,8 @@ impl<'d> MetaCache<'d> {
                 if n != node || slot.dirty.get() != Some(class) {
                     continue;
                 }
-                if class == Class::Table && ordered && !flushed {
-                    crate::io::flush::flush_leaves(graph, node).await?;
+                if class == Class::Table && !flushed {
+                    crate::io::flush::flush_leaves(io, node).await?;
                     flushed = true;
                 }
                 slot.writing.set(true);
@@ -442,7 +437,7 @@ impl<'d> MetaCache<'d> {
                 let len = slot.len.get() as usize;
                 let result = {
                     let data = slot.data.try_borrow().map_err(|_| Error::BadGraph("metadata slot busy"))?;
-                    child_io::write(graph, node, offset, &data[..len]).await
+                    child_io::write(io, node, offset, &data[..len]).await
                 };
                 if let Err(e) = result {
                     // Still dirty: a later write-back tries again.
@@ -457,9 +452,9 @@ impl<'d> MetaCache<'d> {
 
     /// Sets the big-endian u64 at `offset` of `node` (8-aligned) to `value` in the cache, through
     /// the slice of `slice_len` bytes that holds it; the slice becomes dirty in `class`.
-    pub(crate) async fn write_u64<const N: usize, const T: usize>(
+    pub(crate) async fn write_u64(
         &self,
-        graph: &Graph<'_, N, T>,
+        io: &Io<'_, '_>,
         node: NodeId,
         offset: u64,
         slice_len: usize,
@@ -468,13 +463,13 @@ impl<'d> MetaCache<'d> {
     ) -> Result<()> {
         let start = offset / slice_len as u64 * slice_len as u64;
         let at = (offset - start) as usize;
-        self.with_slice_mut(graph, node, start, slice_len, class, |s| s.get_mut(at..at + 8).map(|b| b.copy_from_slice(&value.to_be_bytes())))
+        self.with_slice_mut(io, node, start, slice_len, class, |s| s.get_mut(at..at + 8).map(|b| b.copy_from_slice(&value.to_be_bytes())))
             .await?
             .ok_or(Error::BadGraph("table entry across a slice"))
     }
 
     /// Takes a free decoder, waiting while all are busy.
-    pub(super) async fn take_inflater(&self) -> Result<TakenInflater<'d>> {
+    pub(crate) async fn take_inflater(&self) -> Result<TakenInflater<'d>> {
         if self.inflaters.is_empty() {
             return Err(Error::NoSpace { what: "decompressors (Graph::set_decompressors)" });
         }

@@ -1,0 +1,81 @@
+//! [`Io`]: what drivers and the lower io half see of a graph — its nodes (without driver
+//! state), the shared pools (tracked requests, bounce buffers, the metadata cache), the clock and
+//! the fault-injection hook — as plain references, so nothing below the graph carries the
+//! graph's capacities as type parameters.
+//!
+//! The graph makes one with [`crate::Graph::io`]; it costs a few pointer copies.
+
+use core::cell::Cell;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::io::bounce::BouncePool;
+use crate::io::cache::MetaCache;
+use crate::io::events::{Event, EventHook};
+use crate::io::tracked::Tracker;
+use crate::node::{Child, Node, NodeId};
+
+/// A view of a graph for I/O: borrowed for `'g`, devices borrowed for `'d`.
+#[derive(Clone, Copy)]
+pub struct Io<'g, 'd> {
+    pub(crate) nodes: &'g [Option<Node<'d>>],
+    pub(crate) generations: &'g [u16],
+    /// Tracked requests at leaves.
+    pub(crate) tracker: &'g Tracker,
+    /// Tracked requests at format nodes that allocate: a separate table, taken before a leaf
+    /// slot and never while holding one, so the two cannot deadlock.
+    pub(crate) format_tracker: &'g Tracker,
+    /// Bounce buffers.
+    pub(crate) bounce: &'g BouncePool<'d>,
+    /// The metadata slice cache and decoders.
+    pub(crate) meta: &'g MetaCache<'d>,
+    pub(crate) events: Option<&'d dyn EventHook>,
+    pub(crate) plugged: &'g Cell<u32>,
+    /// The platform's clock, if it gave one.
+    pub(crate) clock: Option<&'d dyn Clock>,
+    /// Above zero while a drain releases held requests ([`crate::io::wait::hold`]).
+    pub(crate) release: &'g Cell<u32>,
+}
+
+impl<'g, 'd> Io<'g, 'd> {
+    /// The node behind `id`.
+    pub fn node(&self, id: NodeId) -> Result<&'g Node<'d>> {
+        let index = usize::from(id.index);
+        match (self.nodes.get(index), self.generations.get(index)) {
+            (Some(Some(node)), Some(&g)) if g == id.generation => Ok(node),
+            _ => Err(Error::BadNode),
+        }
+    }
+
+    /// Every node, with its id.
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &'g Node<'d>)> + use<'g, 'd> {
+        let generations = self.generations;
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, n)| n.as_ref().map(|node| (NodeId { index: i as u16, generation: generations[i] }, node)))
+    }
+
+    /// Parents of `node`: (parent id, link).
+    pub fn parents(&self, node: NodeId) -> impl Iterator<Item = (NodeId, Child)> + use<'g, 'd> {
+        self.nodes().flat_map(move |(id, n)| n.children.iter().filter(move |c| c.node == node).map(move |c| (id, *c)))
+    }
+
+    /// True if a fault-injection hook is installed.
+    pub(crate) fn has_event_hook(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// Reports `event` at node `node` to the hook, if any.
+    pub(crate) fn event(&self, node: NodeId, event: Event) -> Result<()> {
+        match self.events {
+            Some(hook) => hook.event(node, event),
+            None => Ok(()),
+        }
+    }
+
+    /// True while a submission batch is open ([`crate::Graph::plug`]).
+    pub(crate) fn plugged(&self) -> bool {
+        self.plugged.get() > 0
+    }
+}

@@ -1,0 +1,12 @@
+//! The upper half of the io layer, above the drivers: the walk over the graph (map, then move),
+//! the write executor (plan, execute, commit), range operations and whole-graph flush. It works
+//! on a [`Stack`], the graph's [`crate::io::Io`] view plus every driver node's state.
+
+pub(crate) mod flush;
+pub(crate) mod range;
+mod stack;
+pub(crate) mod walk;
+pub(crate) mod write;
+
+pub use stack::Stack;
+pub use walk::{block_status, Extent, ExtentKind};

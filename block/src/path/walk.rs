@@ -1,0 +1,204 @@
+//! The read side of the data path: drivers map, this code moves data (`docs/ARCHITECTURE.md`,
+//! "The data path").
+//!
+//! A request at a node is resolved extent by extent: starting at the node, each driver is asked
+//! where the range lives ([`Mapping`]); `Data` continues at a child at a translated offset,
+//! `Unallocated` continues at the backing child at the same offset, `Zero` ends in zeros. The
+//! walk is a loop bounded by [`MAX_DEPTH`], never a recursion, and ends at a leaf where
+//! [`leaf::rw`] moves the bytes.
+
+use super::Stack;
+use crate::driver::Mapping;
+use crate::error::{Error, Result};
+use crate::io::leaf::{self, Buf};
+use crate::io::tracked::ReqKind;
+use crate::node::{NodeId, NodeKind, Role, MAX_DEPTH};
+
+/// Where one extent of a request lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// On this leaf at this offset.
+    Leaf(NodeId, u64),
+    /// Reads as zeros: a layer says so (a zero cluster).
+    Zero,
+    /// Reads as zeros: no layer of the chain has it (or it lies past a shorter backing file).
+    Hole,
+    /// Data no storage keeps (`null-co`): a read leaves the buffer as it is.
+    Sink,
+    /// Inside a compressed cluster of format node `node`: decoded by its driver.
+    Compressed {
+        /// The format node.
+        node: NodeId,
+        /// Compressed data in its file child.
+        host: u64,
+        /// Its length.
+        csize: u64,
+        /// Offset inside the decoded cluster.
+        skip: u64,
+    },
+}
+
+/// A resolved extent: where, how long, and how many backing links were followed to get there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Located {
+    pub(crate) target: Target,
+    pub(crate) len: u64,
+    pub(crate) depth: u8,
+    /// The last node that is not translation-only to map the extent as data in this layer.
+    pub(crate) mapped_by: Option<NodeId>,
+}
+
+/// Resolves the longest extent starting at `offset` (at most `len` bytes) of `node`, with the
+/// backing depth. A request (`admit` names its kind) is admitted at every driver node it passes;
+/// a metadata query (block status) is not.
+pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, admit: Option<ReqKind>) -> Result<Located> {
+    let (mut cur, mut off, mut n) = (node, offset, len);
+    let mut depth = 0u8;
+    let mut mapped_by = None;
+    let done = |target, len, depth, mapped_by| Ok(Located { target, len, depth, mapped_by });
+    for _ in 0..MAX_DEPTH {
+        let here = s.node(cur)?;
+        if off >= here.size() {
+            // Below a larger overlay: past this node's end reads as zeros.
+            return done(Target::Hole, n, depth, None);
+        }
+        n = n.min(here.size() - off);
+        if let NodeKind::Leaf(_) = here.kind {
+            return done(Target::Leaf(cur, off), n, depth, mapped_by);
+        }
+        let state = s.driver(cur)?;
+        if let Some(kind) = admit {
+            state.admit(s, cur, kind, off, n).await?;
+        }
+        match state.map(s, cur, off, n).await? {
+            Mapping::Data { role, offset, len, .. } => {
+                if here.pass.is_none() {
+                    mapped_by = Some(cur);
+                }
+                cur = here.child(role).ok_or(Error::BadGraph("mapping names a missing child"))?;
+                off = offset;
+                n = n.min(len);
+            }
+            Mapping::Zero { len } => return done(Target::Zero, n.min(len), depth, None),
+            Mapping::Sink { len } => return done(Target::Sink, n.min(len), depth, Some(cur)),
+            Mapping::Unallocated { len } => {
+                n = n.min(len);
+                match here.child(Role::Backing) {
+                    Some(backing) => {
+                        cur = backing;
+                        depth = depth.saturating_add(1);
+                    }
+                    None => return done(Target::Hole, n, depth, None),
+                }
+            }
+            Mapping::Compressed { host_offset, csize, skip, len } => {
+                return done(Target::Compressed { node: cur, host: host_offset, csize, skip }, n.min(len), depth, Some(cur));
+            }
+        }
+        if n == 0 {
+            return Err(Error::BadGraph("a driver mapped an empty extent"));
+        }
+    }
+    Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
+}
+
+/// Reads `buf` from byte `offset` of `node` as a request of its own: at a node that allocates
+/// and frees while written, the read is tracked there, so no cluster it reads is freed (and
+/// reused) before it is done. Internal reads (copy-on-write sources) use [`read`].
+pub(crate) async fn read_request(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let tracks = s.state(node)?.is_some_and(|state| state.tracks_reads());
+    if !tracks {
+        return read_as(s, node, offset, buf, Some(ReqKind::Read)).await;
+    }
+    let tracked = s.format_tracker.begin(node, ReqKind::Read, offset, buf.len() as u64).await;
+    tracked.wait_serialising().await;
+    read_as(s, node, offset, buf, Some(ReqKind::Read)).await
+}
+
+/// Reads `buf` from byte `offset` of `node` for the io layer itself (a copy-on-write source, a
+/// probe): not admitted at waiting nodes, not tracked at the node.
+pub(crate) async fn read(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+    read_as(s, node, offset, buf, None).await
+}
+
+async fn read_as(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8], admit: Option<ReqKind>) -> Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let rest = (buf.len() - done) as u64;
+        let l = locate(s, node, offset + done as u64, rest, admit).await?;
+        let part = &mut buf[done..done + l.len as usize];
+        match l.target {
+            Target::Leaf(leaf, at) => leaf::rw(s, leaf, at, Buf::Read(part)).await?,
+            Target::Zero | Target::Hole => part.fill(0),
+            Target::Sink => {}
+            Target::Compressed { node: fmt, host, csize, skip } => s.driver(fmt)?.read_compressed(s, fmt, host, csize, skip, part).await?,
+        }
+        done += l.len as usize;
+    }
+    Ok(())
+}
+
+/// What one extent of a node is, as `qemu-img map` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Data on a leaf at an offset (reached through the chain).
+    Data {
+        /// The leaf.
+        leaf: NodeId,
+        /// Offset on it.
+        offset: u64,
+        /// The format node that mapped it (a qcow2 node), or `None` if only translation nodes
+        /// (raw) lie between the layer and the leaf.
+        mapped_by: Option<NodeId>,
+    },
+    /// A compressed cluster (data, no plain offset).
+    Compressed,
+    /// A layer says zeros.
+    Zero,
+    /// No layer has it: zeros.
+    Hole,
+    /// Data no storage keeps (`null-co` without `read-zeroes`).
+    Sink,
+}
+
+/// One extent of a node: its kind, length, and the backing depth where it was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// What it is.
+    pub kind: ExtentKind,
+    /// Length in bytes (at least 1).
+    pub len: u64,
+    /// Backing links followed (0: the node itself).
+    pub depth: u8,
+}
+
+/// The extent starting at `offset` of `node`, at most `len` bytes (QEMU's block status, for
+/// `img map`). Reads metadata only.
+pub async fn block_status(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Extent> {
+    let l = locate(s, node, offset, len, None).await?;
+    let kind = match l.target {
+        Target::Leaf(leaf, offset) => ExtentKind::Data { leaf, offset, mapped_by: l.mapped_by },
+        Target::Zero => ExtentKind::Zero,
+        Target::Hole => ExtentKind::Hole,
+        Target::Sink => ExtentKind::Sink,
+        Target::Compressed { .. } => ExtentKind::Compressed,
+    };
+    Ok(Extent { kind, len: l.len, depth: l.depth })
+}
+
+/// True if guest `[from, to)` of `node` reads as zeros by its metadata (zero clusters, nothing
+/// allocated down the chain), looking at a bounded number of extents.
+pub(crate) async fn reads_zero(s: &Stack<'_, '_>, node: NodeId, from: u64, to: u64) -> Result<bool> {
+    let mut at = from;
+    for _ in 0..16 {
+        if at >= to {
+            return Ok(true);
+        }
+        let e = block_status(s, node, at, to - at).await?;
+        if !matches!(e.kind, ExtentKind::Zero | ExtentKind::Hole) {
+            return Ok(false);
+        }
+        at += e.len;
+    }
+    Ok(at >= to)
+}

@@ -11,6 +11,7 @@
 //! Drivers see a graph only through [`Io`] (the lower io half): they map, plan and commit; the
 //! layer above ([`crate::path`]) walks the graph and moves data. No driver calls back up.
 
+pub mod null;
 pub mod plan;
 pub mod qcow2;
 pub mod raw;
@@ -299,6 +300,8 @@ macro_rules! drivers {
 drivers! {
     Qcow2(qcow2::Qcow2) = qcow2::QCOW2,
     Raw(raw::Raw) = raw::RAW,
+    NullCo(null::Null) = null::NULL_CO,
+    NullAio(null::Null) = null::NULL_AIO,
 }
 
 impl FormatState {

@@ -107,6 +107,10 @@ pub trait Driver: Sized {
         Links::default()
     }
 
+    /// True if the driver may hold requests ([`Driver::admit`]): the walk skips the call
+    /// otherwise.
+    const ADMITS: bool = false;
+
     /// Holds a request entering node `node` until the driver lets it go on (a latency, a
     /// bucket); most drivers let everything through at once.
     async fn admit(&self, _io: &Io<'_, '_>, _node: NodeId, _kind: ReqKind, _offset: u64, _len: u64) -> Result<()> {
@@ -201,7 +205,6 @@ macro_rules! drivers {
         }
 
         /// An allocating write between execution and commit.
-        #[allow(clippy::large_enum_variant)] // reason: lives in the request's future (no heap to box into); qcow2's is ~450 bytes
         pub enum Pending {
             $(#[doc = concat!("`", stringify!($variant), "`.")] $variant(<$ty as Driver>::Pending),)*
         }
@@ -232,6 +235,11 @@ macro_rules! drivers {
             /// See [`Driver::tracks_reads`].
             pub(crate) fn tracks_reads(&self) -> bool {
                 match self { $(Self::$variant(d) => d.tracks_reads(),)* }
+            }
+
+            /// See [`Driver::ADMITS`].
+            pub(crate) fn admits(&self) -> bool {
+                match self { $(Self::$variant(_) => <$ty as Driver>::ADMITS,)* }
             }
 
             /// See [`Driver::admit`].

@@ -35,6 +35,8 @@ pub struct Null {
 impl Driver for Null {
     type Pending = core::convert::Infallible;
 
+    const ADMITS: bool = true;
+
     async fn open(io: &Io<'_, '_>, _file: Option<NodeId>, opts: &OptionsView<'_, '_>, _read_only: bool) -> Result<Self> {
         let size = match opts.get("size") {
             Some(v) => v.parse_size().map_err(Error::bad_value)?,

@@ -19,7 +19,9 @@ pub(crate) async fn range_op(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: 
     let kind = if op == RangeOp::Discard { ReqKind::Discard } else { ReqKind::Write };
     let (node, offset) = descend(s, node, offset, len, kind).await?;
     let Some(state) = s.state(node)? else { return leaf_range_op(s, node, offset, len, op).await };
-    state.admit(s, node, kind, offset, len).await?;
+    if state.admits() {
+        state.admit(s, node, kind, offset, len).await?;
+    }
     let _request = state.begin_write(s, node, kind, offset, len).await?;
     let end = offset + len;
     let mut pos = offset;

@@ -67,7 +67,7 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
             return done(Target::Leaf(cur, off), n, depth, mapped_by);
         }
         let state = s.driver(cur)?;
-        if let Some(kind) = admit {
+        if let Some(kind) = admit.filter(|_| state.admits()) {
             state.admit(s, cur, kind, off, n).await?;
         }
         match state.map(s, cur, off, n).await? {

@@ -25,6 +25,14 @@ use crate::node::{NodeId, Role, MAX_DEPTH};
 /// offset there. The range must lie inside every node on the way.
 pub(crate) async fn descend(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, kind: ReqKind) -> Result<(NodeId, u64)> {
     let (mut cur, mut off) = (node, offset);
+    // The common case first, without a step of the loop: the request starts where it lands.
+    let here = s.node(cur)?;
+    if here.pass.is_none() {
+        return match off.checked_add(len) {
+            Some(end) if end <= here.size() => Ok((cur, off)),
+            _ => Err(Error::OutOfRange { offset: off, len, size: here.size() }),
+        };
+    }
     for _ in 0..MAX_DEPTH {
         let here = s.node(cur)?;
         match off.checked_add(len) {
@@ -32,7 +40,10 @@ pub(crate) async fn descend(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u
             _ => return Err(Error::OutOfRange { offset: off, len, size: here.size() }),
         }
         let Some(pass) = here.pass else { return Ok((cur, off)) };
-        s.driver(cur)?.admit(s, cur, kind, off, len).await?;
+        let state = s.driver(cur)?;
+        if state.admits() {
+            state.admit(s, cur, kind, off, len).await?;
+        }
         cur = here.child(pass.role).ok_or(Error::BadGraph("translation names a missing child"))?;
         off += pass.offset;
     }
@@ -44,7 +55,9 @@ pub(crate) async fn write(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &[u
     let len = buf.len() as u64;
     let (node, offset) = descend(s, node, offset, len, ReqKind::Write).await?;
     let Some(state) = s.state(node)? else { return leaf::rw(s, node, offset, Buf::Write(buf)).await };
-    state.admit(s, node, ReqKind::Write, offset, len).await?;
+    if state.admits() {
+        state.admit(s, node, ReqKind::Write, offset, len).await?;
+    }
     let _request = state.begin_write(s, node, ReqKind::Write, offset, len).await?;
     write_planned(s, node, state, offset, buf).await
 }

@@ -277,7 +277,7 @@ impl Driver for Qcow2 {
     }
 
     async fn begin_write<'g>(&self, io: &Io<'g, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<Option<Tracked<'g>>> {
-        self.begin(io, node, kind, offset, len).await.map(Some)
+        self.begin(io, node, kind, offset, len).await
     }
 
     async fn plan_write(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<WritePlan<Self::Pending>> {

@@ -59,8 +59,10 @@ enum Old {
     Compressed { host: u64, csize: u64 },
 }
 
-/// An allocating write between its plan and its commit: the entries it read (to check nothing
-/// changed them) and the ones it will write.
+/// An allocating write between its plan and its commit: where its entries are and what it
+/// covers. Small on purpose (it is moved with the plan): the commit reads the entries again —
+/// nothing changes them meanwhile, the write serialises over their clusters — and derives the
+/// new ones exactly as the plan did.
 #[derive(Debug)]
 pub struct Pending {
     /// Guest offset of the first cluster.
@@ -74,10 +76,9 @@ pub struct Pending {
     skip: usize,
     /// Where the first entry lies in the file.
     entry_at: u64,
-    /// The entries as read (entry, bitmap).
-    old: [(u64, u64); MAX_GROUP],
-    /// The new subcluster bitmaps.
-    bitmaps: [u64; MAX_GROUP],
+    /// The guest bytes written: `[pos, stop)`.
+    pos: u64,
+    stop: u64,
 }
 
 impl Qcow2 {
@@ -89,14 +90,14 @@ impl Qcow2 {
     /// Starts a write or range operation: the image marked dirty if it uses lazy refcounts, and
     /// a tracked request serialising over the whole clusters of the range — from the start, so
     /// overlapping writes run in the order they were issued, whole, as if one after another.
-    pub(crate) async fn begin<'g>(&self, io: &Io<'g, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<Tracked<'g>> {
+    pub(crate) async fn begin<'g>(&self, io: &Io<'g, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<Option<Tracked<'g>>> {
         self.check_writable()?;
         let file = Self::file(io, node)?;
         self.mark_dirty(io, file).await?;
         let tracked = io.format_tracker.begin(node, kind, offset, len).await;
         tracked.serialise(self.cluster_size());
         tracked.wait_serialising().await;
-        Ok(tracked)
+        Ok(Some(tracked))
     }
 
     /// How to write the next at most `len` bytes at guest `pos` (under [`Qcow2::begin`]).
@@ -153,13 +154,11 @@ impl Qcow2 {
             }
         };
         let stop = end.min(first + count as u64 * cs);
-        let mut bitmaps = [0u64; MAX_GROUP];
         let (mut head, mut tail) = (None, None);
         for i in 0..count {
             let gi = first + i as u64 * cs;
             let (lo, hi) = (pos.max(gi), stop.min(gi + cs));
-            let (cow_lo, cow_hi, bitmap) = self.cow_span(needs[i], old[i].1, gi, lo, hi);
-            bitmaps[i] = bitmap;
+            let (cow_lo, cow_hi, _) = self.cow_span(needs[i], old[i].1, gi, lo, hi);
             let zeros = matches!(needs[i], Need::Owned { zero: true, .. } | Need::Fresh(Old::Zero { .. }));
             let host_i = host + i as u64 * cs;
             let span = |from: u64, to: u64| (from < to).then_some(Cow { guest: from, host: host_i + (from - gi), len: to - from, zeros });
@@ -186,7 +185,7 @@ impl Qcow2 {
             fresh,
             grow_to: host + count as u64 * cs,
         };
-        Ok(WritePlan::Allocate(allocation, Pending { first, host, count, slice, skip, entry_at, old, bitmaps }))
+        Ok(WritePlan::Allocate(allocation, Pending { first, host, count, slice, skip, entry_at, pos, stop }))
     }
 
     /// Makes an executed allocation visible: the L2 entries point at the new clusters, and the
@@ -198,31 +197,26 @@ impl Qcow2 {
         io.event(node, Event::L2Update)?;
         self.check_meta_write(io, file, p.entry_at, Class::Table).await?;
         let ext = self.extended_l2;
-        let changed = io
-            .meta
-            .with_slice_mut(io, file, p.slice, self.slice_len(), Class::Table, |s| {
-                for i in 0..p.count {
+        let mut frees: heapless::Vec<PendingFree, MAX_GROUP> = heapless::Vec::new();
+        io.meta
+            .with_slice_mut(io, file, p.slice, self.slice_len(), Class::Table, |s| -> Result<()> {
+                for i in 0..p.count.min(MAX_GROUP) {
                     let at = p.skip + i * esize as usize;
-                    if l2_words(s, at, ext).0 != p.old[i].0 {
-                        return false;
-                    }
+                    let (e, bitmap) = l2_words(s, at, ext);
+                    let gi = p.first + i as u64 * cs;
+                    let need = self.need(e, bitmap, GuestOffset(gi), p.entry_at + i as u64 * esize)?;
+                    let (_, _, new_bitmap) = self.cow_span(need, bitmap, gi, p.pos.max(gi), p.stop.min(gi + cs));
                     let new = (p.host + i as u64 * cs) | COPIED;
-                    if set_l2_words(s, at, ext, new, p.bitmaps[i]).is_none() {
-                        return false;
+                    set_l2_words(s, at, ext, new, new_bitmap).ok_or(Error::BadGraph("L2 entry across a slice"))?;
+                    if let Some(f) = self.freed_by(need) {
+                        let _ = frees.push(f); // at most one per entry
                     }
                 }
-                true
+                Ok(())
             })
-            .await?;
-        if !changed {
-            return Err(Error::BadGraph("an L2 entry changed under a serialised write"));
-        }
-        for i in 0..p.count {
-            let (e, bitmap) = p.old[i];
-            let need = self.need(e, bitmap, GuestOffset(p.first + i as u64 * cs), p.entry_at + i as u64 * esize)?;
-            if let Some(free) = self.freed_by(need) {
-                self.free_later(io, node, free).await?;
-            }
+            .await??;
+        for free in &frees {
+            self.free_later(io, node, *free).await?;
         }
         Ok(())
     }

@@ -61,7 +61,7 @@ fn apply(op: Op, old: &[u8], data: &[u8]) -> Vec<u8> {
 fn check_no_leaks<const N: usize, const T: usize>(
     graph: &Graph<'_, N, T>,
     disk: &RamDisk<'_, 8>,
-    be: &Backend<'_, '_, N, T>,
+    be: &Backend<'_, '_>,
     what: &str,
 ) {
     assert_eq!(graph.tracked_in_use(), 0, "{what}: tracked slot leaked");

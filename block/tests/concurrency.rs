@@ -43,8 +43,8 @@ impl W {
 
 /// Runs `writes` at once (join_all), recording which future was polled first; returns the
 /// order of first polls.
-fn run_writes<const N: usize, const T: usize>(
-    be: &Backend<'_, '_, N, T>,
+fn run_writes(
+    be: &Backend<'_, '_>,
     writes: &[W],
 ) -> Vec<usize> {
     let data: Vec<Vec<u8>> = writes
@@ -635,7 +635,7 @@ fn random_op(rng: &mut Rng, lo: u64, hi: u64, value: u8) -> Op {
 }
 
 /// Runs `ops` at once; returns each read's data (empty for other ops).
-fn run_ops<const N: usize, const T: usize>(be: &Backend<'_, '_, N, T>, ops: &[Op]) -> Vec<Vec<u8>> {
+fn run_ops(be: &Backend<'_, '_>, ops: &[Op]) -> Vec<Vec<u8>> {
     let futs = ops.iter().map(|&op| async move {
         match op {
             Op::Read(off, len) => {

@@ -160,8 +160,8 @@ impl BlockDevice for SlowDiscards<'_> {
 
 /// Polls a flush of `be` until a discard is in flight at `slow`, then that flush and a write of
 /// `data` at `offset` together until both are done; their results.
-fn flush_beside_write<const N: usize, const T: usize>(
-    be: &Backend<'_, '_, N, T>,
+fn flush_beside_write(
+    be: &Backend<'_, '_>,
     slow: &SlowDiscards<'_>,
     offset: u64,
     data: &[u8],

@@ -37,7 +37,7 @@ pub const TRACKED: usize = 64;
 /// The kernel's graph type.
 pub type KGraph = Graph<'static, NODES, TRACKED>;
 /// The kernel's backend type.
-pub type KBackend<'g> = strata_block::Backend<'g, 'static, NODES, TRACKED>;
+pub type KBackend<'g> = strata_block::Backend<'g, 'static>;
 
 /// Bounce memory for unaligned requests, split in [`BOUNCE_BUFFER`] pieces.
 const BOUNCE_BYTES: usize = 256 * 1024;

@@ -241,7 +241,7 @@ pub fn validate(drives: &[Drive]) -> Result<Vec<Drive>, RunnerError> {
             Some(_) if drive.read_only || drive.backing != Backing::File => {
                 return Err(RunnerError::Usage(format!("drive \"{}\": log= is for writable image files", drive.serial)));
             }
-            Some(l) => Some(crate::write_log::absolute_log(l)?),
+            Some(l) => Some(absolute_log(l)?),
             None => None,
         };
         out.push(Drive {
@@ -406,4 +406,16 @@ mod tests {
         );
         let _ = std::fs::remove_file(&f);
     }
+}
+
+/// `log` made absolute (its directory must exist). Whether it is a drive's file is checked by
+/// `write_log::prepare_all`, against every drive and chain file, by identity.
+fn absolute_log(log: &Path) -> Result<PathBuf, RunnerError> {
+    let missing = |source| RunnerError::MissingFile { what: "log directory of drive", path: log.to_path_buf(), source };
+    let name = log.file_name().ok_or_else(|| RunnerError::Usage(format!("log={}: not a file name", log.display())))?;
+    let dir = match log.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok(std::fs::canonicalize(dir).map_err(missing)?.join(name))
 }

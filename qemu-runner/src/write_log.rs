@@ -16,18 +16,6 @@ use crate::RunnerError;
 /// The log sector size asked of QEMU: entries and write offsets count in these.
 pub const LOG_SECTOR_SIZE: u32 = 512;
 
-/// `log` made absolute (its directory must exist). Whether it is a drive's file is checked by
-/// [`prepare_all`], against every drive and chain file, by identity.
-pub fn absolute_log(log: &Path) -> Result<PathBuf, RunnerError> {
-    let missing = |source| RunnerError::MissingFile { what: "log directory of drive", path: log.to_path_buf(), source };
-    let name = log.file_name().ok_or_else(|| RunnerError::Usage(format!("log={}: not a file name", log.display())))?;
-    let dir = match log.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    Ok(std::fs::canonicalize(dir).map_err(missing)?.join(name))
-}
-
 /// Creates or empties the write log of every drive in `drives` (the drives to attach, chain
 /// files included) before QEMU opens them; a log that is the same file as any drive's (under
 /// any name) is refused before anything is emptied.

@@ -8,7 +8,7 @@ use core::cell::{Cell, RefCell};
 pub use stats::{KindStats, OpKind, Stats, BUCKETS, KINDS};
 
 use crate::error::{Error, Result};
-use crate::graph::{Attachment, Graph, NodeId, UserId};
+use crate::graph::{Attachment, Graph, GraphRef, NodeId, UserId};
 use crate::io::{wait_until, zero, RangeOp};
 use crate::path::{flush, range, walk, write};
 
@@ -51,8 +51,8 @@ impl Default for BackendOptions {
 /// device requests already submitted are waited for in the destructor. Leaking a request future
 /// with `mem::forget` instead of dropping it lets the device write into memory the caller has
 /// reused: don't.
-pub struct Backend<'g, 'd, const N: usize, const T: usize> {
-    graph: &'g Graph<'d, N, T>,
+pub struct Backend<'g, 'd> {
+    graph: GraphRef<'g, 'd>,
     root: NodeId,
     user: UserId,
     opts: BackendOptions,
@@ -62,11 +62,11 @@ pub struct Backend<'g, 'd, const N: usize, const T: usize> {
 }
 
 /// A drained section of a [`Backend`]: new requests wait until this is dropped.
-pub struct Drained<'b, 'g, 'd, const N: usize, const T: usize> {
-    backend: &'b Backend<'g, 'd, N, T>,
+pub struct Drained<'b, 'g, 'd> {
+    backend: &'b Backend<'g, 'd>,
 }
 
-impl<const N: usize, const T: usize> Drop for Drained<'_, '_, '_, N, T> {
+impl Drop for Drained<'_, '_, '_> {
     fn drop(&mut self) {
         let q = &self.backend.quiesce;
         q.set(q.get().saturating_sub(1));
@@ -82,11 +82,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
+impl<'g, 'd> Backend<'g, 'd> {
     /// Attaches to `root` as a reader that shares everything ([`Attachment::SHARED_READER`]) or
     /// as a writer that shares only reading (QEMU's default): readers attach next to a writer,
     /// a second writer is refused.
-    pub fn new(graph: &'g Graph<'d, N, T>, root: NodeId, opts: BackendOptions) -> Result<Self> {
+    pub fn new<const N: usize, const T: usize>(graph: &'g Graph<'d, N, T>, root: NodeId, opts: BackendOptions) -> Result<Self> {
+        let graph = graph.handle();
         let attachment = if opts.read_only { Attachment::SHARED_READER } else { Attachment::WRITER };
         let user = graph.attach_user(root, attachment)?;
         Ok(Self { graph, root, user, opts, stats: RefCell::new(Stats::default()), in_flight: Cell::new(0), quiesce: Cell::new(0) })
@@ -98,7 +99,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
     }
 
     /// The graph.
-    pub fn graph(&self) -> &'g Graph<'d, N, T> {
+    pub fn graph(&self) -> GraphRef<'g, 'd> {
         self.graph
     }
 
@@ -224,7 +225,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
     /// is dropped (QEMU's drained section); dropping the future before it completes ends the
     /// drain too. Nests. Requests a node holds (a latency, a throttle) are released while the
     /// drain waits, so it ends (QEMU restarts throttled requests the same way).
-    pub fn drain(&self) -> impl core::future::Future<Output = Drained<'_, 'g, 'd, N, T>> + '_ {
+    pub fn drain(&self) -> impl core::future::Future<Output = Drained<'_, 'g, 'd>> + '_ {
         self.quiesce.set(self.quiesce.get() + 1);
         let guard = Drained { backend: self };
         async move {
@@ -276,7 +277,7 @@ impl<'g, 'd, const N: usize, const T: usize> Backend<'g, 'd, N, T> {
     }
 }
 
-impl<const N: usize, const T: usize> Drop for Backend<'_, '_, N, T> {
+impl Drop for Backend<'_, '_> {
     fn drop(&mut self) {
         self.graph.detach_user(self.user);
     }

@@ -20,8 +20,8 @@ pub enum Status {
 /// Runs `cmd` on `backend` with `buf` as the data buffer (requests larger than it are split into
 /// pieces of its size), printing qemu-io's lines to `out`; `clock` gives nanoseconds for the
 /// statistics line. Errors writing to `out` are ignored.
-pub async fn run<const N: usize, const T: usize>(
-    backend: &Backend<'_, '_, N, T>,
+pub async fn run(
+    backend: &Backend<'_, '_>,
     cmd: &Command,
     buf: &mut [u8],
     out: &mut dyn fmt::Write,
@@ -70,8 +70,8 @@ pub async fn run<const N: usize, const T: usize>(
 
 /// Reads `len` bytes at `offset` piece by piece; true if every byte equals `pattern` (or there
 /// is none).
-async fn read<const N: usize, const T: usize>(
-    backend: &Backend<'_, '_, N, T>,
+async fn read(
+    backend: &Backend<'_, '_>,
     offset: u64,
     len: u64,
     pattern: Option<u8>,
@@ -94,8 +94,8 @@ async fn read<const N: usize, const T: usize>(
 }
 
 /// Writes `len` bytes of `pattern` at `offset` piece by piece.
-async fn write<const N: usize, const T: usize>(
-    backend: &Backend<'_, '_, N, T>,
+async fn write(
+    backend: &Backend<'_, '_>,
     offset: u64,
     len: u64,
     pattern: u8,

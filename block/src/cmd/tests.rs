@@ -101,7 +101,7 @@ fn report_lines_as_qemu_io() {
 
 /// Runs `f` on a backend over a RAM disk of `size` bytes (512-byte blocks, completions delayed
 /// and shuffled); returns the disk's memory afterwards.
-fn on_ram_disk(size: usize, f: impl FnOnce(&Backend<'_, '_, 4, 64>)) -> Vec<u8> {
+fn on_ram_disk(size: usize, f: impl FnOnce(&Backend<'_, '_>)) -> Vec<u8> {
     let mut mem = vec![0u8; size];
     {
         let disk = RamDisk::<64>::new(&mut mem, 512, RamConfig { delay_polls: 2, shuffle_seed: 11 });
@@ -114,7 +114,7 @@ fn on_ram_disk(size: usize, f: impl FnOnce(&Backend<'_, '_, 4, 64>)) -> Vec<u8> 
     mem
 }
 
-fn exec(backend: &Backend<'_, '_, 4, 64>, line: &str, buf: &mut [u8]) -> (Status, String) {
+fn exec(backend: &Backend<'_, '_>, line: &str, buf: &mut [u8]) -> (Status, String) {
     let mut out = String::new();
     let cmd = parse(line).unwrap();
     let status = block_on(run(backend, &cmd, buf, &mut out, clock));

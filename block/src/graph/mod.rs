@@ -8,11 +8,13 @@
 //! only `&Graph`, so many requests share it. The layers below see it through views that do not
 //! carry `N` and `T`: [`Io`] (drivers and the lower io half) and [`Stack`] (the walk).
 
+mod handle;
 pub mod open;
 
 use core::cell::{Cell, RefCell};
 
 pub use crate::node::{perm, Attachment, Child, Node, NodeId, NodeKind, Pass, Perm, Role, MAX_DEPTH};
+pub use handle::GraphRef;
 pub use open::{check_name, NameRequest, Resolver};
 
 use crate::clock::Clock;
@@ -44,7 +46,7 @@ pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
     /// Driver state of each driver node, by slot.
     states: [Option<FormatState>; N],
     generations: [u16; N],
-    users: RefCell<[Option<(NodeId, Attachment)>; MAX_USERS]>,
+    users: RefCell<handle::Users>,
     tracker: TrackerOf<[Option<Entry>; T]>,
     /// Tracked requests at driver nodes that allocate (qcow2 written): a separate table, taken
     /// before a leaf slot and never while holding one, so the two cannot deadlock.
@@ -99,6 +101,11 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         Stack { io: self.io(), states: &self.states }
     }
 
+    /// A handle on the graph that does not carry its capacities (what backends hold).
+    pub fn handle(&self) -> GraphRef<'_, 'd> {
+        GraphRef::new(self.stack(), &self.users, &self.release)
+    }
+
     /// Gives the graph a clock: nodes that wait for time (`latency-ns`, throttling) need one.
     pub fn set_clock(&mut self, clock: &'d dyn Clock) {
         self.clock = Some(clock);
@@ -107,8 +114,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     /// Releases every request a node holds (a throttle, a latency) at once, and keeps releasing
     /// new ones until the returned guard is dropped: what a drain does so that it ends.
     pub fn release_held(&self) -> ReleaseHeld<'_> {
-        self.release.set(self.release.get() + 1);
-        ReleaseHeld(&self.release)
+        self.handle().release_held()
     }
 
     /// The driver state of node `id` (`None` for a leaf).
@@ -138,7 +144,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
 
     /// The metadata cache's counters.
     pub fn metadata_cache_stats(&self) -> CacheStats {
-        self.meta.stats()
+        self.handle().metadata_cache_stats()
     }
 
     /// The node behind `id`.
@@ -191,29 +197,19 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     /// Attaches a user with `attachment` to `node`, checking it against every other user and
     /// parent of the node.
     pub fn attach_user(&self, node: NodeId, attachment: Attachment) -> Result<UserId> {
-        let n = self.node(node)?;
-        if n.read_only && attachment.perm.intersects(Perm::WRITE | Perm::RESIZE) {
-            return Err(Error::ReadOnly);
-        }
-        self.check_holders(node, attachment, None)?;
-        let mut users = self.users.borrow_mut();
-        let slot = users.iter().position(Option::is_none).ok_or(Error::NoSpace { what: "graph user slots" })?;
-        users[slot] = Some((node, attachment));
-        Ok(UserId(slot))
+        self.handle().attach_user(node, attachment)
     }
 
     /// Releases a user's attachment.
     pub fn detach_user(&self, user: UserId) {
-        if let Some(slot) = self.users.borrow_mut().get_mut(user.0) {
-            *slot = None;
-        }
+        self.handle().detach_user(user);
     }
 
     /// Closes `node` and every node below it that nothing else uses. Fails if users or other
     /// parents still hold it.
     pub fn close(&mut self, node: NodeId) -> Result<()> {
         self.node(node)?;
-        if self.users.borrow().iter().flatten().any(|(n, _)| *n == node) || self.parents(node).next().is_some() {
+        if self.handle().has_user(node) || self.parents(node).next().is_some() {
             return Err(Error::PermissionConflict { what: "node still in use" });
         }
         // Walk down without recursion: close, then continue with children nobody else holds.
@@ -225,8 +221,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             self.states[index] = None;
             self.generations[index] = self.generations[index].wrapping_add(1);
             for child in &closed.children {
-                let unused = self.parents(child.node).next().is_none()
-                    && !self.users.borrow().iter().flatten().any(|(n, _)| *n == child.node);
+                let unused = self.parents(child.node).next().is_none() && !self.handle().has_user(child.node);
                 if unused {
                     pending.push(child.node).map_err(|_| Error::BadGraph("graph too deep to close"))?;
                 }
@@ -235,33 +230,24 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         Ok(())
     }
 
-    /// Starts a submission batch: leaf requests are queued without notifying devices until the
-    /// matching [`Graph::unplug`] (QEMU's `blk_io_plug`). Nests.
+    /// Starts a submission batch (see [`GraphRef::plug`]).
     pub fn plug(&self) {
-        self.plugged.set(self.plugged.get() + 1);
+        self.handle().plug();
     }
 
-    /// Ends a submission batch; the outermost unplug notifies every leaf device once.
+    /// Ends a submission batch (see [`GraphRef::unplug`]).
     pub fn unplug(&self) {
-        let depth = self.plugged.get().saturating_sub(1);
-        self.plugged.set(depth);
-        if depth == 0 {
-            for (_, node) in self.nodes() {
-                if let Some(dev) = node.device() {
-                    dev.unplug();
-                }
-            }
-        }
+        self.handle().unplug();
     }
 
     /// Tracked-request slots in use (all nodes).
     pub fn tracked_in_use(&self) -> usize {
-        self.io().tracker.in_use()
+        self.handle().tracked_in_use()
     }
 
     /// Bounce buffers free now, and in all.
     pub fn bounce_buffers(&self) -> (usize, usize) {
-        (self.bounce.available(), self.bounce.total())
+        self.handle().bounce_buffers()
     }
 
     /// Parents of `node`: (parent id, link).
@@ -271,13 +257,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
 
     /// Checks `attachment` against all users and parents of `node` except `skip_parent`.
     pub(crate) fn check_holders(&self, node: NodeId, attachment: Attachment, skip_parent: Option<NodeId>) -> Result<()> {
-        let users = self.users.borrow();
-        let from_users = users.iter().flatten().filter(|(n, _)| *n == node).map(|(_, a)| *a);
-        let from_parents = self.parents(node).filter(|(p, _)| Some(*p) != skip_parent).map(|(_, c)| c.attachment);
-        for other in from_users.chain(from_parents) {
-            perm::compatible(attachment, other).map_err(|what| Error::PermissionConflict { what })?;
-        }
-        Ok(())
+        self.handle().check_holders(node, attachment, skip_parent)
     }
 
     pub(crate) fn insert(&mut self, node: Node<'d>, state: Option<FormatState>) -> Result<NodeId> {
@@ -302,7 +282,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
 }
 
 /// Keeps held requests released while alive (see [`Graph::release_held`]).
-pub struct ReleaseHeld<'g>(&'g Cell<u32>);
+pub struct ReleaseHeld<'g>(pub(super) &'g Cell<u32>);
 
 impl Drop for ReleaseHeld<'_> {
     fn drop(&mut self) {

@@ -20,7 +20,7 @@ use super::ImgError;
 /// data files) and tracked requests.
 pub type HostGraph<'a> = Graph<'a, 64, 512>;
 /// A backend on a host graph.
-pub type HostBackend<'g, 'd> = Backend<'g, 'd, 64, 512>;
+pub type HostBackend<'g, 'd> = Backend<'g, 'd>;
 
 /// Default qcow2 metadata cache budget (`--cache-size`): 4 MiB, enough for every L2 table of a
 /// 32 GiB image with 64 KiB clusters.

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use strata_block::driver::qcow2::extensions::NameRef;
+use strata_block::driver::NameRef;
 use strata_block::driver::qcow2::header::{autoclear, compat, incompat};
 use strata_block::driver::qcow2::snapshots::SnapshotInfo;
 use strata_block::driver::qcow2::Qcow2;

@@ -73,7 +73,7 @@ pub struct Params {
 }
 
 /// Runs `params.ops` operations on `io`, then a flush, and returns them in completion order.
-pub fn run(io: &Backend<'_, '_, 64, 512>, seq: &dyn Fn() -> Seq, params: Params) -> Result<Vec<Op>, String> {
+pub fn run(io: &Backend<'_, '_>, seq: &dyn Fn() -> Seq, params: Params) -> Result<Vec<Op>, String> {
     let clock = Cell::new(0u64);
     let tick = || {
         let t = clock.get();

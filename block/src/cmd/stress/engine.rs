@@ -141,18 +141,18 @@ struct State<'s> {
 ///
 /// Run [`Config::qd`] [`Stress::worker`] futures concurrently (each with its own data buffer,
 /// at least one block; ops longer than it move in pieces), then [`Stress::finish`].
-pub struct Stress<'s, 'b, 'g, 'd, const N: usize, const T: usize> {
-    backend: &'b Backend<'g, 'd, N, T>,
+pub struct Stress<'s, 'b, 'g, 'd> {
+    backend: &'b Backend<'g, 'd>,
     cfg: Config,
     state: RefCell<State<'s>>,
     sink: RefCell<&'s mut dyn FnMut(Event)>,
 }
 
-impl<'s, 'b, 'g, 'd, const N: usize, const T: usize> Stress<'s, 'b, 'g, 'd, N, T> {
+impl<'s, 'b, 'g, 'd> Stress<'s, 'b, 'g, 'd> {
     /// A run of `cfg` on `backend`, with `table` as the model (one entry per block of the
     /// region; it is cleared) and `sink` receiving every [`Event`].
     pub fn new(
-        backend: &'b Backend<'g, 'd, N, T>,
+        backend: &'b Backend<'g, 'd>,
         cfg: Config,
         table: &'s mut [u32],
         sink: &'s mut dyn FnMut(Event),

@@ -296,6 +296,18 @@ pub fn default_disk() -> Result<Drive, RunnerError> {
     Ok(Drive { format: Some(Format::Raw), ..Drive::new(path, Drive::default_serial(0)) })
 }
 
+/// `log` made absolute (its directory must exist). Whether it is a drive's file is checked by
+/// `write_log::prepare_all`, against every drive and chain file, by identity.
+fn absolute_log(log: &Path) -> Result<PathBuf, RunnerError> {
+    let missing = |source| RunnerError::MissingFile { what: "log directory of drive", path: log.to_path_buf(), source };
+    let name = log.file_name().ok_or_else(|| RunnerError::Usage(format!("log={}: not a file name", log.display())))?;
+    let dir = match log.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok(std::fs::canonicalize(dir).map_err(missing)?.join(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,16 +418,4 @@ mod tests {
         );
         let _ = std::fs::remove_file(&f);
     }
-}
-
-/// `log` made absolute (its directory must exist). Whether it is a drive's file is checked by
-/// `write_log::prepare_all`, against every drive and chain file, by identity.
-fn absolute_log(log: &Path) -> Result<PathBuf, RunnerError> {
-    let missing = |source| RunnerError::MissingFile { what: "log directory of drive", path: log.to_path_buf(), source };
-    let name = log.file_name().ok_or_else(|| RunnerError::Usage(format!("log={}: not a file name", log.display())))?;
-    let dir = match log.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    Ok(std::fs::canonicalize(dir).map_err(missing)?.join(name))
 }

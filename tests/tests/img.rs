@@ -159,6 +159,12 @@ fn bench_runs_with_qemu_img_flags() {
     assert!(after[..1000 * 4096].iter().all(|&b| b == 171), "writes landed with the pattern");
     assert_eq!(after[1000 * 4096..], before[1000 * 4096..]);
     assert_eq!(img(&["bench", "-s", "1G", s]), 2);
+    // qemu-img's default pattern is 0: both tools write the same image.
+    assert_eq!(img(&["bench", "-q", "-w", "-c", "8", "-d", "1", "-f", "raw", s]), 0);
+    assert!(std::fs::read(&f).unwrap()[..8 * 4096].iter().all(|&b| b == 0), "writes carry pattern 0 by default");
+    // Linux AIO is not Strata's: -i native and -n are refused, not run on another engine.
+    assert_eq!(img(&["bench", "-q", "-i", "native", "-c", "8", "-f", "raw", s]), 2);
+    assert_eq!(img(&["bench", "-q", "-n", "-c", "8", "-f", "raw", s]), 2);
 }
 
 /// `--cache-size` and `--allow-backing-anywhere` work with every command that opens an image,

@@ -14,11 +14,14 @@ use super::image::{self, block_on, AlignedBuf, Image, OpenOptions};
 use super::ImgError;
 
 /// Runs `img bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
-/// [-t none|writeback] [-i threads|native|io_uring] [--pattern N] [--flush-interval N]
+/// [-t none|writeback] [-i threads|io_uring] [-n] [--pattern N] [--flush-interval N]
 /// [--no-drain] [-q] [--image-opts] [--json] [--random SEED] [--cache-size SIZE] FILE`.
 ///
 /// `--random SEED` (Strata's, not qemu-img's): offsets are pseudo-random multiples of the
-/// buffer size instead of stepping. `--cache-size` is the qcow2 metadata cache budget.
+/// buffer size instead of stepping. `--cache-size` is the qcow2 metadata cache budget. Writes
+/// carry `--pattern` (default 0, as qemu-img's), so both tools write the same image. `-i native`
+/// (and `-n`, which means `-t none -i native`) is Linux AIO, which Strata does not have: refused
+/// with the equivalent that exists, instead of quietly running another engine.
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let args = Args::parse(
         argv,
@@ -45,7 +48,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let step = if step == 0 { bufsize } else { step };
     let start = args.size("-o", 0)?;
     let write = args.has("-w");
-    let pattern = args.number("--pattern", 0xa5)? as u8;
+    let pattern = args.number("--pattern", 0)? as u8;
     let flush_interval = args.number("--flush-interval", 0)?;
     let native = args.has("-n");
     let opts = OpenOptions {
@@ -109,8 +112,12 @@ impl Job {
         }
         if !quiet && !json {
             println!(
-            "Sending {count} {} requests, {bufsize} bytes each, {depth} in parallel (starting at offset {start}, step size {step})",
-            if write { "write" } else { "read" }
+            "Sending {count} {} requests, {bufsize} bytes each, {depth} in parallel ({})",
+            if write { "write" } else { "read" },
+            match random {
+                Some(seed) => format!("random offsets, seed {seed}"),
+                None => format!("starting at offset {start}, step size {step}"),
+            }
         );
         }
 

@@ -43,7 +43,7 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// `-t none|writeback`.
     pub cache: CacheMode,
-    /// `-i threads|io_uring|native`.
+    /// `-i threads|io_uring` (`native` is refused).
     pub engine: Engine,
     /// `-U`: share every permission (read-only opens of images others hold).
     pub force_share: bool,
@@ -213,10 +213,13 @@ pub fn engine(value: Option<&str>) -> Result<Engine, ImgError> {
     match value {
         None => Ok(Engine::Auto),
         Some("io_uring") => Ok(Engine::IoUring),
-        Some("threads") | Some("native") => Ok(Engine::Threads),
-        Some(other) => Err(ImgError::usage(format!(
-            "-i {other}: expected threads, native or io_uring"
-        ))),
+        Some("threads") => Ok(Engine::Threads),
+        // qemu-img's `native` is Linux AIO, which Strata does not have: say so rather than run
+        // another engine under its name.
+        Some("native") => Err(ImgError::usage(
+            "-i native (also implied by bench's -n) is Linux AIO, which Strata does not implement: use -t none -i io_uring for direct I/O at queue depth, or -i threads".into(),
+        )),
+        Some(other) => Err(ImgError::usage(format!("-i {other}: expected threads or io_uring"))),
     }
 }
 

@@ -105,9 +105,10 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "bench",
-        usage: "bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
-        [-t none|writeback] [-i threads|native|io_uring] [--flush-interval N]
-        [--pattern N] [-q] [--json] FILE",
+        usage: "bench [-c COUNT] [-d DEPTH] [-f FMT | --image-opts] [-s SIZE] [-S STEP] [-o OFFSET]
+        [-w] [-t none|writeback] [-i threads|io_uring] [-n] [-U] [--flush-interval N] [--no-drain]
+        [--pattern N (default 0)] [--random SEED] [-q] [--json] FILE
+        (-i native and -n, Linux AIO in qemu-img, are refused: use -t none -i io_uring)",
         run: |a| bench::run(a).map(|()| 0),
     },
     Command {

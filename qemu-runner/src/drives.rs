@@ -78,7 +78,7 @@ pub struct Drive {
     /// A file, or QEMU's null driver.
     pub backing: Backing,
     /// `headroom=`: bytes a writable qcow2 file is extended by for the boot (`None`:
-    /// [`crate::headroom::DEFAULT_HEADROOM`]; `Some(0)`: none).
+    /// [`crate::headroom::default_headroom`]; `Some(0)`: none).
     pub headroom: Option<u64>,
     /// `format=`: the image format, never probed (`None`: probed).
     pub format: Option<Format>,

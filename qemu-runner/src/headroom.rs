@@ -2,7 +2,8 @@
 //!
 //! A virtio disk's capacity is fixed when QEMU starts, but a qcow2 image grows as the guest
 //! allocates clusters. So before the boot the runner extends every writable qcow2 drive's file
-//! by its `headroom=` (default [`DEFAULT_HEADROOM`]; `headroom=0` disables it) with `set_len`:
+//! by its `headroom=` (default: [`default_headroom`], enough to write the whole image;
+//! `headroom=0` disables it) with `set_len`:
 //! the new bytes are a hole, so the guest reads zeros past the image, as the block layer
 //! expects of a growing file. When QEMU has exited (however it ended) the file is cut back to
 //! the image's real end — the end of the last cluster with a nonzero refcount, read through the
@@ -28,8 +29,43 @@ use crate::img::output;
 use crate::img::ImgError;
 use crate::RunnerError;
 
-/// Headroom of a writable qcow2 drive without `headroom=`: 256 MiB.
+/// The least headroom a writable qcow2 drive without `headroom=` gets: 256 MiB.
 pub const DEFAULT_HEADROOM: u64 = 256 << 20;
+
+/// Headroom of a writable qcow2 drive without `headroom=`: the image's fully allocated size
+/// (what `qemu-img measure` calls it: header, L1 and L2 tables, refcount structures and every
+/// data cluster), plus a sixteenth for tables that move while they grow, and at least
+/// [`DEFAULT_HEADROOM`] (internal snapshots can make a write allocate again). The extension is
+/// a hole, so its size costs nothing but capacity the guest sees; a guest can write the image
+/// full without running out of room.
+pub fn default_headroom(header: &[u8]) -> u64 {
+    let be = |at: usize, n: usize| header.get(at..at + n).map_or(0, |b| b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)));
+    let (version, cluster_bits, size) = (be(4, 4), be(20, 4), be(24, 8));
+    if !(9..=21).contains(&cluster_bits) {
+        return DEFAULT_HEADROOM;
+    }
+    let (refcount_order, extended_l2) = if version >= 3 { (be(96, 4), be(72, 8) & (1 << 4) != 0) } else { (4, false) };
+    let full = full_size(size, cluster_bits, refcount_order.min(6), extended_l2);
+    full.saturating_add(full / 16).next_multiple_of(1 << 20).max(DEFAULT_HEADROOM)
+}
+
+/// Bytes of a qcow2 image of `size` virtual bytes with every cluster allocated.
+fn full_size(size: u64, cluster_bits: u64, refcount_order: u64, extended_l2: bool) -> u64 {
+    let cs = 1u64 << cluster_bits;
+    let data = size.div_ceil(cs);
+    let entry = if extended_l2 { 16 } else { 8 };
+    let l2 = data.saturating_mul(entry).div_ceil(cs);
+    let l1 = l2.saturating_mul(8).div_ceil(cs);
+    let counted = data.saturating_add(l2).saturating_add(l1).saturating_add(1);
+    // Refcount blocks count themselves and the table: a few rounds settle it.
+    let per_block = (cs * 8) >> refcount_order;
+    let (mut blocks, mut table) = (0u64, 0u64);
+    for _ in 0..4 {
+        blocks = counted.saturating_add(blocks).saturating_add(table).div_ceil(per_block);
+        table = blocks.saturating_mul(8).div_ceil(cs);
+    }
+    counted.saturating_add(blocks).saturating_add(table).saturating_mul(cs)
+}
 
 /// Incompatible bits that keep the guest from opening an image read-write.
 const NO_WRITES: u64 = incompat::DIRTY | incompat::CORRUPT | incompat::DATA_FILE;
@@ -54,11 +90,12 @@ pub struct Headroom {
 pub fn grow(drives: &[Drive]) -> Result<Headroom, RunnerError> {
     let mut grown = Headroom::default();
     for drive in drives {
-        let headroom = drive.headroom.unwrap_or(DEFAULT_HEADROOM);
         let raw = drive.format == Some(Format::Raw);
-        if drive.read_only || drive.backing != Backing::File || headroom == 0 || raw || !writable_qcow2(&drive.file) {
+        if drive.read_only || drive.backing != Backing::File || drive.headroom == Some(0) || raw {
             continue;
         }
+        let Some(header) = writable_qcow2(&drive.file) else { continue };
+        let headroom = drive.headroom.unwrap_or_else(|| default_headroom(&header));
         let context = || format!("extending {} by headroom={headroom}", drive.file.display());
         let io = |e| RunnerError::io(context(), e);
         let file = OpenOptions::new().read(true).write(true).open(&drive.file).map_err(io)?;
@@ -79,20 +116,25 @@ pub fn grow(drives: &[Drive]) -> Result<Headroom, RunnerError> {
     Ok(grown)
 }
 
-/// Whether `path` holds a qcow2 image the guest may open read-write.
-fn writable_qcow2(path: &Path) -> bool {
-    let mut head = [0u8; 80];
-    let Ok(mut f) = std::fs::File::open(path) else { return false };
-    if f.read_exact(&mut head).is_err() || head[..4] != *b"QFI\xfb" {
-        return false;
+/// The first bytes of the header if `path` holds a qcow2 image the guest may open read-write.
+fn writable_qcow2(path: &Path) -> Option<[u8; 104]> {
+    let mut bytes = Vec::with_capacity(104);
+    std::fs::File::open(path).ok()?.take(104).read_to_end(&mut bytes).ok()?;
+    // A version 2 header is 72 bytes: what is past it reads as zeros here.
+    let n = bytes.len();
+    let mut head = [0u8; 104];
+    head[..n].copy_from_slice(&bytes);
+    if n < 72 || head[..4] != *b"QFI\xfb" {
+        return None;
     }
     let be64 = |at: usize| head[at..at + 8].iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
     let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    match version {
+    let ok = match version {
         2 => true,
-        3 => be64(72) & NO_WRITES == 0,
+        3 => n >= 104 && be64(72) & NO_WRITES == 0,
         _ => false,
-    }
+    };
+    ok.then_some(head)
 }
 
 impl Headroom {
@@ -230,5 +272,31 @@ mod tests {
         let warnings = grown.map(Headroom::shrink).unwrap_or_default();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The default headroom covers what `qemu-img measure` says a fully allocated image takes,
+    /// across cluster sizes, refcount widths and extended L2 (and stays within a few percent).
+    #[test]
+    fn full_size_matches_qemu_img_measure() {
+        let qemu_img = std::env::var("QEMU_IMG").unwrap_or_else(|_| "qemu-img".into());
+        for (size, bits, order, ext) in [(1u64 << 30, 16u64, 4u64, false), (1 << 30, 12, 0, false), (10 << 30, 21, 6, false), (1 << 30, 16, 4, true), (3 << 20, 9, 4, false), (1 << 40, 16, 4, false)] {
+            let opts = format!("cluster_size={},refcount_bits={},extended_l2={}", 1u64 << bits, 1u64 << order, if ext { "on" } else { "off" });
+            let out = match std::process::Command::new(&qemu_img).args(["measure", "-O", "qcow2", "--size", &size.to_string(), "-o", &opts]).output() {
+                Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+                other => panic!("qemu-img measure {opts}: {other:?}"),
+            };
+            let measured: u64 = out.lines().find_map(|l| l.strip_prefix("fully allocated size: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+            let ours = full_size(size, bits, order, ext);
+            assert!(ours >= measured && ours <= measured + measured / 50 + (4 << bits), "{opts} {size}: ours {ours}, qemu-img {measured}");
+        }
+        let mut header = [0u8; 104];
+        header[..4].copy_from_slice(b"QFI\xfb");
+        header[7] = 3;
+        header[23] = 16; // 64 KiB clusters
+        header[24..32].copy_from_slice(&(64u64 << 30).to_be_bytes());
+        header[99] = 4;
+        let h = default_headroom(&header);
+        assert!(h >= full_size(64 << 30, 16, 4, false) && h < (69 << 30), "{h}");
+        assert_eq!(default_headroom(&[0u8; 104]), DEFAULT_HEADROOM, "nonsense gets the floor");
     }
 }

@@ -53,9 +53,10 @@ Options:
                      writes that would put an image header into its block 0.
                      A drive shared with another process (QEMU's image lock)
                      or one file on two drives where one writes is refused.
-                     headroom=SIZE (default 256M, 0: none): a writable qcow2
-                     file is extended (sparse) by SIZE for the boot, room for the
-                     image to grow, and cut back to the image's end afterwards.
+                     headroom=SIZE (default: the image's fully allocated size
+                     + 1/16, at least 256M; 0: none): a writable qcow2 file is
+                     extended (sparse) by SIZE for the boot, room for the image
+                     to grow, and cut back to the image's end afterwards.
                      log=PATH puts QEMU's blklogwrites under a writable file
                      drive: its writes, write-zeroes, discards and flushes are
                      logged to PATH (emptied first; dm-log-writes format, 512-byte

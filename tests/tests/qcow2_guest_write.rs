@@ -82,6 +82,20 @@ fn demo_on_a_qcow2() {
     qio("qcow2", &f, &["read 0 4k"]);
 }
 
+/// The default headroom lets a guest write an image full, also past the old fixed 256 MiB.
+#[test]
+fn the_default_headroom_fits_an_image_written_full() {
+    let dir = scratch("guest-write-full");
+    let f = dir.join("full.qcow2");
+    create(&f, "", &(320 * MIB).to_string(), &[]);
+    let before = len(&f);
+    let r = boot(Machine::Microvm, vec![top(&f, None)], "bench top --rw write --bs 1M --qd 4 --count 320");
+    assert!(r.is_ok(), "{}\n{}", r.summary(), r.console);
+    assert_eq!(records(&r, "bench")[0]["ios"], 320, "{}", r.console);
+    assert!(len(&f) >= before + 320 * MIB, "the whole image was written: {} bytes", len(&f));
+    assert_clean_and_shrunk(&f, before);
+}
+
 #[test]
 fn an_image_that_outgrows_its_headroom_fails_cleanly() {
     let dir = scratch("guest-write-nospace");

@@ -282,12 +282,14 @@ impl<'d> MetaCache<'d> {
 
     fn set_of(&self, node: NodeId, offset: u64) -> &'d [CacheSlot] {
         let sets = (self.slots.len() / WAYS).max(1);
-        // Multiplicative hashing of the slice number and node: neighbouring slices of one table
-        // land in different sets.
-        let h = (offset >> 9)
-            .wrapping_add(u64::from(node.index) << 40)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let set = ((h >> 32) % sets as u64) as usize;
+        // Multiplicative hashing of the slice number and node, reduced to a set by the hash's
+        // top bits (which every key bit reaches): neighbouring slices of one table land in
+        // different sets, and so do the same slice of different nodes — the layers of a chain
+        // keep their tables at the same offsets, and once sets took low bits the node never
+        // reached, more layers than ways evicted each other on every read.
+        let key = (offset >> 9) ^ u64::from(node.index).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        let h = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let set = ((u128::from(h) * sets as u128) >> 64) as usize;
         let start = set * WAYS;
         let end = if set + 1 == sets { self.slots.len() } else { start + WAYS };
         self.slots.get(start..end).unwrap_or(&[])
@@ -476,5 +478,31 @@ impl<'d> MetaCache<'d> {
         let inflater = wait_for(|| self.inflaters.iter().find(|i| !i.busy.get())).await;
         inflater.busy.set(true);
         Ok(TakenInflater(inflater))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same slice of many nodes (a chain's layers keep their tables at the same offsets)
+    /// spreads over the sets: no set is asked to hold more of them than it has ways, so a
+    /// chain deeper than `WAYS` does not evict its own tables on every read.
+    #[test]
+    fn layers_at_identical_offsets_do_not_share_a_set() {
+        for slots_n in [256usize, 1024] {
+            let slots: std::vec::Vec<CacheSlot> = (0..slots_n).map(|_| CacheSlot::new()).collect();
+            let mut cache = MetaCache::empty();
+            cache.set_slots(&slots);
+            for offset in [0u64, 0x3_0000, 0x5_0000, 0x10_0000] {
+                let mut per_set = std::collections::HashMap::new();
+                for index in 0..32u16 {
+                    let set = cache.set_of(NodeId { index, generation: 0 }, offset).as_ptr();
+                    *per_set.entry(set).or_insert(0usize) += 1;
+                }
+                let worst = per_set.values().copied().max().unwrap_or(0);
+                assert!(worst < WAYS, "{slots_n} slots, offset {offset:#x}: {worst} of 32 layers in one set");
+            }
+        }
     }
 }

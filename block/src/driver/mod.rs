@@ -120,6 +120,12 @@ pub trait Driver: Sized {
     /// Where `len` bytes at `offset` of node `node` live.
     async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping>;
 
+    /// [`Driver::map`] when the driver knows the answer without I/O or waiting (a raw window,
+    /// an empty qcow2 overlay): the walk then skips the asynchronous call. `None`: ask `map`.
+    fn map_now(&self, _offset: u64, _len: u64) -> Option<Mapping> {
+        None
+    }
+
     /// Decodes a [`Mapping::Compressed`] extent into `out`.
     async fn read_compressed(&self, _io: &Io<'_, '_>, _node: NodeId, _host: u64, _csize: u64, _skip: u64, _out: &mut [u8]) -> Result<()> {
         Err(Error::BadGraph("compressed mapping from a driver without compression"))
@@ -245,6 +251,11 @@ macro_rules! drivers {
             /// See [`Driver::admit`].
             pub(crate) async fn admit(&self, io: &Io<'_, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<()> {
                 match self { $(Self::$variant(d) => d.admit(io, node, kind, offset, len).await,)* }
+            }
+
+            /// See [`Driver::map_now`].
+            pub(crate) fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
+                match self { $(Self::$variant(d) => d.map_now(offset, len),)* }
             }
 
             /// See [`Driver::map`].

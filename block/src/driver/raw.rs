@@ -49,6 +49,10 @@ impl Driver for Raw {
     async fn map(&self, _io: &Io<'_, '_>, _node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
         Ok(Mapping::Data { role: Role::File, offset: self.offset + offset, len, writable: true })
     }
+
+    fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
+        Some(Mapping::Data { role: Role::File, offset: self.offset + offset, len, writable: true })
+    }
 }
 
 impl Raw {

@@ -70,7 +70,11 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
         if let Some(kind) = admit.filter(|_| state.admits()) {
             state.admit(s, cur, kind, off, n).await?;
         }
-        match state.map(s, cur, off, n).await? {
+        let mapping = match state.map_now(off, n) {
+            Some(m) => m,
+            None => state.map(s, cur, off, n).await?,
+        };
+        match mapping {
             Mapping::Data { role, offset, len, .. } => {
                 if here.pass.is_none() {
                     mapped_by = Some(cur);

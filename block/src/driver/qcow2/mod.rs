@@ -53,6 +53,10 @@ use header::{Compression, Header, KNOWN_HEADER_LEN};
 use snapshots::Walk;
 use validation::{Metadata, Region, Table};
 
+/// Largest L1 table scanned at open to learn that it is empty (64 Ki entries: a 32 TiB image
+/// of 64 KiB clusters).
+const L1_EMPTY_SCAN: u64 = 512 << 10;
+
 /// The descriptor.
 pub static QCOW2: DriverDesc = DriverDesc {
     name: "qcow2",
@@ -81,6 +85,11 @@ pub struct Qcow2 {
     /// The L1 table mapped: the active one, or the open snapshot's (moves when it grows).
     pub(crate) l1: Cell<Region>,
     pub(crate) l1_entries: Cell<u32>,
+    /// Every entry of the mapped L1 table is zero (an empty overlay): every range reads through
+    /// to the backing file without a table lookup. Found at open for tables up to
+    /// [`L1_EMPTY_SCAN`] bytes (false for larger ones); only ever cleared, by the first write
+    /// that gives the table an entry.
+    pub(crate) l1_empty: Cell<bool>,
     /// Header cluster and tables, for overlap checks (tables move when they grow).
     pub(crate) meta: Cell<Metadata>,
     /// The snapshot open (index in the table), if any.
@@ -139,6 +148,7 @@ impl Qcow2 {
             compression: header.compression,
             l1: Cell::new(l1),
             l1_entries: Cell::new(header.l1_size),
+            l1_empty: Cell::new(false),
             meta: Cell::new(meta),
             snapshot: None,
             size: Cell::new(header.size),
@@ -176,10 +186,30 @@ impl Qcow2 {
             q.size.set(snap.disk_size);
             q.snapshot = Some(snap.index);
         }
+        q.l1_empty.set(Self::all_zero(io, file, q.l1.get()).await?);
         if !read_only {
             q.open_for_writing(io, file).await?;
         }
         Ok(q)
+    }
+
+    /// True if the `region` of `file` (a table of at most [`L1_EMPTY_SCAN`] bytes) is all zeros;
+    /// false for a larger one, without reading it.
+    async fn all_zero(io: &Io<'_, '_>, file: NodeId, region: Region) -> Result<bool> {
+        if region.len > L1_EMPTY_SCAN {
+            return Ok(false);
+        }
+        let mut buf = [0u8; 512];
+        let mut at = 0;
+        while at < region.len {
+            let n = (region.len - at).min(buf.len() as u64) as usize;
+            child_io::read_upto(io, file, region.start + at, &mut buf[..n]).await?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        Ok(true)
     }
 
     /// Where the image file reads as zeros to its end: its size, or less if its device knows.
@@ -264,6 +294,11 @@ impl Driver for Qcow2 {
 
     async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
         Qcow2::map(self, io, node, offset, len).await
+    }
+
+    /// An empty table maps everything to the backing file (see [`Qcow2::l1_empty`]).
+    fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
+        self.l1_empty.get().then(|| Mapping::Unallocated { len: self.unallocated_len(offset, len) })
     }
 
     async fn read_compressed(&self, io: &Io<'_, '_>, node: NodeId, host: u64, csize: u64, skip: u64, out: &mut [u8]) -> Result<()> {

@@ -150,6 +150,14 @@ enum Found {
 }
 
 impl Qcow2 {
+    /// How much of `len` bytes at `offset` one lookup answers: up to the end of the L2 table
+    /// covering `offset`.
+    pub(crate) fn unallocated_len(&self, offset: u64, len: u64) -> u64 {
+        let span = self.l2_entries().saturating_mul(self.cluster_size());
+        let table_end = (offset / span + 1).saturating_mul(span);
+        len.min(table_end - offset)
+    }
+
     /// Maps `len` bytes at `offset` (inside the node) of qcow2 node `node`.
     pub(crate) async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
         let here = io.node(node)?;
@@ -167,7 +175,7 @@ impl Qcow2 {
         // Bytes this L2 table covers from `offset`.
         let table_end = (l1_index + 1).saturating_mul(l2_entries).saturating_mul(cs);
         let len = len.min(table_end - offset);
-        if l1_index >= u64::from(self.l1_entries.get()) {
+        if l1_index >= u64::from(self.l1_entries.get()) || self.l1_empty.get() {
             return Ok(Mapping::Unallocated { len });
         }
         let slice_len = self.slice_len();

@@ -39,7 +39,7 @@ pub const DEFAULT_HEADROOM: u64 = 256 << 20;
 /// a hole, so its size costs nothing but capacity the guest sees; a guest can write the image
 /// full without running out of room.
 pub fn default_headroom(header: &[u8]) -> u64 {
-    let be = |at: usize, n: usize| header.get(at..at + n).map_or(0, |b| b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)));
+    let be = |at: usize, n: usize| be_field(header, at, n);
     let (version, cluster_bits, size) = (be(4, 4), be(20, 4), be(24, 8));
     if !(9..=21).contains(&cluster_bits) {
         return DEFAULT_HEADROOM;
@@ -116,6 +116,11 @@ pub fn grow(drives: &[Drive]) -> Result<Headroom, RunnerError> {
     Ok(grown)
 }
 
+/// The big-endian field of `n` bytes at `at` of a header (0 past its end).
+fn be_field(header: &[u8], at: usize, n: usize) -> u64 {
+    header.get(at..at + n).map_or(0, |b| b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+}
+
 /// The first bytes of the header if `path` holds a qcow2 image the guest may open read-write.
 fn writable_qcow2(path: &Path) -> Option<[u8; 104]> {
     let mut bytes = Vec::with_capacity(104);
@@ -127,11 +132,9 @@ fn writable_qcow2(path: &Path) -> Option<[u8; 104]> {
     if n < 72 || head[..4] != *b"QFI\xfb" {
         return None;
     }
-    let be64 = |at: usize| head[at..at + 8].iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
-    let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    let ok = match version {
+    let ok = match be_field(&head, 4, 4) {
         2 => true,
-        3 => n >= 104 && be64(72) & NO_WRITES == 0,
+        3 => n >= 104 && be_field(&head, 72, 8) & NO_WRITES == 0,
         _ => false,
     };
     ok.then_some(head)

@@ -149,26 +149,17 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
 
     /// The node behind `id`.
     pub fn node(&self, id: NodeId) -> Result<&Node<'d>> {
-        let index = usize::from(id.index);
-        match (self.nodes.get(index), self.generations.get(index)) {
-            (Some(Some(node)), Some(&g)) if g == id.generation => Ok(node),
-            _ => Err(Error::BadNode),
-        }
+        self.io().node(id)
     }
 
     /// The node named `name`.
     pub fn find(&self, name: &str) -> Option<NodeId> {
-        self.nodes.iter().enumerate().find_map(|(i, n)| {
-            let node = n.as_ref()?;
-            (node.name == name).then(|| NodeId { index: i as u16, generation: self.generations[i] })
-        })
+        self.handle().find(name)
     }
 
     /// Every node, with its id.
     pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &Node<'d>)> {
-        self.nodes.iter().enumerate().filter_map(|(i, n)| {
-            n.as_ref().map(|node| (NodeId { index: i as u16, generation: self.generations[i] }, node))
-        })
+        self.io().nodes()
     }
 
     /// Adds a leaf device as a node named `name` (or `#nINDEX` if `name` is longer than a node
@@ -252,7 +243,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
 
     /// Parents of `node`: (parent id, link).
     pub fn parents(&self, node: NodeId) -> impl Iterator<Item = (NodeId, Child)> + use<'_, 'd, N, T> {
-        self.nodes().flat_map(move |(id, n)| n.children.iter().filter(move |c| c.node == node).map(move |c| (id, *c)))
+        self.io().parents(node)
     }
 
     /// Checks `attachment` against all users and parents of `node` except `skip_parent`.

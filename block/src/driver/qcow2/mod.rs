@@ -298,7 +298,7 @@ impl Driver for Qcow2 {
 
     /// An empty table maps everything to the backing file (see [`Qcow2::l1_empty`]).
     fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
-        self.l1_empty.get().then(|| Mapping::Unallocated { len: self.unallocated_len(offset, len) })
+        self.l1_empty.get().then(|| Mapping::Unallocated { len: self.lookup_len(offset, len) })
     }
 
     async fn read_compressed(&self, io: &Io<'_, '_>, node: NodeId, host: u64, csize: u64, skip: u64, out: &mut [u8]) -> Result<()> {

@@ -152,7 +152,7 @@ enum Found {
 impl Qcow2 {
     /// How much of `len` bytes at `offset` one lookup answers: up to the end of the L2 table
     /// covering `offset`.
-    pub(crate) fn unallocated_len(&self, offset: u64, len: u64) -> u64 {
+    pub(crate) fn lookup_len(&self, offset: u64, len: u64) -> u64 {
         let span = self.l2_entries().saturating_mul(self.cluster_size());
         let table_end = (offset / span + 1).saturating_mul(span);
         len.min(table_end - offset)
@@ -173,8 +173,7 @@ impl Qcow2 {
         let l1_index = guest_cluster / l2_entries;
         let l2_index = guest_cluster % l2_entries;
         // Bytes this L2 table covers from `offset`.
-        let table_end = (l1_index + 1).saturating_mul(l2_entries).saturating_mul(cs);
-        let len = len.min(table_end - offset);
+        let len = self.lookup_len(offset, len);
         if l1_index >= u64::from(self.l1_entries.get()) || self.l1_empty.get() {
             return Ok(Mapping::Unallocated { len });
         }

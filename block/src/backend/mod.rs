@@ -76,6 +76,12 @@ impl Drop for Drained<'_, '_, '_> {
 /// Counts a request in flight for its lifetime.
 struct InFlight<'a>(&'a Cell<u32>);
 
+/// A request let in by [`Backend::admit`]: counted in flight until dropped, timed from `start`.
+struct Admitted<'a> {
+    _in_flight: InFlight<'a>,
+    start: u64,
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.set(self.0.get() - 1);
@@ -121,32 +127,35 @@ impl<'g, 'd> Backend<'g, 'd> {
     /// Reads `buf.len()` bytes at `offset`.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len() as u64;
-        self.accounted(OpKind::Read, offset, len, async {
-            self.check_range(offset, len)?;
-            walk::read_request(&self.graph.stack(), self.root, offset, buf).await
-        })
-        .await
+        let admitted = self.admit().await;
+        let result = match self.check_range(offset, len) {
+            Ok(()) => walk::read_request(&self.graph.stack(), self.root, offset, buf).await,
+            Err(e) => Err(e),
+        };
+        self.account(admitted, OpKind::Read, offset, len, result)
     }
 
     /// Writes `buf` at `offset` (as write-zeroes if it is all zeros and detect-zeroes is on).
     pub async fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
         let len = buf.len() as u64;
-        self.accounted(OpKind::Write, offset, len, async {
-            self.check_write(offset, len)?;
-            self.check_probed_raw_header(offset, buf).await?;
-            let as_zeroes = match self.opts.detect_zeroes {
-                DetectZeroes::Off => None,
-                DetectZeroes::On => Some(false),
-                DetectZeroes::Unmap => Some(true),
-            };
-            match as_zeroes {
-                Some(unmap) if zero::is_zero(buf) => {
-                    range::range_op(&self.graph.stack(), self.root, offset, len, RangeOp::WriteZeroes { unmap }).await
-                }
-                _ => write::write(&self.graph.stack(), self.root, offset, buf).await,
-            }
-        })
-        .await
+        let admitted = self.admit().await;
+        let result = self.write_admitted(offset, buf).await;
+        self.account(admitted, OpKind::Write, offset, len, result)
+    }
+
+    async fn write_admitted(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let len = buf.len() as u64;
+        self.check_write(offset, len)?;
+        self.check_probed_raw_header(offset, buf).await?;
+        let as_zeroes = match self.opts.detect_zeroes {
+            DetectZeroes::Off => None,
+            DetectZeroes::On => Some(false),
+            DetectZeroes::Unmap => Some(true),
+        };
+        match as_zeroes {
+            Some(unmap) if zero::is_zero(buf) => range::range_op(&self.graph.stack(), self.root, offset, len, RangeOp::WriteZeroes { unmap }).await,
+            _ => write::write(&self.graph.stack(), self.root, offset, buf).await,
+        }
     }
 
     /// Refuses a write of `buf` at `offset` into the first [`driver::PROBE_BYTES`] of a probed
@@ -177,25 +186,28 @@ impl<'g, 'd> Backend<'g, 'd> {
 
     /// Makes `len` bytes at `offset` read as zeros; `unmap` allows deallocating them.
     pub async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<()> {
-        self.accounted(OpKind::WriteZeroes, offset, len, async {
-            self.check_write(offset, len)?;
-            range::range_op(&self.graph.stack(), self.root, offset, len, RangeOp::WriteZeroes { unmap }).await
-        })
-        .await
+        self.range_op(OpKind::WriteZeroes, offset, len, RangeOp::WriteZeroes { unmap }).await
     }
 
     /// Discards `len` bytes at `offset` (advisory: the data may or may not read as zeros).
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.accounted(OpKind::Discard, offset, len, async {
-            self.check_write(offset, len)?;
-            range::range_op(&self.graph.stack(), self.root, offset, len, RangeOp::Discard).await
-        })
-        .await
+        self.range_op(OpKind::Discard, offset, len, RangeOp::Discard).await
+    }
+
+    async fn range_op(&self, kind: OpKind, offset: u64, len: u64, op: RangeOp) -> Result<()> {
+        let admitted = self.admit().await;
+        let result = match self.check_write(offset, len) {
+            Ok(()) => range::range_op(&self.graph.stack(), self.root, offset, len, op).await,
+            Err(e) => Err(e),
+        };
+        self.account(admitted, kind, offset, len, result)
     }
 
     /// Makes every write completed before this call stable.
     pub async fn flush(&self) -> Result<()> {
-        self.accounted(OpKind::Flush, 0, 0, flush::flush(&self.graph.stack(), self.root)).await
+        let admitted = self.admit().await;
+        let result = flush::flush(&self.graph.stack(), self.root).await;
+        self.account(admitted, OpKind::Flush, 0, 0, result)
     }
 
     /// Grows the root node to `new_size` bytes (QEMU's `block_resize`; qcow2 only, growing
@@ -260,14 +272,19 @@ impl<'g, 'd> Backend<'g, 'd> {
         self.check_range(offset, len)
     }
 
-    /// Waits while drained, counts the request in flight, runs it and accounts for it.
-    async fn accounted(&self, kind: OpKind, offset: u64, len: u64, request: impl core::future::Future<Output = Result<()>>) -> Result<()> {
+    /// Waits out a drain, then counts a request in flight and starts its clock.
+    ///
+    /// Requests call this and [`Backend::account`] around their body instead of handing the body
+    /// to a wrapper: a future passed by value is copied whole (kilobytes) on every request.
+    async fn admit(&self) -> Admitted<'_> {
         wait_until(|| self.quiesce.get() == 0).await;
         self.in_flight.set(self.in_flight.get() + 1);
-        let _in_flight = InFlight(&self.in_flight);
-        let start = (self.opts.clock)();
-        let result = request.await;
-        let latency = (self.opts.clock)().saturating_sub(start);
+        Admitted { _in_flight: InFlight(&self.in_flight), start: (self.opts.clock)() }
+    }
+
+    /// Records a finished request in the stats and returns its result.
+    fn account(&self, admitted: Admitted<'_>, kind: OpKind, offset: u64, len: u64, result: Result<()>) -> Result<()> {
+        let latency = (self.opts.clock)().saturating_sub(admitted.start);
         let mut stats = self.stats.borrow_mut();
         stats.record(kind, len, latency, result.is_ok());
         if result.is_ok() && len > 0 && matches!(kind, OpKind::Write | OpKind::WriteZeroes) {

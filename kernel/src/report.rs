@@ -13,12 +13,14 @@ use crate::console;
 /// Builds one record; fields are appended in order and the line is written by [`Record::emit`].
 pub struct Record {
     line: heapless::String<1024>,
+    /// A field did not fit: the record is emitted as `truncated`.
+    full: bool,
 }
 
 impl Record {
     /// Starts a record of the given type.
     pub fn new(kind: &str) -> Self {
-        let mut r = Self { line: heapless::String::new() };
+        let mut r = Self { line: heapless::String::new(), full: false };
         let _ = r.line.push_str("@{\"type\":");
         r.push_json_str(format_args!("{}", kind));
         r
@@ -38,6 +40,21 @@ impl Record {
         self
     }
 
+    /// Adds an array of numbers.
+    pub fn nums(mut self, key: &str, values: impl IntoIterator<Item = u64>) -> Self {
+        self.key(key);
+        let mut sep = "[";
+        for v in values {
+            self.full |= write!(self.line, "{}{}", sep, v).is_err();
+            sep = ",";
+        }
+        if sep == "[" {
+            self.full |= self.line.push('[').is_err();
+        }
+        self.full |= self.line.push(']').is_err();
+        self
+    }
+
     /// Adds a boolean field.
     pub fn bool(mut self, key: &str, value: bool) -> Self {
         self.key(key);
@@ -48,7 +65,7 @@ impl Record {
     /// Writes the record as one console line. A record too long for the buffer is cut and its
     /// JSON stays well-formed (a `"truncated":true` field is added).
     pub fn emit(mut self) {
-        if self.line.len() + 2 > self.line.capacity() {
+        if self.full || self.line.len() + 2 > self.line.capacity() {
             self.line.truncate(0);
             let _ = self.line.push_str("@{\"type\":\"truncated\"");
         }

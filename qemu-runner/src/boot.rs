@@ -8,7 +8,7 @@ use crate::exit_status::{classify, Status};
 use crate::machine::{Accel, Machine};
 use crate::qemu::QemuConfig;
 use crate::workspace::RunDir;
-use crate::{chain, defmt_log, drives, footprint, headroom, install, kernel, process, qemu, write_log};
+use crate::{chain, defmt_log, drives, footprint, headroom, install, kernel, process, qemu, series, write_log};
 use crate::{BootResult, Drive, RunnerError};
 
 /// The workload when the runner makes the default disk.
@@ -174,6 +174,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
         entry_us: transcript.record_u64("boot", "entry_us"),
         block_footprint,
         cmdline: cmdline.to_string(),
+        bench_series: series::from_records(&transcript.records),
         records: transcript.records,
         console: transcript.text,
         log,

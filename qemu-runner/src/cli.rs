@@ -25,6 +25,8 @@ pub struct BootArgs {
     pub options: BootOptions,
     /// Print one JSON object on stdout instead of the human report.
     pub json: bool,
+    /// `--plot FILE.svg`: draw the guest `bench` run's latency histogram and IOPS over time.
+    pub plot: Option<PathBuf>,
 }
 
 /// Parses the arguments after the program name.
@@ -89,6 +91,7 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
         ..BootOptions::default()
     };
     let mut json = false;
+    let mut plot = None;
     let mut flags = Flags { rest: args.iter() };
     while let Some((flag, inline)) = flags.next_flag() {
         match flag {
@@ -108,6 +111,7 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
                 no_value(flag, inline)?;
                 json = true;
             }
+            "--plot" => plot = Some(PathBuf::from(flags.value(flag, inline)?)),
             "--no-install" => {
                 no_value(flag, inline)?;
                 options.install = false;
@@ -124,7 +128,20 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
         }
     }
     options.echo_console = !json;
-    Ok(Command::Boot(BootArgs { options, json }))
+    let workload = options
+        .cmd
+        .as_deref()
+        .and_then(|c| c.split_whitespace().next());
+    if plot.is_some() && workload != Some("bench") {
+        return Err(RunnerError::Usage(
+            "--plot draws the bench workload: it needs --cmd 'bench OPTIONS ...'".into(),
+        ));
+    }
+    Ok(Command::Boot(BootArgs {
+        options,
+        json,
+        plot,
+    }))
 }
 
 /// Fails if a flag without a value was written `--flag=value`.
@@ -170,22 +187,36 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-/// Runs `boot` and prints its report.
+/// Runs `boot`, draws its `--plot`, and prints its report. A plot that cannot be drawn is a
+/// warning in the report, and a runner error (exit 5) when the boot itself succeeded.
 fn run_boot(args: &BootArgs) -> i32 {
-    match boot(&args.options) {
-        Ok(result) if args.json => match serde_json::to_string(&result) {
-            Ok(text) => {
-                println!("{text}");
-                result.exit_code
+    let mut result = match boot(&args.options) {
+        Ok(result) => result,
+        Err(e) => return report_error(&e, args.json),
+    };
+    let mut exit_code = result.exit_code;
+    if let Some(path) = &args.plot {
+        if let Err(e) = crate::plot::boot::write(&result, path) {
+            if args.json {
+                eprintln!("strata: error: {e}");
             }
-            Err(e) => report_error(&RunnerError::io("writing the JSON result", e.into()), false),
-        },
-        Ok(result) => {
-            print!("{}", result.human_tail());
-            result.exit_code
+            result.warnings.push(e);
+            if exit_code == exit_status::OK {
+                exit_code = exit_status::QEMU_ERROR;
+            }
         }
-        Err(e) => report_error(&e, args.json),
     }
+    if args.json {
+        match serde_json::to_string(&result) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                return report_error(&RunnerError::io("writing the JSON result", e.into()), false)
+            }
+        }
+    } else {
+        print!("{}", result.human_tail());
+    }
+    exit_code
 }
 
 /// Prints an error (as the one JSON object in `--json` mode, and always on stderr) and returns its
@@ -224,7 +255,7 @@ mod tests {
             "a.img,serial=base,read-only=on",
             "--drive=b.img",
             "--cmd",
-            "sha256 base",
+            "bench base --count 10",
             "--machine=pc",
             "--accel",
             "auto",
@@ -236,15 +267,18 @@ mod tests {
             "/k",
             "--json",
             "--no-install",
+            "--plot",
+            "p.svg",
         ]);
         let Ok(b) = b else {
             panic!("{b:?}");
         };
         let o = &b.options;
         assert!(b.json && !o.echo_console && !o.install);
+        assert_eq!(b.plot.as_deref(), Some(std::path::Path::new("p.svg")));
         assert_eq!(o.drives.len(), 2);
         assert_eq!(o.drives.get(1).map(|d| d.serial.as_str()), Some("disk1"));
-        assert_eq!(o.cmd.as_deref(), Some("sha256 base"));
+        assert_eq!(o.cmd.as_deref(), Some("bench base --count 10"));
         assert_eq!((o.machine, o.accel), (Machine::Pc, Accel::Auto));
         assert_eq!(o.timeout, Duration::from_millis(2500));
         assert_eq!(o.memory_mib, 512);
@@ -275,6 +309,9 @@ mod tests {
             &["--json=yes"],
             &["--frobnicate"],
             &["--drive", "a.img,bogus=1"],
+            &["--plot", "p.svg"],
+            &["--plot", "p.svg", "--cmd", "sha256 disk0"],
+            &["--cmd", "bench disk0", "--plot"],
         ] {
             assert!(boot_args(bad).is_err(), "{bad:?} accepted");
         }

@@ -85,10 +85,18 @@ Options:
   --json             print exactly one JSON object on stdout (status, exit_code,
                      kernel_code, machine, accel, qemu_wall_ms,
                      boot_to_first_io_us, entry_us, block_footprint, records,
-                     console, log,
+                     bench_series (after a bench: latency_histogram
+                     [{{lo_ns, hi_ns, count}}], iops_series {{interval_ns,
+                     elapsed_ns, counts, iops}}), console, log,
                      warnings, qemu_stderr, qemu_command); progress goes to
                      stderr. Errors before the boot print {{status, exit_code,
                      error}}.
+  --plot FILE.svg    with --cmd 'bench ...': draw the run's latency histogram
+                     (requests per half-octave bucket, log-scale latency) and
+                     IOPS over time (at most 64 intervals of 1 ms or more) as an
+                     SVG page titled with the run's parameters. Without a bench
+                     command: usage error (exit 2); a plot that cannot be
+                     drawn is a warning, and exit 5 if the boot succeeded.
   --no-install       do not install QEMU if it is missing
   --allow-backing-anywhere
                      a qcow2 drive's backing and data files may lie outside
@@ -111,7 +119,8 @@ matches an installed qemu-utils (from backports if qemu-utils came from there),
 else both from the Debian release.
 
 Channels: the console is COM1 on QEMU's stdout; lines starting with '@{{' are
-JSON records (boot, footprint, device, sha256, demo, bench, error, exit, ...) collected
+JSON records (boot, footprint, device, sha256, demo, bench, bench_latency,
+bench_series, error, exit, ...) collected
 for --json and hidden from the human transcript. defmt logs arrive on debugcon
 (port 0xe9) and are decoded with the kernel ELF after QEMU exits, printed as
 '[   1.234567 INFO ] message'. The kernel exits through isa-debug-exit (port 0xf4;

@@ -19,7 +19,7 @@
 //!
 //! Modules, one concern each: [`cli`] (arguments), [`help`], [`drives`], [`kernel`] (the build),
 //! [`machine`], [`qemu`] (the command line), [`process`] (spawn, timeout, kill), [`console`]
-//! (records), [`defmt_log`], [`exit_status`], [`footprint`] (the block layer's share), [`headroom`] (room for qcow2 images to grow), [`result`], [`install`], [`workspace`] (paths).
+//! (records), [`defmt_log`], [`exit_status`], [`footprint`] (the block layer's share), [`headroom`] (room for qcow2 images to grow), [`result`], [`series`] (a benchmark's latency histogram and IOPS over time), [`plot`] (their SVG picture), [`install`], [`workspace`] (paths).
 //!
 //! Unsafe code: two blocks, each with a `// SAFETY:` comment — `prctl(PR_SET_PDEATHSIG)` before
 //! QEMU's exec, and `geteuid`.
@@ -39,9 +39,11 @@ pub mod img;
 pub mod install;
 pub mod kernel;
 pub mod machine;
+pub mod plot;
 pub mod process;
 pub mod qemu;
 pub mod result;
+pub mod series;
 pub mod workspace;
 pub mod write_log;
 

@@ -8,6 +8,7 @@ use crate::defmt_log::LogLine;
 use crate::exit_status::Status;
 use crate::footprint::BlockShare;
 use crate::machine::{Machine, ResolvedAccel};
+use crate::series::BenchSeries;
 
 /// Everything one boot produced.
 #[derive(Clone, Debug, Serialize)]
@@ -38,6 +39,10 @@ pub struct BootResult {
     pub cmdline: String,
     /// The console records, in order.
     pub records: Vec<serde_json::Value>,
+    /// The `bench` workload's series decoded from its `bench_latency` and `bench_series`
+    /// records (left out of the JSON when no bench ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bench_series: Option<BenchSeries>,
     /// The human console transcript (records left out).
     pub console: String,
     /// The decoded defmt log.
@@ -132,6 +137,7 @@ mod tests {
             block_footprint: None,
             cmdline: "devices".into(),
             records: vec![serde_json::json!({"type": "exit", "code": 0})],
+            bench_series: None,
             console: "hello\n".into(),
             log: vec![],
             warnings: vec![],
@@ -156,5 +162,6 @@ mod tests {
         assert_eq!(v["accel"], "tcg");
         assert_eq!(v["boot_to_first_io_us"], 3100);
         assert_eq!(v["records"][0]["type"], "exit");
+        assert!(v.get("bench_series").is_none());
     }
 }

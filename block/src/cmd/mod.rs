@@ -8,7 +8,9 @@
 //!   qemu-io prints (`wrote 4096/4096 bytes at offset 0` and the statistics line, `Pattern
 //!   verification failed at offset N, M bytes`) to any [`core::fmt::Write`];
 //! - [`stress`]: a seeded, verifiable mix of requests at a queue depth, with flush markers a
-//!   crash checker can replay.
+//!   crash checker can replay;
+//! - [`timeline`]: a benchmark's completions per time interval in a fixed array (the kernel's
+//!   `bench` and `img bench` plot IOPS over time with it).
 //!
 //! Nothing here allocates; every buffer comes from the caller.
 
@@ -17,6 +19,7 @@ mod report;
 mod run;
 mod size;
 pub mod stress;
+pub mod timeline;
 
 #[cfg(test)]
 mod tests;

@@ -5,17 +5,22 @@
 //! `qd` tasks each keep one request in flight: a random (`rand*`, aligned to `bs`) or the next
 //! sequential offset (shared, wrapping at the node's end). Latency is measured per request
 //! around the backend call; the stages (submit, device, completion) come from the virtio leaf's
-//! TSC stamps, with the most requests the device held at once. One `bench` record per run.
+//! TSC stamps, with the most requests the device held at once. One `bench` record per run,
+//! then the series `qemu-runner boot --plot` draws: `bench_latency` records (the latency
+//! histogram in half-octave buckets, at most [`LATENCY_BUCKETS_PER_RECORD`] per record, in
+//! order) and one `bench_series` record (completions per interval: a [`Timeline`] of at most 64
+//! intervals of 1 ms or more).
 //!
 //! Read modes open the node read-only; write modes open it read-write and close it cleanly at
 //! the end (outside the timed run), after a failed run too.
 
 use core::cell::{Cell, RefCell};
 
+use strata_block::cmd::timeline::Timeline;
 use strata_block::{BackendOptions, Error};
 use strata_boot::arch::tsc;
 
-use super::histogram::Histogram;
+use super::histogram::{self, Histogram};
 use super::{data, per_sec, MbPerSec, Micros};
 use crate::cmdline::{BenchArgs, Stop};
 use crate::devices::Catalog;
@@ -23,6 +28,9 @@ use crate::executor;
 use crate::report::{self, Record};
 use crate::stack::{self, KBackend};
 use crate::{exit_code, println};
+
+/// Latency buckets in one `bench_latency` record (so a record stays well inside its 1 KiB line).
+const LATENCY_BUCKETS_PER_RECORD: usize = 16;
 
 /// Runs the bench described by `args`.
 ///
@@ -78,11 +86,14 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
     }
     let platform = stack::Io::new(&graph, catalog);
     let start = tsc::rdtsc();
+    // Completions per interval, from 1 ms intervals up (the timeline widens them as it fills).
+    let timeline = RefCell::new(Timeline::new(start, hz / 1000));
     // The tasks live in this block: they borrow the backend, which the close below consumes.
     let exec = {
         let mut tasks: heapless::Vec<_, { crate::cmdline::MAX_QD as usize }> = heapless::Vec::new();
         for (i, mem) in buf.chunks_mut(bs as usize).take(qd).enumerate() {
-            let (backend, issued, next_seq, latencies, failed) = (&backend, &issued, &next_seq, &latencies, &failed);
+            let (backend, issued, next_seq, latencies, timeline, failed) =
+                (&backend, &issued, &next_seq, &latencies, &timeline, &failed);
             let rw = args.rw;
             let _ = tasks.push(async move {
                 let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((i as u64 + 1) << 32) ^ start;
@@ -105,7 +116,11 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
                     let offset = slot * bs;
                     let result = if rw.writes() { backend.write(offset, mem).await } else { backend.read(offset, mem).await };
                     match result {
-                        Ok(()) => latencies.borrow_mut().record(tsc::rdtsc().wrapping_sub(now)),
+                        Ok(()) => {
+                            let done = tsc::rdtsc();
+                            latencies.borrow_mut().record(done.wrapping_sub(now));
+                            timeline.borrow_mut().record(done);
+                        }
                         Err(e) => failed.set(Some(e)),
                     }
                 }
@@ -117,7 +132,8 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
         let tasks = unsafe { core::pin::Pin::new_unchecked(&mut tasks) };
         executor::run(executor::as_slice(tasks), &platform)
     };
-    let elapsed_ticks = tsc::rdtsc().wrapping_sub(start);
+    let end = tsc::rdtsc();
+    let elapsed_ticks = end.wrapping_sub(start);
     let elapsed_ns = tsc::ticks_to_ns(elapsed_ticks);
     // Writes end with a clean close (caches written back, flushed, the image marked clean), also
     // after a failure, so the image stays consistent; its time is not the bench's.
@@ -211,5 +227,35 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
         .num("executor_rounds", exec.rounds)
         .num("executor_polls", exec.polls)
         .emit();
+    emit_latency(&lat);
+    let mut timeline = timeline.into_inner();
+    timeline.finish(end);
+    Record::new("bench_series")
+        .num("interval_ns", ns(timeline.interval()))
+        .num("ns", elapsed_ns)
+        .nums("counts", timeline.used(end).iter().copied())
+        .emit();
     exit_code::SUCCESS
+}
+
+/// The latency histogram as `bench_latency` records: the half-octave buckets from the first
+/// non-empty one to the last (`lo_ns`, `hi_ns`: each bucket's `[lo, hi)` in ns; `count`).
+fn emit_latency(lat: &Histogram) {
+    let buckets = lat.half_octaves();
+    let Some(first) = buckets.iter().position(|&n| n > 0) else { return };
+    let last = buckets.iter().rposition(|&n| n > 0).unwrap_or(first);
+    let ns = |j: usize, hi: bool| {
+        let (lo_ticks, hi_ticks) = histogram::half_octave_bounds(j);
+        tsc::ticks_to_ns(if hi { hi_ticks } else { lo_ticks })
+    };
+    let mut from = first;
+    while from <= last {
+        let to = (from + LATENCY_BUCKETS_PER_RECORD).min(last + 1);
+        Record::new("bench_latency")
+            .nums("lo_ns", (from..to).map(|j| ns(j, false)))
+            .nums("hi_ns", (from..to).map(|j| ns(j, true)))
+            .nums("count", buckets[from..to].iter().copied())
+            .emit();
+        from = to;
+    }
 }

@@ -1,10 +1,13 @@
 //! A latency histogram with ~3% resolution (log-linear buckets: 32 per power of two), for
-//! percentiles finer than the backend's power-of-two buckets.
+//! percentiles finer than the backend's power-of-two buckets. For reports it folds into
+//! half-octave buckets ([`Histogram::half_octaves`]): few enough to print, fine enough to plot.
 
 /// Sub-buckets per power of two (as bits).
 const SUB_BITS: u32 = 5;
 const SUB: u64 = 1 << SUB_BITS;
 const BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) * SUB as usize;
+/// Half-octave buckets: `[0, 1)`, `[1, 2)`, then two per power of two up to 2^64.
+pub const HALF_OCTAVES: usize = 128;
 
 /// Counts of values (clock ticks).
 pub struct Histogram {
@@ -66,6 +69,19 @@ impl Histogram {
         self.max
     }
 
+    /// The counts folded into half-octave buckets (see [`half_octave_bounds`]). A fine bucket
+    /// never straddles a half-octave boundary (for values of 32 and up, 32 sub-buckets per power
+    /// of two; below that, one value each), so its top value places it.
+    pub fn half_octaves(&self) -> [u64; HALF_OCTAVES] {
+        let mut out = [0u64; HALF_OCTAVES];
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 {
+                out[half_octave(Self::upper(i))] += u64::from(n);
+            }
+        }
+        out
+    }
+
     /// The value below which `per_mille`/1000 of the values fall (the top of its bucket, at most
     /// the maximum).
     pub fn percentile(&self, per_mille: u64) -> u64 {
@@ -82,4 +98,27 @@ impl Histogram {
         }
         self.max
     }
+}
+
+/// The half-octave bucket of `v`: 0 and 1 alone, then `[2^k, 1.5 * 2^k)` and `[1.5 * 2^k,
+/// 2^(k+1))` for each `k >= 1`.
+fn half_octave(v: u64) -> usize {
+    if v < 2 {
+        return v as usize;
+    }
+    let k = 63 - v.leading_zeros();
+    let half = (v >> (k - 1)) & 1;
+    (2 * k as usize + half as usize).min(HALF_OCTAVES - 1)
+}
+
+/// The values of half-octave bucket `j`: `[lo, hi)` (`hi` saturates at `u64::MAX`).
+pub fn half_octave_bounds(j: usize) -> (u64, u64) {
+    if j < 2 {
+        return (j as u64, j as u64 + 1);
+    }
+    let k = (j / 2) as u32;
+    let half = (j % 2) as u64;
+    let step = 1u64 << (k - 1);
+    let lo = (2 + half) << (k - 1);
+    (lo, lo.saturating_add(step))
 }

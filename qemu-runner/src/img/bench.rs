@@ -2,20 +2,26 @@
 //! side by side on the same file. `depth` requests in flight, each `bufsize` bytes, at offsets
 //! advancing by `step` from `offset` and wrapping at the image's end; optional flushes every
 //! `flush-interval` writes. Prints qemu-img's lines, then IOPS, MB/s and latency percentiles.
+//! Completions are counted per interval ([`Timeline`]); `--json` carries that series and the
+//! latency histogram ([`crate::series`]), `--plot FILE.svg` draws them ([`crate::plot`]).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use futures::future::join_all;
 use strata_block::backend::OpKind;
+use strata_block::cmd::timeline::Timeline;
 
 use super::args::Args;
 use super::image::{self, block_on, AlignedBuf, Image, OpenOptions};
 use super::ImgError;
+use crate::series::{self, BenchSeries, IopsSeries};
 
 /// Runs `img bench [-c COUNT] [-d DEPTH] [-f FMT] [-s SIZE] [-S STEP] [-o OFFSET] [-w]
 /// [-t none|writeback] [-i threads|io_uring] [-n] [--pattern N] [--flush-interval N]
-/// [--no-drain] [-q] [--image-opts] [--json] [--random SEED] [--cache-size SIZE] FILE`.
+/// [--no-drain] [-q] [--image-opts] [--json] [--plot FILE.svg] [--random SEED] [--cache-size SIZE]
+/// FILE`.
 ///
 /// `--random SEED` (Strata's, not qemu-img's): offsets are pseudo-random multiples of the
 /// buffer size instead of stepping. `--cache-size` is the qcow2 metadata cache budget. Writes
@@ -37,7 +43,8 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
             "--pattern",
             "--flush-interval",
             "--random",
-                    ],
+            "--plot",
+        ],
         &["-w", "-q", "-n", "--no-drain", "--image-opts", "-U", "--json"],
     )?;
     let spec = &args.exactly(1, "one image")?[0];
@@ -63,6 +70,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let random = args.value("--random").map(|_| args.number("--random", 1)).transpose()?;
     let quiet = args.has("-q");
     let json = args.has("--json");
+    let plot = args.value("--plot").map(PathBuf::from);
     let job = Job {
         count,
         depth,
@@ -74,7 +82,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         flush_interval,
         random,
     };
-    image::with_image(spec, &opts, |img| job.run(img, quiet, json))
+    image::with_image(spec, &opts, |img| job.run(img, quiet, json, plot.as_deref().map(|p| (p, spec.as_str()))))
 }
 
 /// One benchmark's parameters (qemu-img bench's).
@@ -91,7 +99,7 @@ struct Job {
 }
 
 impl Job {
-    fn run(&self, img: &Image<'_, '_>, quiet: bool, json: bool) -> Result<(), ImgError> {
+    fn run(&self, img: &Image<'_, '_>, quiet: bool, json: bool, plot: Option<(&Path, &str)>) -> Result<(), ImgError> {
         let Job {
             count,
             depth,
@@ -125,6 +133,9 @@ impl Job {
         let next_offset = Cell::new(start);
         let writes_since_flush = Cell::new(0u64);
         let backend = &img.backend;
+        // Completions per interval (ns since t0), from 1 ms intervals up.
+        let timeline = RefCell::new(Timeline::new(0, 1_000_000));
+        let t0 = Instant::now();
         let worker = || async {
             let mut buf = AlignedBuf::new(bufsize as usize);
             buf.as_mut_slice().fill(pattern);
@@ -151,6 +162,7 @@ impl Job {
                     backend.read(offset, buf.as_mut_slice()).await
                 };
                 result.map_err(|e| ImgError::failed(format!("request at byte {offset} failed: {e}")))?;
+                timeline.borrow_mut().record(t0.elapsed().as_nanos() as u64);
                 if write && flush_interval > 0 {
                     writes_since_flush.set(writes_since_flush.get() + 1);
                     if writes_since_flush.get() >= flush_interval {
@@ -164,9 +176,9 @@ impl Job {
             }
             Ok::<(), ImgError>(())
         };
-        let t0 = Instant::now();
         let results = block_on(join_all((0..depth).map(|_| worker())));
-        let seconds = t0.elapsed().as_secs_f64();
+        let elapsed = t0.elapsed();
+        let seconds = elapsed.as_secs_f64();
         results.into_iter().collect::<Result<Vec<()>, ImgError>>()?;
 
         let stats = img.backend.stats();
@@ -178,12 +190,36 @@ impl Job {
             kind.percentile_ns(990),
             kind.percentile_ns(999),
         );
+        let elapsed_ns = elapsed.as_nanos() as u64;
+        let mut timeline = timeline.into_inner();
+        timeline.finish(elapsed_ns);
+        let series = BenchSeries {
+            latency_histogram: series::log2_buckets(&kind.histogram),
+            iops_series: IopsSeries::from_timeline(&timeline, 0, elapsed_ns),
+        };
+        if let Some((path, image)) = plot {
+            let title = format!(
+                "qemu-runner img bench {image}: {} {}, {bufsize}-byte requests, depth {depth}, {count} requests",
+                if write { "write" } else { "read" },
+                if random.is_some() { "random" } else { "sequential" },
+            );
+            let engine = img.files.first().map(|f| format!("{:?}", f.engine())).unwrap_or_default();
+            let subtitle = format!(
+                "{iops:.0} IOPS, {mbps:.1} MB/s in {seconds:.3} s; latency p50 <= {:.1} us, p99 <= {:.1} us, p99.9 <= {:.1} us; {engine}",
+                p50 as f64 / 1e3,
+                p99 as f64 / 1e3,
+                p999 as f64 / 1e3,
+            );
+            crate::plot::write_bench_svg(path, &title, &subtitle, &series)
+                .map_err(|e| ImgError::failed(format!("--plot: cannot write {}: {e}", path.display())))?;
+        }
         if json {
             let v = serde_json::json!({
                 "rw": if write { "write" } else { "read" }, "count": count, "depth": depth, "bufsize": bufsize,
                 "seconds": seconds, "iops": iops, "mb_per_s": mbps,
                 "mean_ns": kind.total_ns / kind.ops.max(1), "p50_ns_le": p50, "p99_ns_le": p99, "p999_ns_le": p999,
                 "engine": format!("{:?}", img.files.first().map(|f| f.engine())),
+                "latency_histogram": series.latency_histogram, "iops_series": series.iops_series,
             });
             println!("{v}");
         } else if !quiet {

@@ -107,8 +107,9 @@ const COMMANDS: &[Command] = &[
         name: "bench",
         usage: "bench [-c COUNT] [-d DEPTH] [-f FMT | --image-opts] [-s SIZE] [-S STEP] [-o OFFSET]
         [-w] [-t none|writeback] [-i threads|io_uring] [-n] [-U] [--flush-interval N] [--no-drain]
-        [--pattern N (default 0)] [--random SEED] [-q] [--json] FILE
-        (-i native and -n, Linux AIO in qemu-img, are refused: use -t none -i io_uring)",
+        [--pattern N (default 0)] [--random SEED] [-q] [--json] [--plot FILE.svg] FILE
+        (-i native and -n, Linux AIO in qemu-img, are refused: use -t none -i io_uring;
+         --json adds latency_histogram and iops_series, --plot draws them as an SVG)",
         run: |a| bench::run(a).map(|()| 0),
     },
     Command {

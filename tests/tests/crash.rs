@@ -83,7 +83,9 @@ fn qcow2_preallocated_metadata() {
 // The allocating cases open the leaf through the page cache: a fresh qcow2 file is not a whole
 // number of 4 KiB blocks (196616 bytes), and an O_DIRECT leaf rounds its capacity down, which
 // the qcow2 open refuses ("L1 table reaches past the end of the file"). The replay does not
-// depend on the leaf's cache mode.
+// depend on the leaf's cache mode. Requests still run on the thread pool and complete out of
+// order (until the pool engine applied to page-cache files too, they ran inside submit, which
+// hid a write-back that wrote a table changed during its own flush).
 
 #[test]
 fn qcow2_allocating() {

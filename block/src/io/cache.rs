@@ -65,6 +65,8 @@ pub struct CacheSlot {
     len: Cell<u32>,
     state: Cell<SlotState>,
     dirty: Cell<Option<Class>>,
+    /// When the slot last became dirty (the cache's `dirtied` count then).
+    dirty_stamp: Cell<u64>,
     writing: Cell<bool>,
     used: Cell<u64>,
 }
@@ -78,6 +80,7 @@ impl CacheSlot {
             len: Cell::new(0),
             state: Cell::new(SlotState::Empty),
             dirty: Cell::new(None),
+            dirty_stamp: Cell::new(0),
             writing: Cell::new(false),
             used: Cell::new(0),
         }
@@ -160,6 +163,8 @@ pub struct MetaCache<'d> {
     writebacks: Cell<u64>,
     /// A write-back is running (one per graph at a time).
     writing_back: Cell<bool>,
+    /// Changes made to slots so far: stamps slots as they become dirty.
+    dirtied: Cell<u64>,
 }
 
 /// Gives a slot back (empty) if its load was abandoned or failed.
@@ -212,6 +217,7 @@ impl<'d> MetaCache<'d> {
             slots: &[],
             inflaters: &[],
             tick: Cell::new(0),
+            dirtied: Cell::new(0),
             hits: Cell::new(0),
             misses: Cell::new(0),
             writebacks: Cell::new(0),
@@ -410,6 +416,8 @@ impl<'d> MetaCache<'d> {
             // A slice holding both kinds (cannot happen: tables and refcount blocks are whole
             // clusters) would be written with the earlier class.
             slot.dirty.set(Some(slot.dirty.get().map_or(class, |c| c.min(class))));
+            self.dirtied.set(self.dirtied.get() + 1);
+            slot.dirty_stamp.set(self.dirtied.get());
             return Ok(r);
         }
     }
@@ -423,15 +431,21 @@ impl<'d> MetaCache<'d> {
         self.writing_back.set(true);
         let _running = Running(&self.writing_back);
         for class in [Class::Refcount, Class::Table] {
-            let mut flushed = false;
+            // Slots dirtied up to this stamp are covered by the last flush. Writing a slot
+            // yields, and other requests run meanwhile: one may complete a data write and then
+            // point a table entry at it, in a slot still to be written here. That slot needs a
+            // flush of its own, or its entry could reach the disk before the data (rule 2).
+            let mut covered: Option<u64> = None;
             for slot in self.slots {
                 let Some((n, offset)) = slot.key.get() else { continue };
                 if n != node || slot.dirty.get() != Some(class) {
                     continue;
                 }
-                if class == Class::Table && !flushed {
+                // A loop: the slot itself may change again while the flush runs.
+                while class == Class::Table && covered.is_none_or(|c| slot.dirty_stamp.get() > c) {
+                    let stamp = self.dirtied.get();
                     crate::io::flush::flush_leaves(io, node).await?;
-                    flushed = true;
+                    covered = Some(stamp);
                 }
                 slot.writing.set(true);
                 slot.dirty.set(None);

@@ -102,8 +102,8 @@ pub struct Run {
 }
 
 /// Copies the start to `work`, opens it read-write with its leaf recorded into `log`, and runs
-/// the workload. `direct` opens with O_DIRECT so the leaf really queues and completes out of
-/// order.
+/// the workload. The leaf runs requests on a thread pool, so they complete out of order; `direct`
+/// opens it with O_DIRECT, otherwise through the page cache.
 pub fn record(start: &Start, params: workload::Params, direct: bool) -> Run {
     let work = start.dir.join(format!("work.{}", start.format));
     let log_path = start.dir.join("leaf.log");

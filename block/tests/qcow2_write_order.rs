@@ -138,7 +138,6 @@ fn violations(seed: u64) -> Vec<String> {
     }
 
     let events = log.events.into_inner();
-    drop(top);
     // The final L2 tables: where they are, from the L1 table.
     let image = &top_mem;
     let be64 = |at: u64| u64::from_be_bytes(image[at as usize..at as usize + 8].try_into().unwrap());
@@ -161,8 +160,8 @@ fn violations(seed: u64) -> Vec<String> {
                 // The last data write into that cluster submitted before this table write...
                 let Some(data) = events
                     .iter()
-                    .filter(|d| d.op == DeviceOp::Write && d.offset / CS * CS == host && d.submitted < t.submitted && !tables.contains(&host))
-                    .last()
+                    .rev()
+                    .find(|d| d.op == DeviceOp::Write && d.offset / CS * CS == host && d.submitted < t.submitted && !tables.contains(&host))
                 else {
                     continue;
                 };

@@ -136,6 +136,7 @@ impl Job {
         // Completions per interval (ns since t0), from 1 ms intervals up.
         let timeline = RefCell::new(Timeline::new(0, 1_000_000));
         let t0 = Instant::now();
+        let t0_ns = image::now_ns();
         let worker = || async {
             let mut buf = AlignedBuf::new(bufsize as usize);
             buf.as_mut_slice().fill(pattern);
@@ -162,7 +163,7 @@ impl Job {
                     backend.read(offset, buf.as_mut_slice()).await
                 };
                 result.map_err(|e| ImgError::failed(format!("request at byte {offset} failed: {e}")))?;
-                timeline.borrow_mut().record(t0.elapsed().as_nanos() as u64);
+                timeline.borrow_mut().record(image::now_ns().saturating_sub(t0_ns));
                 if write && flush_interval > 0 {
                     writes_since_flush.set(writes_since_flush.get() + 1);
                     if writes_since_flush.get() >= flush_interval {
@@ -176,7 +177,17 @@ impl Job {
             }
             Ok::<(), ImgError>(())
         };
-        let results = block_on(join_all((0..depth).map(|_| worker())));
+        // Each pass over the workers is one submission batch, as a virtio queue's requests are
+        // in QEMU (`blk_io_plug`): devices that queue see the pass's requests together.
+        let results = {
+            let mut all = std::pin::pin!(join_all((0..depth).map(|_| worker())));
+            block_on(std::future::poll_fn(|cx| {
+                backend.plug();
+                let polled = std::future::Future::poll(all.as_mut(), cx);
+                backend.unplug();
+                polled
+            }))
+        };
         let elapsed = t0.elapsed();
         let seconds = elapsed.as_secs_f64();
         results.into_iter().collect::<Result<Vec<()>, ImgError>>()?;
@@ -203,7 +214,7 @@ impl Job {
                 if write { "write" } else { "read" },
                 if random.is_some() { "random" } else { "sequential" },
             );
-            let engine = img.files.first().map(|f| format!("{:?}", f.engine())).unwrap_or_default();
+            let engine = engine_summary(img);
             let subtitle = format!(
                 "{iops:.0} IOPS, {mbps:.1} MB/s in {seconds:.3} s; latency p50 <= {:.1} us, p99 <= {:.1} us, p99.9 <= {:.1} us; {engine}",
                 p50 as f64 / 1e3,
@@ -218,21 +229,43 @@ impl Job {
                 "rw": if write { "write" } else { "read" }, "count": count, "depth": depth, "bufsize": bufsize,
                 "seconds": seconds, "iops": iops, "mb_per_s": mbps,
                 "mean_ns": kind.total_ns / kind.ops.max(1), "p50_ns_le": p50, "p99_ns_le": p99, "p999_ns_le": p999,
-                "engine": format!("{:?}", img.files.first().map(|f| f.engine())),
+                "engine": img.files.first().map(|f| format!("{:?}", f.engine())),
+                "engine_counts": img.files.first().and_then(|f| f.engine_counts()).map(|c| serde_json::json!({
+                    "inline": c.inline, "queued": c.queued, "ran_by_caller": c.ran_by_caller,
+                })),
                 "latency_histogram": series.latency_histogram, "iops_series": series.iops_series,
             });
             println!("{v}");
         } else if !quiet {
             println!("Run completed in {seconds:.3} seconds.");
             println!(
-            "strata: {iops:.0} IOPS, {mbps:.1} MB/s; latency mean {:.1} us, p50 <= {:.1} us, p99 <= {:.1} us, p99.9 <= {:.1} us ({:?})",
+            "strata: {iops:.0} IOPS, {mbps:.1} MB/s; latency mean {:.1} us, p50 <= {:.1} us, p99 <= {:.1} us, p99.9 <= {:.1} us ({})",
             (kind.total_ns / kind.ops.max(1)) as f64 / 1e3,
             p50 as f64 / 1e3,
             p99 as f64 / 1e3,
             p999 as f64 / 1e3,
-            img.files.first().map(|f| f.engine()),
+            engine_summary(img),
         );
         }
         Ok(())
+    }
+}
+
+/// The image file's engine and, for the adaptive one, where its requests ran: "Adaptive: 2%
+/// inline, 98% queued (31% of those run by the caller)".
+fn engine_summary(img: &Image<'_, '_>) -> String {
+    let Some(file) = img.files.first() else { return String::new() };
+    let name = format!("{:?}", file.engine());
+    match file.engine_counts() {
+        Some(c) if c.inline + c.queued > 0 => {
+            let total = (c.inline + c.queued) as f64;
+            format!(
+                "{name}: {:.0}% inline, {:.0}% queued ({:.0}% of those run by the caller)",
+                c.inline as f64 * 100.0 / total,
+                c.queued as f64 * 100.0 / total,
+                c.ran_by_caller as f64 * 100.0 / (c.queued.max(1)) as f64,
+            )
+        }
+        _ => name,
     }
 }

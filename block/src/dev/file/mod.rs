@@ -4,11 +4,15 @@
 //!
 //! Two cache modes, as QEMU's `cache.direct`:
 //!
-//! - [`CacheMode::Writeback`] (default): the page cache is used and each request runs as
-//!   `preadv`/`pwritev`/`fallocate`/`fdatasync` **inside [`BlockDevice::submit`]**, in the
-//!   caller's thread: a page-cache hit costs a syscall, never a thread hand-off. `poll` then only
-//!   reports the stored result. Any byte offset works: `block_size` is 1 and `capacity` is the
-//!   exact file length (the sector size and size for block devices).
+//! - [`CacheMode::Writeback`] (default): the page cache is used. With [`Engine::Auto`] each
+//!   request runs as `preadv`/`pwritev`/`fallocate`/`fdatasync` **inside
+//!   [`BlockDevice::submit`]**, in the caller's thread, while requests come one at a time (a
+//!   page-cache hit costs a syscall, never a thread hand-off), and is shared with helper threads
+//!   while the caller keeps several in flight (see [`adaptive`]); [`Engine::InThread`] never
+//!   uses another thread; [`Engine::IoUring`] and [`Engine::Threads`] queue as in
+//!   [`CacheMode::None`], through the page cache (QEMU's `aio=` with `cache.direct=off`). Any
+//!   byte offset works: `block_size` is 1 and `capacity` is the exact file length (the sector
+//!   size and size for block devices).
 //! - [`CacheMode::None`]: the file is opened with `O_DIRECT` and requests really queue: `submit`
 //!   prepares them, [`BlockDevice::unplug`] hands the batch to the kernel (one
 //!   `io_uring_enter`) or to a thread pool, `poll` reaps completions. `block_size` and
@@ -37,6 +41,7 @@
 
 #![allow(unsafe_code)] // reason: implements the unsafe `BlockDevice::submit` contract over raw segments
 
+mod adaptive;
 mod failure;
 pub mod lock;
 mod pool;
@@ -56,6 +61,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use super::{BlockDevice, DeviceError, DeviceFeatures, DeviceInfo, DeviceRequest, Segment, SubmitError, Ticket};
+pub use adaptive::EngineCounts;
 pub use failure::OsFailure;
 use sys::Exec;
 
@@ -92,16 +98,20 @@ pub enum Locking {
     Auto,
 }
 
-/// Which engine queue mode uses.
+/// Which engine runs the requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Engine {
-    /// io_uring if the kernel lets us set one up, else the thread pool.
+    /// Writeback mode: in the caller's thread, shared with helper threads while several
+    /// requests are in flight. Queue mode: io_uring if the kernel lets us set one up, else the
+    /// thread pool.
     #[default]
     Auto,
     /// io_uring or fail the open.
     IoUring,
     /// The thread pool.
     Threads,
+    /// Writeback mode only: every request in the caller's thread, no other thread ever.
+    InThread,
 }
 
 /// What a [`HostFile`] ended up using.
@@ -109,6 +119,9 @@ pub enum Engine {
 pub enum ActiveEngine {
     /// Writeback mode: requests run inside `submit`.
     InThread,
+    /// Writeback mode: inside `submit` while requests come one at a time, shared with helper
+    /// threads while several are in flight.
+    Adaptive,
     /// Queue mode on io_uring.
     IoUring,
     /// Queue mode on the thread pool.
@@ -259,6 +272,7 @@ pub struct HostFile {
 
 enum Backend {
     InThread(InThread),
+    Adaptive(adaptive::Adaptive),
     Uring(Box<uring::Uring>),
     Pool(pool::Pool),
 }
@@ -348,7 +362,10 @@ impl HostFile {
         if opts.force_share && !opts.read_only {
             return Err(FileError::InvalidOptions("force-share requires read-only"));
         }
-        let queued = opts.mode == CacheMode::None;
+        let queued = opts.mode == CacheMode::None || matches!(opts.engine, Engine::IoUring | Engine::Threads);
+        if opts.mode == CacheMode::None && opts.engine == Engine::InThread {
+            return Err(FileError::InvalidOptions("the in-thread engine is for writeback mode only"));
+        }
         let depth = opts.queue_depth.max(1);
         if queued && depth > MAX_QUEUE_DEPTH {
             return Err(FileError::InvalidOptions("queue depth above 4096"));
@@ -361,9 +378,10 @@ impl HostFile {
             }
             o.open(path)
         };
-        let (file, direct) = match open(queued) {
-            Ok(f) => (f, queued),
-            Err(e) if queued && e.raw_os_error() == Some(libc::EINVAL) => {
+        let want_direct = opts.mode == CacheMode::None;
+        let (file, direct) = match open(want_direct) {
+            Ok(f) => (f, want_direct),
+            Err(e) if want_direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 if !opts.direct_fallback {
                     return Err(FileError::DirectUnsupported { path: path.to_path_buf() });
                 }
@@ -426,7 +444,7 @@ impl HostFile {
                 Engine::IoUring => {
                     Backend::Uring(Box::new(ring().map_err(|e| FileError::Io { path: path.to_path_buf(), what: "set up io_uring for", source: e })?))
                 }
-                Engine::Auto => match ring() {
+                Engine::Auto | Engine::InThread => match ring() {
                     Ok(r) => Backend::Uring(Box::new(r)),
                     Err(_) => Backend::Pool(pool()?),
                 },
@@ -435,13 +453,17 @@ impl HostFile {
             info.max_transfer = MAX_TRANSFER_IN_THREAD.max(block_size);
             max_segments = MAX_SEGMENTS_IN_THREAD;
             info.queue_depth = depth;
-            Backend::InThread(InThread {
-                table: Mutex::new(InThreadTable {
-                    slots: vec![(0, None); usize::from(depth)],
-                    free: (0..depth).rev().collect(),
-                    iov: IovBuf::with_capacity(usize::from(max_segments)),
-                }),
-            })
+            if opts.engine == Engine::InThread {
+                Backend::InThread(InThread {
+                    table: Mutex::new(InThreadTable {
+                        slots: vec![(0, None); usize::from(depth)],
+                        free: (0..depth).rev().collect(),
+                        iov: IovBuf::with_capacity(usize::from(max_segments)),
+                    }),
+                })
+            } else {
+                Backend::Adaptive(adaptive::Adaptive::new(exec.clone(), depth, usize::from(max_segments)))
+            }
         };
         info.max_segments = max_segments;
         info.max_segment_size = info.max_transfer;
@@ -486,15 +508,25 @@ impl HostFile {
     pub fn engine(&self) -> ActiveEngine {
         match self.backend {
             Backend::InThread(_) => ActiveEngine::InThread,
+            Backend::Adaptive(_) => ActiveEngine::Adaptive,
             Backend::Uring(_) => ActiveEngine::IoUring,
             Backend::Pool(_) => ActiveEngine::Threads,
         }
     }
 
-    /// Requests submitted and not yet complete (writeback mode: always 0).
+    /// Where the requests ran so far, for the adaptive engine ([`ActiveEngine::Adaptive`]).
+    pub fn engine_counts(&self) -> Option<EngineCounts> {
+        match &self.backend {
+            Backend::Adaptive(a) => Some(a.counts()),
+            _ => None,
+        }
+    }
+
+    /// Requests submitted and not yet complete (the in-thread engine: always 0).
     pub fn in_flight(&self) -> usize {
         match &self.backend {
             Backend::InThread(_) => 0,
+            Backend::Adaptive(a) => a.in_flight(),
             Backend::Uring(u) => u.in_flight(),
             Backend::Pool(p) => p.in_flight(),
         }
@@ -506,10 +538,20 @@ impl HostFile {
         self.exec.failures.get()
     }
 
+    /// The adaptive engine's mode: `Some(true)` while it shares requests with helper threads.
+    #[cfg(test)]
+    fn adaptive_shared(&self) -> Option<bool> {
+        match &self.backend {
+            Backend::Adaptive(a) => Some(a.is_shared()),
+            _ => None,
+        }
+    }
+
     /// Blocks until no request handed to the kernel (or a worker) is still running.
     fn wait_idle(&self) {
         match &self.backend {
             Backend::InThread(_) => {}
+            Backend::Adaptive(a) => a.wait_idle(),
             Backend::Uring(u) => u.wait_idle(),
             Backend::Pool(p) => p.wait_idle(),
         }
@@ -569,6 +611,8 @@ impl BlockDevice for HostFile {
             // SAFETY: forwarded from the caller.
             Backend::InThread(b) => unsafe { b.submit(&self.exec, req) },
             // SAFETY: forwarded from the caller.
+            Backend::Adaptive(b) => unsafe { b.submit(req) },
+            // SAFETY: forwarded from the caller.
             Backend::Uring(b) => unsafe { b.submit(req) },
             // SAFETY: forwarded from the caller.
             Backend::Pool(b) => unsafe { b.submit(req) },
@@ -578,6 +622,7 @@ impl BlockDevice for HostFile {
     fn poll(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<Result<(), DeviceError>> {
         let done = match &self.backend {
             Backend::InThread(b) => Some(b.poll(ticket)),
+            Backend::Adaptive(b) => b.poll(ticket),
             Backend::Uring(b) => b.poll(ticket),
             Backend::Pool(b) => b.poll(ticket),
         };
@@ -635,6 +680,7 @@ impl BlockDevice for HostFile {
     fn unplug(&self) {
         match &self.backend {
             Backend::InThread(_) => {}
+            Backend::Adaptive(b) => b.unplug(),
             Backend::Uring(b) => b.unplug(),
             Backend::Pool(b) => b.unplug(),
         }

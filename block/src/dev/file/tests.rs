@@ -174,7 +174,7 @@ fn writeback_info_and_odd_offsets() {
     assert!(!info.read_only);
     assert_eq!(info.serial(), "strata-file-serial-t");
     assert!(info.features.contains(DeviceFeatures::FLUSH | DeviceFeatures::WRITE_ZEROES | DeviceFeatures::WRITE_ZEROES_UNMAP));
-    assert_eq!(dev.engine(), ActiveEngine::InThread);
+    assert_eq!(dev.engine(), ActiveEngine::Adaptive);
     assert!(!dev.is_direct());
 
     let data: Vec<u8> = (0..777u32).map(|i| (i * 7 + 3) as u8).collect();
@@ -243,6 +243,115 @@ fn writeback_busy_and_tickets() {
     for (i, b) in bufs.iter().enumerate() {
         let expect: Vec<u8> = (16 * i as u64..16 * i as u64 + 16).map(pattern).collect();
         assert_eq!(&b[..], &expect[..]);
+    }
+}
+
+/// Keeps up to `depth` requests in flight on `dev` the way an executor of `depth` futures does
+/// (submit while there is room, then poll each once), for `count` requests of 4 KiB at pseudo-random
+/// blocks of a `blocks`-block file; `write` writes block `b` full of `b as u8 ^ 0x5a`, reads
+/// check it (or the file's `pattern` for blocks never written, as `written` says).
+fn at_depth(dev: &HostFile, depth: usize, count: usize, blocks: u64, write: bool, written: &mut [bool]) {
+    let waker = Waker::from(Arc::new(NoopWake));
+    let mut cx = Context::from_waker(&waker);
+    let mut bufs = vec![[0u8; 4096]; depth];
+    let mut busy: Vec<Option<(Ticket, u64)>> = vec![None; depth];
+    let (mut issued, mut done, mut x) = (0usize, 0usize, 0x9e37_79b9_7f4a_7c15u64);
+    while done < count {
+        for (slot, (buf, entry)) in bufs.iter_mut().zip(busy.iter_mut()).enumerate() {
+            match *entry {
+                None if issued < count => {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Distinct blocks per slot: requests in flight never overlap.
+                    let block = (x % (blocks / depth as u64)) * depth as u64 + slot as u64;
+                    if write {
+                        buf.fill(block as u8 ^ 0x5a);
+                    }
+                    let seg = if write { Segment::from_ref(&buf[..]) } else { Segment::from_mut(&mut buf[..]) };
+                    let op = if write { DeviceOp::Write } else { DeviceOp::Read };
+                    let req = DeviceRequest { op, offset: block * 4096, len: 4096, segments: core::slice::from_ref(&seg) };
+                    // SAFETY: `bufs` outlives every ticket (all polled to completion below), and a
+                    // slot's buffer is not touched while its request is in flight.
+                    let ticket = unsafe { dev.submit(&req) }.unwrap();
+                    *entry = Some((ticket, block));
+                    issued += 1;
+                }
+                None => {}
+                Some((ticket, block)) => {
+                    if let Poll::Ready(r) = dev.poll(ticket, &mut cx) {
+                        r.unwrap();
+                        *entry = None;
+                        done += 1;
+                        if write {
+                            written[block as usize] = true;
+                        } else if written[block as usize] {
+                            assert!(buf.iter().all(|&b| b == block as u8 ^ 0x5a), "block {block}");
+                        } else {
+                            assert!(buf.iter().enumerate().all(|(i, &b)| b == pattern(block * 4096 + i as u64)), "block {block}");
+                        }
+                    }
+                }
+            }
+        }
+        dev.unplug();
+    }
+}
+
+#[test]
+fn adaptive_engine_follows_the_callers_depth() {
+    let blocks = 512u64;
+    let p = make_file("wb-adaptive", blocks * 4096);
+    let dev = HostFile::open(&p, &writeback()).unwrap();
+    let mut written = vec![false; blocks as usize];
+    // One request at a time: every request runs inside submit, apart from the probes.
+    at_depth(&dev, 1, 1000, blocks, false, &mut written);
+    assert_eq!(dev.adaptive_shared(), Some(false));
+    let before = dev.engine_counts().unwrap();
+    assert_eq!(before.queued, 0);
+    // 32 in flight: the first probe sees other submits and the helpers join in (for how long
+    // depends on whether they get a core: a busy machine sends the engine back inline).
+    at_depth(&dev, 32, 3000, blocks, true, &mut written);
+    at_depth(&dev, 32, 3000, blocks, false, &mut written);
+    let counts = dev.engine_counts().unwrap();
+    assert!(counts.queued > 0, "{counts:?}");
+    assert_eq!(counts.inline + counts.queued, before.inline + 6000);
+    assert_eq!(dev.in_flight(), 0);
+    // Back to one at a time: inline again after a few calm submits.
+    at_depth(&dev, 1, 100, blocks, false, &mut written);
+    assert_eq!(dev.adaptive_shared(), Some(false));
+    assert_eq!(run(&dev, DeviceOp::Flush, 0, 0, &[]), Ok(()));
+    drop(dev);
+    let file = std::fs::read(&p).unwrap();
+    for (b, chunk) in file.chunks(4096).enumerate() {
+        if written[b] {
+            assert!(chunk.iter().all(|&v| v == b as u8 ^ 0x5a), "block {b} on disk");
+        }
+    }
+}
+
+#[test]
+fn in_thread_engine_is_writeback_only() {
+    let p = make_file("wb-inthread", 8192);
+    let dev = HostFile::open(&p, &HostFileOptions { engine: Engine::InThread, ..writeback() }).unwrap();
+    assert_eq!(dev.engine(), ActiveEngine::InThread);
+    let mut buf = [0u8; 100];
+    read(&dev, 10, &mut buf).unwrap();
+    assert!(buf.iter().enumerate().all(|(i, &b)| b == pattern(10 + i as u64)));
+    let e = HostFile::open(&p, &direct(Engine::InThread)).err().unwrap();
+    assert!(matches!(e, FileError::InvalidOptions(_)), "{e}");
+}
+
+#[test]
+fn writeback_queue_engines() {
+    for engine in ENGINES {
+        let p = make_file(&format!("wb-queue-{engine:?}"), 1 << 20);
+        let Some(dev) = open_queue(&p, &HostFileOptions { engine, ..writeback() }) else { continue };
+        assert!(!dev.is_direct());
+        assert_eq!(dev.info().block_size, 1);
+        let mut written = vec![false; 256];
+        at_depth(&dev, 16, 500, 256, true, &mut written);
+        at_depth(&dev, 16, 500, 256, false, &mut written);
     }
 }
 

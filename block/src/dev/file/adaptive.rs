@@ -1,0 +1,570 @@
+//! Writeback mode's default engine: requests run in the caller's thread while they come one at a
+//! time, and are shared with helper threads while several are in flight, so a caller at queue
+//! depth uses the machine's other cores for the syscalls while it keeps its own for the block
+//! layer.
+//!
+//! Two modes, switched by what the caller does:
+//!
+//! - **Inline**: `submit` runs the request (`preadv`/`pwritev`/... on the page cache) and keeps the
+//!   result for `poll`, exactly as the in-thread engine: a request costs one syscall, no hand-off.
+//!   Requests that run inside `submit` cannot reveal a caller's parallelism, so every
+//!   [`PROBE_EVERY`]th request is *held* instead: its first `poll` says pending. A caller with
+//!   other requests to make makes one then, and that submit switches the engine to shared mode;
+//!   a caller with nothing else to do polls again, and the held request runs there and then
+//!   (costing one extra poll per [`PROBE_EVERY`] requests).
+//! - **Shared**: `submit` queues the request; `unplug` hands the batch to the process-wide
+//!   [`Helpers`] queue, which the helper threads drain. `poll` of a request not yet done runs the request at the front of that
+//!   queue in the caller's thread, so the caller executes requests too whenever it has nothing
+//!   else to do. [`CALM_SUBMITS`] submits in a row that find nothing else in flight switch back to
+//!   inline mode.
+//!
+//! Helpers only pay when they get a core: on a machine whose other cores are busy, the caller
+//! ends up running the queue itself, with a queue's costs on top. So shared mode watches itself:
+//! when the caller ran more than half of a [`WINDOW`] of requests itself, the engine goes back
+//! to inline and probes half as often (down to one probe in [`PROBE_EVERY`] × [`MAX_BACKOFF`]
+//! requests); a window in which the helpers did their share resets that.
+//!
+//! The helpers are shared by every file of the process (an image chain is one caller, not one
+//! per file, and helpers spinning per file would outnumber the cores): `available_parallelism() -
+//! 1` of them (at least one), started on first need. After its last request a helper spins for
+//! [`SPIN`] before sleeping, so a steady stream of requests never pays for a wake-up.
+//!
+//! A hand-off costs what the cores spend moving cache lines between them, so it moves few: the
+//! queue is a lock-free ring (`crossbeam-queue`), each slot sits on its own cache lines, a job
+//! is a pointer and an index (no reference count), and nothing else is shared per request.
+
+#![allow(unsafe_code)] // reason: requests carry raw segments from `submit` to whichever thread runs them
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
+
+use super::sys::Exec;
+use super::{decode_result, encode_result, lock_unpoisoned, make_ticket, split_ticket, IovBuf};
+use crate::dev::{DeviceError, DeviceOp, DeviceRequest, SubmitError, Ticket};
+
+/// In inline mode, one request in this many is held for a poll to see whether the caller has
+/// others to make.
+const PROBE_EVERY: u32 = 64;
+/// Submits in a row with nothing else in flight that end shared mode.
+const CALM_SUBMITS: u32 = 16;
+/// Shared mode judges itself over this many requests.
+const WINDOW: u32 = 256;
+/// The most the probe interval grows after shared windows that did not pay.
+const MAX_BACKOFF: u32 = 64;
+/// How long an idle helper spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+/// Most helper threads, whatever the core count.
+const MAX_HELPERS: usize = 4;
+/// Jobs the helpers' queue holds; past that, callers run their requests themselves.
+const QUEUE_CAPACITY: usize = 4096;
+
+const FREE: u8 = 0;
+/// Submitted, kept back for the probe (not queued).
+const HELD: u8 = 1;
+const QUEUED: u8 = 2;
+const DONE: u8 = 3;
+
+/// The engine of one file.
+pub(super) struct Adaptive {
+    /// Boxed: queued jobs point at it, so it must not move.
+    shared: Box<Shared>,
+    local: Mutex<Local>,
+}
+
+/// What the helpers need of a file: its syscalls and its request slots.
+struct Shared {
+    exec: Arc<Exec>,
+    slots: Box<[Slot]>,
+}
+
+/// A request slot. The state (written by whoever finishes the request, polled by the caller)
+/// and the request (written by the caller, read by whoever runs it) sit on cache lines of their
+/// own, so neither side's accesses pull the other's line away.
+struct Slot {
+    /// FREE, HELD, QUEUED or DONE: says who may touch `req` (see `Slot`'s Sync).
+    state: CachePadded<AtomicU8>,
+    result: AtomicU8,
+    req: CachePadded<UnsafeCell<Req>>,
+}
+
+/// Requests with at most this many segments keep their iovecs in the slot itself.
+const INLINE_SEGMENTS: usize = 2;
+
+// SAFETY: `req` is only touched by one thread at a time, as `state` says: the caller while the
+// slot is FREE or HELD, whoever popped the slot's job while it is QUEUED (the queue's release/
+// acquire orders the caller's writes before the popper's reads), the caller again once it has
+// seen DONE (stored with release after the popper's last access).
+unsafe impl Sync for Slot {}
+
+struct Req {
+    op: DeviceOp,
+    offset: u64,
+    len: u64,
+    /// The iovecs of small requests (`inline_len` of them; 0: they are in `iov`).
+    inline: [libc::iovec; INLINE_SEGMENTS],
+    inline_len: usize,
+    iov: IovBuf,
+}
+
+impl Req {
+    fn fill(&mut self, req: &DeviceRequest<'_>) {
+        self.op = req.op;
+        self.offset = req.offset;
+        self.len = req.len;
+        self.inline_len = 0;
+        if (1..=INLINE_SEGMENTS).contains(&req.segments.len()) {
+            for (v, s) in self.inline.iter_mut().zip(req.segments) {
+                *v = libc::iovec { iov_base: s.ptr.cast(), iov_len: s.len };
+            }
+            self.inline_len = req.segments.len();
+        } else {
+            self.iov.fill(req.segments);
+        }
+    }
+
+    fn iovecs(&mut self) -> &mut [libc::iovec] {
+        match self.inline_len {
+            0 => &mut self.iov.0,
+            n => &mut self.inline[..n],
+        }
+    }
+}
+
+// SAFETY: as `IovBuf`'s: the iovecs point into callers' memory, which the submit contract keeps
+// valid until the request completes, whichever thread runs it.
+unsafe impl Send for Req {}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Inline,
+    Shared,
+}
+
+/// Caller-side bookkeeping.
+struct Local {
+    generations: Vec<u16>,
+    free: Vec<u16>,
+    mode: Mode,
+    /// Requests submitted and not yet reported by `poll`.
+    outstanding: usize,
+    /// Inline mode: submits until the next probe.
+    until_probe: u32,
+    /// The held request and whether its first poll has happened.
+    probe: Option<(u16, bool)>,
+    /// Shared mode: submits in a row that found nothing else in flight.
+    calm: u32,
+    /// Probe interval multiplier (1 to [`MAX_BACKOFF`]).
+    backoff: u32,
+    /// Shared mode: requests queued in this window, and queued requests (any file's) this
+    /// caller ran itself.
+    window_queued: u32,
+    window_ran: u32,
+    counts: EngineCounts,
+    /// Shared mode: slots queued since the last `unplug`, handed to the helpers together.
+    batch: Vec<u16>,
+    /// Polls of batched requests since the batch began: once every batched request has been
+    /// polled and no `unplug` came, the next poll hands the batch over itself.
+    batch_polls: usize,
+    /// The iovecs of requests run inside `submit`.
+    iov: IovBuf,
+}
+
+/// Where a file's requests ran (the adaptive engine's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineCounts {
+    /// Requests run inside `submit` (or a probe's poll) in the caller's thread.
+    pub inline: u64,
+    /// Requests queued for the helpers.
+    pub queued: u64,
+    /// Queued requests (of any file) the caller's thread ran itself while it waited.
+    pub ran_by_caller: u64,
+}
+
+impl Adaptive {
+    pub(super) fn new(exec: Arc<Exec>, depth: u16, max_segments: usize) -> Self {
+        let slots = (0..depth)
+            .map(|_| Slot {
+                state: CachePadded::new(AtomicU8::new(FREE)),
+                result: AtomicU8::new(0),
+                req: CachePadded::new(UnsafeCell::new(Req {
+                    op: DeviceOp::Flush,
+                    offset: 0,
+                    len: 0,
+                    inline: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; INLINE_SEGMENTS],
+                    inline_len: 0,
+                    iov: IovBuf::with_capacity(max_segments),
+                })),
+            })
+            .collect();
+        Self {
+            shared: Box::new(Shared { exec, slots }),
+            local: Mutex::new(Local {
+                generations: vec![0; usize::from(depth)],
+                free: (0..depth).rev().collect(),
+                mode: Mode::Inline,
+                outstanding: 0,
+                until_probe: PROBE_EVERY,
+                probe: None,
+                calm: 0,
+                backoff: 1,
+                window_queued: 0,
+                window_ran: 0,
+                counts: EngineCounts::default(),
+                batch: Vec::with_capacity(usize::from(depth)),
+                batch_polls: 0,
+                iov: IovBuf::with_capacity(max_segments),
+            }),
+        }
+    }
+
+    /// Whether requests are being shared with the helpers now.
+    #[cfg(test)]
+    pub(super) fn is_shared(&self) -> bool {
+        lock_unpoisoned(&self.local).mode == Mode::Shared
+    }
+
+    /// Where this file's requests ran so far.
+    pub(super) fn counts(&self) -> EngineCounts {
+        lock_unpoisoned(&self.local).counts
+    }
+
+    /// Requests held or queued and not yet done.
+    pub(super) fn in_flight(&self) -> usize {
+        self.shared.slots.iter().filter(|s| matches!(s.state.load(Ordering::Acquire), HELD | QUEUED)).count()
+    }
+
+    /// # Safety
+    /// As [`crate::dev::BlockDevice::submit`]; `req` is validated.
+    pub(super) unsafe fn submit(&self, req: &DeviceRequest<'_>) -> Result<Ticket, SubmitError> {
+        let mut guard = lock_unpoisoned(&self.local);
+        let local = &mut *guard;
+        let index = local.free.pop().ok_or(SubmitError::Busy)?;
+        let i = usize::from(index);
+        local.generations[i] = local.generations[i].wrapping_add(1);
+        let ticket = make_ticket(i, local.generations[i]);
+        let others = local.outstanding;
+        local.outstanding += 1;
+
+        if local.mode == Mode::Inline {
+            match local.probe {
+                // Another request while the probe is held: the caller has requests in parallel.
+                Some((held, _)) => {
+                    local.probe = None;
+                    if helpers().is_some() {
+                        local.mode = Mode::Shared;
+                        local.calm = 0;
+                        local.window_queued = 0;
+                        local.window_ran = 0;
+                        self.queue(held, local);
+                    } else {
+                        self.run_held(held, local);
+                    }
+                }
+                None => {
+                    local.until_probe -= 1;
+                    if local.until_probe == 0 {
+                        local.until_probe = PROBE_EVERY * local.backoff;
+                        local.probe = Some((index, false));
+                        self.shared.store(index, req);
+                        self.shared.slots[i].state.store(HELD, Ordering::Relaxed);
+                        return Ok(ticket);
+                    }
+                }
+            }
+        } else {
+            local.calm = if others == 0 { local.calm + 1 } else { 0 };
+            local.window_queued += 1;
+            if local.calm >= CALM_SUBMITS {
+                local.mode = Mode::Inline;
+                local.until_probe = PROBE_EVERY * local.backoff;
+            } else if local.window_queued >= WINDOW {
+                // Did the helpers take their share of the window?
+                if local.window_ran > local.window_queued / 2 {
+                    local.backoff = (local.backoff * 2).min(MAX_BACKOFF);
+                    local.mode = Mode::Inline;
+                    local.until_probe = PROBE_EVERY * local.backoff;
+                } else {
+                    local.backoff = 1;
+                }
+                local.window_queued = 0;
+                local.window_ran = 0;
+            }
+        }
+
+        if local.mode == Mode::Shared {
+            self.shared.store(index, req);
+            self.queue(index, local);
+        } else {
+            local.iov.fill(req.segments);
+            // SAFETY: the submit contract keeps every segment valid (reads: unaliased) until
+            // `poll` reports this ticket, which is after this call returns.
+            let result = unsafe { self.shared.exec.execute(req.op, req.offset, req.len, &mut local.iov.0) };
+            self.shared.slots[i].finish(result);
+            local.counts.inline += 1;
+        }
+        Ok(ticket)
+    }
+
+    /// Queues slot `index` (filled, FREE or HELD) for the helpers: it joins the batch that the
+    /// next `unplug` hands over.
+    fn queue(&self, index: u16, local: &mut Local) {
+        self.shared.slots[usize::from(index)].state.store(QUEUED, Ordering::Relaxed);
+        local.counts.queued += 1;
+        local.batch.push(index);
+    }
+
+    /// Ends a submission batch: hands the queued requests to the helpers.
+    pub(super) fn unplug(&self) {
+        let mut guard = lock_unpoisoned(&self.local);
+        self.hand_over(&mut guard);
+    }
+
+    /// Hands the batch to the helpers (running here what their full queue refuses) and wakes
+    /// one if it sleeps.
+    fn hand_over(&self, local: &mut Local) {
+        local.batch_polls = 0;
+        if local.batch.is_empty() {
+            return;
+        }
+        let h = helpers();
+        for index in local.batch.drain(..) {
+            let job = Job { file: &*self.shared, index };
+            let refused = match h {
+                Some(h) => h.push(job),
+                None => Err(job),
+            };
+            if let Err(job) = refused {
+                job.run();
+                local.counts.ran_by_caller += 1;
+            }
+        }
+        if let Some(h) = h {
+            h.wake();
+        }
+    }
+
+    /// Runs the held probe request in this thread.
+    fn run_held(&self, index: u16, local: &mut Local) {
+        // SAFETY: the slot is HELD: only the caller, which holds `local`, touches its request.
+        let r = unsafe { &mut *self.shared.slots[usize::from(index)].req.get() };
+        // SAFETY: the request was submitted under the submit contract and has not completed:
+        // its segments are still valid.
+        let result = unsafe { self.shared.exec.execute(r.op, r.offset, r.len, r.iovecs()) };
+        self.shared.slots[usize::from(index)].finish(result);
+        local.counts.inline += 1;
+    }
+
+    /// `Some(result)` once `ticket` is done (or unknown: `Invalid`).
+    pub(super) fn poll(&self, ticket: Ticket) -> Option<Result<(), DeviceError>> {
+        let (index, generation) = split_ticket(ticket);
+        let mut guard = lock_unpoisoned(&self.local);
+        let local = &mut *guard;
+        if local.generations.get(index) != Some(&generation) {
+            return Some(Err(DeviceError::Invalid));
+        }
+        let slot = &self.shared.slots[index];
+        let mut state = slot.state.load(Ordering::Acquire);
+        if state == HELD {
+            match local.probe {
+                // First poll of the probe: give the caller a chance to submit something else.
+                Some((held, false)) if usize::from(held) == index => {
+                    local.probe = Some((held, true));
+                    return None;
+                }
+                // Nothing else came: the caller has one request at a time.
+                _ => {
+                    local.probe = None;
+                    self.run_held(index as u16, local);
+                    state = DONE;
+                }
+            }
+        }
+        if state == QUEUED && !local.batch.is_empty() {
+            // Polled before `unplug` ended the batch. Within a batch that is normal (the caller
+            // polls each request once as it goes); polled again without an `unplug`, the batch
+            // is handed over here rather than left waiting for one.
+            local.batch_polls += 1;
+            if local.batch_polls > local.batch.len() {
+                self.hand_over(local);
+            }
+        }
+        if state == QUEUED && local.batch.is_empty() {
+            // Help while the helpers have more than they can take at once: run the next queued
+            // request (any file's) instead of waiting idle. (Not while a batch is being built:
+            // the caller has work of its own then.)
+            if let Some(job) = helpers().and_then(|h| h.pop_beyond(h.threads)) {
+                job.run();
+                local.window_ran += 1;
+                local.counts.ran_by_caller += 1;
+            }
+            state = slot.state.load(Ordering::Acquire);
+        }
+        match state {
+            DONE => {
+                let result = decode_result(slot.result.load(Ordering::Relaxed));
+                slot.state.store(FREE, Ordering::Relaxed);
+                local.free.push(index as u16);
+                local.outstanding -= 1;
+                Some(result)
+            }
+            QUEUED => None,
+            _ => Some(Err(DeviceError::Invalid)),
+        }
+    }
+
+    /// Blocks until the helpers have finished this file's queued requests.
+    pub(super) fn wait_idle(&self) {
+        self.unplug();
+        while self.shared.slots.iter().any(|s| s.state.load(Ordering::Acquire) == QUEUED) {
+            // Run queued requests rather than only wait: this thread may be the only one left
+            // that can (the helpers may be busy with other files' requests).
+            match helpers().and_then(|h| h.pop_beyond(0)) {
+                Some(job) => job.run(),
+                None => std::thread::yield_now(),
+            }
+        }
+    }
+}
+
+impl Drop for Adaptive {
+    fn drop(&mut self) {
+        // Helpers write into callers' memory, and jobs point at `shared`, until each queued
+        // request is done.
+        self.wait_idle();
+    }
+}
+
+impl Shared {
+    /// Copies `req` into slot `index`, which the caller owns (FREE or HELD).
+    fn store(&self, index: u16, req: &DeviceRequest<'_>) {
+        // SAFETY: the caller owns the slot (see `Slot`'s Sync): no other thread touches `req`.
+        unsafe { &mut *self.slots[usize::from(index)].req.get() }.fill(req);
+    }
+}
+
+impl Slot {
+    fn finish(&self, result: Result<(), DeviceError>) {
+        self.result.store(encode_result(result), Ordering::Relaxed);
+        self.state.store(DONE, Ordering::Release);
+    }
+}
+
+/// One queued request: a file's slot.
+struct Job {
+    file: *const Shared,
+    index: u16,
+}
+
+// SAFETY: `file` points into an `Adaptive`'s box, which outlives every job on its slots (its
+// Drop waits until none is QUEUED); the slot's request is the job's alone while it is QUEUED.
+unsafe impl Send for Job {}
+
+impl Job {
+    fn run(self) {
+        // SAFETY: see `Send` above: the file outlives this job until `finish` below, after which
+        // nothing here touches it.
+        let file = unsafe { &*self.file };
+        let slot = &file.slots[usize::from(self.index)];
+        // SAFETY: popping the job gave this thread the slot's request (see `Slot`'s Sync).
+        let r = unsafe { &mut *slot.req.get() };
+        // SAFETY: the submit contract keeps the segments valid (reads: unaliased) until the
+        // ticket is reported done, which `poll` does only after `finish`.
+        let result = unsafe { file.exec.execute(r.op, r.offset, r.len, r.iovecs()) };
+        slot.finish(result);
+    }
+}
+
+/// The process-wide helper threads and their queue.
+struct Helpers {
+    /// Helper threads running.
+    threads: usize,
+    queue: ArrayQueue<Job>,
+    /// Helpers asleep (or about to sleep) on `work`.
+    sleeping: AtomicUsize,
+    lock: Mutex<()>,
+    work: Condvar,
+}
+
+/// The helpers, started on first use; `None` if no thread could be started (the engine then
+/// stays inline).
+fn helpers() -> Option<&'static Helpers> {
+    static HELPERS: OnceLock<Option<Helpers>> = OnceLock::new();
+    HELPERS.get_or_init(Helpers::start).as_ref()
+}
+
+impl Helpers {
+    fn start() -> Option<Self> {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).clamp(1, MAX_HELPERS);
+        // Threads reach the helpers through `helpers()`, which blocks them until this returns.
+        let mut started = 0;
+        for i in 0..count {
+            let spawned = std::thread::Builder::new().name(format!("strata-helper-{i}")).spawn(|| {
+                if let Some(h) = helpers() {
+                    h.serve();
+                }
+            });
+            started += usize::from(spawned.is_ok());
+        }
+        (started > 0).then(|| Self {
+            threads: started,
+            queue: ArrayQueue::new(QUEUE_CAPACITY),
+            sleeping: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            work: Condvar::new(),
+        })
+    }
+
+    /// Queues `job`; gives it back if the queue is full. Call [`Helpers::wake`] after a batch.
+    fn push(&self, job: Job) -> Result<(), Job> {
+        self.queue.push(job)
+    }
+
+    /// Wakes a sleeping helper for the jobs just pushed.
+    fn wake(&self) {
+        // Pairs with the fence in `serve`: either this sees the sleeper or the sleeper sees the
+        // jobs.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) > 0 {
+            let _guard = lock_unpoisoned(&self.lock);
+            self.work.notify_one();
+        }
+    }
+
+    /// The front job if more than `keep` are queued.
+    fn pop_beyond(&self, keep: usize) -> Option<Job> {
+        if self.queue.len() <= keep {
+            return None;
+        }
+        self.queue.pop()
+    }
+
+    /// A helper's life: run jobs; when there are none, spin a little, then sleep.
+    fn serve(&self) -> ! {
+        loop {
+            if let Some(job) = self.queue.pop() {
+                job.run();
+                continue;
+            }
+            let idle_since = Instant::now();
+            'spin: while idle_since.elapsed() < SPIN {
+                for _ in 0..64 {
+                    if !self.queue.is_empty() {
+                        break 'spin;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            let guard = lock_unpoisoned(&self.lock);
+            self.sleeping.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let guard = if self.queue.is_empty() { self.work.wait(guard).unwrap_or_else(|e| e.into_inner()) } else { guard };
+            self.sleeping.fetch_sub(1, Ordering::SeqCst);
+            drop(guard);
+        }
+    }
+}

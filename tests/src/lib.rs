@@ -23,12 +23,38 @@ pub fn ensure_qemu() {
     ONCE.call_once(|| qemu_runner::ensure_qemu(true).expect("QEMU is needed for the integration tests"));
 }
 
-/// A fresh directory for one test under the workspace's target dir.
+/// A fresh directory for one test under the workspace's target dir, named `NAME-PID`.
+///
+/// Tests leave their directories behind (a failure's images are the evidence), so the first call
+/// in a test process removes those of ended processes last changed more than [`KEEP_SCRATCH`]
+/// ago: repeated runs no longer fill the disk (a whole run leaves about 2 GB).
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/strata/tests").join(format!("{name}-{}", std::process::id()));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/strata/tests");
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(|| remove_stale(&root));
+    let dir = root.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// How long the scratch directory of an ended test process is kept for inspection.
+pub const KEEP_SCRATCH: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the scratch directories under `root` of processes (the `-PID` suffix) that have ended
+/// and that were last changed more than [`KEEP_SCRATCH`] ago.
+fn remove_stale(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.rsplit('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > KEEP_SCRATCH);
+        if !alive && old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Runs `qemu-img ARGS`, panicking with its output on failure.

@@ -126,6 +126,14 @@ pub trait Driver: Sized {
         None
     }
 
+    /// True while nothing of the node's own is allocated: every byte is
+    /// [`Mapping::Unallocated`] (reads fall through to the backing child). Must only ever turn
+    /// false, calling [`Io::shape_changed`] when it does: the walk remembers runs of empty
+    /// layers until the shape changes.
+    fn is_empty(&self) -> bool {
+        false
+    }
+
     /// Decodes a [`Mapping::Compressed`] extent into `out`.
     async fn read_compressed(&self, _io: &Io<'_, '_>, _node: NodeId, _host: u64, _csize: u64, _skip: u64, _out: &mut [u8]) -> Result<()> {
         Err(Error::BadGraph("compressed mapping from a driver without compression"))
@@ -256,6 +264,11 @@ macro_rules! drivers {
             /// See [`Driver::map_now`].
             pub(crate) fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
                 match self { $(Self::$variant(d) => d.map_now(offset, len),)* }
+            }
+
+            /// See [`Driver::is_empty`].
+            pub(crate) fn is_empty(&self) -> bool {
+                match self { $(Self::$variant(d) => d.is_empty(),)* }
             }
 
             /// See [`Driver::map`].

@@ -27,7 +27,7 @@ use crate::io::events::EventHook;
 use crate::io::tracked::{Entry, TrackerOf};
 use crate::io::Io;
 use crate::node::BlockLimits;
-use crate::path::Stack;
+use crate::path::{Skip, Stack};
 
 /// Most users (backends) attached at once.
 pub const MAX_USERS: usize = 8;
@@ -55,6 +55,10 @@ pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
     meta: MetaCache<'d>,
     plugged: Cell<u32>,
     release: Cell<u32>,
+    /// See [`Io`]'s `shape`.
+    shape: Cell<u64>,
+    /// The walk's memory of empty layers, by node slot.
+    skips: [Cell<Option<Skip>>; N],
     events: Option<&'d dyn EventHook>,
     clock: Option<&'d dyn Clock>,
 }
@@ -75,6 +79,8 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             meta: MetaCache::empty(),
             plugged: Cell::new(0),
             release: Cell::new(0),
+            shape: Cell::new(0),
+            skips: [const { Cell::new(None) }; N],
             events: None,
             clock: None,
         }
@@ -93,12 +99,13 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             plugged: &self.plugged,
             clock: self.clock,
             release: &self.release,
+            shape: &self.shape,
         }
     }
 
     /// The view the walk and the executors work with.
     pub fn stack(&self) -> Stack<'_, 'd> {
-        Stack { io: self.io(), states: &self.states }
+        Stack { io: self.io(), states: &self.states, skips: &self.skips }
     }
 
     /// A handle on the graph that does not carry its capacities (what backends hold).
@@ -209,6 +216,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         while let Some(id) = pending.pop() {
             let index = usize::from(id.index);
             let Some(closed) = self.nodes.get_mut(index).and_then(Option::take) else { continue };
+            self.io().shape_changed();
             self.states[index] = None;
             self.generations[index] = self.generations[index].wrapping_add(1);
             for child in &closed.children {
@@ -258,6 +266,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         let index = self.nodes.iter().position(Option::is_none).ok_or(Error::NoSpace { what: "graph node slots" })?;
         self.nodes[index] = Some(node);
         self.states[index] = state;
+        self.io().shape_changed();
         Ok(NodeId { index: index as u16, generation: self.generations[index] })
     }
 
@@ -268,6 +277,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             self.nodes[index] = None;
             self.states[index] = None;
             self.generations[index] = self.generations[index].wrapping_add(1);
+            self.io().shape_changed();
         }
     }
 }

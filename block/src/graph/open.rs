@@ -326,7 +326,9 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         if node.children.iter().any(|c| c.role == role) {
             return Err(Error::BadGraph("node already has a child in that role"));
         }
-        node.children.push(Child { role, node: child, attachment }).map_err(|_| Error::NoSpace { what: "node children" })
+        node.children.push(Child { role, node: child, attachment }).map_err(|_| Error::NoSpace { what: "node children" })?;
+        self.io().shape_changed();
+        Ok(())
     }
 
     /// Opens one format node described by `view` on top of `file`; the driver is `forced`, or

@@ -35,9 +35,18 @@ pub struct Io<'g, 'd> {
     pub(crate) clock: Option<&'d dyn Clock>,
     /// Above zero while a drain releases held requests ([`crate::io::wait::hold`]).
     pub(crate) release: &'g Cell<u32>,
+    /// Bumped whenever what the walk may remember about the graph's shape changes: nodes or
+    /// links added or removed, a format node resized, an empty layer written for the first time.
+    pub(crate) shape: &'g Cell<u64>,
 }
 
 impl<'g, 'd> Io<'g, 'd> {
+    /// Says that the graph's shape changed (see [`Io::shape`]): what the walk remembered is
+    /// forgotten.
+    pub(crate) fn shape_changed(&self) {
+        self.shape.set(self.shape.get().wrapping_add(1));
+    }
+
     /// The node behind `id`.
     pub fn node(&self, id: NodeId) -> Result<&'g Node<'d>> {
         let index = usize::from(id.index);

@@ -4,9 +4,11 @@
 
 pub(crate) mod flush;
 pub(crate) mod range;
+pub(crate) mod skip;
 mod stack;
 pub(crate) mod walk;
 pub(crate) mod write;
 
+pub(crate) use skip::Skip;
 pub use stack::Stack;
 pub use walk::{block_status, Extent, ExtentKind};

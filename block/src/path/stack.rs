@@ -3,10 +3,13 @@
 
 use core::ops::Deref;
 
+use core::cell::Cell;
+
 use crate::driver::FormatState;
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::node::NodeId;
+use crate::path::skip::Skip;
 
 /// A graph as the walk and the executors use it.
 #[derive(Clone, Copy)]
@@ -15,6 +18,8 @@ pub struct Stack<'g, 'd> {
     pub io: Io<'g, 'd>,
     /// Driver states, by node slot.
     pub(crate) states: &'g [Option<FormatState>],
+    /// The walk's memory of empty layers, by node slot (see [`crate::path::skip`]).
+    pub(crate) skips: &'g [Cell<Option<Skip>>],
 }
 
 impl<'g> Stack<'g, '_> {

@@ -7,6 +7,7 @@
 //! walk is a loop bounded by [`MAX_DEPTH`], never a recursion, and ends at a leaf where
 //! [`leaf::rw`] moves the bytes.
 
+use super::skip;
 use super::Stack;
 use crate::driver::Mapping;
 use crate::error::{Error, Result};
@@ -65,6 +66,12 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
         n = n.min(here.size() - off);
         if let NodeKind::Leaf(_) = here.kind {
             return done(Target::Leaf(cur, off), n, depth, mapped_by);
+        }
+        // A run of empty layers is passed at once, not layer by layer (see `skip`).
+        if let Some((below, layers)) = skip::through_empty(s, cur, off, n) {
+            cur = below;
+            depth = depth.saturating_add(layers);
+            continue;
         }
         let state = s.driver(cur)?;
         if let Some(kind) = admit.filter(|_| state.admits()) {

@@ -40,6 +40,7 @@ impl Qcow2 {
         flush::flush_leaves(io, file).await?;
         self.size.set(new_size);
         io.node(node)?.size.set(self.size());
+        io.shape_changed();
         Ok(())
     }
 

@@ -301,6 +301,10 @@ impl Driver for Qcow2 {
         self.l1_empty.get().then(|| Mapping::Unallocated { len: self.lookup_len(offset, len) })
     }
 
+    fn is_empty(&self) -> bool {
+        self.l1_empty.get()
+    }
+
     async fn read_compressed(&self, io: &Io<'_, '_>, node: NodeId, host: u64, csize: u64, skip: u64, out: &mut [u8]) -> Result<()> {
         Qcow2::read_compressed(self, io, node, host, csize, skip, out).await
     }

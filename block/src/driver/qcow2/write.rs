@@ -314,7 +314,9 @@ impl Qcow2 {
         io.event(node, Event::L1Update)?;
         self.check_meta_write(io, file, l1_at, Class::Table).await?;
         // Before the entry exists: a lookup from now on reads the table.
-        self.l1_empty.set(false);
+        if self.l1_empty.replace(false) {
+            io.shape_changed();
+        }
         io.meta.write_u64(io, file, l1_at, slice_len, Class::Table, table | COPIED).await?;
         if let Some(shared) = old {
             self.free_later(io, node, PendingFree { host: shared.0, len: cs, discard: false }).await?;

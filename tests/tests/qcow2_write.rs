@@ -243,6 +243,35 @@ fn internal_snapshots_keep_their_data() {
     }
 }
 
+/// A read remembers the L1 entry it used; a write that copies the (snapshot-shared) L2 table it
+/// names moves the entry, and the next read in the same open must follow it.
+#[test]
+fn reads_follow_an_l2_table_copied_under_them() {
+    let dir = scratch("qcow2w-l1-moves");
+    for cs in [512u64, 64 * KIB] {
+        let f = fresh(&dir, &format!("m{cs}.qcow2"), &format!("cluster_size={cs}"), 2 * MIB);
+        qio("qcow2", &f, &["write -P 0x11 0 64k"]);
+        qimg(&["snapshot", "-c", "s1", f.to_str().unwrap()]);
+        // Cluster 0 is read first (its L1 entry remembered), cluster 2 written (the shared L2
+        // table is copied, the L1 entry changes), then both read again in the same open.
+        let out = run(
+            &f,
+            vec![
+                vec![Op::Read { off: 0, len: cs }],
+                vec![Op::fill(2 * cs, cs, 0x77)],
+                vec![Op::Read { off: 2 * cs, len: cs }],
+                vec![Op::Read { off: 0, len: cs }],
+            ],
+        );
+        let got = |batch: usize| out[batch][0].clone().expect("read data");
+        assert!(got(0).iter().all(|&b| b == 0x11), "cluster 0 before ({cs})");
+        assert!(got(2).iter().all(|&b| b == 0x77), "cluster 2 after its write ({cs})");
+        assert!(got(3).iter().all(|&b| b == 0x11), "cluster 0 after ({cs})");
+        assert!(diff(&qemu_bytes(&f, &["-l", "snapshot.name=s1"])[..64 * 1024], &[0x11; 64 * 1024]).is_none(), "snapshot ({cs})");
+        assert_clean(&f);
+    }
+}
+
 /// Runs `ops` (write-zeroes and discards) through Strata on `f` and through qemu-io on a copy
 /// made first; both must read the same (and as the model), be clean, and agree on which full
 /// clusters read as zeros without data.

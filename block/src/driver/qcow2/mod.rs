@@ -90,6 +90,11 @@ pub struct Qcow2 {
     /// [`L1_EMPTY_SCAN`] bytes (false for larger ones); only ever cleared, by the first write
     /// that gives the table an entry.
     pub(crate) l1_empty: Cell<bool>,
+    /// The last L1 entry looked up, validated: (its file offset, the L2 table it names, the
+    /// `l1_changes` it was read under). Saves the L1 lookup of nearby reads.
+    pub(crate) last_l1: Cell<Option<(u64, u64, u64)>>,
+    /// Bumped whenever an L1 entry or the L1 table changes: older `last_l1`s are void.
+    pub(crate) l1_changes: Cell<u64>,
     /// Header cluster and tables, for overlap checks (tables move when they grow).
     pub(crate) meta: Cell<Metadata>,
     /// The snapshot open (index in the table), if any.
@@ -149,6 +154,8 @@ impl Qcow2 {
             l1: Cell::new(l1),
             l1_entries: Cell::new(header.l1_size),
             l1_empty: Cell::new(false),
+            last_l1: Cell::new(None),
+            l1_changes: Cell::new(0),
             meta: Cell::new(meta),
             snapshot: None,
             size: Cell::new(header.size),

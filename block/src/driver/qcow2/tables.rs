@@ -179,11 +179,20 @@ impl Qcow2 {
         }
         let slice_len = self.slice_len();
         let l1_at = self.l1.get().start + l1_index * 8;
-        let l1_entry = io.meta.read_u64(io, file, l1_at, slice_len).await?;
-        let Some(l2) = decode_l1(l1_entry, l1_at)? else {
-            return Ok(Mapping::Unallocated { len });
+        let changes = self.l1_changes.get();
+        let l2 = match self.last_l1.get() {
+            Some((at, table, seen)) if at == l1_at && seen == changes => HostOffset(table),
+            _ => {
+                let l1_entry = io.meta.read_u64(io, file, l1_at, slice_len).await?;
+                let Some(l2) = decode_l1(l1_entry, l1_at)? else {
+                    return Ok(Mapping::Unallocated { len });
+                };
+                validation::cluster_ref(l2.0, cs, size_of(file)?, &self.meta.get(), l1_at, ClusterRef::L2Table)?;
+                // Kept only if no L1 change came while the entry was read.
+                self.last_l1.set(Some((l1_at, l2.0, changes)));
+                l2
+            }
         };
-        validation::cluster_ref(l2.0, cs, size_of(file)?, &self.meta.get(), l1_at, ClusterRef::L2Table)?;
         let esize = self.l2_entry_size();
         let entry_at = l2.0 + l2_index * esize;
         let slice_start = entry_at / slice_len as u64 * slice_len as u64;

@@ -317,7 +317,9 @@ impl Qcow2 {
         if self.l1_empty.replace(false) {
             io.shape_changed();
         }
+        self.l1_changes.set(self.l1_changes.get() + 1);
         io.meta.write_u64(io, file, l1_at, slice_len, Class::Table, table | COPIED).await?;
+        self.l1_changes.set(self.l1_changes.get() + 1);
         if let Some(shared) = old {
             self.free_later(io, node, PendingFree { host: shared.0, len: cs, discard: false }).await?;
         }

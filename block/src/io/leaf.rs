@@ -183,12 +183,19 @@ fn direct_len(node: &Node<'_>, pos: u64, end: u64, addr: usize) -> u64 {
     let l = &node.limits;
     let align = u64::from(l.request_alignment);
     let mem = u64::from(l.mem_alignment);
+    let n = (end - pos).min(u64::from(l.max_transfer.min(l.max_segment_size)));
+    // `BlockLimits` keeps both alignments powers of two: masks, not divisions, on every request.
+    if align.is_power_of_two() && mem.is_power_of_two() {
+        if pos & (align - 1) != 0 || (addr as u64) & (mem - 1) != 0 {
+            return 0;
+        }
+        return n & !(align.max(mem) - 1);
+    }
     if !pos.is_multiple_of(align) || !(addr as u64).is_multiple_of(mem) {
         return 0;
     }
     let unit = align.max(mem);
-    let max = u64::from(l.max_transfer.min(l.max_segment_size));
-    (end - pos).min(max) / unit * unit
+    n / unit * unit
 }
 
 /// One device request, with the graph's plug state deciding whether to notify at once.

@@ -127,14 +127,28 @@ impl DeviceInfo {
         }
         let bs = u64::from(self.block_size.max(1));
         let end = req.offset.checked_add(req.len).ok_or(DeviceError::Invalid)?;
-        if !req.offset.is_multiple_of(bs) || !req.len.is_multiple_of(bs) || end > capacity.next_multiple_of(bs) || req.len == 0 {
+        // Block sizes are powers of two in practice: masks, not divisions, on every request.
+        let (aligned, limit) = if bs.is_power_of_two() {
+            ((req.offset | req.len) & (bs - 1) == 0, capacity.checked_add(bs - 1).map_or(u64::MAX, |c| c & !(bs - 1)))
+        } else {
+            (req.offset.is_multiple_of(bs) && req.len.is_multiple_of(bs), capacity.next_multiple_of(bs))
+        };
+        if !aligned || end > limit || req.len == 0 {
             return Err(DeviceError::Invalid);
         }
         if matches!(req.op, DeviceOp::Read | DeviceOp::Write) {
-            let total: u64 = req.segments.iter().map(|s| s.len as u64).sum();
             let align = self.mem_alignment.max(1) as usize;
             let bad_segment = |s: &Segment| {
-                s.len > self.max_segment_size as usize || !(s.ptr as usize).is_multiple_of(align) || !s.len.is_multiple_of(align)
+                let misaligned = if align.is_power_of_two() {
+                    (s.ptr as usize | s.len) & (align - 1) != 0
+                } else {
+                    !(s.ptr as usize).is_multiple_of(align) || !s.len.is_multiple_of(align)
+                };
+                s.len > self.max_segment_size as usize || misaligned
+            };
+            let total: u64 = match req.segments {
+                [one] => one.len as u64,
+                many => many.iter().map(|s| s.len as u64).sum(),
             };
             if total != req.len
                 || req.len > u64::from(self.max_transfer)

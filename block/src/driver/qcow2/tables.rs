@@ -118,7 +118,7 @@ pub fn decode_l2(q: &Qcow2, entry: u64, bitmap: u64, guest: GuestOffset, at: u64
         }
         return Ok(Entry::Unallocated { bitmap });
     }
-    if !off.is_multiple_of(q.cluster_size()) {
+    if off & (q.cluster_size() - 1) != 0 {
         return corrupt("L2 entry: data cluster offset not cluster-aligned");
     }
     entry_rules::host_cluster(off, q, at)?;
@@ -229,6 +229,23 @@ impl Qcow2 {
         let end = offset + len;
         let esize = self.l2_entry_size() as usize;
         let first_cluster = offset & !(cs - 1);
+        // Inside one cluster without subclusters (reads and writes of a few KiB): one entry
+        // gives the answer, as the loop below would.
+        if !self.extended_l2 && entries.len() >= esize && (offset ^ (end - 1)) >> self.cluster_bits == 0 {
+            let (word, _) = l2_words(entries, 0, false);
+            return Ok(match decode_l2(self, word, 0, GuestOffset(first_cluster), at)? {
+                Entry::Normal { host, copied, .. } => {
+                    self.check_data_cluster(host.0, eof, at)?;
+                    Found::Run(Run::Data { host: host.0 + (offset - first_cluster), writable: copied && self.snapshot.is_none() }, len)
+                }
+                Entry::Zero => Found::Run(Run::Zero, len),
+                Entry::Unallocated { .. } => Found::Run(Run::Unallocated, len),
+                Entry::Compressed { host, csize } => {
+                    entry_rules::compressed_extent(host.0, csize, eof, at)?;
+                    Found::Compressed { host: host.0, csize, skip: offset - first_cluster, len }
+                }
+            });
+        }
         let mut pos = offset;
         let mut run: Option<Run> = None;
         for (i, raw) in entries.chunks_exact(esize).enumerate() {

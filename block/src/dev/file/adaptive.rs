@@ -44,8 +44,8 @@ use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
 use super::sys::Exec;
-use super::{decode_result, encode_result, lock_unpoisoned, make_ticket, split_ticket, IovBuf};
-use crate::dev::{DeviceError, DeviceOp, DeviceRequest, SubmitError, Ticket};
+use super::{decode_result, encode_result, lock_unpoisoned, make_ticket, split_ticket, IovBuf, SlotReq};
+use crate::dev::{DeviceError, DeviceRequest, SubmitError, Ticket};
 
 /// In inline mode, one request in this many is held for a poll to see whether the caller has
 /// others to make.
@@ -89,11 +89,8 @@ struct Slot {
     /// FREE, HELD, QUEUED or DONE: says who may touch `req` (see `Slot`'s Sync).
     state: CachePadded<AtomicU8>,
     result: AtomicU8,
-    req: CachePadded<UnsafeCell<Req>>,
+    req: CachePadded<UnsafeCell<SlotReq>>,
 }
-
-/// Requests with at most this many segments keep their iovecs in the slot itself.
-const INLINE_SEGMENTS: usize = 2;
 
 // SAFETY: `req` is only touched by one thread at a time, as `state` says: the caller while the
 // slot is FREE or HELD, whoever popped the slot's job while it is QUEUED (the queue's release/
@@ -101,43 +98,6 @@ const INLINE_SEGMENTS: usize = 2;
 // seen DONE (stored with release after the popper's last access).
 unsafe impl Sync for Slot {}
 
-struct Req {
-    op: DeviceOp,
-    offset: u64,
-    len: u64,
-    /// The iovecs of small requests (`inline_len` of them; 0: they are in `iov`).
-    inline: [libc::iovec; INLINE_SEGMENTS],
-    inline_len: usize,
-    iov: IovBuf,
-}
-
-impl Req {
-    fn fill(&mut self, req: &DeviceRequest<'_>) {
-        self.op = req.op;
-        self.offset = req.offset;
-        self.len = req.len;
-        self.inline_len = 0;
-        if (1..=INLINE_SEGMENTS).contains(&req.segments.len()) {
-            for (v, s) in self.inline.iter_mut().zip(req.segments) {
-                *v = libc::iovec { iov_base: s.ptr.cast(), iov_len: s.len };
-            }
-            self.inline_len = req.segments.len();
-        } else {
-            self.iov.fill(req.segments);
-        }
-    }
-
-    fn iovecs(&mut self) -> &mut [libc::iovec] {
-        match self.inline_len {
-            0 => &mut self.iov.0,
-            n => &mut self.inline[..n],
-        }
-    }
-}
-
-// SAFETY: as `IovBuf`'s: the iovecs point into callers' memory, which the submit contract keeps
-// valid until the request completes, whichever thread runs it.
-unsafe impl Send for Req {}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -185,20 +145,29 @@ pub struct EngineCounts {
     pub ran_by_caller: u64,
 }
 
+impl Local {
+    /// Shared mode, with a fresh window.
+    fn go_shared(&mut self) {
+        self.mode = Mode::Shared;
+        self.calm = 0;
+        self.window_queued = 0;
+        self.window_ran = 0;
+    }
+
+    /// Inline mode; the next probe after the (backed-off) interval.
+    fn go_inline(&mut self) {
+        self.mode = Mode::Inline;
+        self.until_probe = PROBE_EVERY * self.backoff;
+    }
+}
+
 impl Adaptive {
     pub(super) fn new(exec: Arc<Exec>, depth: u16, max_segments: usize) -> Self {
         let slots = (0..depth)
             .map(|_| Slot {
                 state: CachePadded::new(AtomicU8::new(FREE)),
                 result: AtomicU8::new(0),
-                req: CachePadded::new(UnsafeCell::new(Req {
-                    op: DeviceOp::Flush,
-                    offset: 0,
-                    len: 0,
-                    inline: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; INLINE_SEGMENTS],
-                    inline_len: 0,
-                    iov: IovBuf::with_capacity(max_segments),
-                })),
+                req: CachePadded::new(UnsafeCell::new(SlotReq::new(max_segments))),
             })
             .collect();
         Self {
@@ -256,10 +225,7 @@ impl Adaptive {
                 Some((held, _)) => {
                     local.probe = None;
                     if helpers().is_some() {
-                        local.mode = Mode::Shared;
-                        local.calm = 0;
-                        local.window_queued = 0;
-                        local.window_ran = 0;
+                        local.go_shared();
                         self.queue(held, local);
                     } else {
                         self.run_held(held, local);
@@ -280,14 +246,12 @@ impl Adaptive {
             local.calm = if others == 0 { local.calm + 1 } else { 0 };
             local.window_queued += 1;
             if local.calm >= CALM_SUBMITS {
-                local.mode = Mode::Inline;
-                local.until_probe = PROBE_EVERY * local.backoff;
+                local.go_inline();
             } else if local.window_queued >= WINDOW {
                 // Did the helpers take their share of the window?
                 if local.window_ran > local.window_queued / 2 {
                     local.backoff = (local.backoff * 2).min(MAX_BACKOFF);
-                    local.mode = Mode::Inline;
-                    local.until_probe = PROBE_EVERY * local.backoff;
+                    local.go_inline();
                 } else {
                     local.backoff = 1;
                 }
@@ -354,7 +318,7 @@ impl Adaptive {
         let r = unsafe { &mut *self.shared.slots[usize::from(index)].req.get() };
         // SAFETY: the request was submitted under the submit contract and has not completed:
         // its segments are still valid.
-        let result = unsafe { self.shared.exec.execute(r.op, r.offset, r.len, r.iovecs()) };
+        let result = unsafe { r.execute(&self.shared.exec) };
         self.shared.slots[usize::from(index)].finish(result);
         local.counts.inline += 1;
     }
@@ -474,7 +438,7 @@ impl Job {
         let r = unsafe { &mut *slot.req.get() };
         // SAFETY: the submit contract keeps the segments valid (reads: unaliased) until the
         // ticket is reported done, which `poll` does only after `finish`.
-        let result = unsafe { file.exec.execute(r.op, r.offset, r.len, r.iovecs()) };
+        let result = unsafe { r.execute(&file.exec) };
         slot.finish(result);
     }
 }

@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use super::{BlockDevice, DeviceError, DeviceFeatures, DeviceInfo, DeviceRequest, Segment, SubmitError, Ticket};
+use super::{BlockDevice, DeviceError, DeviceFeatures, DeviceInfo, DeviceOp, DeviceRequest, Segment, SubmitError, Ticket};
 pub use adaptive::EngineCounts;
 pub use failure::OsFailure;
 use sys::Exec;
@@ -294,6 +294,63 @@ impl IovBuf {
     fn fill(&mut self, segments: &[Segment]) {
         self.0.clear();
         self.0.extend(segments.iter().map(|s| libc::iovec { iov_base: s.ptr.cast(), iov_len: s.len }));
+    }
+}
+
+/// Requests with at most this many segments keep their iovecs in the slot itself.
+const INLINE_SEGMENTS: usize = 2;
+
+/// A request copied into a queue slot, to run on another thread (the thread pool's workers,
+/// the adaptive engine's helpers) with [`Exec::execute`].
+struct SlotReq {
+    op: DeviceOp,
+    offset: u64,
+    len: u64,
+    /// The iovecs of small requests (`inline_len` of them; 0: they are in `iov`).
+    inline: [libc::iovec; INLINE_SEGMENTS],
+    inline_len: usize,
+    iov: IovBuf,
+}
+
+// SAFETY: as `IovBuf`'s: the iovecs point into callers' memory, which the submit contract keeps
+// valid until the request completes, whichever thread runs it.
+unsafe impl Send for SlotReq {}
+
+impl SlotReq {
+    /// An empty slot for requests of up to `max_segments` segments (allocated here, once).
+    fn new(max_segments: usize) -> Self {
+        let none = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        Self { op: DeviceOp::Flush, offset: 0, len: 0, inline: [none; INLINE_SEGMENTS], inline_len: 0, iov: IovBuf::with_capacity(max_segments) }
+    }
+
+    /// Copies `req` in (its segments validated against the slot's capacity by the caller).
+    fn fill(&mut self, req: &DeviceRequest<'_>) {
+        self.op = req.op;
+        self.offset = req.offset;
+        self.len = req.len;
+        self.inline_len = 0;
+        if (1..=INLINE_SEGMENTS).contains(&req.segments.len()) {
+            for (v, s) in self.inline.iter_mut().zip(req.segments) {
+                *v = libc::iovec { iov_base: s.ptr.cast(), iov_len: s.len };
+            }
+            self.inline_len = req.segments.len();
+        } else {
+            self.iov.fill(req.segments);
+        }
+    }
+
+    /// Runs it.
+    ///
+    /// # Safety
+    /// The request was submitted under the [`BlockDevice::submit`] contract and has not
+    /// completed: its segments are valid (reads: unaliased).
+    unsafe fn execute(&mut self, exec: &Exec) -> Result<(), DeviceError> {
+        let iov = match self.inline_len {
+            0 => &mut self.iov.0[..],
+            n => &mut self.inline[..n],
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { exec.execute(self.op, self.offset, self.len, iov) }
     }
 }
 

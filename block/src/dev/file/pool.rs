@@ -11,8 +11,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use super::sys::Exec;
-use super::{decode_result, encode_result, lock_unpoisoned, make_ticket, split_ticket, IovBuf};
-use crate::dev::{DeviceError, DeviceOp, DeviceRequest, SubmitError, Ticket};
+use super::{decode_result, encode_result, lock_unpoisoned, make_ticket, split_ticket, SlotReq};
+use crate::dev::{DeviceError, DeviceRequest, SubmitError, Ticket};
 
 const FREE: u8 = 0;
 const QUEUED: u8 = 1;
@@ -54,14 +54,7 @@ struct Slot {
     state: AtomicU8,
     result: AtomicU8,
     /// Written by the executor while FREE, by the worker while QUEUED: never contended.
-    req: Mutex<Req>,
-}
-
-struct Req {
-    op: DeviceOp,
-    offset: u64,
-    len: u64,
-    iov: IovBuf,
+    req: Mutex<SlotReq>,
 }
 
 impl Pool {
@@ -70,7 +63,7 @@ impl Pool {
             .map(|_| Slot {
                 state: AtomicU8::new(FREE),
                 result: AtomicU8::new(0),
-                req: Mutex::new(Req { op: DeviceOp::Flush, offset: 0, len: 0, iov: IovBuf::with_capacity(max_segments) }),
+                req: Mutex::new(SlotReq::new(max_segments)),
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -110,13 +103,7 @@ impl Pool {
         let index = local.free.pop().ok_or(SubmitError::Busy)?;
         let i = usize::from(index);
         let slot = &self.shared.slots[i];
-        {
-            let mut r = lock_unpoisoned(&slot.req);
-            r.op = req.op;
-            r.offset = req.offset;
-            r.len = req.len;
-            r.iov.fill(req.segments);
-        }
+        lock_unpoisoned(&slot.req).fill(req);
         slot.state.store(QUEUED, Ordering::Relaxed);
         local.generations[i] = local.generations[i].wrapping_add(1);
         local.pending.push(index);
@@ -189,11 +176,9 @@ fn worker(shared: &Shared) {
         drop(q);
         let slot = &shared.slots[usize::from(index)];
         let result = {
-            let mut r = lock_unpoisoned(&slot.req);
-            let Req { op, offset, len, ref mut iov } = *r;
             // SAFETY: the submit contract keeps the segments valid (reads: unaliased) until the
             // ticket is reported done, which `poll` does only after the DONE store below.
-            unsafe { shared.exec.execute(op, offset, len, &mut iov.0) }
+            unsafe { lock_unpoisoned(&slot.req).execute(&shared.exec) }
         };
         slot.result.store(encode_result(result), Ordering::Relaxed);
         slot.state.store(DONE, Ordering::Release);

@@ -7,7 +7,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use futures::future::join_all;
 use strata_block::backend::OpKind;
@@ -133,9 +132,8 @@ impl Job {
         let next_offset = Cell::new(start);
         let writes_since_flush = Cell::new(0u64);
         let backend = &img.backend;
-        // Completions per interval (ns since t0), from 1 ms intervals up.
+        // Completions per interval (ns since t0), from 1 ms intervals up, on the backend's clock.
         let timeline = RefCell::new(Timeline::new(0, 1_000_000));
-        let t0 = Instant::now();
         let t0_ns = image::now_ns();
         let worker = || async {
             let mut buf = AlignedBuf::new(bufsize as usize);
@@ -188,8 +186,8 @@ impl Job {
                 polled
             }))
         };
-        let elapsed = t0.elapsed();
-        let seconds = elapsed.as_secs_f64();
+        let elapsed_ns = image::now_ns().saturating_sub(t0_ns);
+        let seconds = elapsed_ns as f64 / 1e9;
         results.into_iter().collect::<Result<Vec<()>, ImgError>>()?;
 
         let stats = img.backend.stats();
@@ -201,7 +199,6 @@ impl Job {
             kind.percentile_ns(990),
             kind.percentile_ns(999),
         );
-        let elapsed_ns = elapsed.as_nanos() as u64;
         let mut timeline = timeline.into_inner();
         timeline.finish(elapsed_ns);
         let series = BenchSeries {

@@ -74,7 +74,7 @@ impl Qcow2 {
         flush::flush_leaves(io, file).await?;
         let region = Region::new(new, bytes);
         self.l1.set(region);
-        self.l1_changes.set(self.l1_changes.get() + 1);
+        self.l1_changed();
         self.l1_entries.set(entries as u32);
         let mut meta = self.meta.get();
         meta.l1 = region;

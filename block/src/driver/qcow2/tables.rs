@@ -158,6 +158,11 @@ impl Qcow2 {
         len.min(table_end - offset)
     }
 
+    /// Forgets the remembered L1 entry (`last_l1`): an L1 entry or the L1 table changed.
+    pub(crate) fn l1_changed(&self) {
+        self.l1_changes.set(self.l1_changes.get() + 1);
+    }
+
     /// Maps `len` bytes at `offset` (inside the node) of qcow2 node `node`.
     pub(crate) async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
         let here = io.node(node)?;

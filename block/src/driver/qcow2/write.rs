@@ -317,9 +317,11 @@ impl Qcow2 {
         if self.l1_empty.replace(false) {
             io.shape_changed();
         }
-        self.l1_changes.set(self.l1_changes.get() + 1);
+        // Before and after: a lookup that read the entry while the write waited for its slice
+        // may have seen the old value; it must not be remembered either way.
+        self.l1_changed();
         io.meta.write_u64(io, file, l1_at, slice_len, Class::Table, table | COPIED).await?;
-        self.l1_changes.set(self.l1_changes.get() + 1);
+        self.l1_changed();
         if let Some(shared) = old {
             self.free_later(io, node, PendingFree { host: shared.0, len: cs, discard: false }).await?;
         }

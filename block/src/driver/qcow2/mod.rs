@@ -99,6 +99,8 @@ pub struct Qcow2 {
     pub(crate) meta: Cell<Metadata>,
     /// The snapshot open (index in the table), if any.
     pub(crate) snapshot: Option<u32>,
+    /// The snapshot table in force: (offset, entries); moves when snapshots are made or deleted.
+    pub(crate) snap_table: Cell<(u64, u32)>,
     size: Cell<u64>,
     header: Header,
     ext: Extensions,
@@ -158,6 +160,7 @@ impl Qcow2 {
             l1_changes: Cell::new(0),
             meta: Cell::new(meta),
             snapshot: None,
+            snap_table: Cell::new((header.snapshots_offset, header.nb_snapshots)),
             size: Cell::new(header.size),
             header,
             ext,
@@ -253,7 +256,8 @@ impl Qcow2 {
 
     /// A walk over the snapshot table (list it with [`Walk::next`] on the node's file child).
     pub fn snapshots(&self) -> Walk {
-        Walk::new(&self.header)
+        let (offset, count) = self.snap_table.get();
+        Walk::at(&self.header, offset, count)
     }
 
     /// Reads `buf.len()` bytes at `offset` of the image file under qcow2 node `node` (names,

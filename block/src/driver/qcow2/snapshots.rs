@@ -1,6 +1,22 @@
 //! Internal snapshots (`qcow2.txt`, "Snapshots"): the snapshot table walked entry by entry
 //! (entries have variable length), checked at open, listed for `img info`, and looked up by name
 //! or id so a snapshot can be opened read-only (its L1 table replaces the active one).
+//!
+//! Written on read-write nodes: [`create`], [`apply`] and [`delete`] (QEMU's
+//! `qcow2-snapshot.c`), over [`lookup`] (which entry a key names), [`refcount_walk`] (one more or
+//! one less reference on a whole L1 tree, COPIED bits fixed) and [`table_write`] (a new table
+//! switched in by the header).
+
+mod apply;
+pub mod create;
+mod delete;
+pub mod lookup;
+mod refcount_walk;
+mod table_write;
+
+pub use create::NewSnapshot;
+pub use lookup::Lookup;
+pub use table_write::{MAX_ID, MAX_NAME};
 
 use zerocopy::big_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
@@ -84,9 +100,14 @@ pub struct Walk {
 impl Walk {
     /// Starts at the snapshot table `header` names.
     pub fn new(header: &Header) -> Self {
-        let offset = header.snapshots_offset;
+        Self::at(header, header.snapshots_offset, header.nb_snapshots)
+    }
+
+    /// Starts at the table of `count` entries at `offset` of an image with header `header`
+    /// (the table a read-write node has written since it was opened).
+    pub fn at(header: &Header, offset: u64, count: u32) -> Self {
         let min_extra = if header.version >= 3 { V3_MIN_EXTRA } else { 0 };
-        Self { pos: offset, index: 0, count: header.nb_snapshots, start: offset, cluster_size: header.cluster_size(), image_size: header.size, min_extra }
+        Self { pos: offset, index: 0, count, start: offset, cluster_size: header.cluster_size(), image_size: header.size, min_extra }
     }
 
     /// Bytes walked so far (the table's length once the walk is over).

@@ -8,17 +8,15 @@
 //! more clusters with a refcount than the file has allocated, by a tenth).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use strata_block::dev::BlockDevice;
 use strata_block::graph::Role;
 use strata_block::path::{block_status, ExtentKind};
 use strata_block::NodeId;
 
 use super::args::Args;
+use super::holes::HostFiles;
 use super::image::{self, block_on, Image, OpenOptions};
 use super::ImgError;
 
@@ -40,6 +38,8 @@ pub struct MapEntry {
     pub zero: bool,
     /// Has data.
     pub data: bool,
+    /// A compressed cluster (newer qemu-img prints it, 10.x here; 7.2 does not).
+    pub compressed: bool,
     /// Host offset, where there is one.
     pub offset: Option<u64>,
     /// Host file, where there is one.
@@ -58,15 +58,14 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         force_share: args.has("-U") || args.has("--force-share"),
         ..args.image_options()?
     };
-    let json = match args.value("--output").unwrap_or("human") {
+    let as_json = match args.value("--output").unwrap_or("human") {
         "json" => true,
         "human" => false,
         other => return Err(ImgError::usage(format!("--output={other}: expected human or json"))),
     };
     let entries = image::with_image(spec, &opts, map)?;
-    if json {
-        let lines: Vec<String> = entries.iter().map(json_line).collect();
-        println!("[{}]", lines.join(",\n"));
+    if as_json {
+        println!("{}", json(&entries));
     } else {
         println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
         for e in entries.iter().filter(|e| e.data && e.offset.is_some()) {
@@ -77,11 +76,17 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
     Ok(())
 }
 
+/// `img map --output=json`'s text for `entries`, as qemu-img prints it (one extent a line).
+pub fn json(entries: &[MapEntry]) -> String {
+    let lines: Vec<String> = entries.iter().map(json_line).collect();
+    format!("[{}]", lines.join(",\n"))
+}
+
 /// qemu-img's JSON line for one extent.
 fn json_line(e: &MapEntry) -> String {
     let mut s = format!(
-        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}",
-        e.start, e.length, e.depth, e.present, e.zero, e.data
+        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}",
+        e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
     );
     if let Some(o) = e.offset {
         s.push_str(&format!(", \"offset\": {o}"));
@@ -94,16 +99,17 @@ fn json_line(e: &MapEntry) -> String {
 pub fn map(img: &Image<'_, '_>) -> Result<Vec<MapEntry>, ImgError> {
     let graph = img.backend.graph();
     let size = img.backend.size();
-    let mut files = HostFiles { img, open: HashMap::new() };
+    let mut files = HostFiles::new(img);
     let mut prealloc: HashMap<NodeId, bool> = HashMap::new();
     let mut out: Vec<MapEntry> = Vec::new();
     let mut pos = 0;
     while pos < size {
         let ext = block_on(block_status(&graph.stack(), img.root(), pos, (size - pos).min(STEP)))
             .map_err(|e| ImgError::failed(format!("error while mapping at byte {pos}: {e}")))?;
-        let base = MapEntry { start: pos, length: ext.len, depth: ext.depth, present: true, zero: false, data: true, offset: None, file: None };
+        let base = MapEntry { start: pos, length: ext.len, depth: ext.depth, present: true, zero: false, data: true, compressed: false, offset: None, file: None };
         match ext.kind {
-            ExtentKind::Compressed | ExtentKind::Sink => push(&mut out, base),
+            ExtentKind::Compressed => push(&mut out, MapEntry { compressed: true, ..base }),
+            ExtentKind::Sink => push(&mut out, base),
             ExtentKind::Zero => push(&mut out, MapEntry { zero: true, data: false, ..base }),
             ExtentKind::Hole => push(&mut out, MapEntry { zero: true, data: false, present: false, ..base }),
             ExtentKind::Data { leaf, offset, mapped_by } => {
@@ -146,7 +152,7 @@ fn push(out: &mut Vec<MapEntry>, e: MapEntry) {
             (Some(a), Some(b)) => a + last.length == b,
             _ => false,
         };
-        if last.depth == e.depth && last.present == e.present && last.zero == e.zero && last.data == e.data && last.file == e.file && contiguous {
+        if last.depth == e.depth && last.present == e.present && last.zero == e.zero && last.data == e.data && last.compressed == e.compressed && last.file == e.file && contiguous {
             last.length += e.length;
             return;
         }
@@ -161,7 +167,7 @@ fn metadata_preallocated(img: &Image<'_, '_>, node: NodeId) -> bool {
     let (Some(q), Some(file)) = (graph.state(node).ok().flatten().and_then(|s| s.qcow2()), n.child(Role::File)) else {
         return false;
     };
-    let Some(path) = graph.node(file).ok().and_then(|f| f.device()).and_then(|d| HostFiles { img, open: HashMap::new() }.path(d)) else {
+    let Some(path) = graph.node(file).ok().and_then(|f| f.device()).and_then(|d| HostFiles::new(img).path(d)) else {
         return false;
     };
     let Ok(meta) = std::fs::metadata(&path) else { return false };
@@ -180,53 +186,4 @@ fn metadata_preallocated(img: &Image<'_, '_>, node: NodeId) -> bool {
         }
     }
     count > threshold
-}
-
-/// Host files of an image, for hole queries.
-struct HostFiles<'i, 'g, 'd> {
-    img: &'i Image<'g, 'd>,
-    open: HashMap<PathBuf, File>,
-}
-
-impl HostFiles<'_, '_, '_> {
-    fn path(&self, dev: &dyn BlockDevice) -> Option<PathBuf> {
-        self.img
-            .files
-            .iter()
-            .position(|f| std::ptr::addr_eq(*f as &dyn BlockDevice as *const dyn BlockDevice, dev as *const dyn BlockDevice))
-            .and_then(|i| self.img.paths.get(i).cloned())
-    }
-
-    /// Whether `offset` of `path` is in a hole, and for how many bytes (at most `len`) that
-    /// stays so. Unknown answers count as data.
-    fn hole(&mut self, path: &Path, offset: u64, len: u64) -> (bool, u64) {
-        if !self.open.contains_key(path) {
-            match File::open(path) {
-                Ok(f) => {
-                    self.open.insert(path.to_path_buf(), f);
-                }
-                Err(_) => return (false, len),
-            }
-        }
-        let Some(f) = self.open.get(path) else { return (false, len) };
-        let fd = f.as_raw_fd();
-        let Ok(off) = libc::off_t::try_from(offset) else { return (false, len) };
-        // SAFETY: lseek on a file descriptor we own; no memory is involved.
-        let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
-        if data < 0 {
-            // ENXIO: no data at or after `offset` (past the end too).
-            let enxio = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
-            return (enxio, len);
-        }
-        let data = data as u64;
-        if data > offset {
-            return (true, (data - offset).min(len));
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, off, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return (false, len);
-        }
-        (false, (hole as u64).saturating_sub(offset).clamp(1, len))
-    }
 }

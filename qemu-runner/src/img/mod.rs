@@ -8,17 +8,21 @@
 mod args;
 mod bench;
 mod compare;
-mod convert;
+pub mod convert;
 mod create;
+mod extents;
+mod holes;
 pub mod crashlog;
 pub mod image;
-mod info;
+pub mod info;
 pub mod io;
 pub mod logcut;
 pub mod logwrites;
 pub mod map;
+mod progress;
 pub(crate) mod output;
 mod resize;
+mod snapshot;
 pub mod replay;
 pub mod rng;
 pub(crate) mod resolve;
@@ -85,6 +89,12 @@ const COMMANDS: &[Command] = &[
         name: "resize",
         usage: "resize [-f FMT] [--image-opts] [-q] FILE [+]SIZE   (qcow2, growing)",
         run: |a| resize::run(a).map(|()| 0),
+    },
+    Command {
+        name: "snapshot",
+        usage: "snapshot [-f FMT] [--image-opts] [-U] [-q] [-l | -c NAME | -a NAME | -d NAME] FILE
+        (qcow2 internal snapshots: list (the default), create, apply (id or name), delete (name))",
+        run: |a| snapshot::run(a).map(|()| 0),
     },
     Command {
         name: "compare",

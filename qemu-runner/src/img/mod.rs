@@ -23,7 +23,6 @@ mod progress;
 pub(crate) mod output;
 mod resize;
 mod snapshot;
-mod snapshot;
 pub mod replay;
 pub mod rng;
 pub(crate) mod resolve;
@@ -90,12 +89,6 @@ const COMMANDS: &[Command] = &[
         name: "resize",
         usage: "resize [-f FMT] [--image-opts] [-q] FILE [+]SIZE   (qcow2, growing)",
         run: |a| resize::run(a).map(|()| 0),
-    },
-    Command {
-        name: "snapshot",
-        usage: "snapshot [-f FMT] [--image-opts] [-U] [-q] [-l | -c NAME | -a NAME | -d NAME] FILE
-        (qcow2 internal snapshots: list (the default), create, apply (id or name), delete (name))",
-        run: |a| snapshot::run(a).map(|()| 0),
     },
     Command {
         name: "snapshot",

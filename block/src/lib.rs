@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod clock;
 pub mod cmd;
+pub mod codec;
 pub mod dev;
 pub mod driver;
 pub mod error;

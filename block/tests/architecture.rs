@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules of `block/src`, lowest layer first. Modules in one inner slice share a
 /// layer and must not import each other.
 const LAYERS: &[&[&str]] = &[
-    &["options", "clock", "dev"],
+    &["options", "clock", "dev", "codec"],
     &["error"],
     &["node"],
     &["io"],

@@ -15,6 +15,7 @@ pub mod null;
 pub mod plan;
 pub mod qcow2;
 pub mod raw;
+pub mod throttle;
 
 pub use plan::{Allocation, Cow, Mapping, RangeStep, WritePlan};
 
@@ -334,6 +335,7 @@ drivers! {
     Raw(raw::Raw) = raw::RAW,
     NullCo(null::Null) = null::NULL_CO,
     NullAio(null::Null) = null::NULL_AIO,
+    Throttle(throttle::Throttle) = throttle::THROTTLE,
 }
 
 impl FormatState {

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::io::bounce::BouncePool;
 use crate::io::cache::{CacheSlot, CacheStats, Inflater, MetaCache};
 use crate::io::events::EventHook;
+use crate::io::throttle::{ThrottleGroup, MAX_GROUPS};
 use crate::io::tracked::{Entry, TrackerOf};
 use crate::io::Io;
 use crate::node::BlockLimits;
@@ -61,6 +62,7 @@ pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
     skips: [Cell<Option<Skip>>; N],
     events: Option<&'d dyn EventHook>,
     clock: Option<&'d dyn Clock>,
+    throttle_groups: [Option<ThrottleGroup>; MAX_GROUPS],
 }
 
 impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
@@ -83,6 +85,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             skips: [const { Cell::new(None) }; N],
             events: None,
             clock: None,
+            throttle_groups: [const { None }; MAX_GROUPS],
         }
     }
 
@@ -100,6 +103,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             clock: self.clock,
             release: &self.release,
             shape: &self.shape,
+            throttle_groups: &self.throttle_groups,
         }
     }
 
@@ -116,6 +120,18 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     /// Gives the graph a clock: nodes that wait for time (`latency-ns`, throttling) need one.
     pub fn set_clock(&mut self, clock: &'d dyn Clock) {
         self.clock = Some(clock);
+    }
+
+    /// Adds a throttle group (QEMU's `throttle-group` object) that `throttle` nodes opened
+    /// afterwards may name; a second group of the same name, or more than [`MAX_GROUPS`], is
+    /// refused.
+    pub fn add_throttle_group(&mut self, group: ThrottleGroup) -> Result<()> {
+        if self.io().throttle_group(group.name()).is_some() {
+            return Err(Error::BadOption { key: "id", why: "a throttle group of that name exists" });
+        }
+        let slot = self.throttle_groups.iter_mut().find(|g| g.is_none()).ok_or(Error::NoSpace { what: "throttle groups" })?;
+        *slot = Some(group);
+        Ok(())
     }
 
     /// Releases every request a node holds (a throttle, a latency) at once, and keeps releasing

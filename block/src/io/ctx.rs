@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::io::bounce::BouncePool;
 use crate::io::cache::MetaCache;
 use crate::io::events::{Event, EventHook};
+use crate::io::throttle::ThrottleGroup;
 use crate::io::tracked::Tracker;
 use crate::node::{Child, Node, NodeId};
 
@@ -38,6 +39,8 @@ pub struct Io<'g, 'd> {
     /// Bumped whenever what the walk may remember about the graph's shape changes: nodes or
     /// links added or removed, a format node resized, an empty layer written for the first time.
     pub(crate) shape: &'g Cell<u64>,
+    /// The throttle groups `throttle` nodes join.
+    pub(crate) throttle_groups: &'g [Option<ThrottleGroup>],
 }
 
 impl<'g, 'd> Io<'g, 'd> {
@@ -68,6 +71,16 @@ impl<'g, 'd> Io<'g, 'd> {
     /// Parents of `node`: (parent id, link).
     pub fn parents(&self, node: NodeId) -> impl Iterator<Item = (NodeId, Child)> + use<'g, 'd> {
         self.nodes().flat_map(move |(id, n)| n.children.iter().filter(move |c| c.node == node).map(move |c| (id, *c)))
+    }
+
+    /// The throttle group named `name`, by index.
+    pub fn throttle_group(&self, name: &str) -> Option<(usize, &'g ThrottleGroup)> {
+        self.throttle_groups.iter().enumerate().find_map(|(i, g)| g.as_ref().filter(|g| g.name() == name).map(|g| (i, g)))
+    }
+
+    /// Throttle group number `index`.
+    pub(crate) fn throttle_group_at(&self, index: usize) -> Result<&'g ThrottleGroup> {
+        self.throttle_groups.get(index).and_then(Option::as_ref).ok_or(Error::BadGraph("throttle group gone"))
     }
 
     /// True if a fault-injection hook is installed.

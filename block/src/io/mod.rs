@@ -13,6 +13,7 @@ mod device;
 pub mod events;
 pub mod flush;
 pub(crate) mod leaf;
+pub mod throttle;
 pub mod tracked;
 pub mod wait;
 pub mod zero;

@@ -49,10 +49,28 @@ pub(crate) struct Located {
     pub(crate) mapped_by: Option<NodeId>,
 }
 
+/// The ranges a request was admitted for at nodes that hold requests, so a request the walk
+/// resolves in several extents is admitted once at each node it passes whole (a `throttle`
+/// above a format counts one request, not one per extent), and once per extent below the node
+/// where it splits (those are sub-requests, as in QEMU).
+#[derive(Default)]
+pub(crate) struct Admitted(heapless::Vec<(NodeId, u64, u64), 4>);
+
+impl Admitted {
+    fn covers(&self, node: NodeId, offset: u64, len: u64) -> bool {
+        self.0.iter().any(|&(n, from, to)| n == node && from <= offset && offset + len <= to)
+    }
+
+    fn note(&mut self, node: NodeId, offset: u64, len: u64) {
+        // When full, later extents are admitted again: more holding, never less.
+        let _ = self.0.push((node, offset, offset + len));
+    }
+}
+
 /// Resolves the longest extent starting at `offset` (at most `len` bytes) of `node`, with the
-/// backing depth. A request (`admit` names its kind) is admitted at every driver node it passes;
-/// a metadata query (block status) is not.
-pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, admit: Option<ReqKind>) -> Result<Located> {
+/// backing depth. A request (`admit` names its kind and what it was admitted for already) is
+/// admitted at every driver node it passes; a metadata query (block status) is not.
+pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, mut admit: Option<(ReqKind, &mut Admitted)>) -> Result<Located> {
     let (mut cur, mut off, mut n) = (node, offset, len);
     let mut depth = 0u8;
     let mut mapped_by = None;
@@ -74,8 +92,11 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
             continue;
         }
         let state = s.driver(cur)?;
-        if let Some(kind) = admit.filter(|_| state.admits()) {
-            state.admit(s, cur, kind, off, n).await?;
+        if let Some((kind, admitted)) = admit.as_mut().filter(|_| state.admits()) {
+            if !admitted.covers(cur, off, n) {
+                state.admit(s, cur, *kind, off, n).await?;
+                admitted.note(cur, off, n);
+            }
         }
         let mapping = match state.map_now(off, n) {
             Some(m) => m,
@@ -134,9 +155,10 @@ pub(crate) async fn read(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut
 
 async fn read_as(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8], admit: Option<ReqKind>) -> Result<()> {
     let mut done = 0usize;
+    let mut admitted = Admitted::default();
     while done < buf.len() {
         let rest = (buf.len() - done) as u64;
-        let l = locate(s, node, offset + done as u64, rest, admit).await?;
+        let l = locate(s, node, offset + done as u64, rest, admit.map(|k| (k, &mut admitted))).await?;
         let part = &mut buf[done..done + l.len as usize];
         match l.target {
             Target::Leaf(leaf, at) => leaf::rw(s, leaf, at, Buf::Read(part)).await?,

@@ -7,6 +7,7 @@
 
 mod args;
 mod bench;
+mod check;
 mod compare;
 pub mod convert;
 mod create;
@@ -95,6 +96,13 @@ const COMMANDS: &[Command] = &[
         usage: "snapshot [-f FMT] [--image-opts] [-U] [-q] [-l | -c NAME | -a NAME | -d NAME] FILE
         (qcow2 internal snapshots: list (the default), create, apply (id or name), delete (name))",
         run: |a| snapshot::run(a).map(|()| 0),
+    },
+    Command {
+        name: "check",
+        usage: "check [-f FMT] [--image-opts] [-r leaks|all] [--output=human|json] [-U] [-q] [--budget SIZE] FILE
+        (qcow2; exit status as qemu-img check: 0 clean, 1 check failed, 2 corruptions, 3 leaks,
+         63 no checks for the format; --budget bounds its memory, default 16M)",
+        run: check::run,
     },
     Command {
         name: "compare",

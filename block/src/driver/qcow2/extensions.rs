@@ -50,6 +50,9 @@ pub struct Extensions {
     pub feature_names: bool,
     /// A bitmaps extension is present (skipped).
     pub bitmaps: bool,
+    /// The bitmap directory (offset, bytes, bitmaps) when the bitmaps autoclear bit says the
+    /// extension is consistent (what `img check` counts, as QEMU's `nb_bitmaps`).
+    pub bitmap_directory: Option<(u64, u64, u32)>,
     /// Unknown extensions skipped.
     pub unknown: u16,
 }
@@ -164,6 +167,9 @@ async fn walk(io: &Io<'_, '_>, file: NodeId, header: &Header) -> Result<Extensio
                     let mut b = [0u8; BITMAPS_LEN];
                     child_io::read(io, file, data, &mut b).await?;
                     check_bitmaps(&b, cluster)?;
+                    let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+                    let dword = |i: usize| (u64::from(word(i)) << 32) | u64::from(word(i + 4));
+                    ext.bitmap_directory = Some((dword(16), dword(8), word(0)));
                 }
                 ext.bitmaps = true;
             }

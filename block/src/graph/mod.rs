@@ -159,6 +159,13 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         self.meta.set_inflaters(inflaters);
     }
 
+    /// Gives the graph decoders for zstd-compressed clusters ([`crate::io::zstd`]: about
+    /// 137 KiB each plus its output window); a read of such a cluster takes one for its
+    /// duration and waits while all are busy.
+    pub fn set_zstd_decoders(&mut self, decoders: &'d [crate::io::zstd::ZstdDecoder<'d>]) {
+        self.meta.set_zstd(decoders);
+    }
+
     /// Installs a fault-injection hook: format drivers report their metadata events to it and
     /// fail where it says so (see [`crate::io::events`]).
     pub fn set_event_hook(&mut self, hook: &'d dyn EventHook) {

@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::node::NodeId;
 use crate::io::{child_io, wait_for};
+use crate::io::zstd::{TakenZstd, ZstdDecoder};
 
 /// Bytes per slot (the largest slice).
 pub const SLICE: usize = 4096;
@@ -157,6 +158,7 @@ pub struct CacheStats {
 pub struct MetaCache<'d> {
     slots: &'d [CacheSlot],
     inflaters: &'d [Inflater],
+    zstd: &'d [ZstdDecoder<'d>],
     tick: Cell<u64>,
     hits: Cell<u64>,
     misses: Cell<u64>,
@@ -216,6 +218,7 @@ impl<'d> MetaCache<'d> {
         Self {
             slots: &[],
             inflaters: &[],
+            zstd: &[],
             tick: Cell::new(0),
             dirtied: Cell::new(0),
             hits: Cell::new(0),
@@ -231,6 +234,10 @@ impl<'d> MetaCache<'d> {
 
     pub(crate) fn set_inflaters(&mut self, inflaters: &'d [Inflater]) {
         self.inflaters = inflaters;
+    }
+
+    pub(crate) fn set_zstd(&mut self, decoders: &'d [ZstdDecoder<'d>]) {
+        self.zstd = decoders;
     }
 
     /// Slots (budget / 4 KiB).
@@ -492,6 +499,16 @@ impl<'d> MetaCache<'d> {
         let inflater = wait_for(|| self.inflaters.iter().find(|i| !i.busy.get())).await;
         inflater.busy.set(true);
         Ok(TakenInflater(inflater))
+    }
+
+    /// Takes a free zstd decoder, waiting while all are busy.
+    pub(crate) async fn take_zstd(&self) -> Result<TakenZstd<'d, 'd>> {
+        if self.zstd.is_empty() {
+            return Err(Error::NoSpace { what: "zstd decoders (Graph::set_zstd_decoders)" });
+        }
+        let decoder = wait_for(|| self.zstd.iter().find(|d| !d.busy.get())).await;
+        decoder.busy.set(true);
+        Ok(TakenZstd(decoder))
     }
 }
 

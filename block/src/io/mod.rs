@@ -17,6 +17,7 @@ pub mod throttle;
 pub mod tracked;
 pub mod wait;
 pub mod zero;
+pub mod zstd;
 
 pub use ctx::Io;
 pub(crate) use wait::{take as wait_for, until as wait_until};

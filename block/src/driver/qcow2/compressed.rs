@@ -5,9 +5,8 @@
 //! As QEMU: the stream must produce a whole cluster (it may stop there without an end marker);
 //! bytes of the descriptor's last sector past the end of the file read as zeros (QEMU writes such
 //! images); a descriptor with a whole sector past the end was refused when it was mapped
-//! ([`super::entry_rules::compressed_extent`]). zstd
-//! is refused with [`Error::Unsupported`]`("zstd compression")`: no decoder without a heap is
-//! wired in yet.
+//! ([`super::entry_rules::compressed_extent`]). zstd clusters are decoded by
+//! [`super::compressed_zstd`].
 
 use miniz_oxide::inflate::core::{decompress_with_limit, inflate_flags::TINFL_FLAG_HAS_MORE_INPUT};
 use miniz_oxide::inflate::TINFLStatus;
@@ -36,9 +35,6 @@ impl Qcow2 {
         skip: u64,
         out: &mut [u8],
     ) -> Result<()> {
-        if self.compression == Compression::Zstd {
-            return Err(Error::Unsupported("zstd compression"));
-        }
         let cs = self.cluster_size();
         if skip.checked_add(out.len() as u64).is_none_or(|e| e > cs) {
             return Err(Error::BadGraph("compressed read beyond its cluster"));
@@ -46,6 +42,9 @@ impl Qcow2 {
         let file = io.node(node)?.child(Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
         if host >= child_io::size(io, file)? {
             return Err(Error::Corrupt { what: "L2 entry: compressed cluster starts past the end of the file", offset: host });
+        }
+        if self.compression == Compression::Zstd {
+            return self.read_zstd(io, file, host, csize, skip, out).await;
         }
         let taken = io.meta.take_inflater().await?;
         let inflater = taken.0;

@@ -18,6 +18,7 @@
 //! layer moves data (`docs/ARCHITECTURE.md`).
 
 mod compressed;
+mod compressed_zstd;
 pub mod check;
 pub mod create;
 mod entry_bits;

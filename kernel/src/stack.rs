@@ -17,6 +17,7 @@ use static_cell::StaticCell;
 use strata_block::clock::Clock;
 use strata_block::dev::BlockDevice;
 use strata_block::io::cache::{CacheSlot, Inflater};
+use strata_block::io::zstd::ZstdDecoder;
 use strata_block::graph::{NameRequest, Resolver, Role};
 use strata_block::{Error, Graph, NodeId};
 use strata_boot::arch::tsc;
@@ -63,6 +64,14 @@ static META: ConstStaticCell<[CacheSlot; META_SLOTS]> = ConstStaticCell::new([co
 pub const INFLATERS: usize = 1;
 static INFLATER: StaticCell<[Inflater; INFLATERS]> = StaticCell::new();
 
+/// The zstd decoder for zstd-compressed clusters (`strata_block::io::zstd`: about 137 KiB of
+/// tables and input) and its output window, the largest cluster (2 MiB): reads of part of a
+/// cluster of any size decode through it; reads of whole clusters decode into their buffer.
+static ZSTD: ConstStaticCell<ZstdDecoder<'static>> = ConstStaticCell::new(ZstdDecoder::new());
+/// The zstd decoder's output window.
+pub const ZSTD_WINDOW: usize = 2 << 20;
+static ZSTD_WINDOW_MEM: ConstStaticCell<[u8; ZSTD_WINDOW]> = ConstStaticCell::new([0; ZSTD_WINDOW]);
+
 /// A fresh graph with its metadata cache and decoders (one per boot: the memory is taken once).
 pub fn graph() -> Option<KGraph> {
     let bounce = BOUNCE.try_take()?;
@@ -71,6 +80,9 @@ pub fn graph() -> Option<KGraph> {
     let mut graph = Graph::new(&mut bounce.0, BOUNCE_BUFFER);
     graph.set_metadata_cache(meta);
     graph.set_decompressors(inflaters);
+    let zstd = ZSTD.try_take()?;
+    zstd.set_window(ZSTD_WINDOW_MEM.try_take()?);
+    graph.set_zstd_decoders(core::slice::from_ref(zstd));
     graph.set_clock(&TscClock);
     Some(graph)
 }

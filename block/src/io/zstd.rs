@@ -21,25 +21,33 @@ pub const INPUT: usize = BLOCK_MAX;
 pub struct ZstdDecoder<'w> {
     pub(crate) decoder: RefCell<Decoder>,
     pub(crate) input: RefCell<[u8; INPUT]>,
-    pub(crate) window: RefCell<&'w mut [u8]>,
+    pub(crate) window: RefCell<Option<&'w mut [u8]>>,
     pub(crate) busy: Cell<bool>,
 }
 
 impl<'w> ZstdDecoder<'w> {
     /// An idle decoder without a window: it decodes reads that cover whole clusters only.
     pub const fn new() -> Self {
-        Self { decoder: RefCell::new(Decoder::new()), input: RefCell::new([0; INPUT]), window: RefCell::new(&mut []), busy: Cell::new(false) }
+        Self {
+            decoder: RefCell::new(Decoder::new()),
+            input: RefCell::new([0; INPUT]),
+            window: RefCell::new(None),
+            busy: Cell::new(false),
+        }
     }
 
     /// Gives the decoder its output window for reads of part of a cluster (at least the
     /// cluster size of the images it reads).
     pub fn set_window(&mut self, window: &'w mut [u8]) {
-        *self.window.get_mut() = window;
+        *self.window.get_mut() = Some(window);
     }
 
     /// Bytes of the output window.
     pub fn window_len(&self) -> usize {
-        self.window.try_borrow().map(|w| w.len()).unwrap_or(0)
+        self.window
+            .try_borrow()
+            .map(|w| w.as_ref().map_or(0, |w| w.len()))
+            .unwrap_or(0)
     }
 }
 

@@ -74,14 +74,15 @@ pub struct Tables {
 }
 
 impl Tables {
-    /// Empty tables.
+    /// Empty tables (all zeros, so a `static` of them needs no initialised data; [`Tables::reset`]
+    /// sets the repeat offsets at each frame).
     pub const fn new() -> Self {
         Self {
             ll: Table::new(),
             of: Table::new(),
             ml: Table::new(),
             ready: [false; 3],
-            rep: [1, 4, 8],
+            rep: [0; 3],
         }
     }
 

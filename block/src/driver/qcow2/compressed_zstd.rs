@@ -32,21 +32,31 @@ impl Qcow2 {
         let cs = self.cluster_size() as usize;
         let taken = io.meta.take_zstd().await?;
         let z = taken.0;
-        let (Ok(mut decoder), Ok(mut input), Ok(mut window)) =
-            (z.decoder.try_borrow_mut(), z.input.try_borrow_mut(), z.window.try_borrow_mut())
-        else {
+        let (Ok(mut decoder), Ok(mut input), Ok(mut window)) = (
+            z.decoder.try_borrow_mut(),
+            z.input.try_borrow_mut(),
+            z.window.try_borrow_mut(),
+        ) else {
             return Err(Error::BadGraph("decompressor busy"));
         };
         let whole = skip == 0 && out.len() == cs;
         let dst: &mut [u8] = if whole {
             &mut *out
         } else {
-            window.get_mut(..cs).ok_or(Error::NoSpace { what: "zstd window smaller than the cluster (ZstdDecoder::set_window)" })?
+            window
+                .as_deref_mut()
+                .and_then(|w| w.get_mut(..cs))
+                .ok_or(Error::NoSpace {
+                    what: "zstd window smaller than the cluster (ZstdDecoder::set_window)",
+                })?
         };
         let corrupt = |e: ZstdError| match e {
             ZstdError::Corrupt(what) => Error::Corrupt { what, offset: host },
             ZstdError::Dictionary => Error::Unsupported("zstd frame with a dictionary"),
-            _ => Error::Corrupt { what: "compressed cluster data ends before a whole cluster", offset: host },
+            _ => Error::Corrupt {
+                what: "compressed cluster data ends before a whole cluster",
+                offset: host,
+            },
         };
         decoder.reset();
         let (mut pos, mut fetched) = (0usize, 0u64);
@@ -62,11 +72,14 @@ impl Qcow2 {
                 fetched += n as u64;
                 end += n;
             }
-            start += decoder.step(&input[start..end], dst, &mut pos).map_err(corrupt)?;
+            start += decoder
+                .step(&input[start..end], dst, &mut pos)
+                .map_err(corrupt)?;
         }
         if !whole {
             let from = skip as usize;
-            out.copy_from_slice(&window[from..from + out.len()]);
+            let w = window.as_deref().unwrap_or(&[]);
+            out.copy_from_slice(&w[from..from + out.len()]);
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 
 mod args;
 mod bench;
-mod check;
+pub mod check;
 mod compare;
 pub mod convert;
 mod create;
@@ -21,9 +21,10 @@ pub mod logcut;
 pub mod logwrites;
 pub mod map;
 mod progress;
+mod qjson;
 pub(crate) mod output;
 mod resize;
-mod snapshot;
+pub mod snapshot;
 pub mod replay;
 pub mod rng;
 pub(crate) mod resolve;

@@ -21,6 +21,11 @@ enum Action {
 
 /// Runs `img snapshot [-f FMT] [-U] [-q] [--image-opts] -l|-c NAME|-a NAME|-d NAME FILE`.
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
+    run_to(argv, &mut std::io::stdout())
+}
+
+/// [`run`], printing the list to `out`.
+pub fn run_to(argv: &[String], out: &mut dyn std::io::Write) -> Result<(), ImgError> {
     let args = Args::parse(argv, &["-f", "-c", "-a", "-d"], &["-l", "-U", "--force-share", "-q", "--image-opts"])?;
     let file = &args.exactly(1, "FILE")?[0];
     let mut actions = Vec::new();
@@ -53,7 +58,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         Action::List => {
             let list = list(img)?;
             if !list.is_empty() {
-                print!("{}", format_list(&list, local_date));
+                out.write_all(format_list(&list, local_date).as_bytes()).map_err(|e| ImgError::failed(format!("stdout: {e}")))?;
             }
             Ok(())
         }

@@ -7,7 +7,7 @@
 
 mod args;
 mod bench;
-pub mod check;
+mod check;
 mod compare;
 pub mod convert;
 mod create;
@@ -21,7 +21,6 @@ pub mod logcut;
 pub mod logwrites;
 pub mod map;
 mod progress;
-mod qjson;
 pub(crate) mod output;
 mod resize;
 pub mod snapshot;

@@ -21,6 +21,7 @@ pub mod logcut;
 pub mod logwrites;
 pub mod map;
 mod progress;
+mod qjson;
 pub(crate) mod output;
 mod resize;
 pub mod snapshot;

@@ -26,6 +26,7 @@ pub mod entry_rules;
 pub mod extensions;
 pub mod header;
 mod alloc;
+pub mod bitmaps;
 mod grow;
 mod refcount;
 pub mod snapshots;

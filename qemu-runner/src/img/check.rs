@@ -9,7 +9,7 @@
 //! `--budget SIZE` (Strata's; default 16M) bounds the check's memory: refcounts are recomputed
 //! over windows of the file in as many passes as the budget needs.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use strata_block::driver::qcow2::check::{self, CheckResult, Finding, Mode};
 use strata_block::graph::Role;
@@ -26,6 +26,15 @@ const NO_CHECKS: i32 = 63;
 /// Runs `img check [-f FMT] [-r leaks|all] [--output human|json] [-U] [-q] [--image-opts]
 /// [--budget SIZE] FILE`; returns the exit status.
 pub fn run(argv: &[String]) -> Result<i32, ImgError> {
+    run_to(
+        argv,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )
+}
+
+/// [`run`] with the report written to `out` and the per-problem messages to `err`.
+pub fn run_to(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, ImgError> {
     let args = Args::parse(
         argv,
         &["-f", "-r", "--output", "-T", "--budget"],
@@ -83,31 +92,37 @@ pub fn run(argv: &[String]) -> Result<i32, ImgError> {
         ..args.image_options()?
     };
     let mut memory = vec![0u8; budget];
+    let io_err = |e: std::io::Error| ImgError::failed(format!("writing the report: {e}"));
     image::with_image(spec, &opts, |img| {
         let Some(file) = image_file(img, checkable, image_opts)? else {
-            eprintln!("qemu-runner img: This image format does not support checks");
+            writeln!(
+                err,
+                "qemu-runner img: This image format does not support checks"
+            )
+            .map_err(io_err)?;
             return Ok(NO_CHECKS);
         };
-        let outcome = run_check(img, file, mode, &mut memory);
-        let mut result = match outcome {
+        let mut result = match run_check(img, file, mode, &mut memory, err) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("qemu-runner img: Check failed: {e}");
+                writeln!(err, "qemu-runner img: Check failed: {e}").map_err(io_err)?;
                 return Ok(1);
             }
         };
         if result.corruptions_fixed != 0 || result.leaks_fixed != 0 {
             if !json && !quiet {
-                println!(
+                writeln!(
+                    out,
                     "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
                     result.leaks_fixed, result.corruptions_fixed
-                );
+                )
+                .map_err(io_err)?;
             }
             let (leaks_fixed, corruptions_fixed) = (result.leaks_fixed, result.corruptions_fixed);
-            result = match run_check(img, file, Mode::CHECK, &mut memory) {
+            result = match run_check(img, file, Mode::CHECK, &mut memory, err) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("qemu-runner img: Check failed: {e}");
+                    writeln!(err, "qemu-runner img: Check failed: {e}").map_err(io_err)?;
                     return Ok(1);
                 }
             };
@@ -116,10 +131,13 @@ pub fn run(argv: &[String]) -> Result<i32, ImgError> {
         }
         if !quiet {
             if json {
-                println!("{}", json_report(spec, &result));
+                writeln!(out, "{}", json_report(spec, &result)).map_err(io_err)?;
             } else {
-                print!("{}", human_report(&result));
+                write!(out, "{}", human_report(&result)).map_err(io_err)?;
             }
+        }
+        if result.check_errors != 0 {
+            writeln!(err, "qemu-runner img: Check failed").map_err(io_err)?;
         }
         Ok(status(&result))
     })
@@ -146,15 +164,18 @@ fn image_file(
     })
 }
 
-/// One check, its findings printed to stderr.
+/// One check, its findings written to `err`.
 fn run_check(
     img: &Image<'_, '_>,
     file: strata_block::NodeId,
     mode: Mode,
     memory: &mut [u8],
+    err: &mut dyn Write,
 ) -> Result<CheckResult, String> {
     let graph = img.backend.graph();
-    let mut sink = |f: &Finding| eprintln!("{f}");
+    let mut sink = |f: &Finding| {
+        let _ = writeln!(err, "{f}");
+    };
     block_on(check::check(&graph.io(), file, mode, memory, &mut sink)).map_err(|e| e.to_string())
 }
 

@@ -7,7 +7,7 @@
 
 mod args;
 mod bench;
-mod check;
+pub mod check;
 mod compare;
 pub mod convert;
 mod create;

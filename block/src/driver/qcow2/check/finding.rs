@@ -27,7 +27,9 @@ pub enum Finding {
     /// An allocated cluster whose subclusters are both allocated and zero.
     SubclusterBitmap { offset: u64 },
     /// A preallocated zero cluster at an unaligned offset.
-    PreallocUnaligned { offset: u64 },
+    PreallocUnaligned { offset: u64, repairing: bool },
+    /// Rewriting an L2 entry would overwrite metadata.
+    OverlapCheckFailed,
     /// A data cluster at an unaligned offset.
     DataUnaligned { offset: u64 },
     /// An unallocated cluster with allocated subclusters.
@@ -97,9 +99,12 @@ impl fmt::Display for Finding {
             Finding::SubclusterBitmap { offset } => {
                 write!(f, "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap")
             }
-            Finding::PreallocUnaligned { offset } => {
-                write!(f, "ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.")
-            }
+            Finding::PreallocUnaligned { offset, repairing } => write!(
+                f,
+                "{} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
+                verb(repairing)
+            ),
+            Finding::OverlapCheckFailed => write!(f, "ERROR: Overlap check failed"),
             Finding::DataUnaligned { offset } => {
                 write!(f, "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted.")
             }

@@ -190,6 +190,7 @@ pub async fn check(
                 local: true,
                 clusters_end: 0,
                 broken_refblocks: false,
+                fix_prealloc: mode.fix_errors,
             };
             pass.run(io, file, a, b).await?;
             clusters_end = pass.clusters_end;
@@ -252,6 +253,7 @@ pub async fn check(
                         local: false,
                         clusters_end: 0,
                         broken_refblocks: false,
+                        fix_prealloc: false,
                     };
                     pass.run(io, file, a, b).await?;
                     clusters_end = pass.clusters_end;

@@ -6,14 +6,14 @@
 //! the same in every pass, so messages that do not depend on the window are reported once.
 
 use crate::error::{Error, Result};
-use crate::io::{child_io, Io};
+use crate::io::{child_io, flush, Io};
 use crate::node::NodeId;
 
 use super::super::entry_bits::{
     COMPRESSED, COPIED, L1_OFFSET, L1_RESERVED, L2_OFFSET, L2_RESERVED, ZERO,
 };
 use super::super::snapshots::Walk;
-use super::layout::{be64, Layout};
+use super::layout::{be64, put_be64, Layout};
 use super::window::Window;
 use super::{CheckResult, Finding, Sink};
 
@@ -43,6 +43,8 @@ pub(crate) struct Pass<'p, 'b> {
     pub(crate) clusters_end: u64,
     /// A refcount block is broken: only a rebuild of the refcount structure would help.
     pub(crate) broken_refblocks: bool,
+    /// Repair misaligned preallocated zero clusters (`-r all`, in the first pass).
+    pub(crate) fix_prealloc: bool,
 }
 
 impl Pass<'_, '_> {
@@ -229,8 +231,36 @@ impl Pass<'_, '_> {
                     };
                     if data {
                         self.report(Finding::DataUnaligned { offset: host }, true);
+                    } else if self.fix_prealloc && self.global {
+                        // As QEMU: the entry becomes a plain zero cluster and counts nothing.
+                        let repairing = true;
+                        self.sink.finding(&Finding::PreallocUnaligned {
+                            offset: host,
+                            repairing,
+                        });
+                        let at_entry = offset + index * es;
+                        if self.overlaps_metadata(io, file, at_entry, 8).await? {
+                            self.sink.finding(&Finding::OverlapCheckFailed);
+                            self.res.check_errors += 1;
+                            return Err(Error::Corrupt {
+                                what: "repair of an L2 entry would overwrite metadata",
+                                offset: at_entry,
+                            });
+                        }
+                        let zero = if lay.extended_l2 { 0 } else { ZERO };
+                        child_io::write(io, file, at_entry, &zero.to_be_bytes()).await?;
+                        flush::flush_leaves(io, file).await?;
+                        put_be64(b, (j * es) as usize, zero);
+                        self.res.corruptions_fixed += 1;
+                        continue;
                     } else {
-                        self.report(Finding::PreallocUnaligned { offset: host }, true);
+                        self.report(
+                            Finding::PreallocUnaligned {
+                                offset: host,
+                                repairing: false,
+                            },
+                            true,
+                        );
                     }
                 }
                 if frag {
@@ -285,6 +315,48 @@ impl Pass<'_, '_> {
             pos += len;
         }
         Ok(())
+    }
+
+    /// True if `len` bytes at `at` touch metadata QEMU's overlap check guards when an L2
+    /// entry is rewritten: the header cluster, the active L1 table, the refcount table and its
+    /// blocks, the snapshot table and the bitmap directory.
+    async fn overlaps_metadata(
+        &self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        at: u64,
+        len: u64,
+    ) -> Result<bool> {
+        let lay = self.lay;
+        let h = &lay.header;
+        let hit = |start: u64, n: u64| n != 0 && at < start.saturating_add(n) && start < at + len;
+        let mut regions = [
+            (0, lay.cs),
+            (h.l1_table_offset, u64::from(h.l1_size) * 8),
+            (h.refcount_table_offset, lay.rt_entries * 8),
+            (h.snapshots_offset, lay.snapshots_len),
+            (0, 0),
+        ];
+        if let Some((dir, n, _)) = lay.bitmaps {
+            regions[4] = (dir, n);
+        }
+        if regions.iter().any(|&(s, n)| hit(s, n)) {
+            return Ok(true);
+        }
+        let mut buf = [0u8; 512];
+        let mut i = 0;
+        while i < lay.rt_entries {
+            let n = ((lay.rt_entries - i) * 8).min(buf.len() as u64) as usize;
+            child_io::read_upto(io, file, h.refcount_table_offset + i * 8, &mut buf[..n]).await?;
+            for j in 0..n / 8 {
+                let block = be64(&buf, j * 8) & !0x1ff;
+                if hit(block, if block == 0 { 0 } else { lay.cs }) {
+                    return Ok(true);
+                }
+            }
+            i += (n / 8) as u64;
+        }
+        Ok(false)
     }
 
     /// Counts a corruption the check cannot go on after (QEMU: the bitmap list fails to load).

@@ -36,6 +36,9 @@ usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw
                                format: opened with driver=FMT unless OPTIONS name a driver
   --zeroed SERIAL=OFFSET       (any workload, repeatable) the device reads as zeros from OFFSET
                                on (qemu-runner's headroom): qcow2 skips writing zeros there
+  --object throttle-group,id=G,limits.iops-total=N,...
+                               (any workload, repeatable) a throttle group that
+                               driver=throttle,throttle-group=G nodes share (qemu-img's words)
   --map NAME=SERIAL            (any workload, repeatable) the file NAME (in OPTIONS or an image's
                                backing/data-file name, as written) is the device SERIAL";
 
@@ -51,8 +54,11 @@ pub type Zeroed<'a> = heapless::Vec<(&'a str, u64), MAX_MAPS>;
 /// `--format SERIAL=FMT` pairs: devices whose image format the host named (never probed).
 pub type Formats<'a> = heapless::Vec<(&'a str, &'static str), MAX_MAPS>;
 
-/// A parsed command line: the command, the name→serial maps, the named formats and the zeroed
-/// tails.
+/// `--object throttle-group,id=G,limits.…` definitions (qemu-img's `--object` words).
+pub type Objects<'a> = heapless::Vec<&'a str, { strata_block::io::throttle::MAX_GROUPS }>;
+
+/// A parsed command line: the command, the name→serial maps, the named formats, the zeroed
+/// tails and the objects.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Cmdline<'a> {
     /// What to run.
@@ -63,6 +69,8 @@ pub struct Cmdline<'a> {
     pub zeroed: Zeroed<'a>,
     /// Devices whose format the host named (`qemu-runner boot` passes one per `format=`).
     pub formats: Formats<'a>,
+    /// Throttle groups `throttle` nodes may name, checked here and made with each graph.
+    pub objects: Objects<'a>,
 }
 
 /// Most options in one options word (as many as the graph's open takes).
@@ -246,6 +254,8 @@ pub enum CmdlineError<'a> {
     BadValue(&'a str, ValueError),
     /// An `io` command does not parse.
     IoCommand(&'a str, strata_block::cmd::ParseError<'a>),
+    /// An `--object` definition is refused.
+    Object(&'a str, strata_block::Error),
 }
 
 impl fmt::Display for CmdlineError<'_> {
@@ -261,6 +271,7 @@ impl fmt::Display for CmdlineError<'_> {
             Self::BadFlag(w, why) => write!(f, "flag \"{}\": {}", w, why),
             Self::BadValue(w, e) => write!(f, "flag \"{}\": {}", w, e),
             Self::IoCommand(w, e) => write!(f, "-c {}: {}", w, e),
+            Self::Object(w, e) => write!(f, "--object {}: {}", w, e),
         }
     }
 }
@@ -270,8 +281,9 @@ pub fn parse(cmdline: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
     let mut maps = Maps::new();
     let mut zeroed = Zeroed::new();
     let mut formats = Formats::new();
-    let command = parse_command(cmdline, &mut maps, &mut zeroed, &mut formats)?;
-    Ok(Cmdline { command, maps, zeroed, formats })
+    let mut objects = Objects::new();
+    let command = parse_command(cmdline, &mut maps, &mut zeroed, &mut formats, &mut objects)?;
+    Ok(Cmdline { command, maps, zeroed, formats, objects })
 }
 
 fn parse_command<'a>(
@@ -279,6 +291,7 @@ fn parse_command<'a>(
     maps: &mut Maps<'a>,
     zeroed: &mut Zeroed<'a>,
     formats: &mut Formats<'a>,
+    objects: &mut Objects<'a>,
 ) -> Result<Command<'a>, CmdlineError<'a>> {
     let mut words = cmdline.split_ascii_whitespace().filter(|w| !w.starts_with("virtio_mmio.device="));
     let Some(workload) = words.next() else { return Ok(Command::Devices) };
@@ -328,6 +341,15 @@ fn parse_command<'a>(
                 return Err(CmdlineError::BadFlag(name, "expected SERIAL=raw|qcow2, once per serial (1 to 20 bytes)"));
             }
             formats.push((serial, format)).map_err(|_| CmdlineError::BadFlag(name, "more than 24 formats"))?;
+            continue;
+        }
+        if name == "--object" {
+            let group = strata_block::io::throttle::parse_object(value).map_err(|e| CmdlineError::Object(value, e))?;
+            let same_id = |other: &&str| strata_block::io::throttle::parse_object(other).is_ok_and(|g| g.name() == group.name());
+            if objects.iter().any(same_id) {
+                return Err(CmdlineError::BadFlag(name, "two objects with one id"));
+            }
+            objects.push(value).map_err(|_| CmdlineError::BadFlag(name, "more objects than the graph holds"))?;
             continue;
         }
         if name == "--zeroed" {

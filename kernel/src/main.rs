@@ -70,6 +70,7 @@ extern "C" fn strata_main(start_info_paddr: u64) -> ! {
             disk.dev.set_zeroed_from(at);
         }
     }
+    stack::define_objects(&parsed.objects);
     let code = workloads::run(&parsed.command, &disks, &parsed.maps);
     exit_code::exit(code)
 }

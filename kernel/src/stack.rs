@@ -22,7 +22,7 @@ use strata_block::graph::{NameRequest, Resolver, Role};
 use strata_block::{Error, Graph, NodeId};
 use strata_boot::arch::tsc;
 
-use crate::cmdline::Maps;
+use crate::cmdline::{Maps, Objects};
 use crate::devices::{Catalog, Disk};
 use crate::executor::{self, Platform};
 use crate::{exit_code, println, report};
@@ -72,7 +72,16 @@ static ZSTD: ConstStaticCell<ZstdDecoder<'static>> = ConstStaticCell::new(ZstdDe
 pub const ZSTD_WINDOW: usize = 2 << 20;
 static ZSTD_WINDOW_MEM: ConstStaticCell<[u8; ZSTD_WINDOW]> = ConstStaticCell::new([0; ZSTD_WINDOW]);
 
-/// A fresh graph with its metadata cache and decoders (one per boot: the memory is taken once).
+/// The command line's `--object` definitions, made in the graph [`graph`] builds.
+static OBJECTS: spin::Once<Objects<'static>> = spin::Once::new();
+
+/// Keeps the command line's throttle groups (checked by the parser) for [`graph`].
+pub fn define_objects(objects: &Objects<'static>) {
+    OBJECTS.call_once(|| objects.clone());
+}
+
+/// A fresh graph with its metadata cache, decoders and the command line's throttle groups (one
+/// per boot: the memory is taken once).
 pub fn graph() -> Option<KGraph> {
     let bounce = BOUNCE.try_take()?;
     let meta = META.try_take()?;
@@ -84,6 +93,10 @@ pub fn graph() -> Option<KGraph> {
     zstd.set_window(ZSTD_WINDOW_MEM.try_take()?);
     graph.set_zstd_decoders(core::slice::from_ref(zstd));
     graph.set_clock(&TscClock);
+    for text in OBJECTS.get().into_iter().flatten() {
+        let group = strata_block::io::throttle::parse_object(text).ok()?;
+        graph.add_throttle_group(group).ok()?;
+    }
     Some(graph)
 }
 

@@ -5,7 +5,7 @@ use super::image::OpenOptions;
 use super::ImgError;
 
 /// Flags with a value that every command takes: how images open (see [`Args::image_options`]).
-pub const IMAGE_FLAGS: [&str; 1] = ["--cache-size"];
+pub const IMAGE_FLAGS: [&str; 2] = ["--cache-size", "--object"];
 /// Switches every command takes: how images open.
 pub const IMAGE_SWITCHES: [&str; 1] = ["--allow-backing-anywhere"];
 
@@ -69,6 +69,7 @@ impl Args {
         Ok(OpenOptions {
             cache_bytes: self.value("--cache-size").map(|_| self.size("--cache-size", 0)).transpose()?,
             allow_backing_anywhere: self.has("--allow-backing-anywhere"),
+            objects: self.values("--object").map(str::to_string).collect(),
             ..OpenOptions::default()
         })
     }
@@ -85,6 +86,11 @@ impl Args {
             .rev()
             .find(|(f, _)| f == flag)
             .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Every value given for `flag`, in order (a flag that may repeat, such as `--object`).
+    pub fn values<'a>(&'a self, flag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.flags.iter().filter(move |(f, _)| f == flag).filter_map(|(_, v)| v.as_deref())
     }
 
     /// The value of `flag` parsed as a number (decimal), or `default`.

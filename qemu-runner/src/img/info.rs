@@ -154,23 +154,27 @@ impl Layer {
                     })
                     .collect();
             }
-            let mut data = json!({
-                "compat": q.compat, "compression-type": q.compression, "lazy-refcounts": q.lazy_refcounts,
-            });
-            if !q.bitmaps.is_empty() {
-                data["bitmaps"] = q
-                    .bitmaps
-                    .iter()
-                    .map(|b| json!({ "flags": bitmap_flags(b.flags), "name": b.name, "granularity": b.granularity }))
-                    .collect();
+            // A version 2 image has only these three (QEMU's qcow2_get_specific_info).
+            let mut data = json!({ "compat": q.compat, "compression-type": q.compression });
+            if q.compat == "0.10" {
+                data["refcount-bits"] = q.refcount_bits.into();
+            } else {
+                data["lazy-refcounts"] = q.lazy_refcounts.into();
+                if !q.bitmaps.is_empty() {
+                    data["bitmaps"] = q
+                        .bitmaps
+                        .iter()
+                        .map(|b| json!({ "flags": bitmap_flags(b.flags), "name": b.name, "granularity": b.granularity }))
+                        .collect();
+                }
+                data["refcount-bits"] = q.refcount_bits.into();
+                if let Some(d) = &q.data_file {
+                    data["data-file"] = d.clone().into();
+                    data["data-file-raw"] = q.data_file_raw.into();
+                }
+                data["corrupt"] = q.corrupt.into();
+                data["extended-l2"] = q.extended_l2.into();
             }
-            data["refcount-bits"] = q.refcount_bits.into();
-            if let Some(d) = &q.data_file {
-                data["data-file"] = d.clone().into();
-                data["data-file-raw"] = q.data_file_raw.into();
-            }
-            data["corrupt"] = q.corrupt.into();
-            data["extended-l2"] = q.extended_l2.into();
             v["format-specific"] = json!({ "type": "qcow2", "data": data });
         }
         // qemu-img 8.0 and later list the node's file child (7.2 does not).
@@ -325,6 +329,10 @@ fn qcow2_human(q: &Qcow2Info, filename: &str) -> String {
     s += "Format specific information:\n";
     s += &format!("    compat: {}\n", q.compat);
     s += &format!("    compression type: {}\n", q.compression);
+    if q.compat == "0.10" {
+        s += &format!("    refcount bits: {}\n", q.refcount_bits);
+        return s;
+    }
     s += &format!("    lazy refcounts: {}\n", q.lazy_refcounts);
     if !q.bitmaps.is_empty() {
         s += "    bitmaps:\n";

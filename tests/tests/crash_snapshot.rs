@@ -42,23 +42,47 @@ use util::*;
 #[derive(Clone, Copy, Debug)]
 enum Step {
     /// A write of `len` bytes of pattern `pat` at `offset`, then a flush.
-    Write { offset: u64, len: u64, pat: u8 },
+    Write {
+        offset: u64,
+        len: u64,
+        pat: u8,
+    },
     Create(&'static str),
     Apply(&'static str),
     Delete(&'static str),
 }
 
 const STEPS: &[Step] = &[
-    Step::Write { offset: 0, len: 64 << 10, pat: 0xa1 },
+    Step::Write {
+        offset: 0,
+        len: 64 << 10,
+        pat: 0xa1,
+    },
     Step::Create("s1"),
-    Step::Write { offset: 4096, len: 8192, pat: 0xa2 },
-    Step::Write { offset: 1 << 20, len: 128 << 10, pat: 0xa3 },
+    Step::Write {
+        offset: 4096,
+        len: 8192,
+        pat: 0xa2,
+    },
+    Step::Write {
+        offset: 1 << 20,
+        len: 128 << 10,
+        pat: 0xa3,
+    },
     Step::Apply("base"),
-    Step::Write { offset: 3 << 20, len: 4096, pat: 0xa4 },
+    Step::Write {
+        offset: 3 << 20,
+        len: 4096,
+        pat: 0xa4,
+    },
     Step::Delete("s1"),
     Step::Create("s2"),
     Step::Delete("base"),
-    Step::Write { offset: 0, len: 4096, pat: 0xa5 },
+    Step::Write {
+        offset: 0,
+        len: 4096,
+        pat: 0xa5,
+    },
     Step::Apply("s2"),
 ];
 
@@ -76,17 +100,28 @@ fn state(image: &Path) -> Option<State> {
         let mut args = vec!["convert"];
         args.extend_from_slice(extra);
         args.extend(["-O", "raw", p(image), p(&raw)]);
-        let ok = Command::new(qemu_img()).args(&args).output().ok()?.status.success();
+        let ok = Command::new(qemu_img())
+            .args(&args)
+            .output()
+            .ok()?
+            .status
+            .success();
         let h = ok.then(|| sha256sum(&raw));
         let _ = std::fs::remove_file(&raw);
         h
     };
-    let list = Command::new(qemu_img()).args(["snapshot", "-l", p(image)]).output().ok()?;
+    let list = Command::new(qemu_img())
+        .args(["snapshot", "-l", p(image)])
+        .output()
+        .ok()?;
     if !list.status.success() {
         return None;
     }
-    let names: Vec<String> =
-        String::from_utf8_lossy(&list.stdout).lines().skip(2).filter_map(|l| l.split_whitespace().nth(1).map(str::to_string)).collect();
+    let names: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
     let mut snaps = Vec::new();
     for n in names {
         let opt = format!("snapshot.name={n}");
@@ -108,7 +143,10 @@ fn start(name: &str, opts: &str) -> (PathBuf, PathBuf) {
     args.extend([p(&base), size.as_str()]);
     qimg(&args);
     let io = |cmd: &str| {
-        let out = Command::new(std::env::var("QEMU_IO").unwrap_or_else(|_| "qemu-io".into())).args(["-f", "qcow2", "-c", cmd, p(&base)]).output().unwrap();
+        let out = Command::new(std::env::var("QEMU_IO").unwrap_or_else(|_| "qemu-io".into()))
+            .args(["-f", "qcow2", "-c", cmd, p(&base)])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "qemu-io {cmd}");
     };
     io("write -P 0x11 0 2M");
@@ -128,7 +166,11 @@ fn oracle(dir: &Path, base: &Path) -> Vec<State> {
         match *step {
             Step::Write { offset, len, pat } => {
                 let cmd = format!("write -P {pat} {offset} {len}");
-                let out = Command::new(std::env::var("QEMU_IO").unwrap_or_else(|_| "qemu-io".into())).args(["-f", "qcow2", "-c", &cmd, p(&o)]).output().unwrap();
+                let out =
+                    Command::new(std::env::var("QEMU_IO").unwrap_or_else(|_| "qemu-io".into()))
+                        .args(["-f", "qcow2", "-c", &cmd, p(&o)])
+                        .output()
+                        .unwrap();
                 assert!(out.status.success());
             }
             Step::Create(n) => qimg(&["snapshot", "-c", n, p(&o)]),
@@ -146,7 +188,12 @@ fn record(dir: &Path, base: &Path) -> (PathBuf, Vec<(Seq, Seq)>) {
     let work = dir.join("work.qcow2");
     let log_path = dir.join("leaf.log");
     std::fs::copy(base, &work).unwrap();
-    let opts = HostFileOptions { mode: CacheMode::Writeback, engine: Engine::Threads, direct_fallback: true, ..HostFileOptions::default() };
+    let opts = HostFileOptions {
+        mode: CacheMode::Writeback,
+        engine: Engine::Threads,
+        direct_fallback: true,
+        ..HostFileOptions::default()
+    };
     let file = HostFile::open(&work, &opts).unwrap();
     let writer = LogWriter::create(&log_path).unwrap();
     let recording: Recording<'_> = Recording::new(&file, &writer);
@@ -158,7 +205,9 @@ fn record(dir: &Path, base: &Path) -> (PathBuf, Vec<(Seq, Seq)>) {
         let mut graph: Graph<'_, 64, 512> = Graph::new(&mut bounce, 64 * 1024);
         graph.set_metadata_cache(&slots);
         graph.set_decompressors(&inflaters);
-        let mut resolve = |name: &str| -> Option<&dyn BlockDevice> { (name == "work").then_some(&recording as &dyn BlockDevice) };
+        let mut resolve = |name: &str| -> Option<&dyn BlockDevice> {
+            (name == "work").then_some(&recording as &dyn BlockDevice)
+        };
         let root = block_on(graph.open("driver=qcow2,file=work", &mut resolve)).unwrap();
         let backend = Backend::new(&graph, root, BackendOptions::default()).unwrap();
         let q = graph.state(root).unwrap().and_then(|s| s.qcow2()).unwrap();
@@ -172,7 +221,14 @@ fn record(dir: &Path, base: &Path) -> (PathBuf, Vec<(Seq, Seq)>) {
                     block_on(backend.flush()).unwrap();
                 }
                 Step::Create(name) => {
-                    let new = NewSnapshot { id: None, name, date_sec: 1_700_000_000 + i as u32, date_nsec: 0, vm_clock_nsec: 0, icount: 0 };
+                    let new = NewSnapshot {
+                        id: None,
+                        name,
+                        date_sec: 1_700_000_000 + i as u32,
+                        date_nsec: 0,
+                        vm_clock_nsec: 0,
+                        icount: 0,
+                    };
                     block_on(q.snapshot_create(&io, root, &new)).unwrap();
                 }
                 Step::Apply(name) => {
@@ -199,8 +255,15 @@ enum Verdict {
 }
 
 fn check_cut(out: &Path) -> Result<Verdict, String> {
-    let c = Command::new(qemu_img()).args(["check", p(out)]).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&c.stdout), String::from_utf8_lossy(&c.stderr));
+    let c = Command::new(qemu_img())
+        .args(["check", p(out)])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&c.stdout),
+        String::from_utf8_lossy(&c.stderr)
+    );
     match c.status.code() {
         Some(0) => Ok(Verdict::Clean),
         Some(3) => Ok(Verdict::Leaks),
@@ -209,10 +272,19 @@ fn check_cut(out: &Path) -> Result<Verdict, String> {
             if errors.is_empty() || errors.iter().any(|l| !l.contains("OFLAG_COPIED")) {
                 return Err(format!("qemu-img check: {text}"));
             }
-            let r = Command::new(qemu_img()).args(["check", "-r", "all", p(out)]).output().unwrap();
-            let again = Command::new(qemu_img()).args(["check", p(out)]).output().unwrap();
+            let r = Command::new(qemu_img())
+                .args(["check", "-r", "all", p(out)])
+                .output()
+                .unwrap();
+            let again = Command::new(qemu_img())
+                .args(["check", p(out)])
+                .output()
+                .unwrap();
             if !r.status.success() || again.status.code() != Some(0) {
-                return Err(format!("not clean after check -r all: {}", String::from_utf8_lossy(&again.stdout)));
+                return Err(format!(
+                    "not clean after check -r all: {}",
+                    String::from_utf8_lossy(&again.stdout)
+                ));
             }
             Ok(Verdict::CopiedWindow)
         }
@@ -239,7 +311,11 @@ fn crash_snapshots(name: &str, opts: &str) {
     let states = oracle(&dir, &base);
     let (log, spans) = record(&dir, &base);
     // The finished image is the oracle's last state.
-    assert_eq!(state(&dir.join("work.qcow2")), states.last().cloned(), "final state");
+    assert_eq!(
+        state(&dir.join("work.qcow2")),
+        states.last().cloned(),
+        "final state"
+    );
     let records: Vec<Record> = read_log(&log).unwrap();
     let mut cuts = plan(&records, cuts_wanted(), seed());
     // And every prefix cut: the log is short (a few hundred records).
@@ -259,7 +335,9 @@ fn crash_snapshots(name: &str, opts: &str) {
         let (lo, hi) = allowed(&spans, cut.at);
         let got = state(&out);
         if !(lo..=hi).any(|k| got.as_ref() == Some(&states[k])) {
-            failures.push(format!("{cut:?}: state is neither after step {lo} nor {hi}: {got:?}"));
+            failures.push(format!(
+                "{cut:?}: state is neither after step {lo} nor {hi}: {got:?}"
+            ));
             continue;
         }
         match verdict {
@@ -275,7 +353,13 @@ fn crash_snapshots(name: &str, opts: &str) {
         cuts.len(),
         failures.len()
     );
-    assert!(failures.is_empty(), "{} of {} cuts failed:\n{}", failures.len(), cuts.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cuts failed:\n{}",
+        failures.len(),
+        cuts.len(),
+        failures.join("\n")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -38,8 +38,16 @@ fn ours_ok(args: &[&str]) -> String {
 /// `qemu-img snapshot ARGS`: (status, stdout, stderr).
 fn theirs(args: &[&str]) -> (i32, String, String) {
     ensure_qemu();
-    let out = Command::new(qemu_img()).arg("snapshot").args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(qemu_img())
+        .arg("snapshot")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn p(f: &Path) -> &str {
@@ -49,7 +57,10 @@ fn p(f: &Path) -> &str {
 /// `qemu-img check` finds nothing wrong (no leaks either).
 fn check_clean(f: &Path) {
     ensure_qemu();
-    let out = Command::new(qemu_img()).args(["check", p(f)]).output().unwrap();
+    let out = Command::new(qemu_img())
+        .args(["check", p(f)])
+        .output()
+        .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -82,16 +93,30 @@ fn undated(list: &str) -> String {
 fn same_lists(a: &Path, b: &Path) {
     let (_, qa, _) = theirs(&["-l", p(a)]);
     let (_, qb, _) = theirs(&["-l", p(b)]);
-    assert_eq!(undated(&qa), undated(&qb), "qemu-img's lists of {} and {}", a.display(), b.display());
+    assert_eq!(
+        undated(&qa),
+        undated(&qb),
+        "qemu-img's lists of {} and {}",
+        a.display(),
+        b.display()
+    );
     let la = ours_ok(&["-l", p(a)]);
     // Same second: identical; otherwise equal apart from the dates.
-    assert_eq!(undated(&la), undated(&qa), "img's and qemu-img's lists of {}", a.display());
+    assert_eq!(
+        undated(&la),
+        undated(&qa),
+        "img's and qemu-img's lists of {}",
+        a.display()
+    );
 }
 
 /// The snapshot names in `f` (qemu-img's list).
 fn names(f: &Path) -> Vec<String> {
     let (_, out, _) = theirs(&["-l", p(f)]);
-    out.lines().skip(2).filter_map(|l| l.split_whitespace().nth(1).map(str::to_string)).collect()
+    out.lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
 }
 
 /// Everything equal between Strata's copy `a` and qemu-img's copy `b`: checks clean, active
@@ -107,7 +132,13 @@ fn same_state(a: &Path, b: &Path) {
         let rb = b.with_extension(format!("{name}.raw"));
         qimg(&["convert", "-l", &opt, "-O", "raw", p(a), p(&ra)]);
         qimg(&["convert", "-l", &opt, "-O", "raw", p(b), p(&rb)]);
-        assert_eq!(sha256sum(&ra), sha256sum(&rb), "snapshot {name} of {} and {}", a.display(), b.display());
+        assert_eq!(
+            sha256sum(&ra),
+            sha256sum(&rb),
+            "snapshot {name} of {} and {}",
+            a.display(),
+            b.display()
+        );
         check_convert(a, &["-l", &opt]);
         let _ = std::fs::remove_file(&ra);
         let _ = std::fs::remove_file(&rb);
@@ -118,9 +149,22 @@ fn same_state(a: &Path, b: &Path) {
 fn image(dir: &Path, name: &str, opts: &str, extra: &[&str], compress: bool) -> PathBuf {
     let f = dir.join(name);
     create(&f, opts, "64M", extra);
-    qio("qcow2", &f, &["write -P 0x11 0 1M", "write -P 0x22 5M 192k", "write -z 7M 64k", "write -P 0x33 60M 4k"]);
+    qio(
+        "qcow2",
+        &f,
+        &[
+            "write -P 0x11 0 1M",
+            "write -P 0x22 5M 192k",
+            "write -z 7M 64k",
+            "write -P 0x33 60M 4k",
+        ],
+    );
     if compress {
-        qio("qcow2", &f, &["write -c -P 0x44 10M 64k", "write -c -P 0x45 10304k 64k"]);
+        qio(
+            "qcow2",
+            &f,
+            &["write -c -P 0x44 10M 64k", "write -c -P 0x45 10304k 64k"],
+        );
     }
     f
 }
@@ -137,7 +181,13 @@ fn our_writes(f: &Path, cmds: &[&str]) {
 
 /// The whole cycle on one variant: Strata on `a`, qemu-img on `b`, crossing over half-way.
 fn cycle(dir: &Path, variant: &str, opts: &str, extra: &[&str], compress: bool) {
-    let a = image(dir, &format!("{variant}-strata.qcow2"), opts, extra, compress);
+    let a = image(
+        dir,
+        &format!("{variant}-strata.qcow2"),
+        opts,
+        extra,
+        compress,
+    );
     let b = dir.join(format!("{variant}-qemu.qcow2"));
     std::fs::copy(&a, &b).unwrap();
     // Create.
@@ -145,7 +195,13 @@ fn cycle(dir: &Path, variant: &str, opts: &str, extra: &[&str], compress: bool) 
     assert_eq!(theirs(&["-c", "first", p(&b)]).0, 0);
     same_state(&a, &b);
     // Writes after the snapshot: copy-on-write, the snapshot keeps the old data.
-    let writes = ["write -P 0x55 0 64k", "write -P 0x56 5124k 8k", "write -z 60M 4k", "write -P 0x57 10M 4k", "write -P 0x58 20M 64k"];
+    let writes = [
+        "write -P 0x55 0 64k",
+        "write -P 0x56 5124k 8k",
+        "write -z 60M 4k",
+        "write -P 0x57 10M 4k",
+        "write -P 0x58 20M 64k",
+    ];
     our_writes(&a, &writes);
     qio("qcow2", &b, &writes);
     same_state(&a, &b);
@@ -207,14 +263,23 @@ fn refcount_bits_1_refused_as_qemu_refuses() {
 
 /// `qemu-img check --output=json` (any exit status).
 fn qimg_check_json(f: &Path) -> serde_json::Value {
-    let out = Command::new(qemu_img()).args(["check", "--output=json", p(f)]).output().unwrap();
+    let out = Command::new(qemu_img())
+        .args(["check", "--output=json", p(f)])
+        .output()
+        .unwrap();
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
 fn refcount_widths_and_small_clusters() {
     let dir = scratch("qcow2-snapshot-refbits");
-    cycle(&dir, "rc16-4k", "refcount_bits=16,cluster_size=4k", &[], false);
+    cycle(
+        &dir,
+        "rc16-4k",
+        "refcount_bits=16,cluster_size=4k",
+        &[],
+        false,
+    );
     cycle(&dir, "v2", "compat=0.10", &[], false);
 }
 
@@ -223,8 +288,18 @@ fn backing_file() {
     let dir = scratch("qcow2-snapshot-backing");
     let base = dir.join("base.qcow2");
     create(&base, "", "64M", &[]);
-    qio("qcow2", &base, &["write -P 0x99 0 8M", "write -P 0x9a 50M 2M"]);
-    cycle(&dir, "overlay", "", &["-b", "base.qcow2", "-F", "qcow2"], false);
+    qio(
+        "qcow2",
+        &base,
+        &["write -P 0x99 0 8M", "write -P 0x9a 50M 2M"],
+    );
+    cycle(
+        &dir,
+        "overlay",
+        "",
+        &["-b", "base.qcow2", "-F", "qcow2"],
+        false,
+    );
 }
 
 #[test]
@@ -242,7 +317,11 @@ fn apply_restores_the_snapshot_size() {
     ours_ok(&["-a", "small", p(&a)]);
     assert_eq!(theirs(&["-a", "small", p(&b)]).0, 0);
     same_state(&a, &b);
-    let size = |f: &Path| serde_json::from_str::<serde_json::Value>(&qimg(&["info", "--output=json", p(f)])).unwrap()["virtual-size"].as_u64();
+    let size = |f: &Path| {
+        serde_json::from_str::<serde_json::Value>(&qimg(&["info", "--output=json", p(f)])).unwrap()
+            ["virtual-size"]
+            .as_u64()
+    };
     assert_eq!(size(&a), size(&b));
     assert_eq!(size(&a), Some(64 << 20));
 }
@@ -284,18 +363,29 @@ fn errors_as_qemu_img() {
             Err(e) => e.to_string(),
         }
     };
-    for args in [&["-a", "nope"][..], &["-d", "nope"], &["-c", "x", "-U"], &["-l", "-c", "x"]] {
+    for args in [
+        &["-a", "nope"][..],
+        &["-d", "nope"],
+        &["-c", "x", "-U"],
+        &["-l", "-c", "x"],
+    ] {
         let mut full: Vec<&str> = args.to_vec();
         full.push(p(&a));
         let (status, _, err) = theirs(&full);
         assert_eq!(ours(&full).0, status, "{full:?}");
-        let want = err.lines().next().unwrap_or("").trim_start_matches("qemu-img: ").to_string();
+        let want = err
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("qemu-img: ")
+            .to_string();
         assert_eq!(message(&full), want, "{full:?}");
     }
     check_clean(&a);
     // An external data file: refused, as QEMU refuses it.
     let d = dir.join("df.qcow2");
-    create(&d, "data_file=df.raw", "1M", &[]);
+    let data_opt = format!("data_file={}", p(&dir.join("df.raw")));
+    create(&d, &data_opt, "1M", &[]);
     assert_eq!(theirs(&["-c", "x", p(&d)]).0, 1);
     assert_eq!(ours(&["-c", "x", p(&d)]).0, 1);
     assert!(names(&d).is_empty());

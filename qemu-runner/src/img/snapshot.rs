@@ -26,13 +26,21 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
 
 /// [`run`], printing the list to `out`.
 pub fn run_to(argv: &[String], out: &mut dyn std::io::Write) -> Result<(), ImgError> {
-    let args = Args::parse(argv, &["-f", "-c", "-a", "-d"], &["-l", "-U", "--force-share", "-q", "--image-opts"])?;
+    let args = Args::parse(
+        argv,
+        &["-f", "-c", "-a", "-d"],
+        &["-l", "-U", "--force-share", "-q", "--image-opts"],
+    )?;
     let file = &args.exactly(1, "FILE")?[0];
     let mut actions = Vec::new();
     if args.has("-l") {
         actions.push(Action::List);
     }
-    for (flag, make) in [("-c", Action::Create as fn(String) -> Action), ("-a", Action::Apply), ("-d", Action::Delete)] {
+    for (flag, make) in [
+        ("-c", Action::Create as fn(String) -> Action),
+        ("-a", Action::Apply),
+        ("-d", Action::Delete),
+    ] {
         if let Some(v) = args.value(flag) {
             actions.push(make(v.to_string()));
         }
@@ -44,7 +52,9 @@ pub fn run_to(argv: &[String], out: &mut dyn std::io::Write) -> Result<(), ImgEr
     let force_share = args.has("-U") || args.has("--force-share");
     let read_only = matches!(action, Action::List);
     if force_share && !read_only {
-        return Err(ImgError::failed(format!("Could not open '{file}': force-share=on can only be used with read-only images")));
+        return Err(ImgError::failed(format!(
+            "Could not open '{file}': force-share=on can only be used with read-only images"
+        )));
     }
     let opts = OpenOptions {
         format: args.value("-f").map(str::to_string),
@@ -58,16 +68,29 @@ pub fn run_to(argv: &[String], out: &mut dyn std::io::Write) -> Result<(), ImgEr
         Action::List => {
             let list = list(img)?;
             if !list.is_empty() {
-                out.write_all(format_list(&list, local_date).as_bytes()).map_err(|e| ImgError::failed(format!("stdout: {e}")))?;
+                out.write_all(format_list(&list, local_date).as_bytes())
+                    .map_err(|e| ImgError::failed(format!("stdout: {e}")))?;
             }
             Ok(())
         }
         Action::Create(name) => with_qcow2(img, |q, io, node| {
             let (date_sec, date_nsec) = now();
-            let new = NewSnapshot { id: None, name, date_sec, date_nsec, vm_clock_nsec: 0, icount: 0 };
+            let new = NewSnapshot {
+                id: None,
+                name,
+                date_sec,
+                date_nsec,
+                vm_clock_nsec: 0,
+                icount: 0,
+            };
             block_on(q.snapshot_create(io, node, &new))
                 .map(|_| ())
-                .map_err(|e| ImgError::failed(format!("Could not create snapshot '{name}': {}", reason(&e))))
+                .map_err(|e| {
+                    ImgError::failed(format!(
+                        "Could not create snapshot '{name}': {}",
+                        reason(&e)
+                    ))
+                })
         }),
         Action::Apply(name) => with_qcow2(img, |q, io, node| {
             block_on(q.snapshot_apply(io, node, name)).map(|_| ()).map_err(|e| match e {
@@ -78,10 +101,17 @@ pub fn run_to(argv: &[String], out: &mut dyn std::io::Write) -> Result<(), ImgEr
             })
         }),
         Action::Delete(name) => with_qcow2(img, |q, io, node| {
-            block_on(q.snapshot_delete(io, node, name, Lookup::Name)).map(|_| ()).map_err(|e| match e {
-                strata_block::Error::NotFound => ImgError::failed(format!("Could not delete snapshot '{name}': snapshot not found")),
-                e => ImgError::failed(format!("Could not delete snapshot '{name}': {}", reason(&e))),
-            })
+            block_on(q.snapshot_delete(io, node, name, Lookup::Name))
+                .map(|_| ())
+                .map_err(|e| match e {
+                    strata_block::Error::NotFound => ImgError::failed(format!(
+                        "Could not delete snapshot '{name}': snapshot not found"
+                    )),
+                    e => ImgError::failed(format!(
+                        "Could not delete snapshot '{name}': {}",
+                        reason(&e)
+                    )),
+                })
         }),
     })
 }
@@ -97,12 +127,19 @@ fn reason(e: &strata_block::Error) -> String {
 
 /// Runs `f` on the image's qcow2 root, drained; formats without internal snapshots fail as
 /// qemu-img's do.
-fn with_qcow2(img: &Image<'_, '_>, f: impl FnOnce(&Qcow2, &strata_block::io::Io<'_, '_>, strata_block::NodeId) -> Result<(), ImgError>) -> Result<(), ImgError> {
+fn with_qcow2(
+    img: &Image<'_, '_>,
+    f: impl FnOnce(&Qcow2, &strata_block::io::Io<'_, '_>, strata_block::NodeId) -> Result<(), ImgError>,
+) -> Result<(), ImgError> {
     let graph = img.backend.graph();
     let root = img.root();
-    let state = graph.state(root).map_err(|e| ImgError::failed(e.to_string()))?;
+    let state = graph
+        .state(root)
+        .map_err(|e| ImgError::failed(e.to_string()))?;
     let Some(q) = state.and_then(|s| s.qcow2()) else {
-        return Err(ImgError::failed("snapshots are not supported by this image format (Operation not supported)".into()));
+        return Err(ImgError::failed(
+            "snapshots are not supported by this image format (Operation not supported)".into(),
+        ));
     };
     let _drained = block_on(img.backend.drain());
     f(q, &graph.io(), root)
@@ -112,13 +149,23 @@ fn with_qcow2(img: &Image<'_, '_>, f: impl FnOnce(&Qcow2, &strata_block::io::Io<
 fn list(img: &Image<'_, '_>) -> Result<Vec<SnapshotInfo>, ImgError> {
     let graph = img.backend.graph();
     let root = img.root();
-    let state = graph.state(root).map_err(|e| ImgError::failed(e.to_string()))?;
-    let Some(q) = state.and_then(|s| s.qcow2()) else { return Ok(Vec::new()) };
-    let node = graph.node(root).map_err(|e| ImgError::failed(e.to_string()))?;
-    let file = node.child(Role::File).ok_or_else(|| ImgError::failed("qcow2 node without a file".into()))?;
+    let state = graph
+        .state(root)
+        .map_err(|e| ImgError::failed(e.to_string()))?;
+    let Some(q) = state.and_then(|s| s.qcow2()) else {
+        return Ok(Vec::new());
+    };
+    let node = graph
+        .node(root)
+        .map_err(|e| ImgError::failed(e.to_string()))?;
+    let file = node
+        .child(Role::File)
+        .ok_or_else(|| ImgError::failed("qcow2 node without a file".into()))?;
     let mut walk = q.snapshots();
     let mut out = Vec::new();
-    while let Some(s) = block_on(walk.next(&graph.io(), file)).map_err(|e| ImgError::failed(format!("Could not read the snapshot table: {e}")))? {
+    while let Some(s) = block_on(walk.next(&graph.io(), file))
+        .map_err(|e| ImgError::failed(format!("Could not read the snapshot table: {e}")))?
+    {
         out.push(s);
     }
     Ok(out)
@@ -127,10 +174,19 @@ fn list(img: &Image<'_, '_>) -> Result<Vec<SnapshotInfo>, ImgError> {
 /// qemu-img's "Snapshot list:" table (`bdrv_snapshot_dump`), dates through `date`.
 pub fn format_list(list: &[SnapshotInfo], date: fn(u32) -> String) -> String {
     let mut out = String::from("Snapshot list:\n");
-    out.push_str(&format!("{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n", "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"));
+    out.push_str(&format!(
+        "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
+        "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
+    ));
     for s in list {
         let secs = s.vm_clock_nsec / 1_000_000_000;
-        let clock = format!("{:04}:{:02}:{:02}.{:03}", secs / 3600, secs / 60 % 60, secs % 60, s.vm_clock_nsec / 1_000_000 % 1000);
+        let clock = format!(
+            "{:04}:{:02}:{:02}.{:03}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            s.vm_clock_nsec / 1_000_000 % 1000
+        );
         let icount = s.icount.map_or(String::new(), |c| (c as i64).to_string());
         out.push_str(&format!(
             "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
@@ -156,11 +212,21 @@ fn local_date(secs: u32) -> String {
         }
         tm
     };
-    format!("{:04}-{:02}-{:02} {:02}:{:02}:{:02}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 /// Wall-clock time now: seconds and nanoseconds (to the microsecond, as qemu-img takes it).
 fn now() -> (u32, u32) {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     (d.as_secs() as u32, d.subsec_micros() * 1000)
 }

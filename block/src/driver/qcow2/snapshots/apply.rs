@@ -22,34 +22,58 @@ use super::SnapshotInfo;
 impl Qcow2 {
     /// Reverts qcow2 node `node` (read-write, drained by the caller) to the snapshot whose id,
     /// or failing that name, is `key`. Returns the snapshot applied.
-    pub async fn snapshot_apply(&self, io: &Io<'_, '_>, node: NodeId, key: &str) -> Result<SnapshotInfo> {
+    pub async fn snapshot_apply(
+        &self,
+        io: &Io<'_, '_>,
+        node: NodeId,
+        key: &str,
+    ) -> Result<SnapshotInfo> {
         check_can_snapshot(self)?;
         let file = Self::file(io, node)?;
         self.mark_dirty(io, file).await?;
         self.flush_caches(io, node).await?;
         self.flush_caches(io, node).await?;
         let _lock = self.alloc_lock().await;
-        let (snap, _) = self.locate_snapshot(io, file, key, Lookup::IdOrName).await?;
+        let (snap, _) = self
+            .locate_snapshot(io, file, key, Lookup::IdOrName)
+            .await?;
         let cs = self.cluster_size();
         if snap.disk_size > i64::MAX as u64 {
-            return Err(Error::BadImage { what: "snapshot virtual size above 2^63" });
+            return Err(Error::BadImage {
+                what: "snapshot virtual size above 2^63",
+            });
         }
         let needed = self.header.l1_entries_for(snap.disk_size);
         let entries = needed.max(u64::from(snap.l1_size));
         if entries * 8 > MAX_L1_BYTES {
-            return Err(Error::BadImage { what: "snapshot L1 table larger than 32 MiB" });
+            return Err(Error::BadImage {
+                what: "snapshot L1 table larger than 32 MiB",
+            });
         }
-        let sn_l1 = validation::place(Table::SnapshotL1, snap.l1_table_offset, u64::from(snap.l1_size) * 8, MAX_L1_BYTES, cs, child_io::size(io, file)?)?;
+        let sn_l1 = validation::place(
+            Table::SnapshotL1,
+            snap.l1_table_offset,
+            u64::from(snap.l1_size) * 8,
+            MAX_L1_BYTES,
+            cs,
+            child_io::size(io, file)?,
+        )?;
         if self.meta.get().hit(&sn_l1).is_some() {
-            return Err(Error::BadImage { what: "snapshot L1 table overlaps the header or a table" });
+            return Err(Error::BadImage {
+                what: "snapshot L1 table overlaps the header or a table",
+            });
         }
-        self.update_tree_refcounts(io, file, sn_l1.start, snap.l1_size, 1, true).await?;
+        self.update_tree_refcounts(io, file, sn_l1.start, snap.l1_size, 1, true)
+            .await?;
         let bytes = entries * 8;
         let new_l1 = if bytes == 0 {
             0
         } else {
-            let (at, _) = self.alloc_clusters(io, node, file, bytes.div_ceil(cs), true).await?;
-            self.copy_l1(io, file, sn_l1.start, at, snap.l1_size, entries as u32).await?;
+            let (at, _) = self
+                .alloc_clusters(io, node, file, bytes.div_ceil(cs), true)
+                .await?;
+            self.copy_l1(io, file, sn_l1.start, at, snap.l1_size, entries as u32)
+                .await?;
             at
         };
         self.flush_caches(io, node).await?;
@@ -73,10 +97,12 @@ impl Qcow2 {
         self.l1_empty.set(Self::all_zero(io, file, region).await?);
         io.shape_changed();
         // The old active tree and its L1 table lose their references.
-        self.update_tree_refcounts(io, file, old.start, old_entries, -1, false).await?;
+        self.update_tree_refcounts(io, file, old.start, old_entries, -1, false)
+            .await?;
         self.drop_clusters(io, file, old.start, old.len).await?;
         io.meta.forget_range(file, old.start, old.end());
-        self.update_tree_refcounts(io, file, new_l1, entries as u32, 0, true).await?;
+        self.update_tree_refcounts(io, file, new_l1, entries as u32, 0, true)
+            .await?;
         self.l1_changed();
         self.flush_caches(io, node).await?;
         self.flush_caches(io, node).await?;

@@ -40,13 +40,23 @@ pub struct NewSnapshot<'a> {
 
 /// The number QEMU reads from an id (`strtoul`: leading digits; 0 if none).
 fn id_number(id: &str) -> u64 {
-    id.trim_start().bytes().take_while(u8::is_ascii_digit).fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')))
+    id.trim_start()
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .fold(0u64, |n, d| {
+            n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+        })
 }
 
 impl Qcow2 {
     /// Creates snapshot `new` of qcow2 node `node` (read-write, drained by the caller: no
     /// request in flight). Returns the entry as it is listed.
-    pub async fn snapshot_create(&self, io: &Io<'_, '_>, node: NodeId, new: &NewSnapshot<'_>) -> Result<SnapshotInfo> {
+    pub async fn snapshot_create(
+        &self,
+        io: &Io<'_, '_>,
+        node: NodeId,
+        new: &NewSnapshot<'_>,
+    ) -> Result<SnapshotInfo> {
         check_can_snapshot(self)?;
         let file = Self::file(io, node)?;
         self.mark_dirty(io, file).await?;
@@ -56,14 +66,18 @@ impl Qcow2 {
         // The id: unique, given or the next free number.
         let (_, count) = self.snap_table.get();
         if count >= super::super::validation::MAX_SNAPSHOTS {
-            return Err(Error::NoSpace { what: "snapshot table (QEMU's limit of 65536 snapshots)" });
+            return Err(Error::NoSpace {
+                what: "snapshot table (QEMU's limit of 65536 snapshots)",
+            });
         }
         let mut walk = self.snapshots();
         let mut max_id = 0u64;
         while let Some(s) = walk.next(io, file).await? {
             if let Some(id) = new.id {
                 if usize::from(s.id_len) == id.len() && s.id == id {
-                    return Err(Error::BadName { what: "a snapshot with this id already exists" });
+                    return Err(Error::BadName {
+                        what: "a snapshot with this id already exists",
+                    });
                 }
             }
             max_id = max_id.max(id_number(&s.id));
@@ -72,7 +86,10 @@ impl Qcow2 {
         let id = match new.id {
             Some(id) => id,
             None => {
-                core::fmt::write(&mut id_buf, format_args!("{}", max_id.saturating_add(1))).map_err(|_| Error::BadName { what: "snapshot id" })?;
+                core::fmt::write(&mut id_buf, format_args!("{}", max_id.saturating_add(1)))
+                    .map_err(|_| Error::BadName {
+                        what: "snapshot id",
+                    })?;
                 id_buf.as_str()
             }
         };
@@ -96,13 +113,21 @@ impl Qcow2 {
         let copy = if bytes == 0 {
             0
         } else {
-            let (at, _) = self.alloc_clusters(io, node, file, bytes.div_ceil(self.cluster_size()), true).await?;
-            self.copy_l1(io, file, l1.start, at, entries, entries).await?;
+            let (at, _) = self
+                .alloc_clusters(io, node, file, bytes.div_ceil(self.cluster_size()), true)
+                .await?;
+            self.copy_l1(io, file, l1.start, at, entries, entries)
+                .await?;
             at
         };
-        self.update_tree_refcounts(io, file, l1.start, entries, 1, true).await?;
-        let entry = EncodedEntry::new(&EntryFields { l1_table_offset: copy, ..fields })?;
-        self.rewrite_snapshot_table(io, node, file, None, Some(&entry), count + 1).await?;
+        self.update_tree_refcounts(io, file, l1.start, entries, 1, true)
+            .await?;
+        let entry = EncodedEntry::new(&EntryFields {
+            l1_table_offset: copy,
+            ..fields
+        })?;
+        self.rewrite_snapshot_table(io, node, file, None, Some(&entry), count + 1)
+            .await?;
         // Frees the old table made wait, and their refcounts written.
         self.flush_caches(io, node).await?;
         self.flush_caches(io, node).await?;
@@ -111,17 +136,31 @@ impl Qcow2 {
         while let Some(s) = walk.next(io, file).await? {
             last = Some(s);
         }
-        last.ok_or(Error::BadGraph("snapshot table without the entry just written"))
+        last.ok_or(Error::BadGraph(
+            "snapshot table without the entry just written",
+        ))
     }
 
     /// Writes `to_entries` L1 entries at `to`: the first `from_entries` of the table at `from`
     /// (read through the cache, COPIED cleared), zeros after them.
-    pub(crate) async fn copy_l1(&self, io: &Io<'_, '_>, file: NodeId, from: u64, to: u64, from_entries: u32, to_entries: u32) -> Result<()> {
+    pub(crate) async fn copy_l1(
+        &self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        from: u64,
+        to: u64,
+        from_entries: u32,
+        to_entries: u32,
+    ) -> Result<()> {
         let mut bounce = io.bounce.take_for_copy(1).await?;
-        let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
+        let buf = bounce.get(0).ok_or(Error::NoSpace {
+            what: "bounce buffers",
+        })?;
         let per = (buf.len() / 8) as u64;
         if per == 0 {
-            return Err(Error::NoSpace { what: "bounce buffers smaller than an L1 entry" });
+            return Err(Error::NoSpace {
+                what: "bounce buffers smaller than an L1 entry",
+            });
         }
         let slice_len = self.slice_len();
         let total = u64::from(to_entries);
@@ -129,13 +168,22 @@ impl Qcow2 {
         while i < total {
             let n = (total - i).min(per);
             for k in 0..n {
-                let e = if i + k < u64::from(from_entries) { io.meta.read_u64(io, file, from + (i + k) * 8, slice_len).await? & !COPIED } else { 0 };
+                let e = if i + k < u64::from(from_entries) {
+                    io.meta
+                        .read_u64(io, file, from + (i + k) * 8, slice_len)
+                        .await?
+                        & !COPIED
+                } else {
+                    0
+                };
                 let at = (k * 8) as usize;
                 if let Some(d) = buf.get_mut(at..at + 8) {
                     d.copy_from_slice(&e.to_be_bytes());
                 }
             }
-            let piece = buf.get(..(n * 8) as usize).ok_or(Error::NoSpace { what: "bounce buffers" })?;
+            let piece = buf.get(..(n * 8) as usize).ok_or(Error::NoSpace {
+                what: "bounce buffers",
+            })?;
             child_io::write(io, file, to + i * 8, piece).await?;
             i += n;
         }

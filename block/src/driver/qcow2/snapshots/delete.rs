@@ -15,7 +15,13 @@ use super::SnapshotInfo;
 impl Qcow2 {
     /// Deletes the snapshot `key` names (`lookup` says how) from qcow2 node `node` (read-write,
     /// drained by the caller). Returns the snapshot deleted.
-    pub async fn snapshot_delete(&self, io: &Io<'_, '_>, node: NodeId, key: &str, lookup: Lookup) -> Result<SnapshotInfo> {
+    pub async fn snapshot_delete(
+        &self,
+        io: &Io<'_, '_>,
+        node: NodeId,
+        key: &str,
+        lookup: Lookup,
+    ) -> Result<SnapshotInfo> {
         check_can_snapshot(self)?;
         let file = Self::file(io, node)?;
         self.mark_dirty(io, file).await?;
@@ -23,17 +29,25 @@ impl Qcow2 {
         self.flush_caches(io, node).await?;
         let _lock = self.alloc_lock().await;
         let (snap, entry) = self.locate_snapshot(io, file, key, lookup).await?;
-        let l1 = super::super::validation::Region::new(snap.l1_table_offset, u64::from(snap.l1_size) * 8);
+        let l1 = super::super::validation::Region::new(
+            snap.l1_table_offset,
+            u64::from(snap.l1_size) * 8,
+        );
         if self.meta.get().hit(&l1).is_some() {
-            return Err(Error::BadImage { what: "snapshot L1 table overlaps the header or a table" });
+            return Err(Error::BadImage {
+                what: "snapshot L1 table overlaps the header or a table",
+            });
         }
         let (_, count) = self.snap_table.get();
-        self.rewrite_snapshot_table(io, node, file, Some(entry), None, count.saturating_sub(1)).await?;
-        self.update_tree_refcounts(io, file, l1.start, snap.l1_size, -1, false).await?;
+        self.rewrite_snapshot_table(io, node, file, Some(entry), None, count.saturating_sub(1))
+            .await?;
+        self.update_tree_refcounts(io, file, l1.start, snap.l1_size, -1, false)
+            .await?;
         self.drop_clusters(io, file, l1.start, l1.len).await?;
         io.meta.forget_range(file, l1.start, l1.end());
         let active = self.l1.get();
-        self.update_tree_refcounts(io, file, active.start, self.l1_entries.get(), 0, true).await?;
+        self.update_tree_refcounts(io, file, active.start, self.l1_entries.get(), 0, true)
+            .await?;
         self.flush_caches(io, node).await?;
         self.flush_caches(io, node).await?;
         Ok(snap)

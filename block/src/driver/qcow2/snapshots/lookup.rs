@@ -28,7 +28,13 @@ fn is(full_len: u16, kept: &str, key: &str) -> bool {
 
 impl Qcow2 {
     /// The snapshot `key` names, with the bytes of its table entry (padding included).
-    pub(crate) async fn locate_snapshot(&self, io: &Io<'_, '_>, file: NodeId, key: &str, lookup: Lookup) -> Result<(SnapshotInfo, Region)> {
+    pub(crate) async fn locate_snapshot(
+        &self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        key: &str,
+        lookup: Lookup,
+    ) -> Result<(SnapshotInfo, Region)> {
         if lookup == Lookup::IdOrName {
             return match self.locate_one(io, file, key, true).await {
                 Err(Error::NotFound) => self.locate_one(io, file, key, false).await,
@@ -38,12 +44,24 @@ impl Qcow2 {
         self.locate_one(io, file, key, lookup == Lookup::Id).await
     }
 
-    async fn locate_one(&self, io: &Io<'_, '_>, file: NodeId, key: &str, by_id: bool) -> Result<(SnapshotInfo, Region)> {
+    async fn locate_one(
+        &self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        key: &str,
+        by_id: bool,
+    ) -> Result<(SnapshotInfo, Region)> {
         let mut walk = self.snapshots();
         loop {
             let start = walk.pos;
-            let Some(s) = walk.next(io, file).await? else { return Err(Error::NotFound) };
-            let hit = if by_id { is(s.id_len, &s.id, key) } else { is(s.name_len, &s.name, key) };
+            let Some(s) = walk.next(io, file).await? else {
+                return Err(Error::NotFound);
+            };
+            let hit = if by_id {
+                is(s.id_len, &s.id, key)
+            } else {
+                is(s.name_len, &s.name, key)
+            };
             if hit {
                 return Ok((s, Region::new(start, walk.pos - start)));
             }

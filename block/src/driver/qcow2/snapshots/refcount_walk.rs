@@ -81,22 +81,47 @@ impl Qcow2 {
         for i in 0..u64::from(l1_entries) {
             let at = l1_start + i * 8;
             let entry = io.meta.read_u64(io, file, at, slice_len).await?;
-            let Some(l2) = decode_l1(entry, at)? else { continue };
-            validation::cluster_ref(l2.0, cs, io.node(file)?.size(), &self.meta.get(), at, ClusterRef::L2Table)?;
+            let Some(l2) = decode_l1(entry, at)? else {
+                continue;
+            };
+            validation::cluster_ref(
+                l2.0,
+                cs,
+                io.node(file)?.size(),
+                &self.meta.get(),
+                at,
+                ClusterRef::L2Table,
+            )?;
             let mut slice = 0;
             while slice < cs {
-                self.update_l2_slice(io, file, l2.0 + slice, addend, fix_copied).await?;
+                self.update_l2_slice(io, file, l2.0 + slice, addend, fix_copied)
+                    .await?;
                 slice += slice_len as u64;
             }
             // The table's own count changes after its entries were walked: a table freed here
             // is forgotten by the cache, so it is not read again.
-            let count = self.add_ref(io, file, l2.0 >> self.cluster_bits, addend).await?;
+            let count = self
+                .add_ref(io, file, l2.0 >> self.cluster_bits, addend)
+                .await?;
             if fix_copied {
                 let want = count == 1;
                 if want != (entry & COPIED != 0) {
                     self.check_meta_write(io, file, at, Class::Table).await?;
-                    let new = if want { entry | COPIED } else { entry & !COPIED };
-                    io.meta.write_u64(io, file, at, slice_len, Class::Table, new & (L1_OFFSET | COPIED)).await?;
+                    let new = if want {
+                        entry | COPIED
+                    } else {
+                        entry & !COPIED
+                    };
+                    io.meta
+                        .write_u64(
+                            io,
+                            file,
+                            at,
+                            slice_len,
+                            Class::Table,
+                            new & (L1_OFFSET | COPIED),
+                        )
+                        .await?;
                     self.l1_changed();
                 }
             }
@@ -106,7 +131,14 @@ impl Qcow2 {
 
     /// The entries of one L2 slice (at `slice_at` of the file): refcounts changed, COPIED bits
     /// fixed if asked.
-    async fn update_l2_slice(&self, io: &Io<'_, '_>, file: NodeId, slice_at: u64, addend: i64, fix_copied: bool) -> Result<()> {
+    async fn update_l2_slice(
+        &self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        slice_at: u64,
+        addend: i64,
+        fix_copied: bool,
+    ) -> Result<()> {
         let slice_len = self.slice_len();
         let mut words = [0u64; SLICE_ENTRIES];
         io.meta
@@ -130,7 +162,10 @@ impl Qcow2 {
                 if csize == 0 {
                     continue;
                 }
-                let (first, last) = (host >> self.cluster_bits, (host + csize - 1) >> self.cluster_bits);
+                let (first, last) = (
+                    host >> self.cluster_bits,
+                    (host + csize - 1) >> self.cluster_bits,
+                );
                 for c in first..=last {
                     self.add_ref(io, file, c, addend).await?;
                 }
@@ -141,16 +176,30 @@ impl Qcow2 {
                 continue;
             }
             if !host.is_multiple_of(cs) {
-                return Err(self.signal_corruption(io, file, "L2 entry: data cluster offset not cluster-aligned", at).await);
+                return Err(self
+                    .signal_corruption(
+                        io,
+                        file,
+                        "L2 entry: data cluster offset not cluster-aligned",
+                        at,
+                    )
+                    .await);
             }
-            let count = self.add_ref(io, file, host >> self.cluster_bits, addend).await?;
+            let count = self
+                .add_ref(io, file, host >> self.cluster_bits, addend)
+                .await?;
             if fix_copied {
                 flags.note(w, entry, count == 1);
             }
         }
         if flags.any {
-            self.check_meta_write(io, file, slice_at, Class::Table).await?;
-            io.meta.with_slice_mut(io, file, slice_at, slice_len, Class::Table, |s| flags.apply(s)).await?;
+            self.check_meta_write(io, file, slice_at, Class::Table)
+                .await?;
+            io.meta
+                .with_slice_mut(io, file, slice_at, slice_len, Class::Table, |s| {
+                    flags.apply(s)
+                })
+                .await?;
         }
         Ok(())
     }
@@ -167,7 +216,13 @@ impl Qcow2 {
 
     /// Adds `addend` to cluster `c`'s refcount (0: only reads it); returns the new count. A
     /// cluster left unreferenced is forgotten by the cache and searched for first.
-    pub(crate) async fn add_ref(&self, io: &Io<'_, '_>, file: NodeId, c: u64, addend: i64) -> Result<u64> {
+    pub(crate) async fn add_ref(
+        &self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        c: u64,
+        addend: i64,
+    ) -> Result<u64> {
         if addend == 0 {
             return self.refcount(io, file, c << self.cluster_bits).await;
         }
@@ -183,11 +238,20 @@ impl Qcow2 {
     }
 
     /// Drops one reference from each cluster of `len` bytes at `host` (a table no longer used).
-    pub(crate) async fn drop_clusters(&self, io: &Io<'_, '_>, file: NodeId, host: u64, len: u64) -> Result<()> {
+    pub(crate) async fn drop_clusters(
+        &self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        host: u64,
+        len: u64,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
-        let (first, last) = (host >> self.cluster_bits, (host + len - 1) >> self.cluster_bits);
+        let (first, last) = (
+            host >> self.cluster_bits,
+            (host + len - 1) >> self.cluster_bits,
+        );
         for c in first..=last {
             self.add_ref(io, file, c, -1).await?;
         }
@@ -198,10 +262,14 @@ impl Qcow2 {
 /// Refuses what QEMU refuses for every snapshot operation.
 pub(crate) fn check_can_snapshot(q: &Qcow2) -> Result<()> {
     if q.data_file {
-        return Err(Error::Unsupported("internal snapshots in an image with an external data file"));
+        return Err(Error::Unsupported(
+            "internal snapshots in an image with an external data file",
+        ));
     }
     if q.snapshot.is_some() {
-        return Err(Error::Unsupported("snapshot operations on a node that has a snapshot open"));
+        return Err(Error::Unsupported(
+            "snapshot operations on a node that has a snapshot open",
+        ));
     }
     q.check_writable()
 }

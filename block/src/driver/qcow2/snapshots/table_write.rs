@@ -51,10 +51,14 @@ impl EncodedEntry {
     /// version 2 images). VM state size 0.
     pub(crate) fn new(f: &EntryFields<'_>) -> Result<Self> {
         if f.id.len() > MAX_ID || f.id.is_empty() {
-            return Err(Error::BadName { what: "snapshot id (1 to 127 bytes)" });
+            return Err(Error::BadName {
+                what: "snapshot id (1 to 127 bytes)",
+            });
         }
         if f.name.len() > MAX_NAME {
-            return Err(Error::BadName { what: "snapshot name longer than 255 bytes" });
+            return Err(Error::BadName {
+                what: "snapshot name longer than 255 bytes",
+            });
         }
         let mut bytes = [0u8; MAX_ENTRY];
         let mut put = |at: usize, v: &[u8]| {
@@ -99,7 +103,9 @@ impl Qcow2 {
         count: u32,
     ) -> Result<()> {
         if count > MAX_SNAPSHOTS {
-            return Err(Error::NoSpace { what: "snapshot table (QEMU's limit of 65536 snapshots)" });
+            return Err(Error::NoSpace {
+                what: "snapshot table (QEMU's limit of 65536 snapshots)",
+            });
         }
         let cs = self.cluster_size();
         let old = self.meta.get().snapshots;
@@ -107,19 +113,27 @@ impl Qcow2 {
         let added = add.map_or(0, |a| a.len as u64);
         let new_len = old.len - dropped + added;
         if new_len > MAX_SNAPSHOT_TABLE_BYTES {
-            return Err(Error::NoSpace { what: "snapshot table (QEMU's limit of 64 MiB)" });
+            return Err(Error::NoSpace {
+                what: "snapshot table (QEMU's limit of 64 MiB)",
+            });
         }
         let new_at = if count == 0 {
             0
         } else {
-            let (at, _) = self.alloc_clusters(io, node, file, new_len.div_ceil(cs), true).await?;
+            let (at, _) = self
+                .alloc_clusters(io, node, file, new_len.div_ceil(cs), true)
+                .await?;
             // The pieces of the old table kept, in order, then the new entry.
             let (head, tail) = match drop {
-                Some(d) => (Region::new(old.start, d.start - old.start), Region::new(d.end(), old.end() - d.end())),
+                Some(d) => (
+                    Region::new(old.start, d.start - old.start),
+                    Region::new(d.end(), old.end() - d.end()),
+                ),
                 None => (old, Region::new(old.end(), 0)),
             };
             self.copy_upto(io, file, head.start, at, head.len).await?;
-            self.copy_upto(io, file, tail.start, at + head.len, tail.len).await?;
+            self.copy_upto(io, file, tail.start, at + head.len, tail.len)
+                .await?;
             if let Some(a) = add {
                 child_io::write(io, file, at + head.len + tail.len, a.bytes()).await?;
             }
@@ -142,13 +156,24 @@ impl Qcow2 {
 
     /// Copies `len` bytes of the file from `from` to `to`; bytes past the end of the file read
     /// as zeros (the last entry's padding need not be there).
-    async fn copy_upto(&self, io: &Io<'_, '_>, file: NodeId, from: u64, to: u64, len: u64) -> Result<()> {
+    async fn copy_upto(
+        &self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        from: u64,
+        to: u64,
+        len: u64,
+    ) -> Result<()> {
         let mut bounce = io.bounce.take_for_copy(1).await?;
-        let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
+        let buf = bounce.get(0).ok_or(Error::NoSpace {
+            what: "bounce buffers",
+        })?;
         let mut at = 0;
         while at < len {
             let n = ((len - at) as usize).min(buf.len());
-            let piece = buf.get_mut(..n).ok_or(Error::NoSpace { what: "bounce buffers" })?;
+            let piece = buf.get_mut(..n).ok_or(Error::NoSpace {
+                what: "bounce buffers",
+            })?;
             let got = child_io::read_upto(io, file, from + at, piece).await?;
             if let Some(rest) = piece.get_mut(got..) {
                 rest.fill(0);

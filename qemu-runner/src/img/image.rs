@@ -8,6 +8,7 @@
 use strata_block::dev::file::{CacheMode, Engine, HostFile, HostFileOptions};
 use strata_block::clock::MonotonicClock;
 use strata_block::io::cache::{CacheSlot, Inflater, SLICE};
+use strata_block::io::zstd::ZstdDecoder;
 use strata_block::{Backend, BackendOptions, DetectZeroes, Error, Graph, NodeId};
 
 use super::resolve::HostResolver;
@@ -22,8 +23,10 @@ pub type HostBackend<'g, 'd> = Backend<'g, 'd>;
 /// Default qcow2 metadata cache budget (`--cache-size`): 4 MiB, enough for every L2 table of a
 /// 32 GiB image with 64 KiB clusters.
 pub const DEFAULT_CACHE_BYTES: u64 = 4 << 20;
-/// Decoders for compressed clusters per image.
+/// Decoders for compressed clusters per image (deflate and zstd each).
 const INFLATERS: usize = 4;
+/// A zstd decoder's output window: the largest cluster (2 MiB), for reads of part of one.
+const ZSTD_WINDOW: usize = 2 << 20;
 
 /// Bounce buffers per image and their size.
 const BOUNCE_BUFFERS: usize = 32;
@@ -109,11 +112,21 @@ pub fn with_image<R>(
     let budget = opts.cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
     let slots: Vec<CacheSlot> = (0..(budget / SLICE as u64).max(1)).map(|_| CacheSlot::new()).collect();
     let inflaters: Vec<Inflater> = (0..INFLATERS).map(|_| Inflater::new()).collect();
+    let mut zstd_windows: Vec<Vec<u8>> = (0..INFLATERS).map(|_| vec![0u8; ZSTD_WINDOW]).collect();
+    let zstd: Vec<ZstdDecoder<'_>> = zstd_windows
+        .iter_mut()
+        .map(|w| {
+            let mut d = ZstdDecoder::new();
+            d.set_window(w);
+            d
+        })
+        .collect();
     let clock = MonotonicClock::new();
     let mut bounce = vec![0u8; BOUNCE_BUFFERS * BOUNCE_SIZE + 4096];
     let mut graph: HostGraph<'_> = Graph::new(&mut bounce, BOUNCE_SIZE);
     graph.set_metadata_cache(&slots);
     graph.set_decompressors(&inflaters);
+    graph.set_zstd_decoders(&zstd);
     graph.set_clock(&clock);
     let extra = opts.extra.as_deref().map(|e| format!("{e},")).unwrap_or_default();
     let text = if opts.image_opts {

@@ -9,6 +9,10 @@ pub const MAGIC: u32 = 0xFD2F_B528;
 /// Skippable frames: magic numbers `0x184D2A50..=0x184D2A5F`.
 const SKIPPABLE: u32 = 0x184D_2A50;
 
+/// Largest window accepted, as libzstd's default decoder (`ZSTD_WINDOWLOG_LIMIT_DEFAULT`, 27):
+/// QEMU refuses frames that declare more.
+pub const WINDOW_MAX: u64 = 1 << 27;
+
 /// What a frame header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -97,6 +101,9 @@ pub fn header(src: &[u8]) -> Result<Header, ZstdError> {
     if single {
         window = content_size.unwrap_or(0);
     }
+    if window > WINDOW_MAX {
+        return Err(ZstdError::Corrupt("frame window larger than 128 MiB"));
+    }
     Ok(Header {
         window,
         content_size,
@@ -144,6 +151,10 @@ mod tests {
         assert_eq!(header(&[0x21, 7, 5]), Err(ZstdError::Dictionary));
         assert!(header(&[0x08, 0]).is_err());
         assert!(header(&[0x24]).is_err());
+        // Windows above 128 MiB: exponent 18 (2^28), or a single segment of 2^27 + 1 bytes.
+        assert!(header(&[0x00, 18 << 3]).is_err());
+        assert!(header(&[0x00, 17 << 3]).is_ok());
+        assert!(header(&[0xa0, 1, 0, 0, 8]).is_err());
         assert_eq!(start(MAGIC.to_le_bytes()).unwrap(), Start::Frame);
         assert_eq!(
             start(0x184D_2A5Fu32.to_le_bytes()).unwrap(),

@@ -32,6 +32,9 @@ usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw
                                -c write,-P,0xaa,0,64k -c read,-P,0xaa,0,64k
   stress OPTIONS --seed N --ops N --qd 1..64 [--max-len 64k] [--block 4k] [--mix R:W:Z:ZU:D:F]
                                seeded verified mix; 'flush K covers ops 0..N' markers
+  snapshot OPTIONS [--create NAME | --apply NAME | --delete NAME]
+                               qcow2 internal snapshots: list them (the default), or create,
+                               apply (id or name) or delete (name) one, as qemu-img snapshot
   --format SERIAL=raw|qcow2    (any workload, repeatable) the device holds an image of that
                                format: opened with driver=FMT unless OPTIONS name a driver
   --zeroed SERIAL=OFFSET       (any workload, repeatable) the device reads as zeros from OFFSET
@@ -196,6 +199,19 @@ pub struct CreateArgs<'a> {
     pub backing_fmt: Option<&'a str>,
 }
 
+/// What `snapshot` does (one per boot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotAction<'a> {
+    /// List the snapshots.
+    List,
+    /// Create one of this name.
+    Create(&'a str),
+    /// Apply the one of this id, or failing that name.
+    Apply(&'a str),
+    /// Delete the one of this name.
+    Delete(&'a str),
+}
+
 /// Flags that take no value.
 const SWITCHES: &[&str] = &["--extended-l2", "--lazy-refcounts"];
 
@@ -229,6 +245,13 @@ pub enum Command<'a> {
     },
     /// Run the seeded stress engine.
     Stress(StressArgs<'a>),
+    /// List, create, apply or delete qcow2 internal snapshots.
+    Snapshot {
+        /// The node (a qcow2 image).
+        options: &'a str,
+        /// What to do.
+        action: SnapshotAction<'a>,
+    },
 }
 
 /// What is wrong with a command line.
@@ -413,6 +436,22 @@ fn parse_command<'a>(
         "stress" => {
             let options = options.ok_or(CmdlineError::MissingOptions("stress"))?;
             stress(options, &flags).map(Command::Stress)
+        }
+        "snapshot" => {
+            let options = options.ok_or(CmdlineError::MissingOptions("snapshot"))?;
+            let mut action = SnapshotAction::List;
+            for &(name, value) in &flags {
+                if action != SnapshotAction::List {
+                    return Err(CmdlineError::BadFlag(name, "give one of --create, --apply, --delete"));
+                }
+                action = match name {
+                    "--create" => SnapshotAction::Create(value),
+                    "--apply" => SnapshotAction::Apply(value),
+                    "--delete" => SnapshotAction::Delete(value),
+                    _ => return Err(CmdlineError::UnknownFlag(name)),
+                };
+            }
+            Ok(Command::Snapshot { options, action })
         }
         other => Err(CmdlineError::UnknownCommand(other)),
     }

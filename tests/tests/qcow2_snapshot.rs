@@ -390,3 +390,30 @@ fn errors_as_qemu_img() {
     assert_eq!(ours(&["-c", "x", p(&d)]).0, 1);
     assert!(names(&d).is_empty());
 }
+
+/// The guest's `snapshot` workload: a snapshot taken in the guest is listed by qemu-img, checks
+/// clean and holds the image as it was; one qemu-img made is deleted in a second boot.
+#[test]
+fn guest_snapshot_workload() {
+    let dir = scratch("qcow2-snapshot-guest");
+    let f = image(&dir, "g.qcow2", "", &[], true);
+    assert_eq!(theirs(&["-c", "host", p(&f)]).0, 0);
+    qio("qcow2", &f, &["write -P 0x5a 2M 64k"]);
+    let active = host_digest(&f);
+    let top = Drive { headroom: None, ..drive(&f, "top", false) };
+    let r = boot(Machine::Microvm, vec![top.clone()], "snapshot top --create guest");
+    assert!(r.is_ok(), "{}\n{}", r.summary(), r.console);
+    assert_eq!(records(&r, "snapshot_action")[0]["id"], "2", "{}", r.console);
+    check_clean(&f);
+    assert_eq!(names(&f), ["host", "guest"]);
+    let raw = dir.join("guest.raw");
+    qimg(&["convert", "-l", "snapshot.name=guest", "-O", "raw", p(&f), p(&raw)]);
+    assert_eq!(sha256sum(&raw), active);
+    assert_eq!(host_digest(&f), active);
+    let r = boot(Machine::Microvm, vec![top], "snapshot top --delete host");
+    assert!(r.is_ok(), "{}\n{}", r.summary(), r.console);
+    assert_eq!(records(&r, "snapshot").len(), 1, "{}", r.console);
+    check_clean(&f);
+    assert_eq!(names(&f), ["guest"]);
+    assert_eq!(host_digest(&f), active);
+}

@@ -12,6 +12,7 @@ mod histogram;
 mod io;
 mod logbench;
 mod sha256;
+mod snapshot;
 mod stress;
 
 use static_cell::ConstStaticCell;
@@ -42,6 +43,7 @@ pub fn run(command: &Command, disks: &Catalog, maps: &Maps<'_>) -> u32 {
         Command::Create(args) => create::run(disks, maps, &args),
         Command::Io { options, cmds } => io::run(disks, maps, options, cmds),
         Command::Stress(args) => stress::run(disks, maps, &args),
+        Command::Snapshot { options, action } => snapshot::run(disks, maps, options, action),
         Command::Demo { options } => {
             let default = disks.first_by_serial().map(|d| d.serial());
             match options.or(default) {

@@ -9,6 +9,7 @@ use crate::driver::FormatState;
 use crate::error::{Error, Result};
 use crate::io::cache::CacheStats;
 use crate::io::Io;
+use crate::node::ThresholdExceeded;
 use crate::path::Stack;
 
 /// Who holds which node: a user's node and attachment, per user slot.
@@ -45,6 +46,19 @@ impl<'g, 'd> GraphRef<'g, 'd> {
     /// Every node, with its id.
     pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &'g Node<'d>)> + use<'g, 'd> {
         self.stack.io.nodes()
+    }
+
+    /// Arms node `id`'s write threshold at `bytes` (0 switches it off), as QEMU's
+    /// `block-set-write-threshold`; see [`crate::node::WriteThreshold`].
+    pub fn set_write_threshold(&self, id: NodeId, bytes: u64) -> Result<()> {
+        self.node(id)?.threshold.set(bytes);
+        Ok(())
+    }
+
+    /// Takes the records of writes that passed a node's write threshold since the last call
+    /// (one per node at most: a threshold switches itself off when passed).
+    pub fn take_write_threshold_events(&self) -> impl Iterator<Item = (NodeId, &'g Node<'d>, ThresholdExceeded)> + use<'g, 'd> {
+        self.nodes().filter_map(|(id, n)| n.threshold.take().map(|e| (id, n, e)))
     }
 
     /// The node named `name`.

@@ -53,6 +53,9 @@ pub(crate) async fn rw(io: &Io<'_, '_>, id: NodeId, offset: u64, buf: Buf<'_>) -
     if writing && node.read_only {
         return Err(Error::ReadOnly);
     }
+    if writing {
+        node.threshold.check(offset, len);
+    }
     if node.read_only {
         // Nothing ever writes a read-only leaf, so no serialising request can overlap this
         // read: it needs no tracked request (a tracker slot and two scans saved per read).
@@ -155,6 +158,7 @@ pub(crate) async fn write_vectored(io: &Io<'_, '_>, id: NodeId, offset: u64, par
     if node.read_only {
         return Err(Error::ReadOnly);
     }
+    node.threshold.check(offset, len);
     let align = u64::from(node.limits.request_alignment);
     let tracked = io.tracker.begin(id, ReqKind::Write, offset, len).await;
     if !offset.is_multiple_of(align) || end % align != 0 {

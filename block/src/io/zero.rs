@@ -31,6 +31,7 @@ pub(crate) async fn leaf_range_op(io: &Io<'_, '_>, id: NodeId, offset: u64, len:
         return Err(Error::ReadOnly);
     }
     let end = offset.checked_add(len).filter(|&e| e <= node.size()).ok_or(Error::OutOfRange { offset, len, size: node.size() })?;
+    node.threshold.check(offset, len);
     let features = dev.info().features;
     let limits = node.limits;
     match op {

@@ -4,11 +4,13 @@
 
 pub mod limits;
 pub mod perm;
+pub mod threshold;
 
 use core::cell::Cell;
 
 pub use limits::BlockLimits;
 pub use perm::{Attachment, Perm};
+pub use threshold::{ThresholdExceeded, WriteThreshold};
 
 use crate::dev::BlockDevice;
 
@@ -108,6 +110,8 @@ pub struct Node<'d> {
     /// For translation-only nodes: where their bytes are (see [`Pass`]).
     pub pass: Option<Pass>,
     pub(crate) flush: FlushState,
+    /// The write threshold (`write-threshold=`).
+    pub threshold: WriteThreshold,
 }
 
 /// Bumps a node's write generation when dropped: a write counts once it has started, whether it

@@ -61,6 +61,7 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, options: &str, cm
         let ok = status == Some(Status::Ok);
         failed |= !ok;
         Record::new("io").str("cmd", Words(text)).bool("ok", ok).str("output", transcript.as_str()).emit();
+        stack::report_write_thresholds(&graph);
     }
     // The one place the node is closed: a clean close (caches written back, flushed, a qcow2
     // image marked clean).

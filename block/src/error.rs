@@ -86,6 +86,12 @@ pub enum Error {
         /// Why.
         what: &'static str,
     },
+    /// An error a `blkdebug` rule injected, with the errno it names (QEMU's default `EIO`, 5;
+    /// `ENOSPC`, 28; ...).
+    Injected {
+        /// The errno.
+        errno: u16,
+    },
 }
 
 impl From<DeviceError> for Error {
@@ -128,6 +134,7 @@ impl fmt::Display for Error {
             Error::BadNode => f.write_str("stale or unknown node id"),
             Error::BadGraph(what) => write!(f, "invalid graph: {what}"),
             Error::BadImage { what } => write!(f, "invalid image: {what}"),
+            Error::Injected { errno } => write!(f, "injected error (errno {errno})"),
             Error::Corrupt { what, offset } => write!(f, "corrupt image: {what} (at file offset {offset:#x})"),
             Error::BadName { what } => write!(f, "refused file name: {what}"),
         }

@@ -103,6 +103,18 @@ pub fn graph() -> Option<KGraph> {
 /// The block layer's clock: the TSC since boot, in nanoseconds ([`clock_ns`]).
 struct TscClock;
 
+/// Emits a `write_threshold` record for every node whose write threshold a write passed since
+/// the last call (QEMU's `BLOCK_WRITE_THRESHOLD` event, with its field names).
+pub fn report_write_thresholds(graph: &KGraph) {
+    for (_, node, e) in graph.handle().take_write_threshold_events() {
+        report::Record::new("write_threshold")
+            .str("node-name", node.name.as_str())
+            .num("amount-exceeded", e.amount_exceeded)
+            .num("write-threshold", e.write_threshold)
+            .emit();
+    }
+}
+
 impl Clock for TscClock {
     fn now_ns(&self) -> u64 {
         clock_ns()

@@ -11,6 +11,7 @@
 //! Drivers see a graph only through [`Io`] (the lower io half): they map, plan and commit; the
 //! layer above ([`crate::path`]) walks the graph and moves data. No driver calls back up.
 
+pub mod blkdebug;
 pub mod null;
 pub mod plan;
 pub mod qcow2;
@@ -22,7 +23,7 @@ pub use plan::{Allocation, Cow, Mapping, RangeStep, WritePlan};
 use crate::error::{Error, Result};
 use crate::io::tracked::{ReqKind, Tracked};
 use crate::io::{Io, RangeOp};
-use crate::node::{NodeId, Pass};
+use crate::node::{BlockLimits, NodeId, Pass};
 use crate::options::OptionsView;
 
 /// Bytes of an image a probe looks at (QEMU's `BLOCK_PROBE_BUF_SIZE`).
@@ -60,6 +61,17 @@ pub struct DriverDesc {
     /// Option keys the driver accepts besides the common ones (`driver`, `node-name`,
     /// `read-only`, `file`).
     pub options: &'static [&'static str],
+}
+
+impl DriverDesc {
+    /// The options key of the node's file child: `file`, or `image` for `blkdebug` (QEMU's
+    /// child names).
+    pub fn child_key(&self) -> &'static str {
+        match self.id {
+            DriverId::Blkdebug => blkdebug::CHILD_KEY,
+            _ => "file",
+        }
+    }
 }
 
 /// A name an image stores (a backing or data file): offset and length in its file child.
@@ -101,6 +113,12 @@ pub trait Driver: Sized {
     /// For translation-only drivers: where the node's bytes are in its child.
     fn pass(&self) -> Option<Pass> {
         None
+    }
+
+    /// The node's limits, given those it inherits from its file child (a filter's options can
+    /// tighten them).
+    fn limits(&self, inherited: BlockLimits) -> BlockLimits {
+        inherited
     }
 
     /// The files the image names.
@@ -242,6 +260,11 @@ macro_rules! drivers {
                 match self { $(Self::$variant(d) => d.pass(),)* }
             }
 
+            /// See [`Driver::limits`].
+            pub fn limits(&self, inherited: BlockLimits) -> BlockLimits {
+                match self { $(Self::$variant(d) => d.limits(inherited),)* }
+            }
+
             /// See [`Driver::links`].
             pub fn links(&self) -> Links<'_> {
                 match self { $(Self::$variant(d) => d.links(),)* }
@@ -336,6 +359,7 @@ drivers! {
     NullCo(null::Null) = null::NULL_CO,
     NullAio(null::Null) = null::NULL_AIO,
     Throttle(throttle::Throttle) = throttle::THROTTLE,
+    Blkdebug(blkdebug::Blkdebug) = blkdebug::BLKDEBUG,
 }
 
 impl FormatState {

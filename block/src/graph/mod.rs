@@ -63,6 +63,7 @@ pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
     events: Option<&'d dyn EventHook>,
     clock: Option<&'d dyn Clock>,
     throttle_groups: [Option<ThrottleGroup>; MAX_GROUPS],
+    debug: crate::io::debug::DebugPool,
 }
 
 impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
@@ -86,6 +87,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             events: None,
             clock: None,
             throttle_groups: [const { None }; MAX_GROUPS],
+            debug: crate::io::debug::DebugPool::new(),
         }
     }
 
@@ -104,6 +106,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             release: &self.release,
             shape: &self.shape,
             throttle_groups: &self.throttle_groups,
+            debug: &self.debug,
         }
     }
 
@@ -231,6 +234,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     pub fn close(&mut self, node: NodeId) -> Result<()> {
         self.node(node)?;
         if self.handle().has_user(node) || self.parents(node).next().is_some() {
+            threshold: Default::default(),
             return Err(Error::PermissionConflict { what: "node still in use" });
         }
         // Walk down without recursion: close, then continue with children nobody else holds.

@@ -8,8 +8,9 @@
 //!
 //! A format that names more files (qcow2: a data file, a backing file) gets them next, again in
 //! a loop: the top image's data file and backing file, then the backing image's, and so on, at
-//! most [`MAX_BACKING_CHAIN`] images below the top; a file met twice in one chain is a loop and
-//! an error. A backing image's format is its parent's `backing_fmt` if named, else probed.
+//! most [`Graph::backing_chain`] images below the top (a capacity the embedder sets); a file met
+//! twice in one chain is a loop and an error. The loop check walks the chain opened so far in
+//! the graph itself, so no list sized by the chain's depth is kept beside it. A backing image's format is its parent's `backing_fmt` if named, else probed.
 //! Options of the top node override what its header says: `backing=null` (no backing),
 //! `backing=NAME`, `data-file=NAME`.
 //!
@@ -21,7 +22,7 @@
 use crate::dev::BlockDevice;
 use crate::driver::{self, DriverCaps, DriverDesc, FormatState, Links, PROBE_BYTES};
 use crate::error::{Error, Result};
-use crate::graph::{Attachment, Child, Graph, Node, NodeId, NodeKind, Role, MAX_BACKING_CHAIN, MAX_DEPTH};
+use crate::graph::{Attachment, Child, Graph, Node, NodeId, NodeKind, Role, MAX_DEPTH};
 use crate::io::child_io;
 use crate::node::BlockLimits;
 use crate::options::{Options, OptionsView};
@@ -34,7 +35,16 @@ pub const MAX_OPEN_OPTIONS: usize = 32;
 pub const MAX_NAME: usize = 1023;
 
 /// Keys every format node accepts.
-const COMMON_KEYS: &[&str] = &["driver", "node-name", "read-only", "file"];
+const COMMON_KEYS: &[&str] = &["driver", "node-name", "read-only", "file", "write-threshold"];
+
+/// What ends a chain of options: a protocol driver's node, or a host file by name.
+#[derive(Clone, Copy)]
+enum Protocol {
+    /// `driver=null-co,…`: a node without a file child.
+    Driver(&'static DriverDesc),
+    /// `driver=file,filename=NAME` (QEMU's file protocol): the leaf `NAME` resolves to.
+    File,
+}
 
 /// A name the opener needs turned into a device.
 #[derive(Clone, Copy)]
@@ -58,6 +68,15 @@ pub trait Resolver<'d> {
     /// `qemu-img info` does): unallocated ranges then read as zeros.
     fn follow_backing(&mut self) -> bool {
         true
+    }
+
+    /// For a backing or data-file name whose file is a window of the device [`Resolver::resolve`]
+    /// gave (many files packed into one disk): the window, `(offset, size)` in bytes. The file
+    /// is then opened as a `raw` node with that `offset` and `size` over the device. `None` (the
+    /// default): the whole device.
+    fn window(&mut self, req: &NameRequest<'_, 'd>) -> Option<(u64, u64)> {
+        let _ = req;
+        None
     }
 }
 
@@ -89,12 +108,21 @@ pub fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The key under which `view` names its file child: `file`, or the driver's own (`image` for
+/// `blkdebug`).
+fn child_key(view: &OptionsView<'_, '_>) -> &'static str {
+    view.get("driver").and_then(|d| d.as_str()).and_then(|d| driver::by_name(d).ok()).map_or("file", |d| d.child_key())
+}
+
 fn same_device(a: &dyn BlockDevice, b: &dyn BlockDevice) -> bool {
     core::ptr::addr_eq(a as *const dyn BlockDevice, b as *const dyn BlockDevice)
 }
 
-/// Nodes made by one open, so that a failure can take them out again.
-type Created = heapless::Vec<NodeId, { 3 * MAX_DEPTH + 4 }>;
+/// Nodes made by one open, so that a failure can take them out again: at most the graph's `N`.
+type Created<const N: usize> = heapless::Vec<NodeId, N>;
+
+/// The error of an open whose backing chain is deeper than the graph's capacity.
+pub const CHAIN_TOO_DEEP: Error = Error::BadGraph("backing chain longer than the graph's backing-chain capacity (Graph::set_backing_chain)");
 
 impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     /// Opens the node described by `text`; `resolve` turns a name into a device when no node has
@@ -111,12 +139,12 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         let mut view = opts.root();
         loop {
             chain.push(view).map_err(|_| Error::BadGraph("options nest deeper than MAX_DEPTH"))?;
-            match view.child("file") {
+            match view.child(child_key(&view)) {
                 Some(child) => view = child,
                 None => break,
             }
         }
-        let mut created = Created::new();
+        let mut created = Created::<N>::new();
         let result = self.open_inner(&chain, resolver, &mut created).await;
         if result.is_err() {
             // A failed open leaves the graph as it was: no half-built chain keeps its
@@ -128,33 +156,47 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         result
     }
 
-    async fn open_inner(&mut self, chain: &[OptionsView<'_, '_>], resolver: &mut dyn Resolver<'d>, created: &mut Created) -> Result<NodeId> {
+    async fn open_inner(&mut self, chain: &[OptionsView<'_, '_>], resolver: &mut dyn Resolver<'d>, created: &mut Created<N>) -> Result<NodeId> {
         let (innermost, formats) = chain.split_last().ok_or(Error::BadOption { key: "file", why: "missing" })?;
         let protocol = match innermost.get("driver") {
-            Some(name) if innermost.get("file").is_none() => Some(driver::by_name(name.as_str().unwrap_or(""))?),
+            // QEMU's file protocol: the leaf the resolver opens, as `file=NAME` names it.
+            Some(name) if name.eq_str("file") && innermost.get(child_key(innermost)).is_none() => {
+                innermost.check_only(&["driver", "filename", "node-name", "read-only", "write-threshold"])?;
+                Some(Protocol::File)
+            }
+            Some(name) if innermost.get(child_key(innermost)).is_none() => Some(Protocol::Driver(driver::by_name(name.as_str().unwrap_or(""))?)),
             _ => None,
         };
         let mut below = match protocol {
             // A node that ends the graph itself (`driver=null-co,size=…`).
-            Some(desc) => {
+            Some(Protocol::Driver(desc)) => {
                 let id = self.open_node(innermost, None, desc, false).await?;
                 created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
                 id
             }
-            None => {
-                let name = innermost.get("file").ok_or(Error::BadOption { key: "file", why: "missing" })?;
-                let name = name.as_str().ok_or(Error::BadOption { key: "file", why: "names contain no commas" })?;
-                match self.find(name) {
+            Some(Protocol::File) | None => {
+                let key = if protocol.is_some() { "filename" } else { child_key(innermost) };
+                let name = innermost.get(key).ok_or(Error::BadOption { key, why: "missing" })?;
+                let name = name.as_str().ok_or(Error::BadOption { key, why: "names contain no commas" })?;
+                // A file-protocol leaf may carry its own node name; otherwise it is its file's.
+                let node_name = match (protocol, innermost.get("node-name")) {
+                    (Some(Protocol::File), Some(v)) => v.as_str().ok_or(Error::BadOption { key: "node-name", why: "names contain no commas" })?,
+                    _ => name,
+                };
+                match self.find(node_name) {
                     Some(id) => id,
                     None => {
                         let device = resolver.resolve(&NameRequest { name, role: Role::File, referrer: None })?;
-                        let id = self.add_leaf(name, device)?;
+                        let id = self.add_leaf(node_name, device)?;
                         created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
                         id
                     }
                 }
             }
         };
+        if matches!(protocol, Some(Protocol::File)) {
+            self.node(below)?.threshold.set(write_threshold(innermost)?);
+        }
         let formats = if protocol.is_some() { formats } else { chain };
         for view in formats.iter().rev() {
             let id = self.open_format(view, below, None).await?;
@@ -172,13 +214,13 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         top: NodeId,
         top_view: Option<OptionsView<'_, '_>>,
         resolver: &mut dyn Resolver<'d>,
-        created: &mut Created,
+        created: &mut Created<N>,
     ) -> Result<()> {
-        let mut seen: heapless::Vec<&'d dyn BlockDevice, { MAX_BACKING_CHAIN + 2 }> = heapless::Vec::new();
         let mut cur = top;
         let mut view = top_view;
         let mut buf = [0u8; MAX_NAME];
-        for depth in 0..=MAX_BACKING_CHAIN {
+        let capacity = self.backing_chain;
+        for depth in 0..=capacity {
             let node = self.node(cur)?;
             let Some(state) = self.state(cur)? else { return Ok(()) };
             let links = state.links();
@@ -195,9 +237,6 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             }
             let file = node.child(Role::File).ok_or(Error::BadGraph("driver node without a file child"))?;
             let referrer = self.leaf_device(file)?;
-            if depth == 0 {
-                let _ = seen.push(referrer);
-            }
             let read_only = node.read_only;
 
             if needs_data_file {
@@ -208,11 +247,13 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
                     (None, None) => return Err(Error::BadImage { what: "external data file needed but not named" }),
                 };
                 check_name(name)?;
-                let dev = resolver.resolve(&NameRequest { name, role: Role::DataFile, referrer: Some(referrer) })?;
-                if seen.iter().any(|d| same_device(*d, dev)) {
+                let req = NameRequest { name, role: Role::DataFile, referrer: Some(referrer) };
+                let dev = resolver.resolve(&req)?;
+                let window = resolver.window(&req);
+                if self.chain_holds(top, dev, window.map_or(0, |w| w.0))? {
                     return Err(Error::BadGraph("a data file is an image of the same chain"));
                 }
-                let leaf = self.leaf_for(name, dev, created)?;
+                let leaf = self.file_for(name, dev, window, created).await?;
                 let attachment = if read_only { Attachment::READER } else { Attachment::FORMAT_FILE };
                 self.attach_child(cur, Role::DataFile, leaf, attachment)?;
             }
@@ -232,16 +273,17 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             if !resolver.follow_backing() {
                 return Ok(());
             }
-            if depth == MAX_BACKING_CHAIN {
-                return Err(Error::BadGraph("backing chain longer than MAX_BACKING_CHAIN (20)"));
+            if depth == capacity {
+                return Err(CHAIN_TOO_DEEP);
             }
             check_name(name)?;
-            let dev = resolver.resolve(&NameRequest { name, role: Role::Backing, referrer: Some(referrer) })?;
-            if seen.iter().any(|d| same_device(*d, dev)) {
+            let req = NameRequest { name, role: Role::Backing, referrer: Some(referrer) };
+            let dev = resolver.resolve(&req)?;
+            let window = resolver.window(&req);
+            if self.chain_holds(top, dev, window.map_or(0, |w| w.0))? {
                 return Err(Error::BadGraph("backing chain loop: a file is its own backing file"));
             }
-            seen.push(dev).map_err(|_| Error::BadGraph("backing chain longer than MAX_BACKING_CHAIN (20)"))?;
-            let leaf = self.leaf_for(name, dev, created)?;
+            let leaf = self.file_for(name, dev, window, created).await?;
             let forced = match core::str::from_utf8(&fmt[..fmt_len]) {
                 Ok("") => None,
                 Ok(f) => Some(driver::by_name(f)?),
@@ -255,6 +297,28 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             view = None;
         }
         Ok(())
+    }
+
+    /// True if bytes from `offset` of `dev` are the file of an image of the chain from `top`
+    /// down, as far as it is opened (the loop check of [`Graph::open_links`]): a walk over the
+    /// graph's backing links, bounded by its node count. A file is told apart by its device and
+    /// where on it the file starts (files packed into one disk are windows of it).
+    fn chain_holds(&self, top: NodeId, dev: &dyn BlockDevice, offset: u64) -> Result<bool> {
+        let mut cur = top;
+        for _ in 0..=N {
+            let node = self.node(cur)?;
+            if let Some(file) = node.child(Role::File) {
+                let (d, at) = self.leaf_place(file)?;
+                if same_device(d, dev) && at == offset {
+                    return Ok(true);
+                }
+            }
+            match node.child(Role::Backing) {
+                Some(backing) => cur = backing,
+                None => return Ok(false),
+            }
+        }
+        Err(Error::BadGraph("backing chain longer than the graph has nodes (a cycle)"))
     }
 
     /// Reads a name of `len` bytes at `offset` of `file` into `buf`.
@@ -297,9 +361,41 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
     }
 
+    /// The leaf device under `node` and where on it `node`'s byte 0 lies, through
+    /// translation-only nodes (raw windows).
+    fn leaf_place(&self, node: NodeId) -> Result<(&'d dyn BlockDevice, u64)> {
+        let (mut cur, mut at) = (node, 0u64);
+        for _ in 0..MAX_DEPTH {
+            let n = self.node(cur)?;
+            match (&n.kind, n.pass) {
+                (NodeKind::Leaf(dev), _) => return Ok((*dev, at)),
+                (NodeKind::Driver, Some(p)) => {
+                    at = at.saturating_add(p.offset);
+                    cur = n.child(p.role).ok_or(Error::BadGraph("translation names a missing child"))?;
+                }
+                (NodeKind::Driver, None) => cur = n.child(Role::File).ok_or(Error::BadGraph("driver node without a file child"))?,
+            }
+        }
+        Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
+    }
+
+    /// The node a backing or data file named `name` is opened over: the leaf of `dev`, or with a
+    /// `window` a read-only `raw` node with that offset and size over it (see
+    /// [`Resolver::window`]).
+    async fn file_for(&mut self, name: &str, dev: &'d dyn BlockDevice, window: Option<(u64, u64)>, created: &mut Created<N>) -> Result<NodeId> {
+        let leaf = self.leaf_for(name, dev, created)?;
+        let Some((offset, size)) = window else { return Ok(leaf) };
+        let mut text: heapless::String<64> = heapless::String::new();
+        core::fmt::write(&mut text, format_args!("offset={offset},size={size},read-only=on")).map_err(|_| Error::BadGraph("window options too long"))?;
+        let opts: Options<'_, 4> = Options::parse(&text, None)?;
+        let id = self.open_node(&opts.root(), Some(leaf), driver::by_name("raw")?, false).await?;
+        created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
+        Ok(id)
+    }
+
     /// The leaf node of `dev` if the graph has one, else a new leaf named `name` (or `#nINDEX`
     /// if that name is taken or too long).
-    fn leaf_for(&mut self, name: &str, dev: &'d dyn BlockDevice, created: &mut Created) -> Result<NodeId> {
+    fn leaf_for(&mut self, name: &str, dev: &'d dyn BlockDevice, created: &mut Created<N>) -> Result<NodeId> {
         let existing = self.nodes().find_map(|(id, n)| match n.kind {
             NodeKind::Leaf(d) if same_device(d, dev) => Some(id),
             _ => None,
@@ -381,7 +477,9 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         } else if !desc.caps.contains(DriverCaps::PROTOCOL) {
             return Err(Error::BadOption { key: "file", why: "missing" });
         }
+        let threshold = write_threshold(view)?;
         let state = FormatState::open(desc, &self.io(), file, view, read_only).await?;
+        let limits = state.limits(limits);
         let name = match view.get("node-name") {
             Some(v) => super::node_name(v.as_str().ok_or(Error::BadOption { key: "node-name", why: "names contain no commas" })?)?,
             None => self.auto_name()?,
@@ -397,7 +495,9 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             limits,
             pass: state.pass(),
             flush: Default::default(),
+            threshold: Default::default(),
         };
+        node.threshold.set(threshold);
         self.insert(node, Some(state))
     }
 
@@ -410,9 +510,25 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     }
 }
 
+/// The `write-threshold=` option of a node (0, off, when absent).
+fn write_threshold(view: &OptionsView<'_, '_>) -> Result<u64> {
+    view.get("write-threshold").map_or(Ok(0), |v| v.parse_size().map_err(Error::bad_value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::check_name;
+    use crate::graph::Graph;
+
+    /// What one more node slot costs: the node, its driver state, its generation and the walk's
+    /// skip memory. An image of a chain takes two (three with a data file).
+    #[test]
+    fn bytes_per_node_slot() {
+        let per_slot = (core::mem::size_of::<Graph<'static, 128, 64>>() - core::mem::size_of::<Graph<'static, 64, 64>>()) / 64;
+        std::println!("graph: {per_slot} bytes per node slot, {} per chain image", 2 * per_slot);
+        assert_eq!(Graph::<'static, 64, 64>::DEFAULT_BACKING_CHAIN, 31);
+        assert_eq!(Graph::<'static, 1, 64>::DEFAULT_BACKING_CHAIN, 0);
+    }
 
     #[test]
     fn names() {

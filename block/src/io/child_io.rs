@@ -11,6 +11,7 @@ use crate::io::Io;
 use crate::node::{NodeId, NodeKind, Pass, MAX_DEPTH};
 use crate::io::leaf::{self, Buf};
 use crate::io::RangeOp;
+use crate::io::debug::IoType;
 
 /// The leaf and offset where `len` bytes at `offset` of `node` live; the range must lie inside
 /// every node on the way down.
@@ -43,6 +44,9 @@ pub(crate) async fn read(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &mut [
     if buf.is_empty() {
         return Ok(());
     }
+    if io.has_debug() {
+        io.debug_check_path(node, IoType::Read, offset, buf.len() as u64).await?;
+    }
     let (leaf, at) = to_leaf(io, node, offset, buf.len() as u64)?;
     leaf::rw(io, leaf, at, Buf::Read(buf)).await
 }
@@ -65,6 +69,9 @@ pub(crate) async fn write(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &[u8]
     if buf.is_empty() {
         return Ok(());
     }
+    if io.has_debug() {
+        io.debug_check_path(node, IoType::Write, offset, buf.len() as u64).await?;
+    }
     let (leaf, at) = to_leaf(io, node, offset, buf.len() as u64)?;
     leaf::rw(io, leaf, at, Buf::Write(buf)).await
 }
@@ -76,6 +83,9 @@ pub(crate) async fn write_vectored(io: &Io<'_, '_>, node: NodeId, offset: u64, p
     if len == 0 {
         return Ok(());
     }
+    if io.has_debug() {
+        io.debug_check_path(node, IoType::Write, offset, len).await?;
+    }
     let (leaf, at) = to_leaf(io, node, offset, len)?;
     leaf::write_vectored(io, leaf, at, parts).await
 }
@@ -84,6 +94,35 @@ pub(crate) async fn write_vectored(io: &Io<'_, '_>, node: NodeId, offset: u64, p
 /// allocated at its end). Only a leaf grows: a window of fixed size over it cannot, and a
 /// device of fixed size (a virtio disk) reports [`Error::NoSpace`]-like device errors.
 pub(crate) fn grow(io: &Io<'_, '_>, node: NodeId, min_size: u64) -> Result<u64> {
+    let here = io.node(node)?;
+    if min_size <= here.size() {
+        return Ok(here.size());
+    }
+    if here.driver == crate::io::debug::DRIVER_NAME {
+        // A blkdebug node is its image, byte for byte: the image grows under it, and every
+        // blkdebug node on the way down with it.
+        let mut bottom = node;
+        for _ in 0..MAX_DEPTH {
+            let n = io.node(bottom)?;
+            if n.driver != crate::io::debug::DRIVER_NAME {
+                break;
+            }
+            bottom = n.child(crate::node::Role::File).ok_or(Error::BadGraph("blkdebug node without its image"))?;
+        }
+        let new = grow_node(io, bottom, min_size)?;
+        let mut cur = node;
+        while cur != bottom {
+            let n = io.node(cur)?;
+            n.size.set(new);
+            cur = n.child(crate::node::Role::File).ok_or(Error::BadGraph("blkdebug node without its image"))?;
+        }
+        return Ok(new);
+    }
+    grow_node(io, node, min_size)
+}
+
+/// [`grow`] for a node that is not a blkdebug node: only a leaf grows.
+fn grow_node(io: &Io<'_, '_>, node: NodeId, min_size: u64) -> Result<u64> {
     let here = io.node(node)?;
     if min_size <= here.size() {
         return Ok(here.size());
@@ -99,6 +138,9 @@ pub(crate) fn grow(io: &Io<'_, '_>, node: NodeId, min_size: u64) -> Result<u64> 
 
 /// Passes a discard of `len` bytes at `offset` of `node` down to its leaf (advisory).
 pub(crate) async fn discard(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<()> {
+    if io.has_debug() {
+        io.debug_check_path(node, IoType::Discard, offset, len).await?;
+    }
     let (leaf, at) = to_leaf(io, node, offset, len)?;
     crate::io::zero::leaf_range_op(io, leaf, at, len, RangeOp::Discard).await
 }
@@ -106,6 +148,9 @@ pub(crate) async fn discard(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64
 /// Makes `len` bytes at `offset` of `node` read as zeros, offloaded to the leaf where it can
 /// (virtio-blk's and host files' write-zeroes), else written from a zero buffer.
 pub(crate) async fn write_zeroes(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<()> {
+    if io.has_debug() {
+        io.debug_check_path(node, IoType::WriteZeroes, offset, len).await?;
+    }
     let (leaf, at) = to_leaf(io, node, offset, len)?;
     crate::io::zero::leaf_range_op(io, leaf, at, len, RangeOp::WriteZeroes { unmap: false }).await
 }

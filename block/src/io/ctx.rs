@@ -31,6 +31,8 @@ pub struct Io<'g, 'd> {
     /// The metadata slice cache and decoders.
     pub(crate) meta: &'g MetaCache<'d>,
     pub(crate) events: Option<&'d dyn EventHook>,
+    /// The rule tables of the graph's `blkdebug` nodes.
+    pub(crate) debug: &'g crate::io::debug::DebugPool,
     pub(crate) plugged: &'g Cell<u32>,
     /// The platform's clock, if it gave one.
     pub(crate) clock: Option<&'d dyn Clock>,
@@ -83,17 +85,21 @@ impl<'g, 'd> Io<'g, 'd> {
         self.throttle_groups.get(index).and_then(Option::as_ref).ok_or(Error::BadGraph("throttle group gone"))
     }
 
-    /// True if a fault-injection hook is installed.
+    /// True if a fault-injection hook is installed or the graph has a `blkdebug` node.
     pub(crate) fn has_event_hook(&self) -> bool {
-        self.events.is_some()
+        self.events.is_some() || self.has_debug()
     }
 
-    /// Reports `event` at node `node` to the hook, if any.
-    pub(crate) fn event(&self, node: NodeId, event: Event) -> Result<()> {
-        match self.events {
-            Some(hook) => hook.event(node, event),
-            None => Ok(()),
+    /// Reports `event` at format node `node` to the hook, if any, and to the `blkdebug` node
+    /// that is its file child, if it has one (which may hold the caller at a breakpoint).
+    pub(crate) async fn event(&self, node: NodeId, event: Event) -> Result<()> {
+        if let Some(hook) = self.events {
+            hook.event(node, event)?;
         }
+        if self.has_debug() {
+            self.debug_event(node, event).await?;
+        }
+        Ok(())
     }
 
     /// True while a submission batch is open ([`crate::Graph::plug`]).

@@ -82,6 +82,48 @@ impl Event {
     }
 }
 
+impl Event {
+    /// Every event, in declaration order.
+    pub const ALL: [Event; 21] = [
+        Event::L1Update,
+        Event::L1GrowAllocTable,
+        Event::L1GrowWriteTable,
+        Event::L1GrowActivateTable,
+        Event::L2AllocWrite,
+        Event::L2AllocCowRead,
+        Event::L2Update,
+        Event::WriteAio,
+        Event::CowRead,
+        Event::CowWrite,
+        Event::ReftableGrow,
+        Event::RefblockUpdate,
+        Event::RefblockAllocWrite,
+        Event::RefblockAllocHookup,
+        Event::RefblockAllocWriteBlocks,
+        Event::RefblockAllocWriteTable,
+        Event::RefblockAllocSwitchTable,
+        Event::ClusterAlloc,
+        Event::ClusterFree,
+        Event::FlushToOs,
+        Event::FlushToDisk,
+    ];
+
+    /// The event QEMU calls `name`, if Strata raises it.
+    pub fn by_name(name: &str) -> Option<Event> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+/// QEMU's other blkdebug event names: accepted in rules and breakpoints (as QEMU accepts
+/// them), never raised by Strata's drivers.
+pub const QEMU_ONLY: &[&str] = &[
+    "l2_load", "l2_update_compressed", "read_aio", "read_backing_aio", "read_compressed", "write_compressed",
+    "vmstate_load", "vmstate_save", "reftable_load", "reftable_update", "refblock_load", "refblock_update_part",
+    "refblock_alloc", "cluster_alloc_bytes", "pwritev_rmw_head", "pwritev_rmw_after_head", "pwritev_rmw_tail",
+    "pwritev_rmw_after_tail", "pwritev", "pwritev_zero", "pwritev_done", "empty_image_prepare",
+    "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write", "cluster_alloc_space", "none",
+];
+
 /// What a fault-injection filter implements: called at every event of every format node; an
 /// error fails the operation there (the driver then behaves as if the I/O had failed).
 pub trait EventHook {

@@ -23,6 +23,12 @@ pub(crate) async fn flush_leaves(io: &Io<'_, '_>, root: NodeId) -> Result<()> {
 
 /// Flushes the leaves among `nodes`.
 pub(crate) async fn flush_leaves_in(io: &Io<'_, '_>, nodes: &[NodeId]) -> Result<()> {
+    if io.has_debug() {
+        // A flush passes the blkdebug nodes among them (QEMU's `blkdebug_co_flush`).
+        for &id in nodes {
+            io.debug_check(id, crate::io::debug::IoType::Flush, 0, 0).await?;
+        }
+    }
     for &id in nodes {
         if let NodeKind::Leaf(_) = io.node(id)?.kind {
             flush_leaf(io, id).await?;

@@ -9,6 +9,7 @@ pub mod bounce;
 pub mod cache;
 pub mod child_io;
 mod ctx;
+pub mod debug;
 mod device;
 pub mod events;
 pub mod flush;

@@ -149,9 +149,9 @@ async fn execute(s: &Stack<'_, '_>, node: NodeId, a: &Allocation, data: &[u8]) -
     let align = s.node(child)?.limits.request_alignment as usize;
     let parts = assemble(head, data, tail, start, align);
     if cow {
-        s.event(node, Event::CowWrite)?;
+        s.event(node, Event::CowWrite).await?;
     }
-    s.event(node, Event::WriteAio)?;
+    s.event(node, Event::WriteAio).await?;
     child_io::write_vectored(s, child, start, parts.as_slice()).await
 }
 
@@ -229,7 +229,7 @@ async fn fill_kind(s: &Stack<'_, '_>, node: NodeId, a: &Allocation, c: Option<Co
 
 /// Fills `buf` with what the node reads at span `c`'s guest range.
 async fn load(s: &Stack<'_, '_>, node: NodeId, c: &Cow, buf: &mut [u8]) -> Result<()> {
-    s.event(node, Event::CowRead)?;
+    s.event(node, Event::CowRead).await?;
     walk::read(s, node, c.guest, buf).await
 }
 
@@ -237,7 +237,7 @@ async fn load(s: &Stack<'_, '_>, node: NodeId, c: &Cow, buf: &mut [u8]) -> Resul
 /// a zero copy-on-write), anything else copied through one bounce buffer in pieces.
 async fn copy_alone(s: &Stack<'_, '_>, node: NodeId, child: NodeId, c: &Cow, zeros: bool) -> Result<()> {
     if zeros {
-        s.event(node, Event::CowWrite)?;
+        s.event(node, Event::CowWrite).await?;
         return child_io::write_zeroes(s, child, c.host, c.len).await;
     }
     let mut bounce = s.bounce.take_for_copy(1).await?;
@@ -247,7 +247,7 @@ async fn copy_alone(s: &Stack<'_, '_>, node: NodeId, child: NodeId, c: &Cow, zer
         let n = ((c.len - at) as usize).min(buf.len());
         let piece = Cow { guest: c.guest + at, host: c.host + at, len: n as u64, zeros: false };
         load(s, node, &piece, &mut buf[..n]).await?;
-        s.event(node, Event::CowWrite)?;
+        s.event(node, Event::CowWrite).await?;
         child_io::write(s, child, piece.host, &buf[..n]).await?;
         at += n as u64;
     }

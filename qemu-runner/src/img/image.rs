@@ -68,6 +68,8 @@ pub struct Image<'g, 'd> {
     pub files: Vec<&'d HostFile>,
     /// Their canonical paths, in the same order.
     pub paths: Vec<std::path::PathBuf>,
+    /// `--object` definitions (`throttle-group,id=G,limits.…`), made before the image opens.
+    pub objects: Vec<String>,
 }
 
 impl Image<'_, '_> {
@@ -153,6 +155,10 @@ pub fn with_image<R>(
         Ok(root) => root,
         Err(e) => {
             let detail = match (&e, resolver.last_error.take()) {
+    for object in &opts.objects {
+        let group = strata_block::io::throttle::parse_object(object).map_err(|e| ImgError::failed(format!("--object {object}: {e}")))?;
+        graph.add_throttle_group(group).map_err(|e| ImgError::failed(format!("--object {object}: {e}")))?;
+    }
                 (Error::NotFound | Error::BadName { .. }, Some(text)) => text,
                 (_, Some(text)) => format!("{e} ({text})"),
                 (_, None) => e.to_string(),

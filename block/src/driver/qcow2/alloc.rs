@@ -146,7 +146,7 @@ impl Qcow2 {
         };
         let (slice, i) = self.refcount_slot(block, cluster);
         let order = u32::from(self.refcount_order);
-        self.event_at(io, file, Event::RefblockUpdate)?;
+        self.event_at(io, file, Event::RefblockUpdate).await?;
         let changed = io
             .meta
             .with_slice_mut(io, file, slice, self.slice_len(), Class::Refcount, |s| {
@@ -172,7 +172,7 @@ impl Qcow2 {
         child_io::grow(io, file, host + cs)?;
         let fresh = host >= self.w.fresh_from.get();
         let slice_len = self.slice_len();
-        self.event_at(io, file, Event::RefblockAllocWrite)?;
+        self.event_at(io, file, Event::RefblockAllocWrite).await?;
         let (self_slice, self_index) = self.refcount_slot(host, c);
         // A bounce buffer, not an array: a local array would live in every request's future.
         let mut bounce = io.bounce.take_for_copy(1).await?;
@@ -196,7 +196,7 @@ impl Qcow2 {
             self.w.fresh_from.set(host + cs);
         }
         flush::flush_leaves(io, file).await?;
-        self.event_at(io, file, Event::RefblockAllocHookup)?;
+        self.event_at(io, file, Event::RefblockAllocHookup).await?;
         let rt = self.meta.get().refcount_table;
         let entry_at = rt.start + c / self.per_block() * 8;
         self.check_meta_write(io, file, entry_at, Class::Refcount).await?;
@@ -204,12 +204,12 @@ impl Qcow2 {
     }
 
     /// Reports `event` for the qcow2 node whose file is `file`.
-    pub(crate) fn event_at(&self, io: &Io<'_, '_>, file: NodeId, event: Event) -> Result<()> {
+    pub(crate) async fn event_at(&self, io: &Io<'_, '_>, file: NodeId, event: Event) -> Result<()> {
         if !io.has_event_hook() {
             return Ok(());
         }
         match io.parents(file).find(|(_, c)| c.role == crate::node::Role::File) {
-            Some((node, _)) => io.event(node, event),
+            Some((node, _)) => io.event(node, event).await,
             None => Ok(()),
         }
     }

@@ -52,13 +52,13 @@ impl Qcow2 {
             return Err(Error::Unsupported("an L1 table above 32 MiB (virtual size too large for this cluster size)"));
         }
         let clusters = bytes.div_ceil(cs);
-        io.event(node, Event::L1GrowAllocTable)?;
+        io.event(node, Event::L1GrowAllocTable).await?;
         let fresh = self.w.fresh_from.get();
         let (new, _) = self.alloc_clusters(io, node, file, clusters, true).await?;
         // Dirty L1 slices (and the refcounts of the new table) reach the disk first.
         io.meta.write_back(io, file).await?;
         let old = self.l1.get();
-        io.event(node, Event::L1GrowWriteTable)?;
+        io.event(node, Event::L1GrowWriteTable).await?;
         if new < fresh {
             for c in 0..clusters {
                 self.zero_cluster(io, file, new + c * cs).await?;
@@ -69,7 +69,7 @@ impl Qcow2 {
         let mut hdr = [0u8; 12];
         hdr[..4].copy_from_slice(&(entries as u32).to_be_bytes());
         hdr[4..].copy_from_slice(&new.to_be_bytes());
-        io.event(node, Event::L1GrowActivateTable)?;
+        io.event(node, Event::L1GrowActivateTable).await?;
         child_io::write(io, file, field::L1_SIZE, &hdr).await?;
         flush::flush_leaves(io, file).await?;
         let region = Region::new(new, bytes);
@@ -92,7 +92,7 @@ impl Qcow2 {
     pub(crate) async fn grow_refcount_table(&self, io: &Io<'_, '_>, node: NodeId, file: NodeId) -> Result<()> {
         let cs = self.cluster_size();
         let per_block = self.per_block();
-        io.event(node, Event::ReftableGrow)?;
+        io.event(node, Event::ReftableGrow).await?;
         let old = self.meta.get().refcount_table;
         let old_entries = old.len / 8;
         let area = old_entries * per_block;
@@ -126,7 +126,7 @@ impl Qcow2 {
         let slice_len = self.slice_len() as u64;
         let mut bounce = io.bounce.take_for_copy(1).await?;
         let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
-        io.event(node, Event::RefblockAllocWriteBlocks)?;
+        io.event(node, Event::RefblockAllocWriteBlocks).await?;
         for b in 0..blocks {
             let block_at = (area + b) * cs;
             let first = (old_entries + b) * per_block;
@@ -148,7 +148,7 @@ impl Qcow2 {
         drop(bounce);
         // The table: the old entries, then the new blocks.
         let table_at = (area + blocks) * cs;
-        io.event(node, Event::RefblockAllocWriteTable)?;
+        io.event(node, Event::RefblockAllocWriteTable).await?;
         for c in 0..table {
             self.zero_cluster(io, file, table_at + c * cs).await?;
         }
@@ -160,7 +160,7 @@ impl Qcow2 {
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&table_at.to_be_bytes());
         hdr[8..].copy_from_slice(&(table as u32).to_be_bytes());
-        io.event(node, Event::RefblockAllocSwitchTable)?;
+        io.event(node, Event::RefblockAllocSwitchTable).await?;
         child_io::write(io, file, field::REFCOUNT_TABLE, &hdr).await?;
         flush::flush_leaves(io, file).await?;
         let mut meta = self.meta.get();

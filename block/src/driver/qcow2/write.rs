@@ -145,7 +145,7 @@ impl Qcow2 {
         let (host, fresh) = match needs[0] {
             Need::Owned { host, .. } => (host, false),
             Need::Fresh(_) => {
-                io.event(node, Event::ClusterAlloc)?;
+                io.event(node, Event::ClusterAlloc).await?;
                 let _lock = self.alloc_lock().await;
                 let fresh = self.w.fresh_from.get();
                 let (host, got) = self.alloc_clusters(io, node, file, count as u64, false).await?;
@@ -194,7 +194,7 @@ impl Qcow2 {
         let file = Self::file(io, node)?;
         let cs = self.cluster_size();
         let esize = self.l2_entry_size();
-        io.event(node, Event::L2Update)?;
+        io.event(node, Event::L2Update).await?;
         self.check_meta_write(io, file, p.entry_at, Class::Table).await?;
         let ext = self.extended_l2;
         let mut frees: heapless::Vec<PendingFree, MAX_GROUP> = heapless::Vec::new();
@@ -303,15 +303,15 @@ impl Qcow2 {
         let fresh = self.w.fresh_from.get();
         let (table, _) = self.alloc_clusters(io, node, file, 1, true).await?;
         if old.is_some() {
-            io.event(node, Event::L2AllocCowRead)?;
+            io.event(node, Event::L2AllocCowRead).await?;
         }
-        io.event(node, Event::L2AllocWrite)?;
+        io.event(node, Event::L2AllocWrite).await?;
         match old {
             Some(shared) => self.copy_bytes(io, file, shared.0, table, cs).await?,
             None if table < fresh => self.zero_cluster(io, file, table).await?,
             None => {}
         }
-        io.event(node, Event::L1Update)?;
+        io.event(node, Event::L1Update).await?;
         self.check_meta_write(io, file, l1_at, Class::Table).await?;
         // Before the entry exists: a lookup from now on reads the table.
         if self.l1_empty.replace(false) {

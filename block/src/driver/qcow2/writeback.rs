@@ -30,12 +30,12 @@ impl Qcow2 {
         // Frees whose table changes are in the cache now: the write-back below covers them.
         let frees = core::mem::take(&mut *self.w.pending.borrow_mut());
         let stable = async {
-            io.event(node, Event::FlushToOs)?;
+            io.event(node, Event::FlushToOs).await?;
             // Ordered also with lazy refcounts: the flush before the table slices is what makes
             // guest and copy-on-write data stable before an L2 entry points at it (rule 2; QEMU's
             // `perform_cow` makes the L2 cache depend on a flush whatever the refcount mode).
             io.meta.write_back(io, file).await?;
-            io.event(node, Event::FlushToDisk)?;
+            io.event(node, Event::FlushToDisk).await?;
             flush::flush_leaves(io, file).await
         }
         .await;
@@ -65,7 +65,7 @@ impl Qcow2 {
             let first = f.host >> self.cluster_bits;
             let last = (f.host + f.len.max(1) - 1) >> self.cluster_bits;
             for c in first..=last {
-                self.event_at(io, file, Event::ClusterFree)?;
+                self.event_at(io, file, Event::ClusterFree).await?;
                 // Refcount 1: this free takes the last reference. Nothing can add one meanwhile
                 // (only free clusters are allocated), so the cluster is still ours until the
                 // drop below.

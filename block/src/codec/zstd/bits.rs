@@ -181,7 +181,7 @@ mod tests {
         let mut r = BackwardBits::new(&[0b0000_0011, 0x01]).unwrap();
         assert_eq!(r.read(4), 0);
         assert!(!r.finished());
-        assert_eq!(r.read(6), 0b0011_00);
+        assert_eq!(r.read(6), 0b00_1100);
         assert!(r.overflowed());
         let mut r = BackwardBits::new(&[0b1100_0000, 0x01]).unwrap();
         // 8 bits left (byte 0); read 10: the 8 bits then two zeros.

@@ -338,6 +338,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unusual_byte_groupings)] // reason: the groups are the fields
     fn counts_round_trip_through_a_description() {
         // Accuracy log 5 (low nibble 0), then counts for a 2-symbol table 16/16:
         // hand-encoded: remaining 33, threshold 32, nbits 6; value 17 (count 16).

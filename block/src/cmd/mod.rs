@@ -14,6 +14,7 @@
 //!
 //! Nothing here allocates; every buffer comes from the caller.
 
+pub mod errno;
 mod parse;
 mod report;
 mod run;

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use strata_block::cmd::{self, Status};
 
+use super::aio;
 use super::args::Args;
 use super::image::{self, block_on, AlignedBuf, Image, OpenOptions};
 use super::ImgError;
@@ -94,10 +95,17 @@ fn open_and_run(commands: &[String], argv: &[String], out: &mut Output) -> Resul
     image::with_image(spec, &opts, |img| {
         let mut buf = AlignedBuf::new(BUFFER);
         let mut failed = false;
+        let mut session = aio::Session::new(&img.backend);
         for line in commands {
+            if let Some(ok) = session.try_run(line, &mut out.stdout) {
+                failed |= !ok;
+                continue;
+            }
             match cmd::parse(line) {
                 Ok(c) => {
-                    let status = block_on(cmd::run(&img.backend, &c, buf.as_mut_slice(), &mut out.stdout, image::now_ns));
+                    let mut report = String::new();
+                    let status = session.block_on(cmd::run(&img.backend, &c, buf.as_mut_slice(), &mut report, image::now_ns), &mut out.stdout);
+                    out.stdout.push_str(&report);
                     failed |= status == Status::Failed;
                 }
                 Err(e) => {
@@ -110,6 +118,8 @@ fn open_and_run(commands: &[String], argv: &[String], out: &mut Output) -> Resul
                 }
             }
         }
+        failed |= !session.finish(&mut out.stdout);
+        drop(session);
         if let Err(e) = close(img, opts.read_only) {
             let _ = writeln!(out.stderr, "qemu-runner img io: {e}");
             failed = true;

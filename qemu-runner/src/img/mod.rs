@@ -5,6 +5,7 @@
 //! Exit statuses follow qemu-img: 0 success, 1 failure (for `compare`: the images differ),
 //! 2 usage error (for `compare`: any error).
 
+mod aio;
 mod args;
 mod bench;
 pub mod check;

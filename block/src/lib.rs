@@ -6,7 +6,7 @@
 //! rules and the resources.
 //!
 //! Layers, bottom to top (a module imports only from its own layer or below; the
-//! `architecture` test enforces it): `options`, `clock`, `dev` → `error` → `node` → `io` (the
+//! `architecture` test enforces it): `options`, `clock`, `dev`, `codec` → `error` → `node` → `io` (the
 //! lower half: what drivers may use) → `driver` → `path` (the walk and the write executor) →
 //! `graph` (owns nodes, states and pools; opens chains) → `backend` → `cmd`.
 

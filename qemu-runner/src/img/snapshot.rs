@@ -2,7 +2,7 @@
 //! default), create (`-c`), apply (`-a`), delete (`-d`) — with qemu-img's table, messages and
 //! exit statuses. The work is the block layer's (`Qcow2::snapshot_create` and friends).
 
-use strata_block::driver::qcow2::snapshots::{Lookup, NewSnapshot, SnapshotInfo};
+use strata_block::driver::qcow2::snapshots::{Lookup, NewSnapshot, SnapshotInfo, MAX_NAME};
 use strata_block::driver::qcow2::Qcow2;
 use strata_block::node::Role;
 
@@ -73,46 +73,64 @@ pub fn run_to(argv: &[String], out: &mut dyn std::io::Write) -> Result<(), ImgEr
             }
             Ok(())
         }
-        Action::Create(name) => with_qcow2(img, |q, io, node| {
-            let (date_sec, date_nsec) = now();
-            let new = NewSnapshot {
-                id: None,
-                name,
-                date_sec,
-                date_nsec,
-                vm_clock_nsec: 0,
-                icount: 0,
-            };
-            block_on(q.snapshot_create(io, node, &new))
-                .map(|_| ())
-                .map_err(|e| {
-                    ImgError::failed(format!(
-                        "Could not create snapshot '{name}': {}",
-                        reason(&e)
-                    ))
-                })
-        }),
-        Action::Apply(name) => with_qcow2(img, |q, io, node| {
-            block_on(q.snapshot_apply(io, node, name)).map(|_| ()).map_err(|e| match e {
+        Action::Create(name) => with_qcow2(
+            img,
+            format!("Could not create snapshot '{name}': Operation not supported"),
+            |q, io, node| {
+                // qemu-img keeps 255 bytes of a name (`QEMUSnapshotInfo::name`).
+                let cut = (0..=name.len().min(MAX_NAME))
+                    .rev()
+                    .find(|&i| name.is_char_boundary(i))
+                    .unwrap_or(0);
+                let kept = &name[..cut];
+                let (date_sec, date_nsec) = now();
+                let new = NewSnapshot {
+                    id: None,
+                    name: kept,
+                    date_sec,
+                    date_nsec,
+                    vm_clock_nsec: 0,
+                    icount: 0,
+                };
+                block_on(q.snapshot_create(io, node, &new))
+                    .map(|_| ())
+                    .map_err(|e| {
+                        ImgError::failed(format!(
+                            "Could not create snapshot '{name}': {}",
+                            reason(&e)
+                        ))
+                    })
+            },
+        ),
+        Action::Apply(name) => with_qcow2(
+            img,
+            format!("Could not apply snapshot '{name}': Block driver does not support snapshots"),
+            |q, io, node| {
+                block_on(q.snapshot_apply(io, node, name)).map(|_| ()).map_err(|e| match e {
                 strata_block::Error::NotFound => {
                     ImgError::failed(format!("Could not apply snapshot '{name}': Failed to load snapshot: No such file or directory"))
                 }
                 e => ImgError::failed(format!("Could not apply snapshot '{name}': {}", reason(&e))),
             })
-        }),
-        Action::Delete(name) => with_qcow2(img, |q, io, node| {
-            block_on(q.snapshot_delete(io, node, name, Lookup::Name))
-                .map(|_| ())
-                .map_err(|e| match e {
-                    strata_block::Error::NotFound => ImgError::failed(format!(
-                        "Could not delete snapshot '{name}': snapshot not found"
-                    )),
-                    e => ImgError::failed(format!(
-                        "Could not delete snapshot '{name}': {}",
-                        reason(&e)
-                    )),
-                })
-        }),
+            },
+        ),
+        Action::Delete(name) => with_qcow2(
+            img,
+            format!("Could not delete snapshot '{name}': snapshot not found"),
+            |q, io, node| {
+                block_on(q.snapshot_delete(io, node, name, Lookup::Name))
+                    .map(|_| ())
+                    .map_err(|e| match e {
+                        strata_block::Error::NotFound => ImgError::failed(format!(
+                            "Could not delete snapshot '{name}': snapshot not found"
+                        )),
+                        e => ImgError::failed(format!(
+                            "Could not delete snapshot '{name}': {}",
+                            reason(&e)
+                        )),
+                    })
+            },
+        ),
     })
 }
 
@@ -125,10 +143,11 @@ fn reason(e: &strata_block::Error) -> String {
     }
 }
 
-/// Runs `f` on the image's qcow2 root, drained; formats without internal snapshots fail as
-/// qemu-img's do.
+/// Runs `f` on the image's qcow2 root, drained; formats without internal snapshots fail with
+/// `unsupported` (qemu-img's message for the action).
 fn with_qcow2(
     img: &Image<'_, '_>,
+    unsupported: String,
     f: impl FnOnce(&Qcow2, &strata_block::io::Io<'_, '_>, strata_block::NodeId) -> Result<(), ImgError>,
 ) -> Result<(), ImgError> {
     let graph = img.backend.graph();
@@ -137,9 +156,7 @@ fn with_qcow2(
         .state(root)
         .map_err(|e| ImgError::failed(e.to_string()))?;
     let Some(q) = state.and_then(|s| s.qcow2()) else {
-        return Err(ImgError::failed(
-            "snapshots are not supported by this image format (Operation not supported)".into(),
-        ));
+        return Err(ImgError::failed(unsupported));
     };
     let _drained = block_on(img.backend.drain());
     f(q, &graph.io(), root)

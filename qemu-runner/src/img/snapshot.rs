@@ -136,9 +136,18 @@ pub fn run_to(argv: &[String], out: &mut dyn std::io::Write) -> Result<(), ImgEr
 
 /// qemu-img's wording where QEMU says the same thing (`strerror`), else Strata's error.
 fn reason(e: &strata_block::Error) -> String {
+    use strata_block::Error;
     match e {
-        strata_block::Error::Unsupported(_) => format!("Operation not supported ({e})"),
-        strata_block::Error::ReadOnly => "Permission denied".into(),
+        // A second reference that the refcount width cannot hold (QEMU: -EINVAL).
+        Error::Unsupported(w) if w.starts_with("refcount overflow") => {
+            format!("Invalid argument ({e})")
+        }
+        Error::Unsupported(_) => format!("Operation not supported ({e})"),
+        // QEMU's -EFBIG for a full snapshot table.
+        Error::NoSpace { what } if what.starts_with("snapshot table") => {
+            format!("File too large ({e})")
+        }
+        Error::ReadOnly => "Permission denied".into(),
         _ => e.to_string(),
     }
 }

@@ -410,13 +410,19 @@ fn rules_header_fields() {
         let c = edited(&f, &format!("{name}.qcow2"), &edits);
         assert_refused_as(&c, Some("qcow2"), what);
     }
-    // Bits that only a read-write open refuses (the image reads).
-    for (name, bits, what) in [("dirty", 1u64, "image is dirty"), ("corrupt", 2, "image is marked corrupt")] {
+    // A bit that only a read-write open refuses (the image reads).
+    for (name, bits, what) in [("corrupt", 2u64, "image is marked corrupt")] {
         let c = edited(&f, &format!("{name}.qcow2"), &[(72, u64b(bits))]);
         assert_eq!(read_all(&c, qemu_runner::img::image::OpenOptions { read_only: true, ..Default::default() }), Ok(()), "{name}");
         let got = write_at(&c, 0);
         assert!(got.as_ref().is_err_and(|e| e.contains(what)), "{name}: {got:?}");
     }
+    // The dirty bit: a read-write open repairs the refcounts first and clears it (as QEMU).
+    let c = edited(&f, "dirty.qcow2", &[(72, u64b(1))]);
+    assert_eq!(read_all(&c, qemu_runner::img::image::OpenOptions { read_only: true, ..Default::default() }), Ok(()), "dirty");
+    assert_eq!(write_at(&c, 0), Ok(()));
+    assert_eq!(be64(&c, 72) & 1, 0, "dirty bit cleared");
+    assert!(qimg_ok(&["check", c.to_str().unwrap()]));
     // A version 2 header ends at byte 72: what follows is the extension area, never feature
     // bits (an extended-L2 or compression bit there is an end marker's length).
     let v2 = dir.join("v2.qcow2");

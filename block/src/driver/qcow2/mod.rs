@@ -114,8 +114,9 @@ pub struct Qcow2 {
 impl Qcow2 {
     /// Opens the image in `file`: header, extensions and tables checked, the snapshot given by
     /// `snapshot.name` or `snapshot.id` selected (read-only).
-    /// Read-write opens (`read_only` false) refuse dirty, corrupt and external-data-file images
-    /// and snapshots, and clear unknown autoclear bits before anything else is written.
+    /// Read-write opens (`read_only` false) repair a dirty image first (as QEMU), refuse corrupt
+    /// and external-data-file images and snapshots, and clear unknown autoclear bits before
+    /// anything else is written.
     pub(crate) async fn open_image(
         io: &Io<'_, '_>,
         file: NodeId,
@@ -127,7 +128,7 @@ impl Qcow2 {
         }
         let mut bytes = [0u8; KNOWN_HEADER_LEN];
         let present = child_io::read_upto(io, file, 0, &mut bytes).await?;
-        let header = Header::parse(&bytes, present)?;
+        let mut header = Header::parse(&bytes, present)?;
         let file_size = child_io::size(io, file)?;
         let cs = header.cluster_size();
         if u64::from(header.l1_size) < header.l1_entries_for(header.size) {
@@ -150,6 +151,13 @@ impl Qcow2 {
         let snaps = snapshots::check(io, file, &header).await?;
         let meta = Metadata { header: Region::new(0, cs), l1, refcount_table, snapshots: snaps };
         validation::disjoint(&meta)?;
+        // A dirty image is repaired before a read-write open uses it (QEMU's `qcow2_do_open`); a
+        // corrupt one is refused below.
+        let dirty_only = header.incompatible & (header::incompat::DIRTY | header::incompat::CORRUPT) == header::incompat::DIRTY;
+        if !read_only && dirty_only && !data_file {
+            check::repair_dirty(io, file).await?;
+            header.incompatible &= !header::incompat::DIRTY;
+        }
         let mut q = Qcow2 {
             cluster_bits: header.cluster_bits as u8,
             extended_l2: header.extended_l2(),

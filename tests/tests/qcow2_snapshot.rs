@@ -543,3 +543,50 @@ fn full_snapshot_table_refused() {
     qemu_runner::img::snapshot::run_to(&argv, &mut list).unwrap();
     assert_eq!(String::from_utf8(list).unwrap().lines().count(), 65536 + 2);
 }
+
+/// The block layer's refusals: a read-only node, a node with a snapshot open; the image is not
+/// touched.
+#[test]
+fn refusals_in_the_block_layer() {
+    use qemu_runner::img::block::driver::qcow2::snapshots::{Lookup, NewSnapshot};
+    use qemu_runner::img::block::Error;
+    use qemu_runner::img::image::{block_on, with_image, OpenOptions};
+    let dir = scratch("qcow2-snapshot-refusals");
+    let a = image(&dir, "a.qcow2", "", &[], false);
+    ours_ok(&["-c", "s", p(&a)]);
+    let before = std::fs::read(&a).unwrap();
+    let run = |extra: Option<&str>| -> Vec<Error> {
+        let opts = OpenOptions {
+            read_only: true,
+            extra: extra.map(str::to_string),
+            ..OpenOptions::default()
+        };
+        with_image(p(&a), &opts, |img| {
+            let graph = img.backend.graph();
+            let root = img.root();
+            let q = graph.state(root).unwrap().and_then(|s| s.qcow2()).unwrap();
+            let io = graph.io();
+            let new = NewSnapshot {
+                id: None,
+                name: "x",
+                date_sec: 0,
+                date_nsec: 0,
+                vm_clock_nsec: 0,
+                icount: 0,
+            };
+            Ok(vec![
+                block_on(q.snapshot_create(&io, root, &new)).unwrap_err(),
+                block_on(q.snapshot_apply(&io, root, "s")).unwrap_err(),
+                block_on(q.snapshot_delete(&io, root, "s", Lookup::Name)).unwrap_err(),
+            ])
+        })
+        .unwrap()
+    };
+    for e in run(None) {
+        assert!(matches!(e, Error::ReadOnly), "{e:?}");
+    }
+    for e in run(Some("snapshot.name=s")) {
+        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), before);
+}

@@ -46,7 +46,10 @@ fn run_qemu(opts: &str, cmds: &[&str]) -> Run {
         c.args(["-c", cmd]);
     }
     let out = c.output().unwrap();
-    Run { status: out.status.code().unwrap_or(-1), stdout: mask(&String::from_utf8_lossy(&out.stdout)) }
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: mask(&String::from_utf8_lossy(&out.stdout)),
+    }
 }
 
 fn run_strata(opts: &str, cmds: &[&str]) -> Run {
@@ -55,19 +58,34 @@ fn run_strata(opts: &str, cmds: &[&str]) -> Run {
         argv.extend(["-c".to_string(), cmd.to_string()]);
     }
     let out = qemu_runner::img::io::run(&argv);
-    Run { status: out.status, stdout: mask(&out.stdout) }
+    Run {
+        status: out.status,
+        stdout: mask(&out.stdout),
+    }
 }
 
 /// `qemu-img check` exit status (0 clean, 3 leaks only).
 fn check(path: &Path) -> i32 {
-    let out = Command::new(qemu_img()).args(["check", path.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(qemu_img())
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     out.status.code().unwrap_or(-1)
 }
 
 /// Guest contents as raw bytes.
 fn contents(dir: &Path, path: &Path) -> Vec<u8> {
     let raw = dir.join("contents.raw");
-    let st = Command::new(qemu_img()).args(["convert", "-O", "raw", path.to_str().unwrap(), raw.to_str().unwrap()]).status().unwrap();
+    let st = Command::new(qemu_img())
+        .args([
+            "convert",
+            "-O",
+            "raw",
+            path.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
     assert!(st.success());
     std::fs::read(raw).unwrap()
 }
@@ -76,7 +94,10 @@ fn contents(dir: &Path, path: &Path) -> Vec<u8> {
 fn base(dir: &Path) -> PathBuf {
     let p = dir.join("base.qcow2");
     run_qemu_img(&["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "4M"]);
-    let st = Command::new(qemu_io()).args(["-c", "write -P 0x11 0 4k", p.to_str().unwrap()]).output().unwrap();
+    let st = Command::new(qemu_io())
+        .args(["-c", "write -P 0x11 0 4k", p.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(st.status.success());
     p
 }
@@ -98,8 +119,14 @@ fn same(dir: &Path, base: &Path, rules: &str, cmds: &[&str]) -> String {
     assert_eq!(strata.stdout, qemu.stdout, "{what}: stdout");
     assert_eq!(strata.status, qemu.status, "{what}: exit status");
     let (cq, cs) = (check(&q), check(&s));
-    assert!(cq == 0 || cq == 3, "{what}: qemu-io left an inconsistent image ({cq})");
-    assert!(cs == 0 || cs == 3, "{what}: strata left an inconsistent image ({cs})");
+    assert!(
+        cq == 0 || cq == 3,
+        "{what}: qemu-io left an inconsistent image ({cq})"
+    );
+    assert!(
+        cs == 0 || cs == 3,
+        "{what}: strata left an inconsistent image ({cs})"
+    );
     assert_eq!(contents(dir, &s), contents(dir, &q), "{what}: contents");
     qemu.stdout
 }
@@ -112,22 +139,65 @@ fn rules_fail_the_requests_they_name() {
     // An event's rule fails the next request that reaches the node, and the ones after (no
     // `once`); a write that allocates meets cluster_alloc and write_aio.
     for event in ["cluster_alloc", "write_aio"] {
-        let out = same(&dir, &base, &format!("inject-error.0.event={event}"), &["write -P 0x22 64k 64k", "read -P 0x11 0 4k"]);
-        assert!(out.contains("write failed: Input/output error"), "{event}: {out}");
+        let out = same(
+            &dir,
+            &base,
+            &format!("inject-error.0.event={event}"),
+            &["write -P 0x22 64k 64k", "read -P 0x11 0 4k"],
+        );
+        assert!(
+            out.contains("write failed: Input/output error"),
+            "{event}: {out}"
+        );
     }
     // `once`: only the first request fails.
-    let out = same(&dir, &base, "inject-error.0.event=cluster_alloc,inject-error.0.once=on", &["write -P 0x22 64k 64k", "write -P 0x33 128k 64k", "read -P 0x33 128k 64k"]);
-    assert!(out.contains("write failed") && out.contains("wrote 65536/65536 bytes at offset 131072"), "{out}");
+    let out = same(
+        &dir,
+        &base,
+        "inject-error.0.event=cluster_alloc,inject-error.0.once=on",
+        &[
+            "write -P 0x22 64k 64k",
+            "write -P 0x33 128k 64k",
+            "read -P 0x33 128k 64k",
+        ],
+    );
+    assert!(
+        out.contains("write failed") && out.contains("wrote 65536/65536 bytes at offset 131072"),
+        "{out}"
+    );
     // `errno`: the error carries it.
-    let out = same(&dir, &base, "inject-error.0.event=cluster_alloc,inject-error.0.errno=28,inject-error.0.once=on", &["write -P 0x22 64k 64k"]);
-    assert!(out.contains("write failed: No space left on device"), "{out}");
+    let out = same(
+        &dir,
+        &base,
+        "inject-error.0.event=cluster_alloc,inject-error.0.errno=28,inject-error.0.once=on",
+        &["write -P 0x22 64k 64k"],
+    );
+    assert!(
+        out.contains("write failed: No space left on device"),
+        "{out}"
+    );
     // `immediately=on`: the same failure, without a turn of the executor first.
-    same(&dir, &base, "inject-error.0.event=cluster_alloc,inject-error.0.immediately=on,inject-error.0.once=on", &["write -P 0x22 64k 64k", "read -P 0x11 0 4k"]);
+    same(
+        &dir,
+        &base,
+        "inject-error.0.event=cluster_alloc,inject-error.0.immediately=on,inject-error.0.once=on",
+        &["write -P 0x22 64k 64k", "read -P 0x11 0 4k"],
+    );
     // `sector`: only a request covering that sector fails (the data write at 64 KiB of the
     // file does not cover sector 0; reads of the first cluster's host offset do).
-    same(&dir, &base, "inject-error.0.event=write_aio,inject-error.0.sector=0", &["write -P 0x22 64k 64k", "read -P 0x22 64k 64k"]);
+    same(
+        &dir,
+        &base,
+        "inject-error.0.event=write_aio,inject-error.0.sector=0",
+        &["write -P 0x22 64k 64k", "read -P 0x22 64k 64k"],
+    );
     // `iotype=read`: writes pass, the next read of the node fails.
-    let out = same(&dir, &base, "inject-error.0.event=write_aio,inject-error.0.iotype=read", &["write -P 0x22 64k 64k", "read -P 0x22 64k 64k"]);
+    let out = same(
+        &dir,
+        &base,
+        "inject-error.0.event=write_aio,inject-error.0.iotype=read",
+        &["write -P 0x22 64k 64k", "read -P 0x22 64k 64k"],
+    );
     assert!(out.contains("read failed: Input/output error"), "{out}");
     // `state`: the rule is armed only in state 2, which a set-state rule on the first write's
     // cluster_alloc enters; so the second allocating write fails, not the first.
@@ -137,7 +207,10 @@ fn rules_fail_the_requests_they_name() {
         "inject-error.0.event=cluster_alloc,inject-error.0.state=2,inject-error.0.once=on,set-state.0.event=write_aio,set-state.0.state=1,set-state.0.new_state=2",
         &["write -P 0x22 64k 64k", "write -P 0x33 128k 64k", "read -P 0x22 64k 64k"],
     );
-    assert!(out.contains("wrote 65536/65536 bytes at offset 65536") && out.contains("write failed"), "{out}");
+    assert!(
+        out.contains("wrote 65536/65536 bytes at offset 65536") && out.contains("write failed"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -145,10 +218,28 @@ fn limits_options_are_checked_as_qemu_checks_them() {
     ensure_qemu();
     let dir = scratch("blkdebug-limits");
     let base = base(&dir);
-    for rules in ["align=4096,max-transfer=65536", "align=512,opt-discard=4096,max-discard=65536", "opt-write-zero=4096,max-write-zero=8192"] {
-        same(&dir, &base, rules, &["write -P 0x22 1000 70000", "read -P 0x22 1000 70000", "write -z 4096 8192", "discard 0 64k"]);
+    for rules in [
+        "align=4096,max-transfer=65536",
+        "align=512,opt-discard=4096,max-discard=65536",
+        "opt-write-zero=4096,max-write-zero=8192",
+    ] {
+        same(
+            &dir,
+            &base,
+            rules,
+            &[
+                "write -P 0x22 1000 70000",
+                "read -P 0x22 1000 70000",
+                "write -z 4096 8192",
+                "discard 0 64k",
+            ],
+        );
     }
-    for bad in ["align=3000", "align=4096,max-transfer=6000", "max-discard=1000,opt-discard=512,align=1024"] {
+    for bad in [
+        "align=3000",
+        "align=4096,max-transfer=6000",
+        "max-discard=1000,opt-discard=512,align=1024",
+    ] {
         let q = run_qemu(&format!("driver=qcow2,file.driver=blkdebug,file.{},file.image.driver=file,file.image.filename={}", bad.replace(',', ",file."), base.display()), &["read 0 512"]);
         let s = run_strata(&format!("driver=qcow2,file.driver=blkdebug,file.{},file.image.driver=file,file.image.filename={}", bad.replace(',', ",file."), base.display()), &["read 0 512"]);
         assert_eq!((s.status, q.status), (1, 1), "{bad}: both refuse");
@@ -167,9 +258,34 @@ fn a_breakpoint_races_two_allocating_writes() {
         &dir,
         &base,
         "",
-        &["break cluster_alloc A", "aio_write -P 0x01 64k 64k", "wait_break A", "aio_write -P 0x02 96k 4k", "resume A", "aio_flush", "read -P 0x01 64k 32k", "read -P 0x02 96k 4k", "read -P 0x01 100k 28k"],
+        &[
+            "break cluster_alloc A",
+            "aio_write -P 0x01 64k 64k",
+            "wait_break A",
+            "aio_write -P 0x02 96k 4k",
+            "resume A",
+            "aio_flush",
+            "read -P 0x01 64k 32k",
+            "read -P 0x02 96k 4k",
+            "read -P 0x01 100k 28k",
+        ],
     );
-    assert!(out.starts_with("blkdebug: Suspended request 'A'\nblkdebug: Resuming request 'A'"), "{out}");
+    assert!(
+        out.starts_with("blkdebug: Suspended request 'A'\nblkdebug: Resuming request 'A'"),
+        "{out}"
+    );
     // Errors of the breakpoint commands as qemu-io's.
-    same(&dir, &base, "", &["resume B", "remove_break B", "break no_such_event C", "break l2_update D", "remove_break D", "write -P 0x05 64k 4k"]);
+    same(
+        &dir,
+        &base,
+        "",
+        &[
+            "resume B",
+            "remove_break B",
+            "break no_such_event C",
+            "break l2_update D",
+            "remove_break D",
+            "write -P 0x05 64k 4k",
+        ],
+    );
 }

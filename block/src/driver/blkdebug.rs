@@ -23,9 +23,21 @@ use crate::options::{OptionsView, Value};
 pub static BLKDEBUG: DriverDesc = DriverDesc {
     name: debug::DRIVER_NAME,
     id: DriverId::Blkdebug,
-    caps: DriverCaps::FORMAT.union(DriverCaps::WRITE).union(DriverCaps::TRANSLATION_ONLY),
+    caps: DriverCaps::FORMAT
+        .union(DriverCaps::WRITE)
+        .union(DriverCaps::TRANSLATION_ONLY),
     probe: None,
-    options: &["image", "inject-error", "set-state", "align", "max-transfer", "opt-write-zero", "max-write-zero", "opt-discard", "max-discard"],
+    options: &[
+        "image",
+        "inject-error",
+        "set-state",
+        "align",
+        "max-transfer",
+        "opt-write-zero",
+        "max-write-zero",
+        "opt-discard",
+        "max-discard",
+    ],
 };
 
 /// The child key of a blkdebug node's options (QEMU's `image`).
@@ -79,19 +91,34 @@ fn parse_limits(opts: &OptionsView<'_, '_>) -> Result<Limits> {
         return Err(bad("align", "Cannot meet constraints with align"));
     }
     if !fits(l.max_transfer, l.align) {
-        return Err(bad("max-transfer", "Cannot meet constraints with max-transfer"));
+        return Err(bad(
+            "max-transfer",
+            "Cannot meet constraints with max-transfer",
+        ));
     }
     if !fits(l.opt_write_zero, l.align) {
-        return Err(bad("opt-write-zero", "Cannot meet constraints with opt-write-zero"));
+        return Err(bad(
+            "opt-write-zero",
+            "Cannot meet constraints with opt-write-zero",
+        ));
     }
     if !fits(l.max_write_zero, l.opt_write_zero.max(l.align)) {
-        return Err(bad("max-write-zero", "Cannot meet constraints with max-write-zero"));
+        return Err(bad(
+            "max-write-zero",
+            "Cannot meet constraints with max-write-zero",
+        ));
     }
     if !fits(l.opt_discard, l.align) {
-        return Err(bad("opt-discard", "Cannot meet constraints with opt-discard"));
+        return Err(bad(
+            "opt-discard",
+            "Cannot meet constraints with opt-discard",
+        ));
     }
     if !fits(l.max_discard, l.opt_discard.max(l.align)) {
-        return Err(bad("max-discard", "Cannot meet constraints with max-discard"));
+        return Err(bad(
+            "max-discard",
+            "Cannot meet constraints with max-discard",
+        ));
     }
     Ok(l)
 }
@@ -112,7 +139,9 @@ fn flag(v: Option<Value<'_>>, key: &'static str) -> Result<bool> {
 
 /// `Some(event)` for an event Strata raises, `None` for one of QEMU's it never raises.
 fn event_of(rule: &OptionsView<'_, '_>) -> Result<Option<Event>> {
-    let v = rule.get("event").ok_or(bad("event", "Missing event name for rule"))?;
+    let v = rule
+        .get("event")
+        .ok_or(bad("event", "Missing event name for rule"))?;
     let name = v.as_str().ok_or(bad("event", "Invalid parameter"))?;
     match Event::by_name(name) {
         Some(e) => Ok(Some(e)),
@@ -126,9 +155,16 @@ fn indices(list: &OptionsView<'_, '_>) -> Result<heapless::Vec<u32, MAX_RULES>> 
     let mut out: heapless::Vec<u32, MAX_RULES> = heapless::Vec::new();
     for (key, _) in list.iter() {
         let head = key.split('.').next().unwrap_or(key);
-        let n: u32 = head.parse().map_err(|_| bad("inject-error", "rules are numbered: inject-error.N.KEY, set-state.N.KEY"))?;
+        let n: u32 = head.parse().map_err(|_| {
+            bad(
+                "inject-error",
+                "rules are numbered: inject-error.N.KEY, set-state.N.KEY",
+            )
+        })?;
         if !out.contains(&n) {
-            out.push(n).map_err(|_| Error::NoSpace { what: "blkdebug rules (MAX_RULES)" })?;
+            out.push(n).map_err(|_| Error::NoSpace {
+                what: "blkdebug rules (MAX_RULES)",
+            })?;
         }
     }
     out.sort_unstable();
@@ -136,7 +172,9 @@ fn indices(list: &OptionsView<'_, '_>) -> Result<heapless::Vec<u32, MAX_RULES>> 
 }
 
 fn push(rules: &mut heapless::Vec<Rule, MAX_RULES>, rule: Rule) -> Result<()> {
-    rules.push(rule).map_err(|_| Error::NoSpace { what: "blkdebug rules (MAX_RULES)" })
+    rules.push(rule).map_err(|_| Error::NoSpace {
+        what: "blkdebug rules (MAX_RULES)",
+    })
 }
 
 /// The rules of `inject-error.N.*` then `set-state.N.*` (QEMU's order).
@@ -145,21 +183,45 @@ fn parse_rules(opts: &OptionsView<'_, '_>) -> Result<heapless::Vec<Rule, MAX_RUL
     if let Some(list) = opts.child("inject-error") {
         for n in indices(&list)? {
             let mut buf = [0u8; 10];
-            let rule = list.child(fmt_u32(n, &mut buf)).ok_or(bad("inject-error", "rule without keys"))?;
-            rule.check_only(&["event", "errno", "sector", "once", "immediately", "state", "iotype"])?;
+            let rule = list
+                .child(fmt_u32(n, &mut buf))
+                .ok_or(bad("inject-error", "rule without keys"))?;
+            rule.check_only(&[
+                "event",
+                "errno",
+                "sector",
+                "once",
+                "immediately",
+                "state",
+                "iotype",
+            ])?;
             let event = event_of(&rule)?;
             let errno = number(rule.get("errno"), "errno", 5)?;
             let errno = u16::try_from(errno).map_err(|_| bad("errno", "out of range"))?;
             let sector = match rule.get("sector") {
-                Some(v) => Some(v.parse_u64().map_err(|_| bad("sector", "not a number"))?.checked_mul(512).ok_or(bad("sector", "out of range"))?),
+                Some(v) => Some(
+                    v.parse_u64()
+                        .map_err(|_| bad("sector", "not a number"))?
+                        .checked_mul(512)
+                        .ok_or(bad("sector", "out of range"))?,
+                ),
                 None => None,
             };
             let iotypes = match rule.get("iotype") {
-                Some(v) => IoType::by_name(v.as_str().unwrap_or("")).ok_or(bad("iotype", "Invalid parameter"))?.bit(),
+                Some(v) => IoType::by_name(v.as_str().unwrap_or(""))
+                    .ok_or(bad("iotype", "Invalid parameter"))?
+                    .bit(),
                 None => IoType::DEFAULT_MASK,
             };
-            let state = u32::try_from(number(rule.get("state"), "state", 0)?).map_err(|_| bad("state", "out of range"))?;
-            let action = Action::Inject { errno, offset: sector, once: flag(rule.get("once"), "once")?, immediately: flag(rule.get("immediately"), "immediately")?, iotypes };
+            let state = u32::try_from(number(rule.get("state"), "state", 0)?)
+                .map_err(|_| bad("state", "out of range"))?;
+            let action = Action::Inject {
+                errno,
+                offset: sector,
+                once: flag(rule.get("once"), "once")?,
+                immediately: flag(rule.get("immediately"), "immediately")?,
+                iotypes,
+            };
             if let Some(event) = event {
                 push(&mut rules, Rule::new(event, state, action))?;
             }
@@ -168,13 +230,20 @@ fn parse_rules(opts: &OptionsView<'_, '_>) -> Result<heapless::Vec<Rule, MAX_RUL
     if let Some(list) = opts.child("set-state") {
         for n in indices(&list)? {
             let mut buf = [0u8; 10];
-            let rule = list.child(fmt_u32(n, &mut buf)).ok_or(bad("set-state", "rule without keys"))?;
+            let rule = list
+                .child(fmt_u32(n, &mut buf))
+                .ok_or(bad("set-state", "rule without keys"))?;
             rule.check_only(&["event", "state", "new_state"])?;
             let event = event_of(&rule)?;
-            let state = u32::try_from(number(rule.get("state"), "state", 0)?).map_err(|_| bad("state", "out of range"))?;
-            let new_state = u32::try_from(number(rule.get("new_state"), "new_state", 0)?).map_err(|_| bad("new_state", "out of range"))?;
+            let state = u32::try_from(number(rule.get("state"), "state", 0)?)
+                .map_err(|_| bad("state", "out of range"))?;
+            let new_state = u32::try_from(number(rule.get("new_state"), "new_state", 0)?)
+                .map_err(|_| bad("new_state", "out of range"))?;
             if let Some(event) = event {
-                push(&mut rules, Rule::new(event, state, Action::SetState { new_state }))?;
+                push(
+                    &mut rules,
+                    Rule::new(event, state, Action::SetState { new_state }),
+                )?;
             }
         }
     }
@@ -213,15 +282,26 @@ impl Driver for Blkdebug {
 
     const ADMITS: bool = true;
 
-    async fn open(io: &Io<'_, '_>, file: Option<NodeId>, opts: &OptionsView<'_, '_>, _read_only: bool) -> Result<Self> {
+    async fn open(
+        io: &Io<'_, '_>,
+        file: Option<NodeId>,
+        opts: &OptionsView<'_, '_>,
+        _read_only: bool,
+    ) -> Result<Self> {
         let image = file.ok_or(bad("image", "missing"))?;
         if opts.get("config").is_some() {
-            return Err(Error::Unsupported("blkdebug config files (give the rules inline)"));
+            return Err(Error::Unsupported(
+                "blkdebug config files (give the rules inline)",
+            ));
         }
         let limits = parse_limits(opts)?;
         let rules = parse_rules(opts)?;
         io.debug_install(image, &rules)?;
-        Ok(Self { size: io.node(image)?.size(), image, limits })
+        Ok(Self {
+            size: io.node(image)?.size(),
+            image,
+            limits,
+        })
     }
 
     fn size(&self) -> u64 {
@@ -229,7 +309,10 @@ impl Driver for Blkdebug {
     }
 
     fn pass(&self) -> Option<Pass> {
-        Some(Pass { role: Role::File, offset: 0 })
+        Some(Pass {
+            role: Role::File,
+            offset: 0,
+        })
     }
 
     fn limits(&self, inherited: BlockLimits) -> BlockLimits {
@@ -250,7 +333,14 @@ impl Driver for Blkdebug {
         out
     }
 
-    async fn admit(&self, io: &Io<'_, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<()> {
+    async fn admit(
+        &self,
+        io: &Io<'_, '_>,
+        node: NodeId,
+        kind: ReqKind,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
         match io_type(kind) {
             Some(t) => io.debug_check(node, t, offset, len).await,
             None => Ok(()),
@@ -258,11 +348,21 @@ impl Driver for Blkdebug {
     }
 
     async fn map(&self, _io: &Io<'_, '_>, _node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
-        Ok(Mapping::Data { role: Role::File, offset, len, writable: true })
+        Ok(Mapping::Data {
+            role: Role::File,
+            offset,
+            len,
+            writable: true,
+        })
     }
 
     fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
-        Some(Mapping::Data { role: Role::File, offset, len, writable: true })
+        Some(Mapping::Data {
+            role: Role::File,
+            offset,
+            len,
+            writable: true,
+        })
     }
 
     async fn close(&self, io: &Io<'_, '_>, _node: NodeId) -> Result<()> {

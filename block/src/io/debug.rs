@@ -64,7 +64,14 @@ pub enum IoType {
 }
 
 impl IoType {
-    const ALL: [IoType; 6] = [IoType::Read, IoType::Write, IoType::WriteZeroes, IoType::Discard, IoType::Flush, IoType::BlockStatus];
+    const ALL: [IoType; 6] = [
+        IoType::Read,
+        IoType::Write,
+        IoType::WriteZeroes,
+        IoType::Discard,
+        IoType::Flush,
+        IoType::BlockStatus,
+    ];
 
     /// QEMU's name (`inject-error.N.iotype=`).
     pub fn name(self) -> &'static str {
@@ -136,7 +143,12 @@ pub struct Rule {
 impl Rule {
     /// A rule for `event`, in `state` (0: any).
     pub fn new(event: Event, state: u32, action: Action) -> Self {
-        Self { event, state, action, active: false }
+        Self {
+            event,
+            state,
+            action,
+            active: false,
+        }
     }
 }
 
@@ -177,11 +189,18 @@ impl Default for DebugPool {
 impl DebugPool {
     /// No blkdebug nodes.
     pub const fn new() -> Self {
-        Self { slots: [const { RefCell::new(None) }; MAX_DEBUG_NODES], live: Cell::new(0), next_ticket: Cell::new(1), notices: RefCell::new(heapless::Deque::new()) }
+        Self {
+            slots: [const { RefCell::new(None) }; MAX_DEBUG_NODES],
+            live: Cell::new(0),
+            next_ticket: Cell::new(1),
+            notices: RefCell::new(heapless::Deque::new()),
+        }
     }
 
     fn slot_of(&self, image: NodeId) -> Option<&RefCell<Option<Slot>>> {
-        self.slots.iter().find(|s| s.borrow().as_ref().is_some_and(|s| s.image == image))
+        self.slots
+            .iter()
+            .find(|s| s.borrow().as_ref().is_some_and(|s| s.image == image))
     }
 }
 
@@ -206,7 +225,10 @@ impl<'g> Io<'g, '_> {
     /// so a failed open leaves none behind). Slots of nodes gone from the graph are reused.
     pub(crate) fn debug_install(&self, image: NodeId, rules: &[Rule]) -> Result<()> {
         for s in &self.debug.slots {
-            let stale = s.borrow().as_ref().is_some_and(|s| self.node(s.image).is_err());
+            let stale = s
+                .borrow()
+                .as_ref()
+                .is_some_and(|s| self.node(s.image).is_err());
             if stale {
                 self.debug_remove(s);
             }
@@ -214,12 +236,26 @@ impl<'g> Io<'g, '_> {
         if self.debug.slot_of(image).is_some() {
             return Err(Error::BadGraph("two blkdebug nodes over one image"));
         }
-        let free = self.debug.slots.iter().find(|s| s.borrow().is_none()).ok_or(Error::NoSpace { what: "blkdebug nodes (MAX_DEBUG_NODES)" })?;
+        let free = self
+            .debug
+            .slots
+            .iter()
+            .find(|s| s.borrow().is_none())
+            .ok_or(Error::NoSpace {
+                what: "blkdebug nodes (MAX_DEBUG_NODES)",
+            })?;
         let mut table = heapless::Vec::new();
         for r in rules {
-            table.push(r.clone()).map_err(|_| Error::NoSpace { what: "blkdebug rules (MAX_RULES)" })?;
+            table.push(r.clone()).map_err(|_| Error::NoSpace {
+                what: "blkdebug rules (MAX_RULES)",
+            })?;
         }
-        *free.borrow_mut() = Some(Slot { image, state: 1, rules: table, suspended: heapless::Vec::new() });
+        *free.borrow_mut() = Some(Slot {
+            image,
+            state: 1,
+            rules: table,
+            suspended: heapless::Vec::new(),
+        });
         self.debug.live.set(self.debug.live.get() + 1);
         Ok(())
     }
@@ -250,14 +286,23 @@ impl<'g> Io<'g, '_> {
     /// child run (QEMU's `BLKDBG_EVENT(bs->file, …)`); a breakpoint holds the caller here
     /// until resumed.
     pub(crate) async fn debug_event(&self, node: NodeId, event: Event) -> Result<()> {
-        let Some(image) = self.node(node).ok().and_then(|n| n.child(Role::File)).and_then(|f| self.debug_image(f)) else {
+        let Some(image) = self
+            .node(node)
+            .ok()
+            .and_then(|n| n.child(Role::File))
+            .and_then(|f| self.debug_image(f))
+        else {
             return Ok(());
         };
-        let Some(cell) = self.debug.slot_of(image) else { return Ok(()) };
+        let Some(cell) = self.debug.slot_of(image) else {
+            return Ok(());
+        };
         let mut tickets: heapless::Vec<u32, MAX_SUSPENDED> = heapless::Vec::new();
         {
             let mut guard = cell.borrow_mut();
-            let Some(slot) = guard.as_mut() else { return Ok(()) };
+            let Some(slot) = guard.as_mut() else {
+                return Ok(());
+            };
             let mut new_state = slot.state;
             let mut injected = false;
             let mut i = slot.rules.len();
@@ -280,8 +325,18 @@ impl<'g> Io<'g, '_> {
                         let tag = tag.clone();
                         let ticket = self.debug.next_ticket.get();
                         self.debug.next_ticket.set(ticket.wrapping_add(1));
-                        if slot.suspended.push(Suspended { tag: tag.clone(), ticket }).is_err() || tickets.push(ticket).is_err() {
-                            return Err(Error::NoSpace { what: "blkdebug suspended requests (MAX_SUSPENDED)" });
+                        if slot
+                            .suspended
+                            .push(Suspended {
+                                tag: tag.clone(),
+                                ticket,
+                            })
+                            .is_err()
+                            || tickets.push(ticket).is_err()
+                        {
+                            return Err(Error::NoSpace {
+                                what: "blkdebug suspended requests (MAX_SUSPENDED)",
+                            });
                         }
                         slot.rules.remove(i);
                         let mut notices = self.debug.notices.borrow_mut();
@@ -295,28 +350,57 @@ impl<'g> Io<'g, '_> {
             slot.state = new_state;
         }
         for t in tickets {
-            crate::io::wait_until(|| cell.borrow().as_ref().is_none_or(|s| !s.suspended.iter().any(|r| r.ticket == t))).await;
+            crate::io::wait_until(|| {
+                cell.borrow()
+                    .as_ref()
+                    .is_none_or(|s| !s.suspended.iter().any(|r| r.ticket == t))
+            })
+            .await;
         }
         Ok(())
     }
 
     /// A request of `kind` over `[offset, offset + len)` reaching blkdebug node `node`: the
     /// error an active rule injects, if any.
-    pub(crate) async fn debug_check(&self, node: NodeId, kind: IoType, offset: u64, len: u64) -> Result<()> {
-        let Some(image) = self.debug_image(node) else { return Ok(()) };
-        let Some(cell) = self.debug.slot_of(image) else { return Ok(()) };
+    pub(crate) async fn debug_check(
+        &self,
+        node: NodeId,
+        kind: IoType,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        let Some(image) = self.debug_image(node) else {
+            return Ok(());
+        };
+        let Some(cell) = self.debug.slot_of(image) else {
+            return Ok(());
+        };
         let hit = {
             let mut guard = cell.borrow_mut();
-            let Some(slot) = guard.as_mut() else { return Ok(()) };
+            let Some(slot) = guard.as_mut() else {
+                return Ok(());
+            };
             let found = slot.rules.iter().position(|r| match r.action {
-                Action::Inject { offset: at, iotypes, .. } if r.active => {
+                Action::Inject {
+                    offset: at,
+                    iotypes,
+                    ..
+                } if r.active => {
                     let covers = at.is_none_or(|at| len > 0 && at >= offset && at - offset < len);
                     covers && iotypes & kind.bit() != 0
                 }
                 _ => false,
             });
             match found.map(|i| (i, &slot.rules[i].action)) {
-                Some((i, &Action::Inject { errno, once, immediately, .. })) if errno != 0 => {
+                Some((
+                    i,
+                    &Action::Inject {
+                        errno,
+                        once,
+                        immediately,
+                        ..
+                    },
+                )) if errno != 0 => {
                     if once {
                         slot.rules.remove(i);
                     }
@@ -325,7 +409,9 @@ impl<'g> Io<'g, '_> {
                 _ => None,
             }
         };
-        let Some((errno, immediately)) = hit else { return Ok(()) };
+        let Some((errno, immediately)) = hit else {
+            return Ok(());
+        };
         if !immediately {
             let mut turned = false;
             poll_fn(|cx| {
@@ -344,7 +430,13 @@ impl<'g> Io<'g, '_> {
 
     /// [`Io::debug_check`] at every blkdebug node from `node` down its translation-only nodes
     /// (a format's I/O on its file child, which goes straight to the leaf).
-    pub(crate) async fn debug_check_path(&self, node: NodeId, kind: IoType, offset: u64, len: u64) -> Result<()> {
+    pub(crate) async fn debug_check_path(
+        &self,
+        node: NodeId,
+        kind: IoType,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
         let (mut cur, mut off) = (node, offset);
         for _ in 0..MAX_DEPTH {
             let Ok(n) = self.node(cur) else { return Ok(()) };
@@ -375,7 +467,11 @@ impl<'g> Io<'g, '_> {
         None
     }
 
-    fn with_target<R>(&self, root: NodeId, f: impl FnOnce(&mut Slot) -> core::result::Result<R, i32>) -> core::result::Result<R, i32> {
+    fn with_target<R>(
+        &self,
+        root: NodeId,
+        f: impl FnOnce(&mut Slot) -> core::result::Result<R, i32>,
+    ) -> core::result::Result<R, i32> {
         let image = self.debug_target(root).ok_or(ENOTSUP)?;
         let cell = self.debug.slot_of(image).ok_or(ENOTSUP)?;
         let mut guard = cell.borrow_mut();
@@ -388,7 +484,11 @@ impl<'g> Io<'g, '_> {
     pub fn debug_breakpoint(&self, root: NodeId, event: &str, tag: &str) -> Errno {
         let event = Event::by_name(event).ok_or(ENOENT)?;
         let tag = Tag::try_from(tag).map_err(|_| ENOSPC)?;
-        self.with_target(root, |slot| slot.rules.push(Rule::new(event, 0, Action::Suspend { tag })).map_err(|_| ENOSPC))
+        self.with_target(root, |slot| {
+            slot.rules
+                .push(Rule::new(event, 0, Action::Suspend { tag }))
+                .map_err(|_| ENOSPC)
+        })
     }
 
     /// qemu-io's `remove_break TAG`: removes the breakpoints tagged `tag` and resumes every
@@ -396,7 +496,8 @@ impl<'g> Io<'g, '_> {
     pub fn debug_remove_breakpoint(&self, root: NodeId, tag: &str) -> Errno {
         self.with_target(root, |slot| {
             let before = slot.rules.len() + slot.suspended.len();
-            slot.rules.retain(|r| !matches!(&r.action, Action::Suspend { tag: t } if t == tag));
+            slot.rules
+                .retain(|r| !matches!(&r.action, Action::Suspend { tag: t } if t == tag));
             slot.suspended.retain(|r| r.tag != tag);
             if slot.rules.len() + slot.suspended.len() == before {
                 return Err(ENOENT);
@@ -409,7 +510,11 @@ impl<'g> Io<'g, '_> {
     /// none is).
     pub fn debug_resume(&self, root: NodeId, tag: &str) -> Errno {
         self.with_target(root, |slot| {
-            let i = slot.suspended.iter().rposition(|r| r.tag == tag).ok_or(ENOENT)?;
+            let i = slot
+                .suspended
+                .iter()
+                .rposition(|r| r.tag == tag)
+                .ok_or(ENOENT)?;
             slot.suspended.remove(i);
             Ok(())
         })
@@ -417,7 +522,8 @@ impl<'g> Io<'g, '_> {
 
     /// True if a request is suspended under `tag` (qemu-io's `wait_break` polls this).
     pub fn debug_is_suspended(&self, root: NodeId, tag: &str) -> bool {
-        self.with_target(root, |slot| Ok(slot.suspended.iter().any(|r| r.tag == tag))).unwrap_or(false)
+        self.with_target(root, |slot| Ok(slot.suspended.iter().any(|r| r.tag == tag)))
+            .unwrap_or(false)
     }
 
     /// Resumes every suspended request of every blkdebug node (a session ending); returns how

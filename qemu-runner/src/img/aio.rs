@@ -51,7 +51,10 @@ fn errno_text(errno: i32) -> String {
 impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
     /// A session on `backend`.
     pub fn new(backend: &'b HostBackend<'g, 'd>) -> Self {
-        Self { backend, in_flight: Vec::new() }
+        Self {
+            backend,
+            in_flight: Vec::new(),
+        }
     }
 
     /// Runs `line` if it is one of this module's commands: `Some(false)` if it failed (the
@@ -63,7 +66,11 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
         let root = self.backend.root();
         let argc = |n: usize, out: &mut String| {
             if args.len() != n {
-                let _ = writeln!(out, "bad argument count {} to {verb}, expected {n} arguments", args.len());
+                let _ = writeln!(
+                    out,
+                    "bad argument count {} to {verb}, expected {n} arguments",
+                    args.len()
+                );
                 false
             } else {
                 true
@@ -74,7 +81,15 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
                 let sync = &verb[4..];
                 let parsed = cmd::parse_words(std::iter::once(sync).chain(args.iter().copied()));
                 match parsed {
-                    Ok(c) => self.start(if verb == "aio_read" { "aio_read" } else { "aio_write" }, c, out),
+                    Ok(c) => self.start(
+                        if verb == "aio_read" {
+                            "aio_read"
+                        } else {
+                            "aio_write"
+                        },
+                        c,
+                        out,
+                    ),
                     Err(e) => {
                         let _ = writeln!(out, "{e}");
                         false
@@ -104,7 +119,12 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
                         true
                     }
                     Err(e) => {
-                        let _ = writeln!(out, "Could not remove breakpoint {}: {}", args[0], errno_text(e));
+                        let _ = writeln!(
+                            out,
+                            "Could not remove breakpoint {}: {}",
+                            args[0],
+                            errno_text(e)
+                        );
                         false
                     }
                 }
@@ -115,7 +135,11 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
                 }
                 let tag = args[0];
                 if !io.debug_is_suspended(root, tag) {
-                    let _ = writeln!(out, "Could not resume request: {}", errno_text(strata_block::io::debug::ENOENT));
+                    let _ = writeln!(
+                        out,
+                        "Could not resume request: {}",
+                        errno_text(strata_block::io::debug::ENOENT)
+                    );
                     return Some(false);
                 }
                 let _ = writeln!(out, "blkdebug: Resuming request '{tag}'");
@@ -136,7 +160,9 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
                     return Some(false);
                 }
                 let tag = args[0].to_string();
-                let done = self.wait_until(out, |s| s.backend.graph().io().debug_is_suspended(root, &tag));
+                let done = self.wait_until(out, |s| {
+                    s.backend.graph().io().debug_is_suspended(root, &tag)
+                });
                 if !done {
                     let _ = writeln!(out, "wait_break: no request reached breakpoint '{tag}' (qemu-io would wait forever)");
                 }
@@ -149,7 +175,10 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
     /// Starts an asynchronous request.
     fn start(&mut self, verb: &'static str, c: Command, out: &mut String) -> bool {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
-            let _ = writeln!(out, "{verb} failed: more than {MAX_IN_FLIGHT} requests in flight");
+            let _ = writeln!(
+                out,
+                "{verb} failed: more than {MAX_IN_FLIGHT} requests in flight"
+            );
             return false;
         }
         let backend = self.backend;
@@ -179,7 +208,10 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
                     let verb = self.in_flight[i].verb;
                     // cmd::run names the synchronous command; qemu-io's aio callbacks name theirs.
                     let sync = &verb[4..];
-                    let text = match text.strip_prefix(sync).filter(|t| t.starts_with(" failed: ")) {
+                    let text = match text
+                        .strip_prefix(sync)
+                        .filter(|t| t.starts_with(" failed: "))
+                    {
                         Some(rest) => format!("{verb}{rest}"),
                         None => text,
                     };

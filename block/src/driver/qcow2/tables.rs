@@ -177,6 +177,7 @@ impl Qcow2 {
         let guest_cluster = offset >> self.cluster_bits;
         let l1_index = guest_cluster / l2_entries;
         let l2_index = guest_cluster % l2_entries;
+        let want = len;
         // Bytes this L2 table covers from `offset`.
         let len = self.lookup_len(offset, len);
         if l1_index >= u64::from(self.l1_entries.get()) || self.l1_empty.get() {
@@ -190,6 +191,7 @@ impl Qcow2 {
             _ => {
                 let l1_entry = io.meta.read_u64(io, file, l1_at, slice_len).await?;
                 let Some(l2) = decode_l1(l1_entry, l1_at)? else {
+                    let len = self.unallocated_l1_run(io, file, l1_at, offset, want).await?;
                     return Ok(Mapping::Unallocated { len });
                 };
                 validation::cluster_ref(l2.0, cs, size_of(file)?, &self.meta.get(), l1_at, ClusterRef::L2Table)?;
@@ -223,6 +225,43 @@ impl Qcow2 {
                 }
             }
         })
+    }
+
+    /// Bytes from `offset` to the end of the run of zero L1 entries starting with the one at
+    /// file offset `l1_at` (which covers `offset`), at most `want`. Only entries in the same
+    /// cached L1 slice are looked at, so block status over a sparse image takes one lookup per
+    /// slice of the L1 table (512 entries), not one per entry.
+    async fn unallocated_l1_run(&self, io: &Io<'_, '_>, file: NodeId, l1_at: u64, offset: u64, want: u64) -> Result<u64> {
+        let first = self.lookup_len(offset, want);
+        if first >= want {
+            return Ok(first);
+        }
+        let span = self.l2_entries().saturating_mul(self.cluster_size());
+        let slice_len = self.slice_len() as u64;
+        let slice_start = l1_at / slice_len * slice_len;
+        let table_end = self.l1.get().start + u64::from(self.l1_entries.get()) * 8;
+        let scan_end = (slice_start + slice_len).min(table_end);
+        let more = io
+            .meta
+            .with_slice(io, file, slice_start, slice_len as usize, |s| {
+                let mut n = 0u64;
+                let mut at = l1_at + 8;
+                while at + 8 <= scan_end {
+                    let i = (at - slice_start) as usize;
+                    let Some(bytes) = s.get(i..i + 8) else { break };
+                    let mut word = [0u8; 8];
+                    word.copy_from_slice(bytes);
+                    // Anything but a plain zero entry ends the run; its own lookup judges it.
+                    if !matches!(decode_l1(u64::from_be_bytes(word), at), Ok(None)) {
+                        break;
+                    }
+                    n += 1;
+                    at += 8;
+                }
+                n
+            })
+            .await?;
+        Ok(first.saturating_add(more.saturating_mul(span)).min(want))
     }
 
     /// Scans L2 `entries` (stored from file offset `at` on) for the longest run of one kind

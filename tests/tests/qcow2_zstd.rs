@@ -163,6 +163,9 @@ fn first_compressed(img: &Path) -> (u64, u64) {
     panic!("no compressed cluster in {}", img.display());
 }
 
+/// A way to damage a copy of an image.
+type Damage = Box<dyn Fn(&Path)>;
+
 #[test]
 fn damaged_zstd_clusters_are_errors() {
     let dir = scratch("qcow2-zstd-damaged");
@@ -189,7 +192,7 @@ fn damaged_zstd_clusters_are_errors() {
         sectors > 2,
         "the first cluster should take several sectors, not {sectors}"
     );
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    let cases: Vec<(&str, Damage, &str)> = vec![
         (
             "magic",
             Box::new(move |f: &Path| patch(f, host, &[0, 0, 0, 0])),

@@ -45,8 +45,8 @@ usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw
   --map NAME=SERIAL            (any workload, repeatable) the file NAME (in OPTIONS or an image's
                                backing/data-file name, as written) is the device SERIAL";
 
-/// Most `--map` pairs (microvm's virtio-mmio slots).
-pub const MAX_MAPS: usize = 24;
+/// Most `--map` pairs: a chain packed into one disk has one per file (see [`crate::pack`]).
+pub const MAX_MAPS: usize = 128;
 
 /// `--map NAME=SERIAL` pairs, in command-line order.
 pub type Maps<'a> = heapless::Vec<(&'a str, &'a str), MAX_MAPS>;
@@ -344,13 +344,14 @@ fn parse_command<'a>(
         };
         if name == "--map" {
             let (file, serial) = value.rsplit_once('=').ok_or(CmdlineError::BadFlag(name, "expected NAME=SERIAL"))?;
-            if file.is_empty() || serial.is_empty() || serial.len() > 20 {
+            // A target is a serial, or a window of a pack disk (`SERIAL@OFFSET+SIZE`).
+            if file.is_empty() || serial.is_empty() || crate::pack::serial_of(serial).len() > 20 {
                 return Err(CmdlineError::BadFlag(name, "expected NAME=SERIAL (a serial is 1 to 20 bytes)"));
             }
             if maps.iter().any(|(n, _)| *n == file) {
                 return Err(CmdlineError::BadFlag(name, "a name mapped twice"));
             }
-            maps.push((file, serial)).map_err(|_| CmdlineError::BadFlag(name, "more than 24 maps"))?;
+            maps.push((file, serial)).map_err(|_| CmdlineError::BadFlag(name, "more than 128 maps"))?;
             continue;
         }
         if name == "--format" {

@@ -20,6 +20,7 @@ mod fault;
 mod footprint;
 mod hal;
 pub mod log;
+mod pack;
 mod report;
 mod stack;
 mod workloads;

@@ -27,8 +27,11 @@ use crate::devices::{Catalog, Disk};
 use crate::executor::{self, Platform};
 use crate::{exit_code, println, report};
 
-/// Graph nodes: a 20-deep backing chain with data files is a format node and a leaf per file.
-pub const NODES: usize = 64;
+/// Graph nodes: a chain's image is a format node and a leaf (or a raw window of a pack disk,
+/// [`crate::pack`]) per file, so 136 nodes hold a 64-deep backing chain packed into one disk
+/// (2 + 64 * 2 + the pack's leaf) and the default backing-chain capacity is 67 images below the
+/// top. A node slot (node, driver state, walk memory) is about 2.2 KiB: 4.3 KiB a layer.
+pub const NODES: usize = 136;
 /// Tracked-request slots: the deepest bench queue (an aligned request holds one slot at its
 /// leaf; a full table is back-pressure, not an error). Measured when the tracker still scanned
 /// its whole table per request (qd 32: 40 slots gave 8-50% more IOPS than 128); it now starts
@@ -100,9 +103,6 @@ pub fn graph() -> Option<KGraph> {
     Some(graph)
 }
 
-/// The block layer's clock: the TSC since boot, in nanoseconds ([`clock_ns`]).
-struct TscClock;
-
 /// Emits a `write_threshold` record for every node whose write threshold a write passed since
 /// the last call (QEMU's `BLOCK_WRITE_THRESHOLD` event, with its field names).
 pub fn report_write_thresholds(graph: &KGraph) {
@@ -114,6 +114,9 @@ pub fn report_write_thresholds(graph: &KGraph) {
             .emit();
     }
 }
+
+/// The block layer's clock: the TSC since boot, in nanoseconds ([`clock_ns`]).
+struct TscClock;
 
 impl Clock for TscClock {
     fn now_ns(&self) -> u64 {
@@ -142,7 +145,11 @@ struct CatalogResolver<'a> {
 impl Resolver<'static> for CatalogResolver<'_> {
     fn resolve(&mut self, req: &NameRequest<'_, 'static>) -> strata_block::Result<&'static dyn BlockDevice> {
         let mapped = self.maps.iter().find(|(n, _)| *n == req.name).map(|(_, s)| *s);
-        match self.catalog.find(mapped.unwrap_or(req.name)) {
+        // A map may name a window of a pack disk (`crate::pack`): the disk here, the window below.
+        if mapped.is_some_and(|t| crate::pack::is_window(t) && crate::pack::window_of(t).is_none()) {
+            return Err(Error::BadName { what: "a --map window is not SERIAL@OFFSET+SIZE (hexadecimal)" });
+        }
+        match self.catalog.find(mapped.map_or(req.name, crate::pack::serial_of)) {
             Some(disk) => {
                 if !self.leaves.iter().any(|d| core::ptr::eq(*d, disk)) {
                     let _ = self.leaves.push(disk);
@@ -160,6 +167,11 @@ impl Resolver<'static> for CatalogResolver<'_> {
                 Err(Error::NotFound)
             }
         }
+    }
+
+    fn window(&mut self, req: &NameRequest<'_, 'static>) -> Option<(u64, u64)> {
+        let mapped = self.maps.iter().find(|(n, _)| *n == req.name).map(|(_, s)| *s)?;
+        crate::pack::window_of(mapped)
     }
 }
 

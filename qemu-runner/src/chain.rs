@@ -10,6 +10,13 @@
 //! read-only — and passes `--map NAME=SERIAL` on the kernel command line for every name exactly
 //! as the referring image writes it. A missing or refused file is a runner error before QEMU
 //! starts.
+//!
+//! Chains with more files than the machine has device slots (24 virtio-mmio slots on microvm)
+//! are packed instead: each drive's chain files are copied into one read-only pack disk (a
+//! temporary file, serial `S.p`), each at a [`PACK_ALIGN`]ed offset, and every name is mapped to
+//! its window of that disk, `--map NAME=S.p@OFFSET+SIZE` (hexadecimal); the kernel opens each
+//! file as a read-only `raw` window over the pack (`kernel/src/pack.rs`). The copy costs the
+//! chain's bytes once per boot; a chain that fits the slots is attached file by file as before.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -29,6 +36,10 @@ pub fn max_drives(machine: Machine) -> usize {
         Machine::Microvm | Machine::Pc | Machine::Q35 => 24,
     }
 }
+
+/// Most images below a drive's top image that the runner follows: the host tool's capacity
+/// ([`crate::img::image::DEEP_CHAIN`]); the kernel refuses a chain deeper than its own graph holds.
+pub const MAX_CHAIN: usize = crate::img::image::DEEP_CHAIN;
 
 /// The qcow2 magic, `QFI\xfb`.
 const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
@@ -121,7 +132,7 @@ fn walk(top: &Path, allow_anywhere: bool) -> Result<Option<Vec<Member>>, RunnerE
     let mut path = top.to_path_buf();
     let mut members = Vec::new();
     let mut probe = true;
-    for _ in 0..=strata_block::graph::MAX_BACKING_CHAIN {
+    for _ in 0..=MAX_CHAIN {
         let links = if probe { read_links(&path).map_err(usage)? } else { None };
         let Some(links) = links else {
             return Ok((path != top).then_some(members));
@@ -152,19 +163,24 @@ fn walk(top: &Path, allow_anywhere: bool) -> Result<Option<Vec<Member>>, RunnerE
             None => return Ok(Some(members)),
         }
     }
-    Err(usage(format!("a backing chain deeper than {}", strata_block::graph::MAX_BACKING_CHAIN)))
+    Err(usage(format!("a backing chain deeper than {MAX_CHAIN} images below the top")))
 }
 
 /// What [`expand`] makes of the drives.
 #[derive(Debug, Default)]
 pub struct Expanded {
-    /// The drives to attach: each given drive, then its chain's files.
+    /// The drives to attach: each given drive, then its chain's files (or the pack disk that
+    /// holds them).
     pub drives: Vec<Drive>,
-    /// Words for the kernel command line: `--map=NAME=SERIAL` for every chain file and
-    /// `--format=SERIAL=FMT` for every drive with `format=`.
+    /// Words for the kernel command line: `--map=NAME=SERIAL` (or `NAME=SERIAL@OFFSET+SIZE`
+    /// into a pack disk) for every chain file and `--format=SERIAL=FMT` for every drive with
+    /// `format=`.
     pub words: Vec<String>,
     /// QEMU's warning for every writable drive whose format was probed as raw.
     pub warnings: Vec<String>,
+    /// The pack disks made for this boot, removed when this is dropped: keep it until QEMU is
+    /// gone.
+    pub packs: Vec<PackFile>,
 }
 
 /// QEMU's warning for a writable image probed as raw (`bdrv_open_inherit`).
@@ -177,11 +193,85 @@ fn probed_raw_warning(file: &Path) -> String {
     )
 }
 
+/// Where files start in a pack disk: a multiple of this (and every window's size is one).
+pub const PACK_ALIGN: u64 = 4096;
+
+/// A pack disk for this boot: removed when dropped.
+#[derive(Debug)]
+pub struct PackFile(PathBuf);
+
+impl Drop for PackFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A pack disk being written: one drive's chain files, each at a [`PACK_ALIGN`]ed offset.
+struct Pack {
+    serial: String,
+    file: std::fs::File,
+    guard: PackFile,
+    end: u64,
+    /// Files placed so far and their `--map` targets.
+    placed: Vec<(PathBuf, String)>,
+}
+
+impl Pack {
+    /// A new, empty pack disk with serial `serial`.
+    fn create(serial: String) -> Result<Self, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("strata-pack-{}-{n}.img", std::process::id()));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self { serial, file, guard: PackFile(path), end: 0, placed: Vec::new() })
+    }
+
+    /// Places `src` in the pack (once) and returns its `--map` target, `SERIAL@OFFSET+SIZE` in
+    /// hexadecimal.
+    fn add(&mut self, src: &Path) -> Result<String, String> {
+        use std::io::{Seek, SeekFrom};
+        if let Some((_, target)) = self.placed.iter().find(|(p, _)| p == src) {
+            return Ok(target.clone());
+        }
+        let fail = |e: std::io::Error| format!("packing {}: {e}", src.display());
+        let mut input = std::fs::File::open(src).map_err(fail)?;
+        self.file.seek(SeekFrom::Start(self.end)).map_err(fail)?;
+        let len = std::io::copy(&mut input, &mut self.file).map_err(fail)?;
+        let size = len.next_multiple_of(PACK_ALIGN).max(PACK_ALIGN);
+        let target = format!("{}@{:x}+{:x}", self.serial, self.end, size);
+        self.end += size;
+        self.file.set_len(self.end).map_err(fail)?;
+        self.placed.push((src.to_path_buf(), target.clone()));
+        Ok(target)
+    }
+}
+
 /// Expands qcow2 drives into their chains (see the module docs). A drive with `format=raw` is
-/// never looked into; one with `format=qcow2` must be qcow2; one without is probed.
+/// never looked into; one with `format=qcow2` must be qcow2; one without is probed. If the
+/// chains' files are more than the machine has device slots for, each drive's chain files go
+/// into one pack disk instead (see the module docs).
 pub fn expand(drives: &[Drive], machine: Machine, allow_anywhere: bool) -> Result<Expanded, RunnerError> {
+    let max = max_drives(machine);
+    let mut expanded = expand_with(drives, allow_anywhere, false)?;
+    if expanded.drives.len() > max {
+        expanded = expand_with(drives, allow_anywhere, true)?;
+    }
+    if expanded.drives.len() > max {
+        return Err(RunnerError::Usage(format!(
+            "{} drives with their backing and data files; the {} machine takes at most {max}",
+            expanded.drives.len(),
+            machine.as_str()
+        )));
+    }
+    Ok(expanded)
+}
+
+/// [`expand`], each drive's chain files as drives of their own or, with `pack`, in one pack disk
+/// per drive.
+fn expand_with(drives: &[Drive], allow_anywhere: bool, pack: bool) -> Result<Expanded, RunnerError> {
     let mut out = Vec::new();
-    let mut maps: Vec<(String, String)> = Vec::new();
+    // Name, file, and the serial (or pack window) the guest finds it at.
+    let mut maps: Vec<(String, PathBuf, String)> = Vec::new();
     let mut expanded = Expanded::default();
     for drive in drives {
         out.push(drive.clone());
@@ -203,47 +293,43 @@ pub fn expand(drives: &[Drive], machine: Machine, allow_anywhere: bool) -> Resul
             }
             continue;
         };
+        let usage = |m: String| RunnerError::Usage(format!("--drive {}: {m}", drive.file.display()));
+        let mut packed = None;
+        if pack && !members.is_empty() {
+            let serial = format!("{}.p", drive.serial);
+            check_serial(&serial).map_err(|m| usage(format!("pack disk: {m} (choose a shorter serial=)")))?;
+            packed = Some(Pack::create(serial).map_err(usage)?);
+        }
         for (i, member) in members.into_iter().enumerate() {
-            let serial = format!("{}.{}", drive.serial, i + 1);
-            check_serial(&serial).map_err(|m| {
-                RunnerError::Usage(format!("--drive {}: chain file {}: {m} (choose a shorter serial=)", drive.file.display(), member.path.display()))
-            })?;
             if member.name.chars().any(char::is_whitespace) {
-                return Err(RunnerError::Usage(format!(
-                    "--drive {}: the file name \"{}\" contains whitespace, which the kernel command line cannot carry",
-                    drive.file.display(),
-                    member.name
-                )));
+                return Err(usage(format!("the file name \"{}\" contains whitespace, which the kernel command line cannot carry", member.name)));
             }
-            match maps.iter().find(|(n, _)| *n == member.name) {
-                Some((_, s)) => {
-                    // The same name for another file (images in different directories): the
-                    // guest resolves by name only.
-                    let same = out.iter().any(|d| d.serial == *s && d.file == member.path);
-                    if !same {
-                        return Err(RunnerError::Usage(format!(
-                            "--drive {}: the name \"{}\" means two different files in this chain; the guest resolves names only",
-                            drive.file.display(),
-                            member.name
-                        )));
-                    }
-                    continue;
+            if let Some((_, file, _)) = maps.iter().find(|(n, _, _)| *n == member.name) {
+                // The same name for another file (images in different directories): the
+                // guest resolves by name only.
+                if *file != member.path {
+                    return Err(usage(format!("the name \"{}\" means two different files in this chain; the guest resolves names only", member.name)));
                 }
-                None => maps.push((member.name.clone(), serial.clone())),
+                continue;
             }
-            // Backing and data files are only read: no headroom.
-            out.push(Drive { read_only: true, headroom: Some(0), ..Drive::new(member.path, serial) });
+            let target = match &mut packed {
+                Some(p) => p.add(&member.path).map_err(usage)?,
+                None => {
+                    let serial = format!("{}.{}", drive.serial, i + 1);
+                    check_serial(&serial).map_err(|m| usage(format!("chain file {}: {m} (choose a shorter serial=)", member.path.display())))?;
+                    // Backing and data files are only read: no headroom.
+                    out.push(Drive { read_only: true, headroom: Some(0), ..Drive::new(member.path.clone(), serial.clone()) });
+                    serial
+                }
+            };
+            maps.push((member.name, member.path, target));
+        }
+        if let Some(p) = packed {
+            out.push(Drive { read_only: true, headroom: Some(0), format: Some(Format::Raw), ..Drive::new(p.guard.0.clone(), p.serial.clone()) });
+            expanded.packs.push(p.guard);
         }
     }
-    let max = max_drives(machine);
-    if out.len() > max {
-        return Err(RunnerError::Usage(format!(
-            "{} drives with their backing and data files; the {} machine takes at most {max}",
-            out.len(),
-            machine.as_str()
-        )));
-    }
-    expanded.words.extend(maps.into_iter().map(|(n, s)| format!("--map={n}={s}")));
+    expanded.words.extend(maps.into_iter().map(|(n, _, s)| format!("--map={n}={s}")));
     expanded.drives = out;
     Ok(expanded)
 }

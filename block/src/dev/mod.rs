@@ -14,6 +14,7 @@
 pub mod ram;
 pub mod record;
 pub mod virtio;
+pub mod window;
 
 use core::task::{Context, Poll};
 

@@ -33,10 +33,6 @@ use crate::path::{Skip, Stack};
 /// Most users (backends) attached at once.
 pub const MAX_USERS: usize = 8;
 
-/// Bound on backing-chain length: images below the top one. Opening a longer chain fails with
-/// [`Error::BadGraph`]; so does a loop (a file met twice in one chain).
-pub const MAX_BACKING_CHAIN: usize = 20;
-
 /// A user's handle on its attachment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserId(usize);
@@ -64,6 +60,8 @@ pub struct Graph<'d, const N: usize = 16, const T: usize = 64> {
     clock: Option<&'d dyn Clock>,
     throttle_groups: [Option<ThrottleGroup>; MAX_GROUPS],
     debug: crate::io::debug::DebugPool,
+    /// Most images below the top one an open follows (see [`Graph::set_backing_chain`]).
+    backing_chain: usize,
 }
 
 impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
@@ -88,7 +86,29 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             clock: None,
             throttle_groups: [const { None }; MAX_GROUPS],
             debug: crate::io::debug::DebugPool::new(),
+            backing_chain: Self::DEFAULT_BACKING_CHAIN,
         }
+    }
+
+    /// The default backing-chain capacity: as deep as the node slots allow, since every image
+    /// of a chain takes at least two nodes (its format node and its file), the top included:
+    /// `(N - 2) / 2` images below the top.
+    pub const DEFAULT_BACKING_CHAIN: usize = N.saturating_sub(2) / 2;
+
+    /// Sets the backing-chain capacity: the most images below the top one that an open follows.
+    /// A longer chain is refused with [`Error::BadGraph`] naming this capacity, as a loop (a
+    /// file met twice in one chain) is refused whatever the capacity. Nothing else is sized by
+    /// it: the chain's nodes take the graph's node slots (about two per image, three with a data
+    /// file, so a chain deeper than `(N - 2) / 2` may run out of slots first,
+    /// [`Error::NoSpace`]), and walks down the chain are bounded by the node count. QEMU has no
+    /// such bound.
+    pub fn set_backing_chain(&mut self, images: usize) {
+        self.backing_chain = images;
+    }
+
+    /// The backing-chain capacity (see [`Graph::set_backing_chain`]).
+    pub fn backing_chain(&self) -> usize {
+        self.backing_chain
     }
 
     /// The view drivers and the lower io half work with.
@@ -214,6 +234,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             limits: BlockLimits::from_device(info),
             pass: None,
             flush: Default::default(),
+            threshold: Default::default(),
         };
         self.insert(node, None)
     }
@@ -234,10 +255,12 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     pub fn close(&mut self, node: NodeId) -> Result<()> {
         self.node(node)?;
         if self.handle().has_user(node) || self.parents(node).next().is_some() {
-            threshold: Default::default(),
             return Err(Error::PermissionConflict { what: "node still in use" });
         }
         // Walk down without recursion: close, then continue with children nobody else holds.
+        // The backing child is pushed first, so a node's file and data-file subtrees (a few
+        // translation nodes and a leaf) are closed before its backing chain goes on: the
+        // pending stack stays as short as one image's stack, however deep the chain.
         let mut pending: heapless::Vec<NodeId, MAX_DEPTH> = heapless::Vec::new();
         let _ = pending.push(node);
         while let Some(id) = pending.pop() {
@@ -246,7 +269,8 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             self.io().shape_changed();
             self.states[index] = None;
             self.generations[index] = self.generations[index].wrapping_add(1);
-            for child in &closed.children {
+            let backing = closed.children.iter().filter(|c| c.role == Role::Backing);
+            for child in backing.chain(closed.children.iter().filter(|c| c.role != Role::Backing)) {
                 let unused = self.parents(child.node).next().is_none() && !self.handle().has_user(child.node);
                 if unused {
                     pending.push(child.node).map_err(|_| Error::BadGraph("graph too deep to close"))?;

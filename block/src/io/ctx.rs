@@ -52,6 +52,14 @@ impl<'g, 'd> Io<'g, 'd> {
         self.shape.set(self.shape.get().wrapping_add(1));
     }
 
+    /// Most steps any walk down the graph can take: one per node slot, since a walk never
+    /// visits a node twice in a graph without cycles (opening refuses cycles). Walks that follow
+    /// backing links are bounded by this, not by a constant, so a chain is as deep as the graph
+    /// has nodes for (and as [`crate::Graph::set_backing_chain`] allows).
+    pub(crate) fn walk_bound(&self) -> usize {
+        self.nodes.len().saturating_add(1)
+    }
+
     /// The node behind `id`.
     pub fn node(&self, id: NodeId) -> Result<&'g Node<'d>> {
         let index = usize::from(id.index);

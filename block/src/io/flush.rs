@@ -11,7 +11,7 @@ use core::cell::Cell;
 use crate::dev::{DeviceFeatures, DeviceOp};
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::node::{NodeId, NodeKind, MAX_DEPTH};
+use crate::node::{NodeId, NodeKind, Perm, MAX_DEPTH};
 use crate::io::leaf::transfer;
 use crate::io::wait_until;
 
@@ -37,17 +37,23 @@ pub(crate) async fn flush_leaves_in(io: &Io<'_, '_>, nodes: &[NodeId]) -> Result
     Ok(())
 }
 
-/// `root` and every node below it, parents before children, without recursion.
+/// `root` and every node below it that it may write, parents before children, without
+/// recursion: as QEMU's `bdrv_co_flush`, only children attached with a write permission are
+/// followed. A read-only child (every backing file, every file of a read-only node) has nothing
+/// to write back and its leaf nothing to flush, so a backing chain of any depth adds nothing
+/// here: the list is the writable top, its file and data file, and the translation nodes
+/// between.
 pub(crate) fn below(io: &Io<'_, '_>, root: NodeId) -> Result<heapless::Vec<NodeId, { 3 * MAX_DEPTH }>> {
     // Breadth-first, parents before children, without recursion.
-    // A chain of MAX_DEPTH formats each with a file (and maybe a data file) below it.
+    // A stack of MAX_DEPTH writable nodes each with a file (and maybe a data file) below it.
     let mut order: heapless::Vec<NodeId, { 3 * MAX_DEPTH }> = heapless::Vec::new();
     order.push(root).map_err(|_| Error::BadGraph("graph too large to flush"))?;
     let mut i = 0;
+    let writes = Perm::WRITE.union(Perm::WRITE_UNCHANGED);
     while let Some(&id) = order.get(i) {
         i += 1;
         for child in &io.node(id)?.children {
-            if !order.contains(&child.node) {
+            if child.attachment.perm.intersects(writes) && !order.contains(&child.node) {
                 order.push(child.node).map_err(|_| Error::BadGraph("graph too large to flush"))?;
             }
         }

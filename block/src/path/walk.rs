@@ -4,7 +4,8 @@
 //! A request at a node is resolved extent by extent: starting at the node, each driver is asked
 //! where the range lives ([`Mapping`]); `Data` continues at a child at a translated offset,
 //! `Unallocated` continues at the backing child at the same offset, `Zero` ends in zeros. The
-//! walk is a loop bounded by [`MAX_DEPTH`], never a recursion, and ends at a leaf where
+//! walk is a loop bounded by the graph's node count (a backing chain is as deep as the graph
+//! has nodes for), never a recursion, and ends at a leaf where
 //! [`leaf::rw`] moves the bytes.
 
 use super::skip;
@@ -13,7 +14,7 @@ use crate::driver::Mapping;
 use crate::error::{Error, Result};
 use crate::io::leaf::{self, Buf};
 use crate::io::tracked::ReqKind;
-use crate::node::{NodeId, NodeKind, Role, MAX_DEPTH};
+use crate::node::{NodeId, NodeKind, Role};
 
 /// Where one extent of a request lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +45,7 @@ pub(crate) enum Target {
 pub(crate) struct Located {
     pub(crate) target: Target,
     pub(crate) len: u64,
-    pub(crate) depth: u8,
+    pub(crate) depth: u16,
     /// The last node that is not translation-only to map the extent as data in this layer.
     pub(crate) mapped_by: Option<NodeId>,
 }
@@ -72,10 +73,10 @@ impl Admitted {
 /// admitted at every driver node it passes; a metadata query (block status) is not.
 pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, mut admit: Option<(ReqKind, &mut Admitted)>) -> Result<Located> {
     let (mut cur, mut off, mut n) = (node, offset, len);
-    let mut depth = 0u8;
+    let mut depth = 0u16;
     let mut mapped_by = None;
     let done = |target, len, depth, mapped_by| Ok(Located { target, len, depth, mapped_by });
-    for _ in 0..MAX_DEPTH {
+    for _ in 0..s.io.walk_bound() {
         let here = s.node(cur)?;
         if off >= here.size() {
             // Below a larger overlay: past this node's end reads as zeros.
@@ -88,7 +89,7 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
         // A run of empty layers is passed at once, not layer by layer (see `skip`).
         if let Some((below, layers)) = skip::through_empty(s, cur, off, n) {
             cur = below;
-            depth = depth.saturating_add(layers);
+            depth = depth.saturating_add(u16::from(layers));
             continue;
         }
         let state = s.driver(cur)?;
@@ -131,7 +132,7 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
             return Err(Error::BadGraph("a driver mapped an empty extent"));
         }
     }
-    Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
+    Err(Error::BadGraph("walk longer than the graph has nodes (a cycle)"))
 }
 
 /// Reads `buf` from byte `offset` of `node` as a request of its own: at a node that allocates
@@ -202,7 +203,7 @@ pub struct Extent {
     /// Length in bytes (at least 1).
     pub len: u64,
     /// Backing links followed (0: the node itself).
-    pub depth: u8,
+    pub depth: u16,
 }
 
 /// The extent starting at `offset` of `node`, at most `len` bytes (QEMU's block status, for

@@ -14,9 +14,19 @@ use strata_block::{Backend, BackendOptions, DetectZeroes, Error, Graph, NodeId};
 use super::resolve::HostResolver;
 use super::ImgError;
 
-/// Graph capacity for host images: nodes (a 20-deep chain of images with their files, plus
-/// data files) and tracked requests.
-pub type HostGraph<'a> = Graph<'a, 64, 512>;
+/// Graph capacity for host images: nodes (a 31-deep chain of images with their files) and
+/// tracked requests. A chain deeper than that opens again in a [`DEEP_NODES`] graph.
+pub type HostGraph<'a> = Graph<'a, 64, HOST_TRACKED>;
+/// Tracked-request slots of a host graph (a chain's depth does not change them: the read-only
+/// layers below the top take none).
+const HOST_TRACKED: usize = 512;
+/// Nodes of the graph that images with a chain deeper than [`HostGraph`] holds are opened in:
+/// at about 2.2 KiB a node slot (a node and its driver state) and two slots an image, 1.4 MiB,
+/// so only such chains pay for it (and the test threads' 2 MiB stacks keep the small graph).
+pub const DEEP_NODES: usize = 640;
+/// The deepest chain the host tool opens: images below the top, as many as [`DEEP_NODES`] slots
+/// hold (319).
+pub const DEEP_CHAIN: usize = Graph::<'static, DEEP_NODES, HOST_TRACKED>::DEFAULT_BACKING_CHAIN;
 /// A backend on a host graph.
 pub type HostBackend<'g, 'd> = Backend<'g, 'd>;
 
@@ -58,6 +68,8 @@ pub struct OpenOptions {
     pub no_backing: bool,
     /// Extra options for the top node in Strata's grammar (`snapshot.name=NAME`).
     pub extra: Option<String>,
+    /// `--object` definitions (`throttle-group,id=G,limits.…`), made before the image opens.
+    pub objects: Vec<String>,
 }
 
 /// An open image.
@@ -68,8 +80,6 @@ pub struct Image<'g, 'd> {
     pub files: Vec<&'d HostFile>,
     /// Their canonical paths, in the same order.
     pub paths: Vec<std::path::PathBuf>,
-    /// `--object` definitions (`throttle-group,id=G,limits.…`), made before the image opens.
-    pub objects: Vec<String>,
 }
 
 impl Image<'_, '_> {
@@ -104,12 +114,27 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// Opens `spec` (a file name, or with `image_opts` an options string) and runs `f` on it; the
-/// image is closed when `f` returns.
+/// image is closed when `f` returns. An image whose backing chain the small graph cannot hold is
+/// opened again in a deep one ([`DEEP_NODES`]).
 pub fn with_image<R>(
     spec: &str,
     opts: &OpenOptions,
     f: impl FnOnce(&Image<'_, '_>) -> Result<R, ImgError>,
 ) -> Result<R, ImgError> {
+    let mut f = Some(f);
+    match with_graph::<R, _, 64>(spec, opts, &mut f)? {
+        Some(r) => Ok(r),
+        None => with_graph::<R, _, DEEP_NODES>(spec, opts, &mut f)?.ok_or_else(|| ImgError::failed(format!("Could not open '{spec}': backing chain too deep"))),
+    }
+}
+
+/// [`with_image`] in a graph of `N` nodes: `None` if the chain is too deep for it (and `N` is
+/// less than [`DEEP_NODES`]); `f` is taken only once the image is open.
+fn with_graph<R, F: FnOnce(&Image<'_, '_>) -> Result<R, ImgError>, const N: usize>(
+    spec: &str,
+    opts: &OpenOptions,
+    f: &mut Option<F>,
+) -> Result<Option<R>, ImgError> {
     let arena: typed_arena::Arena<HostFile> = typed_arena::Arena::new();
     let budget = opts.cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
     let slots: Vec<CacheSlot> = (0..(budget / SLICE as u64).max(1)).map(|_| CacheSlot::new()).collect();
@@ -125,11 +150,15 @@ pub fn with_image<R>(
         .collect();
     let clock = MonotonicClock::new();
     let mut bounce = vec![0u8; BOUNCE_BUFFERS * BOUNCE_SIZE + 4096];
-    let mut graph: HostGraph<'_> = Graph::new(&mut bounce, BOUNCE_SIZE);
+    let mut graph: Graph<'_, N, HOST_TRACKED> = Graph::new(&mut bounce, BOUNCE_SIZE);
     graph.set_metadata_cache(&slots);
     graph.set_decompressors(&inflaters);
     graph.set_zstd_decoders(&zstd);
     graph.set_clock(&clock);
+    for object in &opts.objects {
+        let group = strata_block::io::throttle::parse_object(object).map_err(|e| ImgError::failed(format!("--object {object}: {e}")))?;
+        graph.add_throttle_group(group).map_err(|e| ImgError::failed(format!("--object {object}: {e}")))?;
+    }
     let extra = opts.extra.as_deref().map(|e| format!("{e},")).unwrap_or_default();
     let text = if opts.image_opts {
         spec.to_string()
@@ -154,12 +183,13 @@ pub fn with_image<R>(
     let root = match opened {
         Ok(root) => root,
         Err(e) => {
+            let slots = Error::NoSpace { what: "graph node slots" };
+            if N < DEEP_NODES && (e == strata_block::graph::open::CHAIN_TOO_DEEP || e == slots) {
+                return Ok(None);
+            }
             let detail = match (&e, resolver.last_error.take()) {
-    for object in &opts.objects {
-        let group = strata_block::io::throttle::parse_object(object).map_err(|e| ImgError::failed(format!("--object {object}: {e}")))?;
-        graph.add_throttle_group(group).map_err(|e| ImgError::failed(format!("--object {object}: {e}")))?;
-    }
                 (Error::NotFound | Error::BadName { .. }, Some(text)) => text,
+                _ if e == strata_block::graph::open::CHAIN_TOO_DEEP => format!("{e}: {} images below the top", graph.backing_chain()),
                 (_, Some(text)) => format!("{e} ({text})"),
                 (_, None) => e.to_string(),
             };
@@ -178,11 +208,12 @@ pub fn with_image<R>(
     .map_err(|e| ImgError::failed(format!("Could not open '{spec}': {e}")))?;
     let (paths, files) = resolver.files.iter().map(|(p, f)| (p.clone(), *f)).unzip();
     let image = Image { backend, files, paths };
+    let Some(f) = f.take() else { return Err(ImgError::failed(format!("Could not open '{spec}': opened twice"))) };
     let result = f(&image);
     // A clean close: caches written back and stable, images marked clean.
     let closed = block_on(image.backend.close());
     match (result, closed) {
-        (Ok(r), Ok(())) => Ok(r),
+        (Ok(r), Ok(())) => Ok(Some(r)),
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => Err(ImgError::failed(format!("Could not close '{spec}': {e}{}", os_failures(&image.files, &image.paths)))),
     }

@@ -31,7 +31,7 @@ pub struct MapEntry {
     /// Bytes.
     pub length: u64,
     /// Backing links followed.
-    pub depth: u8,
+    pub depth: u16,
     /// Allocated in some layer.
     pub present: bool,
     /// Reads as zeros.

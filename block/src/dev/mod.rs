@@ -14,7 +14,6 @@
 pub mod ram;
 pub mod record;
 pub mod virtio;
-pub mod window;
 
 use core::task::{Context, Poll};
 

@@ -194,7 +194,15 @@ fn map_json_equals_qemu_img() {
     // subclusters; Strata's block status has none to give there: a known difference.)
     let ext = qcow2(&dir, "ext.qcow2", "extended_l2=on");
     qemu_io(&ext, "qcow2", &["write -P 4 0 128k", "write -z 200k 4k", "write -z 256k 64k"]);
-    for f in [&top, &base, &comp, &ext, &src] {
+    // Sparse layers of 4 KiB clusters (an L1 entry covers 2 MiB): runs of empty L1 entries
+    // answered in one lookup, in both layers of a chain.
+    let sbase = dir.join("sbase.qcow2");
+    run_qemu_img(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", s(&sbase), "64G"]);
+    qemu_io(&sbase, "qcow2", &["write -P 1 1G 8k", "write -P 2 33G 1M", "write -P 3 63G 4k"]);
+    let stop = dir.join("stop.qcow2");
+    run_qemu_img(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", "-b", "sbase.qcow2", "-F", "qcow2", s(&stop)]);
+    qemu_io(&stop, "qcow2", &["write -P 4 2G 4k", "write -z 33G 512k", "write -P 5 40G 2M"]);
+    for f in [&top, &base, &comp, &ext, &src, &sbase, &stop] {
         let theirs: Value = serde_json::from_slice(&qemu_img_out(&["map", "--output=json", s(f)])).unwrap();
         let entries = qemu_runner::img::image::with_image(
             s(f),
@@ -211,6 +219,7 @@ fn map_json_equals_qemu_img() {
         }
         assert_eq!(ours, theirs, "map of {}", f.display());
     }
+    check_convert(&dir, &stop, "sparse-chain");
 }
 
 /// `qemu-runner img convert ARGS`, in this process; its progress output.

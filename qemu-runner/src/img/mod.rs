@@ -75,7 +75,7 @@ struct Command {
 const COMMANDS: &[Command] = &[
     Command {
         name: "info",
-        usage: "info [-f FMT] [--image-opts] [-U] [--output=human|json] FILE",
+        usage: "info [-f FMT] [--image-opts] [-U] [--backing-chain] [--output=human|json] FILE",
         run: |a| info::run(a).map(|()| 0),
     },
     Command {
@@ -85,7 +85,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "convert",
-        usage: "convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME] -O raw SRC DST",
+        usage: "convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME] [-p] [-q] -O raw SRC DST",
         run: |a| convert::run(a).map(|()| 0),
     },
     Command {

@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::io::cache::Class;
-use crate::io::Io;
+use crate::io::{child_io, Io};
 use crate::node::NodeId;
 
 use super::super::tables::{decode_l1, COMPRESSED, COPIED, L1_OFFSET, L2_OFFSET};
@@ -215,7 +215,8 @@ impl Qcow2 {
     }
 
     /// Adds `addend` to cluster `c`'s refcount (0: only reads it); returns the new count. A
-    /// cluster left unreferenced is forgotten by the cache and searched for first.
+    /// cluster left unreferenced is discarded in the file, forgotten by the cache and searched
+    /// for first.
     pub(crate) async fn add_ref(
         &self,
         io: &Io<'_, '_>,
@@ -223,12 +224,19 @@ impl Qcow2 {
         c: u64,
         addend: i64,
     ) -> Result<u64> {
+        let cs = self.cluster_size();
         if addend == 0 {
-            return self.refcount(io, file, c << self.cluster_bits).await;
+            return self.refcount(io, file, c * cs).await;
+        }
+        // The last reference goes: discarded in the file first, as QEMU does for snapshot
+        // frees (`pass-discard-snapshot`, on by default). Only references no stable structure
+        // holds any more are dropped, and the discard completes before the count is 0 (so
+        // before an allocation could take the cluster). Advisory: a failure changes nothing.
+        if addend < 0 && self.refcount(io, file, c * cs).await? == 1 {
+            let _ = child_io::discard(io, file, c * cs, cs).await;
         }
         let count = self.change_refcount(io, file, c, addend).await?;
         if count == 0 {
-            let cs = self.cluster_size();
             io.meta.forget_range(file, c * cs, (c + 1) * cs);
             if c < self.w.free_hint.get() {
                 self.w.free_hint.set(c);

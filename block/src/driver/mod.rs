@@ -12,6 +12,7 @@
 //! layer above ([`crate::path`]) walks the graph and moves data. No driver calls back up.
 
 pub mod blkdebug;
+pub mod cor;
 pub mod null;
 pub mod plan;
 pub mod qcow2;
@@ -153,6 +154,20 @@ pub trait Driver: Sized {
         false
     }
 
+    /// The unit the driver allocates in (QEMU's cluster size, or subcluster size with extended
+    /// L2 entries): a write of whole units needs no copy-on-write. 0: the driver does not
+    /// allocate.
+    fn allocation_unit(&self) -> u64 {
+        0
+    }
+
+    /// For a filter that copies what its child reads from the child's backing chain into the
+    /// child (`copy-on-read`): the deepest backing layer, counted in links below the child,
+    /// whose data is copied. `None`: reads are only reads.
+    fn copy_on_read(&self) -> Option<u16> {
+        None
+    }
+
     /// Decodes a [`Mapping::Compressed`] extent into `out`.
     async fn read_compressed(&self, _io: &Io<'_, '_>, _node: NodeId, _host: u64, _csize: u64, _skip: u64, _out: &mut [u8]) -> Result<()> {
         Err(Error::BadGraph("compressed mapping from a driver without compression"))
@@ -285,6 +300,16 @@ macro_rules! drivers {
                 match self { $(Self::$variant(d) => d.admit(io, node, kind, offset, len).await,)* }
             }
 
+            /// See [`Driver::allocation_unit`].
+            pub(crate) fn allocation_unit(&self) -> u64 {
+                match self { $(Self::$variant(d) => d.allocation_unit(),)* }
+            }
+
+            /// See [`Driver::copy_on_read`].
+            pub(crate) fn copy_on_read(&self) -> Option<u16> {
+                match self { $(Self::$variant(d) => d.copy_on_read(),)* }
+            }
+
             /// See [`Driver::map_now`].
             pub(crate) fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
                 match self { $(Self::$variant(d) => d.map_now(offset, len),)* }
@@ -359,6 +384,7 @@ drivers! {
     NullCo(null::Null) = null::NULL_CO,
     NullAio(null::Null) = null::NULL_AIO,
     Throttle(throttle::Throttle) = throttle::THROTTLE,
+    CopyOnRead(cor::CopyOnRead) = cor::COPY_ON_READ,
     Blkdebug(blkdebug::Blkdebug) = blkdebug::BLKDEBUG,
 }
 

@@ -198,13 +198,15 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             self.node(below)?.threshold.set(write_threshold(innermost)?);
         }
         let formats = if protocol.is_some() { formats } else { chain };
+        // Each format's backing chain and data file open right after it, before the filters
+        // above it (a `throttle` or `copy-on-read` over a qcow2 image): nodes that only pass
+        // bytes through name no files, and a filter may look down the chain it sits on.
         for view in formats.iter().rev() {
             let id = self.open_format(view, below, None).await?;
             created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
+            self.open_links(id, Some(*view), resolver, created).await?;
             below = id;
         }
-        let top_view = chain.first().copied();
-        self.open_links(below, top_view, resolver, created).await?;
         Ok(below)
     }
 

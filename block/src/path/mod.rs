@@ -2,6 +2,7 @@
 //! the write executor (plan, execute, commit), range operations and whole-graph flush. It works
 //! on a [`Stack`], the graph's [`crate::io::Io`] view plus every driver node's state.
 
+pub(crate) mod cor;
 pub(crate) mod flush;
 pub(crate) mod range;
 pub(crate) mod skip;

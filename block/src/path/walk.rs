@@ -74,12 +74,17 @@ impl Admitted {
 pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, mut admit: Option<(ReqKind, &mut Admitted)>) -> Result<Located> {
     let (mut cur, mut off, mut n) = (node, offset, len);
     let mut depth = 0u16;
+    // True if `cur` was reached through a backing link (and `depth` counts that link).
+    let mut via_backing = false;
     let mut mapped_by = None;
     let done = |target, len, depth, mapped_by| Ok(Located { target, len, depth, mapped_by });
     for _ in 0..s.io.walk_bound() {
         let here = s.node(cur)?;
         if off >= here.size() {
-            // Below a larger overlay: past this node's end reads as zeros.
+            // Below a larger overlay: past this node's end reads as zeros. As `qemu-img map`
+            // (whose block status calls the overlay's range zero when its backing file is
+            // shorter), the depth is the overlay's, not the short layer's.
+            let depth = if via_backing { depth.saturating_sub(1) } else { depth };
             return done(Target::Hole, n, depth, None);
         }
         n = n.min(here.size() - off);
@@ -90,6 +95,7 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
         if let Some((below, layers)) = skip::through_empty(s, cur, off, n) {
             cur = below;
             depth = depth.saturating_add(u16::from(layers));
+            via_backing = true;
             continue;
         }
         let state = s.driver(cur)?;
@@ -111,6 +117,7 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
                 cur = here.child(role).ok_or(Error::BadGraph("mapping names a missing child"))?;
                 off = offset;
                 n = n.min(len);
+                via_backing = false;
             }
             Mapping::Zero { len } => return done(Target::Zero, n.min(len), depth, None),
             Mapping::Sink { len } => return done(Target::Sink, n.min(len), depth, Some(cur)),
@@ -120,6 +127,7 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
                     Some(backing) => {
                         cur = backing;
                         depth = depth.saturating_add(1);
+                        via_backing = true;
                     }
                     None => return done(Target::Hole, n, depth, None),
                 }
@@ -135,10 +143,19 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
     Err(Error::BadGraph("walk longer than the graph has nodes (a cycle)"))
 }
 
-/// Reads `buf` from byte `offset` of `node` as a request of its own: at a node that allocates
-/// and frees while written, the read is tracked there, so no cluster it reads is freed (and
-/// reused) before it is done. Internal reads (copy-on-write sources) use [`read`].
+/// Reads `buf` from byte `offset` of `node` as a request of its own: through a copy-on-read
+/// node, with what it copies ([`super::cor`]); else as [`read_request_plain`].
 pub(crate) async fn read_request(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+    if let Some(depth) = s.state(node)?.and_then(|state| state.copy_on_read()) {
+        return super::cor::read(s, node, depth, offset, buf).await;
+    }
+    read_request_plain(s, node, offset, buf).await
+}
+
+/// Reads `buf` from byte `offset` of `node` as a request of its own, copying nothing: at a node
+/// that allocates and frees while written, the read is tracked there, so no cluster it reads is
+/// freed (and reused) before it is done. Internal reads (copy-on-write sources) use [`read`].
+pub(crate) async fn read_request_plain(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
     let tracks = s.state(node)?.is_some_and(|state| state.tracks_reads());
     if !tracks {
         return read_as(s, node, offset, buf, Some(ReqKind::Read)).await;

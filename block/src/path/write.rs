@@ -21,7 +21,7 @@ use crate::io::child_io;
 use crate::node::{NodeId, Role, MAX_DEPTH};
 
 /// Follows translation-only nodes down from byte `offset` of `node` for `len` bytes, admitting
-/// the request at each: returns the first node that is a leaf or maps for itself, and the
+/// the request at each and checking each node's write threshold: returns the first node that is a leaf or maps for itself, and the
 /// offset there. The range must lie inside every node on the way.
 pub(crate) async fn descend(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, kind: ReqKind) -> Result<(NodeId, u64)> {
     let (mut cur, mut off) = (node, offset);
@@ -29,7 +29,10 @@ pub(crate) async fn descend(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u
     let here = s.node(cur)?;
     if here.pass.is_none() {
         return match off.checked_add(len) {
-            Some(end) if end <= here.size() => Ok((cur, off)),
+            Some(end) if end <= here.size() => {
+                here.threshold.check(off, len);
+                Ok((cur, off))
+            }
             _ => Err(Error::OutOfRange { offset: off, len, size: here.size() }),
         };
     }
@@ -39,6 +42,7 @@ pub(crate) async fn descend(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u
             Some(end) if end <= here.size() => {}
             _ => return Err(Error::OutOfRange { offset: off, len, size: here.size() }),
         }
+        here.threshold.check(off, len);
         let Some(pass) = here.pass else { return Ok((cur, off)) };
         let state = s.driver(cur)?;
         if state.admits() {

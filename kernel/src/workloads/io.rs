@@ -40,7 +40,7 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, options: &str, cm
     // Only reads: open read-only, so read-only drives and dirty images work too and nothing is
     // written (qemu-io would need -r).
     let parsed = |c: &str| cmd::parse_words(c.split(',')).ok();
-    let read_only = cmds.iter().all(|c| matches!(parsed(c), Some(Command::Read { .. })));
+    let read_only = cmds.iter().all(|c| matches!(parsed(c), Some(Command::Read { .. }))) && !copies_on_read(options);
     let opened = if read_only { stack::open_read_only(&mut graph, catalog, maps, options) } else { stack::open(&mut graph, catalog, maps, options) };
     let (node, _leaves) = match opened {
         Ok(v) => v,
@@ -91,4 +91,18 @@ impl fmt::Display for Words<'_> {
         }
         Ok(())
     }
+}
+
+/// True if a node of `options` is a `copy-on-read` filter, which writes what it reads (so the
+/// stack opens read-write even for reads only).
+fn copies_on_read(options: &str) -> bool {
+    let Ok(parsed) = strata_block::options::Options::<'_, 32>::parse(options, Some("file")) else { return false };
+    let mut view = Some(parsed.root());
+    while let Some(v) = view {
+        if v.get("driver").is_some_and(|d| d.eq_str("copy-on-read")) {
+            return true;
+        }
+        view = v.child("file");
+    }
+    false
 }

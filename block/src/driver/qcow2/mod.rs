@@ -337,6 +337,14 @@ impl Driver for Qcow2 {
         self.w.writable
     }
 
+    fn allocation_unit(&self) -> u64 {
+        if self.extended_l2 {
+            self.cluster_size() / 32
+        } else {
+            self.cluster_size()
+        }
+    }
+
     async fn begin_write<'g>(&self, io: &Io<'g, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<Option<Tracked<'g>>> {
         self.begin(io, node, kind, offset, len).await
     }

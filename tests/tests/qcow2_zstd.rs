@@ -13,6 +13,11 @@ mod util;
 
 use std::path::{Path, PathBuf};
 
+use qemu_runner::img::block::dev::file::{HostFile, HostFileOptions};
+use qemu_runner::img::block::dev::BlockDevice;
+use qemu_runner::img::block::io::cache::CacheSlot;
+use qemu_runner::img::block::io::zstd::ZstdDecoder;
+use qemu_runner::img::block::{Backend, BackendOptions, Error, Graph};
 use qemu_runner::img::image::{self, OpenOptions};
 use strata_tests::{boot, drive, records, scratch, Machine};
 use util::*;
@@ -293,6 +298,79 @@ fn damaged_zstd_clusters_are_errors() {
         }
     }
     assert!(errors > 0, "no damaged cluster was refused");
+}
+
+/// The decoder's memory is the caller's: with no decoder a zstd read is `NoSpace`; a window
+/// smaller than the cluster serves whole-cluster reads (decoded into the caller's buffer) and
+/// refuses reads of part of a cluster with `NoSpace`; one of a cluster serves both.
+#[test]
+fn decoder_memory_is_given_and_bounded() {
+    let dir = scratch("qcow2-zstd-memory");
+    let data = mixed(2 * MIB as usize, 4);
+    let Some((_, img)) = zstd_image(&dir, "m", "cluster_size=256k", &data) else {
+        return;
+    };
+    let file = HostFile::open(
+        &img,
+        &HostFileOptions {
+            read_only: true,
+            ..HostFileOptions::default()
+        },
+    )
+    .unwrap();
+    let cs = 256 * 1024;
+    for window in [None, Some(0usize), Some(64 * 1024), Some(cs)] {
+        let slots: Vec<CacheSlot> = (0..64).map(|_| CacheSlot::new()).collect();
+        let mut mem = vec![0u8; window.unwrap_or(0)];
+        let mut decoder = Box::new(ZstdDecoder::new());
+        decoder.set_window(&mut mem);
+        let decoders = std::slice::from_ref(&*decoder);
+        let mut bounce = vec![0u8; 8 * 64 * 1024 + 4096];
+        let mut graph: Graph<'_, 16, 64> = Graph::new(&mut bounce, 64 * 1024);
+        graph.set_metadata_cache(&slots);
+        if window.is_some() {
+            graph.set_zstd_decoders(decoders);
+        }
+        let mut resolve = |name: &str| -> Option<&dyn BlockDevice> {
+            (name == "img").then_some(&file as &dyn BlockDevice)
+        };
+        let root = image::block_on(graph.open("driver=qcow2,read-only=on,file=img", &mut resolve))
+            .unwrap();
+        let backend = Backend::new(
+            &graph,
+            root,
+            BackendOptions {
+                read_only: true,
+                ..BackendOptions::default()
+            },
+        )
+        .unwrap();
+        // The first cluster whose data is not all zeros (qemu-img leaves zero clusters out).
+        let c = (0..data.len() / cs)
+            .find(|&c| data[c * cs..(c + 1) * cs].iter().any(|&b| b != 0))
+            .unwrap();
+        let mut whole = vec![0u8; cs];
+        let r = image::block_on(backend.read((c * cs) as u64, &mut whole));
+        let mut part = vec![0u8; 5000];
+        let p = image::block_on(backend.read((c * cs + 777) as u64, &mut part));
+        match window {
+            None => {
+                assert!(matches!(r, Err(Error::NoSpace { .. })), "{r:?}");
+                assert!(matches!(p, Err(Error::NoSpace { .. })), "{p:?}");
+            }
+            Some(w) => {
+                r.unwrap();
+                assert!(whole[..] == data[c * cs..(c + 1) * cs]);
+                if w < cs {
+                    assert!(matches!(p, Err(Error::NoSpace { .. })), "window {w}: {p:?}");
+                } else {
+                    p.unwrap();
+                    assert!(part[..] == data[c * cs + 777..c * cs + 777 + 5000]);
+                }
+            }
+        }
+        drop(backend);
+    }
 }
 
 /// Boots `sha256 top` with `top` as the drive `top` and checks the guest's digest.

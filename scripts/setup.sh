@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 NEEDS=(
     "qemu-system-x86|qemu-system-x86_64 boots the kernel"
     "qemu-utils|qemu-img and qemu-io, the oracles the tests check Strata against"
+    "zstd|the zstd command, the reference encoder block/tests/zstd_codec.rs checks the decoder against"
     "target:x86_64-unknown-none|the kernel's bare-metal target"
 )
 

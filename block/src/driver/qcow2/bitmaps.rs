@@ -128,7 +128,7 @@ impl BitmapWalk {
     fn valid(&self, b: &BitmapInfo, kind: u8) -> bool {
         let shape = b.table_size != 0
             && b.table_offset != 0
-            && b.table_offset % self.cluster_size == 0
+            && b.table_offset.is_multiple_of(self.cluster_size)
             && b.table_size <= MAX_TABLE_SIZE
             && (MIN_GRANULARITY_BITS..=MAX_GRANULARITY_BITS).contains(&b.granularity_bits)
             && b.flags & RESERVED_FLAGS == 0

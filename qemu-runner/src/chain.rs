@@ -339,6 +339,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pack_places_files_at_aligned_windows_once() {
+        let dir = std::env::temp_dir().join(format!("qr-pack-{}", std::process::id()));
+        assert!(std::fs::create_dir_all(&dir).is_ok());
+        let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+        assert!(std::fs::write(&a, vec![1u8; 5000]).is_ok() && std::fs::write(&b, vec![2u8; 4096]).is_ok());
+        let Ok(mut pack) = Pack::create("S.p".into()) else { panic!("pack") };
+        assert_eq!(pack.add(&a).as_deref(), Ok("S.p@0+2000"));
+        assert_eq!(pack.add(&b).as_deref(), Ok("S.p@2000+1000"));
+        assert_eq!(pack.add(&a).as_deref(), Ok("S.p@0+2000"));
+        let path = pack.guard.0.clone();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert_eq!(bytes.len(), 0x3000);
+        assert!(bytes[..5000].iter().all(|&x| x == 1) && bytes[5000..0x2000].iter().all(|&x| x == 0));
+        assert!(bytes[0x2000..].iter().all(|&x| x == 2));
+        drop(pack);
+        assert!(!path.exists(), "a pack disk is removed when dropped");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn raw_files_have_no_links() {
         let f = std::env::temp_dir().join(format!("qr-chain-{}.raw", std::process::id()));
         assert!(std::fs::write(&f, [0u8; 4096]).is_ok());

@@ -35,6 +35,8 @@ usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw
   snapshot OPTIONS [--create NAME | --apply NAME | --delete NAME]
                                qcow2 internal snapshots: list them (the default), or create,
                                apply (id or name) or delete (name) one, as qemu-img snapshot
+  check OPTIONS [--repair leaks|all]
+                               qemu-img check of a qcow2 image (a bare SERIAL: its raw bytes)
   --format SERIAL=raw|qcow2    (any workload, repeatable) the device holds an image of that
                                format: opened with driver=FMT unless OPTIONS name a driver
   --zeroed SERIAL=OFFSET       (any workload, repeatable) the device reads as zeros from OFFSET
@@ -212,6 +214,17 @@ pub enum SnapshotAction<'a> {
     Delete(&'a str),
 }
 
+/// What `check` may repair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckRepair {
+    /// Nothing: check only.
+    Nothing,
+    /// Leaked clusters (`--repair leaks`).
+    Leaks,
+    /// Leaks and errors (`--repair all`).
+    All,
+}
+
 /// Flags that take no value.
 const SWITCHES: &[&str] = &["--extended-l2", "--lazy-refcounts"];
 
@@ -251,6 +264,13 @@ pub enum Command<'a> {
         options: &'a str,
         /// What to do.
         action: SnapshotAction<'a>,
+    },
+    /// Check (and repair) a qcow2 image as qemu-img check.
+    Check {
+        /// The node (a bare device name: its raw bytes).
+        options: &'a str,
+        /// What to repair.
+        repair: CheckRepair,
     },
 }
 
@@ -453,6 +473,19 @@ fn parse_command<'a>(
                 };
             }
             Ok(Command::Snapshot { options, action })
+        }
+        "check" => {
+            let options = options.ok_or(CmdlineError::MissingOptions("check"))?;
+            let mut repair = CheckRepair::Nothing;
+            for &(name, value) in &flags {
+                repair = match (name, value) {
+                    ("--repair", "leaks") => CheckRepair::Leaks,
+                    ("--repair", "all") => CheckRepair::All,
+                    ("--repair", _) => return Err(CmdlineError::BadFlag(name, "expected leaks or all")),
+                    _ => return Err(CmdlineError::UnknownFlag(name)),
+                };
+            }
+            Ok(Command::Check { options, repair })
         }
         other => Err(CmdlineError::UnknownCommand(other)),
     }

@@ -12,8 +12,8 @@
 //! the room fails its writes with "out of room on the device holding the image".
 //!
 //! Files that get no headroom: read-only drives, backing and data files, files that are not
-//! qcow2, and qcow2 images the guest cannot open read-write anyway (dirty, corrupt, or with an
-//! external data file). An image left dirty by the guest (lazy refcounts, not closed) keeps its
+//! qcow2, and qcow2 images the guest cannot open read-write anyway (corrupt, or with an
+//! external data file; a dirty one it repairs first, so it gets room). An image left dirty by the guest (lazy refcounts, not closed) keeps its
 //! headroom: its refcounts cannot tell where it ends. A warning says so.
 
 use std::fs::OpenOptions;
@@ -67,8 +67,9 @@ fn full_size(size: u64, cluster_bits: u64, refcount_order: u64, extended_l2: boo
     counted.saturating_add(blocks).saturating_add(table).saturating_mul(cs)
 }
 
-/// Incompatible bits that keep the guest from opening an image read-write.
-const NO_WRITES: u64 = incompat::DIRTY | incompat::CORRUPT | incompat::DATA_FILE;
+/// Incompatible bits that keep the guest from opening an image read-write (a dirty image is
+/// repaired by the open).
+const NO_WRITES: u64 = incompat::CORRUPT | incompat::DATA_FILE;
 
 /// One extended file.
 #[derive(Debug)]
@@ -196,8 +197,15 @@ fn shrink_one(g: &Grown) -> Result<(), String> {
     // terabytes of headroom by default. (Past the slack only clusters allocated and never
     // written could hide — a failed write's leak — and cutting them leaves a leak QEMU's check
     // reports as one, as before.)
-    let scan_from = data_end(&file, g.original, len).saturating_add(SCAN_SLACK).min(len);
-    let end = image_end(&g.path, g.original, scan_from)?.clamp(g.original, len);
+    let last_data = data_end(&file, g.original, len);
+    let scan_from = last_data.saturating_add(SCAN_SLACK).min(len);
+    let end = match image_end(&g.path, g.original, scan_from) {
+        Ok(end) => end.clamp(g.original, len),
+        // An image still dirty (the guest only read it) cannot say where it ends; if nothing was
+        // written past its old length, that is where it ends.
+        Err(_) if last_data == g.original => g.original,
+        Err(e) => return Err(e),
+    };
     // A file that ended inside its last cluster (as `qemu-img create` leaves them) keeps its
     // length while nothing was written past it: past the end reads as zeros anyway.
     let target = if end - g.original < 64 * 1024 && zeros(&mut file, g.original, end - g.original) { g.original } else { end };
@@ -295,8 +303,8 @@ mod tests {
         head[7] = 3;
         let q = dir.join("a.qcow2");
         assert!(std::fs::write(&q, &head).is_ok());
-        head[79] = 1; // dirty
-        let dirty = dir.join("dirty.qcow2");
+        head[79] = 2; // corrupt
+        let dirty = dir.join("corrupt.qcow2");
         assert!(std::fs::write(&dirty, &head).is_ok());
         let ro = Drive { read_only: true, ..Drive::new(&q, "ro") };
         let off = Drive { headroom: Some(0), ..Drive::new(&q, "off") };

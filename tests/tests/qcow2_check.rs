@@ -609,3 +609,169 @@ fn a_dirty_lazy_refcounts_image() {
         s.to_str().unwrap()
     ]));
 }
+
+/// The clusters qemu-img check finds with a refcount below their references.
+fn low_refcounts(file: &Path) -> Vec<u64> {
+    let said = theirs(file, &[]);
+    let mut v: Vec<u64> = said
+        .err
+        .lines()
+        .filter_map(|l| l.strip_prefix("ERROR cluster "))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_repair_cut_anywhere_lowers_no_refcount_below_its_references() {
+    use qemu_runner::img::block::dev::file::{HostFile, HostFileOptions};
+    use qemu_runner::img::block::dev::record::Recording;
+    use qemu_runner::img::block::dev::BlockDevice;
+    use qemu_runner::img::block::io::cache::CacheSlot;
+    use qemu_runner::img::block::Graph;
+    use qemu_runner::img::crashlog::{read_log, LogWriter};
+    use qemu_runner::img::replay::{plan, replay};
+
+    let dir = scratch("check-crash");
+    let snap = with_snapshots(&dir);
+    // Leaks (two of them on clusters whose COPIED flag is set), a dropped reference, a
+    // too-low refcount and a cleared COPIED flag: a repair with every kind of write.
+    let base = copy_as(&snap, "damaged.qcow2");
+    for guest in [63u64 << 20, (63 << 20) + (64 << 10)] {
+        let k = host_cluster(&base, guest);
+        set_refcount(&base, k, 2);
+    }
+    let k = host_cluster(&base, 33 << 20);
+    set_refcount(&base, k, 1);
+    let at = l2_entry_at(&base, 5 << 20);
+    patch(&base, at, &(be64(&base, at) & !(1 << 63)).to_be_bytes());
+    patch(&base, l2_entry_at(&base, (63 << 20) + (128 << 10)), &[0; 8]);
+    let before = low_refcounts(&base);
+    assert!(before.contains(&k), "{before:?}");
+
+    // The repair, its leaf's writes and flushes recorded.
+    let work = copy_as(&base, "work.qcow2");
+    let log = dir.join("repair.log");
+    let records = {
+        let file = HostFile::open(&work, &HostFileOptions::default()).unwrap();
+        let writer = LogWriter::create(&log).unwrap();
+        let recording: Recording<'_> = Recording::new(&file, &writer);
+        let slots: Vec<CacheSlot> = (0..64).map(|_| CacheSlot::new()).collect();
+        let mut bounce = vec![0u8; 8 * 64 * 1024 + 4096];
+        {
+            let mut graph: Graph<'_, 8, 64> = Graph::new(&mut bounce, 64 * 1024);
+            graph.set_metadata_cache(&slots);
+            let mut resolve = |name: &str| -> Option<&dyn BlockDevice> {
+                (name == "work").then_some(&recording as &dyn BlockDevice)
+            };
+            let root = image::block_on(graph.open("driver=raw,file=work", &mut resolve)).unwrap();
+            let leaf = graph
+                .node(root)
+                .unwrap()
+                .child(qemu_runner::img::block::graph::Role::File)
+                .unwrap();
+            let mut mem = vec![0u8; chk::MIN_BUDGET];
+            let mut sink = |_: &Finding| {};
+            let r = image::block_on(chk::check(
+                &graph.io(),
+                leaf,
+                Mode::ALL,
+                &mut mem,
+                &mut sink,
+            ))
+            .unwrap();
+            assert!(r.leaks_fixed >= 1 && r.corruptions_fixed >= 3 && r.passes >= 2, "{r:?}");
+        }
+        writer.finish().unwrap();
+        read_log(&log).unwrap()
+    };
+    assert_eq!(theirs(&work, &[]).status, 0, "{:?}", theirs(&work, &[]));
+    assert!(qimg_ok(&[
+        "compare",
+        "-q",
+        base.to_str().unwrap(),
+        work.to_str().unwrap()
+    ]));
+
+    // Every cut (after flushes, inside flush epochs, unflushed writes dropped and reordered):
+    // no refcount is below its references unless it was before, and the contents are intact.
+    let cuts = plan(&records, 60, 14);
+    assert!(cuts.len() >= 10, "{} cuts", cuts.len());
+    for (i, cut) in cuts.iter().enumerate() {
+        let out = dir.join(format!("cut{i}.qcow2"));
+        replay(&records, *cut, &base, &out).unwrap();
+        let low = low_refcounts(&out);
+        assert!(
+            low.iter().all(|c| before.contains(c)),
+            "{cut}: refcounts below references {low:?} (before: {before:?})"
+        );
+        assert!(
+            qimg_ok(&[
+                "compare",
+                "-q",
+                base.to_str().unwrap(),
+                out.to_str().unwrap()
+            ]),
+            "{cut}: contents"
+        );
+        let _ = std::fs::remove_file(&out);
+    }
+}
+
+#[test]
+fn the_guest_checks_and_repairs_its_disk() {
+    let dir = scratch("check-guest");
+    let snap = with_snapshots(&dir);
+    let f = copy_as(&snap, "guest.qcow2");
+    let k = host_cluster(&f, 63 << 20);
+    set_refcount(&f, k, 2);
+    let k = host_cluster(&f, 33 << 20);
+    set_refcount(&f, k, 2);
+    let want = json_fields(&theirs(&f, &["--output=json"]).out);
+    let disk = || strata_tests::Drive {
+        headroom: Some(0),
+        ..strata_tests::drive(&f, "disk", false)
+    };
+    let r = strata_tests::boot(strata_tests::Machine::Microvm, vec![disk()], "check disk");
+    assert_eq!(r.exit_code, 1, "{}\n{}", r.summary(), r.console);
+    let rec = strata_tests::records(&r, "check")[0].clone();
+    assert_eq!(rec["status"], 2, "{rec}");
+    for (ours, theirs) in [
+        ("corruptions", "corruptions"),
+        ("leaks", "leaks"),
+        ("image_end_offset", "image-end-offset"),
+        ("allocated_clusters", "allocated-clusters"),
+        ("fragmented_clusters", "fragmented-clusters"),
+    ] {
+        assert_eq!(rec[ours], want[theirs], "{ours}: {rec} vs {want}");
+    }
+    assert!(
+        r.console
+            .contains(&format!("ERROR cluster {k} refcount=2 reference=3")),
+        "{}",
+        r.console
+    );
+    let q = copy_as(&f, "guest.qemu.qcow2");
+    let fixed = json_fields(&theirs(&q, &["-r", "all", "--output=json"]).out);
+    let r = strata_tests::boot(
+        strata_tests::Machine::Microvm,
+        vec![disk()],
+        "check disk --repair all",
+    );
+    assert!(r.is_ok(), "{}\n{}", r.summary(), r.console);
+    let rec = strata_tests::records(&r, "check")[0].clone();
+    assert_eq!(rec["status"], 0, "{rec}");
+    assert_eq!(rec["leaks_fixed"], fixed["leaks-fixed"], "{rec} vs {fixed}");
+    assert_eq!(
+        rec["corruptions_fixed"], fixed["corruptions-fixed"],
+        "{rec} vs {fixed}"
+    );
+    assert_eq!(theirs(&f, &[]).status, 0, "{:?}", theirs(&f, &[]));
+    assert!(qimg_ok(&[
+        "compare",
+        "-q",
+        q.to_str().unwrap(),
+        f.to_str().unwrap()
+    ]));
+}

@@ -5,6 +5,7 @@
 //! their requests as tasks of the polled executor ([`crate::executor`]).
 
 mod bench;
+mod check;
 mod create;
 mod demo;
 mod devices;
@@ -44,6 +45,15 @@ pub fn run(command: &Command, disks: &Catalog, maps: &Maps<'_>) -> u32 {
         Command::Io { options, cmds } => io::run(disks, maps, options, cmds),
         Command::Stress(args) => stress::run(disks, maps, &args),
         Command::Snapshot { options, action } => snapshot::run(disks, maps, options, action),
+        Command::Check { options, repair } => {
+            use strata_block::driver::qcow2::check::Mode;
+            let mode = match repair {
+                crate::cmdline::CheckRepair::Nothing => Mode::CHECK,
+                crate::cmdline::CheckRepair::Leaks => Mode::LEAKS,
+                crate::cmdline::CheckRepair::All => Mode::ALL,
+            };
+            check::run(disks, maps, options, mode)
+        }
         Command::Demo { options } => {
             let default = disks.first_by_serial().map(|d| d.serial());
             match options.or(default) {

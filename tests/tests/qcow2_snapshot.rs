@@ -444,7 +444,8 @@ fn errors_as_qemu_img() {
 }
 
 /// The guest's `snapshot` workload: a snapshot taken in the guest is listed by qemu-img, checks
-/// clean and holds the image as it was; one qemu-img made is deleted in a second boot.
+/// clean and holds the image as it was; one qemu-img made is deleted in a second boot, and the
+/// guest's is applied in a third.
 #[test]
 fn guest_snapshot_workload() {
     let dir = scratch("qcow2-snapshot-guest");
@@ -482,11 +483,19 @@ fn guest_snapshot_workload() {
     ]);
     assert_eq!(sha256sum(&raw), active);
     assert_eq!(host_digest(&f), active);
+    let top2 = top.clone();
     let r = boot(Machine::Microvm, vec![top], "snapshot top --delete host");
     assert!(r.is_ok(), "{}\n{}", r.summary(), r.console);
     assert_eq!(records(&r, "snapshot").len(), 1, "{}", r.console);
     check_clean(&f);
     assert_eq!(names(&f), ["guest"]);
+    assert_eq!(host_digest(&f), active);
+    // Apply in the guest after the host changed the image.
+    qio("qcow2", &f, &["write -P 0x6b 0 128k"]);
+    assert_ne!(host_digest(&f), active);
+    let r = boot(Machine::Microvm, vec![top2], "snapshot top --apply guest");
+    assert!(r.is_ok(), "{}\n{}", r.summary(), r.console);
+    check_clean(&f);
     assert_eq!(host_digest(&f), active);
 }
 

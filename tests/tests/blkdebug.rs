@@ -289,3 +289,84 @@ fn a_breakpoint_races_two_allocating_writes() {
         ],
     );
 }
+
+/// The device writes (offset, length) of one allocating 64 KiB write at 1000 through
+/// `driver=qcow2,file.driver=blkdebug,{limits},file.image=rec` on a copy of `base`, seen by a
+/// recording leaf.
+fn device_writes(dir: &Path, base: &Path, limits: &str) -> Vec<(u64, u64)> {
+    use qemu_runner::img::block::dev::file::{HostFile, HostFileOptions};
+    use qemu_runner::img::block::dev::record::{Event as Rec, RecordSink, Recording};
+    use qemu_runner::img::block::dev::BlockDevice;
+    use qemu_runner::img::block::io::cache::{CacheSlot, Inflater};
+    use qemu_runner::img::block::{Backend, BackendOptions, Graph};
+    use qemu_runner::img::image::block_on;
+    use std::cell::RefCell;
+
+    struct Sink(RefCell<Vec<(u64, u64)>>);
+    impl RecordSink for Sink {
+        fn event(&self, e: Rec<'_>) {
+            if let Rec::Write { offset, data, .. } = e {
+                self.0.borrow_mut().push((offset, data.len()));
+            }
+        }
+    }
+    let work = dir.join("rec.qcow2");
+    std::fs::copy(base, &work).unwrap();
+    let file = HostFile::open(&work, &HostFileOptions::default()).unwrap();
+    let sink = Sink(RefCell::new(Vec::new()));
+    let rec: Recording<'_> = Recording::new(&file, &sink);
+    let slots: Vec<CacheSlot> = (0..64).map(|_| CacheSlot::new()).collect();
+    let inflaters = [Inflater::new()];
+    let mut bounce = vec![0u8; 8 * 64 * 1024 + 4096];
+    let mut graph: Graph<'_, 16, 64> = Graph::new(&mut bounce, 64 * 1024);
+    graph.set_metadata_cache(&slots);
+    graph.set_decompressors(&inflaters);
+    let mut resolve = |name: &str| -> Option<&dyn BlockDevice> {
+        (name == "rec").then_some(&rec as &dyn BlockDevice)
+    };
+    let sep = if limits.is_empty() { "" } else { "," };
+    let opts = format!("driver=qcow2,file.driver=blkdebug{sep}{limits},file.image=rec");
+    let root = block_on(graph.open(&opts, &mut resolve)).unwrap();
+    let backend = Backend::new(&graph, root, BackendOptions::default()).unwrap();
+    let data = vec![0x5au8; 64 * 1024];
+    block_on(backend.write(1000, &data)).unwrap();
+    block_on(backend.flush()).unwrap();
+    block_on(backend.close()).unwrap();
+    let writes = sink.0.borrow().clone();
+    writes
+}
+
+#[test]
+fn limits_options_change_how_requests_are_cut() {
+    ensure_qemu();
+    let dir = scratch("blkdebug-split");
+    let base = base(&dir);
+    let plain = device_writes(&dir, &base, "");
+    assert!(
+        plain.iter().any(|&(_, len)| len > 60 * 1024),
+        "without limits the data goes in one request per cluster: {plain:?}"
+    );
+    let cut = device_writes(&dir, &base, "file.max-transfer=4096");
+    assert!(
+        cut.iter().all(|&(_, len)| len <= 4096),
+        "max-transfer=4096: {cut:?}"
+    );
+    assert!(
+        cut.len() >= 16,
+        "max-transfer=4096 cuts the 64 KiB of data in 16 or more: {cut:?}"
+    );
+    let aligned = device_writes(&dir, &base, "file.align=4096");
+    assert!(
+        aligned
+            .iter()
+            .all(|&(off, len)| off % 4096 == 0 && len % 4096 == 0),
+        "align=4096: {aligned:?}"
+    );
+    assert!(
+        plain
+            .iter()
+            .any(|&(off, len)| off % 4096 != 0 || len % 4096 != 0),
+        "without align the data goes at the guest offset's alignment: {plain:?}"
+    );
+    assert_eq!(check(&dir.join("rec.qcow2")), 0);
+}

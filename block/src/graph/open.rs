@@ -114,6 +114,25 @@ fn child_key(view: &OptionsView<'_, '_>) -> &'static str {
     view.get("driver").and_then(|d| d.as_str()).and_then(|d| driver::by_name(d).ok()).map_or("file", |d| d.child_key())
 }
 
+/// `view` and the file children below it, top first (each view's child under its driver's
+/// child key).
+fn views_down<'o, 'a>(top: OptionsView<'o, 'a>) -> Result<heapless::Vec<OptionsView<'o, 'a>, MAX_DEPTH>> {
+    let mut chain = heapless::Vec::new();
+    let mut view = top;
+    loop {
+        chain.push(view).map_err(|_| Error::BadGraph("options nest deeper than MAX_DEPTH"))?;
+        match view.child(child_key(&view)) {
+            Some(child) => view = child,
+            None => return Ok(chain),
+        }
+    }
+}
+
+/// True if `view` opens a `blkverify` node.
+fn is_blkverify(view: &OptionsView<'_, '_>) -> bool {
+    view.get("driver").is_some_and(|d| d.eq_str(driver::blkverify::BLKVERIFY.name))
+}
+
 fn same_device(a: &dyn BlockDevice, b: &dyn BlockDevice) -> bool {
     core::ptr::addr_eq(a as *const dyn BlockDevice, b as *const dyn BlockDevice)
 }
@@ -135,17 +154,26 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     /// names through `resolver`. A failure leaves the graph as it was.
     pub async fn open_with(&mut self, text: &str, resolver: &mut dyn Resolver<'d>) -> Result<NodeId> {
         let opts: Options<'_, MAX_OPEN_OPTIONS> = Options::parse(text, Some("file"))?;
-        let mut chain: heapless::Vec<OptionsView<'_, '_>, MAX_DEPTH> = heapless::Vec::new();
-        let mut view = opts.root();
-        loop {
-            chain.push(view).map_err(|_| Error::BadGraph("options nest deeper than MAX_DEPTH"))?;
-            match view.child(child_key(&view)) {
-                Some(child) => view = child,
-                None => break,
-            }
-        }
+        let chain = views_down(opts.root())?;
         let mut created = Created::<N>::new();
-        let result = self.open_inner(&chain, resolver, &mut created).await;
+        let result = async {
+            // A blkverify node's reference (`raw`) is a second subtree: opened first, on its own,
+            // and linked to the node when the main chain opens it.
+            let reference = match chain.iter().filter(|v| is_blkverify(v)).count() {
+                0 => None,
+                1 => {
+                    let at = chain.iter().find(|v| is_blkverify(v)).and_then(|v| v.child(driver::blkverify::REFERENCE_KEY));
+                    let sub = views_down(at.ok_or(Error::BadOption { key: "raw", why: "missing (blkverify's reference)" })?)?;
+                    if sub.iter().any(is_blkverify) {
+                        return Err(Error::Unsupported("blkverify inside blkverify"));
+                    }
+                    Some(self.open_inner(&sub, resolver, &mut created, None).await?)
+                }
+                _ => return Err(Error::Unsupported("more than one blkverify node in one open")),
+            };
+            self.open_inner(&chain, resolver, &mut created, reference).await
+        }
+        .await;
         if result.is_err() {
             // A failed open leaves the graph as it was: no half-built chain keeps its
             // permissions on the files below. Newest first.
@@ -156,7 +184,10 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         result
     }
 
-    async fn open_inner(&mut self, chain: &[OptionsView<'_, '_>], resolver: &mut dyn Resolver<'d>, created: &mut Created<N>) -> Result<NodeId> {
+    /// Opens one chain of views (each the child of the one before): its leaf or protocol node,
+    /// then the formats and filters upwards, each format's links right after it. `reference`:
+    /// the already opened subtree the chain's blkverify node compares with.
+    async fn open_inner(&mut self, chain: &[OptionsView<'_, '_>], resolver: &mut dyn Resolver<'d>, created: &mut Created<N>, reference: Option<NodeId>) -> Result<NodeId> {
         let (innermost, formats) = chain.split_last().ok_or(Error::BadOption { key: "file", why: "missing" })?;
         let protocol = match innermost.get("driver") {
             // QEMU's file protocol: the leaf the resolver opens, as `file=NAME` names it.
@@ -205,6 +236,10 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             let id = self.open_format(view, below, None).await?;
             created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
             self.open_links(id, Some(*view), resolver, created).await?;
+            if let (Some(reference), true) = (reference, is_blkverify(view)) {
+                let attachment = if self.node(id)?.read_only { Attachment::READER } else { Attachment::FORMAT_FILE };
+                self.attach_child(id, Role::Reference, reference, attachment)?;
+            }
             below = id;
         }
         Ok(below)
@@ -482,6 +517,11 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         let threshold = write_threshold(view)?;
         let state = FormatState::open(desc, &self.io(), file, view, read_only).await?;
         let limits = state.limits(limits);
+        if let Some(file) = file {
+            // A filter's own limits (blkdebug's `align`, `max-transfer`, …) hold for every
+            // request below it: the nodes down to the leaf, where requests are cut, take them.
+            self.tighten_below(file, &limits)?;
+        }
         let name = match view.get("node-name") {
             Some(v) => super::node_name(v.as_str().ok_or(Error::BadOption { key: "node-name", why: "names contain no commas" })?)?,
             None => self.auto_name()?,
@@ -501,6 +541,33 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         };
         node.threshold.set(threshold);
         self.insert(node, Some(state))
+    }
+
+    /// Makes the limits of `node` and the translation nodes and leaf below it at least as strict
+    /// as `limits` (alignments the larger, transfers the smaller). Nothing changes when `limits`
+    /// were inherited from `node` unchanged.
+    fn tighten_below(&mut self, node: NodeId, limits: &BlockLimits) -> Result<()> {
+        let mut cur = node;
+        for _ in 0..MAX_DEPTH {
+            let index = usize::from(cur.index);
+            self.node(cur)?;
+            let n = self.nodes.get_mut(index).and_then(Option::as_mut).ok_or(Error::BadNode)?;
+            let l = &mut n.limits;
+            if *l == *limits {
+                return Ok(());
+            }
+            l.request_alignment = l.request_alignment.max(limits.request_alignment);
+            l.discard_alignment = l.discard_alignment.max(limits.discard_alignment);
+            l.write_zeroes_alignment = l.write_zeroes_alignment.max(limits.write_zeroes_alignment);
+            let align = l.request_alignment;
+            l.max_transfer = (l.max_transfer.min(limits.max_transfer) / align * align).max(align);
+            l.max_segment_size = l.max_segment_size.max(align);
+            match (n.kind.clone(), n.pass) {
+                (NodeKind::Driver, Some(p)) => cur = n.child(p.role).ok_or(Error::BadGraph("translation names a missing child"))?,
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     /// `#nINDEX` for the first free index.

@@ -313,7 +313,18 @@ mod tests {
         let grown = grow(&[Drive { headroom: Some(1000), ..Drive::new(&q, "q") }]);
         assert!(matches!(grown, Ok(ref g) if g.len() == 1));
         assert_eq!(std::fs::metadata(&q).map(|m| m.len()).ok(), Some(4096 + 1024));
-        // Not a real image: the end cannot be read, the file stays grown and a warning says why.
+        // Not a real image: the end cannot be read; with nothing written past the old length
+        // the file is cut back to it.
+        let warnings = grown.map(Headroom::shrink).unwrap_or_default();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(std::fs::metadata(&q).map(|m| m.len()).ok(), Some(4096));
+        // Written past it: the file stays grown and a warning says why.
+        let grown = grow(&[Drive { headroom: Some(8192), ..Drive::new(&q, "q") }]);
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&q);
+            assert!(f.and_then(|f| f.write_all_at(&[1u8; 512], 8192)).is_ok());
+        }
         let warnings = grown.map(Headroom::shrink).unwrap_or_default();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         let _ = std::fs::remove_dir_all(&dir);

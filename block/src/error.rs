@@ -92,6 +92,15 @@ pub enum Error {
         /// The errno.
         errno: u16,
     },
+    /// `blkverify`: the image under test and the reference read differently.
+    Mismatch {
+        /// Where the read started.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The first byte that differs.
+        at: u64,
+    },
 }
 
 impl From<DeviceError> for Error {
@@ -135,6 +144,7 @@ impl fmt::Display for Error {
             Error::BadGraph(what) => write!(f, "invalid graph: {what}"),
             Error::BadImage { what } => write!(f, "invalid image: {what}"),
             Error::Injected { errno } => write!(f, "injected error (errno {errno})"),
+            Error::Mismatch { offset, len, at } => write!(f, "blkverify: read offset={offset} bytes={len} contents mismatch at offset {at}"),
             Error::Corrupt { what, offset } => write!(f, "corrupt image: {what} (at file offset {offset:#x})"),
             Error::BadName { what } => write!(f, "refused file name: {what}"),
         }

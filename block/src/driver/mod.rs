@@ -12,6 +12,7 @@
 //! layer above ([`crate::path`]) walks the graph and moves data. No driver calls back up.
 
 pub mod blkdebug;
+pub mod blkverify;
 pub mod cor;
 pub mod null;
 pub mod plan;
@@ -24,7 +25,7 @@ pub use plan::{Allocation, Cow, Mapping, RangeStep, WritePlan};
 use crate::error::{Error, Result};
 use crate::io::tracked::{ReqKind, Tracked};
 use crate::io::{Io, RangeOp};
-use crate::node::{BlockLimits, NodeId, Pass};
+use crate::node::{BlockLimits, NodeId, Pass, Role};
 use crate::options::OptionsView;
 
 /// Bytes of an image a probe looks at (QEMU's `BLOCK_PROBE_BUF_SIZE`).
@@ -70,6 +71,7 @@ impl DriverDesc {
     pub fn child_key(&self) -> &'static str {
         match self.id {
             DriverId::Blkdebug => blkdebug::CHILD_KEY,
+            DriverId::Blkverify => blkverify::CHILD_KEY,
             _ => "file",
         }
     }
@@ -159,6 +161,12 @@ pub trait Driver: Sized {
     /// allocate.
     fn allocation_unit(&self) -> u64 {
         0
+    }
+
+    /// For a filter that checks its file child against a second child (`blkverify`): that
+    /// child's role. Reads go to both and are compared; writes go to both.
+    fn verify_against(&self) -> Option<Role> {
+        None
     }
 
     /// For a filter that copies what its child reads from the child's backing chain into the
@@ -305,6 +313,11 @@ macro_rules! drivers {
                 match self { $(Self::$variant(d) => d.allocation_unit(),)* }
             }
 
+            /// See [`Driver::verify_against`].
+            pub(crate) fn verify_against(&self) -> Option<Role> {
+                match self { $(Self::$variant(d) => d.verify_against(),)* }
+            }
+
             /// See [`Driver::copy_on_read`].
             pub(crate) fn copy_on_read(&self) -> Option<u16> {
                 match self { $(Self::$variant(d) => d.copy_on_read(),)* }
@@ -385,6 +398,7 @@ drivers! {
     NullAio(null::Null) = null::NULL_AIO,
     Throttle(throttle::Throttle) = throttle::THROTTLE,
     CopyOnRead(cor::CopyOnRead) = cor::COPY_ON_READ,
+    Blkverify(blkverify::Blkverify) = blkverify::BLKVERIFY,
     Blkdebug(blkdebug::Blkdebug) = blkdebug::BLKDEBUG,
 }
 

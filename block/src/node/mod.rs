@@ -41,6 +41,9 @@ pub enum Role {
     Backing,
     /// Where an external-data-file format keeps guest data.
     DataFile,
+    /// `blkverify`'s reference (QEMU's `raw` child): every read is compared with it, every
+    /// write goes to it too.
+    Reference,
 }
 
 /// A parent's link to a child.

@@ -8,6 +8,7 @@ pub(crate) mod range;
 pub(crate) mod skip;
 mod stack;
 pub(crate) mod walk;
+pub(crate) mod verify;
 pub(crate) mod write;
 
 pub(crate) use skip::Skip;

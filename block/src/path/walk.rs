@@ -144,10 +144,16 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
 }
 
 /// Reads `buf` from byte `offset` of `node` as a request of its own: through a copy-on-read
-/// node, with what it copies ([`super::cor`]); else as [`read_request_plain`].
+/// node, with what it copies ([`super::cor`]); through a verifying node, compared with its
+/// reference ([`super::verify`]); else as [`read_request_plain`].
 pub(crate) async fn read_request(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
-    if let Some(depth) = s.state(node)?.and_then(|state| state.copy_on_read()) {
-        return super::cor::read(s, node, depth, offset, buf).await;
+    if let Some(state) = s.state(node)? {
+        if let Some(depth) = state.copy_on_read() {
+            return super::cor::read(s, node, depth, offset, buf).await;
+        }
+        if let Some(role) = state.verify_against() {
+            return super::verify::read(s, node, role, offset, buf).await;
+        }
     }
     read_request_plain(s, node, offset, buf).await
 }

@@ -1,0 +1,62 @@
+//! The `blkverify` filter (QEMU's `block/blkverify.c`): the image under test (child `test`)
+//! and a reference copy (child `raw`, QEMU's name) side by side. Reads go to both and are
+//! compared — a difference fails the read with [`crate::Error::Mismatch`] naming the first
+//! differing byte (QEMU prints the same words and exits) — and writes, write-zeroes and
+//! discards go to both. The node passes to `test` for everything else (block status, sizes);
+//! the reads and writes to both are in [`crate::path::verify`]. The graph's open makes the
+//! `raw` subtree and links it in role [`Role::Reference`].
+
+use super::{Driver, DriverCaps, DriverDesc, DriverId, Mapping};
+use crate::error::{Error, Result};
+use crate::io::Io;
+use crate::node::{NodeId, Pass, Role};
+use crate::options::OptionsView;
+
+/// The options key of the image under test (the node's file child).
+pub const CHILD_KEY: &str = "test";
+/// The options key of the reference.
+pub const REFERENCE_KEY: &str = "raw";
+
+/// The descriptor.
+pub static BLKVERIFY: DriverDesc = DriverDesc {
+    name: "blkverify",
+    id: DriverId::Blkverify,
+    caps: DriverCaps::FORMAT.union(DriverCaps::WRITE).union(DriverCaps::TRANSLATION_ONLY),
+    probe: None,
+    options: &[REFERENCE_KEY, CHILD_KEY],
+};
+
+/// An open blkverify node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blkverify {
+    size: u64,
+}
+
+impl Driver for Blkverify {
+    type Pending = core::convert::Infallible;
+
+    async fn open(io: &Io<'_, '_>, file: Option<NodeId>, _opts: &OptionsView<'_, '_>, _read_only: bool) -> Result<Self> {
+        let file = file.ok_or(Error::BadOption { key: "test", why: "missing" })?;
+        Ok(Self { size: io.node(file)?.size() })
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn verify_against(&self) -> Option<Role> {
+        Some(Role::Reference)
+    }
+
+    fn pass(&self) -> Option<Pass> {
+        Some(Pass { role: Role::File, offset: 0 })
+    }
+
+    async fn map(&self, _io: &Io<'_, '_>, _node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
+        Ok(Mapping::Data { role: Role::File, offset, len, writable: true })
+    }
+
+    fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
+        Some(Mapping::Data { role: Role::File, offset, len, writable: true })
+    }
+}

@@ -114,6 +114,25 @@ fn child_key(view: &OptionsView<'_, '_>) -> &'static str {
     view.get("driver").and_then(|d| d.as_str()).and_then(|d| driver::by_name(d).ok()).map_or("file", |d| d.child_key())
 }
 
+/// `view` and the file children below it, top first (each view's child under its driver's
+/// child key).
+fn views_down<'o, 'a>(top: OptionsView<'o, 'a>) -> Result<heapless::Vec<OptionsView<'o, 'a>, MAX_DEPTH>> {
+    let mut chain = heapless::Vec::new();
+    let mut view = top;
+    loop {
+        chain.push(view).map_err(|_| Error::BadGraph("options nest deeper than MAX_DEPTH"))?;
+        match view.child(child_key(&view)) {
+            Some(child) => view = child,
+            None => return Ok(chain),
+        }
+    }
+}
+
+/// True if `view` opens a `blkverify` node.
+fn is_blkverify(view: &OptionsView<'_, '_>) -> bool {
+    view.get("driver").is_some_and(|d| d.eq_str(driver::blkverify::BLKVERIFY.name))
+}
+
 fn same_device(a: &dyn BlockDevice, b: &dyn BlockDevice) -> bool {
     core::ptr::addr_eq(a as *const dyn BlockDevice, b as *const dyn BlockDevice)
 }
@@ -135,17 +154,26 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
     /// names through `resolver`. A failure leaves the graph as it was.
     pub async fn open_with(&mut self, text: &str, resolver: &mut dyn Resolver<'d>) -> Result<NodeId> {
         let opts: Options<'_, MAX_OPEN_OPTIONS> = Options::parse(text, Some("file"))?;
-        let mut chain: heapless::Vec<OptionsView<'_, '_>, MAX_DEPTH> = heapless::Vec::new();
-        let mut view = opts.root();
-        loop {
-            chain.push(view).map_err(|_| Error::BadGraph("options nest deeper than MAX_DEPTH"))?;
-            match view.child(child_key(&view)) {
-                Some(child) => view = child,
-                None => break,
-            }
-        }
+        let chain = views_down(opts.root())?;
         let mut created = Created::<N>::new();
-        let result = self.open_inner(&chain, resolver, &mut created).await;
+        let result = async {
+            // A blkverify node's reference (`raw`) is a second subtree: opened first, on its own,
+            // and linked to the node when the main chain opens it.
+            let reference = match chain.iter().filter(|v| is_blkverify(v)).count() {
+                0 => None,
+                1 => {
+                    let at = chain.iter().find(|v| is_blkverify(v)).and_then(|v| v.child(driver::blkverify::REFERENCE_KEY));
+                    let sub = views_down(at.ok_or(Error::BadOption { key: "raw", why: "missing (blkverify's reference)" })?)?;
+                    if sub.iter().any(is_blkverify) {
+                        return Err(Error::Unsupported("blkverify inside blkverify"));
+                    }
+                    Some(self.open_inner(&sub, resolver, &mut created, None).await?)
+                }
+                _ => return Err(Error::Unsupported("more than one blkverify node in one open")),
+            };
+            self.open_inner(&chain, resolver, &mut created, reference).await
+        }
+        .await;
         if result.is_err() {
             // A failed open leaves the graph as it was: no half-built chain keeps its
             // permissions on the files below. Newest first.
@@ -156,7 +184,10 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
         result
     }
 
-    async fn open_inner(&mut self, chain: &[OptionsView<'_, '_>], resolver: &mut dyn Resolver<'d>, created: &mut Created<N>) -> Result<NodeId> {
+    /// Opens one chain of views (each the child of the one before): its leaf or protocol node,
+    /// then the formats and filters upwards, each format's links right after it. `reference`:
+    /// the already opened subtree the chain's blkverify node compares with.
+    async fn open_inner(&mut self, chain: &[OptionsView<'_, '_>], resolver: &mut dyn Resolver<'d>, created: &mut Created<N>, reference: Option<NodeId>) -> Result<NodeId> {
         let (innermost, formats) = chain.split_last().ok_or(Error::BadOption { key: "file", why: "missing" })?;
         let protocol = match innermost.get("driver") {
             // QEMU's file protocol: the leaf the resolver opens, as `file=NAME` names it.
@@ -205,6 +236,10 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             let id = self.open_format(view, below, None).await?;
             created.push(id).map_err(|_| Error::BadGraph("open made too many nodes"))?;
             self.open_links(id, Some(*view), resolver, created).await?;
+            if let (Some(reference), true) = (reference, is_blkverify(view)) {
+                let attachment = if self.node(id)?.read_only { Attachment::READER } else { Attachment::FORMAT_FILE };
+                self.attach_child(id, Role::Reference, reference, attachment)?;
+            }
             below = id;
         }
         Ok(below)

@@ -562,7 +562,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             let align = l.request_alignment;
             l.max_transfer = (l.max_transfer.min(limits.max_transfer) / align * align).max(align);
             l.max_segment_size = l.max_segment_size.max(align);
-            match (n.kind.clone(), n.pass) {
+            match (n.kind, n.pass) {
                 (NodeKind::Driver, Some(p)) => cur = n.child(p.role).ok_or(Error::BadGraph("translation names a missing child"))?,
                 _ => return Ok(()),
             }

@@ -136,6 +136,8 @@ const COMMANDS: &[Command] = &[
         name: "io",
         usage: "io [-f FMT] [--image-opts] [-t CACHE] [-r] [-U] -c CMD [-c CMD ...] FILE
         (qemu-io's read [-P pat] [-q], write [-P pat | -z [-u]] [-q], discard [-q], flush;
+         aio_read, aio_write (same options, run while later commands go on), aio_flush;
+         with a blkdebug node: break EVENT TAG, remove_break TAG, resume TAG, wait_break TAG;
          exit status as qemu-io: 0 all commands succeeded, 1 otherwise)",
         run: |a| Ok(io::main(a)),
     },

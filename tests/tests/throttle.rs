@@ -1,11 +1,11 @@
 //! The `throttle` filter against QEMU's, in real time: the same `--object throttle-group,…`
 //! and `--image-opts` given to `qemu-io` and to `qemu-runner img io`, the same commands, and
 //! the two runs must take the same time within 5% — an average IOPS limit, a bytes-per-second
-//! write limit, and a burst (`*-max`, `*-max-length`) that runs out; a throttled guest `bench`
-//! reports the limit. A group of two members (its total and the members' turns) and the drain
-//! rules are checked on a hand-moved clock in `block/tests/throttle.rs`: qemu-io opens one image,
-//! and a second member in one Strata graph would need `backing.*` option trees, which the graph's
-//! open does not take yet.
+//! write limit, a burst (`*-max`, `*-max-length`) that runs out, and a group of two members
+//! (blkverify's two children, each throttled in one group) whose total is the group's limit; a
+//! throttled guest `bench` reports the limit. The members' turns under concurrent load and the
+//! drain rules are checked on a hand-moved clock in `block/tests/throttle.rs` (qemu-io issues
+//! one request at a time, so it cannot show turns).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
@@ -115,6 +115,24 @@ fn a_burst_runs_at_max_then_the_average_takes_over() {
         &repeat("read -q 0 512", 1300),
         2.375 + 63.0 / 100.0,
     );
+}
+
+#[test]
+fn two_members_of_a_group_share_its_limit() {
+    let dir = scratch("throttle-group2");
+    let (a, b) = (dir.join("a.raw"), dir.join("b.raw"));
+    for f in [&a, &b] {
+        qimg(&["create", "-q", "-f", "raw", f.to_str().unwrap(), "16M"]);
+    }
+    // blkverify reads both children: each read is one request at each of two members of one
+    // group, so 500 reads are 1000 requests at 500/s (51 at once, 949 paced).
+    let opts = format!(
+        "driver=blkverify,test.driver=throttle,test.throttle-group=tg,test.file.driver=file,test.file.filename={},\
+         raw.driver=throttle,raw.throttle-group=tg,raw.file.driver=file,raw.file.filename={}",
+        a.display(),
+        b.display()
+    );
+    same_pace("two members at 500/s", "throttle-group,id=tg,limits.iops-total=500", &opts, &repeat("read -q 0 4k", 500), 949.0 / 500.0);
 }
 
 #[test]

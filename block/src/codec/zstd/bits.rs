@@ -127,12 +127,19 @@ impl<'a> BackwardBits<'a> {
             return 0;
         }
         let first = lo / 8;
-        let mut v: u64 = 0;
-        for i in 0..5 {
-            if let Some(&b) = self.src.get(first + i) {
-                v |= u64::from(b) << (8 * i);
+        let v = match self.src.get(first..first + 8) {
+            // One 8-byte load where the stream has them (all but its last 7 bytes).
+            Some(w) => u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
+            None => {
+                let mut v: u64 = 0;
+                for i in 0..5 {
+                    if let Some(&b) = self.src.get(first + i) {
+                        v |= u64::from(b) << (8 * i);
+                    }
+                }
+                v
             }
-        }
+        };
         ((v >> (lo % 8)) & ((1u64 << n) - 1)) as u32
     }
 

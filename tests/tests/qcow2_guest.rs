@@ -82,12 +82,24 @@ fn a_name_the_guest_cannot_resolve_exits_2() {
 }
 
 #[test]
-fn a_chain_longer_than_the_machine_takes_is_a_runner_error() {
-    // A 20-deep chain (21 files) and four raw disks: 25 devices.
+fn a_chain_longer_than_the_slots_is_packed_and_too_many_drives_are_a_runner_error() {
+    // A 20-deep chain (21 files) and four raw disks: 25 devices, more than microvm's 24 slots,
+    // so the chain's files go into one pack disk (see qcow2_guest_deep.rs) and the chain reads.
     let dir = scratch("guest-chain20");
     let top = chain(&dir, 20, 7);
     let mut drives = vec![drive(&top, "top", false)];
     for i in 0..4 {
+        let f = dir.join(format!("r{i}.raw"));
+        random_raw_disk(&f, 64 * KIB, i);
+        drives.push(drive(&f, &format!("r{i}"), false));
+    }
+    let r = boot(Machine::Microvm, drives, "sha256 top");
+    assert!(r.is_ok(), "{}\n{}", r.summary(), r.console);
+    assert!(r.cmdline.contains("=top.p@"), "the chain is packed: {}", r.cmdline);
+    assert_eq!(records(&r, "sha256")[0]["digest"], host_digest(&top));
+    // 24 drives of their own and a qcow2 with a backing file: 26 even packed.
+    let mut drives = vec![drive(&dir.join("l1.qcow2"), "top", false)];
+    for i in 0..24 {
         let f = dir.join(format!("r{i}.raw"));
         random_raw_disk(&f, 64 * KIB, i);
         drives.push(drive(&f, &format!("r{i}"), false));

@@ -179,7 +179,6 @@ fn role_name(role: Role) -> &'static str {
     match role {
         Role::Backing => "backing file",
         Role::DataFile => "data file",
-        Role::Reference => "blkverify reference",
         Role::File => "device",
         Role::Reference => "blkverify reference",
     }

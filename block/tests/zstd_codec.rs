@@ -47,7 +47,7 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
         let x = r.next();
         let i = ((x % 97) as usize * (x % 89) as usize) % WORDS.len();
         v.extend_from_slice(WORDS[i].as_bytes());
-        if x % 31 == 0 {
+        if x.is_multiple_of(31) {
             v.extend_from_slice(format!("{}", x % 100000).as_bytes());
         }
     }

@@ -155,6 +155,7 @@ impl<'a> BackwardBits<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: tests
 mod tests {
     use super::*;
 

@@ -112,6 +112,7 @@ pub fn header(src: &[u8]) -> Result<Header, ZstdError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: tests
 mod tests {
     use super::*;
 

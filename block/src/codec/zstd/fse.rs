@@ -259,6 +259,7 @@ pub const OF_DEFAULT: [i16; 29] = [
 ];
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: tests
 mod tests {
     use super::*;
 

@@ -205,6 +205,7 @@ fn read_weights(src: &[u8], weights: &mut [u8; 256]) -> Result<(usize, usize), Z
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: tests
 mod tests {
     use super::*;
 

@@ -158,6 +158,7 @@ fn decode_four(src: &[u8], huffman: &Huffman, out: &mut [u8]) -> Result<(), Zstd
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: tests
 mod tests {
     use super::*;
 

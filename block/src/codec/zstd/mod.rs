@@ -290,6 +290,7 @@ pub fn decode_exact(decoder: &mut Decoder, input: &[u8], out: &mut [u8]) -> Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: tests
 mod tests {
     use super::*;
 

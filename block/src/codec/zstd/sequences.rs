@@ -341,6 +341,7 @@ fn table<const N: usize>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: tests
 mod tests {
     use super::*;
 

@@ -176,8 +176,9 @@ fn metadata_preallocated(img: &Image<'_, '_>, node: NodeId) -> bool {
     let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
     let end = meta.len().div_ceil(cs);
     let mut count = 0;
+    // As QEMU: stop at the threshold, and reaching it is enough.
     for i in 0..end {
-        if count > threshold {
+        if count >= threshold {
             break;
         }
         match block_on(q.refcount(&graph.io(), file, i * cs)) {
@@ -185,5 +186,5 @@ fn metadata_preallocated(img: &Image<'_, '_>, node: NodeId) -> bool {
             Err(_) => return false,
         }
     }
-    count > threshold
+    count >= threshold
 }

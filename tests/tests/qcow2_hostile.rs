@@ -411,12 +411,10 @@ fn rules_header_fields() {
         assert_refused_as(&c, Some("qcow2"), what);
     }
     // A bit that only a read-write open refuses (the image reads).
-    for (name, bits, what) in [("corrupt", 2u64, "image is marked corrupt")] {
-        let c = edited(&f, &format!("{name}.qcow2"), &[(72, u64b(bits))]);
-        assert_eq!(read_all(&c, qemu_runner::img::image::OpenOptions { read_only: true, ..Default::default() }), Ok(()), "{name}");
-        let got = write_at(&c, 0);
-        assert!(got.as_ref().is_err_and(|e| e.contains(what)), "{name}: {got:?}");
-    }
+    let c = edited(&f, "corrupt.qcow2", &[(72, u64b(2))]);
+    assert_eq!(read_all(&c, qemu_runner::img::image::OpenOptions { read_only: true, ..Default::default() }), Ok(()), "corrupt");
+    let got = write_at(&c, 0);
+    assert!(got.as_ref().is_err_and(|e| e.contains("image is marked corrupt")), "corrupt: {got:?}");
     // The dirty bit: a read-write open repairs the refcounts first and clears it (as QEMU).
     let c = edited(&f, "dirty.qcow2", &[(72, u64b(1))]);
     assert_eq!(read_all(&c, qemu_runner::img::image::OpenOptions { read_only: true, ..Default::default() }), Ok(()), "dirty");

@@ -42,6 +42,8 @@ struct InFlight<'a> {
 pub struct Session<'b, 'g, 'd> {
     backend: &'b HostBackend<'g, 'd>,
     in_flight: Vec<InFlight<'b>>,
+    /// Reports of requests that completed when started, for the next poll.
+    done: Vec<String>,
 }
 
 fn errno_text(errno: i32) -> String {
@@ -54,6 +56,7 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
         Self {
             backend,
             in_flight: Vec::new(),
+            done: Vec::new(),
         }
     }
 
@@ -113,11 +116,16 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
                 if !argc(1, out) {
                     return Some(false);
                 }
-                match io.debug_remove_breakpoint(root, args[0]) {
-                    Ok(()) => {
-                        self.poll_round(out);
-                        true
-                    }
+                // QEMU removes the breakpoints, then resumes every request suspended under the
+                // tag, saying so for each.
+                let tag = args[0];
+                while io.debug_is_suspended(root, tag) && io.debug_resume(root, tag).is_ok() {
+                    let _ = writeln!(out, "blkdebug: Resuming request '{tag}'");
+                }
+                // The status is the rules' alone: a request resumed under a breakpoint that
+                // already fired still says ENOENT, as qemu-io 10 does.
+                match io.debug_remove_breakpoint(root, tag) {
+                    Ok(()) => true,
                     Err(e) => {
                         let _ = writeln!(
                             out,
@@ -144,11 +152,10 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
                 }
                 let _ = writeln!(out, "blkdebug: Resuming request '{tag}'");
                 match io.debug_resume(root, tag) {
-                    Ok(()) => {
-                        // QEMU enters the request at once: it runs until it next waits.
-                        self.poll_round(out);
-                        true
-                    }
+                    // QEMU enters the request at once and it runs until it next waits for I/O;
+                    // here its I/O does not wait, so it is left for the next command to poll
+                    // (qemu-io prints its completion then too).
+                    Ok(()) => true,
                     Err(e) => {
                         let _ = writeln!(out, "Could not resume request: {}", errno_text(e));
                         false
@@ -188,34 +195,46 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
             let status = cmd::run(backend, &c, buf.as_mut_slice(), &mut text, image::now_ns).await;
             (status, text)
         });
-        self.in_flight.push(InFlight { verb, fut });
-        // qemu-io starts the request at once: it runs until it first waits.
-        self.poll_round(out);
+        // qemu-io starts the request at once: it runs until it first waits (at a breakpoint,
+        // say). Its completion is reported when qemu-io next polls, never by the command that
+        // started it (its I/O always waits there): a request done at once is kept till then.
+        let mut fut = fut;
+        match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready((_status, text)) => self.done.push(Self::renamed(verb, text)),
+            Poll::Pending => self.in_flight.push(InFlight { verb, fut }),
+        }
+        self.notices(out);
         true
+    }
+
+    /// `cmd::run`'s report, with an asynchronous command's name in its failure message.
+    fn renamed(verb: &'static str, text: String) -> String {
+        // cmd::run names the synchronous command; qemu-io's aio callbacks name theirs.
+        let sync = &verb[4..];
+        match text
+            .strip_prefix(sync)
+            .filter(|t| t.starts_with(" failed: "))
+        {
+            Some(rest) => format!("{verb}{rest}"),
+            None => text,
+        }
     }
 
     /// Polls every request in flight once, printing the reports of those that complete and
     /// the requests suspended meanwhile; true if anything happened.
     fn poll_round(&mut self, out: &mut String) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut progressed = false;
+        let mut progressed = !self.done.is_empty();
+        for text in self.done.drain(..) {
+            out.push_str(&text);
+        }
         let mut i = 0;
         while i < self.in_flight.len() {
             let polled = self.in_flight[i].fut.as_mut().poll(&mut cx);
             progressed |= self.notices(out);
             match polled {
                 Poll::Ready((_status, text)) => {
-                    let verb = self.in_flight[i].verb;
-                    // cmd::run names the synchronous command; qemu-io's aio callbacks name theirs.
-                    let sync = &verb[4..];
-                    let text = match text
-                        .strip_prefix(sync)
-                        .filter(|t| t.starts_with(" failed: "))
-                    {
-                        Some(rest) => format!("{verb}{rest}"),
-                        None => text,
-                    };
-                    out.push_str(&text);
+                    out.push_str(&Self::renamed(self.in_flight[i].verb, text));
                     self.in_flight.remove(i);
                     progressed = true;
                 }
@@ -259,12 +278,14 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
         let mut fut = std::pin::pin!(fut);
         let mut cx = Context::from_waker(Waker::noop());
         loop {
+            // Requests issued earlier complete first, as their I/O does in qemu-io.
+            let progressed = self.poll_round(out);
             let polled = fut.as_mut().poll(&mut cx);
             self.notices(out);
             if let Poll::Ready(v) = polled {
                 return v;
             }
-            if !self.poll_round(out) {
+            if !progressed {
                 std::thread::yield_now();
             }
         }
@@ -273,7 +294,7 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
     /// qemu-io's `aio_flush`: waits for every request in flight. False (with a message) if
     /// some stay suspended at breakpoints.
     pub fn drain(&mut self, out: &mut String) -> bool {
-        let done = self.wait_until(out, |s| s.in_flight.is_empty());
+        let done = self.wait_until(out, |s| s.in_flight.is_empty() && s.done.is_empty());
         if !done {
             let _ = writeln!(out, "aio_flush: {} request(s) still suspended at breakpoints (qemu-io would wait forever)", self.in_flight.len());
         }
@@ -292,6 +313,6 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
     }
 
     fn drain_quiet(&mut self, out: &mut String) -> bool {
-        self.wait_until(out, |s| s.in_flight.is_empty())
+        self.wait_until(out, |s| s.in_flight.is_empty() && s.done.is_empty())
     }
 }

@@ -6,7 +6,7 @@
 //! the reads and writes to both are in [`crate::path::verify`]. The graph's open makes the
 //! `raw` subtree and links it in role [`Role::Reference`].
 
-use super::{Driver, DriverCaps, DriverDesc, DriverId, Mapping};
+use super::{filter, Driver, DriverDesc, DriverId, Mapping};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::node::{NodeId, Pass, Role};
@@ -21,7 +21,7 @@ pub const REFERENCE_KEY: &str = "raw";
 pub static BLKVERIFY: DriverDesc = DriverDesc {
     name: "blkverify",
     id: DriverId::Blkverify,
-    caps: DriverCaps::FORMAT.union(DriverCaps::WRITE).union(DriverCaps::TRANSLATION_ONLY),
+    caps: filter::CAPS,
     probe: None,
     options: &[REFERENCE_KEY, CHILD_KEY],
 };
@@ -49,14 +49,14 @@ impl Driver for Blkverify {
     }
 
     fn pass(&self) -> Option<Pass> {
-        Some(Pass { role: Role::File, offset: 0 })
+        Some(filter::PASS)
     }
 
     async fn map(&self, _io: &Io<'_, '_>, _node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
-        Ok(Mapping::Data { role: Role::File, offset, len, writable: true })
+        Ok(filter::map(offset, len))
     }
 
     fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
-        Some(Mapping::Data { role: Role::File, offset, len, writable: true })
+        Some(filter::map(offset, len))
     }
 }

@@ -5,7 +5,7 @@
 //! copied. The copying itself is in [`crate::path::cor`] (the walk moves data; a driver
 //! cannot): this node only says where its child is and how deep to copy from.
 
-use super::{Driver, DriverCaps, DriverDesc, DriverId, Mapping};
+use super::{filter, Driver, DriverDesc, DriverId, Mapping};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::node::{NodeId, Pass, Role, MAX_DEPTH};
@@ -15,7 +15,7 @@ use crate::options::OptionsView;
 pub static COPY_ON_READ: DriverDesc = DriverDesc {
     name: "copy-on-read",
     id: DriverId::CopyOnRead,
-    caps: DriverCaps::FORMAT.union(DriverCaps::WRITE).union(DriverCaps::TRANSLATION_ONLY),
+    caps: filter::CAPS,
     probe: None,
     options: &["bottom"],
 };
@@ -56,15 +56,15 @@ impl Driver for CopyOnRead {
     }
 
     fn pass(&self) -> Option<Pass> {
-        Some(Pass { role: Role::File, offset: 0 })
+        Some(filter::PASS)
     }
 
     async fn map(&self, _io: &Io<'_, '_>, _node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
-        Ok(Mapping::Data { role: Role::File, offset, len, writable: true })
+        Ok(filter::map(offset, len))
     }
 
     fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
-        Some(Mapping::Data { role: Role::File, offset, len, writable: true })
+        Some(filter::map(offset, len))
     }
 }
 

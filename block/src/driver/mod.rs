@@ -14,6 +14,7 @@
 pub mod blkdebug;
 pub mod blkverify;
 pub mod cor;
+pub mod filter;
 pub mod null;
 pub mod plan;
 pub mod qcow2;

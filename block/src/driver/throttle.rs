@@ -9,19 +9,19 @@
 //! throttle`) sees the format's data requests but not its metadata reads and writes, which go
 //! straight to the leaf.
 
-use super::{Driver, DriverCaps, DriverDesc, DriverId, Mapping};
+use super::{filter, Driver, DriverDesc, DriverId, Mapping};
 use crate::error::{Error, Result};
 use crate::io::throttle::Direction;
 use crate::io::tracked::ReqKind;
 use crate::io::Io;
-use crate::node::{NodeId, Pass, Role};
+use crate::node::{NodeId, Pass};
 use crate::options::OptionsView;
 
 /// The descriptor.
 pub static THROTTLE: DriverDesc = DriverDesc {
     name: "throttle",
     id: DriverId::Throttle,
-    caps: DriverCaps::FORMAT.union(DriverCaps::WRITE).union(DriverCaps::TRANSLATION_ONLY),
+    caps: filter::CAPS,
     probe: None,
     options: &["throttle-group"],
 };
@@ -57,7 +57,7 @@ impl Driver for Throttle {
     }
 
     fn pass(&self) -> Option<Pass> {
-        Some(Pass { role: Role::File, offset: 0 })
+        Some(filter::PASS)
     }
 
     async fn admit(&self, io: &Io<'_, '_>, _node: NodeId, kind: ReqKind, _offset: u64, len: u64) -> Result<()> {
@@ -70,11 +70,11 @@ impl Driver for Throttle {
     }
 
     async fn map(&self, _io: &Io<'_, '_>, _node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
-        Ok(Mapping::Data { role: Role::File, offset, len, writable: true })
+        Ok(filter::map(offset, len))
     }
 
     fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
-        Some(Mapping::Data { role: Role::File, offset, len, writable: true })
+        Some(filter::map(offset, len))
     }
 
     async fn close(&self, io: &Io<'_, '_>, _node: NodeId) -> Result<()> {

@@ -277,6 +277,7 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
     pub fn block_on<T>(&mut self, fut: impl Future<Output = T>, out: &mut String) -> T {
         let mut fut = std::pin::pin!(fut);
         let mut cx = Context::from_waker(Waker::noop());
+        let mut last = Instant::now();
         loop {
             // Requests issued earlier complete first, as their I/O does in qemu-io.
             let progressed = self.poll_round(out);
@@ -285,7 +286,20 @@ impl<'b, 'g, 'd> Session<'b, 'g, 'd> {
             if let Poll::Ready(v) = polled {
                 return v;
             }
-            if !progressed {
+            if progressed {
+                last = Instant::now();
+            } else if last.elapsed() > STALL_LIMIT
+                && self.backend.graph().io().debug_resume_all() > 0
+            {
+                // The command waits behind a request suspended at a breakpoint, which nothing
+                // will resume while it waits (qemu-io would hang): resume them all.
+                let _ = writeln!(
+                    out,
+                    "blkdebug: a command waited {} s behind suspended requests: resuming them all",
+                    STALL_LIMIT.as_secs()
+                );
+                last = Instant::now();
+            } else {
                 std::thread::yield_now();
             }
         }

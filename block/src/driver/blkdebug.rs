@@ -10,22 +10,20 @@
 //! when the format above it raises them, requests when they pass it (the walk's admission for
 //! reads through the node, [`crate::io::child_io`] for the format's own I/O on it).
 
-use super::{Driver, DriverCaps, DriverDesc, DriverId, Mapping};
+use super::{filter, Driver, DriverDesc, DriverId, Mapping};
 use crate::error::{Error, Result};
 use crate::io::debug::{self, Action, IoType, Rule, MAX_RULES};
 use crate::io::events::{self, Event};
 use crate::io::tracked::ReqKind;
 use crate::io::Io;
-use crate::node::{BlockLimits, NodeId, Pass, Role};
+use crate::node::{BlockLimits, NodeId, Pass};
 use crate::options::{OptionsView, Value};
 
 /// The descriptor.
 pub static BLKDEBUG: DriverDesc = DriverDesc {
     name: debug::DRIVER_NAME,
     id: DriverId::Blkdebug,
-    caps: DriverCaps::FORMAT
-        .union(DriverCaps::WRITE)
-        .union(DriverCaps::TRANSLATION_ONLY),
+    caps: filter::CAPS,
     probe: None,
     options: &[
         "image",
@@ -309,10 +307,7 @@ impl Driver for Blkdebug {
     }
 
     fn pass(&self) -> Option<Pass> {
-        Some(Pass {
-            role: Role::File,
-            offset: 0,
-        })
+        Some(filter::PASS)
     }
 
     fn limits(&self, inherited: BlockLimits) -> BlockLimits {
@@ -348,21 +343,11 @@ impl Driver for Blkdebug {
     }
 
     async fn map(&self, _io: &Io<'_, '_>, _node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
-        Ok(Mapping::Data {
-            role: Role::File,
-            offset,
-            len,
-            writable: true,
-        })
+        Ok(filter::map(offset, len))
     }
 
     fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
-        Some(Mapping::Data {
-            role: Role::File,
-            offset,
-            len,
-            writable: true,
-        })
+        Some(filter::map(offset, len))
     }
 
     async fn close(&self, io: &Io<'_, '_>, _node: NodeId) -> Result<()> {

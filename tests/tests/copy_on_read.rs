@@ -149,3 +149,27 @@ fn a_guest_reading_through_the_filter_populates_its_overlay() {
     assert_check_clean(&top);
     assert_same_contents(&top, &base);
 }
+
+#[test]
+fn a_failed_copy_does_not_fail_the_read() {
+    let dir = scratch("cor-fail");
+    let top = chain(&dir, "f", false);
+    let base = dir.join("f/base.raw");
+    // The first cluster allocation in the top fails (blkdebug under the qcow2 image, once).
+    let o = format!(
+        "driver=copy-on-read,file.driver=qcow2,file.file.driver=blkdebug,file.file.inject-error.0.event=cluster_alloc,file.file.inject-error.0.once=on,\
+         file.file.image.driver=file,file.file.image.filename={}",
+        top.display()
+    );
+    let expect = std::fs::read(&base).unwrap()[..65536].to_vec();
+    let out = qemu_runner::img::io::run(&["--image-opts".into(), o, "-c".into(), "read -q 0 64k".into()]);
+    assert_eq!(out.status, 0, "the read succeeds: {}{}", out.stdout, out.stderr);
+    // Nothing was copied, and the image is consistent (a failed allocation may leak).
+    let map = layer_map(&top);
+    assert!(map.iter().all(|r| r.2 != 0), "{map:?}");
+    let check = Command::new(qemu_img()).args(["check", top.to_str().unwrap()]).output().unwrap();
+    assert!(matches!(check.status.code(), Some(0 | 3)), "{}", String::from_utf8_lossy(&check.stdout));
+    let whole = dir.join("f/whole.raw");
+    qimg(&["convert", "-O", "raw", top.to_str().unwrap(), whole.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&whole).unwrap()[..65536], expect[..]);
+}

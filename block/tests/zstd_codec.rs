@@ -96,8 +96,23 @@ fn datasets(len: usize) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Installs the `zstd` command through the project's one installer (`scripts/setup.sh`, as the
+/// runner installs QEMU) when a fresh machine lacks it.
+fn ensure_zstd() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if Command::new("zstd").arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return;
+        }
+        let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/setup.sh");
+        let status = Command::new(setup).status().expect("scripts/setup.sh runs");
+        assert!(status.success(), "scripts/setup.sh could not install the zstd command");
+    });
+}
+
 /// `zstd` with `args` over `data`.
 fn compress(data: &[u8], args: &[&str]) -> Vec<u8> {
+    ensure_zstd();
     let mut child = Command::new("zstd")
         .args(args)
         .args(["-q", "-c", "-"])

@@ -173,3 +173,15 @@ fn a_failed_copy_does_not_fail_the_read() {
     qimg(&["convert", "-O", "raw", top.to_str().unwrap(), whole.to_str().unwrap()]);
     assert_eq!(std::fs::read(&whole).unwrap()[..65536], expect[..]);
 }
+
+#[test]
+fn clusters_larger_than_a_bounce_buffer_are_read_but_not_copied() {
+    let dir = scratch("cor-big");
+    random_raw_disk(&dir.join("base.raw"), 4 * MIB, 3);
+    let top = dir.join("top.qcow2");
+    qimg(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", "-b", "base.raw", "-F", "raw", top.to_str().unwrap()]);
+    let out = qemu_runner::img::io::run(&["--image-opts".into(), opts(&top, ""), "-c".into(), "read -q 0 64k".into()]);
+    assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
+    assert!(layer_map(&top).iter().all(|r| r.2 != 0), "a 2 MiB cluster is not bounced: nothing copied");
+    assert_same_contents(&top, &dir.join("base.raw"));
+}

@@ -50,7 +50,11 @@ pub(crate) async fn read(s: &Stack<'_, '_>, node: NodeId, max_depth: u16, offset
 async fn copy_up(s: &Stack<'_, '_>, child: NodeId, pos: u64, out: &mut [u8]) -> Result<()> {
     let state = s.driver(child)?;
     let unit = state.allocation_unit();
-    if unit == 0 {
+    // A child that does not allocate, or whose unit is larger than a bounce buffer, is only
+    // read: a part of a unit would need a copy-on-write of the rest, which takes a second
+    // bounce buffer while this one is held (enough such reads at once would wait on each other
+    // for ever). QEMU bounces whole clusters from the heap; here those stay uncopied.
+    if unit == 0 || unit > s.bounce.buffer_size() as u64 {
         return walk::read_request_plain(s, child, pos, out).await;
     }
     let size = s.node(child)?.size();
@@ -58,9 +62,8 @@ async fn copy_up(s: &Stack<'_, '_>, child: NodeId, pos: u64, out: &mut [u8]) -> 
     let (first, last) = (pos / unit * unit, end.div_ceil(unit).saturating_mul(unit).min(size));
     let mut bounce = s.bounce.take_for_copy(1).await?;
     let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
-    // Whole units per piece; a unit larger than the buffer goes in parts (the driver then
-    // copies the rest of the cluster on write, which is correct, only slower).
-    let piece = if unit <= buf.len() as u64 { buf.len() as u64 / unit * unit } else { buf.len() as u64 };
+    // Whole units per piece.
+    let piece = buf.len() as u64 / unit * unit;
     let mut at = first;
     while at < last {
         let n = (last - at).min(piece);

@@ -10,7 +10,7 @@ pub use stats::{KindStats, OpKind, Stats, BUCKETS, KINDS};
 use crate::error::{Error, Result};
 use crate::graph::{Attachment, Graph, GraphRef, NodeId, UserId};
 use crate::io::{wait_until, zero, RangeOp};
-use crate::path::{flush, range, walk, write};
+use crate::path::{flush, request, walk};
 
 /// What to do with writes whose data is all zeros (QEMU's `detect-zeroes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -129,7 +129,7 @@ impl<'g, 'd> Backend<'g, 'd> {
         let len = buf.len() as u64;
         let admitted = self.admit().await;
         let result = match self.check_range(offset, len) {
-            Ok(()) => walk::read_request(&self.graph.stack(), self.root, offset, buf).await,
+            Ok(()) => request::read(&self.graph.stack(), self.root, offset, buf).await,
             Err(e) => Err(e),
         };
         self.account(admitted, OpKind::Read, offset, len, result)
@@ -153,8 +153,8 @@ impl<'g, 'd> Backend<'g, 'd> {
             DetectZeroes::Unmap => Some(true),
         };
         match as_zeroes {
-            Some(unmap) if zero::is_zero(buf) => range::range_op(&self.graph.stack(), self.root, offset, len, RangeOp::WriteZeroes { unmap }).await,
-            _ => write::write(&self.graph.stack(), self.root, offset, buf).await,
+            Some(unmap) if zero::is_zero(buf) => request::range_op(&self.graph.stack(), self.root, offset, len, RangeOp::WriteZeroes { unmap }).await,
+            _ => request::write(&self.graph.stack(), self.root, offset, buf).await,
         }
     }
 
@@ -174,6 +174,7 @@ impl<'g, 'd> Backend<'g, 'd> {
         let at = offset as usize;
         let covered = buf.len().min(size.saturating_sub(at));
         if at > 0 || covered < size {
+            // A probe, not a user's read: no filter copies or compares it.
             walk::read_request(&self.graph.stack(), self.root, 0, &mut head[..size]).await?;
         }
         head[at..at + covered].copy_from_slice(&buf[..covered]);
@@ -197,7 +198,7 @@ impl<'g, 'd> Backend<'g, 'd> {
     async fn range_op(&self, kind: OpKind, offset: u64, len: u64, op: RangeOp) -> Result<()> {
         let admitted = self.admit().await;
         let result = match self.check_write(offset, len) {
-            Ok(()) => range::range_op(&self.graph.stack(), self.root, offset, len, op).await,
+            Ok(()) => request::range_op(&self.graph.stack(), self.root, offset, len, op).await,
             Err(e) => Err(e),
         };
         self.account(admitted, kind, offset, len, result)

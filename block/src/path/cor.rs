@@ -38,7 +38,7 @@ pub(crate) async fn read(s: &Stack<'_, '_>, node: NodeId, max_depth: u16, offset
         if from_chain {
             copy_up(s, child, pos, part).await?;
         } else {
-            walk::read_request_plain(s, child, pos, part).await?;
+            walk::read_request(s, child, pos, part).await?;
         }
         done += n;
     }
@@ -55,7 +55,7 @@ async fn copy_up(s: &Stack<'_, '_>, child: NodeId, pos: u64, out: &mut [u8]) -> 
     // bounce buffer while this one is held (enough such reads at once would wait on each other
     // for ever). QEMU bounces whole clusters from the heap; here those stay uncopied.
     if unit == 0 || unit > s.bounce.buffer_size() as u64 {
-        return walk::read_request_plain(s, child, pos, out).await;
+        return walk::read_request(s, child, pos, out).await;
     }
     let size = s.node(child)?.size();
     let end = pos + out.len() as u64;

@@ -5,6 +5,7 @@
 pub(crate) mod cor;
 pub(crate) mod flush;
 pub(crate) mod range;
+pub(crate) mod request;
 pub(crate) mod skip;
 mod stack;
 pub(crate) mod walk;

@@ -14,17 +14,9 @@ use crate::node::NodeId;
 /// A block of zeros for writing zeros as data.
 static ZEROS: [u8; 4096] = [0; 4096];
 
-/// Runs `op` over `len` bytes at `offset` of `node`: through a verifying node on both its
-/// children ([`super::verify`]), else as [`range_op_plain`].
+/// Runs `op` over `len` bytes at `offset` of `node` (a verifying filter's second run aside:
+/// [`super::request`]).
 pub(crate) async fn range_op(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, op: RangeOp) -> Result<()> {
-    if let Some(role) = s.state(node)?.and_then(|state| state.verify_against()) {
-        return super::verify::range_op(s, node, role, offset, len, op).await;
-    }
-    range_op_plain(s, node, offset, len, op).await
-}
-
-/// Runs `op` over `len` bytes at `offset` of `node`.
-pub(crate) async fn range_op_plain(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, op: RangeOp) -> Result<()> {
     let kind = if op == RangeOp::Discard { ReqKind::Discard } else { ReqKind::Write };
     let (node, offset) = descend(s, node, offset, len, kind).await?;
     let Some(state) = s.state(node)? else { return leaf_range_op(s, node, offset, len, op).await };

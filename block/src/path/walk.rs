@@ -143,25 +143,10 @@ pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u6
     Err(Error::BadGraph("walk longer than the graph has nodes (a cycle)"))
 }
 
-/// Reads `buf` from byte `offset` of `node` as a request of its own: through a copy-on-read
-/// node, with what it copies ([`super::cor`]); through a verifying node, compared with its
-/// reference ([`super::verify`]); else as [`read_request_plain`].
-pub(crate) async fn read_request(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
-    if let Some(state) = s.state(node)? {
-        if let Some(depth) = state.copy_on_read() {
-            return super::cor::read(s, node, depth, offset, buf).await;
-        }
-        if let Some(role) = state.verify_against() {
-            return super::verify::read(s, node, role, offset, buf).await;
-        }
-    }
-    read_request_plain(s, node, offset, buf).await
-}
-
-/// Reads `buf` from byte `offset` of `node` as a request of its own, copying nothing: at a node
-/// that allocates and frees while written, the read is tracked there, so no cluster it reads is
+/// Reads `buf` from byte `offset` of `node` as a request of its own (a filter's copying or
+/// comparing aside: [`super::request`]): at a node that allocates and frees while written, the read is tracked there, so no cluster it reads is
 /// freed (and reused) before it is done. Internal reads (copy-on-write sources) use [`read`].
-pub(crate) async fn read_request_plain(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+pub(crate) async fn read_request(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
     let tracks = s.state(node)?.is_some_and(|state| state.tracks_reads());
     if !tracks {
         return read_as(s, node, offset, buf, Some(ReqKind::Read)).await;

@@ -54,17 +54,9 @@ pub(crate) async fn descend(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u
     Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
 }
 
-/// Writes `buf` at byte `offset` of `node`: through a verifying node to both its children
-/// ([`super::verify`]), else as [`write_plain`].
+/// Writes `buf` at byte `offset` of `node` (a verifying filter's second write aside:
+/// [`super::request`]).
 pub(crate) async fn write(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
-    if let Some(role) = s.state(node)?.and_then(|state| state.verify_against()) {
-        return super::verify::write(s, node, role, offset, buf).await;
-    }
-    write_plain(s, node, offset, buf).await
-}
-
-/// Writes `buf` at byte `offset` of `node`.
-pub(crate) async fn write_plain(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
     let len = buf.len() as u64;
     let (node, offset) = descend(s, node, offset, len, ReqKind::Write).await?;
     let Some(state) = s.state(node)? else { return leaf::rw(s, node, offset, Buf::Write(buf)).await };

@@ -16,7 +16,7 @@ use super::super::state::field;
 use super::super::validation::{self, Region, Table, MAX_L1_BYTES};
 use super::super::Qcow2;
 use super::lookup::Lookup;
-use super::refcount_walk::check_can_snapshot;
+use super::refcount_walk::begin_op;
 use super::SnapshotInfo;
 
 impl Qcow2 {
@@ -28,12 +28,7 @@ impl Qcow2 {
         node: NodeId,
         key: &str,
     ) -> Result<SnapshotInfo> {
-        check_can_snapshot(self)?;
-        let file = Self::file(io, node)?;
-        self.mark_dirty(io, file).await?;
-        self.flush_caches(io, node).await?;
-        self.flush_caches(io, node).await?;
-        let _lock = self.alloc_lock().await;
+        let (file, _lock) = begin_op(self, io, node).await?;
         let (snap, _) = self
             .locate_snapshot(io, file, key, Lookup::IdOrName)
             .await?;

@@ -15,7 +15,7 @@ use crate::node::NodeId;
 
 use super::super::tables::COPIED;
 use super::super::Qcow2;
-use super::refcount_walk::check_can_snapshot;
+use super::refcount_walk::begin_op;
 use super::table_write::{EncodedEntry, EntryFields};
 use super::{SnapshotInfo, MAX_KEPT_NAME};
 
@@ -57,12 +57,7 @@ impl Qcow2 {
         node: NodeId,
         new: &NewSnapshot<'_>,
     ) -> Result<SnapshotInfo> {
-        check_can_snapshot(self)?;
-        let file = Self::file(io, node)?;
-        self.mark_dirty(io, file).await?;
-        self.flush_caches(io, node).await?;
-        self.flush_caches(io, node).await?;
-        let _lock = self.alloc_lock().await;
+        let (file, _lock) = begin_op(self, io, node).await?;
         // The id: unique, given or the next free number.
         let (_, count) = self.snap_table.get();
         if count >= super::super::validation::MAX_SNAPSHOTS {

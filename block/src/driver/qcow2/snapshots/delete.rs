@@ -9,7 +9,7 @@ use crate::node::NodeId;
 
 use super::super::Qcow2;
 use super::lookup::Lookup;
-use super::refcount_walk::check_can_snapshot;
+use super::refcount_walk::begin_op;
 use super::SnapshotInfo;
 
 impl Qcow2 {
@@ -22,12 +22,7 @@ impl Qcow2 {
         key: &str,
         lookup: Lookup,
     ) -> Result<SnapshotInfo> {
-        check_can_snapshot(self)?;
-        let file = Self::file(io, node)?;
-        self.mark_dirty(io, file).await?;
-        self.flush_caches(io, node).await?;
-        self.flush_caches(io, node).await?;
-        let _lock = self.alloc_lock().await;
+        let (file, _lock) = begin_op(self, io, node).await?;
         let (snap, entry) = self.locate_snapshot(io, file, key, lookup).await?;
         let l1 = super::super::validation::Region::new(
             snap.l1_table_offset,

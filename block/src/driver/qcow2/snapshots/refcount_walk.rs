@@ -267,8 +267,21 @@ impl Qcow2 {
     }
 }
 
+/// What every snapshot operation does first: refuses what QEMU refuses, marks a lazy-refcount
+/// image dirty, writes the caches back (twice, as each operation did before this was shared;
+/// whether once is enough is not settled), and takes the allocation lock for the whole
+/// operation. Returns the image file and the lock.
+pub(crate) async fn begin_op<'q>(q: &'q Qcow2, io: &Io<'_, '_>, node: NodeId) -> Result<(NodeId, super::super::state::AllocLock<'q>)> {
+    check_can_snapshot(q)?;
+    let file = Qcow2::file(io, node)?;
+    q.mark_dirty(io, file).await?;
+    q.flush_caches(io, node).await?;
+    q.flush_caches(io, node).await?;
+    Ok((file, q.alloc_lock().await))
+}
+
 /// Refuses what QEMU refuses for every snapshot operation.
-pub(crate) fn check_can_snapshot(q: &Qcow2) -> Result<()> {
+fn check_can_snapshot(q: &Qcow2) -> Result<()> {
     if q.data_file {
         return Err(Error::Unsupported(
             "internal snapshots in an image with an external data file",

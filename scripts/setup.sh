@@ -23,6 +23,10 @@ NEEDS=(
     "qemu-utils|qemu-img and qemu-io, the oracles the tests check Strata against"
     "zstd|the zstd command, the reference encoder block/tests/zstd_codec.rs checks the decoder against"
     "target:x86_64-unknown-none|the kernel's bare-metal target"
+    "target:aarch64-unknown-none|examples/embed builds the embedding example for bare-metal arm64"
+    "target:riscv64gc-unknown-none-elf|examples/embed builds the embedding example for bare-metal riscv64"
+    "dosfstools|mkfs.fat makes the FAT32 image tests/tests/fat_guest.rs reads through a qcow2 chain"
+    "mtools|mcopy/mdir/mtype put files into and read them out of that FAT32 image"
 )
 
 DRY_RUN=0

@@ -1,0 +1,105 @@
+//! Embedding Strata in firmware: everything a board writes to read and write a qcow2 chain.
+//!
+//! Three pieces of glue, all in this crate:
+//! 1. a leaf device — [`disk::SliceDisk`], a RAM disk that finishes requests as they are
+//!    submitted (a real board wraps its SD card, flash or virtio queue the same way);
+//! 2. the memory the block layer needs, given by the caller ([`Memory`]: bounce buffers and
+//!    the metadata cache; no heap anywhere);
+//! 3. an executor — [`block_on`], a loop that polls one future with a no-op waker (enough for
+//!    devices that make progress when polled; see `kernel/src/executor.rs` for many requests
+//!    in flight at once).
+//!
+//! [`run`] opens `driver=qcow2,file=top` with its backing file found by name, reads through
+//! the chain, writes into the overlay (copy-on-write from the backing file), flushes and reads
+//! back. It is generic over the devices, so the host test (`tests/chain.rs`) runs it on images
+//! made by `qemu-img` and checks the result with `qemu-img check` and `compare`, and
+//! `src/bin/firmware.rs` links it for x86_64, aarch64 and riscv64 bare metal.
+
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+pub mod disk;
+
+use core::future::Future;
+use core::pin::pin;
+use core::task::{Context, Poll, Waker};
+
+use strata_block::dev::BlockDevice;
+use strata_block::io::cache::CacheSlot;
+use strata_block::{Backend, BackendOptions, Error, Graph};
+
+/// Bytes of one bounce buffer (unaligned edges, copy-on-write pieces).
+pub const BOUNCE: usize = 4096;
+
+/// What the block layer borrows for the graph's lifetime: caller-owned, fixed-size.
+pub struct Memory<const B: usize, const S: usize> {
+    /// Bounce buffers, `B / BOUNCE` of them.
+    pub bounce: [u8; B],
+    /// Metadata cache: `S` slices of 4 KiB (qcow2 L1, L2 and refcount tables).
+    pub cache: [CacheSlot; S],
+}
+
+impl<const B: usize, const S: usize> Memory<B, S> {
+    /// Zeroed memory (a `const fn`, so it can be a `static` in `.bss`).
+    pub const fn new() -> Self {
+        Self { bounce: [0; B], cache: [const { CacheSlot::new() }; S] }
+    }
+}
+
+impl<const B: usize, const S: usize> Default for Memory<B, S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs `future` to completion by polling it in a loop (the devices move when polled).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+/// What [`run`] saw: the chain's size and the first bytes of the guest disk before and after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// Size of the top image in bytes.
+    pub size: u64,
+    /// Guest bytes 0..16 as opened (from the backing file where the overlay has nothing).
+    pub before: [u8; 16],
+    /// The same bytes after [`run`] wrote [`PATTERN`] at [`WRITE_AT`].
+    pub after: [u8; 16],
+}
+
+/// Where [`run`] writes: 512 bytes into the guest disk, so the overlay must copy the rest of
+/// the cluster from the backing file.
+pub const WRITE_AT: u64 = 512;
+/// What [`run`] writes there.
+pub const PATTERN: [u8; 1024] = [0x5a; 1024];
+
+/// Opens the qcow2 image on `top` with its backing file `backing` (the name stored in the
+/// overlay resolves to it), reads, writes [`PATTERN`] at [`WRITE_AT`], flushes and reads back.
+pub fn run<const B: usize, const S: usize>(top: &dyn BlockDevice, backing: &dyn BlockDevice, backing_name: &str, memory: &mut Memory<B, S>) -> Result<Seen, Error> {
+    let mut graph: Graph<'_, 8, 16> = Graph::new(&mut memory.bounce, BOUNCE);
+    graph.set_metadata_cache(&memory.cache);
+    let mut resolve = |name: &str| match name {
+        "top" => Some(top),
+        n if n == backing_name => Some(backing),
+        _ => None,
+    };
+    let root = block_on(graph.open("driver=qcow2,file=top", &mut resolve))?;
+    let disk = Backend::new(&graph, root, BackendOptions::default())?;
+    let (mut before, mut after) = ([0; 16], [0; 16]);
+    block_on(async {
+        disk.read(0, &mut before).await?;
+        disk.write(WRITE_AT, &PATTERN).await?;
+        disk.flush().await?;
+        disk.read(WRITE_AT - 8, &mut after).await
+    })?;
+    let size = disk.size();
+    block_on(disk.close())?;
+    Ok(Seen { size, before, after })
+}

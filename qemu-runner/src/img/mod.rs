@@ -21,6 +21,7 @@ pub mod io;
 pub mod logcut;
 pub mod logwrites;
 pub mod map;
+pub mod measure;
 mod progress;
 mod qjson;
 pub(crate) mod output;
@@ -92,6 +93,12 @@ const COMMANDS: &[Command] = &[
         name: "resize",
         usage: "resize [-f FMT] [--image-opts] [-q] FILE [+]SIZE   (qcow2, growing)",
         run: |a| resize::run(a).map(|()| 0),
+    },
+    Command {
+        name: "measure",
+        usage: "measure [--output=human|json] [-O qcow2|raw] [-o OPTIONS] [-f FMT] [--image-opts] [-l SNAPSHOT] [-U] [--size N | FILE]
+        (qemu-img's required, fully allocated and bitmaps sizes of a new image)",
+        run: |a| measure::run(a).map(|()| 0),
     },
     Command {
         name: "snapshot",

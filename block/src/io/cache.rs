@@ -451,7 +451,7 @@ impl<'d> MetaCache<'d> {
                 // A loop: the slot itself may change again while the flush runs.
                 while class == Class::Table && covered.is_none_or(|c| slot.dirty_stamp.get() > c) {
                     let stamp = self.dirtied.get();
-                    crate::io::flush::flush_leaves(io, node).await?;
+                    crate::io::flush::flush_file_and_data(io, node).await?;
                     covered = Some(stamp);
                 }
                 slot.writing.set(true);

@@ -11,7 +11,7 @@ use core::cell::Cell;
 use crate::dev::{DeviceFeatures, DeviceOp};
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::node::{NodeId, NodeKind, Perm, MAX_DEPTH};
+use crate::node::{NodeId, NodeKind, Perm, Role, MAX_DEPTH};
 use crate::io::leaf::transfer;
 use crate::io::wait_until;
 
@@ -19,6 +19,23 @@ use crate::io::wait_until;
 /// to write back their caches: what a format's own write-back uses on its file child.
 pub(crate) async fn flush_leaves(io: &Io<'_, '_>, root: NodeId) -> Result<()> {
     flush_leaves_in(io, &below(io, root)?).await
+}
+
+/// Flushes every leaf below `file` (a format's file child) and below the data-file child of the
+/// format above it, if it has one: what the format's table write-back depends on, as guest data
+/// written to an external data file must be stable before a table entry points at it
+/// (`docs/ARCHITECTURE.md` rule 2).
+pub(crate) async fn flush_file_and_data(io: &Io<'_, '_>, file: NodeId) -> Result<()> {
+    flush_leaves(io, file).await?;
+    let owner = io.parents(file).find(|(_, c)| c.role == Role::File).map(|(p, _)| p);
+    let data = match owner {
+        Some(p) => io.node(p)?.child(Role::DataFile),
+        None => None,
+    };
+    match data {
+        Some(d) => flush_leaves(io, d).await,
+        None => Ok(()),
+    }
 }
 
 /// Flushes the leaves among `nodes`.

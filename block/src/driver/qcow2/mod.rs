@@ -19,6 +19,7 @@
 
 mod compressed;
 mod compressed_zstd;
+mod data_file;
 pub mod check;
 pub mod create;
 mod entry_bits;

@@ -17,7 +17,7 @@ use crate::io::Io;
 use crate::node::NodeId;
 use crate::io::{child_io, flush, wait_until};
 
-use super::header::{compat, incompat, Header};
+use super::header::{autoclear, compat, incompat, Header};
 use super::Qcow2;
 
 /// Clusters (runs) waiting to be freed per node before a write-back is forced.
@@ -104,8 +104,8 @@ impl Qcow2 {
     }
 
     /// Checks made once a read-write open has read the image: refuses what must not be
-    /// written, and clears the autoclear bits (Strata maintains none of them) (QEMU clears the ones it does
-    /// not know: their extensions would go stale).
+    /// written, and clears the autoclear bits Strata does not maintain (all but a raw data file's;
+    /// QEMU clears the ones it does not know: their extensions would go stale).
     pub(crate) async fn open_for_writing(&self, io: &Io<'_, '_>, file: NodeId) -> Result<()> {
         let h = &self.header;
         if h.incompatible & incompat::CORRUPT != 0 {
@@ -116,13 +116,13 @@ impl Qcow2 {
                 what: "image is dirty (lazy refcounts not written back): repair it first (qemu-img check -r all) or open it read-only",
             });
         }
-        if self.data_file {
-            return Err(Error::Unsupported("writes to images with an external data file"));
-        }
-        if h.version >= 3 && h.autoclear != 0 {
-            // Strata keeps neither bitmaps nor a raw data file up to date: their extensions must
-            // not claim to be (`autoclear::BITMAPS`, `autoclear::DATA_FILE_RAW`, unknown bits).
-            self.write_header_u64(io, file, field::AUTOCLEAR, 0).await?;
+        // Strata keeps no bitmaps up to date: their extension must not claim to be
+        // (`autoclear::BITMAPS`, unknown bits). A raw external data file stays raw: every data
+        // cluster is written at its guest offset and write-zeroes writes the zeros into it too
+        // (`data_file.rs`), so `autoclear::DATA_FILE_RAW` is kept, as QEMU keeps it.
+        let keep = if self.data_file { h.autoclear & autoclear::DATA_FILE_RAW } else { 0 };
+        if h.version >= 3 && h.autoclear != keep {
+            self.write_header_u64(io, file, field::AUTOCLEAR, keep).await?;
             flush::flush_leaves(io, file).await?;
         }
         Ok(())

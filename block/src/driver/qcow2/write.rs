@@ -144,6 +144,8 @@ impl Qcow2 {
         };
         let (host, fresh) = match needs[0] {
             Need::Owned { host, .. } => (host, false),
+            // In the data file, at the guest offset: no host cluster to take (`data_file.rs`).
+            Need::Fresh(_) if self.data_file => self.data_file_clusters(io, node, first)?,
             Need::Fresh(_) => {
                 io.event(node, Event::ClusterAlloc).await?;
                 let _lock = self.alloc_lock().await;
@@ -176,7 +178,7 @@ impl Qcow2 {
         }
         let data_host = host + (pos - first);
         let allocation = Allocation {
-            role: Role::File,
+            role: if self.data_file { Role::DataFile } else { Role::File },
             guest: pos,
             len: stop - pos,
             host: data_host,
@@ -264,8 +266,12 @@ impl Qcow2 {
         }
     }
 
-    /// The host cluster an entry stops referencing when it gets a new one.
+    /// The host cluster an entry stops referencing when it gets a new one (none in a data
+    /// file: the new cluster is the old one, at the guest offset).
     fn freed_by(&self, need: Need) -> Option<PendingFree> {
+        if self.data_file {
+            return None;
+        }
         let cs = self.cluster_size();
         match need {
             Need::Fresh(Old::Shared { host }) | Need::Fresh(Old::Zero { host: Some(host) }) => Some(PendingFree { host, len: cs, discard: false }),

@@ -12,6 +12,9 @@
 //!   without a backing file stays as it is. Freed clusters are discarded in the file too once
 //!   their table change is stable.
 //!
+//! With an external data file nothing is freed: a dropped data cluster is discarded in the data
+//! file, and with `data_file_raw` write-zeroes writes its zeros there too (`data_file.rs`).
+//!
 //! Both run under one serialising tracked request over whole clusters of their range
 //! ([`Qcow2::begin`]); the io layer drives the steps and writes zeros as data where a step asks.
 
@@ -81,6 +84,8 @@ impl Qcow2 {
                 } else {
                     0
                 };
+                // A raw data file reads as the guest disk: the zeros go there first.
+                self.zero_raw_data(io, node, pos, hi - pos).await?;
                 match self.change_cluster(io, node, file, c, Change::Zero { unmap, mask }).await? {
                     Some((lo, hi)) if lo == pos => as_data(hi),
                     Some(_) => Err(Error::BadGraph("zeroing as data away from the position")),
@@ -135,8 +140,15 @@ impl Qcow2 {
             .with_slice_mut(io, file, slice, slice_len, Class::Table, |s| set_l2_words(s, k, esize == 16, entry, new_bitmap))
             .await?
             .ok_or(Error::BadGraph("L2 entry across a slice"))?;
-        if let Some(f) = free {
-            self.free_later(io, node, f).await?;
+        match free {
+            // Nothing to free in a data file; the data is discarded there now (`data_file.rs`).
+            Some(f) if self.data_file => {
+                if f.discard {
+                    self.discard_data(io, node, f.host, f.len).await?;
+                }
+            }
+            Some(f) => self.free_later(io, node, f).await?,
+            None => {}
         }
         Ok(None)
     }

@@ -22,9 +22,9 @@ pub(crate) struct Seen {
     pub(crate) zero_refcount: bool,
 }
 
-/// Compares clusters of `win` below `clusters`; repairs what `fix` allows (`zero_fix`: also
-/// raise stored zeros in place, which QEMU does by a rebuild). Returns false if a repair needs
-/// a refcount block that does not exist.
+/// Compares clusters of `win` below `clusters`; repairs what `fix` allows (a stored zero is
+/// never raised in place: it needs a rebuild, as in QEMU). Returns false if a repair needs a
+/// refcount block that does not exist.
 #[allow(clippy::too_many_arguments)] // reason: the check's state, as QEMU passes it
 pub(crate) async fn compare(
     io: &Io<'_, '_>,
@@ -34,7 +34,6 @@ pub(crate) async fn compare(
     clusters: u64,
     stored: &mut Stored<'_>,
     fix: Mode,
-    zero_fix: bool,
     res: &mut CheckResult,
     sink: &mut dyn Sink,
     seen: &mut Seen,
@@ -64,9 +63,6 @@ pub(crate) async fn compare(
         let mut fixed = Fixed::No;
         if r1 == 0 {
             seen.zero_refcount = true;
-            if zero_fix && fix.fix_errors {
-                fixed = Fixed::Error;
-            }
         } else if r1 > r2 && fix.fix_leaks {
             fixed = Fixed::Leak;
         } else if r1 < r2 && fix.fix_errors {

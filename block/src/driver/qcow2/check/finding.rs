@@ -36,8 +36,8 @@ pub enum Finding {
     UnallocatedBitmap,
     /// A refcount table entry not cluster-aligned.
     RefblockUnaligned { index: u64 },
-    /// A refcount block past the end of the file.
-    RefblockOutside { index: u64 },
+    /// A refcount block past the end of the file (`repairing`: the file grows over it).
+    RefblockOutside { index: u64, repairing: bool },
     /// A refcount block referenced other than once.
     RefblockRefcount { index: u64, refcount: u64 },
     /// The stored refcount of a cluster cannot be read.
@@ -64,9 +64,11 @@ pub enum Finding {
     },
     /// Only rebuilding the refcount structure would help and the mode does not fix errors.
     NeedRebuild,
-    /// The refcount structure must be rebuilt (broken refcount blocks, a referenced cluster
-    /// without a refcount block): Strata refuses.
-    RebuildUnsupported,
+    /// `-r all` replaces the refcount table and blocks by new ones built from the recount
+    /// (QEMU's `rebuild_refcount_structure`).
+    Rebuilding,
+    /// After a rebuild, the recount still finds a referenced cluster with refcount 0.
+    RebuiltStillBroken,
 }
 
 impl fmt::Display for Finding {
@@ -112,7 +114,9 @@ impl fmt::Display for Finding {
             Finding::RefblockUnaligned { index } => {
                 write!(f, "ERROR refcount block {index} is not cluster aligned; refcount table entry corrupted")
             }
-            Finding::RefblockOutside { index } => write!(f, "ERROR refcount block {index} is outside image"),
+            Finding::RefblockOutside { index, repairing } => {
+                write!(f, "{} refcount block {index} is outside image", verb(repairing))
+            }
             Finding::RefblockRefcount { index, refcount } => write!(f, "ERROR refcount block {index} refcount={refcount}"),
             Finding::CantGetRefcount { cluster } => write!(f, "Can't get refcount for cluster {cluster}: Input/output error"),
             Finding::Mismatch { cluster, stored, computed, repairing } => {
@@ -134,10 +138,8 @@ impl fmt::Display for Finding {
                 write!(f, "{} OFLAG_COPIED data cluster: l2_entry={l2_entry:x} refcount={refcount}", verb(repairing))
             }
             Finding::NeedRebuild => write!(f, "ERROR need to rebuild refcount structures"),
-            Finding::RebuildUnsupported => write!(
-                f,
-                "ERROR the refcount structure needs a rebuild (broken refcount blocks, or a referenced cluster without one), which Strata does not do: use qemu-img check -r all"
-            ),
+            Finding::Rebuilding => write!(f, "Rebuilding refcount structure"),
+            Finding::RebuiltStillBroken => write!(f, "ERROR rebuilt refcount structure is still broken"),
         }
     }
 }

@@ -14,11 +14,11 @@
 //! too-low ones raised, both to the recomputed count, so no entry is ever written below its
 //! references (a power cut leaves leaks at worst); refcounts are flushed before COPIED flags
 //! are fixed, and the dirty and corrupt bits are cleared last, only on a clean result. Where
-//! QEMU rebuilds the refcount structure: a referenced cluster with stored refcount 0 is raised
-//! in place when a refcount block holds its entry; broken refcount blocks (unaligned, outside
-//! the file, shared) or a missing block are refused ([`Finding::RebuildUnsupported`]). The
-//! snapshot table is not repaired. Like qemu-img, a caller re-checks after a repair to report
-//! the image as it now is.
+//! QEMU rebuilds the refcount structure (broken refcount blocks: unaligned, shared; or a
+//! referenced cluster with stored refcount 0), `-r all` does too ([`rebuild`]); a refcount
+//! block past the end of the file is first covered by growing the file, as QEMU does. The
+//! snapshot table is not repaired (QEMU's `qcow2_check_fix_snapshot_table` is not done). Like
+//! qemu-img, a caller re-checks after a repair to report the image as it now is.
 //!
 //! Problems go to a caller's [`Sink`] as [`Finding`]s, whose `Display` is QEMU's message.
 
@@ -26,6 +26,7 @@ mod compare;
 mod copied;
 mod finding;
 mod layout;
+mod rebuild;
 mod stored;
 mod walk;
 mod window;
@@ -145,10 +146,118 @@ pub fn window_clusters(budget: usize, refcount_bits: u32) -> u64 {
     Window::capacity(budget - 3 * SCRATCH, refcount_bits.trailing_zeros())
 }
 
+/// How one sweep over every window walks and compares.
+#[derive(Clone, Copy)]
+struct SweepMode {
+    /// The walk reports what it finds (and counts it); false: it counts only clusters.
+    walk_reports: bool,
+    /// The walk's findings are counted but not printed (the recount after a rebuild).
+    walk_silent: bool,
+    /// The walk repairs what `-r all` repairs in its first pass.
+    walk_fixes: bool,
+    /// What the compare repairs.
+    compare: Mode,
+}
+
+/// What a sweep found.
+#[derive(Default)]
+struct Swept {
+    walk: CheckResult,
+    cmp: CheckResult,
+    seen: Seen,
+    /// A refcount block is broken (a rebuild is needed).
+    broken: bool,
+    /// One past the highest cluster referenced.
+    clusters_end: u64,
+    passes: u32,
+}
+
+/// The caller's memory, cut up.
+struct Memory<'m> {
+    a: &'m mut [u8],
+    b: &'m mut [u8],
+    win: &'m mut [u8],
+}
+
+/// The reference walk and the compare, window by window over the whole file (QEMU's
+/// `calculate_refcounts` then `compare_refcounts`). `lay.file_size` follows the file if the
+/// walk grows it.
+async fn sweep(
+    io: &Io<'_, '_>,
+    file: NodeId,
+    lay: &mut Layout,
+    m: &mut Memory<'_>,
+    stored: &mut Stored<'_>,
+    how: SweepMode,
+    sink: &mut dyn Sink,
+) -> Result<Swept> {
+    let cap = Window::capacity(m.win.len(), lay.refcount_order);
+    let mut out = Swept::default();
+    let mut start = 0;
+    while start < lay.file_clusters() + 1 {
+        let len = cap.min(lay.file_clusters() + 1 - start);
+        let mut win = Window::new(m.win, lay.refcount_order, start, len);
+        let clusters_end;
+        let grown;
+        {
+            let mut silent = |_: &Finding| {};
+            let walk_sink: &mut dyn Sink = if how.walk_silent {
+                &mut silent
+            } else {
+                &mut *sink
+            };
+            let mut pass = Pass {
+                lay,
+                win: &mut win,
+                res: &mut out.walk,
+                sink: walk_sink,
+                global: how.walk_reports && start == 0,
+                local: how.walk_reports,
+                clusters_end: 0,
+                broken_refblocks: false,
+                fix_errors: how.walk_fixes,
+                grown: 0,
+            };
+            pass.run(io, file, m.a, m.b).await?;
+            clusters_end = pass.clusters_end;
+            grown = pass.grown;
+            out.broken |= pass.broken_refblocks;
+        }
+        lay.file_size = lay.file_size.max(grown);
+        out.clusters_end = out.clusters_end.max(clusters_end);
+        let clusters = lay.file_clusters().max(clusters_end);
+        let done = compare::compare(
+            io,
+            file,
+            lay,
+            &win,
+            clusters,
+            stored,
+            how.compare,
+            &mut out.cmp,
+            &mut *sink,
+            &mut out.seen,
+        )
+        .await?;
+        if !done {
+            return Err(Error::Corrupt {
+                what: "a refcount repair found no refcount block for its cluster",
+                offset: 0,
+            });
+        }
+        out.passes += 1;
+        start += len;
+    }
+    if how.compare.repairs() {
+        stored.write_back(io, file, lay).await?;
+    }
+    Ok(out)
+}
+
 /// Checks the qcow2 image in `file` (the node holding the image bytes: a leaf, or a window
 /// over one) and repairs what `mode` allows, in `budget` bytes. `Err` when the check cannot
-/// complete (the image cannot be parsed, an I/O error, a repair that needs a refcount
-/// rebuild): qemu-img's "Check failed".
+/// complete (the image cannot be parsed, an I/O error, a repair that needs `-r all`):
+/// qemu-img's "Check failed".
 pub async fn check(
     io: &Io<'_, '_>,
     file: NodeId,
@@ -156,7 +265,7 @@ pub async fn check(
     budget: &mut [u8],
     sink: &mut dyn Sink,
 ) -> Result<CheckResult> {
-    let lay = Layout::read(io, file).await?;
+    let mut lay = Layout::read(io, file).await?;
     if budget.len() < MIN_BUDGET {
         return Err(Error::NoSpace {
             what: "check budget (at least 16 KiB)",
@@ -164,130 +273,78 @@ pub async fn check(
     }
     let (a, rest) = budget.split_at_mut(SCRATCH);
     let (b, rest) = rest.split_at_mut(SCRATCH);
-    let (c, mem) = rest.split_at_mut(SCRATCH);
-    let cap = Window::capacity(mem.len(), lay.refcount_order);
-    let total = lay.file_clusters() + 1;
+    let (c, win) = rest.split_at_mut(SCRATCH);
+    let mut m = Memory { a, b, win };
     let mut stored = Stored::new(c);
-    let mut walk_res = CheckResult::default();
-    let mut cmp_res = CheckResult::default();
-    let mut seen = Seen::default();
-    let mut broken = false;
-    let mut passes = 0u32;
 
-    // Check: walk and compare, window by window, reporting.
-    let mut start = 0;
-    while start < total {
-        let len = cap.min(total - start);
-        let mut win = Window::new(mem, lay.refcount_order, start, len);
-        let clusters_end;
-        {
-            let mut pass = Pass {
-                lay: &lay,
-                win: &mut win,
-                res: &mut walk_res,
-                sink: &mut *sink,
-                global: start == 0,
-                local: true,
-                clusters_end: 0,
-                broken_refblocks: false,
-                fix_prealloc: mode.fix_errors,
-            };
-            pass.run(io, file, a, b).await?;
-            clusters_end = pass.clusters_end;
-            broken |= pass.broken_refblocks;
-        }
-        let clusters = lay.file_clusters().max(clusters_end);
-        compare::compare(
-            io,
-            file,
-            &lay,
-            &win,
-            clusters,
-            &mut stored,
-            Mode::CHECK,
-            false,
-            &mut cmp_res,
-            &mut *sink,
-            &mut seen,
-        )
-        .await?;
-        passes += 1;
-        start += len;
-    }
+    // Check: walk and compare, reporting (and growing the file over a refcount block past its
+    // end under -r all, as QEMU).
+    let how = SweepMode {
+        walk_reports: true,
+        walk_silent: false,
+        walk_fixes: mode.fix_errors,
+        compare: Mode::CHECK,
+    };
+    let first = sweep(io, file, &mut lay, &mut m, &mut stored, how, &mut *sink).await?;
+    let mut passes = first.passes;
+    let mut seen = first.seen;
     let mut res = CheckResult::default();
-    res.add_counts(&walk_res);
-    res.add_counts(&cmp_res);
+    res.add_counts(&first.walk);
+    res.add_counts(&first.cmp);
 
-    if mode.repairs() {
-        let rebuild = broken || seen.zero_refcount;
-        if rebuild && !mode.fix_errors {
+    let rebuild = first.broken || first.seen.zero_refcount;
+    if rebuild && mode.fix_errors {
+        // QEMU's rebuild: a new structure from the recount, then the recount again with the
+        // old structure's clusters freed as leaks.
+        sink.finding(&Finding::Rebuilding);
+        let start = lay.file_clusters().max(first.clusters_end);
+        passes += rebuild::rebuild(io, file, &lay, start, m.win, m.a, m.b).await?;
+        lay = Layout::read(io, file).await?;
+        stored.reset();
+        let how = SweepMode {
+            walk_reports: true,
+            walk_silent: true,
+            walk_fixes: false,
+            compare: Mode::LEAKS,
+        };
+        let again = sweep(io, file, &mut lay, &mut m, &mut stored, how, &mut *sink).await?;
+        flush::flush_leaves(io, file).await?;
+        passes += again.passes;
+        if again.seen.zero_refcount || again.broken {
+            sink.finding(&Finding::RebuiltStillBroken);
+        }
+        seen = again.seen;
+        let old = res;
+        res.corruptions = again.walk.corruptions + again.cmp.corruptions;
+        res.leaks = again.walk.leaks;
+        res.corruptions_fixed += old.corruptions.saturating_sub(res.corruptions);
+        res.leaks_fixed += old.leaks.saturating_sub(res.leaks);
+        // Leaks the rebuild's leak repair could not free.
+        res.leaks += again.cmp.leaks;
+    } else if mode.repairs() {
+        if rebuild {
             sink.finding(&Finding::NeedRebuild);
             return Err(Error::Corrupt {
                 what: "the refcount structure needs a rebuild (-r all)",
                 offset: 0,
             });
         }
-        if broken {
-            sink.finding(&Finding::RebuildUnsupported);
-            return Err(Error::Unsupported(
-                "rebuilding a broken refcount structure (qemu-img check -r all does)",
-            ));
-        }
         if res.leaks != 0 || res.corruptions != 0 {
             // Repair: the same walk again, silent, and a compare that writes.
-            let mut quiet = CheckResult::default();
-            cmp_res = CheckResult::default();
-            seen = Seen::default();
-            let mut start = 0;
-            while start < total {
-                let len = cap.min(total - start);
-                let mut win = Window::new(mem, lay.refcount_order, start, len);
-                let clusters_end;
-                {
-                    let mut pass = Pass {
-                        lay: &lay,
-                        win: &mut win,
-                        res: &mut quiet,
-                        sink: &mut *sink,
-                        global: false,
-                        local: false,
-                        clusters_end: 0,
-                        broken_refblocks: false,
-                        fix_prealloc: false,
-                    };
-                    pass.run(io, file, a, b).await?;
-                    clusters_end = pass.clusters_end;
-                }
-                let clusters = lay.file_clusters().max(clusters_end);
-                let done = compare::compare(
-                    io,
-                    file,
-                    &lay,
-                    &win,
-                    clusters,
-                    &mut stored,
-                    mode,
-                    true,
-                    &mut cmp_res,
-                    &mut *sink,
-                    &mut seen,
-                )
-                .await?;
-                if !done {
-                    stored.write_back(io, file, &lay).await?;
-                    flush::flush_leaves(io, file).await?;
-                    sink.finding(&Finding::RebuildUnsupported);
-                    return Err(Error::Unsupported("rebuilding the refcount structure (a referenced cluster has no refcount block)"));
-                }
-                passes += 1;
-                start += len;
-            }
-            stored.write_back(io, file, &lay).await?;
+            let how = SweepMode {
+                walk_reports: false,
+                walk_silent: true,
+                walk_fixes: false,
+                compare: mode,
+            };
+            let fixed = sweep(io, file, &mut lay, &mut m, &mut stored, how, &mut *sink).await?;
             // Refcounts are stable before any COPIED flag is set to rely on them.
             flush::flush_leaves(io, file).await?;
+            passes += fixed.passes;
+            seen = fixed.seen;
             res = CheckResult::default();
-            res.add_counts(&walk_res);
-            res.add_counts(&cmp_res);
+            res.add_counts(&first.walk);
+            res.add_counts(&fixed.cmp);
         }
     }
 
@@ -299,8 +356,8 @@ pub async fn check(
         mode,
         &mut res,
         &mut *sink,
-        a,
-        b,
+        m.a,
+        m.b,
     )
     .await?;
     if mode.repairs() {
@@ -314,7 +371,7 @@ pub async fn check(
         }
     }
     res.image_end_offset = (seen.highest + 1) * lay.cs;
-    res.frag = walk_res.frag;
+    res.frag = first.walk.frag;
     res.frag.total_clusters = (lay.header.size & !511).div_ceil(lay.cs);
     res.passes = passes;
     Ok(res)

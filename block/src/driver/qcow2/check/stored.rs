@@ -46,6 +46,13 @@ impl<'b> Stored<'b> {
         }
     }
 
+    /// Forgets what was read (the refcount structure changed; nothing may be unwritten).
+    pub(crate) fn reset(&mut self) {
+        self.at = u64::MAX;
+        self.dirty = false;
+        self.rt = None;
+    }
+
     /// The refcount block holding cluster `k`'s entry (0: none) and the entry's index in it.
     async fn block_of(
         &mut self,

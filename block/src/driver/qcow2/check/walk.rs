@@ -43,11 +43,19 @@ pub(crate) struct Pass<'p, 'b> {
     pub(crate) clusters_end: u64,
     /// A refcount block is broken: only a rebuild of the refcount structure would help.
     pub(crate) broken_refblocks: bool,
-    /// Repair misaligned preallocated zero clusters (`-r all`, in the first pass).
-    pub(crate) fix_prealloc: bool,
+    /// `-r all` in the first pass: repair misaligned preallocated zero clusters, and grow the
+    /// file over a refcount block past its end (QEMU's `check_refblocks`).
+    pub(crate) fix_errors: bool,
+    /// The file's size after this pass grew it (0: not grown).
+    pub(crate) grown: u64,
 }
 
 impl Pass<'_, '_> {
+    /// Bytes of the image file now (grown by this pass, or as the layout read it).
+    fn file_size(&self) -> u64 {
+        self.lay.file_size.max(self.grown)
+    }
+
     fn report(&mut self, f: Finding, global: bool) {
         if (global && self.global) || (!global && self.local) {
             self.sink.finding(&f);
@@ -63,7 +71,9 @@ impl Pass<'_, '_> {
         }
         let lay = self.lay;
         // The last cluster of an image may be only partly in the file.
-        if i128::from(offset) + i128::from(size) - i128::from(lay.file_size) >= i128::from(lay.cs) {
+        if i128::from(offset) + i128::from(size) - i128::from(self.file_size())
+            >= i128::from(lay.cs)
+        {
             self.report(Finding::PastEnd { offset, size }, true);
             return;
         }
@@ -231,7 +241,7 @@ impl Pass<'_, '_> {
                     };
                     if data {
                         self.report(Finding::DataUnaligned { offset: host }, true);
-                    } else if self.fix_prealloc && self.global {
+                    } else if self.fix_errors && self.global {
                         // As QEMU: the entry becomes a plain zero cluster and counts nothing.
                         let repairing = true;
                         self.sink.finding(&Finding::PreallocUnaligned {
@@ -403,13 +413,13 @@ impl Pass<'_, '_> {
         Ok(())
     }
 
-    /// The refcount blocks (QEMU's `check_refblocks`, without its repairs: a block outside the
-    /// image, or referenced other than once, needs a rebuild).
+    /// The refcount blocks (QEMU's `check_refblocks`): a block past the end of the file is
+    /// covered by growing the file under `-r all` (then counted, its zero entries left to the
+    /// rebuild), a block not aligned or referenced other than once needs a rebuild.
     async fn refblocks(&mut self, io: &Io<'_, '_>, file: NodeId, a: &mut [u8]) -> Result<()> {
         let lay = self.lay;
         let bytes = lay.rt_entries * 8;
         let chunk = lay.chunk() as u64;
-        let clusters = lay.file_clusters().max(self.clusters_end);
         let mut at = 0;
         while at < bytes {
             let n = (bytes - at).min(chunk) as usize;
@@ -424,10 +434,20 @@ impl Pass<'_, '_> {
                     self.broken_refblocks = true;
                     continue;
                 }
+                let clusters = self.file_size().div_ceil(lay.cs).max(self.clusters_end);
                 if cluster >= clusters {
-                    self.report(Finding::RefblockOutside { index }, true);
-                    self.broken_refblocks = true;
-                    continue;
+                    if !(self.fix_errors && self.global && self.grow_over(io, file, index, offset))
+                    {
+                        self.report(
+                            Finding::RefblockOutside {
+                                index,
+                                repairing: false,
+                            },
+                            true,
+                        );
+                        self.broken_refblocks = true;
+                        continue;
+                    }
                 }
                 if offset != 0 {
                     self.inc(offset, lay.cs);
@@ -441,5 +461,24 @@ impl Pass<'_, '_> {
             at += n as u64;
         }
         Ok(())
+    }
+
+    /// Grows the file to hold the refcount block at `offset` (QEMU truncates the file up to
+    /// it): its entries read as zeros, so the clusters it covers need a rebuild, which the
+    /// compare finds. False if the file cannot grow so far (then only a rebuild helps).
+    fn grow_over(&mut self, io: &Io<'_, '_>, file: NodeId, index: u64, offset: u64) -> bool {
+        let Some(end) = offset.checked_add(self.lay.cs) else {
+            return false;
+        };
+        let Ok(size) = child_io::grow(io, file, end) else {
+            return false;
+        };
+        self.sink.finding(&Finding::RefblockOutside {
+            index,
+            repairing: true,
+        });
+        self.grown = size.max(end);
+        self.res.corruptions_fixed += 1;
+        true
     }
 }

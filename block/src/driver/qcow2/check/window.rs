@@ -33,6 +33,11 @@ impl<'b> Window<'b> {
         }
     }
 
+    /// The counts as a refcount block stores them (the window's part of one).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+
     /// One past the last cluster of the window.
     pub(crate) fn end(&self) -> u64 {
         self.start + self.len

@@ -1,0 +1,187 @@
+//! A new refcount structure built from the recount (QEMU's `rebuild_refcount_structure`, run
+//! by `-r all` when refcount blocks are broken or a referenced cluster has refcount 0), in the
+//! check's window of memory.
+//!
+//! The new refcount blocks and table go past the end of the file and of everything referenced
+//! (QEMU fills holes first; past the end, nothing the old structure describes is touched, and
+//! the counts of every window below are the recount's as it stands). Their own clusters are
+//! counted in the blocks: the number of blocks and table clusters is the fixed point of
+//! "cover the old end plus the new structure". One refcount block is written for every range
+//! of clusters up to the new end, window by window as each window is recounted; then the
+//! table; a flush; then the header's `refcount_table_offset` and `refcount_table_clusters` in
+//! one 12-byte write, and a flush. A power cut before that write leaves the image as it was
+//! (the old structure in force, the file perhaps longer), so a second `check -r all` repairs
+//! it; after it, the new structure is complete and the old one is leaked, which the check's
+//! leak repair then frees (as QEMU's follow-up compare does).
+
+use crate::error::{Error, Result};
+use crate::io::{child_io, flush, Io};
+use crate::node::NodeId;
+
+use super::super::validation;
+use super::layout::{put_be64, Layout};
+use super::walk::Pass;
+use super::window::Window;
+use super::{CheckResult, Finding};
+
+/// The header's `refcount_table_offset` (8 bytes) followed by `refcount_table_clusters` (4).
+const REFTABLE_FIELDS: u64 = 48;
+
+/// Where the new structure goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// First cluster of the new structure: its refcount blocks, then its table.
+    pub(crate) start: u64,
+    /// Refcount blocks (one per range of clusters up to the new end).
+    pub(crate) blocks: u64,
+    /// Refcount table clusters.
+    pub(crate) table_clusters: u64,
+}
+
+impl Plan {
+    /// The structure for an image whose clusters below `start` may be in use, with
+    /// `1 << refblock_bits` entries per block and `cs`-byte clusters: the smallest numbers of
+    /// blocks and table clusters that cover `start` plus themselves.
+    pub(crate) fn new(start: u64, refblock_bits: u32, cs: u64) -> Result<Plan> {
+        let too_big = Error::NoSpace {
+            what: "refcount table of the rebuilt structure (QEMU's limit: 8 MiB)",
+        };
+        let (mut blocks, mut table) = (0u64, 1u64);
+        // Each round covers at least one more block's range; a few rounds settle it.
+        for _ in 0..64 {
+            let end = start.checked_add(blocks + table).ok_or(too_big)?;
+            let b = end.div_ceil(1u64 << refblock_bits);
+            let t = (b * 8).div_ceil(cs).max(1);
+            if (b, t) == (blocks, table) {
+                if t * cs > validation::MAX_REFTABLE_BYTES || t > u64::from(u32::MAX) {
+                    return Err(too_big);
+                }
+                return Ok(Plan {
+                    start,
+                    blocks,
+                    table_clusters: table,
+                });
+            }
+            (blocks, table) = (b, t);
+        }
+        Err(too_big)
+    }
+
+    /// One past the last cluster of the new structure.
+    pub(crate) fn end(&self) -> u64 {
+        self.start + self.blocks + self.table_clusters
+    }
+
+    /// The first cluster of the table.
+    fn table(&self) -> u64 {
+        self.start + self.blocks
+    }
+}
+
+/// Writes a new refcount structure for the image in `file` past cluster `start` (the end of
+/// the file and of every reference) and switches the header to it. `mem` holds the window;
+/// `a` and `b` are the walk's scratch buffers. Returns the reference walks made.
+pub(crate) async fn rebuild(
+    io: &Io<'_, '_>,
+    file: NodeId,
+    lay: &Layout,
+    start: u64,
+    mem: &mut [u8],
+    a: &mut [u8],
+    b: &mut [u8],
+) -> Result<u32> {
+    let plan = Plan::new(start, lay.refblock_bits, lay.cs)?;
+    let per_block = 1u64 << lay.refblock_bits;
+    // Windows tile the blocks: a power of two no larger than a block.
+    let cap = Window::capacity(mem.len(), lay.refcount_order);
+    let len = if cap == 0 {
+        0
+    } else {
+        (1u64 << (63 - cap.leading_zeros())).min(per_block)
+    };
+    if len == 0 {
+        return Err(Error::NoSpace {
+            what: "check budget (a window for the rebuild)",
+        });
+    }
+    child_io::grow(io, file, plan.end() * lay.cs)?;
+    let mut passes = 0;
+    let mut at = 0;
+    while at < plan.blocks * per_block {
+        let mut win = Window::new(mem, lay.refcount_order, at, len);
+        if at < plan.start {
+            let mut res = CheckResult::default();
+            let mut sink = |_: &Finding| {};
+            let mut pass = Pass {
+                lay,
+                win: &mut win,
+                res: &mut res,
+                sink: &mut sink,
+                global: false,
+                local: false,
+                clusters_end: 0,
+                broken_refblocks: false,
+                fix_errors: false,
+                grown: 0,
+            };
+            pass.run(io, file, a, b).await?;
+            passes += 1;
+        }
+        for k in plan.start.max(at)..plan.end().min(at + len) {
+            win.set(k, 1);
+        }
+        let block = plan.start + at / per_block;
+        let within = ((at % per_block) << lay.refcount_order) / 8;
+        child_io::write(io, file, block * lay.cs + within, win.bytes()).await?;
+        at += len;
+    }
+    // The table, a chunk at a time.
+    let chunk = lay.chunk() as u64;
+    let table_bytes = plan.table_clusters * lay.cs;
+    let mut pos = 0;
+    while pos < table_bytes {
+        let n = (table_bytes - pos).min(chunk) as usize;
+        for i in 0..n / 8 {
+            let index = pos / 8 + i as u64;
+            let entry = if index < plan.blocks {
+                (plan.start + index) * lay.cs
+            } else {
+                0
+            };
+            put_be64(a, i * 8, entry);
+        }
+        child_io::write(io, file, plan.table() * lay.cs + pos, &a[..n]).await?;
+        pos += n as u64;
+    }
+    flush::flush_leaves(io, file).await?;
+    let mut fields = [0u8; 12];
+    put_be64(&mut fields, 0, plan.table() * lay.cs);
+    fields[8..].copy_from_slice(&(plan.table_clusters as u32).to_be_bytes());
+    child_io::write(io, file, REFTABLE_FIELDS, &fields).await?;
+    flush::flush_leaves(io, file).await?;
+    Ok(passes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Plan;
+
+    #[test]
+    fn the_structure_covers_itself() {
+        for &(start, bits, cs) in &[
+            (0u64, 15u32, 65536u64),
+            (40, 15, 65536),
+            (32767, 15, 65536),
+            (32766, 15, 65536),
+            (1000, 6, 512),
+            (1 << 20, 6, 512),
+        ] {
+            let p = Plan::new(start, bits, cs).unwrap();
+            let per = 1u64 << bits;
+            assert!(p.blocks * per >= p.end(), "{p:?}");
+            assert!(p.table_clusters * cs / 8 >= p.blocks, "{p:?}");
+            // Minimal: one block fewer would not cover the structure.
+            assert!((p.blocks - 1) * per < p.end(), "{p:?}");
+        }
+    }
+}

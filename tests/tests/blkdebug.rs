@@ -40,7 +40,12 @@ struct Run {
 }
 
 fn run_qemu(opts: &str, cmds: &[&str]) -> Run {
+    run_qemu_with(&[], opts, cmds)
+}
+
+fn run_qemu_with(args: &[&str], opts: &str, cmds: &[&str]) -> Run {
     let mut c = Command::new(qemu_io());
+    c.args(args);
     c.args(["--image-opts", opts]);
     for cmd in cmds {
         c.args(["-c", cmd]);
@@ -53,7 +58,12 @@ fn run_qemu(opts: &str, cmds: &[&str]) -> Run {
 }
 
 fn run_strata(opts: &str, cmds: &[&str]) -> Run {
-    let mut argv = vec!["--image-opts".to_string(), opts.to_string()];
+    run_strata_with(&[], opts, cmds)
+}
+
+fn run_strata_with(args: &[&str], opts: &str, cmds: &[&str]) -> Run {
+    let mut argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    argv.extend(["--image-opts".to_string(), opts.to_string()]);
     for cmd in cmds {
         argv.extend(["-c".to_string(), cmd.to_string()]);
     }
@@ -106,6 +116,11 @@ fn base(dir: &Path) -> PathBuf {
 /// tools on copies of `base`; compares exit status, stdout, consistency and contents. Returns
 /// qemu-io's stdout.
 fn same(dir: &Path, base: &Path, rules: &str, cmds: &[&str]) -> String {
+    same_with(dir, base, &[], rules, cmds)
+}
+
+/// [`same`] with qemu-io options `args` (`-t writeback`) given to both tools.
+fn same_with(dir: &Path, base: &Path, args: &[&str], rules: &str, cmds: &[&str]) -> String {
     let (q, s) = (dir.join("q.qcow2"), dir.join("s.qcow2"));
     std::fs::copy(base, &q).unwrap();
     std::fs::copy(base, &s).unwrap();
@@ -113,9 +128,9 @@ fn same(dir: &Path, base: &Path, rules: &str, cmds: &[&str]) -> String {
         let sep = if rules.is_empty() { "" } else { "," };
         format!("driver=qcow2,file.driver=blkdebug{sep}{},file.image.driver=file,file.image.filename={}", rules.split(',').filter(|r| !r.is_empty()).map(|r| format!("file.{r}")).collect::<Vec<_>>().join(","), p.display())
     };
-    let qemu = run_qemu(&opts(&q), cmds);
-    let strata = run_strata(&opts(&s), cmds);
-    let what = format!("rules {rules:?}, commands {cmds:?}");
+    let qemu = run_qemu_with(args, &opts(&q), cmds);
+    let strata = run_strata_with(args, &opts(&s), cmds);
+    let what = format!("args {args:?}, rules {rules:?}, commands {cmds:?}");
     assert_eq!(strata.stdout, qemu.stdout, "{what}: stdout");
     assert_eq!(strata.status, qemu.status, "{what}: exit status");
     let (cq, cs) = (check(&q), check(&s));
@@ -405,4 +420,64 @@ fn limits_options_change_how_requests_are_cut() {
             assert_eq!(check(&p), 0, "{}", p.display());
         }
     }
+}
+
+#[test]
+fn cache_write_back_events_fail_the_write_back() {
+    ensure_qemu();
+    let dir = scratch("blkdebug-writeback");
+    let base = base(&dir);
+    let cmds = [
+        "write -P 0x22 64k 64k",
+        "read -P 0x11 0 4k",
+        "write -P 0x33 0 4k",
+        "flush",
+    ];
+    // l2_update and refblock_update_part are raised when a dirty L2 table or refcount block is
+    // written back (QEMU's qcow2_cache_entry_flush), and the rule fails that write. qemu-io's
+    // default cache mode is writethrough: the allocating write's own flush writes them back,
+    // so the write fails (and every later request: the rule stays active). With
+    // `-t writeback` the requests pass and the write-back at close fails (exit status 1).
+    // refblock_update: QEMU never raises it; the rule never fires.
+    for args in [&[][..], &["-t", "writeback"][..]] {
+        for event in ["l2_update", "refblock_update_part", "refblock_update"] {
+            let out = same_with(
+                &dir,
+                &base,
+                args,
+                &format!("inject-error.0.event={event}"),
+                &cmds,
+            );
+            let write_fails = args.is_empty() && event != "refblock_update";
+            assert_eq!(
+                out.contains("write failed: Input/output error"),
+                write_fails,
+                "{args:?} {event}: {out}"
+            );
+        }
+    }
+    // `once`: the write-back fails once; the allocating write fails, the next flush writes the
+    // tables back.
+    let out = same(
+        &dir,
+        &base,
+        "inject-error.0.event=l2_update,inject-error.0.once=on",
+        &cmds,
+    );
+    assert!(out.contains("write failed") && out.contains("wrote 4096/4096"), "{out}");
+    // A breakpoint at l2_update stops the write-back, not the table change.
+    let out = same(
+        &dir,
+        &base,
+        "",
+        &[
+            "break l2_update A",
+            "aio_write -P 0x01 64k 64k",
+            "wait_break A",
+            "resume A",
+            "aio_flush",
+            "read -P 0x01 64k 64k",
+        ],
+    );
+    assert!(out.starts_with("blkdebug: Suspended request 'A'"), "{out}");
 }

@@ -48,9 +48,10 @@ impl EventHook for FailNth {
     }
 }
 
-/// Largest k whose k-th occurrence a chain of blkdebug rules fails (the options of one open
-/// are bounded: a set-state rule takes four).
-const MAX_BLKDEBUG_NTH: u32 = 5;
+/// Largest k whose k-th occurrence a chain of blkdebug rules fails: one inject-error rule and
+/// k-1 set-state rules, within a blkdebug node's rule table (`MAX_RULES`, 32) and the options
+/// of one open (`MAX_OPEN_OPTIONS`, 128: five, then three per set-state rule).
+const MAX_BLKDEBUG_NTH: u32 = 32;
 
 /// The open options that fail the `nth` occurrence of `event` through blkdebug.
 fn blkdebug_opts(event: Event, nth: u32) -> String {
@@ -150,7 +151,7 @@ fn every_metadata_event_fails_cleanly() {
         Event::L2Update,
         Event::L2AllocWrite,
         Event::L1Update,
-        Event::RefblockUpdate,
+        Event::RefblockUpdatePart,
         Event::RefblockAllocWrite,
         Event::RefblockAllocHookup,
         Event::ClusterFree,

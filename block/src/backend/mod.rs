@@ -1,7 +1,10 @@
 //! The handle users hold (QEMU's `BlockBackend`): a root node, the permissions taken on it,
 //! bounds checks, zero detection, in-flight counting and drain, and accounting.
 
+pub mod blocking;
+#[cfg(feature = "embedded-sdmmc")] pub mod sdmmc;
 mod stats;
+#[cfg(feature = "embedded-io")] pub mod stream;
 
 use core::cell::{Cell, RefCell};
 
@@ -59,6 +62,9 @@ pub struct Backend<'g, 'd> {
     stats: RefCell<Stats>,
     in_flight: Cell<u32>,
     quiesce: Cell<u32>,
+    /// Writes and write-zeroes flush before they complete (QEMU's backend with its write cache
+    /// off: `BDRV_REQ_FUA` emulated by a flush, qemu-io's default).
+    write_through: Cell<bool>,
 }
 
 /// A drained section of a [`Backend`]: new requests wait until this is dropped.
@@ -96,7 +102,14 @@ impl<'g, 'd> Backend<'g, 'd> {
         let graph = graph.handle();
         let attachment = if opts.read_only { Attachment::SHARED_READER } else { Attachment::WRITER };
         let user = graph.attach_user(root, attachment)?;
-        Ok(Self { graph, root, user, opts, stats: RefCell::new(Stats::default()), in_flight: Cell::new(0), quiesce: Cell::new(0) })
+        Ok(Self { graph, root, user, opts, stats: RefCell::new(Stats::default()), in_flight: Cell::new(0), quiesce: Cell::new(0), write_through: Cell::new(false) })
+    }
+
+    /// Turns write-through on or off (off by default): with it, a write or write-zeroes
+    /// completes only after a flush of the root, and fails if that flush fails (QEMU's
+    /// `blk_set_enable_write_cache(false)`; qemu-io's default cache mode).
+    pub fn set_write_through(&self, on: bool) {
+        self.write_through.set(on);
     }
 
     /// The root node.
@@ -139,7 +152,10 @@ impl<'g, 'd> Backend<'g, 'd> {
     pub async fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
         let len = buf.len() as u64;
         let admitted = self.admit().await;
-        let result = self.write_admitted(offset, buf).await;
+        let result = match self.write_admitted(offset, buf).await {
+            Ok(()) => self.flush_if_write_through().await,
+            Err(e) => Err(e),
+        };
         self.account(admitted, OpKind::Write, offset, len, result)
     }
 
@@ -201,7 +217,20 @@ impl<'g, 'd> Backend<'g, 'd> {
             Ok(()) => request::range_op(&self.graph.stack(), self.root, offset, len, op).await,
             Err(e) => Err(e),
         };
+        let result = match result {
+            Ok(()) if matches!(op, RangeOp::WriteZeroes { .. }) => self.flush_if_write_through().await,
+            other => other,
+        };
         self.account(admitted, kind, offset, len, result)
+    }
+
+    /// The flush that completes a write in write-through mode.
+    async fn flush_if_write_through(&self) -> Result<()> {
+        if self.write_through.get() {
+            flush::flush(&self.graph.stack(), self.root).await
+        } else {
+            Ok(())
+        }
     }
 
     /// Makes every write completed before this call stable.

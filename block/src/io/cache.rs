@@ -31,8 +31,9 @@ use core::task::Poll;
 use miniz_oxide::inflate::core::DecompressorOxide;
 
 use crate::error::{Error, Result};
+use crate::io::events::Event;
 use crate::io::Io;
-use crate::node::NodeId;
+use crate::node::{NodeId, Role};
 use crate::io::{child_io, wait_for};
 use crate::io::zstd::{TakenZstd, ZstdDecoder};
 
@@ -70,6 +71,9 @@ pub struct CacheSlot {
     dirty_stamp: Cell<u64>,
     writing: Cell<bool>,
     used: Cell<u64>,
+    /// The blkdebug event its write-back raises (QEMU's cache raises one per L2 or refcount
+    /// block it writes; L1 and refcount-table entries, which QEMU writes directly, raise none).
+    event: Cell<Option<Event>>,
 }
 
 impl CacheSlot {
@@ -84,6 +88,7 @@ impl CacheSlot {
             dirty_stamp: Cell::new(0),
             writing: Cell::new(false),
             used: Cell::new(0),
+            event: Cell::new(None),
         }
     }
 
@@ -336,9 +341,7 @@ impl<'d> MetaCache<'d> {
             if let Some(slot) = set.iter().find(|s| s.key.get() == key) {
                 match slot.state.get() {
                     SlotState::Ready if slot.len.get() as usize == len => {
-                        slot.used.set(tick);
-                        self.hits.set(self.hits.get() + 1);
-                        let data = slot.data.try_borrow().map_err(|_| Error::BadGraph("metadata slot busy"))?;
+                        let data = self.hit(slot, tick).ok_or(Error::BadGraph("metadata slot busy"))?;
                         return Ok(f(&data[..len]));
                     }
                     SlotState::Loading => {
@@ -381,6 +384,29 @@ impl<'d> MetaCache<'d> {
         }
     }
 
+    /// Runs `f` on the slice at `offset` of `node` if it is cached and ready, without loading or
+    /// waiting (the walk's synchronous lookups, [`crate::driver::Driver::map_cached`]); `None`
+    /// otherwise, and then `f` is not called.
+    pub(crate) fn peek<R>(&self, node: NodeId, offset: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let key = Some((node, offset));
+        let slot = self.set_of(node, offset).iter().find(|s| s.key.get() == key)?;
+        if slot.state.get() != SlotState::Ready || slot.len.get() as usize != len {
+            return None;
+        }
+        let tick = self.tick.get() + 1;
+        self.tick.set(tick);
+        let data = self.hit(slot, tick)?;
+        Some(f(&data[..len]))
+    }
+
+    /// Counts a hit on ready `slot` at `tick` and borrows its data (`None` if it is borrowed
+    /// mutably, which the Loading protocol rules out).
+    fn hit<'s>(&self, slot: &'s CacheSlot, tick: u64) -> Option<core::cell::Ref<'s, [u8; SLICE]>> {
+        slot.used.set(tick);
+        self.hits.set(self.hits.get() + 1);
+        slot.data.try_borrow().ok()
+    }
+
     /// The big-endian u64 at `offset` of `node` (8-aligned), through the slice of `slice_len`
     /// bytes that holds it.
     pub(crate) async fn read_u64(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, slice_len: usize) -> Result<u64> {
@@ -396,6 +422,11 @@ impl<'d> MetaCache<'d> {
     /// Runs `f` on the slice at `offset` of `node` (as [`MetaCache::with_slice`]) to change it;
     /// the slice becomes dirty in `class` and stays cached until written back. Waits while the
     /// slice is being written.
+    ///
+    /// The slice is an L2 table's (class [`Class::Table`]) or a refcount block's
+    /// ([`Class::Refcount`]): its write-back raises [`Event::L2Update`] or
+    /// [`Event::RefblockUpdatePart`] as QEMU's caches do. L1 and refcount-table entries change
+    /// through [`MetaCache::write_u64`], which raises none.
     pub(crate) async fn with_slice_mut<R>(
         &self,
         io: &Io<'_, '_>,
@@ -403,6 +434,25 @@ impl<'d> MetaCache<'d> {
         offset: u64,
         len: usize,
         class: Class,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R> {
+        let event = match class {
+            Class::Table => Event::L2Update,
+            Class::Refcount => Event::RefblockUpdatePart,
+        };
+        self.change(io, node, offset, len, class, Some(event), f).await
+    }
+
+    /// [`MetaCache::with_slice_mut`], the slice's write-back raising `event`.
+    #[allow(clippy::too_many_arguments)] // reason: the slice's key, shape and class, as with_slice_mut's
+    async fn change<R>(
+        &self,
+        io: &Io<'_, '_>,
+        node: NodeId,
+        offset: u64,
+        len: usize,
+        class: Class,
+        event: Option<Event>,
         f: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R> {
         loop {
@@ -425,6 +475,7 @@ impl<'d> MetaCache<'d> {
             slot.dirty.set(Some(slot.dirty.get().map_or(class, |c| c.min(class))));
             self.dirtied.set(self.dirtied.get() + 1);
             slot.dirty_stamp.set(self.dirtied.get());
+            slot.event.set(event);
             return Ok(r);
         }
     }
@@ -458,10 +509,20 @@ impl<'d> MetaCache<'d> {
                 slot.dirty.set(None);
                 let _writing = Running(&slot.writing);
                 let len = slot.len.get() as usize;
-                let result = {
+                let result = async {
+                    // QEMU raises the event right before the write (after the flush it
+                    // depends on): a rule on it fails this write-back.
+                    if let Some(event) = slot.event.get() {
+                        if io.has_event_hook() {
+                            if let Some((format, _)) = io.parents(node).find(|(_, c)| c.role == Role::File) {
+                                io.event(format, event).await?;
+                            }
+                        }
+                    }
                     let data = slot.data.try_borrow().map_err(|_| Error::BadGraph("metadata slot busy"))?;
                     child_io::write(io, node, offset, &data[..len]).await
-                };
+                }
+                .await;
                 if let Err(e) = result {
                     // Still dirty: a later write-back tries again.
                     slot.dirty.set(Some(class));
@@ -474,7 +535,8 @@ impl<'d> MetaCache<'d> {
     }
 
     /// Sets the big-endian u64 at `offset` of `node` (8-aligned) to `value` in the cache, through
-    /// the slice of `slice_len` bytes that holds it; the slice becomes dirty in `class`.
+    /// the slice of `slice_len` bytes that holds it; the slice becomes dirty in `class`. For the
+    /// tables QEMU keeps out of its caches (L1, refcount table): the write-back raises no event.
     pub(crate) async fn write_u64(
         &self,
         io: &Io<'_, '_>,
@@ -486,7 +548,7 @@ impl<'d> MetaCache<'d> {
     ) -> Result<()> {
         let start = offset / slice_len as u64 * slice_len as u64;
         let at = (offset - start) as usize;
-        self.with_slice_mut(io, node, start, slice_len, class, |s| s.get_mut(at..at + 8).map(|b| b.copy_from_slice(&value.to_be_bytes())))
+        self.change(io, node, start, slice_len, class, None, |s| s.get_mut(at..at + 8).map(|b| b.copy_from_slice(&value.to_be_bytes())))
             .await?
             .ok_or(Error::BadGraph("table entry across a slice"))
     }

@@ -21,7 +21,9 @@ pub enum Event {
     L2AllocWrite,
     /// A shared L2 table is read to be copied.
     L2AllocCowRead,
-    /// L2 entries are about to change.
+    /// A dirty L2 table (slice) is written back from the metadata cache to the file (QEMU's
+    /// `qcow2_cache_entry_flush` on the L2 cache): raised right before that write, so a rule on
+    /// it fails the write-back itself and the request whose flush or eviction runs it.
     L2Update,
     /// Guest data goes to a data cluster.
     WriteAio,
@@ -31,8 +33,13 @@ pub enum Event {
     CowWrite,
     /// The refcount table is replaced by a larger one.
     ReftableGrow,
-    /// A refcount entry changes.
+    /// QEMU's name for a refcount entry changing; QEMU 2.x+ never raises it (its refcount
+    /// blocks are written back from a cache, which raises [`Event::RefblockUpdatePart`]), and
+    /// neither does Strata: a rule naming it is accepted and never fires.
     RefblockUpdate,
+    /// A dirty refcount block (slice) is written back from the metadata cache to the file
+    /// (QEMU's `qcow2_cache_entry_flush` on the refcount block cache).
+    RefblockUpdatePart,
     /// A new refcount block is written.
     RefblockAllocWrite,
     /// A new refcount block is linked from the refcount table.
@@ -69,6 +76,7 @@ impl Event {
             Event::CowWrite => "cow_write",
             Event::ReftableGrow => "reftable_grow",
             Event::RefblockUpdate => "refblock_update",
+            Event::RefblockUpdatePart => "refblock_update_part",
             Event::RefblockAllocWrite => "refblock_alloc_write",
             Event::RefblockAllocHookup => "refblock_alloc_hookup",
             Event::RefblockAllocWriteBlocks => "refblock_alloc_write_blocks",
@@ -84,7 +92,7 @@ impl Event {
 
 impl Event {
     /// Every event, in declaration order.
-    pub const ALL: [Event; 21] = [
+    pub const ALL: [Event; 22] = [
         Event::L1Update,
         Event::L1GrowAllocTable,
         Event::L1GrowWriteTable,
@@ -97,6 +105,7 @@ impl Event {
         Event::CowWrite,
         Event::ReftableGrow,
         Event::RefblockUpdate,
+        Event::RefblockUpdatePart,
         Event::RefblockAllocWrite,
         Event::RefblockAllocHookup,
         Event::RefblockAllocWriteBlocks,
@@ -118,7 +127,7 @@ impl Event {
 /// them), never raised by Strata's drivers.
 pub const QEMU_ONLY: &[&str] = &[
     "l2_load", "l2_update_compressed", "read_aio", "read_backing_aio", "read_compressed", "write_compressed",
-    "vmstate_load", "vmstate_save", "reftable_load", "reftable_update", "refblock_load", "refblock_update_part",
+    "vmstate_load", "vmstate_save", "reftable_load", "reftable_update", "refblock_load",
     "refblock_alloc", "cluster_alloc_bytes", "pwritev_rmw_head", "pwritev_rmw_after_head", "pwritev_rmw_tail",
     "pwritev_rmw_after_tail", "pwritev", "pwritev_zero", "pwritev_done", "empty_image_prepare",
     "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write", "cluster_alloc_space", "none",

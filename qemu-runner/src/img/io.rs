@@ -3,6 +3,8 @@
 //! run side by side on copies of the same image.
 //!
 //! `qemu-runner img io [-f FMT] [--image-opts] [-t CACHE] [-n] [-r] [-U] -c CMD [-c CMD ...] FILE`.
+//! `-t` as qemu-io's: writethrough (the default, as qemu-io's: each write and write-zeroes flushes
+//! before it completes), writeback, unsafe, none (`-n`), directsync.
 //! Commands run in order; a failing one does not stop the others. Exit status as qemu-io:
 //! 0 when every command succeeded, 1 otherwise (bad arguments and failed opens too).
 
@@ -83,16 +85,22 @@ fn open_and_run(commands: &[String], argv: &[String], out: &mut Output) -> Resul
     if commands.is_empty() {
         return Err(ImgError::usage("no -c command given (interactive mode is not supported)".into()));
     }
+    let cache = args.value("-t").or(args.has("-n").then_some("none"));
+    // qemu-io's default cache mode is writethrough (its backend's write cache off): every
+    // write and write-zeroes flushes before it completes, so a failing metadata write-back
+    // fails that request, as in qemu-io.
+    let write_through = matches!(cache, None | Some("writethrough") | Some("directsync"));
     let opts = OpenOptions {
         format: args.value("-f").map(str::to_string),
         image_opts: args.has("--image-opts"),
         read_only: args.has("-r"),
         force_share: args.has("-U"),
-        cache: image::cache_mode(args.value("-t").or(args.has("-n").then_some("none")))?,
+        cache: image::cache_mode(cache.filter(|c| *c != "writethrough"))?,
         engine: image::engine(args.value("-i"))?,
         ..args.image_options()?
     };
     image::with_image(spec, &opts, |img| {
+        img.backend.set_write_through(write_through);
         let mut buf = AlignedBuf::new(BUFFER);
         let mut failed = false;
         let mut session = aio::Session::new(&img.backend);

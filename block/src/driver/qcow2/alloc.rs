@@ -146,7 +146,7 @@ impl Qcow2 {
         };
         let (slice, i) = self.refcount_slot(block, cluster);
         let order = u32::from(self.refcount_order);
-        self.event_at(io, file, Event::RefblockUpdate).await?;
+        // refblock_update_part is raised when the slice is written back (io::cache).
         let changed = io
             .meta
             .with_slice_mut(io, file, slice, self.slice_len(), Class::Refcount, |s| {

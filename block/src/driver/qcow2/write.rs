@@ -196,7 +196,7 @@ impl Qcow2 {
         let file = Self::file(io, node)?;
         let cs = self.cluster_size();
         let esize = self.l2_entry_size();
-        io.event(node, Event::L2Update).await?;
+        // l2_update is raised when the slice is written back (io::cache), as QEMU's cache does.
         self.check_meta_write(io, file, p.entry_at, Class::Table).await?;
         let ext = self.extended_l2;
         let mut frees: heapless::Vec<PendingFree, MAX_GROUP> = heapless::Vec::new();

@@ -13,6 +13,7 @@
 #[cfg(feature = "std")] pub mod file;
 pub mod ram;
 pub mod record;
+#[cfg(feature = "embedded-io")] pub mod stream;
 pub mod virtio;
 
 use core::task::{Context, Poll};
@@ -285,6 +286,19 @@ pub trait BlockDevice {
     /// waiting for completion in its destructor ([`crate::io`]'s request guard). Leaking such a
     /// future with `mem::forget` breaks this contract, which is why the function is unsafe.
     unsafe fn submit(&self, req: &DeviceRequest<'_>) -> Result<Ticket, SubmitError>;
+
+    /// Performs `req` at once in the caller's thread, if the device would run it there anyway
+    /// (a host file running requests inline): `Some(result)`, and the request is done. `None`:
+    /// the device would queue it, so nothing was done; use [`BlockDevice::submit`]. This spares
+    /// a request that completes inside `submit` its ticket and its `poll`. The default does
+    /// nothing now.
+    ///
+    /// # Safety
+    /// The memory of every segment must be valid, and for [`DeviceOp::Read`] unaliased, for the
+    /// duration of the call.
+    unsafe fn rw_now(&self, _req: &DeviceRequest<'_>) -> Option<Result<(), DeviceError>> {
+        None
+    }
 
     /// Checks a submitted request. Also moves the device forward (polls its completion queue).
     /// After `Ready`, the ticket is forgotten; polling it again is `Invalid`.

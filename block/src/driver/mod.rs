@@ -149,6 +149,13 @@ pub trait Driver: Sized {
         None
     }
 
+    /// [`Driver::map_now`], or the answer from what the driver holds in memory (a qcow2 lookup
+    /// whose L2 slice is cached): no I/O, no waiting. The walk asks this first. `None`: ask
+    /// `map`, which also reports any error.
+    fn map_cached(&self, _io: &Io<'_, '_>, _node: NodeId, offset: u64, len: u64) -> Option<Mapping> {
+        self.map_now(offset, len)
+    }
+
     /// True while nothing of the node's own is allocated: every byte is
     /// [`Mapping::Unallocated`] (reads fall through to the backing child). Must only ever turn
     /// false, calling [`Io::shape_changed`] when it does: the walk remembers runs of empty
@@ -324,9 +331,9 @@ macro_rules! drivers {
                 match self { $(Self::$variant(d) => d.copy_on_read(),)* }
             }
 
-            /// See [`Driver::map_now`].
-            pub(crate) fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
-                match self { $(Self::$variant(d) => d.map_now(offset, len),)* }
+            /// See [`Driver::map_cached`].
+            pub(crate) fn map_cached(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<Mapping> {
+                match self { $(Self::$variant(d) => d.map_cached(io, node, offset, len),)* }
             }
 
             /// See [`Driver::is_empty`].

@@ -39,6 +39,9 @@ impl Drop for InFlight<'_> {
 /// this future exists; the future does not return, and does not finish dropping, before the
 /// device is done with it.
 pub(crate) async fn run(dev: &dyn BlockDevice, req: &DeviceRequest<'_>, notify: bool) -> Result<(), DeviceError> {
+    if let Some(result) = run_now(dev, req) {
+        return result;
+    }
     let ticket = poll_fn(|cx| {
         // SAFETY: the segments outlive this future (caller's borrow, see above), and this future
         // does not complete or finish dropping before the device completes the ticket (the
@@ -61,4 +64,12 @@ pub(crate) async fn run(dev: &dyn BlockDevice, req: &DeviceRequest<'_>, notify: 
     let result = poll_fn(|cx| dev.poll(ticket, cx)).await;
     guard.ticket = None;
     result
+}
+
+/// Performs `req` at once if the device would run it in the caller's thread anyway
+/// ([`BlockDevice::rw_now`]); `None` if it would queue it (nothing was done).
+pub(crate) fn run_now(dev: &dyn BlockDevice, req: &DeviceRequest<'_>) -> Option<Result<(), DeviceError>> {
+    // SAFETY: `req` borrows its segments' memory for this call, and the device is done with it
+    // when `rw_now` returns.
+    unsafe { dev.rw_now(req) }
 }

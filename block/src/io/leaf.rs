@@ -72,6 +72,24 @@ pub(crate) async fn rw(io: &Io<'_, '_>, id: NodeId, offset: u64, buf: Buf<'_>) -
     move_bytes(io, node, dev, offset, buf).await
 }
 
+/// [`rw`] for a read done at once: the range goes straight into `buf` as one device request,
+/// no serialising request is in flight that the read would wait for, and the device runs it in
+/// the caller's thread ([`BlockDevice::rw_now`]). `None` if any of that does not hold; then
+/// nothing was read.
+pub(crate) fn read_now(io: &Io<'_, '_>, id: NodeId, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+    let node = io.node(id).ok()?;
+    let dev = node.device()?;
+    let len = buf.len() as u64;
+    let end = offset.checked_add(len).filter(|&e| e <= node.size())?;
+    // A read-only leaf has no serialising requests (see `rw`); otherwise none may be in flight.
+    if len == 0 || !(node.read_only || io.tracker.serialising() == 0) || direct_len(node, offset, end, buf.as_ptr() as usize) != len {
+        return None;
+    }
+    let segments = [Segment::from_mut(buf)];
+    let req = DeviceRequest { op: DeviceOp::Read, offset, len, segments: &segments };
+    Some(device::run_now(dev, &req)?.map_err(Error::Device))
+}
+
 /// The data movement of [`rw`], for a caller that already holds a tracked request covering
 /// `[offset, offset + buf.len())` — serialising over whole blocks if it writes partial ones — and
 /// bumps the write generation itself. The range must lie inside the node.

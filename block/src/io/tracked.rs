@@ -118,6 +118,11 @@ impl Tracker {
         Some(Tracked { tracker: self, index })
     }
 
+    /// Requests in the table marked serialising (a plain read waits only for those).
+    pub fn serialising(&self) -> usize {
+        self.serialising.get()
+    }
+
     /// Slots in use.
     pub fn in_use(&self) -> usize {
         self.slots.borrow().iter().filter(|s| s.is_some()).count()

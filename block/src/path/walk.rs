@@ -10,11 +10,11 @@
 
 use super::skip;
 use super::Stack;
-use crate::driver::Mapping;
+use crate::driver::{FormatState, Mapping};
 use crate::error::{Error, Result};
 use crate::io::leaf::{self, Buf};
 use crate::io::tracked::ReqKind;
-use crate::node::{NodeId, NodeKind, Role};
+use crate::node::{Node, NodeId, NodeKind, Role};
 
 /// Where one extent of a request lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,79 +68,151 @@ impl Admitted {
     }
 }
 
+/// Where a walk down the graph stands: the node it is at, the offset and length there, and
+/// what it has passed. [`locate`] and [`locate_now`] drive it; it holds the rules both follow.
+struct Walk {
+    cur: NodeId,
+    off: u64,
+    n: u64,
+    depth: u16,
+    /// True if `cur` was reached through a backing link (and `depth` counts that link).
+    via_backing: bool,
+    /// The last node that is not translation-only to map the extent as data.
+    mapped_by: Option<NodeId>,
+}
+
+/// What [`Walk::arrive`] found at the current node.
+enum Arrival<'g, 'd> {
+    /// The extent is resolved.
+    Done(Located),
+    /// A run of empty layers was passed: arrive again.
+    Skipped,
+    /// The node's driver must map the range.
+    Map(&'g Node<'d>, &'g FormatState),
+}
+
+impl Walk {
+    fn new(node: NodeId, offset: u64, len: u64) -> Self {
+        Self { cur: node, off: offset, n: len, depth: 0, via_backing: false, mapped_by: None }
+    }
+
+    fn done(&self, target: Target, len: u64, depth: u16, mapped_by: Option<NodeId>) -> Located {
+        Located { target, len, depth, mapped_by }
+    }
+
+    /// Handles the current node as far as no driver needs asking: the node's end, a leaf, a run
+    /// of empty layers.
+    fn arrive<'g, 'd>(&mut self, s: &Stack<'g, 'd>) -> Result<Arrival<'g, 'd>> {
+        let here = s.node(self.cur)?;
+        if self.off >= here.size() {
+            // Below a larger overlay: past this node's end reads as zeros. As `qemu-img map`
+            // (whose block status calls the overlay's range zero when its backing file is
+            // shorter), the depth is the overlay's, not the short layer's.
+            let depth = if self.via_backing { self.depth.saturating_sub(1) } else { self.depth };
+            return Ok(Arrival::Done(self.done(Target::Hole, self.n, depth, None)));
+        }
+        self.n = self.n.min(here.size() - self.off);
+        if let NodeKind::Leaf(_) = here.kind {
+            return Ok(Arrival::Done(self.done(Target::Leaf(self.cur, self.off), self.n, self.depth, self.mapped_by)));
+        }
+        // A run of empty layers is passed at once, not layer by layer (see `skip`).
+        if let Some((below, layers)) = skip::through_empty(s, self.cur, self.off, self.n) {
+            self.cur = below;
+            self.depth = self.depth.saturating_add(u16::from(layers));
+            self.via_backing = true;
+            return Ok(Arrival::Skipped);
+        }
+        Ok(Arrival::Map(here, s.driver(self.cur)?))
+    }
+
+    /// Follows the mapping of the range by `here`, the current node: to a child, to the
+    /// backing child, or to the end.
+    fn follow(&mut self, here: &Node<'_>, mapping: Mapping) -> Result<Option<Located>> {
+        match mapping {
+            Mapping::Data { role, offset, len, .. } => {
+                if here.pass.is_none() {
+                    self.mapped_by = Some(self.cur);
+                }
+                self.cur = here.child(role).ok_or(Error::BadGraph("mapping names a missing child"))?;
+                self.off = offset;
+                self.n = self.n.min(len);
+                self.via_backing = false;
+            }
+            Mapping::Zero { len } => return Ok(Some(self.done(Target::Zero, self.n.min(len), self.depth, None))),
+            Mapping::Sink { len } => return Ok(Some(self.done(Target::Sink, self.n.min(len), self.depth, Some(self.cur)))),
+            Mapping::Unallocated { len } => {
+                self.n = self.n.min(len);
+                match here.child(Role::Backing) {
+                    Some(backing) => {
+                        self.cur = backing;
+                        self.depth = self.depth.saturating_add(1);
+                        self.via_backing = true;
+                    }
+                    None => return Ok(Some(self.done(Target::Hole, self.n, self.depth, None))),
+                }
+            }
+            Mapping::Compressed { host_offset, csize, skip, len } => {
+                let target = Target::Compressed { node: self.cur, host: host_offset, csize, skip };
+                return Ok(Some(self.done(target, self.n.min(len), self.depth, Some(self.cur))));
+            }
+        }
+        if self.n == 0 {
+            return Err(Error::BadGraph("a driver mapped an empty extent"));
+        }
+        Ok(None)
+    }
+}
+
+const CYCLE: Error = Error::BadGraph("walk longer than the graph has nodes (a cycle)");
+
 /// Resolves the longest extent starting at `offset` (at most `len` bytes) of `node`, with the
 /// backing depth. A request (`admit` names its kind and what it was admitted for already) is
 /// admitted at every driver node it passes; a metadata query (block status) is not.
 pub(crate) async fn locate(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, mut admit: Option<(ReqKind, &mut Admitted)>) -> Result<Located> {
-    let (mut cur, mut off, mut n) = (node, offset, len);
-    let mut depth = 0u16;
-    // True if `cur` was reached through a backing link (and `depth` counts that link).
-    let mut via_backing = false;
-    let mut mapped_by = None;
-    let done = |target, len, depth, mapped_by| Ok(Located { target, len, depth, mapped_by });
+    let mut w = Walk::new(node, offset, len);
     for _ in 0..s.io.walk_bound() {
-        let here = s.node(cur)?;
-        if off >= here.size() {
-            // Below a larger overlay: past this node's end reads as zeros. As `qemu-img map`
-            // (whose block status calls the overlay's range zero when its backing file is
-            // shorter), the depth is the overlay's, not the short layer's.
-            let depth = if via_backing { depth.saturating_sub(1) } else { depth };
-            return done(Target::Hole, n, depth, None);
-        }
-        n = n.min(here.size() - off);
-        if let NodeKind::Leaf(_) = here.kind {
-            return done(Target::Leaf(cur, off), n, depth, mapped_by);
-        }
-        // A run of empty layers is passed at once, not layer by layer (see `skip`).
-        if let Some((below, layers)) = skip::through_empty(s, cur, off, n) {
-            cur = below;
-            depth = depth.saturating_add(u16::from(layers));
-            via_backing = true;
-            continue;
-        }
-        let state = s.driver(cur)?;
-        if let Some((kind, admitted)) = admit.as_mut().filter(|_| state.admits()) {
-            if !admitted.covers(cur, off, n) {
-                state.admit(s, cur, *kind, off, n).await?;
-                admitted.note(cur, off, n);
-            }
-        }
-        let mapping = match state.map_now(off, n) {
-            Some(m) => m,
-            None => state.map(s, cur, off, n).await?,
+        let (here, state) = match w.arrive(s)? {
+            Arrival::Done(l) => return Ok(l),
+            Arrival::Skipped => continue,
+            Arrival::Map(here, state) => (here, state),
         };
-        match mapping {
-            Mapping::Data { role, offset, len, .. } => {
-                if here.pass.is_none() {
-                    mapped_by = Some(cur);
-                }
-                cur = here.child(role).ok_or(Error::BadGraph("mapping names a missing child"))?;
-                off = offset;
-                n = n.min(len);
-                via_backing = false;
-            }
-            Mapping::Zero { len } => return done(Target::Zero, n.min(len), depth, None),
-            Mapping::Sink { len } => return done(Target::Sink, n.min(len), depth, Some(cur)),
-            Mapping::Unallocated { len } => {
-                n = n.min(len);
-                match here.child(Role::Backing) {
-                    Some(backing) => {
-                        cur = backing;
-                        depth = depth.saturating_add(1);
-                        via_backing = true;
-                    }
-                    None => return done(Target::Hole, n, depth, None),
-                }
-            }
-            Mapping::Compressed { host_offset, csize, skip, len } => {
-                return done(Target::Compressed { node: cur, host: host_offset, csize, skip }, n.min(len), depth, Some(cur));
+        if let Some((kind, admitted)) = admit.as_mut().filter(|_| state.admits()) {
+            if !admitted.covers(w.cur, w.off, w.n) {
+                state.admit(s, w.cur, *kind, w.off, w.n).await?;
+                admitted.note(w.cur, w.off, w.n);
             }
         }
-        if n == 0 {
-            return Err(Error::BadGraph("a driver mapped an empty extent"));
+        let mapping = match state.map_cached(s, w.cur, w.off, w.n) {
+            Some(m) => m,
+            None => state.map(s, w.cur, w.off, w.n).await?,
+        };
+        if let Some(l) = w.follow(here, mapping)? {
+            return Ok(l);
         }
     }
-    Err(Error::BadGraph("walk longer than the graph has nodes (a cycle)"))
+    Err(CYCLE)
+}
+
+/// [`locate`] done at once, with no await: every driver on the way answers from memory
+/// ([`crate::driver::Driver::map_cached`]) and none holds requests. `None` if one cannot, or on
+/// anything unusual (then [`locate`] walks again and reports it).
+fn locate_now(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<Located> {
+    let mut w = Walk::new(node, offset, len);
+    for _ in 0..s.io.walk_bound() {
+        let (here, state) = match w.arrive(s).ok()? {
+            Arrival::Done(l) => return Some(l),
+            Arrival::Skipped => continue,
+            Arrival::Map(here, state) => (here, state),
+        };
+        if state.admits() {
+            return None;
+        }
+        let mapping = state.map_cached(s, w.cur, w.off, w.n)?;
+        if let Some(l) = w.follow(here, mapping).ok()? {
+            return Some(l);
+        }
+    }
+    None
 }
 
 /// Reads `buf` from byte `offset` of `node` as a request of its own (a filter's copying or
@@ -167,10 +239,18 @@ async fn read_as(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8], a
     let mut admitted = Admitted::default();
     while done < buf.len() {
         let rest = (buf.len() - done) as u64;
-        let l = locate(s, node, offset + done as u64, rest, admit.map(|k| (k, &mut admitted))).await?;
+        let at = offset + done as u64;
+        // Warm metadata and a device that reads in the caller's thread: no await at all.
+        let l = match locate_now(s, node, at, rest) {
+            Some(l) => l,
+            None => locate(s, node, at, rest, admit.map(|k| (k, &mut admitted))).await?,
+        };
         let part = &mut buf[done..done + l.len as usize];
         match l.target {
-            Target::Leaf(leaf, at) => leaf::rw(s, leaf, at, Buf::Read(part)).await?,
+            Target::Leaf(leaf, at) => match leaf::read_now(s, leaf, at, part) {
+                Some(result) => result?,
+                None => leaf::rw(s, leaf, at, Buf::Read(part)).await?,
+            },
             Target::Zero | Target::Hole => part.fill(0),
             Target::Sink => {}
             Target::Compressed { node: fmt, host, csize, skip } => s.driver(fmt)?.read_compressed(s, fmt, host, csize, skip, part).await?,

@@ -274,6 +274,25 @@ impl Adaptive {
         Ok(ticket)
     }
 
+    /// Runs `req` inline now if `submit` would (inline mode, nothing in flight, no probe due),
+    /// with no slot or ticket; `None` otherwise (see [`crate::dev::BlockDevice::rw_now`]).
+    ///
+    /// # Safety
+    /// As [`crate::dev::BlockDevice::rw_now`]; `req` is validated.
+    pub(super) unsafe fn rw_now(&self, req: &DeviceRequest<'_>) -> Option<Result<(), DeviceError>> {
+        let mut guard = lock_unpoisoned(&self.local);
+        let local = &mut *guard;
+        // The probe's turn (`until_probe` reaching 0) goes through `submit`, which holds it.
+        if local.mode != Mode::Inline || local.probe.is_some() || local.outstanding > 0 || local.until_probe <= 1 {
+            return None;
+        }
+        local.until_probe -= 1;
+        local.iov.fill(req.segments);
+        local.counts.inline += 1;
+        // SAFETY: the caller keeps every segment valid (reads: unaliased) during this call.
+        Some(unsafe { self.shared.exec.execute(req.op, req.offset, req.len, &mut local.iov.0) })
+    }
+
     /// Queues slot `index` (filled, FREE or HELD) for the helpers: it joins the batch that the
     /// next `unplug` hands over.
     fn queue(&self, index: u16, local: &mut Local) {

@@ -645,6 +645,17 @@ impl InThread {
         Ok(make_ticket(index, slot.0))
     }
 
+    /// Runs the request now, with no slot (see [`BlockDevice::rw_now`]).
+    ///
+    /// # Safety
+    /// As [`BlockDevice::rw_now`].
+    unsafe fn rw_now(&self, exec: &Exec, req: &DeviceRequest<'_>) -> Result<(), DeviceError> {
+        let mut t = lock_unpoisoned(&self.table);
+        t.iov.fill(req.segments);
+        // SAFETY: the caller keeps every segment valid (reads: unaliased) during this call.
+        unsafe { exec.execute(req.op, req.offset, req.len, &mut t.iov.0) }
+    }
+
     fn poll(&self, ticket: Ticket) -> Result<(), DeviceError> {
         let (index, generation) = split_ticket(ticket);
         let mut t = lock_unpoisoned(&self.table);
@@ -673,6 +684,19 @@ impl BlockDevice for HostFile {
             Backend::Uring(b) => unsafe { b.submit(req) },
             // SAFETY: forwarded from the caller.
             Backend::Pool(b) => unsafe { b.submit(req) },
+        }
+    }
+
+    unsafe fn rw_now(&self, req: &DeviceRequest<'_>) -> Option<Result<(), DeviceError>> {
+        if let Err(e) = self.info.check_within(req, self.capacity.load(Ordering::Acquire)) {
+            return Some(Err(e));
+        }
+        match &self.backend {
+            // SAFETY: forwarded from the caller.
+            Backend::InThread(b) => Some(unsafe { b.rw_now(&self.exec, req) }),
+            // SAFETY: forwarded from the caller.
+            Backend::Adaptive(b) => unsafe { b.rw_now(req) },
+            Backend::Uring(_) | Backend::Pool(_) => None,
         }
     }
 

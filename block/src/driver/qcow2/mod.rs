@@ -320,9 +320,10 @@ impl Driver for Qcow2 {
         Qcow2::map(self, io, node, offset, len).await
     }
 
-    /// An empty table maps everything to the backing file (see [`Qcow2::l1_empty`]).
-    fn map_now(&self, offset: u64, len: u64) -> Option<Mapping> {
-        self.l1_empty.get().then(|| Mapping::Unallocated { len: self.lookup_len(offset, len) })
+    /// Answers from memory: an empty table maps everything to the backing file (see
+    /// [`Qcow2::l1_empty`]), and a cached L2 slice answers the rest.
+    fn map_cached(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<Mapping> {
+        Qcow2::map_cached(self, io, node, offset, len)
     }
 
     fn is_empty(&self) -> bool {

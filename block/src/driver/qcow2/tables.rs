@@ -149,6 +149,45 @@ enum Found {
     Compressed { host: u64, csize: u64, skip: u64, len: u64 },
 }
 
+/// Where [`Qcow2::map`]'s lookup starts: see [`Qcow2::start`].
+enum Start {
+    /// No L1 entry covers the range: this many bytes are unallocated.
+    Unallocated(u64),
+    At(LookupAt),
+}
+
+/// The node's children and the table positions for one lookup.
+struct LookupAt {
+    file: NodeId,
+    data: NodeId,
+    data_role: Role,
+    /// File offset of the L1 entry.
+    l1_at: u64,
+    /// Index of the entry in its L2 table.
+    l2_index: u64,
+    /// Bytes the L2 table covers from the offset (at most the length asked for).
+    len: u64,
+}
+
+/// The mapping a scan found, with data clusters checked against `eof`, the size of the file
+/// they live in (`data_role`).
+fn finish(found: Found, eof: u64, data_role: Role) -> Mapping {
+    match found {
+        Found::Compressed { host, csize, skip, len } => Mapping::Compressed { host_offset: host, csize, skip, len },
+        Found::Run(Run::Zero, n) => Mapping::Zero { len: n },
+        Found::Run(Run::Unallocated, n) => Mapping::Unallocated { len: n },
+        Found::Run(Run::Data { host, writable }, n) => {
+            // A cluster the file ends inside reads as zeros past the end (QEMU writes such
+            // images); clusters starting past the end were refused by the scan.
+            if host >= eof {
+                Mapping::Zero { len: n }
+            } else {
+                Mapping::Data { role: data_role, offset: host, len: n.min(eof - host), writable }
+            }
+        }
+    }
+}
+
 impl Qcow2 {
     /// How much of `len` bytes at `offset` one lookup answers: up to the end of the L2 table
     /// covering `offset`.
@@ -165,66 +204,93 @@ impl Qcow2 {
 
     /// Maps `len` bytes at `offset` (inside the node) of qcow2 node `node`.
     pub(crate) async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
+        let want = len;
+        let at = match self.start(io, node, offset, len)? {
+            Start::Unallocated(len) => return Ok(Mapping::Unallocated { len }),
+            Start::At(at) => at,
+        };
+        // File sizes are read after each await, never before: a concurrent write may grow the
+        // file and point a table at the new space while this lookup waits for a slice.
+        let size_of = |n: NodeId| io.node(n).map(|n| n.size());
+        let slice_len = self.slice_len();
+        let changes = self.l1_changes.get();
+        let l2 = match self.remembered_l2(at.l1_at) {
+            Some(l2) => l2,
+            None => {
+                let l1_entry = io.meta.read_u64(io, at.file, at.l1_at, slice_len).await?;
+                let Some(l2) = decode_l1(l1_entry, at.l1_at)? else {
+                    let len = self.unallocated_l1_run(io, at.file, at.l1_at, offset, want).await?;
+                    return Ok(Mapping::Unallocated { len });
+                };
+                validation::cluster_ref(l2.0, self.cluster_size(), size_of(at.file)?, &self.meta.get(), at.l1_at, ClusterRef::L2Table)?;
+                // Kept only if no L1 change came while the entry was read.
+                self.last_l1.set(Some((at.l1_at, l2.0, changes)));
+                l2
+            }
+        };
+        let (slice_start, skip, entry_at) = self.l2_slice(l2, at.l2_index);
+        let found = io
+            .meta
+            .with_slice(io, at.file, slice_start, slice_len, |s| {
+                self.scan(s.get(skip..).unwrap_or(&[]), entry_at, offset, at.len, size_of(at.data)?)
+            })
+            .await??;
+        Ok(finish(found, size_of(at.data)?, at.data_role))
+    }
+
+    /// [`Qcow2::map`] answered from memory alone, with no I/O and no await: the remembered L1
+    /// entry and a cached L2 slice. Most reads of a warm image end here, which spares the walk
+    /// an asynchronous call per request. `None` if anything it needs is not in memory or looks
+    /// wrong: `map` then reads what it needs and judges it (and reports the error).
+    pub(crate) fn map_cached(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<Mapping> {
+        let at = match self.start(io, node, offset, len).ok()? {
+            Start::Unallocated(len) => return Some(Mapping::Unallocated { len }),
+            Start::At(at) => at,
+        };
+        let l2 = self.remembered_l2(at.l1_at)?;
+        let (slice_start, skip, entry_at) = self.l2_slice(l2, at.l2_index);
+        let eof = io.node(at.data).ok()?.size();
+        let found = io.meta.peek(at.file, slice_start, self.slice_len(), |s| {
+            self.scan(s.get(skip..).unwrap_or(&[]), entry_at, offset, at.len, eof)
+        })?;
+        Some(finish(found.ok()?, eof, at.data_role))
+    }
+
+    /// Where a lookup of `len` bytes at `offset` of `node` starts: the node's children and the
+    /// L1 entry and L2 index covering `offset`, or the answer already if no L1 entry can cover it.
+    fn start(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Start> {
         let here = io.node(node)?;
         let file = here.child(Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
         let data_role = if self.data_file { Role::DataFile } else { Role::File };
         let data = here.child(data_role).ok_or(Error::BadGraph("qcow2 node without its data-file child"))?;
-        // File sizes are read after each await, never before: a concurrent write may grow the
-        // file and point a table at the new space while this lookup waits for a slice.
-        let size_of = |n: NodeId| io.node(n).map(|n| n.size());
-        let cs = self.cluster_size();
         let l2_entries = self.l2_entries();
         let guest_cluster = offset >> self.cluster_bits;
         let l1_index = guest_cluster / l2_entries;
-        let l2_index = guest_cluster % l2_entries;
-        let want = len;
         // Bytes this L2 table covers from `offset`.
         let len = self.lookup_len(offset, len);
         if l1_index >= u64::from(self.l1_entries.get()) || self.l1_empty.get() {
-            return Ok(Mapping::Unallocated { len });
+            return Ok(Start::Unallocated(len));
         }
-        let slice_len = self.slice_len();
         let l1_at = self.l1.get().start + l1_index * 8;
-        let changes = self.l1_changes.get();
-        let l2 = match self.last_l1.get() {
-            Some((at, table, seen)) if at == l1_at && seen == changes => HostOffset(table),
-            _ => {
-                let l1_entry = io.meta.read_u64(io, file, l1_at, slice_len).await?;
-                let Some(l2) = decode_l1(l1_entry, l1_at)? else {
-                    let len = self.unallocated_l1_run(io, file, l1_at, offset, want).await?;
-                    return Ok(Mapping::Unallocated { len });
-                };
-                validation::cluster_ref(l2.0, cs, size_of(file)?, &self.meta.get(), l1_at, ClusterRef::L2Table)?;
-                // Kept only if no L1 change came while the entry was read.
-                self.last_l1.set(Some((l1_at, l2.0, changes)));
-                l2
-            }
-        };
-        let esize = self.l2_entry_size();
-        let entry_at = l2.0 + l2_index * esize;
-        let slice_start = entry_at / slice_len as u64 * slice_len as u64;
-        let skip = (entry_at - slice_start) as usize;
-        let found = io
-            .meta
-            .with_slice(io, file, slice_start, slice_len, |s| {
-                self.scan(s.get(skip..).unwrap_or(&[]), entry_at, offset, len, size_of(data)?)
-            })
-            .await??;
-        let eof = size_of(data)?;
-        Ok(match found {
-            Found::Compressed { host, csize, skip, len } => Mapping::Compressed { host_offset: host, csize, skip, len },
-            Found::Run(Run::Zero, n) => Mapping::Zero { len: n },
-            Found::Run(Run::Unallocated, n) => Mapping::Unallocated { len: n },
-            Found::Run(Run::Data { host, writable }, n) => {
-                // A cluster the file ends inside reads as zeros past the end (QEMU writes such
-                // images); clusters starting past the end were refused by the scan.
-                if host >= eof {
-                    Mapping::Zero { len: n }
-                } else {
-                    Mapping::Data { role: data_role, offset: host, len: n.min(eof - host), writable }
-                }
-            }
-        })
+        Ok(Start::At(LookupAt { file, data, data_role, l1_at, l2_index: guest_cluster % l2_entries, len }))
+    }
+
+    /// The L2 table the L1 entry at `l1_at` points to, if it is the remembered one and no L1
+    /// change came since it was read.
+    fn remembered_l2(&self, l1_at: u64) -> Option<HostOffset> {
+        match self.last_l1.get() {
+            Some((at, table, seen)) if at == l1_at && seen == self.l1_changes.get() => Some(HostOffset(table)),
+            _ => None,
+        }
+    }
+
+    /// The cache slice holding entry `l2_index` of the L2 table at `l2`: its start, the entry's
+    /// offset inside it, and the entry's file offset.
+    fn l2_slice(&self, l2: HostOffset, l2_index: u64) -> (u64, usize, u64) {
+        let slice_len = self.slice_len() as u64;
+        let entry_at = l2.0 + l2_index * self.l2_entry_size();
+        let slice_start = entry_at / slice_len * slice_len;
+        (slice_start, (entry_at - slice_start) as usize, entry_at)
     }
 
     /// Bytes from `offset` to the end of the run of zero L1 entries starting with the one at

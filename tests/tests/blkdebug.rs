@@ -464,7 +464,10 @@ fn cache_write_back_events_fail_the_write_back() {
         "inject-error.0.event=l2_update,inject-error.0.once=on",
         &cmds,
     );
-    assert!(out.contains("write failed") && out.contains("wrote 4096/4096"), "{out}");
+    assert!(
+        out.contains("write failed") && out.contains("wrote 4096/4096"),
+        "{out}"
+    );
     // A breakpoint at l2_update stops the write-back, not the table change.
     let out = same(
         &dir,
@@ -480,4 +483,86 @@ fn cache_write_back_events_fail_the_write_back() {
         ],
     );
     assert!(out.starts_with("blkdebug: Suspended request 'A'"), "{out}");
+}
+
+/// The device write-zeroes and discards (kind, offset, length) of `write -z 0 1M` and
+/// `discard 1M 1M` through `driver=raw,file.driver=blkdebug,{limits},file.image=rec`, seen by a
+/// recording leaf.
+fn device_range_ops(dir: &Path, limits: &str) -> Vec<(&'static str, u64, u64)> {
+    use qemu_runner::img::block::dev::file::{HostFile, HostFileOptions};
+    use qemu_runner::img::block::dev::record::{Event as Rec, RecordSink, Recording};
+    use qemu_runner::img::block::dev::BlockDevice;
+    use qemu_runner::img::block::io::cache::CacheSlot;
+    use qemu_runner::img::block::{Backend, BackendOptions, Graph};
+    use qemu_runner::img::image::block_on;
+    use std::cell::RefCell;
+
+    struct Sink(RefCell<Vec<(&'static str, u64, u64)>>);
+    impl RecordSink for Sink {
+        fn event(&self, e: Rec<'_>) {
+            match e {
+                Rec::WriteZeroes { offset, len, .. } => {
+                    self.0.borrow_mut().push(("zeroes", offset, len))
+                }
+                Rec::Discard { offset, len, .. } => {
+                    self.0.borrow_mut().push(("discard", offset, len))
+                }
+                _ => {}
+            }
+        }
+    }
+    let work = dir.join(format!("range-{}.raw", limits.len()));
+    std::fs::write(&work, vec![0x77u8; 4 << 20]).unwrap();
+    let file = HostFile::open(&work, &HostFileOptions::default()).unwrap();
+    let sink = Sink(RefCell::new(Vec::new()));
+    let rec: Recording<'_> = Recording::new(&file, &sink);
+    let slots: Vec<CacheSlot> = (0..16).map(|_| CacheSlot::new()).collect();
+    let mut bounce = vec![0u8; 8 * 64 * 1024 + 4096];
+    let mut graph: Graph<'_, 16, 64> = Graph::new(&mut bounce, 64 * 1024);
+    graph.set_metadata_cache(&slots);
+    let mut resolve = |name: &str| -> Option<&dyn BlockDevice> {
+        (name == "rec").then_some(&rec as &dyn BlockDevice)
+    };
+    let sep = if limits.is_empty() { "" } else { "," };
+    let opts = format!("driver=raw,file.driver=blkdebug{sep}{limits},file.image=rec");
+    let root = block_on(graph.open(&opts, &mut resolve)).unwrap();
+    let backend = Backend::new(&graph, root, BackendOptions::default()).unwrap();
+    block_on(backend.write_zeroes(0, 1 << 20, false)).unwrap();
+    block_on(backend.discard(1 << 20, 1 << 20)).unwrap();
+    block_on(backend.close()).unwrap();
+    let ops = sink.0.borrow().clone();
+    ops
+}
+
+#[test]
+fn max_write_zero_and_max_discard_cut_requests() {
+    let dir = scratch("blkdebug-range-limits");
+    let total = |ops: &[(&str, u64, u64)], kind: &str| -> (usize, u64, u64) {
+        let mine: Vec<_> = ops.iter().filter(|o| o.0 == kind).collect();
+        (
+            mine.len(),
+            mine.iter().map(|o| o.2).sum(),
+            mine.iter().map(|o| o.2).max().unwrap_or(0),
+        )
+    };
+    let plain = device_range_ops(&dir, "");
+    let (zn, zsum, _) = total(&plain, "zeroes");
+    let (dn, dsum, _) = total(&plain, "discard");
+    assert_eq!((zn, zsum), (1, 1 << 20), "one write-zeroes without limits: {plain:?}");
+    assert_eq!((dn, dsum), (1, 1 << 20), "one discard without limits: {plain:?}");
+    // As QEMU's bdrv_co_do_pwrite_zeroes / bdrv_co_pdiscard: pieces of at most the limit, the
+    // whole range covered, in order.
+    let cut = device_range_ops(
+        &dir,
+        "file.opt-write-zero=4096,file.max-write-zero=65536,file.opt-discard=4096,file.max-discard=131072",
+    );
+    assert_eq!(total(&cut, "zeroes"), (16, 1 << 20, 65536), "{cut:?}");
+    assert_eq!(total(&cut, "discard"), (8, 1 << 20, 131072), "{cut:?}");
+    for kind in ["zeroes", "discard"] {
+        let mut at = if kind == "zeroes" { 0 } else { 1 << 20 };
+        for o in cut.iter().filter(|o| o.0 == kind) {
+            assert_eq!(o.1, at, "{kind} pieces follow each other: {cut:?}");
+            at += o.2;
+        }
+    }
 }

@@ -69,7 +69,14 @@ fn run(dir: &Path, base: &Path, opts: &str, hook: Option<&FailNth>) -> usize {
     let work = dir.join("work.qcow2");
     std::fs::copy(base, &work).unwrap();
     let file = HostFile::open(&work, &HostFileOptions::default()).unwrap();
-    let backing = HostFile::open(&dir.join("backing.raw"), &HostFileOptions { read_only: true, ..HostFileOptions::default() }).unwrap();
+    let backing = HostFile::open(
+        &dir.join("backing.raw"),
+        &HostFileOptions {
+            read_only: true,
+            ..HostFileOptions::default()
+        },
+    )
+    .unwrap();
     let slots: Vec<CacheSlot> = (0..64).map(|_| CacheSlot::new()).collect();
     let inflaters = [Inflater::new()];
     let mut bounce = vec![0u8; 8 * 64 * 1024 + 4096];
@@ -100,7 +107,11 @@ fn run(dir: &Path, base: &Path, opts: &str, hook: Option<&FailNth>) -> usize {
         // refcounts: a block counts 64 clusters). Refcount-table growth is not reached here
         // (qemu-img sizes the table for the image); qcow2_write tests it without faults.
         for i in 0..48u64 {
-            note(backend.write(i * 300 * 1024 + 1000, &data[..(i as usize % 5 + 1) * 7000]).await);
+            note(
+                backend
+                    .write(i * 300 * 1024 + 1000, &data[..(i as usize % 5 + 1) * 7000])
+                    .await,
+            );
         }
         note(backend.flush().await);
         note(backend.write_zeroes(64 << 10, 256 << 10, true).await);
@@ -120,8 +131,14 @@ const PLAIN: &str = "driver=qcow2,file=work";
 
 /// `qemu-img check` status: 0 clean, 3 leaks only; anything else is corruption.
 fn check(path: &Path) -> (i32, String) {
-    let out = Command::new(qemu_img()).args(["check", path.to_str().unwrap()]).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(qemu_img())
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -131,7 +148,18 @@ fn every_metadata_event_fails_cleanly() {
     random_raw_disk(&dir.join("backing.raw"), 16 << 20, 7);
     let base = dir.join("base.qcow2");
     let status = Command::new(qemu_img())
-        .args(["create", "-q", "-f", "qcow2", "-o", "cluster_size=512,refcount_bits=64", "-b", "backing.raw", "-F", "raw"])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512,refcount_bits=64",
+            "-b",
+            "backing.raw",
+            "-F",
+            "raw",
+        ])
         .arg(&base)
         .arg("16M")
         .status()
@@ -139,8 +167,17 @@ fn every_metadata_event_fails_cleanly() {
     assert!(status.success());
 
     // A dry run: which events this workload meets, and how often.
-    let probe = FailNth { target: Event::FlushToDisk, nth: u32::MAX, seen: Cell::new(0), counts: Default::default() };
-    assert_eq!(run(&dir, &base, PLAIN, Some(&probe)), 0, "the workload runs clean without faults");
+    let probe = FailNth {
+        target: Event::FlushToDisk,
+        nth: u32::MAX,
+        seen: Cell::new(0),
+        counts: Default::default(),
+    };
+    assert_eq!(
+        run(&dir, &base, PLAIN, Some(&probe)),
+        0,
+        "the workload runs clean without faults"
+    );
     let counts = probe.counts.borrow().clone();
     println!("events met: {counts:?}");
     let events = [
@@ -174,12 +211,25 @@ fn every_metadata_event_fails_cleanly() {
                 blkdebug_cases += 1;
                 run(&dir, &base, &blkdebug_opts(event, nth), None)
             } else {
-                let hook = FailNth { target: event, nth, seen: Cell::new(0), counts: Default::default() };
+                let hook = FailNth {
+                    target: event,
+                    nth,
+                    seen: Cell::new(0),
+                    counts: Default::default(),
+                };
                 run(&dir, &base, PLAIN, Some(&hook))
             };
-            assert!(failed > 0, "{} #{nth}: the injected fault was not reported", event.name());
+            assert!(
+                failed > 0,
+                "{} #{nth}: the injected fault was not reported",
+                event.name()
+            );
             let (code, out) = check(&dir.join("work.qcow2"));
-            assert!(code == 0 || code == 3, "{} #{nth}: qemu-img check exit {code}:\n{out}", event.name());
+            assert!(
+                code == 0 || code == 3,
+                "{} #{nth}: qemu-img check exit {code}:\n{out}",
+                event.name()
+            );
             cases += 1;
         }
     }

@@ -325,6 +325,12 @@ impl Driver for Blkdebug {
         if l.opt_discard != 0 {
             out.discard_alignment = clamp(l.opt_discard);
         }
+        if l.max_write_zero != 0 {
+            out.max_write_zeroes = clamp(l.max_write_zero);
+        }
+        if l.max_discard != 0 {
+            out.max_discard = clamp(l.max_discard);
+        }
         out
     }
 

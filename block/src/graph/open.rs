@@ -560,6 +560,8 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             l.request_alignment = l.request_alignment.max(limits.request_alignment);
             l.discard_alignment = l.discard_alignment.max(limits.discard_alignment);
             l.write_zeroes_alignment = l.write_zeroes_alignment.max(limits.write_zeroes_alignment);
+            l.max_write_zeroes = l.max_write_zeroes.min(limits.max_write_zeroes);
+            l.max_discard = l.max_discard.min(limits.max_discard);
             let align = l.request_alignment;
             l.max_transfer = (l.max_transfer.min(limits.max_transfer) / align * align).max(align);
             l.max_segment_size = l.max_segment_size.max(align);

@@ -1,10 +1,12 @@
 //! Write-zeroes and discard at a leaf, with fallbacks, and zero detection.
 //!
 //! Write-zeroes: the block-aligned middle goes to the device as one WriteZeroes request per
-//! `max_transfer` when the device has it (unmapping if allowed and supported), else as writes of
-//! a zeroed bounce buffer; unaligned edges are written as zeros through the read-modify-write
-//! path. Discard is advisory (as in QEMU): only the part aligned to the discard granularity goes
-//! to the device, and a device without discard makes it a successful no-op.
+//! `max_transfer` and `max_write_zeroes` (QEMU's `max_pwrite_zeroes`) when the device has it
+//! (unmapping if allowed and supported), else as writes of a zeroed bounce buffer; unaligned
+//! edges are written as zeros through the read-modify-write path. Discard is advisory (as in
+//! QEMU): only the part aligned to the discard granularity goes to the device, in requests of
+//! at most `max_discard` (QEMU's `max_pdiscard`), and a device without discard makes it a
+//! successful no-op.
 
 use crate::dev::{BlockDevice, DeviceFeatures, DeviceOp, Segment};
 use crate::error::{Error, Result};
@@ -46,7 +48,7 @@ pub(crate) async fn leaf_range_op(io: &Io<'_, '_>, id: NodeId, offset: u64, len:
             let _generation = WriteGen(&node.flush.write_gen);
             let mut pos = start;
             while pos < stop {
-                let n = (stop - pos).min(u64::from(limits.max_transfer) / g * g).max(g);
+                let n = (stop - pos).min(u64::from(limits.max_transfer.min(limits.max_discard)) / g * g).max(g);
                 transfer_range(io, dev, DeviceOp::Discard, pos, n).await?;
                 pos += n;
             }
@@ -77,7 +79,9 @@ pub(crate) async fn leaf_range_op(io: &Io<'_, '_>, id: NodeId, offset: u64, len:
                 match device_op {
                     Some(dop) => {
                         while pos < stop {
-                            let n = (stop - pos).min(u64::from(limits.max_transfer));
+                            // QEMU's max_pwrite_zeroes, aligned down to the granularity.
+                            let most = u64::from(limits.max_transfer.min(limits.max_write_zeroes));
+                            let n = (stop - pos).min((most / a * a).max(a));
                             transfer_range(io, dev, dop, pos, n).await?;
                             pos += n;
                         }

@@ -21,6 +21,12 @@ pub struct BlockLimits {
     pub discard_alignment: u32,
     /// Granularity of write-zeroes.
     pub write_zeroes_alignment: u32,
+    /// Most bytes per write-zeroes request (QEMU's `max_pwrite_zeroes`; `u32::MAX`: no bound
+    /// but `max_transfer`'s).
+    pub max_write_zeroes: u32,
+    /// Most bytes per discard request (QEMU's `max_pdiscard`; `u32::MAX`: no bound but
+    /// `max_transfer`'s).
+    pub max_discard: u32,
     /// Required alignment of buffer addresses and lengths (1: none).
     pub mem_alignment: u32,
 }
@@ -37,6 +43,8 @@ impl BlockLimits {
             max_segment_size: info.max_segment_size.max(align),
             discard_alignment: pow2_at_least(info.discard_alignment).max(align),
             write_zeroes_alignment: align,
+            max_write_zeroes: u32::MAX,
+            max_discard: u32::MAX,
             mem_alignment: pow2_at_least(info.mem_alignment),
         }
     }
@@ -52,6 +60,8 @@ impl BlockLimits {
             max_segment_size: u32::MAX,
             discard_alignment: 1,
             write_zeroes_alignment: 1,
+            max_write_zeroes: u32::MAX,
+            max_discard: u32::MAX,
             mem_alignment: 1,
         }
     }

@@ -1,15 +1,15 @@
-//! The human console on COM1, shared by `print!`/`println!`.
+//! The human console (the board's: COM1 on x86), shared by `print!`/`println!`.
 
 use core::fmt::Write;
 use spin::Mutex;
-use strata_boot::arch::serial::{Uart, COM1};
+use strata_boot::console::Console;
 
-static CONSOLE: Mutex<Option<Uart>> = Mutex::new(None);
+static CONSOLE: Mutex<Option<Console>> = Mutex::new(None);
 
-/// Programs COM1. Call once, first thing.
+/// Programs the console. Call once, first thing.
 pub fn init() {
-    // SAFETY: COM1 is the console on every QEMU x86 machine and nothing else drives it.
-    *CONSOLE.lock() = Some(unsafe { Uart::init(COM1) });
+    // SAFETY: called once; the console device is driven only through CONSOLE.
+    *CONSOLE.lock() = Some(unsafe { Console::init() });
 }
 
 /// Writes formatted text to the console (dropped before [`init`]).

@@ -1,7 +1,7 @@
 //! The last words: panics and CPU exceptions print where they happened and end the machine with
 //! [`exit_code::PANIC`].
 
-use strata_boot::arch::idt::{cr2, ExceptionFrame};
+use strata_boot::traps::Frame;
 
 use crate::{console, exit_code, println, report};
 
@@ -16,21 +16,11 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     exit_code::exit(exit_code::PANIC)
 }
 
-/// Called by the exception stubs in `strata_boot::arch::idt`.
+/// Called by the trap stubs in `strata_boot::traps`.
 #[no_mangle]
-extern "C" fn strata_exception(frame: &ExceptionFrame) -> ! {
+extern "C" fn strata_exception(frame: &Frame) -> ! {
     console::force_unlock();
-    println!(
-        "strata: CPU EXCEPTION {} ({}) at rip {:#x}, error code {:#x}, rsp {:#x}",
-        frame.vector,
-        frame.name(),
-        frame.rip,
-        frame.error_code,
-        frame.rsp
-    );
-    if frame.vector == 14 {
-        println!("strata: page fault address {:#x}", cr2());
-    }
-    report::error("panic", format_args!("CPU exception {} ({}) at rip {:#x}", frame.vector, frame.name(), frame.rip));
+    println!("strata: CPU EXCEPTION {}", frame);
+    report::error("panic", format_args!("CPU exception {}", frame));
     exit_code::exit(exit_code::PANIC)
 }

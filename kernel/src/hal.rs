@@ -1,8 +1,8 @@
 //! The virtio-drivers `Hal`: DMA memory from a static arena, identity-mapped addresses.
 //!
-//! The kernel runs with the first 4 GiB identity-mapped and no IOMMU, so a buffer's physical
-//! address is its virtual address and sharing a buffer with a device needs no bounce copy. DMA
-//! pages (virtqueue rings) come from a bump arena that is never returned: devices live as long as
+//! The kernel runs identity-mapped (the board's `is_mapped` range) with no IOMMU, so a buffer's
+//! physical address is its virtual address and sharing a buffer with a device needs no bounce
+//! copy. DMA pages (virtqueue rings) come from a bump arena that is never returned: devices live as long as
 //! the kernel. Running out gives virtio-drivers a null address, which it reports as `DmaError`.
 
 use core::ptr::NonNull;
@@ -17,9 +17,6 @@ struct Arena([u8; DMA_PAGES * PAGE_SIZE]);
 
 static ARENA: Mutex<(usize, Option<&'static mut Arena>)> = Mutex::new((0, None));
 static mut ARENA_MEMORY: Arena = Arena([0; DMA_PAGES * PAGE_SIZE]);
-
-/// Highest address the boot page tables map.
-const IDENTITY_MAPPED: u64 = 4 << 30;
 
 /// The kernel's virtio HAL.
 pub struct KernelHal;
@@ -51,7 +48,7 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
-        // Identity mapping; `devices` refuses windows above IDENTITY_MAPPED before we get here.
+        // Identity mapping; `devices` refuses windows the board has not mapped before we get here.
         NonNull::new(paddr as *mut u8).unwrap_or(NonNull::dangling())
     }
 
@@ -60,9 +57,4 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
-}
-
-/// True if `[paddr, paddr + size)` is covered by the boot identity mapping.
-pub fn is_mapped(paddr: u64, size: u64) -> bool {
-    paddr.checked_add(size).is_some_and(|end| end <= IDENTITY_MAPPED)
 }

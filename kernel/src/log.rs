@@ -1,17 +1,14 @@
-//! defmt logs on QEMU's debugcon (I/O port 0xe9), decoded on the host by `qemu-runner`.
+//! defmt logs on the board's trace sink (`strata_boot::trace`; x86: QEMU's debugcon, I/O port
+//! 0xe9), decoded on the host by `qemu-runner`.
 //!
-//! Frames are rzcobs-encoded by defmt, gathered in a small buffer and written with one
-//! `rep outsb` per buffer: under KVM a string I/O instruction exits to QEMU once per batch instead
-//! of once per byte (a second 16550 UART would cost two exits per byte: status poll and data).
+//! Frames are rzcobs-encoded by defmt and gathered in a small buffer, written to the sink once
+//! per buffer: under KVM the x86 sink exits to QEMU once per batch instead of once per byte.
 //! Timestamps are microseconds since kernel entry.
 //!
 //! Single CPU and no interrupts: the logger needs no lock, only the promise that it is not
 //! re-entered.
 
-use strata_boot::arch::{port, tsc};
-
-/// QEMU's debugcon port as the runner configures it (`-device isa-debugcon,iobase=0xe9`).
-pub const DEBUGCON_PORT: u16 = 0xe9;
+use strata_boot::{clock, trace};
 
 struct Channel {
     encoder: defmt::Encoder,
@@ -31,9 +28,7 @@ fn stage(buf: &mut [u8; 256], len: &mut usize, piece: &[u8]) {
 }
 
 fn drain(buf: &[u8; 256], len: &mut usize) {
-    // SAFETY: port 0xe9 is the debugcon the runner attaches for this channel; without it the
-    // bytes are dropped by QEMU.
-    unsafe { port::outsb(DEBUGCON_PORT, &buf[..*len]) };
+    trace::write(&buf[..*len]);
     *len = 0;
 }
 
@@ -49,11 +44,11 @@ unsafe fn channel() -> &'static mut Channel {
 }
 
 #[defmt::global_logger]
-struct DebugconLogger;
+struct TraceLogger;
 
 // SAFETY: one CPU and no interrupts, so nothing else can use `CHANNEL` between acquire and release. Re-entry (a log call inside a log call) cannot happen: the
 // panic handler does not log through defmt.
-unsafe impl defmt::Logger for DebugconLogger {
+unsafe impl defmt::Logger for TraceLogger {
     fn acquire() {
         // SAFETY: `acquire` starts the logger's ownership of CHANNEL.
         let Channel { encoder, buf, len } = unsafe { channel() };
@@ -76,4 +71,4 @@ unsafe impl defmt::Logger for DebugconLogger {
     }
 }
 
-defmt::timestamp!("{=u64:us}", tsc::ns_since_boot() / 1000);
+defmt::timestamp!("{=u64:us}", clock::ns_since_boot() / 1000);

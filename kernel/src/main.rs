@@ -25,32 +25,33 @@ mod report;
 mod stack;
 mod workloads;
 
-use strata_boot::arch::{idt, start_info::StartInfo, tsc};
+use strata_boot::{boot_info::BootInfo, clock, traps};
 
-/// The kernel's entry, called by the boot trampoline with the PVH start info's address.
+/// The kernel's entry, called by the architecture's entry code with its boot handle (x86: the
+/// PVH start info's address).
 #[no_mangle]
-extern "C" fn strata_main(start_info_paddr: u64) -> ! {
-    tsc::mark_boot();
+extern "C" fn strata_main(boot_handle: u64) -> ! {
+    clock::mark_boot();
     console::init();
-    idt::init();
-    // SAFETY: `start_info_paddr` is what the PVH loader passed in ebx.
-    let info = match unsafe { StartInfo::read(start_info_paddr) } {
+    traps::init();
+    // SAFETY: `boot_handle` is what the entry code passed us.
+    let info = match unsafe { BootInfo::read(boot_handle) } {
         Ok(info) => info,
-        Err(bad) => {
-            println!("strata: no PVH start info (magic {:#x}); boot with QEMU -kernel", bad.0);
+        Err(e) => {
+            println!("strata: {}", e);
             exit_code::exit(exit_code::BOOT_ERROR);
         }
     };
     // Devices first: nothing on the way to the first I/O needs the clock's frequency (times are
-    // kept in TSC ticks and converted later), so calibration waits until after discovery.
+    // kept in clock ticks and converted later), so calibration waits until after discovery.
     let mut disks = devices::Catalog::new();
-    devices::discover(&mut disks);
-    let cal = tsc::calibrate();
+    devices::discover(&mut disks, &info);
+    let cal = clock::calibrate();
     let cmdline = info.cmdline();
     println!("strata {} booting: cmdline \"{}\"", env!("CARGO_PKG_VERSION"), cmdline);
     report::boot(&cal, info.ram_bytes(), cmdline);
     footprint::report();
-    defmt::info!("boot: tsc {=u64} Hz (calibrated: {=bool}), {=usize} virtio-blk devices", cal.hz, cal.calibrated, disks.len());
+    defmt::info!("boot: clock {=u64} Hz (calibrated: {=bool}), {=usize} virtio-blk devices", cal.hz, cal.calibrated, disks.len());
 
     let parsed = match cmdline::parse(cmdline) {
         Ok(c) => c,

@@ -6,7 +6,7 @@
 //! or command line cannot break a record.
 
 use core::fmt::{self, Write};
-use strata_boot::arch::tsc::{self, Calibration};
+use strata_boot::clock::{self, Calibration};
 
 use crate::console;
 
@@ -112,7 +112,7 @@ pub fn boot(cal: &Calibration, ram: u64, cmdline: &str) {
         .bool("tsc_calibrated", cal.calibrated)
         // The TSC starts at zero when the vCPU is reset (TCG and KVM), so its value at entry is
         // roughly the time QEMU and its firmware took to reach us.
-        .num("entry_us", tsc::ticks_to_ns(tsc::boot_tsc()) / 1000)
+        .num("entry_us", clock::ticks_to_ns(clock::boot_ticks()) / 1000)
         .num("ram_bytes", ram)
         .str("cmdline", cmdline)
         .emit();
@@ -125,7 +125,7 @@ pub fn error(kind: &str, message: fmt::Arguments) {
 
 /// The last record before the machine ends.
 pub fn exit(code: u32) {
-    let mut r = Record::new("exit").num("code", u64::from(code)).num("uptime_us", tsc::ns_since_boot() / 1000);
+    let mut r = Record::new("exit").num("code", u64::from(code)).num("uptime_us", clock::ns_since_boot() / 1000);
     if let Some(ns) = crate::devices::first_io_ns() {
         r = r.num("first_io_us", ns / 1000);
     }

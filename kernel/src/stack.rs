@@ -20,7 +20,7 @@ use strata_block::io::cache::{CacheSlot, Inflater};
 use strata_block::io::zstd::ZstdDecoder;
 use strata_block::graph::{NameRequest, Resolver, Role};
 use strata_block::{Error, Graph, NodeId};
-use strata_boot::arch::tsc;
+use strata_boot::clock;
 
 use crate::cmdline::{Maps, Objects};
 use crate::devices::{Catalog, Disk};
@@ -313,14 +313,14 @@ pub struct Watchdog {
 impl Watchdog {
     /// Starts counting now.
     pub fn new() -> Self {
-        Self { last_progress: Cell::new(tsc::rdtsc()) }
+        Self { last_progress: Cell::new(clock::now()) }
     }
 
     fn check(&self, catalog: &Catalog, completed: usize) {
-        let now = tsc::rdtsc();
+        let now = clock::now();
         if completed > 0 || catalog.in_flight() == 0 {
             self.last_progress.set(now);
-        } else if now.wrapping_sub(self.last_progress.get()) > tsc::hz().saturating_mul(DEVICE_TIMEOUT_S) {
+        } else if now.wrapping_sub(self.last_progress.get()) > clock::hz().saturating_mul(DEVICE_TIMEOUT_S) {
             println!("strata: the devices completed nothing for {} s", DEVICE_TIMEOUT_S);
             report::error("io", format_args!("device timeout: nothing completed for {} s", DEVICE_TIMEOUT_S));
             exit_code::exit(exit_code::FAILURE);
@@ -374,15 +374,15 @@ impl Platform for Io<'_> {
     }
 }
 
-/// The backend's clock: nanoseconds since boot, by multiply and shift (`tsc::ticks_to_ns`
+/// The backend's clock: nanoseconds since boot, by multiply and shift (`clock::ticks_to_ns`
 /// divides in 128 bits, a library call per request under TCG).
 pub fn clock_ns() -> u64 {
     static NS_PER_TICK_Q32: AtomicU64 = AtomicU64::new(0);
     let mut factor = NS_PER_TICK_Q32.load(Ordering::Relaxed);
     if factor == 0 {
-        factor = ((1_000_000_000u128 << 32) / u128::from(tsc::hz().max(1))) as u64;
+        factor = ((1_000_000_000u128 << 32) / u128::from(clock::hz().max(1))) as u64;
         NS_PER_TICK_Q32.store(factor, Ordering::Relaxed);
     }
-    let ticks = tsc::rdtsc().wrapping_sub(tsc::boot_tsc());
+    let ticks = clock::now().wrapping_sub(clock::boot_ticks());
     ((u128::from(ticks) * u128::from(factor)) >> 32) as u64
 }

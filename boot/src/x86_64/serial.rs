@@ -29,6 +29,14 @@ impl Uart {
         Self { base }
     }
 
+    /// A handle on the UART at `base` as it is already programmed.
+    ///
+    /// # Safety
+    /// As for [`Uart::init`].
+    pub unsafe fn at(base: u16) -> Self {
+        Self { base }
+    }
+
     /// Writes bytes, waiting for room in the transmitter before each one.
     pub fn write_bytes(&mut self, bytes: &[u8]) {
         for &b in bytes {

@@ -2,8 +2,9 @@
 //!
 //! Devices are named by serial only (at most 20 bytes, set by the runner): microvm enumerates its
 //! virtio-mmio slots from the top and PCI order depends on the command line, so position means
-//! nothing. Discovery tries both transports: PCI through port I/O when a host bridge answers
-//! (pc, q35), else the microvm virtio-mmio window.
+//! nothing. Discovery tries both transports the board describes (`strata_boot::board`): PCI when
+//! it has configuration access (pc, q35), and its virtio-mmio windows (microvm's fixed table, or
+//! the device tree's).
 //!
 //! Each device is the block layer's virtio-blk leaf ([`strata_block::dev::virtio::VirtioBlk`])
 //! in a `'static` cell of its own, so graphs can hold it for the whole run.
@@ -15,7 +16,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use static_cell::StaticCell;
 use strata_block::dev::virtio::VirtioBlk;
 use strata_block::dev::BlockDevice;
-use strata_boot::arch::tsc;
+use strata_boot::{board, boot_info::BootInfo, clock};
 use virtio_drivers::transport::SomeTransport;
 
 use crate::hal::KernelHal;
@@ -131,7 +132,7 @@ impl Catalog {
             println!("strata: more than {} virtio-blk devices; ignoring {:?}", MAX_DISKS, location);
             return;
         };
-        let dev = match Leaf::new(transport, Some(tsc::rdtsc)) {
+        let dev = match Leaf::new(transport, Some(clock::now)) {
             Ok(dev) => dev,
             Err(e) => {
                 println!("strata: virtio-blk at {:?}: init failed: {}", location, e);
@@ -155,10 +156,11 @@ impl Catalog {
 }
 
 /// Finds every virtio-blk device on this machine.
-pub fn discover(catalog: &mut Catalog) {
-    if !pci::discover(catalog) {
-        mmio::discover(catalog);
+pub fn discover(catalog: &mut Catalog, info: &BootInfo) {
+    if let Some(config) = board::pci() {
+        pci::discover(catalog, config);
     }
+    mmio::discover(catalog, &board::virtio_mmio(info));
 }
 
 fn printable(bytes: &[u8]) -> heapless::String<20> {
@@ -174,13 +176,13 @@ static FIRST_IO_TSC: AtomicU64 = AtomicU64::new(0);
 
 /// Records the completion of the first device request since boot.
 pub fn note_first_io() {
-    let _ = FIRST_IO_TSC.compare_exchange(0, tsc::rdtsc(), Ordering::Relaxed, Ordering::Relaxed);
+    let _ = FIRST_IO_TSC.compare_exchange(0, clock::now(), Ordering::Relaxed, Ordering::Relaxed);
 }
 
 /// Nanoseconds from kernel entry to the first completed device request, if any.
 pub fn first_io_ns() -> Option<u64> {
     match FIRST_IO_TSC.load(Ordering::Relaxed) {
         0 => None,
-        t => Some(tsc::ticks_to_ns(t.wrapping_sub(tsc::boot_tsc()))),
+        t => Some(clock::ticks_to_ns(t.wrapping_sub(clock::boot_ticks()))),
     }
 }

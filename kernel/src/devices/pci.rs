@@ -1,10 +1,11 @@
-//! virtio-pci discovery on pc and q35, with configuration space through ports 0xcf8/0xcfc.
+//! virtio-pci discovery through the board's configuration access (`strata_boot::board::pci`;
+//! x86 pc and q35: ports 0xcf8/0xcfc).
 //!
-//! Port I/O reaches the first 256 bytes of each function's configuration space on both machines,
-//! which holds everything virtio needs. Buses behind bridges are followed through their
-//! secondary bus numbers (firmware has numbered them), without recursion.
+//! The first 256 bytes of each function's configuration space hold everything virtio needs.
+//! Buses behind bridges are followed through their secondary bus numbers (firmware has numbered
+//! them), without recursion.
 
-use strata_boot::arch::port::{inl, outl};
+use strata_boot::board::{self, PciConfig};
 use virtio_drivers::transport::{
     pci::{
         bus::{BarInfo, Command, ConfigurationAccess, DeviceFunction, HeaderType, PciRoot},
@@ -14,54 +15,29 @@ use virtio_drivers::transport::{
 };
 
 use super::{Catalog, Location};
-use crate::{hal, hal::KernelHal, println};
+use crate::{hal::KernelHal, println};
 
-const CONFIG_ADDRESS: u16 = 0xcf8;
-const CONFIG_DATA: u16 = 0xcfc;
+/// The board's configuration access as virtio-drivers wants it.
+struct BoardCam(PciConfig);
 
-/// PCI configuration mechanism #1 (ports 0xcf8/0xcfc).
-struct PortCam;
-
-impl PortCam {
-    fn address(df: DeviceFunction, offset: u8) -> u32 {
-        0x8000_0000
-            | (u32::from(df.bus) << 16)
-            | (u32::from(df.device) << 11)
-            | (u32::from(df.function) << 8)
-            | u32::from(offset & 0xfc)
-    }
-}
-
-impl ConfigurationAccess for PortCam {
+impl ConfigurationAccess for BoardCam {
     fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
-        // SAFETY: 0xcf8/0xcfc are the PCI configuration ports, used only from this module on
-        // one CPU; the address/data pair is not interleaved.
-        unsafe {
-            outl(CONFIG_ADDRESS, Self::address(df, offset));
-            inl(CONFIG_DATA)
-        }
+        self.0.read(df.bus, df.device, df.function, u16::from(offset))
     }
 
     fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
-        // SAFETY: as in `read_word`.
-        unsafe {
-            outl(CONFIG_ADDRESS, Self::address(df, offset));
-            outl(CONFIG_DATA, data);
-        }
+        self.0.write(df.bus, df.device, df.function, u16::from(offset), data);
     }
 
     unsafe fn unsafe_clone(&self) -> Self {
-        PortCam
+        BoardCam(self.0)
     }
 }
 
-/// Adds every virtio-blk PCI function. Returns false if there is no PCI host bridge.
-pub fn discover(catalog: &mut Catalog) -> bool {
-    let host = DeviceFunction { bus: 0, device: 0, function: 0 };
-    if PortCam.read_word(host, 0) & 0xffff == 0xffff {
-        return false;
-    }
-    let mut root = PciRoot::new(PortCam);
+/// Adds every virtio-blk PCI function reachable through `config`.
+pub fn discover(catalog: &mut Catalog, config: PciConfig) {
+    let cam = BoardCam(config);
+    let mut root = PciRoot::new(BoardCam(config));
     let mut buses: heapless::Vec<u8, 32> = heapless::Vec::new();
     let _ = buses.push(0);
     let mut scanned = 0;
@@ -71,7 +47,7 @@ pub fn discover(catalog: &mut Catalog) -> bool {
         for (df, info) in found {
             if info.header_type == HeaderType::PciPciBridge {
                 // Secondary bus number: byte 1 of the dword at 0x18.
-                let secondary = (PortCam.read_word(df, 0x18) >> 8) as u8;
+                let secondary = (cam.read_word(df, 0x18) >> 8) as u8;
                 if secondary != 0 && !buses.contains(&secondary) {
                     let _ = buses.push(secondary);
                 }
@@ -92,14 +68,13 @@ pub fn discover(catalog: &mut Catalog) -> bool {
             }
         }
     }
-    true
 }
 
 /// The first memory BAR that the boot identity map does not cover.
-fn unmapped_bar(root: &mut PciRoot<PortCam>, df: DeviceFunction) -> Option<u64> {
+fn unmapped_bar(root: &mut PciRoot<BoardCam>, df: DeviceFunction) -> Option<u64> {
     let bars = root.bars(df).ok()?;
     bars.iter().flatten().find_map(|bar| match bar {
-        BarInfo::Memory { address, size, .. } if !hal::is_mapped(*address, *size) => Some(*address),
+        BarInfo::Memory { address, size, .. } if !board::is_mapped(*address, *size) => Some(*address),
         _ => None,
     })
 }

@@ -18,7 +18,7 @@ use core::cell::{Cell, RefCell};
 
 use strata_block::cmd::timeline::Timeline;
 use strata_block::{BackendOptions, Error};
-use strata_boot::arch::tsc;
+use strata_boot::clock;
 
 use super::histogram::{self, Histogram};
 use super::{data, per_sec, MbPerSec, Micros};
@@ -72,7 +72,7 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
     // Written data: a recognisable pattern rather than zeros (no zero detection surprises).
     buf.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u8) ^ 0x5a);
 
-    let hz = tsc::hz();
+    let hz = clock::hz();
     let (deadline_ticks, count) = match args.stop {
         Stop::Seconds(s) => (hz.saturating_mul(s), u64::MAX),
         Stop::Count(n) => (u64::MAX, n),
@@ -85,7 +85,7 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
         d.dev.reset_stats();
     }
     let platform = stack::Io::new(&graph, catalog);
-    let start = tsc::rdtsc();
+    let start = clock::now();
     // Completions per interval, from 1 ms intervals up (the timeline widens them as it fills).
     let timeline = RefCell::new(Timeline::new(start, hz / 1000));
     // The tasks live in this block: they borrow the backend, which the close below consumes.
@@ -98,7 +98,7 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
             let _ = tasks.push(async move {
                 let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((i as u64 + 1) << 32) ^ start;
                 loop {
-                    let now = tsc::rdtsc();
+                    let now = clock::now();
                     if issued.get() >= count || now.wrapping_sub(start) >= deadline_ticks || failed.get().is_some() {
                         return;
                     }
@@ -117,7 +117,7 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
                     let result = if rw.writes() { backend.write(offset, mem).await } else { backend.read(offset, mem).await };
                     match result {
                         Ok(()) => {
-                            let done = tsc::rdtsc();
+                            let done = clock::now();
                             latencies.borrow_mut().record(done.wrapping_sub(now));
                             timeline.borrow_mut().record(done);
                         }
@@ -132,9 +132,9 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
         let tasks = unsafe { core::pin::Pin::new_unchecked(&mut tasks) };
         executor::run(executor::as_slice(tasks), &platform)
     };
-    let end = tsc::rdtsc();
+    let end = clock::now();
     let elapsed_ticks = end.wrapping_sub(start);
-    let elapsed_ns = tsc::ticks_to_ns(elapsed_ticks);
+    let elapsed_ns = clock::ticks_to_ns(elapsed_ticks);
     // Writes end with a clean close (caches written back, flushed, the image marked clean), also
     // after a failure, so the image stays consistent; its time is not the bench's.
     let closed = if args.rw.writes() { stack::close(backend, &platform, "bench", options) } else { Ok(()) };
@@ -149,7 +149,7 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, args: &BenchArgs<
     let ios = lat.count();
     let bytes = ios * bs;
     let iops = ios * 1_000_000_000 / elapsed_ns.max(1);
-    let ns = |ticks: u64| tsc::ticks_to_ns(ticks);
+    let ns = |ticks: u64| clock::ticks_to_ns(ticks);
     let mut leaf = strata_block::dev::virtio::VirtioStats::default();
     for d in &leaves {
         let s = d.dev.stats();
@@ -246,7 +246,7 @@ fn emit_latency(lat: &Histogram) {
     let last = buckets.iter().rposition(|&n| n > 0).unwrap_or(first);
     let ns = |j: usize, hi: bool| {
         let (lo_ticks, hi_ticks) = histogram::half_octave_bounds(j);
-        tsc::ticks_to_ns(if hi { hi_ticks } else { lo_ticks })
+        clock::ticks_to_ns(if hi { hi_ticks } else { lo_ticks })
     };
     let mut from = first;
     while from <= last {

@@ -9,7 +9,7 @@ use core::fmt::Write;
 
 use strata_block::driver::qcow2::create::{create, CreateOptions, Layout};
 use strata_block::Error;
-use strata_boot::arch::tsc;
+use strata_boot::clock;
 
 use crate::cmdline::{CreateArgs, Maps};
 use crate::devices::Catalog;
@@ -40,14 +40,14 @@ pub fn run(catalog: &Catalog, maps: &Maps<'_>, args: &CreateArgs<'_>) -> u32 {
     if graph.node(node).map(|n| n.driver) != Ok("raw") {
         return stack::fail("create", options, Error::BadOption { key: "driver", why: "create writes onto a device or a raw window of one (driver=raw)" });
     }
-    let started = tsc::rdtsc();
+    let started = clock::now();
     let platform = stack::Io::new(&graph, catalog);
     match executor::block_on(create(&graph.io(), node, &opts), &platform) {
         Some(Ok(())) => {}
         Some(Err(e)) => return stack::fail("create", options, e),
         None => return exit_code::FAILURE,
     }
-    let us = tsc::ticks_to_ns(tsc::rdtsc().wrapping_sub(started)) / 1000;
+    let us = clock::ticks_to_ns(clock::now().wrapping_sub(started)) / 1000;
     let file_size = Layout::new(&opts).map_or(0, |l| l.file_size);
     println!(
         "create: {}: qcow2, {} bytes, cluster_size={} extended_l2={} lazy_refcounts={} refcount_bits={}, {} bytes of metadata",

@@ -10,7 +10,7 @@ use core::cell::Cell;
 
 use strata_block::backend::{KindStats, OpKind};
 use strata_block::{BackendOptions, Error};
-use strata_boot::arch::tsc;
+use strata_boot::clock;
 
 use super::{data, per_sec, MbPerSec, Micros};
 use crate::devices::Catalog;
@@ -53,29 +53,29 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, options: &str) ->
         report::error("usage", format_args!("demo size is 0"));
         return exit_code::USAGE;
     }
-    let seed = tsc::rdtsc() | 1;
+    let seed = clock::now() | 1;
     println!("demo: \"{}\": write {} bytes, flush, read back, verify", options, size);
     let platform = stack::Io::new(&graph, catalog);
     let first_bad = Cell::new(None);
 
-    let started = tsc::rdtsc();
+    let started = clock::now();
     if let Err(e) = phase(&backend, &platform, buf, size, true, seed, &first_bad) {
         let code = stack::fail("demo: write", options, e);
         // Leave the image consistent: write back what the completed writes allocated.
         let _ = stack::close(backend, &platform, "demo", options);
         return code;
     }
-    let write_ns = tsc::ticks_to_ns(tsc::rdtsc().wrapping_sub(started));
-    let flush_start = tsc::rdtsc();
+    let write_ns = clock::ticks_to_ns(clock::now().wrapping_sub(started));
+    let flush_start = clock::now();
     if let Some(Err(e)) = executor::block_on(backend.flush(), &platform) {
         let code = stack::fail("demo: flush", options, e);
         let _ = stack::close(backend, &platform, "demo", options);
         return code;
     }
-    let flush_ns = tsc::ticks_to_ns(tsc::rdtsc().wrapping_sub(flush_start));
-    let started = tsc::rdtsc();
+    let flush_ns = clock::ticks_to_ns(clock::now().wrapping_sub(flush_start));
+    let started = clock::now();
     let read = phase(&backend, &platform, buf, size, false, seed, &first_bad);
-    let read_ns = tsc::ticks_to_ns(tsc::rdtsc().wrapping_sub(started));
+    let read_ns = clock::ticks_to_ns(clock::now().wrapping_sub(started));
     let stats = backend.stats();
     // A clean close (caches written back, flushed, the image marked clean) ends every run.
     let closed = stack::close(backend, &platform, "demo", options);

@@ -12,7 +12,7 @@ use core::task::Poll;
 use sha2::{Digest, Sha256};
 use strata_block::backend::OpKind;
 use strata_block::{BackendOptions, Error};
-use strata_boot::arch::tsc;
+use strata_boot::clock;
 
 use super::{data, per_sec, MbPerSec, Micros};
 use crate::devices::Catalog;
@@ -44,7 +44,7 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, options: &str) ->
         Err(e) => return stack::fail("sha256", options, e),
     };
     let size = backend.size();
-    let started = tsc::rdtsc();
+    let started = clock::now();
     let hashed = Cell::new(0u64); // chunks hashed so far
     let hasher = RefCell::new(Sha256::new());
     let failed: Cell<Option<Error>> = Cell::new(None);
@@ -84,7 +84,7 @@ pub fn run(catalog: &Catalog, maps: &crate::cmdline::Maps<'_>, options: &str) ->
     }
     let platform = stack::Io::new(&graph, catalog);
     executor::run(executor::as_slice(core::pin::pin!(tasks)), &platform);
-    let ns = tsc::ticks_to_ns(tsc::rdtsc().wrapping_sub(started));
+    let ns = clock::ticks_to_ns(clock::now().wrapping_sub(started));
     if let Some(e) = failed.get() {
         return stack::fail("sha256", options, e);
     }

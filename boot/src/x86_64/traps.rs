@@ -1,10 +1,14 @@
-//! CPU exceptions: an IDT whose 32 exception vectors report and end the machine.
+//! Traps: an IDT whose 32 exception vectors report and end the machine.
 //!
 //! Without it any fault (a bad pointer, a divide by zero) triple-faults and QEMU resets, losing
 //! where it happened. Each stub pushes the vector (and a zero where the CPU pushes no error code)
-//! and calls the kernel's `strata_exception(&ExceptionFrame) -> !`. No interrupts are used.
+//! and calls the kernel's `strata_exception(&Frame) -> !`. No interrupts are used.
 
 use core::arch::{asm, global_asm};
+use core::fmt;
+
+/// The frame the kernel's `strata_exception` receives (the same name on every architecture).
+pub type Frame = ExceptionFrame;
 
 /// What the CPU and the stub pushed, lowest address first.
 #[repr(C)]
@@ -50,6 +54,32 @@ impl ExceptionFrame {
             19 => "SIMD floating point",
             _ => "reserved",
         }
+    }
+}
+
+impl fmt::Display for ExceptionFrame {
+    /// One line: vector, its name, where, and for a page fault the address (from CR2).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}) at rip {:#x}, error code {:#x}, rsp {:#x}",
+            self.vector,
+            self.name(),
+            self.rip,
+            self.error_code,
+            self.rsp
+        )?;
+        if self.vector == 14 {
+            write!(f, ", page fault address {:#x}", cr2())?;
+        }
+        Ok(())
+    }
+}
+
+impl ExceptionFrame {
+    /// The faulting instruction's address.
+    pub fn pc(&self) -> u64 {
+        self.rip
     }
 }
 

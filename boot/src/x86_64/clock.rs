@@ -1,10 +1,11 @@
-//! The time-stamp counter as the kernel's clock, calibrated against the 8254 PIT.
+//! The clock: the time-stamp counter, calibrated against the 8254 PIT.
 //!
 //! The PIT ticks at 1.193182 MHz on every PC-compatible QEMU machine (microvm with `pit=on`
 //! included). We count TSC cycles over 10 ms of PIT ticks. Every loop is bounded: without a PIT
 //! the calibration falls back to a nominal frequency and says so.
 
 use super::port::{inb, outb};
+pub use crate::common::Calibration;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 const PIT_HZ: u64 = 1_193_182;
@@ -15,29 +16,20 @@ const FALLBACK_HZ: u64 = 1_000_000_000;
 static TSC_HZ: AtomicU64 = AtomicU64::new(FALLBACK_HZ);
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 
-/// Reads the time-stamp counter.
+/// The clock now, in ticks (the time-stamp counter).
 #[inline]
-pub fn rdtsc() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: `rdtsc` has no side effects beyond reading a counter.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Result of [`calibrate`].
-#[derive(Clone, Copy, Debug)]
-pub struct Calibration {
-    /// TSC cycles per second.
-    pub hz: u64,
-    /// False when the PIT did not answer and `hz` is a guess.
-    pub calibrated: bool,
-}
-
 /// Records the boot time-stamp. Call first thing in the kernel.
 pub fn mark_boot() {
-    BOOT_TSC.store(rdtsc(), Ordering::Relaxed);
+    BOOT_TSC.store(now(), Ordering::Relaxed);
 }
 
-/// The TSC value recorded by [`mark_boot`].
-pub fn boot_tsc() -> u64 {
+/// The tick count recorded by [`mark_boot`].
+pub fn boot_ticks() -> u64 {
     BOOT_TSC.load(Ordering::Relaxed)
 }
 
@@ -57,15 +49,15 @@ pub fn calibrate() -> Calibration {
         outb(0x40, 0);
         outb(0x40, 0); // reload value 0 = 65536
         let mut prev = read_pit0();
-        let start = rdtsc();
+        let start = now();
         let mut elapsed = 0u64;
         let mut end = start;
         while elapsed < target && end.wrapping_sub(start) < 200_000_000 {
-            let now = read_pit0();
-            end = rdtsc();
+            let count = read_pit0();
+            end = now();
             // Counting down and wrapping at 65536; sampled far more often than every 55 ms.
-            elapsed += u64::from(prev.wrapping_sub(now));
-            prev = now;
+            elapsed += u64::from(prev.wrapping_sub(count));
+            prev = count;
         }
         (elapsed >= target).then(|| end.wrapping_sub(start) * PIT_HZ / elapsed)
     };
@@ -91,17 +83,17 @@ unsafe fn read_pit0() -> u16 {
     }
 }
 
-/// TSC cycles per second (after [`calibrate`]).
+/// Ticks per second (after [`calibrate`]).
 pub fn hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
 }
 
-/// Converts TSC cycles to nanoseconds.
+/// Converts ticks to nanoseconds.
 pub fn ticks_to_ns(ticks: u64) -> u64 {
     ((ticks as u128 * 1_000_000_000) / hz().max(1) as u128) as u64
 }
 
 /// Nanoseconds since [`mark_boot`].
 pub fn ns_since_boot() -> u64 {
-    ticks_to_ns(rdtsc().wrapping_sub(boot_tsc()))
+    ticks_to_ns(now().wrapping_sub(boot_ticks()))
 }

@@ -1,6 +1,8 @@
-//! The PVH `hvm_start_info` structure (Xen's `arch-x86/hvm/start_info.h`): where the loader put
+//! Boot information on x86: the PVH `hvm_start_info` structure (Xen's
+//! `arch-x86/hvm/start_info.h`), whose address the loader passes in `ebx`: where the loader put
 //! the kernel command line, the memory map and the ACPI RSDP.
 
+use crate::common::{BootError, MemoryRegion};
 use core::ptr;
 
 /// `hvm_start_info.magic`: "xEn3" with the top bit flipped.
@@ -11,7 +13,7 @@ pub const MAX_CMDLINE: usize = 4096;
 
 /// What the kernel needs from the PVH start info, copied out of guest memory once.
 #[derive(Clone, Copy, Debug)]
-pub struct StartInfo {
+pub struct BootInfo {
     /// Protocol version (0 has no memory map).
     pub version: u32,
     /// Physical address of the NUL-terminated command line, 0 if none.
@@ -22,29 +24,16 @@ pub struct StartInfo {
     pub memmap_entries: u32,
 }
 
-/// One entry of the PVH memory map (E820 types: 1 = RAM).
-#[derive(Clone, Copy, Debug)]
-pub struct MemoryRegion {
-    /// Start address.
-    pub addr: u64,
-    /// Length in bytes.
-    pub size: u64,
-    /// E820 type.
-    pub kind: u32,
-}
-
-/// Why the start info could not be used.
-#[derive(Debug)]
-pub struct BadMagic(pub u32);
-
-impl StartInfo {
+impl BootInfo {
     /// Reads the start info at `paddr` (identity-mapped), checking its magic.
     ///
     /// # Safety
-    /// `paddr` must be the value the PVH loader passed in `ebx`, or any readable address.
-    pub unsafe fn read(paddr: u64) -> Result<Self, BadMagic> {
+    /// `paddr` must be the value the entry code passed to `strata_main` (what the PVH loader
+    /// passed in `ebx`), or any readable address.
+    pub unsafe fn read(paddr: u64) -> Result<Self, BootError> {
+        const NO_START_INFO: &str = "no PVH start info: boot with QEMU -kernel";
         if paddr == 0 {
-            return Err(BadMagic(0));
+            return Err(BootError { what: NO_START_INFO, found: 0 });
         }
         let base = paddr as *const u8;
         // SAFETY: the caller vouches that `paddr` is readable; the loader's struct is at least 56
@@ -52,7 +41,7 @@ impl StartInfo {
         unsafe {
             let magic = ptr::read_unaligned(base.cast::<u32>());
             if magic != START_INFO_MAGIC {
-                return Err(BadMagic(magic));
+                return Err(BootError { what: NO_START_INFO, found: u64::from(magic) });
             }
             let version = ptr::read_unaligned(base.add(4).cast::<u32>());
             let cmdline_paddr = ptr::read_unaligned(base.add(24).cast::<u64>());
@@ -101,14 +90,15 @@ impl StartInfo {
                 MemoryRegion {
                     addr: ptr::read_unaligned(e.cast::<u64>()),
                     size: ptr::read_unaligned(e.add(8).cast::<u64>()),
-                    kind: ptr::read_unaligned(e.add(16).cast::<u32>()),
+                    // E820 type 1 is RAM.
+                    ram: ptr::read_unaligned(e.add(16).cast::<u32>()) == 1,
                 }
             }
         })
     }
 
-    /// Total RAM (E820 type 1) in the memory map.
+    /// Total RAM in the memory map.
     pub fn ram_bytes(&self) -> u64 {
-        self.memory_map().filter(|r| r.kind == 1).map(|r| r.size).sum()
+        self.memory_map().filter(|r| r.ram).map(|r| r.size).sum()
     }
 }

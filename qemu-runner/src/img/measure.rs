@@ -13,8 +13,7 @@ use strata_block::driver::qcow2::measure::{self, Geometry, Measure};
 use strata_block::graph::Role;
 
 use super::args::{parse_size, Args};
-use super::extents::{self, Piece};
-use super::holes::HostFiles;
+use super::map;
 use super::image::{self, block_on, Image, OpenOptions};
 use super::qjson;
 use super::ImgError;
@@ -98,22 +97,19 @@ fn source(img: &Image<'_, '_>, qcow2: Option<&Qcow2Opts>) -> Result<(Measure, Op
 }
 
 /// Bytes of whole `cs` clusters that hold data of `img` (QEMU: block status above, data and
-/// allocated, rounded out to clusters; zero extents skipped).
+/// allocated, rounded out to clusters; zero extents skipped). The extents are `img map`'s, so a
+/// host hole under a qcow2 data cluster counts as zero only where QEMU's block status says so
+/// (a metadata-preallocated image).
 fn filled(img: &Image<'_, '_>, cs: u64) -> Result<u64, ImgError> {
-    let size = img.backend.size();
-    let mut files = HostFiles::new(img);
-    let (mut pos, mut required) = (0u64, 0u64);
-    while pos < size {
-        match block_on(extents::next(img, &mut files, pos, size - pos, 1))? {
-            Piece::Skip(n) => pos += n,
-            Piece::Copy(n) => {
-                // QEMU takes the extent to its cluster's end and counts from the start of the
-                // cluster holding `pos`: the next extent starts on a cluster boundary, so no
-                // cluster is counted twice.
-                let end = (pos + n).next_multiple_of(cs);
-                required += end - (pos - pos % cs);
-                pos = end;
-            }
+    let (mut counted_to, mut required) = (0u64, 0u64);
+    for e in map::map(img)?.iter().filter(|e| e.data && !e.zero && e.length > 0) {
+        // QEMU counts from the start of the cluster holding the extent to its rounded-up end,
+        // then goes on from there: the union of the clusters data touches.
+        let start = (e.start - e.start % cs).max(counted_to);
+        let end = (e.start + e.length).next_multiple_of(cs);
+        if end > start {
+            required += end - start;
+            counted_to = end;
         }
     }
     Ok(required)

@@ -7,7 +7,8 @@
 //! rules ([`crate::img::resolve`]: names relative to the referring image, inside the directory
 //! tree of the drive's file, protocol prefixes refused, loops refused), attaches every file as
 //! one more raw virtio-blk drive — serials `S.1`, `S.2`, ... after the drive's serial `S`,
-//! read-only — and passes `--map NAME=SERIAL` on the kernel command line for every name exactly
+//! read-only (but a writable drive's own data file: read-write, never packed, extended to hold
+//! the whole disk) — and passes `--map NAME=SERIAL` on the kernel command line for every name exactly
 //! as the referring image writes it. A missing or refused file is a runner error before QEMU
 //! starts.
 //!
@@ -116,6 +117,8 @@ fn read_links(path: &Path) -> Result<Option<Links>, String> {
 struct Member {
     path: PathBuf,
     name: String,
+    /// The top image's own data file: written when the top is (a writable drive's).
+    top_data: bool,
 }
 
 /// Walks the chain under `top` with the host rules; returns its other files, top first, or
@@ -149,7 +152,7 @@ fn walk(top: &Path, allow_anywhere: bool) -> Result<Option<Vec<Member>>, RunnerE
                 return Err(usage(format!("\"{name}\" in {}: a file met twice in one chain (a loop)", path.display())));
             }
             let file = resolver.path_of(dev).map(Path::to_path_buf).unwrap_or_default();
-            members.push(Member { path: file.clone(), name: name.clone() });
+            members.push(Member { path: file.clone(), name: name.clone(), top_data: role == Role::DataFile && path == top });
             if role == Role::Backing {
                 probe = links.backing_fmt.as_deref().is_none_or(|f| f == "qcow2");
                 next = Some((dev, file));
@@ -164,6 +167,27 @@ fn walk(top: &Path, allow_anywhere: bool) -> Result<Option<Vec<Member>>, RunnerE
         }
     }
     Err(usage(format!("a backing chain deeper than {MAX_CHAIN} images below the top")))
+}
+
+/// Extends the data file `data` of the qcow2 image `top` (if shorter) to the image's virtual
+/// size rounded up to a cluster: a virtio disk cannot grow during the boot, and the guest writes
+/// every data cluster at its guest offset, the last one whole, as QEMU does. The extension is a
+/// hole (zeros) and stays: a data file longer than the clusters written is what QEMU leaves too
+/// once it has written the last cluster.
+fn room_for_data(top: &Path, data: &Path) -> Result<(), String> {
+    let mut head = [0u8; 32];
+    std::fs::File::open(top).and_then(|mut f| f.read_exact(&mut head)).map_err(|e| format!("{}: {e}", top.display()))?;
+    let (cluster_bits, size) = (be32(&head, 20), be64(&head, 24));
+    if !(9..=21).contains(&cluster_bits) {
+        return Err(format!("{}: cluster_bits {cluster_bits} out of range", top.display()));
+    }
+    let want = size.checked_next_multiple_of(1 << cluster_bits).ok_or_else(|| format!("{}: virtual size too large", top.display()))?;
+    let file = std::fs::OpenOptions::new().write(true).open(data).map_err(|e| format!("data file {}: {e}", data.display()))?;
+    let len = file.metadata().map_err(|e| format!("data file {}: {e}", data.display()))?.len();
+    if len < want && file.metadata().is_ok_and(|m| m.is_file()) {
+        file.set_len(want).map_err(|e| format!("extending data file {}: {e}", data.display()))?;
+    }
+    Ok(())
 }
 
 /// What [`expand`] makes of the drives.
@@ -313,6 +337,15 @@ fn expand_with(drives: &[Drive], allow_anywhere: bool, pack: bool) -> Result<Exp
                 continue;
             }
             let target = match &mut packed {
+                // A writable top's data file is written in place: a drive of its own, never
+                // packed, big enough for every cluster of the disk.
+                _ if member.top_data && !drive.read_only => {
+                    let serial = format!("{}.{}", drive.serial, i + 1);
+                    check_serial(&serial).map_err(|m| usage(format!("data file {}: {m} (choose a shorter serial=)", member.path.display())))?;
+                    room_for_data(&drive.file, &member.path).map_err(usage)?;
+                    out.push(Drive { read_only: false, headroom: Some(0), format: Some(Format::Raw), ..Drive::new(member.path.clone(), serial.clone()) });
+                    serial
+                }
                 Some(p) => p.add(&member.path).map_err(usage)?,
                 None => {
                     let serial = format!("{}.{}", drive.serial, i + 1);

@@ -12,8 +12,9 @@
 //! the room fails its writes with "out of room on the device holding the image".
 //!
 //! Files that get no headroom: read-only drives, backing and data files, files that are not
-//! qcow2, and qcow2 images the guest cannot open read-write anyway (corrupt, or with an
-//! external data file; a dirty one it repairs first, so it gets room). An image left dirty by the guest (lazy refcounts, not closed) keeps its
+//! qcow2, and qcow2 images the guest cannot open read-write anyway (corrupt; a dirty one it
+//! repairs first, so it gets room). An image with an external data file gets room for its
+//! metadata here; its data file is made big enough by [`crate::chain`]. An image left dirty by the guest (lazy refcounts, not closed) keeps its
 //! headroom: its refcounts cannot tell where it ends. A warning says so.
 
 use std::fs::OpenOptions;
@@ -59,7 +60,7 @@ fn full_size(size: u64, cluster_bits: u64, refcount_order: u64, extended_l2: boo
 
 /// Incompatible bits that keep the guest from opening an image read-write (a dirty image is
 /// repaired by the open).
-const NO_WRITES: u64 = incompat::CORRUPT | incompat::DATA_FILE;
+const NO_WRITES: u64 = incompat::CORRUPT;
 
 /// One extended file.
 #[derive(Debug)]

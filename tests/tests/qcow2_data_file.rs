@@ -219,3 +219,28 @@ fn data_file_growth_and_an_unaligned_end() {
     assert_clean(&q);
     assert_same(&q, &r, "raw");
 }
+
+/// The guest writes data-file images (its `io` workload): the runner attaches the top's data
+/// file read-write and big enough for the whole disk; afterwards the image equals a raw image
+/// qemu-io wrote the same way, `qemu-img check` is clean, and a raw data file equals that raw
+/// image. One boot per image: a plain data file that starts empty, and a raw one.
+#[test]
+fn guest_writes_a_data_file_image() {
+    use strata_tests::{boot, drive, Drive, Machine};
+    let dir = scratch("qcow2-df-guest");
+    let size = 4 * MIB + 4 * KIB;
+    let cmds = ["write -P 0xaa 0 64k", "write -P 0xbb 1M 4k", "write -P 0xcc 3146240 3k", "write -z 2M 128k", "write -P 0xdd 4M 4k", "discard 1M 64k"];
+    for (name, opts) in [("ga", ""), ("gb", "data_file_raw=on")] {
+        let (q, d, raw) = images(&dir, name, opts, size, &[]);
+        let guest = cmds.iter().fold("io top".to_string(), |acc, c| format!("{acc} -c {}", c.replace(' ', ",")));
+        let r = boot(Machine::Microvm, vec![Drive { headroom: None, ..drive(&q, "top", false) }], &guest);
+        assert!(r.is_ok(), "{name}: {}\n{}", r.summary(), r.console);
+        qio("raw", &raw, &cmds);
+        assert_clean(&q);
+        assert_same(&q, &raw, "raw");
+        if !opts.is_empty() {
+            let (data, raw) = (std::fs::read(&d).unwrap(), std::fs::read(&raw).unwrap());
+            assert!(data[..raw.len()] == raw[..], "the raw data file differs from the raw image");
+        }
+    }
+}

@@ -13,7 +13,10 @@
 //! - **`data_file_raw`** (autoclear bit): the data file alone reads as the guest disk. Data
 //!   clusters are at their guest offsets anyway, so only write-zeroes must write its zeros into
 //!   the data file as well, before the entries change (QEMU's `qcow2_subcluster_zeroize`); a
-//!   read-write open keeps the bit ([`super::state`]).
+//!   read-write open keeps the bit ([`super::state`]). A discard, which makes clusters read as
+//!   zeros, zeroes the data file too: QEMU only passes the discard down, which keeps the
+//!   identity on a host file (a punched hole reads as zeros) but not on a device that ignores
+//!   discards (a guest's virtio disk by default), where the data file would keep the old data.
 //! - **Ordering.** Data written to the data file must be stable before an L2 entry points at
 //!   it (`docs/ARCHITECTURE.md` rule 2): the metadata cache flushes the data file with the file
 //!   before it writes table slices ([`crate::io::cache`]).

@@ -66,6 +66,9 @@ impl Qcow2 {
                 if pos < start || pos >= stop {
                     return done(if pos < start { start } else { end });
                 }
+                // The cluster will read as zeros: so must a raw data file, even where the device
+                // below ignores discards (`data_file.rs`).
+                self.zero_raw_data(io, node, pos, (pos + cs).min(end) - pos).await?;
                 self.change_cluster(io, node, file, pos, Change::Discard).await?;
                 done(pos + cs)
             }

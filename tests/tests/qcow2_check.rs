@@ -5,7 +5,10 @@
 //! set). Both tools run on their own copy; exit statuses, the report (human lines, JSON fields)
 //! and the per-cluster messages must agree; after `-r all` qemu-img finds the image clean and
 //! its contents are what qemu-img's own repair leaves. A budget far smaller than the image
-//! (many passes) reports what a large one does.
+//! (many passes) reports what a large one does. Broken refcount structures (a block past the
+//! end of the file, one at the L1 table, an unaligned one, a zeroed table entry) are rebuilt
+//! as QEMU rebuilds them, and a rebuild cut anywhere (recording leaf) leaves the image as it
+//! was or rebuilt.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
@@ -73,6 +76,9 @@ fn problem_lines(err: &str) -> Vec<String> {
         "ERROR l2_offset",
         "ERROR offset=",
         "ERROR refcount block",
+        "Repairing refcount block",
+        "Rebuilding refcount structure",
+        "ERROR rebuilt refcount",
         "ERROR need to rebuild",
         "ERROR found",
         "Repairing offset=",
@@ -164,10 +170,10 @@ fn agree_all(file: &Path, tag: &str) {
     }
 }
 
-/// `-r all` on an image QEMU repairs by rebuilding its refcount structure (a referenced
-/// cluster with refcount 0) and Strata in place: the same status and repair counts, and after
-/// it both copies read the same and qemu-img check finds both clean. The image end differs
-/// (QEMU's new refcount structure lies past the old end).
+/// `-r all` on an image both tools repair by rebuilding its refcount structure: the same
+/// status and repair counts, and after it both copies read the same and qemu-img check finds
+/// both clean. The image end differs (Strata's new structure lies past the old end, QEMU's in
+/// the first free clusters).
 fn agree_rebuilt(file: &Path, tag: &str) -> (PathBuf, PathBuf) {
     let (q, s) = (
         copy_as(file, &format!("{tag}.qemu.qcow2")),
@@ -403,24 +409,9 @@ fn zero_refcounts_need_a_rebuild_in_qemu() {
     agree(&z, "zero", &[]);
     agree(&z, "zero-json", &["--output=json"]);
     agree(&z, "zero-leaks", &["-r", "leaks"]);
-    // -r all: QEMU rebuilds the refcount structure, Strata raises the count in place; both end
-    // clean with the same contents.
-    let (q, s) = (copy_as(&z, "zero.q.qcow2"), copy_as(&z, "zero.s.qcow2"));
-    assert_eq!(theirs(&q, &["-r", "all"]).status, 0);
-    let ours_said = ours(&s, &["-r", "all"]);
-    assert_eq!(ours_said.status, 0, "{ours_said:?}");
-    assert!(
-        ours_said.out.contains("    1 corruptions"),
-        "{}",
-        ours_said.out
-    );
-    assert_eq!(theirs(&s, &[]).status, 0);
-    assert!(qimg_ok(&[
-        "compare",
-        "-q",
-        f.to_str().unwrap(),
-        s.to_str().unwrap()
-    ]));
+    // -r all: both rebuild the refcount structure and end clean with the same contents.
+    agree_rebuilt(&z, "zero-all-json");
+    agree_rebuilt_human(&z, &f, "zero-all");
 }
 
 #[test]
@@ -608,6 +599,200 @@ fn a_dirty_lazy_refcounts_image() {
         q.to_str().unwrap(),
         s.to_str().unwrap()
     ]));
+}
+
+/// `plain` with its refcount table's first entry set to `entry`, or to the active L1 table's
+/// offset (`None`).
+fn broken_refcount_table(dir: &Path, name: &str, entry: Option<u64>) -> PathBuf {
+    let base = plain(dir, &format!("{name}.base.qcow2"), "");
+    let f = copy_as(&base, &format!("{name}.qcow2"));
+    let g = geometry(&f);
+    patch(&f, g.refcount_table, &entry.unwrap_or(g.l1).to_be_bytes());
+    f
+}
+
+/// The human report without the image end (Strata puts the rebuilt structure past the end of
+/// the file, QEMU in the first free clusters).
+fn without_end(out: &str) -> String {
+    out.lines()
+        .filter(|l| !l.starts_with("Image end offset"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `-r all` (human) on copies of `file`, which QEMU repairs by rebuilding the refcount
+/// structure: the same status, report (image end aside) and per-cluster messages, and both
+/// copies clean after it with the contents of `original`.
+fn agree_rebuilt_human(file: &Path, original: &Path, tag: &str) {
+    let (q, s) = (
+        copy_as(file, &format!("{tag}.qemu.qcow2")),
+        copy_as(file, &format!("{tag}.ours.qcow2")),
+    );
+    let (a, b) = (theirs(&q, &["-r", "all"]), ours(&s, &["-r", "all"]));
+    let ctx = format!(
+        "{tag}\n--- qemu-img (status {}):\n{}{}\n--- img check (status {}):\n{}{}",
+        a.status, a.out, a.err, b.status, b.out, b.err
+    );
+    assert_eq!(a.status, b.status, "{ctx}");
+    assert!(a.err.contains("Rebuilding refcount structure"), "{ctx}");
+    assert_eq!(without_end(&a.out), without_end(&b.out), "{ctx}");
+    assert_eq!(problem_lines(&a.err), problem_lines(&b.err), "{ctx}");
+    for c in [&q, &s] {
+        assert_eq!(theirs(c, &[]).status, 0, "{tag}: {:?}", theirs(c, &[]));
+        assert!(
+            qimg_ok(&[
+                "compare",
+                "-q",
+                original.to_str().unwrap(),
+                c.to_str().unwrap()
+            ]),
+            "{tag}: contents"
+        );
+    }
+}
+
+#[test]
+fn broken_refcount_structures_are_rebuilt() {
+    let dir = scratch("check-rebuild");
+    // A refcount block past the end of the file (QEMU grows the file over it, then rebuilds),
+    // one at the active L1 table (shared: refcount 2), and a zeroed table entry while its
+    // clusters are in use.
+    for (tag, entry) in [
+        ("past-eof", Some(0x1000_0000u64)),
+        ("at-l1", None),
+        ("zeroed", Some(0)),
+    ] {
+        let f = broken_refcount_table(&dir, tag, entry);
+        let original = dir.join(format!("{tag}.base.qcow2"));
+        agree(&f, &format!("{tag}-check"), &[]);
+        agree(&f, &format!("{tag}-json"), &["--output=json"]);
+        agree(&f, &format!("{tag}-leaks"), &["-r", "leaks"]);
+        agree_rebuilt(&f, &format!("{tag}-all-json"));
+        agree_rebuilt_human(&f, &original, &format!("{tag}-all"));
+    }
+    // An unaligned refcount block: the check agrees; qemu-img's -r all fails (its rebuild puts
+    // the new block in the first free cluster, which the broken entry's range overlaps, and
+    // its overlap check refuses the write), Strata's rebuild past the end succeeds.
+    let f = broken_refcount_table(&dir, "unaligned", Some(0x2_0200));
+    let original = dir.join("unaligned.base.qcow2");
+    agree(&f, "unaligned-check", &[]);
+    agree(&f, "unaligned-json", &["--output=json"]);
+    agree(&f, "unaligned-leaks", &["-r", "leaks"]);
+    let (q, s) = (
+        copy_as(&f, "unaligned-all.qemu.qcow2"),
+        copy_as(&f, "unaligned-all.ours.qcow2"),
+    );
+    let (a, b) = (theirs(&q, &["-r", "all"]), ours(&s, &["-r", "all"]));
+    assert!(a.err.contains("Rebuilding refcount structure"), "{a:?}");
+    if a.status == 0 {
+        agree_rebuilt_human(&f, &original, "unaligned-all-agree");
+    }
+    assert_eq!(b.status, 0, "{b:?}");
+    assert!(b.out.contains("    1 corruptions"), "{b:?}");
+    assert_eq!(theirs(&s, &[]).status, 0, "{:?}", theirs(&s, &[]));
+    assert!(qimg_ok(&[
+        "compare",
+        "-q",
+        original.to_str().unwrap(),
+        s.to_str().unwrap()
+    ]));
+}
+
+/// A rebuild (`-r all` on `base`) in `budget` bytes with its leaf recorded, then every planned
+/// cut replayed: each leaves the image as it was (qemu-img check's verdict on `base`, and a
+/// second `check -r all` repairs it) or rebuilt with at most leaks; the contents never change.
+fn rebuild_cut_anywhere(dir: &Path, base: &Path, budget: usize) {
+    use qemu_runner::img::block::dev::file::{HostFile, HostFileOptions};
+    use qemu_runner::img::block::dev::record::Recording;
+    use qemu_runner::img::block::dev::BlockDevice;
+    use qemu_runner::img::block::io::cache::CacheSlot;
+    use qemu_runner::img::block::Graph;
+    use qemu_runner::img::crashlog::{read_log, LogWriter};
+    use qemu_runner::img::replay::{plan, replay};
+
+    let work = copy_as(base, "rebuild-work.qcow2");
+    let log = dir.join("rebuild.log");
+    let records = {
+        let file = HostFile::open(&work, &HostFileOptions::default()).unwrap();
+        let writer = LogWriter::create(&log).unwrap();
+        let recording: Recording<'_> = Recording::new(&file, &writer);
+        let slots: Vec<CacheSlot> = (0..64).map(|_| CacheSlot::new()).collect();
+        let mut bounce = vec![0u8; 8 * 64 * 1024 + 4096];
+        {
+            let mut graph: Graph<'_, 8, 64> = Graph::new(&mut bounce, 64 * 1024);
+            graph.set_metadata_cache(&slots);
+            let mut resolve = |name: &str| -> Option<&dyn BlockDevice> {
+                (name == "work").then_some(&recording as &dyn BlockDevice)
+            };
+            let root = image::block_on(graph.open("driver=raw,file=work", &mut resolve)).unwrap();
+            let leaf = graph
+                .node(root)
+                .unwrap()
+                .child(qemu_runner::img::block::graph::Role::File)
+                .unwrap();
+            let mut mem = vec![0u8; budget];
+            let mut sink = |_: &Finding| {};
+            let r = image::block_on(chk::check(
+                &graph.io(),
+                leaf,
+                Mode::ALL,
+                &mut mem,
+                &mut sink,
+            ))
+            .unwrap();
+            assert!(r.corruptions_fixed >= 1, "{r:?}");
+        }
+        writer.finish().unwrap();
+        read_log(&log).unwrap()
+    };
+    assert_eq!(theirs(&work, &[]).status, 0, "{:?}", theirs(&work, &[]));
+    let before = theirs(base, &[]).status;
+    let cuts = plan(&records, 60, 15);
+    assert!(cuts.len() >= 10, "{} cuts", cuts.len());
+    let (mut unchanged, mut rebuilt) = (0, 0);
+    for (i, cut) in cuts.iter().enumerate() {
+        let out = dir.join(format!("rebuild-cut{i}.qcow2"));
+        replay(&records, *cut, base, &out).unwrap();
+        let said = theirs(&out, &[]);
+        if said.status == 0 || said.status == 3 {
+            rebuilt += 1;
+        } else {
+            assert_eq!(said.status, before, "{cut}: {said:?}");
+            unchanged += 1;
+            assert_eq!(ours(&out, &["-r", "all"]).status, 0, "{cut}: second repair");
+            assert_eq!(
+                theirs(&out, &[]).status,
+                0,
+                "{cut}: after the second repair"
+            );
+        }
+        assert!(
+            qimg_ok(&[
+                "compare",
+                "-q",
+                base.to_str().unwrap(),
+                out.to_str().unwrap()
+            ]),
+            "{cut}: contents"
+        );
+        let _ = std::fs::remove_file(&out);
+    }
+    println!(
+        "{} cuts: {unchanged} as before, {rebuilt} rebuilt",
+        cuts.len()
+    );
+    assert!(unchanged > 0 && rebuilt > 0, "{unchanged} {rebuilt}");
+}
+
+#[test]
+fn a_rebuild_cut_anywhere_is_as_before_or_rebuilt() {
+    let dir = scratch("check-rebuild-crash");
+    let snap = with_snapshots(&dir);
+    let base = copy_as(&snap, "rebuild-base.qcow2");
+    let g = geometry(&base);
+    patch(&base, g.refcount_table, &0u64.to_be_bytes());
+    // A budget of a few windows per refcount block: the blocks are written in pieces.
+    rebuild_cut_anywhere(&dir, &base, chk::MIN_BUDGET);
 }
 
 /// The clusters qemu-img check finds with a refcount below their references.

@@ -128,9 +128,15 @@ impl Qcow2 {
         if io.meta.slots() == 0 {
             return Err(Error::NoSpace { what: "metadata cache (Graph::set_metadata_cache)" });
         }
+        // A dirty image is repaired before a read-write open reads its tables (QEMU's
+        // `qcow2_do_open`): the repair may rebuild the refcount structure. A corrupt one is
+        // refused below.
+        if !read_only {
+            check::repair_if_dirty(io, file).await?;
+        }
         let mut bytes = [0u8; KNOWN_HEADER_LEN];
         let present = child_io::read_upto(io, file, 0, &mut bytes).await?;
-        let mut header = Header::parse(&bytes, present)?;
+        let header = Header::parse(&bytes, present)?;
         let file_size = child_io::size(io, file)?;
         let cs = header.cluster_size();
         if u64::from(header.l1_size) < header.l1_entries_for(header.size) {
@@ -153,13 +159,6 @@ impl Qcow2 {
         let snaps = snapshots::check(io, file, &header).await?;
         let meta = Metadata { header: Region::new(0, cs), l1, refcount_table, snapshots: snaps };
         validation::disjoint(&meta)?;
-        // A dirty image is repaired before a read-write open uses it (QEMU's `qcow2_do_open`); a
-        // corrupt one is refused below.
-        let dirty_only = header.incompatible & (header::incompat::DIRTY | header::incompat::CORRUPT) == header::incompat::DIRTY;
-        if !read_only && dirty_only && !data_file {
-            check::repair_dirty(io, file).await?;
-            header.incompatible &= !header::incompat::DIRTY;
-        }
         let mut q = Qcow2 {
             cluster_bits: header.cluster_bits as u8,
             extended_l2: header.extended_l2(),

@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::io::{child_io, flush, Io};
 use crate::node::NodeId;
 
-use super::header::incompat;
+use super::header::{incompat, Header, KNOWN_HEADER_LEN};
 use compare::Seen;
 use layout::Layout;
 use stored::Stored;
@@ -380,11 +380,27 @@ pub async fn check(
 /// The header's incompatible-features field.
 const INCOMPATIBLE_FIELD: u64 = 72;
 
+/// Repairs the image in `file` if it is dirty (and neither corrupt nor with an external data
+/// file), before a read-write open reads its tables: the repair may rebuild the refcount
+/// structure, moving its table and growing the file.
+pub(crate) async fn repair_if_dirty(io: &Io<'_, '_>, file: NodeId) -> Result<()> {
+    let mut bytes = [0u8; KNOWN_HEADER_LEN];
+    let present = child_io::read_upto(io, file, 0, &mut bytes).await?;
+    let header = Header::parse(&bytes, present)?;
+    let bits = header.incompatible;
+    if bits & (incompat::DIRTY | incompat::CORRUPT) == incompat::DIRTY
+        && bits & incompat::DATA_FILE == 0
+    {
+        repair_dirty(io, file).await?;
+    }
+    Ok(())
+}
+
 /// Repairs a dirty image (lazy refcounts not written back) before a read-write open uses it,
 /// as QEMU's `qcow2_do_open` does: a check fixing errors and leaks, in one bounce buffer (so a
 /// large image takes many passes: 26624 clusters each with 64 KiB buffers and 16-bit
 /// refcounts), which clears the dirty bit. Refused if it leaves corruptions.
-pub(crate) async fn repair_dirty(io: &Io<'_, '_>, file: NodeId) -> Result<()> {
+async fn repair_dirty(io: &Io<'_, '_>, file: NodeId) -> Result<()> {
     let mut bounce = io.bounce.take_for_copy(1).await?;
     let budget = bounce.get(0).ok_or(Error::NoSpace {
         what: "bounce buffers",

@@ -9,11 +9,14 @@
 //!   verification failed at offset N, M bytes`) to any [`core::fmt::Write`];
 //! - [`stress`]: a seeded, verifiable mix of requests at a queue depth, with flush markers a
 //!   crash checker can replay;
+//! - [`copy`]: the one copy loop (block-status aware, bounded buffers, progress and rate
+//!   hooks, extent policies) under `img convert`, and `commit`/`rebase` to come;
 //! - [`timeline`]: a benchmark's completions per time interval in a fixed array (the kernel's
 //!   `bench` and `img bench` plot IOPS over time with it).
 //!
 //! Nothing here allocates; every buffer comes from the caller.
 
+pub mod copy;
 pub mod errno;
 mod parse;
 mod report;

@@ -31,6 +31,7 @@ pub mod bitmaps;
 mod grow;
 pub mod measure;
 mod refcount;
+mod shrink;
 pub mod snapshots;
 pub(crate) mod state;
 mod write;
@@ -372,6 +373,9 @@ impl Driver for Qcow2 {
     }
 
     async fn resize(&self, io: &Io<'_, '_>, node: NodeId, new_size: u64) -> Result<()> {
+        if new_size < self.size() {
+            return self.shrink(io, node, new_size).await;
+        }
         self.grow(io, node, new_size).await
     }
 }

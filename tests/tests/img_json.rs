@@ -288,3 +288,23 @@ fn convert_progress_is_drawn_as_qemu_img_draws_it() {
     assert!(our_convert(&["-p", "-q", "-O", "raw", s(&src), s(&dir.join("a.raw"))]).is_empty(), "-q draws nothing");
     assert!(our_convert(&["-O", "raw", s(&src), s(&dir.join("a.raw"))]).is_empty(), "no -p, no progress");
 }
+
+#[test]
+fn convert_progress_is_not_drawn_into_a_pipe() {
+    use std::io::Read;
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("img-json-progress-pipe");
+    let src = qcow2(&dir, "p.qcow2", "");
+    qemu_io(&src, "qcow2", &["write -P 1 0 20M"]);
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let mut writer = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+    let argv: Vec<String> = ["-p", "-O", "raw", s(&src), s(&dir.join("a.raw"))].iter().map(|a| a.to_string()).collect();
+    qemu_runner::img::convert::run_on(&argv, &mut writer).unwrap();
+    drop(writer);
+    let mut drawn = Vec::new();
+    reader.read_to_end(&mut drawn).unwrap();
+    assert!(drawn.is_empty(), "a pipe got {:?}", String::from_utf8_lossy(&drawn));
+    // The copy was made all the same.
+    let same = Command::new(qemu_img()).args(["compare", "-q", "-f", "qcow2", "-F", "raw", s(&src), s(&dir.join("a.raw"))]).status().unwrap();
+    assert!(same.success(), "contents");
+}

@@ -3,7 +3,8 @@
 //! line, and at 0 and 100; a newline at the end.
 //!
 //! qemu-img draws it whenever `-p` is given and `-q` is not, terminal or not (10.0.2 writes the
-//! same bytes into a pipe), so this does too.
+//! same bytes into a pipe); `img convert` draws it on a terminal only (`convert::run_on`), into
+//! the same bytes.
 
 use std::io::Write;
 

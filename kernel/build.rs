@@ -9,6 +9,7 @@ fn main() {
     let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
     let board = match target_arch.as_str() {
         "x86_64" => "x86_64-pvh",
+        "aarch64" => "aarch64-virt",
         other => panic!("no board for target_arch {other}"),
     };
     let script = manifest.join("../targets").join(board).join("link.ld");

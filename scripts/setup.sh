@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 # need | why
 NEEDS=(
     "qemu-system-x86|qemu-system-x86_64 boots the kernel"
+    "qemu-system-arm|qemu-system-aarch64 boots the kernel on arm64 virt (qemu-runner boot --arch aarch64)"
     "qemu-utils|qemu-img and qemu-io, the oracles the tests check Strata against"
     "zstd|the zstd command, the reference encoder block/tests/zstd_codec.rs checks the decoder against"
     "target:x86_64-unknown-none|the kernel's bare-metal target"

@@ -18,15 +18,23 @@
 //! entry code calls the kernel's `strata_main(boot_handle: u64) -> !`. Linker scripts live in
 //! `targets/<board>/`.
 //!
-//! On the host (for `cargo test` of the workspace) only the shared types in [`common`] exist.
+//! On the host (for `cargo test` of the workspace) only the shared types in [`common`] and the
+//! device tree reader [`fdt`] exist.
 
 #![no_std]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod common;
+pub mod fdt;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 mod x86_64;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub use self::x86_64::{board, boot_info, clock, console, exit, trace, traps};
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod aarch64;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub use self::aarch64::{board, boot_info, clock, console, exit, trace, traps};

@@ -20,7 +20,7 @@ const MIN_WINDOW: u64 = 0x100;
 /// Adds every block device in `windows`.
 pub fn discover(catalog: &mut Catalog, windows: &MmioWindows) {
     for (base, size) in windows.iter() {
-        if size < MIN_WINDOW || !board::is_mapped(base, size) || base % 4 != 0 {
+        if size < MIN_WINDOW || !board::is_mapped(base, size) || !base.is_multiple_of(4) {
             continue;
         }
         // SAFETY: the board says a virtio-mmio window of `size` bytes is mapped as device memory

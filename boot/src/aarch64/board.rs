@@ -1,0 +1,48 @@
+//! The aarch64 `virt` board: virtio-mmio transports from the device tree (`virtio,mmio` nodes;
+//! QEMU has 32 at 0x0a00_0000, 0x200 apart). PCI (ECAM with BARs allocated from the host
+//! bridge's `ranges`) is not supported yet: [`pci`] says there is none.
+
+use super::boot_info::BootInfo;
+use super::entry::MAPPED_END;
+use crate::common::MmioWindows;
+
+/// PCI configuration access; `virt`'s ECAM is not driven yet, so there is never one.
+#[derive(Clone, Copy, Debug)]
+pub struct PciConfig(());
+
+impl PciConfig {
+    /// Reads a configuration word (never called: [`pci`] returns none).
+    pub fn read(&self, _bus: u8, _device: u8, _function: u8, _offset: u16) -> u32 {
+        u32::MAX
+    }
+
+    /// Writes a configuration word (never called: [`pci`] returns none).
+    pub fn write(&self, _bus: u8, _device: u8, _function: u8, _offset: u16, _value: u32) {}
+}
+
+/// PCI configuration access: none yet on `virt`.
+pub fn pci() -> Option<PciConfig> {
+    None
+}
+
+/// The device tree's virtio-mmio windows, in tree order.
+pub fn virtio_mmio(info: &BootInfo) -> MmioWindows {
+    let mut windows = MmioWindows::new();
+    for node in info
+        .fdt()
+        .top_nodes()
+        .filter(|n| n.is_compatible("virtio,mmio"))
+    {
+        if let Some((base, size)) = node.reg().next() {
+            if !windows.push(base, size) {
+                break;
+            }
+        }
+    }
+    windows
+}
+
+/// True if `[addr, addr + size)` is mapped (Device memory below 1 GiB, RAM above).
+pub fn is_mapped(addr: u64, size: u64) -> bool {
+    addr.checked_add(size).is_some_and(|end| end <= MAPPED_END)
+}

@@ -94,6 +94,7 @@ fn options_for<'a>(args: &CreateArgs<'a>) -> Result<CreateOptions<'a>, Error> {
         refcount_order: args.refcount_bits.trailing_zeros(),
         backing: args.backing,
         backing_fmt: args.backing_fmt,
+        ..CreateOptions::new(args.size)
     };
     Layout::new(&opts)?;
     Ok(opts)

@@ -4,28 +4,29 @@
 //! output; data extents are read and their all-zero 4 KiB blocks left as holes too. `-p` draws
 //! qemu-img's progress line over the bytes to copy, on a terminal only (issue 14 asks for that;
 //! qemu-img draws it into pipes and files too, which [`run_to`] still does for comparisons).
+//!
+//! `-O qcow2` creates the output with `img create`'s option code (`-o cluster_size,
+//! extended_l2, refcount_bits, lazy_refcounts, compression_type, preallocation=off`), `-B
+//! BACKING [-F FMT]` gives it a backing file and copies only the source's top layer (qemu-img's
+//! block status without `_above`), `-c` stores clusters compressed (deflate, or zstd with
+//! `compression_type=zstd`); `-n` writes into an existing image (zeros then written, not
+//! assumed), `-m N` runs N requests at once, `-W` lets writes complete out of order, `-S SIZE`
+//! sets the zero-run size left out of data (0: none), `-r RATE` limits bytes per second. `-C`
+//! is accepted and refused with `-c` and `-S` as qemu-img refuses it, but copies through
+//! buffers: no copy offloading is done. The copy itself is `strata_block::cmd::copy`'s loop
+//! (`convert_copy`).
 
-use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use futures::future::join_all;
-use futures::lock::Mutex;
+use strata_block::driver::qcow2::header::Compression;
 
-use super::args::Args;
-use super::extents::{self, Piece};
-use super::holes::HostFiles;
-use super::image::{self, block_on, AlignedBuf, Image, OpenOptions};
+use super::args::{parse_size, Args};
+use super::convert_copy::{self, Plan};
+use super::create;
+use super::image::{self, OpenOptions};
 use super::output;
-use super::progress::Progress;
 use super::ImgError;
-
-/// Bytes per copy request.
-const CHUNK: u64 = 2 << 20;
-/// Copy requests in flight.
-const DEPTH: usize = 8;
-/// Granularity of hole detection (qemu-img's default `-S 4k`).
-const SPARSE: u64 = 4096;
 
 /// Runs `img convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME]
 /// [-p] [-q] [--cache-size SIZE] [--allow-backing-anywhere] -O raw SRC DST`.
@@ -45,16 +46,115 @@ pub fn run_on<W: Write + IsTerminal>(argv: &[String], out: &mut W) -> Result<(),
 
 /// [`run`], drawing `-p`'s progress line into `out`.
 pub fn run_to(argv: &[String], out: &mut dyn Write) -> Result<(), ImgError> {
+    // `-o` may be given several times (as for `img create`): collect every value first.
+    let mut options = Vec::new();
+    let mut rest = Vec::new();
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        if arg == "-o" {
+            options.push(
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| ImgError::usage("-o needs a value".into()))?,
+            );
+        } else if let Some(v) = arg.strip_prefix("-o").filter(|_| !arg.starts_with("--")) {
+            options.push(v.to_string());
+        } else {
+            rest.push(arg.clone());
+        }
+    }
     let args = Args::parse(
-        argv,
-        &["-f", "-O", "-t", "-T", "-l"],
-        &["--image-opts", "-U", "-p", "-q"],
+        &rest,
+        &["-f", "-O", "-t", "-T", "-l", "-B", "-F", "-m", "-S", "-r"],
+        &["--image-opts", "-U", "-p", "-q", "-c", "-n", "-W", "-C"],
     )?;
     let files = args.exactly(2, "SRC and DST")?;
-    match args.value("-O") {
-        Some("raw") => {}
-        Some(other) => return Err(ImgError::usage(format!("-O {other}: only raw output is supported yet"))),
-        None => return Err(ImgError::usage("-O raw is required".into())),
+    let out_fmt = args.value("-O").unwrap_or("raw");
+    if !matches!(out_fmt, "raw" | "qcow2") {
+        return Err(ImgError::usage(format!(
+            "Unknown file format '{out_fmt}' (qcow2, raw)"
+        )));
+    }
+    let (compressed, copy_range, skip_create) = (args.has("-c"), args.has("-C"), args.has("-n"));
+    let checks = [
+        (
+            compressed && copy_range,
+            "Cannot enable copy offloading when -c is used",
+        ),
+        (
+            args.value("-S").is_some() && copy_range,
+            "Cannot enable copy offloading when -S is used",
+        ),
+        (
+            skip_create && !options.is_empty(),
+            "-o has no effect when skipping image creation",
+        ),
+        (
+            compressed && args.has("-W"),
+            "Out of order write and compress are mutually exclusive",
+        ),
+    ];
+    if let Some((_, msg)) = checks.iter().find(|(bad, _)| *bad) {
+        return Err(ImgError::usage((*msg).into()));
+    }
+    let workers = match args.value("-m") {
+        None => 8,
+        Some(v) => v.parse::<usize>().ok().filter(|m| (1..=16).contains(m)).ok_or_else(|| {
+            ImgError::usage("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16".into())
+        })?,
+    };
+    let sparse = match args.value("-S") {
+        None => 4096,
+        Some(v) => parse_size(v).ok().filter(|s| s % 512 == 0 && *s <= MAX_SPARSE).ok_or_else(|| {
+            ImgError::usage(format!(
+                "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to {MAX_SPARSE}. \
+                 Select 0 to disable sparse detection (fully allocates output)."
+            ))
+        })?,
+    };
+    let rate = match args.value("-r") {
+        None => 0,
+        Some(v) => parse_size(v)
+            .map_err(|_| ImgError::usage(format!("Invalid rate limit specified: {v}")))?,
+    };
+    let mut req = create::Request {
+        format: out_fmt.into(),
+        file: files[1].clone(),
+        ..create::Request::default()
+    };
+    for text in &options {
+        create::apply_options(&mut req, text)?;
+    }
+    req.backing = req
+        .backing
+        .take()
+        .or_else(|| args.value("-B").map(str::to_string));
+    req.backing_fmt = req
+        .backing_fmt
+        .take()
+        .or_else(|| args.value("-F").map(str::to_string));
+    if out_fmt == "raw" {
+        if compressed {
+            return Err(ImgError::failed(
+                "Compression not supported for this file format".into(),
+            ));
+        }
+        if req.backing.is_some() {
+            return Err(ImgError::failed(
+                "Backing file not supported for file format 'raw'".into(),
+            ));
+        }
+        if req.cluster_size.is_some()
+            || req.refcount_bits.is_some()
+            || req.extended_l2
+            || req.lazy_refcounts
+            || req.zstd
+        {
+            return Err(ImgError::usage(format!(
+                "{}: raw images take only the size option",
+                files[1]
+            )));
+        }
     }
     let src_opts = OpenOptions {
         format: args.value("-f").map(str::to_string),
@@ -66,18 +166,97 @@ pub fn run_to(argv: &[String], out: &mut dyn Write) -> Result<(), ImgError> {
         ..args.image_options()?
     };
     let dst_opts = OpenOptions {
-        format: Some("raw".into()),
+        format: Some(out_fmt.into()),
         cache: image::cache_mode(args.value("-t"))?,
+        allow_backing_anywhere: args.has("--allow-backing-anywhere"),
         ..OpenOptions::default()
     };
+    let has_backing = req.backing.is_some();
     // The source is open (and locked) before the output is touched, and the output is none of
     // the source's files.
     image::with_image(&files[0], &src_opts, |src| {
         let size = src.backend.size();
-        output::create_output(Path::new(&files[1]), size, &src.paths)?;
+        if !skip_create {
+            if out_fmt == "raw" {
+                output::create_output(Path::new(&files[1]), size, &src.paths)?;
+            } else {
+                if let (Some(backing), None) = (&req.backing, &req.backing_fmt) {
+                    req.backing_fmt = Some(backing_format(&files[1], backing, &dst_opts)?);
+                }
+                create::create_qcow2(&req, req.size.unwrap_or(size), &src.paths)?;
+            }
+        }
+        let plan = Plan {
+            workers,
+            in_order: !args.has("-W"),
+            sparse,
+            compress: compressed.then_some(if req.zstd {
+                Compression::Zstd
+            } else {
+                Compression::Zlib
+            }),
+            backing: has_backing,
+            target_zeroed: !skip_create && !has_backing,
+            rate,
+        };
         let progress = (args.has("-p") && !args.has("-q")).then_some(out);
-        image::with_image(&files[1], &dst_opts, |dst| copy(src, dst, size, progress))
+        image::with_image(&files[1], &dst_opts, |dst| {
+            if dst.backend.size() < size {
+                return Err(ImgError::failed(format!(
+                    "{}: the target image is smaller than the source",
+                    files[1]
+                )));
+            }
+            let plan = Plan {
+                compress: compression_of(dst, plan.compress),
+                ..plan
+            };
+            convert_copy::copy(src, dst, &plan, progress)
+        })
     })
+}
+
+/// Largest `-S` (qemu-img's `MAX_BUF_SECTORS` of 512 bytes).
+const MAX_SPARSE: u64 = 2147483136;
+
+/// The format of backing file `backing` of the new image `file` (probed, as qemu-img does
+/// when `-F` is not given).
+fn backing_format(file: &str, backing: &str, dst_opts: &OpenOptions) -> Result<String, ImgError> {
+    let dir = Path::new(file)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let path = if Path::new(backing).is_absolute() {
+        Path::new(backing).to_path_buf()
+    } else {
+        dir.join(backing)
+    };
+    let opts = OpenOptions {
+        read_only: true,
+        force_share: true,
+        no_backing: true,
+        format: None,
+        ..dst_opts.clone()
+    };
+    image::with_image(&path.to_string_lossy(), &opts, |img| {
+        Ok(img.format().to_string())
+    })
+    .map_err(|e| ImgError::failed(format!("{file}: {e}\nCould not open backing image.")))
+}
+
+/// `-c`'s codec as the target image says (`-n` into an existing image keeps its type).
+fn compression_of(dst: &image::Image<'_, '_>, wanted: Option<Compression>) -> Option<Compression> {
+    let q = dst
+        .backend
+        .graph()
+        .state(dst.root())
+        .ok()
+        .flatten()
+        .and_then(|s| s.qcow2());
+    match (wanted, q) {
+        (Some(_), Some(q)) => Some(q.header().compression),
+        (w, _) => w,
+    }
 }
 
 /// `-l snapshot.name=NAME`, `-l snapshot.id=ID` or `-l NAME` (qemu-img's forms) as options for
@@ -86,124 +265,15 @@ fn snapshot_option(value: &str) -> Result<String, ImgError> {
     let (key, name) = match value.split_once('=') {
         Some(("snapshot.name", n)) => ("snapshot.name", n),
         Some(("snapshot.id", n)) => ("snapshot.id", n),
-        Some((k, _)) => return Err(ImgError::usage(format!("-l {k}=...: expected snapshot.name= or snapshot.id="))),
+        Some((k, _)) => {
+            return Err(ImgError::usage(format!(
+                "-l {k}=...: expected snapshot.name= or snapshot.id="
+            )))
+        }
         None => ("snapshot.name", value),
     };
     if name.is_empty() {
         return Err(ImgError::usage("-l: empty snapshot name".into()));
     }
     Ok(format!("{key}={}", name.replace(',', ",,")))
-}
-
-/// Where the copy stands: the next offset to look at, and the source's host files (for their
-/// holes). One worker at a time asks block status and claims the next data chunk (qemu-img's
-/// `s->lock`), so chunks are claimed in order and never twice.
-struct Cursor<'i, 'g, 'd> {
-    next: u64,
-    files: HostFiles<'i, 'g, 'd>,
-}
-
-/// Bytes of `src` that [`copy`] reads (its data extents), for the progress line.
-fn data_bytes(src: &Image<'_, '_>, size: u64) -> Result<u64, ImgError> {
-    let mut files = HostFiles::new(src);
-    let align = extents::alignment(src);
-    let (mut pos, mut total) = (0, 0);
-    while pos < size {
-        match block_on(extents::next(src, &mut files, pos, size - pos, align))? {
-            Piece::Copy(n) => {
-                total += n;
-                pos += n;
-            }
-            Piece::Skip(n) => pos += n,
-        }
-    }
-    Ok(total)
-}
-
-/// Copies `size` bytes from `src` to the new (all-holes) `dst`: data extents only, leaving
-/// zero blocks as holes, then flushes. Draws progress into `progress` if given.
-fn copy(src: &Image<'_, '_>, dst: &Image<'_, '_>, size: u64, progress: Option<&mut dyn Write>) -> Result<(), ImgError> {
-    let total = if progress.is_some() { data_bytes(src, size)? } else { 0 };
-    let progress = RefCell::new(Progress::new(progress, total));
-    let cursor = Mutex::new(Cursor { next: 0, files: HostFiles::new(src) });
-    let align = extents::alignment(src);
-    // The next data chunk to copy, or `None` at the end.
-    let claim = || async {
-        let mut c = cursor.lock().await;
-        loop {
-            let at = c.next;
-            if at >= size {
-                return Ok::<_, ImgError>(None);
-            }
-            match extents::next(src, &mut c.files, at, size - at, align).await? {
-                Piece::Skip(n) => c.next = at + n,
-                Piece::Copy(n) => {
-                    let n = n.min(CHUNK);
-                    c.next = at + n;
-                    return Ok(Some((at, n)));
-                }
-            }
-        }
-    };
-    let worker = || async {
-        let mut buf = AlignedBuf::new(CHUNK as usize);
-        while let Some((offset, n)) = claim().await? {
-            progress.borrow_mut().add(n);
-            let data = &mut buf.as_mut_slice()[..n as usize];
-            src.backend
-                .read(offset, data)
-                .await
-                .map_err(|e| ImgError::failed(format!("error while reading at byte {offset}: {e}")))?;
-            for (start, end) in nonzero_runs(data, offset) {
-                let pos = offset + start as u64;
-                dst.backend
-                    .write(pos, &data[start..end])
-                    .await
-                    .map_err(|e| ImgError::failed(format!("error while writing at byte {pos}: {e}")))?;
-            }
-        }
-        Ok(())
-    };
-    let results = block_on(join_all((0..DEPTH).map(|_| worker())));
-    results.into_iter().collect::<Result<Vec<()>, ImgError>>()?;
-    block_on(dst.backend.flush()).map_err(|e| ImgError::failed(format!("error while flushing: {e}")))?;
-    progress.into_inner().finish();
-    Ok(())
-}
-
-/// The runs of `data` (which starts at image offset `offset`) that hold a non-zero byte, in
-/// blocks of [`SPARSE`] bytes aligned to the image (the first and last may be shorter), as
-/// `(start, end)` indexes into `data`.
-fn nonzero_runs(data: &[u8], offset: u64) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    let mut at = 0usize;
-    while at < data.len() {
-        let to_boundary = (SPARSE - (offset + at as u64) % SPARSE) as usize;
-        let end = (at + to_boundary).min(data.len());
-        if !strata_block::io::zero::is_zero(&data[at..end]) {
-            match runs.last_mut() {
-                Some(last) if last.1 == at => last.1 = end,
-                _ => runs.push((at, end)),
-            }
-        }
-        at = end;
-    }
-    runs
-}
-
-#[cfg(test)]
-mod tests {
-    use super::nonzero_runs;
-
-    #[test]
-    fn zero_blocks_aligned_to_the_image_are_left_out() {
-        let mut data = vec![0u8; 5 * 4096];
-        // `data` starts at image offset 6144: its blocks end at indexes 2048, 6144, 10240, ...
-        data[100] = 1; // block [0, 2048)
-        data[4096 + 3000] = 1; // block [6144, 10240)
-        data[10240] = 1; // block [10240, 14336), joining the run before
-        data[18432 + 52] = 1; // the last, short block [18432, 20480)
-        assert_eq!(nonzero_runs(&data, 6144), vec![(0, 2048), (6144, 14336), (18432, 20480)]);
-        assert!(nonzero_runs(&vec![0u8; 8192], 0).is_empty());
-    }
 }

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use strata_block::dev::file::{HostFile, HostFileOptions};
-use strata_block::driver::qcow2::create::{create, CreateOptions};
+use strata_block::driver::qcow2::create::{create, Compression, CreateOptions};
 use strata_block::Graph;
 
 use super::args::{parse_size, Args};
@@ -22,16 +22,18 @@ use super::ImgError;
 
 /// What the command line asks for.
 #[derive(Debug, Default)]
-struct Request {
-    format: String,
-    file: String,
-    size: Option<u64>,
-    cluster_size: Option<u64>,
-    extended_l2: bool,
-    lazy_refcounts: bool,
-    refcount_bits: Option<u64>,
-    backing: Option<String>,
-    backing_fmt: Option<String>,
+pub(super) struct Request {
+    pub(super) format: String,
+    pub(super) file: String,
+    pub(super) size: Option<u64>,
+    pub(super) cluster_size: Option<u64>,
+    pub(super) extended_l2: bool,
+    pub(super) lazy_refcounts: bool,
+    pub(super) refcount_bits: Option<u64>,
+    pub(super) backing: Option<String>,
+    pub(super) backing_fmt: Option<String>,
+    /// `compression_type=zstd` (else zlib).
+    pub(super) zstd: bool,
 }
 
 /// Runs `img create [-f FMT] [-b BACKING] [-F FMT] [-o OPTIONS]... [-u] [-q] FILE [SIZE]`.
@@ -117,7 +119,7 @@ fn new_file(file: &str, size: u64, inputs: &[PathBuf]) -> Result<(), ImgError> {
 }
 
 /// Applies one `-o` value.
-fn apply_options(req: &mut Request, text: &str) -> Result<(), ImgError> {
+pub(super) fn apply_options(req: &mut Request, text: &str) -> Result<(), ImgError> {
     let file = req.file.clone();
     let usage = |msg: String| ImgError::usage(format!("{file}: {msg}"));
     for item in split_options(text) {
@@ -138,8 +140,9 @@ fn apply_options(req: &mut Request, text: &str) -> Result<(), ImgError> {
             "backing_fmt" => req.backing_fmt = Some(value.to_string()),
             "compat" if matches!(value, "1.1" | "v3") => {}
             "compat" => return Err(usage(format!("compat={value} is not supported (only 1.1)"))),
-            "compression_type" if value == "zlib" => {}
-            "compression_type" => return Err(usage(format!("compression_type={value} is not supported (only zlib)"))),
+            "compression_type" if value == "zlib" => req.zstd = false,
+            "compression_type" if value == "zstd" => req.zstd = true,
+            "compression_type" => return Err(usage(format!("Invalid parameter value: compression_type={value} (zlib or zstd)"))),
             "preallocation" if value == "off" => {}
             "preallocation" => return Err(usage(format!("preallocation={value} is not supported (only off)"))),
             _ => return Err(usage(format!("Invalid parameter '{key}'"))),
@@ -200,10 +203,11 @@ fn formatting_line(req: &Request, size: u64) -> String {
     }
     let on = |b: bool| if b { "on" } else { "off" };
     let mut line = format!(
-        "Formatting '{}', fmt=qcow2 cluster_size={} extended_l2={} compression_type=zlib size={size}",
+        "Formatting '{}', fmt=qcow2 cluster_size={} extended_l2={} compression_type={} size={size}",
         req.file,
         req.cluster_size.unwrap_or(65536),
-        on(req.extended_l2)
+        on(req.extended_l2),
+        if req.zstd { "zstd" } else { "zlib" }
     );
     if let Some(b) = &req.backing {
         line += &format!(" backing_file={b}");
@@ -221,7 +225,7 @@ fn open_new_file(file: &str) -> Result<HostFile, ImgError> {
 }
 
 /// A qcow2 image through the block layer.
-fn create_qcow2(req: &Request, size: u64, inputs: &[PathBuf]) -> Result<(), ImgError> {
+pub(super) fn create_qcow2(req: &Request, size: u64, inputs: &[PathBuf]) -> Result<(), ImgError> {
     let file = req.file.as_str();
     let usage = |msg: &str| ImgError::usage(format!("{file}: {msg}"));
     let cluster_size = req.cluster_size.unwrap_or(65536);
@@ -240,6 +244,8 @@ fn create_qcow2(req: &Request, size: u64, inputs: &[PathBuf]) -> Result<(), ImgE
         refcount_order: refcount_bits.trailing_zeros(),
         backing: req.backing.as_deref(),
         backing_fmt: req.backing_fmt.as_deref(),
+        compression: if req.zstd { Compression::Zstd } else { Compression::Zlib },
+        ..CreateOptions::new(size)
     };
     // Check the options before the file is created or truncated.
     strata_block::driver::qcow2::create::Layout::new(&opts).map_err(|e| describe(file, e))?;

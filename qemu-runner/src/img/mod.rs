@@ -10,7 +10,9 @@ mod args;
 mod bench;
 pub mod check;
 mod compare;
+mod compress;
 pub mod convert;
+mod convert_copy;
 mod create;
 mod extents;
 mod holes;
@@ -86,7 +88,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "convert",
-        usage: "convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME] [-p] [-q] -O raw SRC DST",
+        usage: "convert [-f FMT] [--image-opts] [-t CACHE] [-T SRC_CACHE] [-l snapshot.name=NAME] [-p] [-q] [-O raw|qcow2] [-o OPTIONS] [-B BACKING [-F FMT]] [-c] [-n] [-W] [-m N] [-S SIZE] [-r RATE] [-C] SRC DST",
         run: |a| convert::run(a).map(|()| 0),
     },
     Command {

@@ -21,6 +21,8 @@ use crate::io::Io;
 use crate::node::NodeId;
 use crate::io::{child_io, flush};
 
+pub use super::header::Compression;
+
 mod layout;
 
 pub use layout::{header_bytes, set_refcount, Blocks, Layout};
@@ -45,13 +47,16 @@ pub struct CreateOptions<'a> {
     pub backing: Option<&'a str>,
     /// Backing file format (at most 15 bytes; needs `backing`).
     pub backing_fmt: Option<&'a str>,
+    /// How compressed clusters are compressed (`compression_type`; zstd sets the
+    /// incompatible feature bit, as QEMU does).
+    pub compression: Compression,
 }
 
 impl<'a> CreateOptions<'a> {
     /// qemu-img's defaults for a disk of `size` bytes: 64 KiB clusters, 16-bit refcounts, no
     /// backing file, no extended L2, no lazy refcounts.
     pub const fn new(size: u64) -> Self {
-        Self { size, cluster_bits: 16, extended_l2: false, lazy_refcounts: false, refcount_order: 4, backing: None, backing_fmt: None }
+        Self { size, cluster_bits: 16, extended_l2: false, lazy_refcounts: false, refcount_order: 4, backing: None, backing_fmt: None, compression: Compression::Zlib }
     }
 }
 

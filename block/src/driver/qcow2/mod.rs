@@ -19,6 +19,7 @@
 
 mod compressed;
 mod compressed_zstd;
+mod compressed_write;
 mod data_file;
 pub mod check;
 pub mod create;

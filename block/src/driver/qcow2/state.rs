@@ -65,6 +65,9 @@ pub struct WriteState {
     pub(crate) free_hint: Cell<u64>,
     /// Host bytes from here on have never been written since the open: they read as zeros.
     pub(crate) fresh_from: Cell<u64>,
+    /// Where the next compressed payload may go: the first free byte after the last one, in a
+    /// host cluster compressed payloads share (0: none; QEMU's `free_byte_offset`).
+    pub(crate) compressed_tail: Cell<u64>,
     pub(crate) pending: RefCell<heapless::Vec<PendingFree, MAX_PENDING_FREES>>,
 }
 
@@ -81,6 +84,7 @@ impl WriteState {
             alloc_busy: Cell::new(false),
             free_hint: Cell::new(0),
             fresh_from: Cell::new(fresh_from.div_ceil(cs).saturating_mul(cs)),
+            compressed_tail: Cell::new(0),
             pending: RefCell::new(heapless::Vec::new()),
         }
     }

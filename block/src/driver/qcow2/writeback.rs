@@ -77,6 +77,10 @@ impl Qcow2 {
                     continue;
                 }
                 io.meta.forget_range(file, c * cs, (c + 1) * cs);
+                // A free cluster is no place to pack compressed payloads into.
+                if self.w.compressed_tail.get() >> self.cluster_bits == c {
+                    self.w.compressed_tail.set(0);
+                }
                 if c < self.w.free_hint.get() {
                     self.w.free_hint.set(c);
                 }

@@ -263,6 +263,9 @@ pub fn header_bytes(layout: &Layout, opts: &CreateOptions<'_>, buf: &mut [u8]) -
     if opts.extended_l2 {
         incompatible |= incompat::EXTENDED_L2;
     }
+    if opts.compression == super::Compression::Zstd {
+        incompatible |= incompat::COMPRESSION;
+    }
     let compatible = if opts.lazy_refcounts { compat::LAZY_REFCOUNTS } else { 0 };
     let (name_off, name_len) = match name {
         Some(n) => (name_at as u64, n.len() as u32),
@@ -287,7 +290,9 @@ pub fn header_bytes(layout: &Layout, opts: &CreateOptions<'_>, buf: &mut [u8]) -
     put(buf, &mut at, &0u64.to_be_bytes())?; // autoclear
     put(buf, &mut at, &opts.refcount_order.to_be_bytes())?;
     put(buf, &mut at, &(KNOWN_HEADER_LEN as u32).to_be_bytes())?;
-    at = KNOWN_HEADER_LEN; // compression_type 0 (deflate) and padding
+    // compression_type (byte 104: 0 deflate, 1 zstd) and padding
+    put(buf, &mut at, &[u8::from(opts.compression == super::Compression::Zstd)])?;
+    at = KNOWN_HEADER_LEN;
     if let Some(f) = fmt {
         put(buf, &mut at, &BACKING_FORMAT.to_be_bytes())?;
         put(buf, &mut at, &(f.len() as u32).to_be_bytes())?;

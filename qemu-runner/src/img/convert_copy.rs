@@ -1,0 +1,218 @@
+//! The host side of `img convert`'s copy: block's copy loop ([`strata_block::cmd::copy`]) with
+//! the host's hooks (holes of host files, the `-p` line, a `-r` rate) and targets (a backend,
+//! or a qcow2 taking compressed clusters for `-c`), run by `-m` workers on this thread.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use strata_block::cmd::copy::{
+    Action, Copy, CopyConfig, CopyError, CopyHooks, CopyOp, CopyTarget, RateLimit, Standard,
+};
+use strata_block::driver::qcow2::header::Compression;
+use strata_block::driver::qcow2::Qcow2;
+use strata_block::{Backend, NodeId};
+
+use super::compress::compress;
+use super::extents;
+use super::holes::HostFiles;
+use super::image::{block_on, AlignedBuf, Image};
+use super::progress::Progress;
+use super::ImgError;
+
+/// Bytes per copy request (qemu-img's default buffer: 2 MiB).
+const CHUNK: u64 = 2 << 20;
+
+/// How to copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// `-m`: workers (requests in flight).
+    pub workers: usize,
+    /// Writes in order (no `-W`).
+    pub in_order: bool,
+    /// `-S`: zero runs of this many bytes in data are not written (0: write everything).
+    pub sparse: u64,
+    /// `-c`: compress clusters with this codec (the target is a qcow2).
+    pub compress: Option<Compression>,
+    /// `-B`: the target has a backing file; only the source's top layer is copied.
+    pub backing: bool,
+    /// The target reads as zeros where not written (a new image without backing).
+    pub target_zeroed: bool,
+    /// `-r`: bytes per second (0: no limit).
+    pub rate: u64,
+}
+
+/// What the copy tells the host.
+struct Hooks<'i, 'g, 'd, 'w> {
+    src: &'i Image<'g, 'd>,
+    files: RefCell<HostFiles<'i, 'g, 'd>>,
+    progress: RefCell<Option<Progress<'w>>>,
+    rate: RefCell<Option<(RateLimit, Instant)>>,
+}
+
+impl CopyHooks for Hooks<'_, '_, '_, '_> {
+    fn host_hole(&self, leaf: NodeId, offset: u64, len: u64) -> Option<(bool, u64)> {
+        let graph = self.src.backend.graph();
+        let mut files = self.files.borrow_mut();
+        let path = graph
+            .node(leaf)
+            .ok()
+            .and_then(|n| n.device())
+            .and_then(|d| files.path(d))?;
+        Some(files.hole(&path, offset, len))
+    }
+
+    fn claimed(&self, _offset: u64, len: u64, action: Action) {
+        if matches!(action, Action::Copy | Action::CopyIfDiffers) {
+            if let Some(p) = self.progress.borrow_mut().as_mut() {
+                p.add(len);
+            }
+        }
+    }
+
+    async fn pace(&self, len: u64) {
+        let wait = match self.rate.borrow_mut().as_mut() {
+            Some((limit, start)) => limit.delay_ns(start.elapsed().as_nanos() as u64, len),
+            None => 0,
+        };
+        if wait > 0 {
+            // One thread runs every worker: sleeping holds them all, which a rate limit wants.
+            std::thread::sleep(Duration::from_nanos(wait));
+        }
+    }
+}
+
+/// Where the copy writes: the target backend, compressing whole clusters for `-c`.
+struct Target<'a, 'g, 'd> {
+    backend: &'a Backend<'g, 'd>,
+    compressed: Option<(Compression, &'g Qcow2)>,
+}
+
+impl CopyTarget for Target<'_, '_, '_> {
+    async fn write(&self, offset: u64, data: &[u8]) -> strata_block::Result<()> {
+        let Some((codec, q)) = self.compressed else {
+            return self.backend.write(offset, data).await;
+        };
+        let cs = q.cluster_size();
+        let size = self.backend.size();
+        let graph = self.backend.graph();
+        let io = graph.io();
+        let root = self.backend.root();
+        let mut padded = Vec::new();
+        let mut at = 0usize;
+        while at < data.len() {
+            let pos = offset + at as u64;
+            let n = ((cs - pos % cs) as usize).min(data.len() - at);
+            let piece = &data[at..at + n];
+            let whole = pos % cs == 0 && (n as u64 == cs || pos + n as u64 == size);
+            if !whole {
+                self.backend.write(pos, piece).await?;
+            } else {
+                // The last cluster of an image whose size is not a multiple of the cluster
+                // size is compressed zero-padded, as QEMU does.
+                let full: &[u8] = if n as u64 == cs {
+                    piece
+                } else {
+                    padded.clear();
+                    padded.extend_from_slice(piece);
+                    padded.resize(cs as usize, 0);
+                    &padded
+                };
+                match compress(codec, full, cs as usize) {
+                    Some(payload) => q.write_compressed(&io, root, pos, &payload).await?,
+                    None => self.backend.write(pos, piece).await?,
+                }
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64) -> strata_block::Result<()> {
+        self.backend.write_zeroes(offset, len, true).await
+    }
+}
+
+/// Copies all of `src` into `dst` as `plan` says, then flushes `dst`. Draws `-p`'s line into
+/// `progress` if given.
+pub fn copy(
+    src: &Image<'_, '_>,
+    dst: &Image<'_, '_>,
+    plan: &Plan,
+    progress: Option<&mut dyn Write>,
+) -> Result<(), ImgError> {
+    let size = src.backend.size();
+    let compressed = match plan.compress {
+        Some(codec) => {
+            let state = dst.backend.graph().state(dst.root()).ok().flatten();
+            let q = state.and_then(|s| s.qcow2()).ok_or_else(|| {
+                ImgError::failed("Compression not supported for this file format".into())
+            })?;
+            Some((codec, q))
+        }
+        None => None,
+    };
+    let unit = compressed.map_or(1, |(_, q)| q.cluster_size());
+    let align = extents::alignment(src);
+    let cfg = CopyConfig {
+        chunk: CHUNK.max(unit).next_multiple_of(unit),
+        align: align.max(unit),
+        unit,
+        // A compressed cluster is written whole unless it is all zeros (qemu-img).
+        sparse: if unit > 1 { unit } else { plan.sparse },
+        target_zeroed: plan.target_zeroed,
+        in_order: plan.in_order,
+        ..CopyConfig::new(size)
+    };
+    let policy = Standard {
+        base_depth: plan.backing.then_some(1),
+    };
+    let target = Target {
+        backend: &dst.backend,
+        compressed,
+    };
+    let hooks = Hooks {
+        src,
+        files: RefCell::new(HostFiles::new(src)),
+        progress: RefCell::new(None),
+        rate: RefCell::new(
+            (plan.rate > 0).then(|| (RateLimit::new(plan.rate, 100_000_000), Instant::now())),
+        ),
+    };
+    let copy = Copy::new(&src.backend, &target, None, &policy, &hooks, cfg)
+        .map_err(|e| ImgError::failed(format!("convert: {e}")))?;
+    if let Some(out) = progress {
+        let total = block_on(copy.bytes_to_copy()).map_err(describe)?;
+        *hooks.progress.borrow_mut() = Some(Progress::new(Some(out), total));
+    }
+    let mut bufs: Vec<AlignedBuf> = (0..plan.workers.max(1))
+        .map(|_| AlignedBuf::new(cfg.chunk as usize))
+        .collect();
+    block_on(join_all(
+        bufs.iter_mut()
+            .map(|b| copy.worker(b.as_mut_slice(), &mut [])),
+    ));
+    copy.finish().map_err(describe)?;
+    block_on(dst.backend.flush())
+        .map_err(|e| ImgError::failed(format!("error while flushing: {e}")))?;
+    if let Some(p) = hooks.progress.into_inner() {
+        p.finish();
+    }
+    Ok(())
+}
+
+/// A copy error as qemu-img words it.
+fn describe(e: CopyError) -> ImgError {
+    let (offset, error) = (e.offset, e.error);
+    ImgError::failed(match e.op {
+        CopyOp::Status => format!("error while reading block status at offset {offset}: {error}"),
+        CopyOp::Read | CopyOp::ReadCompare => {
+            format!("error while reading at byte {offset}: {error}")
+        }
+        CopyOp::Write | CopyOp::WriteZeroes => {
+            format!("error while writing at byte {offset}: {error}")
+        }
+        _ => format!("convert: {error}"),
+    })
+}

@@ -548,8 +548,16 @@ fn max_write_zero_and_max_discard_cut_requests() {
     let plain = device_range_ops(&dir, "");
     let (zn, zsum, _) = total(&plain, "zeroes");
     let (dn, dsum, _) = total(&plain, "discard");
-    assert_eq!((zn, zsum), (1, 1 << 20), "one write-zeroes without limits: {plain:?}");
-    assert_eq!((dn, dsum), (1, 1 << 20), "one discard without limits: {plain:?}");
+    assert_eq!(
+        (zn, zsum),
+        (1, 1 << 20),
+        "one write-zeroes without limits: {plain:?}"
+    );
+    assert_eq!(
+        (dn, dsum),
+        (1, 1 << 20),
+        "one discard without limits: {plain:?}"
+    );
     // As QEMU's bdrv_co_do_pwrite_zeroes / bdrv_co_pdiscard: pieces of at most the limit, the
     // whole range covered, in order.
     let cut = device_range_ops(
@@ -564,5 +572,75 @@ fn max_write_zero_and_max_discard_cut_requests() {
             assert_eq!(o.1, at, "{kind} pieces follow each other: {cut:?}");
             at += o.2;
         }
+    }
+}
+
+#[test]
+fn config_files_give_the_same_rules_as_qemus() {
+    ensure_qemu();
+    let dir = scratch("blkdebug-config");
+    let base = base(&dir);
+    let cfg = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let once = cfg(
+        "once.cfg",
+        "# fail the first allocation with ENOSPC\n[inject-error]\nevent = \"cluster_alloc\"\nerrno = \"28\"\nonce = \"on\"\n",
+    );
+    let out = same(
+        &dir,
+        &base,
+        &format!("config={once}"),
+        &[
+            "write -P 0x22 64k 64k",
+            "write -P 0x33 128k 64k",
+            "read -P 0x33 128k 64k",
+        ],
+    );
+    assert!(
+        out.contains("write failed: No space left on device")
+            && out.contains("wrote 65536/65536 bytes at offset 131072"),
+        "{out}"
+    );
+    // set-state in the file arms an inject-error rule of the file on the second allocation.
+    let states = cfg(
+        "states.cfg",
+        "[set-state]\nevent = \"cluster_alloc\"\nstate = \"1\"\nnew_state = \"2\"\n\n[inject-error \"second\"]\nevent = \"cluster_alloc\"\nstate = \"2\"\n",
+    );
+    let out = same(
+        &dir,
+        &base,
+        &format!("config={states}"),
+        &[
+            "write -P 0x22 64k 64k",
+            "write -P 0x33 128k 64k",
+            "read -P 0x22 64k 64k",
+        ],
+    );
+    assert!(
+        out.contains("wrote 65536/65536 bytes at offset 65536") && out.contains("write failed"),
+        "{out}"
+    );
+    // File rules and inline rules together: the file's come first, the inline ones after.
+    same(
+        &dir,
+        &base,
+        &format!("config={once},inject-error.0.event=write_aio,inject-error.0.errno=5,inject-error.0.state=3,set-state.0.event=write_aio,set-state.0.state=1,set-state.0.new_state=3"),
+        &["write -P 0x22 64k 64k", "write -P 0x33 128k 64k", "write -P 0x44 192k 64k"],
+    );
+    // A file QEMU refuses is refused: both fail to open (exit status 1).
+    for (name, text) in [
+        ("nogroup.cfg", "event = \"l2_update\"\n"),
+        ("bogus.cfg", "[bogus]\nevent = \"l2_update\"\n"),
+        ("unquoted.cfg", "[inject-error]\nevent = l2_update\n"),
+        ("badevent.cfg", "[inject-error]\nevent = \"nonesuch\"\n"),
+    ] {
+        let p = cfg(name, text);
+        let opts = format!("driver=qcow2,file.driver=blkdebug,file.config={p},file.image.driver=file,file.image.filename={}", base.display());
+        let q = run_qemu(&opts, &["read 0 512"]);
+        let s = run_strata(&opts, &["read 0 512"]);
+        assert_eq!((s.status, q.status), (1, 1), "{name}: both refuse");
     }
 }

@@ -161,7 +161,8 @@ fn with_graph<R, F: FnOnce(&Image<'_, '_>) -> Result<R, ImgError>, const N: usiz
     }
     let extra = opts.extra.as_deref().map(|e| format!("{e},")).unwrap_or_default();
     let text = if opts.image_opts {
-        spec.to_string()
+        // blkdebug's config=FILE, read here (the block layer has no files).
+        super::blkdebug_config::expand(spec)?
     } else {
         let escaped = spec.replace(',', ",,");
         match &opts.format {

@@ -8,6 +8,7 @@
 mod aio;
 mod args;
 mod bench;
+pub mod blkdebug_config;
 pub mod check;
 mod compare;
 mod compress;
@@ -27,8 +28,9 @@ pub mod measure;
 mod progress;
 mod qjson;
 pub(crate) mod output;
-mod resize;
+pub mod resize;
 pub mod snapshot;
+mod rebase;
 pub mod replay;
 pub mod rng;
 pub(crate) mod resolve;
@@ -93,7 +95,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "resize",
-        usage: "resize [-f FMT] [--image-opts] [-q] FILE [+]SIZE   (qcow2, growing)",
+        usage: "resize [-f FMT] [--image-opts] [--shrink] [-q] FILE [+|-]SIZE   (qcow2 and raw files)",
         run: |a| resize::run(a).map(|()| 0),
     },
     Command {
@@ -107,6 +109,12 @@ const COMMANDS: &[Command] = &[
         usage: "snapshot [-f FMT] [--image-opts] [-U] [-q] [-l | -c NAME | -a NAME | -d NAME] FILE
         (qcow2 internal snapshots: list (the default), create, apply (id or name), delete (name))",
         run: |a| snapshot::run(a).map(|()| 0),
+    },
+    Command {
+        name: "rebase",
+        usage: "rebase [-f FMT] [--image-opts] [-q] -u [-b BACKING -F FMT] FILE
+        (qcow2: -u rewrites the backing file name and format in the header; -b \"\" removes it)",
+        run: |a| rebase::run(a).map(|()| 0),
     },
     Command {
         name: "check",

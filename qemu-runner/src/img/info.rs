@@ -309,22 +309,7 @@ fn qcow2_human(q: &Qcow2Info, filename: &str) -> String {
         s += &format!("backing file format: {f}\n");
     }
     if !q.snapshots.is_empty() {
-        s += "Snapshot list:\n";
-        s += &format!("{:<10}{:<17}{:>8}{:>20}{:>13}{:>11}\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
-        for snap in &q.snapshots {
-            let clock = snap.vm_clock_nsec / 1_000_000;
-            let clock = format!("{:02}:{:02}:{:02}.{:03}", clock / 3_600_000, clock / 60_000 % 60, clock / 1000 % 60, clock % 1000);
-            let date = snap.date_sec;
-            s += &format!(
-                "{:<10}{:<17}{:>8}{:>20}{:>13}{:>11}\n",
-                snap.id.as_str(),
-                snap.name.as_str(),
-                human_size(snap.vm_state_size),
-                format!("@{date}"),
-                clock,
-                snap.icount.map_or(String::new(), |c| c.to_string())
-            );
-        }
+        s += &super::snapshot::format_list(&q.snapshots, super::snapshot::local_date);
     }
     s += "Format specific information:\n";
     s += &format!("    compat: {}\n", q.compat);

@@ -197,7 +197,8 @@ fn list(img: &Image<'_, '_>) -> Result<Vec<SnapshotInfo>, ImgError> {
     Ok(out)
 }
 
-/// qemu-img's "Snapshot list:" table (`bdrv_snapshot_dump`), dates through `date`.
+/// qemu-img's "Snapshot list:" table (`bdrv_snapshot_dump`), dates through `date`: what
+/// `img snapshot -l` and the human `img info` print.
 pub fn format_list(list: &[SnapshotInfo], date: fn(u32) -> String) -> String {
     let mut out = String::from("Snapshot list:\n");
     out.push_str(&format!(
@@ -228,7 +229,7 @@ pub fn format_list(list: &[SnapshotInfo], date: fn(u32) -> String) -> String {
 }
 
 /// `%Y-%m-%d %H:%M:%S` in local time, as qemu-img prints dates.
-fn local_date(secs: u32) -> String {
+pub fn local_date(secs: u32) -> String {
     let t = libc::time_t::from(secs);
     // SAFETY: `tm` is plain data that localtime_r fills; both pointers are valid for the call.
     let tm = unsafe {

@@ -13,7 +13,7 @@ pub use stats::{KindStats, OpKind, Stats, BUCKETS, KINDS};
 use crate::error::{Error, Result};
 use crate::graph::{Attachment, Graph, GraphRef, NodeId, UserId};
 use crate::io::{wait_until, zero, RangeOp};
-use crate::path::{flush, request, walk};
+use crate::path::{flush, request, walk, Stack};
 
 /// What to do with writes whose data is all zeros (QEMU's `detect-zeroes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -65,6 +65,9 @@ pub struct Backend<'g, 'd> {
     /// Writes and write-zeroes flush before they complete (QEMU's backend with its write cache
     /// off: `BDRV_REQ_FUA` emulated by a flush, qemu-io's default).
     write_through: Cell<bool>,
+    /// Whether every leaf of the graph can read in the caller's thread (so a read may be tried
+    /// at once, see [`Backend::read`]), as of the graph shape it was computed under.
+    reads_now: Cell<Option<(u64, bool)>>,
 }
 
 /// A drained section of a [`Backend`]: new requests wait until this is dropped.
@@ -102,7 +105,7 @@ impl<'g, 'd> Backend<'g, 'd> {
         let graph = graph.handle();
         let attachment = if opts.read_only { Attachment::SHARED_READER } else { Attachment::WRITER };
         let user = graph.attach_user(root, attachment)?;
-        Ok(Self { graph, root, user, opts, stats: RefCell::new(Stats::default()), in_flight: Cell::new(0), quiesce: Cell::new(0), write_through: Cell::new(false) })
+        Ok(Self { graph, root, user, opts, stats: RefCell::new(Stats::default()), in_flight: Cell::new(0), quiesce: Cell::new(0), write_through: Cell::new(false), reads_now: Cell::new(None) })
     }
 
     /// Turns write-through on or off (off by default): with it, a write or write-zeroes
@@ -142,10 +145,30 @@ impl<'g, 'd> Backend<'g, 'd> {
         let len = buf.len() as u64;
         let admitted = self.admit().await;
         let result = match self.check_range(offset, len) {
-            Ok(()) => request::read(&self.graph.stack(), self.root, offset, buf).await,
+            Ok(()) => {
+                let stack = self.graph.stack_ref();
+                // A warm read on host files completes here, without the futures below.
+                match self.reads_now(stack).then(|| request::read_now(stack, self.root, offset, buf)).flatten() {
+                    Some(result) => result,
+                    None => request::read(stack, self.root, offset, buf).await,
+                }
+            }
             Err(e) => Err(e),
         };
         self.account(admitted, OpKind::Read, offset, len, result)
+    }
+
+    /// True if every leaf of the graph can read in the caller's thread
+    /// ([`crate::dev::BlockDevice::runs_now`]). Otherwise (virtio) trying a read at once would
+    /// resolve it twice. Recomputed when the graph's shape changes.
+    fn reads_now(&self, stack: &Stack<'_, '_>) -> bool {
+        let shape = stack.io.shape.get();
+        if let Some((_, answer)) = self.reads_now.get().filter(|&(seen, _)| seen == shape) {
+            return answer;
+        }
+        let answer = stack.io.nodes().all(|(_, n)| n.device().is_none_or(|d| d.runs_now()));
+        self.reads_now.set(Some((shape, answer)));
+        answer
     }
 
     /// Writes `buf` at `offset` (as write-zeroes if it is all zeros and detect-zeroes is on).

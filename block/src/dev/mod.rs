@@ -300,6 +300,12 @@ pub trait BlockDevice {
         None
     }
 
+    /// True if [`BlockDevice::rw_now`] can ever do a request: callers that would do work
+    /// before trying it (a whole read resolved without an await) ask this first.
+    fn runs_now(&self) -> bool {
+        false
+    }
+
     /// Checks a submitted request. Also moves the device forward (polls its completion queue).
     /// After `Ready`, the ticket is forgotten; polling it again is `Invalid`.
     ///

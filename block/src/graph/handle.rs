@@ -38,6 +38,11 @@ impl<'g, 'd> GraphRef<'g, 'd> {
         self.stack
     }
 
+    /// [`GraphRef::stack`] without the copy (a request's hot path).
+    pub(crate) fn stack_ref(&self) -> &Stack<'g, 'd> {
+        &self.stack
+    }
+
     /// The node behind `id`.
     pub fn node(&self, id: NodeId) -> Result<&'g Node<'d>> {
         self.stack.io.node(id)

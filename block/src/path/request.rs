@@ -22,6 +22,17 @@ pub(crate) async fn read(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut
     walk::read_request(s, node, offset, buf).await
 }
 
+/// [`read`] done at once, with no await, when it can be ([`walk::read_request_now`]); `None`
+/// otherwise, and always through a filter that copies or compares what it reads.
+pub(crate) fn read_now(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+    if let Some(state) = s.state(node).ok()? {
+        if state.copy_on_read().is_some() || state.verify_against().is_some() {
+            return None;
+        }
+    }
+    walk::read_request_now(s, node, offset, buf)
+}
+
 /// Writes `buf` at byte `offset` of `node`.
 pub(crate) async fn write(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
     if let Some(role) = s.state(node)?.and_then(|state| state.verify_against()) {

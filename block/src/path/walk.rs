@@ -234,6 +234,27 @@ pub(crate) async fn read(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut
     read_as(s, node, offset, buf, None).await
 }
 
+/// [`read_request`] done at once, with no await, when every extent can be: warm metadata
+/// ([`locate_now`]) and devices that read in the caller's thread ([`leaf::read_now`]). `None`
+/// if one cannot; the caller then reads the whole buffer the general way (a read changes
+/// nothing, so what was read here is simply read again).
+pub(crate) fn read_request_now(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+    // The tracked read `read_request` takes at a format node waits only for serialising
+    // requests; with none in flight, and nothing able to start while this runs, it needs none.
+    if s.format_tracker.serialising() != 0 {
+        return None;
+    }
+    let mut done = 0usize;
+    while done < buf.len() {
+        let l = locate_now(s, node, offset + done as u64, (buf.len() - done) as u64)?;
+        if let Err(e) = extent_now(s, l.target, &mut buf[done..done + l.len as usize])? {
+            return Some(Err(e));
+        }
+        done += l.len as usize;
+    }
+    Some(Ok(()))
+}
+
 async fn read_as(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8], admit: Option<ReqKind>) -> Result<()> {
     let mut done = 0usize;
     let mut admitted = Admitted::default();
@@ -246,18 +267,41 @@ async fn read_as(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8], a
             None => locate(s, node, at, rest, admit.map(|k| (k, &mut admitted))).await?,
         };
         let part = &mut buf[done..done + l.len as usize];
-        match l.target {
-            Target::Leaf(leaf, at) => match leaf::read_now(s, leaf, at, part) {
-                Some(result) => result?,
-                None => leaf::rw(s, leaf, at, Buf::Read(part)).await?,
-            },
-            Target::Zero | Target::Hole => part.fill(0),
-            Target::Sink => {}
-            Target::Compressed { node: fmt, host, csize, skip } => s.driver(fmt)?.read_compressed(s, fmt, host, csize, skip, part).await?,
+        match extent_now(s, l.target, part) {
+            Some(result) => result?,
+            None => read_extent(s, l.target, part).await?,
         }
         done += l.len as usize;
     }
     Ok(())
+}
+
+/// Reads one resolved extent into `part` at once — zeros, nothing, or a leaf read done in the
+/// caller's thread — or `None` if it needs an await (a compressed cluster, a device that
+/// queues); then nothing was read.
+fn extent_now(s: &Stack<'_, '_>, target: Target, part: &mut [u8]) -> Option<Result<()>> {
+    match target {
+        Target::Leaf(leaf, at) => leaf::read_now(s, leaf, at, part),
+        Target::Zero | Target::Hole => {
+            part.fill(0);
+            Some(Ok(()))
+        }
+        Target::Sink => Some(Ok(())),
+        Target::Compressed { .. } => None,
+    }
+}
+
+/// Reads one resolved extent into `part`.
+async fn read_extent(s: &Stack<'_, '_>, target: Target, part: &mut [u8]) -> Result<()> {
+    match target {
+        Target::Leaf(leaf, at) => leaf::rw(s, leaf, at, Buf::Read(part)).await,
+        Target::Zero | Target::Hole => {
+            part.fill(0);
+            Ok(())
+        }
+        Target::Sink => Ok(()),
+        Target::Compressed { node: fmt, host, csize, skip } => s.driver(fmt)?.read_compressed(s, fmt, host, csize, skip, part).await,
+    }
 }
 
 /// What one extent of a node is, as `qemu-img map` reports it.

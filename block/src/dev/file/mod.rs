@@ -700,6 +700,10 @@ impl BlockDevice for HostFile {
         }
     }
 
+    fn runs_now(&self) -> bool {
+        matches!(self.backend, Backend::InThread(_) | Backend::Adaptive(_))
+    }
+
     fn poll(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<Result<(), DeviceError>> {
         let done = match &self.backend {
             Backend::InThread(b) => Some(b.poll(ticket)),

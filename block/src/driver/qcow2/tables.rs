@@ -261,8 +261,11 @@ impl Qcow2 {
     fn start(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Start> {
         let here = io.node(node)?;
         let file = here.child(Role::File).ok_or(Error::BadGraph("qcow2 node without a file child"))?;
-        let data_role = if self.data_file { Role::DataFile } else { Role::File };
-        let data = here.child(data_role).ok_or(Error::BadGraph("qcow2 node without its data-file child"))?;
+        let (data_role, data) = if self.data_file {
+            (Role::DataFile, here.child(Role::DataFile).ok_or(Error::BadGraph("qcow2 node without its data-file child"))?)
+        } else {
+            (Role::File, file)
+        };
         let l2_entries = self.l2_entries();
         let guest_cluster = offset >> self.cluster_bits;
         let l1_index = guest_cluster / l2_entries;

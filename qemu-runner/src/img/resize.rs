@@ -70,6 +70,12 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
             f.set_len(size).map_err(|e| fail(e.to_string()))?;
             return Ok(After::Nothing);
         }
+        let graph = img.backend.graph();
+        if let Some(q) = graph.state(img.root()).ok().flatten().and_then(|s| s.qcow2()) {
+            if q.header().version < 3 && q.header().nb_snapshots > 0 {
+                return Err(ImgError::failed("Can't resize a v2 image which has snapshots".into()));
+            }
+        }
         block_on(img.backend.resize(size)).map_err(|e| fail(e.to_string()))?;
         let path = img.paths.first().cloned();
         Ok(match path {

@@ -644,3 +644,33 @@ fn config_files_give_the_same_rules_as_qemus() {
         assert_eq!((s.status, q.status), (1, 1), "{name}: both refuse");
     }
 }
+
+#[test]
+fn a_rule_fails_a_guest_request_with_its_errno() {
+    ensure_qemu();
+    let dir = scratch("blkdebug-guest");
+    let img = base(&dir);
+    // The guest's io workload opens the same options: the allocating write fails with the
+    // rule's errno (ENOSPC), the read of the first cluster still passes, and the image stays
+    // consistent.
+    let r = boot(
+        Machine::Microvm,
+        vec![drive(&img, "disk", false)],
+        "io driver=qcow2,file.driver=blkdebug,file.inject-error.0.event=cluster_alloc,file.inject-error.0.errno=28,file.inject-error.0.once=on,file.image=disk -c write,-P,0x22,64k,64k -c read,-P,0x11,0,4k",
+    );
+    assert_eq!(r.exit_code, 1, "a command failed: console:\n{}", r.console);
+    let io = records(&r, "io");
+    assert_eq!(io.len(), 2, "console:\n{}", r.console);
+    assert_eq!(io[0]["ok"], false);
+    assert!(
+        io[0]["output"]
+            .as_str()
+            .unwrap()
+            .contains("write failed: No space left on device"),
+        "{:?}",
+        io[0]
+    );
+    assert_eq!(io[1]["ok"], true, "{:?}", io[1]);
+    let c = check(&img);
+    assert!(c == 0 || c == 3, "qemu-img check {c}");
+}

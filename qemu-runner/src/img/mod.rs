@@ -31,7 +31,6 @@ pub(crate) mod output;
 pub mod resize;
 pub mod snapshot;
 mod rebase;
-mod rebase;
 pub mod replay;
 pub mod rng;
 pub(crate) mod resolve;
@@ -110,12 +109,6 @@ const COMMANDS: &[Command] = &[
         usage: "snapshot [-f FMT] [--image-opts] [-U] [-q] [-l | -c NAME | -a NAME | -d NAME] FILE
         (qcow2 internal snapshots: list (the default), create, apply (id or name), delete (name))",
         run: |a| snapshot::run(a).map(|()| 0),
-    },
-    Command {
-        name: "rebase",
-        usage: "rebase [-f FMT] [--image-opts] [-q] -u [-b BACKING -F FMT] FILE
-        (qcow2: -u rewrites the backing file name and format in the header; -b \"\" removes it)",
-        run: |a| rebase::run(a).map(|()| 0),
     },
     Command {
         name: "rebase",

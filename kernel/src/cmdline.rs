@@ -240,6 +240,15 @@ pub enum Command<'a> {
         /// The node, in the options grammar.
         options: &'a str,
     },
+    /// List a FAT file system's root directory, hash a file of it, optionally write one.
+    Fat {
+        /// The node (an MBR disk whose first partition is FAT16/32).
+        options: &'a str,
+        /// The file to hash (8.3 name in the root directory).
+        file: &'a str,
+        /// The file to write the digest line into.
+        write: Option<&'a str>,
+    },
     /// Write a pattern, flush, read back and verify, with throughput and latency.
     Demo {
         /// The node (default: the device whose serial sorts first).
@@ -433,6 +442,19 @@ fn parse_command<'a>(
         "sha256" => {
             no_flags()?;
             Ok(Command::Sha256 { options: options.ok_or(CmdlineError::MissingOptions("sha256"))? })
+        }
+        "fat" => {
+            let options = options.ok_or(CmdlineError::MissingOptions("fat"))?;
+            let (mut file, mut write) = (None, None);
+            for &(name, value) in &flags {
+                match name {
+                    "--file" => file = Some(value),
+                    "--write" => write = Some(value),
+                    _ => return Err(CmdlineError::UnknownFlag(name)),
+                }
+            }
+            let file = file.ok_or(CmdlineError::MissingValue("--file"))?;
+            Ok(Command::Fat { options, file, write })
         }
         "demo" => {
             no_flags()?;

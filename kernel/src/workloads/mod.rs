@@ -9,6 +9,7 @@ mod check;
 mod create;
 mod demo;
 mod devices;
+mod fat;
 mod histogram;
 mod io;
 mod logbench;
@@ -40,6 +41,7 @@ pub fn run(command: &Command, disks: &Catalog, maps: &Maps<'_>) -> u32 {
         Command::Devices => devices::run(disks),
         Command::LogBench => logbench::run(),
         Command::Sha256 { options } => sha256::run(disks, maps, options),
+        Command::Fat { options, file, write } => fat::run(disks, maps, options, file, write),
         Command::Bench(args) => bench::run(disks, maps, &args),
         Command::Create(args) => create::run(disks, maps, &args),
         Command::Io { options, cmds } => io::run(disks, maps, options, cmds),

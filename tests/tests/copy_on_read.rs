@@ -175,13 +175,39 @@ fn a_failed_copy_does_not_fail_the_read() {
 }
 
 #[test]
-fn clusters_larger_than_a_bounce_buffer_are_read_but_not_copied() {
+fn clusters_larger_than_a_bounce_buffer_are_copied_whole() {
     let dir = scratch("cor-big");
-    random_raw_disk(&dir.join("base.raw"), 4 * MIB, 3);
+    random_raw_disk(&dir.join("base.raw"), 6 * MIB, 3);
     let top = dir.join("top.qcow2");
     qimg(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", "-b", "base.raw", "-F", "raw", top.to_str().unwrap()]);
-    let out = qemu_runner::img::io::run(&["--image-opts".into(), opts(&top, ""), "-c".into(), "read -q 0 64k".into()]);
+    let theirs = dir.join("theirs.qcow2");
+    qimg(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", "-b", "base.raw", "-F", "raw", theirs.to_str().unwrap()]);
+    // A 64 KiB read inside the first 2 MiB cluster, and a read across the second and third.
+    let cmds = ["read -q 100k 64k", "read -q 4000k 200k"];
+    let mut argv = vec!["--image-opts".to_string(), opts(&top, "")];
+    for c in cmds {
+        argv.extend(["-c".to_string(), c.to_string()]);
+    }
+    let out = qemu_runner::img::io::run(&argv);
     assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
-    assert!(layer_map(&top).iter().all(|r| r.2 != 0), "a 2 MiB cluster is not bounced: nothing copied");
+    qemu_io_reads(&opts(&theirs, ""), &cmds);
+    let map = layer_map(&top);
+    assert_eq!(map, vec![(0, 6 * MIB, 0, true, false)], "every cluster read is allocated whole in the top");
+    assert_eq!(map, layer_map(&theirs), "as qemu-io leaves it");
+    assert_check_clean(&top);
     assert_same_contents(&top, &dir.join("base.raw"));
+    // Many such reads in flight at once (more than there are bounce buffers) all complete:
+    // none holds a bounce buffer while its copy-on-write waits for one.
+    let many = dir.join("many.qcow2");
+    qimg(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", "-b", "base.raw", "-F", "raw", many.to_str().unwrap()]);
+    let mut argv = vec!["--image-opts".to_string(), opts(&many, "")];
+    for i in 0..12u64 {
+        argv.extend(["-c".to_string(), format!("aio_read -q {} 4k", (i % 3) * 2 * MIB + i * 8192)]);
+    }
+    argv.extend(["-c".to_string(), "aio_flush".to_string()]);
+    let out = qemu_runner::img::io::run(&argv);
+    assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(layer_map(&many), vec![(0, 6 * MIB, 0, true, false)]);
+    assert_check_clean(&many);
+    assert_same_contents(&many, &dir.join("base.raw"));
 }

@@ -2,7 +2,9 @@
 //! node whose driver asks for it ([`crate::driver::Driver::copy_on_read`], the `copy-on-read`
 //! filter): the child's extents found in its backing chain — no deeper than the filter's
 //! `bottom` — are read a whole allocation unit ((sub)cluster) at a time and written into the
-//! child, so the child needs no copy-on-write for them and the next read finds them there.
+//! child, so the child needs no copy-on-write for them and the next read finds them there. A
+//! unit larger than a bounce buffer is written from the guest's buffer instead, the child's
+//! copy-on-write filling the rest of it from the chain.
 //!
 //! Each unit is read and written back under the child's own write request (serialising over
 //! its clusters, as QEMU makes a copy-on-read request serialising), so a guest write to the same
@@ -50,16 +52,26 @@ pub(crate) async fn read(s: &Stack<'_, '_>, node: NodeId, max_depth: u16, offset
 async fn copy_up(s: &Stack<'_, '_>, child: NodeId, pos: u64, out: &mut [u8]) -> Result<()> {
     let state = s.driver(child)?;
     let unit = state.allocation_unit();
-    // A child that does not allocate, or whose unit is larger than a bounce buffer, is only
-    // read: a part of a unit would need a copy-on-write of the rest, which takes a second
-    // bounce buffer while this one is held (enough such reads at once would wait on each other
-    // for ever). QEMU bounces whole clusters from the heap; here those stay uncopied.
-    if unit == 0 || unit > s.bounce.buffer_size() as u64 {
+    // A child that does not allocate is only read.
+    if unit == 0 {
         return walk::read_request(s, child, pos, out).await;
     }
     let size = s.node(child)?.size();
     let end = pos + out.len() as u64;
     let (first, last) = (pos / unit * unit, end.div_ceil(unit).saturating_mul(unit).min(size));
+    if unit > s.bounce.buffer_size() as u64 {
+        // A unit larger than a bounce buffer (2 MiB clusters): the guest's data is read into
+        // its own buffer and written from there, and the child's write copies the rest of
+        // each unit from the chain (its copy-on-write). No bounce buffer is held meanwhile, so
+        // the copy-on-write's own cannot wait on this one. Under one write request over the
+        // whole units, as below.
+        let request = state.begin_write(s, child, ReqKind::Write, first, last - first).await?;
+        walk::read(s, child, pos, out).await?;
+        // The data is already the guest's; a failed write-back only leaves it uncopied.
+        let _ = write_planned(s, child, state, pos, out).await;
+        drop(request);
+        return Ok(());
+    }
     let mut bounce = s.bounce.take_for_copy(1).await?;
     let buf = bounce.get(0).ok_or(Error::NoSpace { what: "bounce buffers" })?;
     // Whole units per piece.

@@ -624,11 +624,17 @@ fn without_end(out: &str) -> String {
 /// structure: the same status, report (image end aside) and per-cluster messages, and both
 /// copies clean after it with the contents of `original`.
 fn agree_rebuilt_human(file: &Path, original: &Path, tag: &str) {
+    agree_rebuilt_in(file, original, tag, &[]);
+}
+
+/// [`agree_rebuilt_human`] with `extra` arguments for `img check` only (`--budget`).
+fn agree_rebuilt_in(file: &Path, original: &Path, tag: &str, extra: &[&str]) {
     let (q, s) = (
         copy_as(file, &format!("{tag}.qemu.qcow2")),
         copy_as(file, &format!("{tag}.ours.qcow2")),
     );
-    let (a, b) = (theirs(&q, &["-r", "all"]), ours(&s, &["-r", "all"]));
+    let with_extra: Vec<&str> = extra.iter().chain(&["-r", "all"]).copied().collect();
+    let (a, b) = (theirs(&q, &["-r", "all"]), ours(&s, &with_extra));
     let ctx = format!(
         "{tag}\n--- qemu-img (status {}):\n{}{}\n--- img check (status {}):\n{}{}",
         a.status, a.out, a.err, b.status, b.out, b.err
@@ -670,6 +676,13 @@ fn broken_refcount_structures_are_rebuilt() {
         agree_rebuilt(&f, &format!("{tag}-all-json"));
         agree_rebuilt_human(&f, &original, &format!("{tag}-all"));
     }
+    // 512-byte clusters: 256 entries a block, so the new structure has many blocks, written
+    // several to a window (a large budget) and in windows of several blocks (16 KiB).
+    let small = plain(&dir, "small.base.qcow2", "cluster_size=512");
+    let f = copy_as(&small, "small.qcow2");
+    patch(&f, geometry(&f).refcount_table, &0u64.to_be_bytes());
+    agree_rebuilt_human(&f, &small, "small-all");
+    agree_rebuilt_in(&f, &small, "small-all-16k", &["--budget", "16K"]);
     // An unaligned refcount block: the check agrees; qemu-img's -r all fails (its rebuild puts
     // the new block in the first free cluster, which the broken entry's range overlaps, and
     // its overlap check refuses the write), Strata's rebuild past the end succeeds.

@@ -92,12 +92,14 @@ pub(crate) async fn rebuild(
 ) -> Result<u32> {
     let plan = Plan::new(start, lay.refblock_bits, lay.cs)?;
     let per_block = 1u64 << lay.refblock_bits;
-    // Windows tile the blocks: a power of two no larger than a block.
+    // Windows tile the blocks: whole blocks, or a power of two within one.
     let cap = Window::capacity(mem.len(), lay.refcount_order);
-    let len = if cap == 0 {
+    let len = if cap >= per_block {
+        cap / per_block * per_block
+    } else if cap == 0 {
         0
     } else {
-        (1u64 << (63 - cap.leading_zeros())).min(per_block)
+        1u64 << (63 - cap.leading_zeros())
     };
     if len == 0 {
         return Err(Error::NoSpace {
@@ -106,8 +108,9 @@ pub(crate) async fn rebuild(
     }
     child_io::grow(io, file, plan.end() * lay.cs)?;
     let mut passes = 0;
+    let covered = plan.blocks * per_block;
     let mut at = 0;
-    while at < plan.blocks * per_block {
+    while at < covered {
         let mut win = Window::new(mem, lay.refcount_order, at, len);
         if at < plan.start {
             let mut res = CheckResult::default();
@@ -130,9 +133,22 @@ pub(crate) async fn rebuild(
         for k in plan.start.max(at)..plan.end().min(at + len) {
             win.set(k, 1);
         }
-        let block = plan.start + at / per_block;
-        let within = ((at % per_block) << lay.refcount_order) / 8;
-        child_io::write(io, file, block * lay.cs + within, win.bytes()).await?;
+        // The window's bytes are the entries of its blocks (or of a part of one), in order.
+        let bytes = win.bytes();
+        let end = (at + len).min(covered);
+        let mut k = at;
+        while k < end {
+            let n = (per_block - k % per_block).min(end - k);
+            let from = (((k - at) << lay.refcount_order) / 8) as usize;
+            let to = (((k - at + n) << lay.refcount_order) / 8) as usize;
+            let block = plan.start + k / per_block;
+            let within = ((k % per_block) << lay.refcount_order) / 8;
+            let piece = bytes.get(from..to).ok_or(Error::NoSpace {
+                what: "check budget (a window for the rebuild)",
+            })?;
+            child_io::write(io, file, block * lay.cs + within, piece).await?;
+            k += n;
+        }
         at += len;
     }
     // The table, a chunk at a time.

@@ -10,6 +10,7 @@ use core::cell::{Cell, RefCell};
 
 pub use stats::{KindStats, OpKind, Stats, BUCKETS, KINDS};
 
+use crate::dev::BlockDevice;
 use crate::error::{Error, Result};
 use crate::graph::{Attachment, Graph, GraphRef, NodeId, UserId};
 use crate::io::{wait_until, zero, RangeOp};
@@ -48,6 +49,9 @@ impl Default for BackendOptions {
     }
 }
 
+/// Most leaves [`Backend::reads_now`] checks one by one on every read.
+const NOW_LEAVES: usize = 8;
+
 /// A user's handle on a node.
 ///
 /// Every request future may be dropped at any await point: slots and buffers are released and
@@ -65,9 +69,11 @@ pub struct Backend<'g, 'd> {
     /// Writes and write-zeroes flush before they complete (QEMU's backend with its write cache
     /// off: `BDRV_REQ_FUA` emulated by a flush, qemu-io's default).
     write_through: Cell<bool>,
-    /// Whether every leaf of the graph can read in the caller's thread (so a read may be tried
-    /// at once, see [`Backend::read`]), as of the graph shape it was computed under.
-    reads_now: Cell<Option<(u64, bool)>>,
+    /// The graph's leaves (see [`Backend::reads_now`]), found under graph shape `now_shape`;
+    /// `now_many` holds the answer instead if there were more than [`NOW_LEAVES`].
+    now_leaves: RefCell<heapless::Vec<&'d dyn BlockDevice, NOW_LEAVES>>,
+    now_many: Cell<Option<bool>>,
+    now_shape: Cell<Option<u64>>,
 }
 
 /// A drained section of a [`Backend`]: new requests wait until this is dropped.
@@ -105,7 +111,19 @@ impl<'g, 'd> Backend<'g, 'd> {
         let graph = graph.handle();
         let attachment = if opts.read_only { Attachment::SHARED_READER } else { Attachment::WRITER };
         let user = graph.attach_user(root, attachment)?;
-        Ok(Self { graph, root, user, opts, stats: RefCell::new(Stats::default()), in_flight: Cell::new(0), quiesce: Cell::new(0), write_through: Cell::new(false), reads_now: Cell::new(None) })
+        Ok(Self {
+            graph,
+            root,
+            user,
+            opts,
+            stats: RefCell::new(Stats::default()),
+            in_flight: Cell::new(0),
+            quiesce: Cell::new(0),
+            write_through: Cell::new(false),
+            now_leaves: RefCell::new(heapless::Vec::new()),
+            now_many: Cell::new(None),
+            now_shape: Cell::new(None),
+        })
     }
 
     /// Turns write-through on or off (off by default): with it, a write or write-zeroes
@@ -158,17 +176,29 @@ impl<'g, 'd> Backend<'g, 'd> {
         self.account(admitted, OpKind::Read, offset, len, result)
     }
 
-    /// True if every leaf of the graph can read in the caller's thread
-    /// ([`crate::dev::BlockDevice::runs_now`]). Otherwise (virtio) trying a read at once would
-    /// resolve it twice. Recomputed when the graph's shape changes.
-    fn reads_now(&self, stack: &Stack<'_, '_>) -> bool {
+    /// True if every leaf of the graph reads in the caller's thread now
+    /// ([`crate::dev::BlockDevice::runs_now`]). Otherwise (virtio; a host file while helper
+    /// threads serve it) a read tried at once would fail at its leaf and be resolved twice.
+    /// The leaves are found again when the graph's shape changes; for a graph of more than
+    /// [`NOW_LEAVES`] leaves the answer found then is kept.
+    fn reads_now(&self, stack: &Stack<'_, 'd>) -> bool {
         let shape = stack.io.shape.get();
-        if let Some((_, answer)) = self.reads_now.get().filter(|&(seen, _)| seen == shape) {
-            return answer;
+        if self.now_shape.get() != Some(shape) {
+            let mut leaves = self.now_leaves.borrow_mut();
+            leaves.clear();
+            let mut all = true;
+            let mut many = false;
+            for dev in stack.io.nodes().filter_map(|(_, n)| n.device()) {
+                all &= dev.runs_now();
+                many |= leaves.push(dev).is_err();
+            }
+            self.now_many.set(many.then_some(all));
+            self.now_shape.set(Some(shape));
         }
-        let answer = stack.io.nodes().all(|(_, n)| n.device().is_none_or(|d| d.runs_now()));
-        self.reads_now.set(Some((shape, answer)));
-        answer
+        match self.now_many.get() {
+            Some(all) => all,
+            None => self.now_leaves.borrow().iter().all(|d| d.runs_now()),
+        }
     }
 
     /// Writes `buf` at `offset` (as write-zeroes if it is all zeros and detect-zeroes is on).

@@ -300,8 +300,10 @@ pub trait BlockDevice {
         None
     }
 
-    /// True if [`BlockDevice::rw_now`] can ever do a request: callers that would do work
-    /// before trying it (a whole read resolved without an await) ask this first.
+    /// A cheap hint that [`BlockDevice::rw_now`] would do a request now (it may change from
+    /// one request to the next: a host file's engine moves between inline and shared). Callers
+    /// that would do work before trying `rw_now` (a whole read resolved without an await) ask
+    /// this first; `rw_now` itself decides.
     fn runs_now(&self) -> bool {
         false
     }

@@ -78,7 +78,7 @@ pub(crate) async fn rw(io: &Io<'_, '_>, id: NodeId, offset: u64, buf: Buf<'_>) -
 /// nothing was read.
 pub(crate) fn read_now(io: &Io<'_, '_>, id: NodeId, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
     let node = io.node(id).ok()?;
-    let dev = node.device().filter(|d| d.runs_now())?;
+    let dev = node.device()?;
     let len = buf.len() as u64;
     let end = offset.checked_add(len).filter(|&e| e <= node.size())?;
     // A read-only leaf has no serialising requests (see `rw`); otherwise none may be in flight.

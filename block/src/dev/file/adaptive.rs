@@ -36,7 +36,7 @@
 #![allow(unsafe_code)] // reason: requests carry raw segments from `submit` to whichever thread runs them
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,8 @@ pub(super) struct Adaptive {
     /// Boxed: queued jobs point at it, so it must not move.
     shared: Box<Shared>,
     local: Mutex<Local>,
+    /// `local.mode == Mode::Inline`, readable without the lock ([`Adaptive::runs_now`]).
+    inline: AtomicBool,
 }
 
 /// What the helpers need of a file: its syscalls and its request slots.
@@ -188,7 +190,14 @@ impl Adaptive {
                 batch_polls: 0,
                 iov: IovBuf::with_capacity(max_segments),
             }),
+            inline: AtomicBool::new(true),
         }
+    }
+
+    /// True while requests run inline: a hint (read without the lock) that
+    /// [`Adaptive::rw_now`] would run one.
+    pub(super) fn runs_now(&self) -> bool {
+        self.inline.load(Ordering::Relaxed)
     }
 
     /// Whether requests are being shared with the helpers now.
@@ -260,6 +269,7 @@ impl Adaptive {
             }
         }
 
+        self.inline.store(local.mode == Mode::Inline, Ordering::Relaxed);
         if local.mode == Mode::Shared {
             self.shared.store(index, req);
             self.queue(index, local);

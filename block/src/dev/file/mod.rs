@@ -701,7 +701,11 @@ impl BlockDevice for HostFile {
     }
 
     fn runs_now(&self) -> bool {
-        matches!(self.backend, Backend::InThread(_) | Backend::Adaptive(_))
+        match &self.backend {
+            Backend::InThread(_) => true,
+            Backend::Adaptive(a) => a.runs_now(),
+            Backend::Uring(_) | Backend::Pool(_) => false,
+        }
     }
 
     fn poll(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<Result<(), DeviceError>> {

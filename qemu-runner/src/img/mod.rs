@@ -10,6 +10,7 @@ mod args;
 mod bench;
 pub mod blkdebug_config;
 pub mod check;
+mod commit;
 mod compare;
 mod compress;
 pub mod convert;
@@ -109,6 +110,13 @@ const COMMANDS: &[Command] = &[
         usage: "snapshot [-f FMT] [--image-opts] [-U] [-q] [-l | -c NAME | -a NAME | -d NAME] FILE
         (qcow2 internal snapshots: list (the default), create, apply (id or name), delete (name))",
         run: |a| snapshot::run(a).map(|()| 0),
+    },
+    Command {
+        name: "commit",
+        usage: "commit [-f FMT] [--image-opts] [-b BASE] [-d] [-p] [-q] [-r RATE] FILE
+        (copies what FILE holds above BASE, default its backing file, into BASE; then empties FILE
+         unless -d, which -b implies)",
+        run: |a| commit::run(a).map(|()| 0),
     },
     Command {
         name: "rebase",

@@ -21,6 +21,7 @@ mod compressed;
 mod compressed_zstd;
 mod compressed_write;
 mod data_file;
+mod empty;
 pub mod relink;
 pub mod check;
 pub mod create;

@@ -133,6 +133,11 @@ pub fn run_to(argv: &[String], out: &mut dyn Write) -> Result<(), ImgError> {
         .backing_fmt
         .take()
         .or_else(|| args.value("-F").map(str::to_string));
+    if req.backing.is_some() && req.backing_fmt.is_none() {
+        return Err(ImgError::failed(
+            "Use of backing file requires explicit backing format".into(),
+        ));
+    }
     if out_fmt == "raw" {
         if compressed {
             return Err(ImgError::failed(
@@ -180,9 +185,6 @@ pub fn run_to(argv: &[String], out: &mut dyn Write) -> Result<(), ImgError> {
             if out_fmt == "raw" {
                 output::create_output(Path::new(&files[1]), size, &src.paths)?;
             } else {
-                if let (Some(backing), None) = (&req.backing, &req.backing_fmt) {
-                    req.backing_fmt = Some(backing_format(&files[1], backing, &dst_opts)?);
-                }
                 create::create_qcow2(&req, req.size.unwrap_or(size), &src.paths)?;
             }
         }
@@ -218,31 +220,6 @@ pub fn run_to(argv: &[String], out: &mut dyn Write) -> Result<(), ImgError> {
 
 /// Largest `-S` (qemu-img's `MAX_BUF_SECTORS` of 512 bytes).
 const MAX_SPARSE: u64 = 2147483136;
-
-/// The format of backing file `backing` of the new image `file` (probed, as qemu-img does
-/// when `-F` is not given).
-fn backing_format(file: &str, backing: &str, dst_opts: &OpenOptions) -> Result<String, ImgError> {
-    let dir = Path::new(file)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let path = if Path::new(backing).is_absolute() {
-        Path::new(backing).to_path_buf()
-    } else {
-        dir.join(backing)
-    };
-    let opts = OpenOptions {
-        read_only: true,
-        force_share: true,
-        no_backing: true,
-        format: None,
-        ..dst_opts.clone()
-    };
-    image::with_image(&path.to_string_lossy(), &opts, |img| {
-        Ok(img.format().to_string())
-    })
-    .map_err(|e| ImgError::failed(format!("{file}: {e}\nCould not open backing image.")))
-}
 
 /// `-c`'s codec as the target image says (`-n` into an existing image keeps its type).
 fn compression_of(dst: &image::Image<'_, '_>, wanted: Option<Compression>) -> Option<Compression> {

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use strata_block::cmd::copy::{
-    Action, Copy, CopyConfig, CopyError, CopyHooks, CopyOp, CopyTarget, RateLimit, Standard,
+    Action, Copy, CopyConfig, CopyError, CopyHooks, CopyOp, CopyTarget, ExtentPolicy, RateLimit,
+    Standard,
 };
 use strata_block::driver::qcow2::header::Compression;
 use strata_block::driver::qcow2::Qcow2;
+use strata_block::path::Extent;
 use strata_block::{Backend, NodeId};
 
 use super::compress::compress;
@@ -79,6 +81,22 @@ impl CopyHooks for Hooks<'_, '_, '_, '_> {
         if wait > 0 {
             // One thread runs every worker: sleeping holds them all, which a rate limit wants.
             std::thread::sleep(Duration::from_nanos(wait));
+        }
+    }
+}
+
+/// convert's policy: [`Standard`], and with `-S 0` zeros copied as data (qemu-img "fully
+/// allocates" the output then: the zeros are read and written).
+struct Policy {
+    standard: Standard,
+    allocate: bool,
+}
+
+impl ExtentPolicy for Policy {
+    fn action(&self, offset: u64, ext: &Extent) -> Action {
+        match self.standard.action(offset, ext) {
+            Action::Zero if self.allocate => Action::Copy,
+            a => a,
         }
     }
 }
@@ -165,8 +183,11 @@ pub fn copy(
         in_order: plan.in_order,
         ..CopyConfig::new(size)
     };
-    let policy = Standard {
-        base_depth: plan.backing.then_some(1),
+    let policy = Policy {
+        standard: Standard {
+            base_depth: plan.backing.then_some(1),
+        },
+        allocate: plan.sparse == 0 && unit == 1,
     };
     let target = Target {
         backend: &dst.backend,

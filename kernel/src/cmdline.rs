@@ -20,6 +20,9 @@ pub const USAGE: &str = "\
 usage: WORKLOAD [OPTIONS] [--flag value ...]; OPTIONS: [file=]SERIAL[,driver=raw,offset=N,size=N,...]
   devices                      the device table
   sha256 OPTIONS               SHA-256 of what the opened node shows
+  fat OPTIONS --file NAME [--write NAME]
+                               FAT16/32 on an MBR disk: list the root, SHA-256 of NAME,
+                               write its digest line into the --write file
   demo [OPTIONS]               write, flush, read back, verify (default: first device, 16M)
   bench OPTIONS [--rw randread|randwrite|read|write] [--bs 4k] [--qd 1..64]
                 [--seconds N | --count N]

@@ -172,3 +172,30 @@ fn a_node_naming_no_group_is_refused_as_qemu_refuses_it() {
     assert!(String::from_utf8_lossy(&q.stderr).contains("cannot be used at the same time"));
     assert!(s.stderr.contains("cannot be used at the same time"), "{}", s.stderr);
 }
+
+#[test]
+fn a_throttle_below_a_format_holds_its_metadata_reads_too() {
+    let dir = scratch("throttle-below");
+    // 512-byte clusters: an L2 table covers 32 KiB. One 512-byte cluster written every
+    // 32 KiB, so each read below needs an L2 table no other read loaded: one metadata read
+    // and one data read, both through the throttle node under the format (QEMU's formats do
+    // all their I/O through their file child).
+    let f = dir.join("small.qcow2");
+    qimg(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=512", f.to_str().unwrap(), "16M"]);
+    let n = 400u64;
+    let mut w = Command::new(qemu_io_bin());
+    w.args(["-t", "writeback", "-f", "qcow2"]);
+    for i in 0..n {
+        w.args(["-c", &format!("write -q -P 0x5a {} 512", i * 32768)]);
+    }
+    assert!(w.arg(&f).status().unwrap().success());
+    let reads: Vec<String> = (0..n).map(|i| format!("read -q -P 0x5a {} 512", i * 32768)).collect();
+    // 2 requests per read at 500/s, 51 of them free: metadata included, not 400 at 500/s.
+    same_pace(
+        "qcow2 over throttle, iops-total=500",
+        "throttle-group,id=tg,limits.iops-total=500",
+        &format!("driver=qcow2,file.driver=throttle,file.throttle-group=tg,file.file.driver=file,file.file.filename={}", f.display()),
+        &reads,
+        (2.0 * n as f64 - 51.0) / 500.0,
+    );
+}

@@ -130,6 +130,12 @@ pub trait Driver: Sized {
         Links::default()
     }
 
+    /// For translation-only drivers that hold requests: what holds a format's own I/O passing
+    /// the node ([`crate::node::Gate`]).
+    fn gate(&self) -> crate::node::Gate {
+        crate::node::Gate::Open
+    }
+
     /// True if the driver may hold requests ([`Driver::admit`]): the walk skips the call
     /// otherwise.
     const ADMITS: bool = false;
@@ -294,6 +300,11 @@ macro_rules! drivers {
             /// See [`Driver::limits`].
             pub fn limits(&self, inherited: BlockLimits) -> BlockLimits {
                 match self { $(Self::$variant(d) => d.limits(inherited),)* }
+            }
+
+            /// See [`Driver::gate`].
+            pub fn gate(&self) -> crate::node::Gate {
+                match self { $(Self::$variant(d) => d.gate(),)* }
             }
 
             /// See [`Driver::links`].

@@ -4,17 +4,18 @@
 //! [`crate::Graph::add_throttle_group`]). Flushes are not throttled; a drain lets held requests
 //! go at once (they are still charged, as QEMU charges them).
 //!
-//! Only requests that enter the node are held: a format's metadata I/O below a format does
-//! not pass through a filter above it, and a filter below a format (QEMU's `file.driver=
-//! throttle`) sees the format's data requests but not its metadata reads and writes, which go
-//! straight to the leaf.
+//! Requests that enter the node are held by the walk ([`Driver::admit`]); below a format
+//! (QEMU's `file.driver=throttle`) the format's own I/O on its file — metadata reads and
+//! writes, data it writes through the child — is held too ([`Gate::Throttle`], consulted by
+//! [`crate::io::child_io`]), as QEMU's formats do all their I/O through their `file` child. A
+//! format's metadata I/O below a format does not pass through a filter above it.
 
 use super::{filter, Driver, DriverDesc, DriverId, Mapping};
 use crate::error::{Error, Result};
 use crate::io::throttle::Direction;
 use crate::io::tracked::ReqKind;
 use crate::io::Io;
-use crate::node::{NodeId, Pass};
+use crate::node::{Gate, NodeId, Pass};
 use crate::options::OptionsView;
 
 /// The descriptor.
@@ -58,6 +59,10 @@ impl Driver for Throttle {
 
     fn pass(&self) -> Option<Pass> {
         Some(filter::PASS)
+    }
+
+    fn gate(&self) -> Gate {
+        Gate::Throttle { group: self.group, member: self.member }
     }
 
     async fn admit(&self, io: &Io<'_, '_>, _node: NodeId, kind: ReqKind, _offset: u64, len: u64) -> Result<()> {

@@ -235,6 +235,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             pass: None,
             flush: Default::default(),
             threshold: Default::default(),
+            gate: Default::default(),
         };
         self.insert(node, None)
     }

@@ -539,6 +539,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             pass: state.pass(),
             flush: Default::default(),
             threshold: Default::default(),
+            gate: state.gate(),
         };
         node.threshold.set(threshold);
         self.insert(node, Some(state))

@@ -8,7 +8,8 @@
 
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::node::{NodeId, NodeKind, Pass, MAX_DEPTH};
+use crate::node::{Gate, NodeId, NodeKind, Pass, MAX_DEPTH};
+use crate::io::throttle::Direction;
 use crate::io::leaf::{self, Buf};
 use crate::io::RangeOp;
 use crate::io::debug::IoType;
@@ -33,6 +34,36 @@ fn to_leaf(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<(Node
     Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
 }
 
+/// The gates of the nodes from `node` down to its leaf, for a request of `kind` over
+/// `[offset, offset + len)`: blkdebug's rules ([`Io::debug_check_path`]) and throttle groups
+/// ([`Gate::Throttle`]), which hold the format's I/O as the walk holds requests entering the
+/// node. Without blkdebug nodes or throttle groups, two comparisons.
+async fn gates(io: &Io<'_, '_>, node: NodeId, kind: IoType, offset: u64, len: u64) -> Result<()> {
+    if io.has_debug() {
+        io.debug_check_path(node, kind, offset, len).await?;
+    }
+    if io.throttle_groups.iter().all(Option::is_none) {
+        return Ok(());
+    }
+    let dir = match kind {
+        IoType::Read => Direction::Read,
+        IoType::Write | IoType::WriteZeroes | IoType::Discard => Direction::Write,
+        IoType::Flush | IoType::BlockStatus => return Ok(()),
+    };
+    let mut cur = node;
+    for _ in 0..MAX_DEPTH {
+        let here = io.node(cur)?;
+        if let Gate::Throttle { group, member } = here.gate {
+            io.throttle_group_at(group)?.admit(io, member, dir, len).await?;
+        }
+        match here.pass.and_then(|p| here.child(p.role)) {
+            Some(child) => cur = child,
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// Size in bytes of `node` (the end of its file, for a format's child).
 pub(crate) fn size(io: &Io<'_, '_>, node: NodeId) -> Result<u64> {
     Ok(io.node(node)?.size())
@@ -44,9 +75,7 @@ pub(crate) async fn read(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &mut [
     if buf.is_empty() {
         return Ok(());
     }
-    if io.has_debug() {
-        io.debug_check_path(node, IoType::Read, offset, buf.len() as u64).await?;
-    }
+    gates(io, node, IoType::Read, offset, buf.len() as u64).await?;
     let (leaf, at) = to_leaf(io, node, offset, buf.len() as u64)?;
     leaf::rw(io, leaf, at, Buf::Read(buf)).await
 }
@@ -69,9 +98,7 @@ pub(crate) async fn write(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &[u8]
     if buf.is_empty() {
         return Ok(());
     }
-    if io.has_debug() {
-        io.debug_check_path(node, IoType::Write, offset, buf.len() as u64).await?;
-    }
+    gates(io, node, IoType::Write, offset, buf.len() as u64).await?;
     let (leaf, at) = to_leaf(io, node, offset, buf.len() as u64)?;
     leaf::rw(io, leaf, at, Buf::Write(buf)).await
 }
@@ -83,9 +110,7 @@ pub(crate) async fn write_vectored(io: &Io<'_, '_>, node: NodeId, offset: u64, p
     if len == 0 {
         return Ok(());
     }
-    if io.has_debug() {
-        io.debug_check_path(node, IoType::Write, offset, len).await?;
-    }
+    gates(io, node, IoType::Write, offset, len).await?;
     let (leaf, at) = to_leaf(io, node, offset, len)?;
     leaf::write_vectored(io, leaf, at, parts).await
 }
@@ -138,9 +163,7 @@ fn grow_node(io: &Io<'_, '_>, node: NodeId, min_size: u64) -> Result<u64> {
 
 /// Passes a discard of `len` bytes at `offset` of `node` down to its leaf (advisory).
 pub(crate) async fn discard(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<()> {
-    if io.has_debug() {
-        io.debug_check_path(node, IoType::Discard, offset, len).await?;
-    }
+    gates(io, node, IoType::Discard, offset, len).await?;
     let (leaf, at) = to_leaf(io, node, offset, len)?;
     crate::io::zero::leaf_range_op(io, leaf, at, len, RangeOp::Discard).await
 }
@@ -148,9 +171,7 @@ pub(crate) async fn discard(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64
 /// Makes `len` bytes at `offset` of `node` read as zeros, offloaded to the leaf where it can
 /// (virtio-blk's and host files' write-zeroes), else written from a zero buffer.
 pub(crate) async fn write_zeroes(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<()> {
-    if io.has_debug() {
-        io.debug_check_path(node, IoType::WriteZeroes, offset, len).await?;
-    }
+    gates(io, node, IoType::WriteZeroes, offset, len).await?;
     let (leaf, at) = to_leaf(io, node, offset, len)?;
     crate::io::zero::leaf_range_op(io, leaf, at, len, RangeOp::WriteZeroes { unmap: false }).await
 }

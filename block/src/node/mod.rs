@@ -115,6 +115,28 @@ pub struct Node<'d> {
     pub(crate) flush: FlushState,
     /// The write threshold (`write-threshold=`).
     pub threshold: WriteThreshold,
+    /// What holds I/O a format above issues through this node on its way to the leaf.
+    pub gate: Gate,
+}
+
+/// What a translation-only node does to the I/O a format above it issues on its file child
+/// (metadata, and data written through the child): QEMU's formats do all their I/O through
+/// their `file` child, so a filter placed there sees all of it. The walk admits requests that
+/// enter a node through [`crate::driver`]'s `admit`; a format's own I/O goes straight down by
+/// [`Pass`] ([`crate::io::child_io`]), which consults this instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Gate {
+    /// Nothing: the I/O passes.
+    #[default]
+    Open,
+    /// Held by member `member` of throttle group number `group`, as the walk holds requests
+    /// entering the node.
+    Throttle {
+        /// The group's index in the graph.
+        group: usize,
+        /// The node's member index in the group.
+        member: usize,
+    },
 }
 
 /// Bumps a node's write generation when dropped: a write counts once it has started, whether it

@@ -6,6 +6,7 @@
 //! 2 usage error (for `compare`: any error).
 
 mod aio;
+pub mod amend;
 mod args;
 mod bench;
 pub mod blkdebug_config;
@@ -98,6 +99,12 @@ const COMMANDS: &[Command] = &[
         name: "resize",
         usage: "resize [-f FMT] [--image-opts] [--shrink] [-q] FILE [+|-]SIZE   (qcow2 and raw files)",
         run: |a| resize::run(a).map(|()| 0),
+    },
+    Command {
+        name: "amend",
+        usage: "amend [-f FMT] [--image-opts] [-p] [-q] -o OPTIONS FILE
+        (qcow2: lazy_refcounts=on|off, size; compat and refcount_bits only as they are so far)",
+        run: |a| amend::run(a).map(|()| 0),
     },
     Command {
         name: "measure",

@@ -162,7 +162,6 @@ fn fat32_in_a_qcow2_chain_on_the_host() {
         rootdir.close().unwrap();
         volume.close().unwrap();
         drop(volumes);
-        drop(stream);
         futures_lite_block_on(backend.close()).unwrap();
     }
     assert_eq!(base_mem, std::fs::read(&base).unwrap(), "the backing file is not written");

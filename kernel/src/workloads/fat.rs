@@ -81,7 +81,7 @@ fn files(backend: &KBackend<'_>, wait: Blocking<'_>, file: &str, write: Option<&
     let mut entries = 0u64;
     root.iterate_dir(|e| {
         println!("fat: {:>10} {}{}", e.size, e.name, if e.attributes.is_directory() { "/" } else { "" });
-        Record::new("fat_entry").str("name", &e.name).num("size", u64::from(e.size)).bool("dir", e.attributes.is_directory()).emit();
+        Record::new("fat_entry").str("name", e.name).num("size", u64::from(e.size)).bool("dir", e.attributes.is_directory()).emit();
         entries += 1;
         ControlFlow::Continue(())
     })

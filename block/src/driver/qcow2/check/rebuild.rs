@@ -180,6 +180,7 @@ pub(crate) async fn rebuild(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::Plan;
 
     #[test]

@@ -435,19 +435,19 @@ impl Pass<'_, '_> {
                     continue;
                 }
                 let clusters = self.file_size().div_ceil(lay.cs).max(self.clusters_end);
-                if cluster >= clusters {
-                    if !(self.fix_errors && self.global && self.grow_over(io, file, index, offset))
-                    {
-                        self.report(
-                            Finding::RefblockOutside {
-                                index,
-                                repairing: false,
-                            },
-                            true,
-                        );
-                        self.broken_refblocks = true;
-                        continue;
-                    }
+                // Past the end: under -r all the file grows over it (then it is counted).
+                if cluster >= clusters
+                    && !(self.fix_errors && self.global && self.grow_over(io, file, index, offset))
+                {
+                    self.report(
+                        Finding::RefblockOutside {
+                            index,
+                            repairing: false,
+                        },
+                        true,
+                    );
+                    self.broken_refblocks = true;
+                    continue;
                 }
                 if offset != 0 {
                     self.inc(offset, lay.cs);

@@ -127,8 +127,9 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "rebase",
-        usage: "rebase [-f FMT] [--image-opts] [-q] -u [-b BACKING -F FMT] FILE
-        (qcow2: -u rewrites the backing file name and format in the header; -b \"\" removes it)",
+        usage: "rebase [-f FMT] [--image-opts] [-q] [-u] -b BACKING [-F FMT] FILE
+        (qcow2: copies into FILE what differs between the old and the new backing file, then
+         rewrites the name and format in the header; -u only rewrites them; -b \"\" removes it)",
         run: |a| rebase::run(a).map(|()| 0),
     },
     Command {

@@ -56,6 +56,11 @@ pub(crate) async fn rw(io: &Io<'_, '_>, id: NodeId, offset: u64, buf: Buf<'_>) -
     if writing {
         node.threshold.check(offset, len);
     }
+    if let Buf::Write(b) = &buf {
+        if let Some(result) = write_now(io, node, dev, offset, end, b) {
+            return result;
+        }
+    }
     if node.read_only {
         // Nothing ever writes a read-only leaf, so no serialising request can overlap this
         // read: it needs no tracked request (a tracker slot and two scans saved per read).
@@ -81,13 +86,35 @@ pub(crate) fn read_now(io: &Io<'_, '_>, id: NodeId, offset: u64, buf: &mut [u8])
     let dev = node.device()?;
     let len = buf.len() as u64;
     let end = offset.checked_add(len).filter(|&e| e <= node.size())?;
-    // A read-only leaf has no serialising requests (see `rw`); otherwise none may be in flight.
-    if len == 0 || !(node.read_only || io.tracker.serialising() == 0) || direct_len(node, offset, end, buf.as_ptr() as usize) != len {
+    // A read-only leaf has no serialising requests (see `rw`).
+    if len == 0 || !(node.read_only || goes_now(io, node, offset, end, buf.as_ptr() as usize)) {
         return None;
     }
     let segments = [Segment::from_mut(buf)];
     let req = DeviceRequest { op: DeviceOp::Read, offset, len, segments: &segments };
     Some(device::run_now(dev, &req)?.map_err(Error::Device))
+}
+
+/// [`rw`]'s write done at once, with no tracked request: as [`read_now`], whole blocks straight
+/// from `buf` (so no read-modify-write) while no serialising request is in flight. It needs no
+/// tracked request because nothing can start beside it: it is done when this returns. `None`
+/// if it cannot be; then nothing was written.
+fn write_now(io: &Io<'_, '_>, node: &Node<'_>, dev: &dyn BlockDevice, offset: u64, end: u64, buf: &[u8]) -> Option<Result<()>> {
+    if !goes_now(io, node, offset, end, buf.as_ptr() as usize) {
+        return None;
+    }
+    let segments = [Segment::from_ref(buf)];
+    let req = DeviceRequest { op: DeviceOp::Write, offset, len: end - offset, segments: &segments };
+    let result = device::run_now(dev, &req)?;
+    // Counted for the next flush, written or failed (see `WriteGen`).
+    drop(WriteGen(&node.flush.write_gen));
+    Some(result.map_err(Error::Device))
+}
+
+/// True if `[offset, end)` of leaf `node`, with memory at `addr`, goes to the device as one
+/// request and no serialising request is in flight at the leaf.
+fn goes_now(io: &Io<'_, '_>, node: &Node<'_>, offset: u64, end: u64, addr: usize) -> bool {
+    io.tracker.serialising() == 0 && direct_len(node, offset, end, addr) == end - offset
 }
 
 /// The data movement of [`rw`], for a caller that already holds a tracked request covering

@@ -204,6 +204,10 @@ impl Qcow2 {
 
     /// Maps `len` bytes at `offset` (inside the node) of qcow2 node `node`.
     pub(crate) async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
+        // From memory when it can (write planning, zeroing and block status call this directly).
+        if let Some(mapping) = self.map_cached(io, node, offset, len) {
+            return Ok(mapping);
+        }
         let want = len;
         let at = match self.start(io, node, offset, len)? {
             Start::Unallocated(len) => return Ok(Mapping::Unallocated { len }),

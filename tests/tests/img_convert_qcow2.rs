@@ -40,7 +40,10 @@ fn convert(args: &[&str]) -> Result<(), String> {
 fn qemu_img_run(args: &[&str]) -> (bool, String) {
     ensure_qemu();
     let out = Command::new(qemu_img()).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 fn qemu_io(file: &Path, fmt: &str, cmds: &[&str]) {
@@ -52,25 +55,43 @@ fn qemu_io(file: &Path, fmt: &str, cmds: &[&str]) {
         c.args(["-c", cmd]);
     }
     let out = c.arg(file).output().unwrap();
-    assert!(out.status.success(), "qemu-io {cmds:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "qemu-io {cmds:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `qemu-img check` passes, with no leaks; returns its output.
 fn check(img: &Path) -> String {
     let (ok, text) = qemu_img_run(&["check", s(img)]);
-    assert!(ok && text.contains("No errors were found"), "qemu-img check {}: {text}", img.display());
+    assert!(
+        ok && text.contains("No errors were found"),
+        "qemu-img check {}: {text}",
+        img.display()
+    );
     text
 }
 
 /// The compressed clusters share `qemu-img check` reports ("... 12.34% compressed clusters").
 fn compressed_share(check_text: &str) -> String {
-    check_text.lines().find(|l| l.contains("compressed clusters")).and_then(|l| l.split(", ").last()).unwrap_or("").to_string()
+    check_text
+        .lines()
+        .find(|l| l.contains("compressed clusters"))
+        .and_then(|l| l.split(", ").last())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// `qemu-img compare` finds `a` and `b` equal.
 fn same(a: &Path, b: &Path) {
     let (ok, text) = qemu_img_run(&["compare", s(a), s(b)]);
-    assert!(ok, "qemu-img compare {} {}: {text}", a.display(), b.display());
+    assert!(
+        ok,
+        "qemu-img compare {} {}: {text}",
+        a.display(),
+        b.display()
+    );
 }
 
 /// `qemu-img map --output=json` as (start, length, data, zero, depth) runs, neighbours with
@@ -82,7 +103,11 @@ fn layout(img: &Path) -> Vec<(u64, u64, bool, bool, u64)> {
     let mut out: Vec<(u64, u64, bool, bool, u64)> = Vec::new();
     for e in v.as_array().unwrap() {
         let (start, len) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
-        let (data, zero, depth) = (e["data"].as_bool().unwrap(), e["zero"].as_bool().unwrap(), e["depth"].as_u64().unwrap());
+        let (data, zero, depth) = (
+            e["data"].as_bool().unwrap(),
+            e["zero"].as_bool().unwrap(),
+            e["depth"].as_u64().unwrap(),
+        );
         // Allocated clusters whose bytes the host file keeps as a hole read "zero" too; QEMU
         // zero-fills a fresh cluster's copy-on-write areas where Strata leaves the hole: the
         // same qcow2 allocation either way.
@@ -98,7 +123,10 @@ fn layout(img: &Path) -> Vec<(u64, u64, bool, bool, u64)> {
 /// Converts `src` with our tool and qemu-img (same `opts`), checks ours, compares it with the
 /// source and its layout with qemu-img's output's. Returns (ours, theirs).
 fn both(dir: &Path, src: &Path, name: &str, opts: &[&str]) -> (PathBuf, PathBuf) {
-    let (ours, theirs) = (dir.join(format!("{name}.ours.qcow2")), dir.join(format!("{name}.theirs.qcow2")));
+    let (ours, theirs) = (
+        dir.join(format!("{name}.ours.qcow2")),
+        dir.join(format!("{name}.theirs.qcow2")),
+    );
     let mut a: Vec<&str> = opts.to_vec();
     a.extend(["-O", "qcow2", s(src), s(&ours)]);
     convert(&a).unwrap_or_else(|e| panic!("img convert {a:?}: {e}"));
@@ -109,7 +137,11 @@ fn both(dir: &Path, src: &Path, name: &str, opts: &[&str]) -> (PathBuf, PathBuf)
     assert!(ok, "qemu-img {b:?}: {text}");
     check(&ours);
     same(src, &ours);
-    assert_eq!(layout(&ours), layout(&theirs), "{name}: qemu-img map layout");
+    assert_eq!(
+        layout(&ours),
+        layout(&theirs),
+        "{name}: qemu-img map layout"
+    );
     (ours, theirs)
 }
 
@@ -117,7 +149,17 @@ fn both(dir: &Path, src: &Path, name: &str, opts: &[&str]) -> (PathBuf, PathBuf)
 fn raw_source(dir: &Path, size: u64) -> PathBuf {
     let f = dir.join("src.raw");
     random_raw_disk(&f, size, 7);
-    qemu_io(&f, "raw", &["write -z 1M 3M", "write -P 0x11 5M 1M", "write -z 6M 4k", "write -z 6200k 100k", "discard 8M 2M"]);
+    qemu_io(
+        &f,
+        "raw",
+        &[
+            "write -z 1M 3M",
+            "write -P 0x11 5M 1M",
+            "write -z 6M 4k",
+            "write -z 6200k 100k",
+            "discard 8M 2M",
+        ],
+    );
     // Holes in the host file (a sparse area).
     let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
     file.set_len(size + 5 * MIB).unwrap();
@@ -133,20 +175,58 @@ fn raw_qcow2_and_chain_sources_to_qcow2() {
     // qcow2 source with zero clusters, discarded ranges and data.
     let q = dir.join("src.qcow2");
     run_qemu_img(&["create", "-q", "-f", "qcow2", s(&q), "40M"]);
-    qemu_io(&q, "qcow2", &["write -P 1 0 3M", "write -z 4M 2M", "write -P 2 10M 64k", "write -P 0 12M 1M", "write -P 3 39M 1M", "discard 1M 1M"]);
+    qemu_io(
+        &q,
+        "qcow2",
+        &[
+            "write -P 1 0 3M",
+            "write -z 4M 2M",
+            "write -P 2 10M 64k",
+            "write -P 0 12M 1M",
+            "write -P 3 39M 1M",
+            "discard 1M 1M",
+        ],
+    );
     both(&dir, &q, "qcow2", &[]);
     // A chain: base (raw) <- mid (qcow2) <- top (qcow2), zeros over backing data.
     let base = dir.join("base.raw");
     random_raw_disk(&base, 16 * MIB, 3);
     let mid = dir.join("mid.qcow2");
-    run_qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", s(&mid)]);
+    run_qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        s(&mid),
+    ]);
     qemu_io(&mid, "qcow2", &["write -P 4 2M 1M", "write -z 8M 1M"]);
     let top = dir.join("top.qcow2");
-    run_qemu_img(&["create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", s(&top)]);
-    qemu_io(&top, "qcow2", &["write -P 5 3M 64k", "write -z 0 512k", "write -z 9M 1M"]);
+    run_qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+    qemu_io(
+        &top,
+        "qcow2",
+        &["write -P 5 3M 64k", "write -z 0 512k", "write -z 9M 1M"],
+    );
     let (ours, _) = both(&dir, &top, "chain", &[]);
     let (ok, info) = qemu_img_run(&["info", "--output=json", s(&ours)]);
-    assert!(ok && !info.contains("backing-filename"), "no backing file: {info}");
+    assert!(
+        ok && !info.contains("backing-filename"),
+        "no backing file: {info}"
+    );
     // -m 1, -W and -S 0 change nothing a reader sees.
     both(&dir, &q, "m1", &["-m", "1"]);
     both(&dir, &q, "out-of-order", &["-W", "-m", "16"]);
@@ -173,7 +253,13 @@ fn create_options_reach_the_output() {
             assert!(ok, "{text}");
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             let d = &v["format-specific"]["data"];
-            (v["cluster-size"].clone(), d["refcount-bits"].clone(), d["extended-l2"].clone(), d["lazy-refcounts"].clone(), v["virtual-size"].clone())
+            (
+                v["cluster-size"].clone(),
+                d["refcount-bits"].clone(),
+                d["extended-l2"].clone(),
+                d["lazy-refcounts"].clone(),
+                v["virtual-size"].clone(),
+            )
         };
         assert_eq!(info(&ours), info(&theirs), "{name}");
     }
@@ -187,25 +273,48 @@ fn compressed_outputs_read_back_in_qemu_img() {
     // not a multiple of the cluster size.
     let src = dir.join("mixed.raw");
     random_raw_disk(&src, 10 * MIB + 3 * 4096, 11);
-    qemu_io(&src, "raw", &["write -P 0x61 1M 2M", "write -z 4M 1M", "write -P 0x62 7M 64k", "write -P 0x63 10M 12k", "write -P 0x64 5M 100k"]);
+    qemu_io(
+        &src,
+        "raw",
+        &[
+            "write -P 0x61 1M 2M",
+            "write -z 4M 1M",
+            "write -P 0x62 7M 64k",
+            "write -P 0x63 10M 12k",
+            "write -P 0x64 5M 100k",
+        ],
+    );
     for (name, opts) in [
         ("deflate", vec!["-c"]),
         ("zstd", vec!["-c", "-o", "compression_type=zstd"]),
         ("deflate4k", vec!["-c", "-o", "cluster_size=4k"]),
         ("deflate-rc1", vec!["-c", "-o", "refcount_bits=1"]),
-        ("zstd-ext", vec!["-c", "-o", "compression_type=zstd,extended_l2=on"]),
+        (
+            "zstd-ext",
+            vec!["-c", "-o", "compression_type=zstd,extended_l2=on"],
+        ),
     ] {
         let (ours, theirs) = both(&dir, &src, name, &opts);
         let (a, b) = (check(&ours), check(&theirs));
-        assert_eq!(compressed_share(&a), compressed_share(&b), "{name}: compressed clusters: ours {a}, qemu-img's {b}");
-        assert!(compressed_share(&a) != "0.00% compressed clusters", "{name}: {a}");
+        assert_eq!(
+            compressed_share(&a),
+            compressed_share(&b),
+            "{name}: compressed clusters: ours {a}, qemu-img's {b}"
+        );
+        assert!(
+            compressed_share(&a) != "0.00% compressed clusters",
+            "{name}: {a}"
+        );
         // qemu-img reads ours back whole, and converts it again.
         let back = dir.join(format!("{name}.back.raw"));
         run_qemu_img(&["convert", "-O", "raw", s(&ours), s(&back)]);
         same(&src, &back);
         if name.starts_with("zstd") {
             let (ok, info) = qemu_img_run(&["info", "--output=json", s(&ours)]);
-            assert!(ok && info.contains("\"compression-type\": \"zstd\""), "{info}");
+            assert!(
+                ok && info.contains("\"compression-type\": \"zstd\""),
+                "{info}"
+            );
         }
     }
 }
@@ -218,17 +327,53 @@ fn backing_output_holds_only_what_the_top_has() {
     run_qemu_img(&["create", "-q", "-f", "qcow2", s(&base), "16M"]);
     qemu_io(&base, "qcow2", &["write -P 1 0 16M"]);
     let top = dir.join("top.qcow2");
-    run_qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", s(&top)]);
-    qemu_io(&top, "qcow2", &["write -P 2 1M 1M", "write -z 4M 2M", "write -P 3 9M 4k", "write -P 0 12M 64k"]);
-    for (name, opts) in [("b", vec!["-B", "base.qcow2", "-F", "qcow2"]), ("bc", vec!["-c", "-B", "base.qcow2", "-F", "qcow2"])] {
+    run_qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+    qemu_io(
+        &top,
+        "qcow2",
+        &[
+            "write -P 2 1M 1M",
+            "write -z 4M 2M",
+            "write -P 3 9M 4k",
+            "write -P 0 12M 64k",
+        ],
+    );
+    for (name, opts) in [
+        ("b", vec!["-B", "base.qcow2", "-F", "qcow2"]),
+        ("bc", vec!["-c", "-B", "base.qcow2", "-F", "qcow2"]),
+    ] {
         let (ours, _) = both(&dir, &top, name, &opts);
         let (ok, info) = qemu_img_run(&["info", "--output=json", s(&ours)]);
-        assert!(ok && info.contains("\"backing-filename\": \"base.qcow2\""), "{info}");
+        assert!(
+            ok && info.contains("\"backing-filename\": \"base.qcow2\""),
+            "{info}"
+        );
     }
     // Without -F both refuse (qemu-img since 6.1: the backing format must be explicit).
     let out = dir.join("probed.qcow2");
     assert!(convert(&["-B", "base.qcow2", "-O", "qcow2", s(&top), s(&out)]).is_err());
-    assert!(!qemu_img_run(&["convert", "-B", "base.qcow2", "-O", "qcow2", s(&top), s(&out)]).0);
+    assert!(
+        !qemu_img_run(&[
+            "convert",
+            "-B",
+            "base.qcow2",
+            "-O",
+            "qcow2",
+            s(&top),
+            s(&out)
+        ])
+        .0
+    );
 }
 
 #[test]
@@ -278,4 +423,20 @@ fn refused_as_qemu_img_refuses() {
         b.extend(a.iter().copied());
         assert!(!qemu_img_run(&b).0, "qemu-img accepted {b:?}");
     }
+}
+
+#[test]
+fn copy_offloading_into_raw_and_through_buffers_into_qcow2() {
+    let _one = serial();
+    let dir = scratch("convert-qcow2-offload");
+    let raw = raw_source(&dir, 12 * MIB);
+    let q = dir.join("src.qcow2");
+    run_qemu_img(&["convert", "-q", "-O", "qcow2", s(&raw), s(&q)]);
+    for (name, src) in [("raw", &raw), ("qcow2", &q)] {
+        let out = dir.join(format!("{name}.offload.raw"));
+        convert(&["-C", "-O", "raw", s(src), s(&out)]).unwrap();
+        same(src, &out);
+    }
+    // Into a qcow2, -C copies through buffers: the usual output.
+    both(&dir, &raw, "offload-qcow2", &["-C"]);
 }

@@ -110,6 +110,19 @@ pub trait CopyTarget {
     async fn write(&self, offset: u64, data: &[u8]) -> Result<()>;
     /// Makes `len` bytes at `offset` read as zeros (they may be deallocated).
     async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()>;
+    /// Copies `len` bytes at `src_offset` of source leaf `src_leaf` to `offset` without the
+    /// loop's buffer (copy offloading: `copy_file_range` between host files, QEMU's
+    /// `copy_range`). `Ok(false)`: not done, the loop reads and writes instead (the default).
+    async fn copy_range(
+        &self,
+        src_leaf: NodeId,
+        src_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<bool> {
+        let _ = (src_leaf, src_offset, offset, len);
+        Ok(false)
+    }
 }
 
 impl CopyTarget for Backend<'_, '_> {
@@ -231,6 +244,8 @@ struct Piece {
     offset: u64,
     len: u64,
     action: Action,
+    /// The source leaf and offset the piece's bytes lie at, when they lie in one place.
+    leaf: Option<(NodeId, u64)>,
     seq: u64,
 }
 
@@ -325,7 +340,7 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
         let mut pos = self.cfg.start;
         let mut total = 0;
         while pos < self.cfg.end {
-            let (action, n) = self.piece(pos).await?;
+            let (action, n, _) = self.piece(pos).await?;
             if matches!(action, Action::Copy | Action::CopyIfDiffers) {
                 total += n;
             }
@@ -387,7 +402,7 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
             if failed || at >= self.cfg.end {
                 return Ok(None);
             }
-            let (action, n) = self.piece(at).await?;
+            let (action, n, leaf) = self.piece(at).await?;
             let mut s = self.shared.borrow_mut();
             let n = match action {
                 // A chunk ends on a unit boundary (after a start inside a unit too).
@@ -408,19 +423,23 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
                 offset: at,
                 len: n,
                 action,
+                leaf,
                 seq,
             }));
         }
     }
 
     /// The action and length at `pos` (aligned, whole units).
-    async fn piece(&self, pos: u64) -> core::result::Result<(Action, u64), CopyError> {
+    async fn piece(
+        &self,
+        pos: u64,
+    ) -> core::result::Result<(Action, u64, Option<(NodeId, u64)>), CopyError> {
         let end = self.cfg.end;
-        let (action, n) = self.raw_piece(pos, end - pos).await?;
+        let (action, n, leaf) = self.raw_piece(pos, end - pos).await?;
         let n = trim(pos, n, self.cfg.align);
         let unit = self.cfg.unit;
         if unit <= 1 {
-            return Ok((action, n));
+            return Ok((action, n, leaf));
         }
         // Whole units: every piece so far ended on a unit boundary (or at `start`).
         let unit_end = (pos - pos % unit).saturating_add(unit).min(end);
@@ -430,18 +449,18 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
             } else {
                 (pos + n) - (pos + n) % unit - pos
             };
-            return Ok((action, covered.max(unit_end - pos)));
+            return Ok((action, covered.max(unit_end - pos), None));
         }
         // A short piece: the unit is copied whole unless every piece in it agrees.
         let mut at = pos + n;
         while at < unit_end {
-            let (a, m) = self.raw_piece(at, unit_end - at).await?;
+            let (a, m, _) = self.raw_piece(at, unit_end - at).await?;
             if a != action {
-                return Ok((Action::Copy, unit_end - pos));
+                return Ok((Action::Copy, unit_end - pos, None));
             }
             at += m;
         }
-        Ok((action, unit_end - pos))
+        Ok((action, unit_end - pos, None))
     }
 
     /// The policy's action for the extent at `pos`, at most `len` bytes (at least 1).
@@ -449,7 +468,7 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
         &self,
         pos: u64,
         len: u64,
-    ) -> core::result::Result<(Action, u64), CopyError> {
+    ) -> core::result::Result<(Action, u64, Option<(NodeId, u64)>), CopyError> {
         let graph = self.src.graph();
         let mut ext = block_status(&graph.stack(), self.src.root(), pos, len.min(STATUS_STEP))
             .await
@@ -459,15 +478,18 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
                 error,
             })?;
         ext.len = ext.len.clamp(1, len);
+        let mut at_leaf = None;
         if let ExtentKind::Data { leaf, offset, .. } = ext.kind {
+            at_leaf = Some((leaf, offset));
             if let Some((hole, h)) = self.hooks.host_hole(leaf, offset, ext.len) {
                 ext.len = h.clamp(1, ext.len);
                 if hole {
                     ext.kind = ExtentKind::Zero;
+                    at_leaf = None;
                 }
             }
         }
-        Ok((self.policy.action(pos, &ext), ext.len))
+        Ok((self.policy.action(pos, &ext), ext.len, at_leaf))
     }
 
     async fn run(
@@ -485,6 +507,26 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
             }
             Action::Copy => {
                 self.hooks.pace(p.len).await;
+                if let Some((leaf, at)) = p.leaf {
+                    self.my_turn(p).await;
+                    let done = self
+                        .dst
+                        .copy_range(leaf, at, p.offset, p.len)
+                        .await
+                        .map_err(|error| CopyError {
+                            op: CopyOp::Write,
+                            offset: p.offset,
+                            error,
+                        })?;
+                    if done {
+                        let mut s = self.shared.borrow_mut();
+                        s.summary.read += p.len;
+                        s.summary.written += p.len;
+                        drop(s);
+                        self.turn_done(p);
+                        return Ok(());
+                    }
+                }
                 let data = &mut buf[..len];
                 self.src
                     .read(p.offset, data)

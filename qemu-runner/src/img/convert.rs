@@ -12,9 +12,9 @@
 //! `compression_type=zstd`); `-n` writes into an existing image (zeros then written, not
 //! assumed), `-m N` runs N requests at once, `-W` lets writes complete out of order, `-S SIZE`
 //! sets the zero-run size left out of data (0: none), `-r RATE` limits bytes per second. `-C`
-//! is accepted and refused with `-c` and `-S` as qemu-img refuses it, but copies through
-//! buffers: no copy offloading is done. The copy itself is `strata_block::cmd::copy`'s loop
-//! (`convert_copy`).
+//! (refused with `-c` and `-S` as qemu-img refuses it) copies data extents that lie in host
+//! files into a raw output with `copy_file_range`; into a qcow2 it copies through buffers.
+//! The copy itself is `strata_block::cmd::copy`'s loop (`convert_copy`).
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -199,6 +199,7 @@ pub fn run_to(argv: &[String], out: &mut dyn Write) -> Result<(), ImgError> {
             }),
             backing: has_backing,
             target_zeroed: !skip_create && !has_backing,
+            offload: copy_range,
             rate,
         };
         let progress = (args.has("-p") && !args.has("-q")).then_some(out);

@@ -3,7 +3,11 @@
 //! or a qcow2 taking compressed clusters for `-c`), run by `-m` workers on this thread.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -43,6 +47,8 @@ pub struct Plan {
     pub target_zeroed: bool,
     /// `-r`: bytes per second (0: no limit).
     pub rate: u64,
+    /// `-C`: copy data between host files with `copy_file_range` (raw output only).
+    pub offload: bool,
 }
 
 /// What the copy tells the host.
@@ -105,6 +111,63 @@ impl ExtentPolicy for Policy {
 struct Target<'a, 'g, 'd> {
     backend: &'a Backend<'g, 'd>,
     compressed: Option<(Compression, &'g Qcow2)>,
+    offload: Option<Offload<'a>>,
+}
+
+/// `-C` into a raw output: the source's host files (opened on first use) and the output file.
+struct Offload<'a> {
+    /// The host path of a source leaf.
+    path_of: Box<dyn Fn(NodeId) -> Option<PathBuf> + 'a>,
+    dst: File,
+    open: RefCell<HashMap<PathBuf, File>>,
+}
+
+impl Offload<'_> {
+    /// Copies `len` bytes at `src_offset` of source leaf `leaf` to `offset` of the output with
+    /// `copy_file_range`; false if the kernel or file systems cannot (the loop copies then).
+    fn copy(&self, leaf: NodeId, src_offset: u64, offset: u64, len: u64) -> bool {
+        let Some(path) = (self.path_of)(leaf) else {
+            return false;
+        };
+        let mut open = self.open.borrow_mut();
+        if !open.contains_key(&path) {
+            match File::open(&path) {
+                Ok(f) => {
+                    open.insert(path.clone(), f);
+                }
+                Err(_) => return false,
+            }
+        }
+        let Some(src) = open.get(&path) else {
+            return false;
+        };
+        let (Ok(mut from), Ok(mut to)) = (
+            libc::loff_t::try_from(src_offset),
+            libc::loff_t::try_from(offset),
+        ) else {
+            return false;
+        };
+        let mut left = len as usize;
+        while left > 0 {
+            // SAFETY: both descriptors are open files this function owns a reference to; the
+            // kernel reads and updates only the two offsets passed by pointer.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut from,
+                    self.dst.as_raw_fd(),
+                    &mut to,
+                    left,
+                    0,
+                )
+            };
+            if n <= 0 {
+                return false;
+            }
+            left -= n as usize;
+        }
+        true
+    }
 }
 
 impl CopyTarget for Target<'_, '_, '_> {
@@ -150,6 +213,19 @@ impl CopyTarget for Target<'_, '_, '_> {
     async fn write_zeroes(&self, offset: u64, len: u64) -> strata_block::Result<()> {
         self.backend.write_zeroes(offset, len, true).await
     }
+
+    async fn copy_range(
+        &self,
+        src_leaf: NodeId,
+        src_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> strata_block::Result<bool> {
+        Ok(self
+            .offload
+            .as_ref()
+            .is_some_and(|o| o.copy(src_leaf, src_offset, offset, len)))
+    }
 }
 
 /// Copies all of `src` into `dst` as `plan` says, then flushes `dst`. Draws `-p`'s line into
@@ -189,9 +265,32 @@ pub fn copy(
         },
         allocate: plan.sparse == 0 && unit == 1,
     };
+    let offload = match (plan.offload, dst.format(), dst.paths.first()) {
+        (true, "raw", Some(path)) if compressed.is_none() => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| ImgError::failed(format!("{}: {e}", path.display())))?;
+            let path_of = move |leaf: NodeId| {
+                let graph = src.backend.graph();
+                graph
+                    .node(leaf)
+                    .ok()
+                    .and_then(|n| n.device())
+                    .and_then(|d| HostFiles::new(src).path(d))
+            };
+            Some(Offload {
+                path_of: Box::new(path_of),
+                dst: file,
+                open: RefCell::new(HashMap::new()),
+            })
+        }
+        _ => None,
+    };
     let target = Target {
         backend: &dst.backend,
         compressed,
+        offload,
     };
     let hooks = Hooks {
         src,

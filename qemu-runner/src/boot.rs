@@ -81,8 +81,9 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     if opts.memory_mib < 32 {
         return Err(RunnerError::Usage("the guest needs at least 32 MiB".into()));
     }
-    // The kernel identity-maps the first 4 GiB, and the machines put RAM past 3 GiB above the
-    // 4 GiB line (below it are the PCI and virtio-mmio windows).
+    // The kernel identity-maps the first 4 GiB, and the x86 machines put RAM past 3 GiB above
+    // the 4 GiB line (below it are the PCI and virtio-mmio windows); aarch64 virt's RAM starts at
+    // 1 GiB, so 3 GiB of it ends at the same line.
     if opts.memory_mib > MAX_MEMORY_MIB {
         return Err(RunnerError::Usage(format!("--memory {}: the guest uses at most {MAX_MEMORY_MIB} MiB", opts.memory_mib)));
     }
@@ -101,10 +102,11 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
         cmdline.push(' ');
         cmdline.push_str(word);
     }
-    let accel = opts.accel.resolve()?;
-    let program = qemu::program();
-    install::ensure_qemu(&program, opts.install, opts.quiet)?;
-    let kernel = kernel::resolve(opts.kernel.as_deref(), opts.quiet)?;
+    let arch = opts.machine.arch();
+    let accel = opts.accel.resolve_for(arch)?;
+    let program = qemu::program_for(arch);
+    install::ensure_qemu_for(arch, &program, opts.install, opts.quiet)?;
+    let kernel = kernel::resolve_for(arch, opts.kernel.as_deref(), opts.quiet)?;
 
     // Write logs start empty; none may be a file a drive (or its chain) reads.
     write_log::prepare_all(&drives)?;

@@ -34,7 +34,7 @@ use crate::{Machine, RunnerError};
 /// kernel's device catalog holds (pc/q35 have more free PCI slots, the catalog does not).
 pub fn max_drives(machine: Machine) -> usize {
     match machine {
-        Machine::Microvm | Machine::Pc | Machine::Q35 => 24,
+        Machine::Microvm | Machine::Pc | Machine::Q35 | Machine::Virt => 24,
     }
 }
 

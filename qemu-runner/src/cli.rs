@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::help::{boot_help, main_help, SUBCOMMANDS};
+use crate::machine::{Arch, Machine};
 use crate::{boot, exit_status, BootOptions, Drive, RunnerError};
 
 /// What the command line asks for.
@@ -92,6 +93,8 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
     };
     let mut json = false;
     let mut plot = None;
+    let mut machine: Option<Machine> = None;
+    let mut arch: Option<Arch> = None;
     let mut flags = Flags { rest: args.iter() };
     while let Some((flag, inline)) = flags.next_flag() {
         match flag {
@@ -102,7 +105,8 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
                 options.drives.push(Drive::parse(text, index)?);
             }
             "--cmd" => options.cmd = Some(flags.value(flag, inline)?.to_string()),
-            "--machine" => options.machine = flags.value(flag, inline)?.parse()?,
+            "--machine" => machine = Some(flags.value(flag, inline)?.parse()?),
+            "--arch" => arch = Some(flags.value(flag, inline)?.parse()?),
             "--accel" => options.accel = flags.value(flag, inline)?.parse()?,
             "--timeout" => options.timeout = parse_timeout(flags.value(flag, inline)?)?,
             "--memory" => options.memory_mib = parse_memory(flags.value(flag, inline)?)?,
@@ -127,6 +131,14 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
             }
         }
     }
+    options.machine = match (arch, machine) {
+        (Some(a), Some(m)) if m.arch() != a => {
+            return Err(RunnerError::Usage(format!("--machine {m} is not an {a} machine")))
+        }
+        (_, Some(m)) => m,
+        (Some(a), None) => a.default_machine(),
+        (None, None) => Machine::default(),
+    };
     options.echo_console = !json;
     let workload = options
         .cmd
@@ -299,7 +311,10 @@ mod tests {
     #[test]
     fn usage_errors() {
         for bad in [
-            &["--machine", "virt"][..],
+            &["--machine", "sparc"][..],
+            &["--arch", "riscv64"],
+            &["--arch", "x86_64", "--machine", "virt"],
+            &["--arch", "aarch64", "--machine", "q35"],
             &["--accel", "hvf"],
             &["--timeout", "0"],
             &["--timeout", "-1"],
@@ -316,6 +331,17 @@ mod tests {
             assert!(boot_args(bad).is_err(), "{bad:?} accepted");
         }
         assert!(matches!(parse(&args(&["img"])), Err(RunnerError::Usage(_))));
+    }
+
+    #[test]
+    fn arch_picks_its_machine() -> Result<(), String> {
+        let b = boot_args(&["--arch", "aarch64"])?;
+        assert_eq!(b.options.machine, Machine::Virt);
+        let b = boot_args(&["--machine", "virt"])?;
+        assert_eq!(b.options.machine, Machine::Virt);
+        let b = boot_args(&["--arch=x86_64", "--machine", "pc"])?;
+        assert_eq!(b.options.machine, Machine::Pc);
+        Ok(())
     }
 
     #[test]

@@ -73,8 +73,12 @@ Options:
                      bench OPTIONS [--rw randread|randwrite|read|write] [--bs 4k]
                      [--qd 1..64] [--seconds N | --count N], logbench; a bad
                      command line makes the kernel print its usage (exit 2)
+  --arch A           x86_64 (default) or aarch64 (arm64 `virt` under TCG:
+                     qemu-system-aarch64, kernel target aarch64-unknown-none;
+                     its packages are installed only when it is asked for)
   --machine M        microvm (default; virtio-mmio, fastest boot), pc or q35
-                     (virtio-pci)
+                     (virtio-pci); virt for aarch64 (virtio-mmio from the
+                     device tree; the default with --arch aarch64)
   --accel A          tcg (default), kvm, or auto (kvm if /dev/kvm opens
                      read-write, else tcg). This machine's KVM is nested, where
                      VM exits are slow: KVM is often slower than TCG here, and
@@ -116,7 +120,9 @@ runs (unless --no-install; otherwise it exits 5 and prints that command)
   scripts/setup.sh qemu-system-x86 qemu-utils
 which installs Debian's packages with apt-get at one release: the emulator that
 matches an installed qemu-utils (from backports if qemu-utils came from there),
-else both from the Debian release.
+else both from the Debian release. For --arch aarch64 the same holds for
+qemu-system-aarch64 (package qemu-system-arm) and the aarch64-unknown-none
+target (built into target/kernel/aarch64-unknown-none/).
 
 Channels: the console is COM1 on QEMU's stdout; lines starting with '@{{' are
 JSON records (boot, footprint, device, sha256, demo, bench, bench_latency,
@@ -124,12 +130,17 @@ bench_series, error, exit, ...) collected
 for --json and hidden from the human transcript. defmt logs arrive on debugcon
 (port 0xe9) and are decoded with the kernel ELF after QEMU exits, printed as
 '[   1.234567 INFO ] message'. The kernel exits through isa-debug-exit (port 0xf4;
-QEMU exits with 2*code+1).
+QEMU exits with 2*code+1). On aarch64 virt: the console is the PL011, defmt goes
+to the semihosting console and the exit status through semihosting SYS_EXIT
+(-semihosting-config; again 2*code+1).
 
 Environment:
   CARGO             cargo used for the kernel build (default: cargo)
   QEMU_SYSTEM       QEMU binary (default: qemu-system-x86_64; never installed)
+  QEMU_SYSTEM_AARCH64 QEMU binary for --arch aarch64 (default:
+                    qemu-system-aarch64; never installed)
   STRATA_KERNEL     prebuilt kernel ELF, as --kernel
+  STRATA_KERNEL_AARCH64 prebuilt aarch64 kernel ELF
   STRATA_KEEP_RUN   keep the run directory target/strata/runs/<pid>-<n>/
                     (defmt.bin) after the run
   DEFMT_LOG         defmt filter for the kernel build (default: info)

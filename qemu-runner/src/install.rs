@@ -10,14 +10,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::qemu::DEFAULT_QEMU;
+use crate::machine::Arch;
 use crate::{workspace, RunnerError};
 
-/// The Debian packages that provide `qemu-system-x86_64`, `qemu-img` and `qemu-io`.
+/// The Debian packages that provide `qemu-system-x86_64`, `qemu-img` and `qemu-io` (per
+/// architecture: [`Arch::qemu_packages`]).
 pub const QEMU_PACKAGES: [&str; 2] = ["qemu-system-x86", "qemu-utils"];
-
-/// The QEMU tools the runner and the tests use, from [`QEMU_PACKAGES`].
-const QEMU_TOOLS: [&str; 3] = [DEFAULT_QEMU, "qemu-img", "qemu-io"];
 
 /// The installer script, relative to the workspace root.
 pub const SETUP_SCRIPT: &str = "scripts/setup.sh";
@@ -56,7 +54,20 @@ pub fn ensure_qemu(
     allow_install: bool,
     quiet: bool,
 ) -> Result<(), RunnerError> {
-    let default = program.as_os_str() == OsStr::new(DEFAULT_QEMU);
+    ensure_qemu_for(Arch::X86_64, program, allow_install, quiet)
+}
+
+/// As [`ensure_qemu`] for a guest of `arch`: its emulator's package (`qemu-system-arm` for
+/// aarch64) is installed only when such a guest is booted, at the release of `qemu-utils`.
+pub fn ensure_qemu_for(
+    arch: Arch,
+    program: &OsString,
+    allow_install: bool,
+    quiet: bool,
+) -> Result<(), RunnerError> {
+    let packages = arch.qemu_packages();
+    let tools = [arch.qemu_program(), "qemu-img", "qemu-io"];
+    let default = program.as_os_str() == OsStr::new(arch.qemu_program());
     if !default {
         return match find_program(program) {
             Some(_) => Ok(()),
@@ -67,7 +78,7 @@ pub fn ensure_qemu(
         };
     }
     let missing = || {
-        QEMU_TOOLS
+        tools
             .into_iter()
             .filter(|tool| find_program(OsStr::new(tool)).is_none())
             .collect::<Vec<_>>()
@@ -76,7 +87,7 @@ pub fn ensure_qemu(
     if absent.is_empty() {
         return Ok(());
     }
-    let command = setup_command(&QEMU_PACKAGES);
+    let command = setup_command(&packages);
     let refuse = |why: &str| {
         RunnerError::QemuMissing(format!(
             "{} not found{why}; install QEMU as root with: {command}",
@@ -92,7 +103,7 @@ pub fn ensure_qemu(
     if !quiet {
         eprintln!("{} not found: installing QEMU ({command})", absent.join(", "));
     }
-    run_setup(&QEMU_PACKAGES).map_err(RunnerError::QemuMissing)?;
+    run_setup(&packages).map_err(RunnerError::QemuMissing)?;
     let still = missing();
     if !still.is_empty() {
         return Err(RunnerError::QemuMissing(format!(

@@ -9,12 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::machine::Arch;
 use crate::{install, workspace, RunnerError};
 
 /// The environment variable naming a prebuilt kernel ELF.
 pub const KERNEL_ENV: &str = "STRATA_KERNEL";
 
-/// The kernel's target triple.
+/// The environment variable naming a prebuilt aarch64 kernel ELF.
+pub const KERNEL_AARCH64_ENV: &str = "STRATA_KERNEL_AARCH64";
+
+/// The x86_64 kernel's target triple (per architecture: [`Arch::target`]).
 pub const TARGET: &str = "x86_64-unknown-none";
 
 /// The kernel's package name.
@@ -29,15 +33,37 @@ pub fn target_dir() -> PathBuf {
     workspace::target_dir().join("kernel")
 }
 
-/// Where `cargo build` leaves the kernel ELF.
+/// Where `cargo build` leaves the x86_64 kernel ELF.
 pub fn elf_path() -> PathBuf {
-    target_dir().join(TARGET).join("release").join(PACKAGE)
+    elf_path_for(Arch::X86_64)
 }
 
-/// The kernel to boot: `explicit` if given, else `STRATA_KERNEL`, else [`build_kernel`].
+/// Where `cargo build` leaves the kernel ELF for `arch`.
+pub fn elf_path_for(arch: Arch) -> PathBuf {
+    target_dir()
+        .join(arch.target())
+        .join("release")
+        .join(PACKAGE)
+}
+
+/// The x86_64 kernel to boot: `explicit` if given, else `STRATA_KERNEL`, else [`build_kernel`].
 pub fn resolve(explicit: Option<&Path>, quiet: bool) -> Result<PathBuf, RunnerError> {
+    resolve_for(Arch::X86_64, explicit, quiet)
+}
+
+/// The kernel to boot for `arch`: `explicit` if given, else `STRATA_KERNEL` (x86_64) or
+/// `STRATA_KERNEL_AARCH64`, else [`build_kernel_for`].
+pub fn resolve_for(
+    arch: Arch,
+    explicit: Option<&Path>,
+    quiet: bool,
+) -> Result<PathBuf, RunnerError> {
+    let env = match arch {
+        Arch::X86_64 => KERNEL_ENV,
+        Arch::Aarch64 => KERNEL_AARCH64_ENV,
+    };
     let given = explicit.map(Path::to_path_buf).or_else(|| {
-        std::env::var_os(KERNEL_ENV)
+        std::env::var_os(env)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     });
@@ -57,9 +83,9 @@ pub fn resolve(explicit: Option<&Path>, quiet: bool) -> Result<PathBuf, RunnerEr
         },
         None => {
             if !quiet {
-                eprintln!("strata: building {PACKAGE} ({TARGET}, release)");
+                eprintln!("strata: building {PACKAGE} ({}, release)", arch.target());
             }
-            build_kernel()
+            build_kernel_for(arch)
         }
     }
 }
@@ -67,9 +93,19 @@ pub fn resolve(explicit: Option<&Path>, quiet: bool) -> Result<PathBuf, RunnerEr
 /// Builds the kernel (once per process; later calls return the first result) and returns the
 /// ELF's path. Cargo's output is shown only in the error.
 pub fn build_kernel() -> Result<PathBuf, RunnerError> {
-    static BUILT: OnceLock<Result<PathBuf, (String, String)>> = OnceLock::new();
-    BUILT
-        .get_or_init(run_cargo_build)
+    build_kernel_for(Arch::X86_64)
+}
+
+/// As [`build_kernel`] for `arch` (once per process and architecture).
+pub fn build_kernel_for(arch: Arch) -> Result<PathBuf, RunnerError> {
+    static X86_64: OnceLock<Result<PathBuf, (String, String)>> = OnceLock::new();
+    static AARCH64: OnceLock<Result<PathBuf, (String, String)>> = OnceLock::new();
+    let built = match arch {
+        Arch::X86_64 => &X86_64,
+        Arch::Aarch64 => &AARCH64,
+    };
+    built
+        .get_or_init(|| run_cargo_build(arch))
         .clone()
         .map_err(|(command, output)| RunnerError::Build { command, output })
 }
@@ -90,7 +126,7 @@ fn rustc_beside(cargo: &OsStr) -> OsString {
 }
 
 /// Runs `cargo build` for the kernel; on failure, the command and cargo's output.
-fn run_cargo_build() -> Result<PathBuf, (String, String)> {
+fn run_cargo_build(arch: Arch) -> Result<PathBuf, (String, String)> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = target_dir();
     let args = [
@@ -99,7 +135,7 @@ fn run_cargo_build() -> Result<PathBuf, (String, String)> {
         PACKAGE.as_ref(),
         "--release".as_ref(),
         "--target".as_ref(),
-        TARGET.as_ref(),
+        arch.target().as_ref(),
         "--target-dir".as_ref(),
         target_dir.as_os_str(),
     ];
@@ -108,7 +144,7 @@ fn run_cargo_build() -> Result<PathBuf, (String, String)> {
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
-    install::ensure_target(&rustc_beside(&cargo), TARGET).map_err(|e| (shown.clone(), e))?;
+    install::ensure_target(&rustc_beside(&cargo), arch.target()).map_err(|e| (shown.clone(), e))?;
     let mut cmd = Command::new(&cargo);
     cmd.args(args).current_dir(workspace::root());
     // Flags meant for host builds would replace the kernel's `target.x86_64-unknown-none.rustflags`
@@ -129,7 +165,7 @@ fn run_cargo_build() -> Result<PathBuf, (String, String)> {
         text.push_str(&String::from_utf8_lossy(&output.stderr));
         return Err((shown, text));
     }
-    let elf = elf_path();
+    let elf = elf_path_for(arch);
     if !elf.is_file() {
         let msg = format!("cargo succeeded but {} is missing", elf.display());
         return Err((shown, msg));

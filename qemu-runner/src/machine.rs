@@ -1,4 +1,4 @@
-//! The QEMU machine type and accelerator the guest runs on.
+//! The guest architecture, the QEMU machine type and the accelerator the guest runs on.
 //!
 //! `/dev/kvm` on the project's machines is nested KVM, where every VM exit is slow: for a kernel
 //! that talks to devices by port and MMIO, TCG is often faster. TCG is the default, and tests pin it.
@@ -11,7 +11,85 @@ use serde::Serialize;
 
 use crate::RunnerError;
 
-/// A QEMU x86_64 machine type.
+/// The guest architecture: which kernel target, QEMU binary and packages a boot needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// x86_64 (`microvm`, `pc`, `q35`).
+    #[default]
+    X86_64,
+    /// aarch64 (`virt`).
+    Aarch64,
+}
+
+impl Arch {
+    /// Its name (as `--arch` takes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The kernel's Rust target triple.
+    pub fn target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-none",
+            Arch::Aarch64 => "aarch64-unknown-none",
+        }
+    }
+
+    /// The machine used when none is named.
+    pub fn default_machine(self) -> Machine {
+        match self {
+            Arch::X86_64 => Machine::Microvm,
+            Arch::Aarch64 => Machine::Virt,
+        }
+    }
+
+    /// The QEMU system emulator binary.
+    pub fn qemu_program(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// The Debian packages of the emulator and of `qemu-img`/`qemu-io`.
+    pub fn qemu_packages(self) -> [&'static str; 2] {
+        match self {
+            Arch::X86_64 => ["qemu-system-x86", "qemu-utils"],
+            Arch::Aarch64 => ["qemu-system-arm", "qemu-utils"],
+        }
+    }
+
+    /// True if this is the host's architecture (so KVM could run it).
+    pub fn is_host(self) -> bool {
+        std::env::consts::ARCH == self.as_str()
+    }
+}
+
+impl FromStr for Arch {
+    type Err = RunnerError;
+
+    fn from_str(s: &str) -> Result<Self, RunnerError> {
+        match s {
+            "x86_64" | "x86-64" | "amd64" => Ok(Arch::X86_64),
+            "aarch64" | "arm64" => Ok(Arch::Aarch64),
+            _ => Err(RunnerError::Usage(format!(
+                "unknown architecture \"{s}\" (x86_64 or aarch64)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A QEMU machine type.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Machine {
@@ -22,6 +100,8 @@ pub enum Machine {
     Pc,
     /// `q35`: virtio-pci on PCIe.
     Q35,
+    /// aarch64 `virt`: virtio-mmio found through the device tree.
+    Virt,
 }
 
 impl Machine {
@@ -31,6 +111,15 @@ impl Machine {
             Machine::Microvm => "microvm",
             Machine::Pc => "pc",
             Machine::Q35 => "q35",
+            Machine::Virt => "virt",
+        }
+    }
+
+    /// The architecture it emulates.
+    pub fn arch(self) -> Arch {
+        match self {
+            Machine::Microvm | Machine::Pc | Machine::Q35 => Arch::X86_64,
+            Machine::Virt => Arch::Aarch64,
         }
     }
 }
@@ -43,8 +132,9 @@ impl FromStr for Machine {
             "microvm" => Ok(Machine::Microvm),
             "pc" => Ok(Machine::Pc),
             "q35" => Ok(Machine::Q35),
+            "virt" => Ok(Machine::Virt),
             _ => Err(RunnerError::Usage(format!(
-                "unknown machine \"{s}\" (microvm, pc or q35)"
+                "unknown machine \"{s}\" (microvm, pc or q35; virt for aarch64)"
             ))),
         }
     }
@@ -133,8 +223,22 @@ fn kvm_usable() -> Result<(), std::io::Error> {
 }
 
 impl Accel {
-    /// Picks the accelerator for this machine.
+    /// Picks the accelerator for an x86_64 guest.
     pub fn resolve(self) -> Result<ResolvedAccel, RunnerError> {
+        self.resolve_for(Arch::X86_64)
+    }
+
+    /// Picks the accelerator for a guest of `arch`: TCG unless the host runs `arch` natively.
+    pub fn resolve_for(self, arch: Arch) -> Result<ResolvedAccel, RunnerError> {
+        if !arch.is_host() {
+            return match self {
+                Accel::Kvm => Err(RunnerError::Usage(format!(
+                    "--accel kvm: an {arch} guest cannot use KVM on this {} host (use --accel tcg)",
+                    std::env::consts::ARCH
+                ))),
+                Accel::Auto | Accel::Tcg => Ok(ResolvedAccel::Tcg),
+            };
+        }
         match self {
             Accel::Tcg => Ok(ResolvedAccel::Tcg),
             Accel::Auto => Ok(match kvm_usable() {

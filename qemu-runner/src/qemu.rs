@@ -1,18 +1,20 @@
 //! The QEMU command line for one boot.
 //!
-//! Channels: the console is COM1 on QEMU's stdout (`-serial stdio`); defmt logs go to the
-//! debugcon port 0xe9, written to a file; the kernel ends the machine through `isa-debug-exit` at
-//! port 0xf4. Disks are raw `-drive if=none` backends (opened through `file.filename`, so a
+//! Channels: the console is the first serial port on QEMU's stdout (`-serial stdio`: COM1, or
+//! the PL011 on aarch64 `virt`); defmt logs go to a file: from the debugcon port 0xe9 on x86,
+//! from the semihosting console on `virt`; the kernel ends the machine through `isa-debug-exit`
+//! at port 0xf4 on x86 and semihosting SYS_EXIT on `virt` (QEMU's status is `2 * code + 1` on
+//! both). Disks are raw `-drive if=none` backends (opened through `file.filename`, so a
 //! name with a `:` is never taken for a protocol), or `-blockdev driver=null-co` nodes, behind
-//! virtio-blk devices: `virtio-blk-device` (virtio-mmio) on microvm, `virtio-blk-pci` on pc and
-//! q35. A drive with `log=` is three `-blockdev` nodes instead: file, log file and the
+//! virtio-blk devices: `virtio-blk-device` (virtio-mmio) on microvm and virt, `virtio-blk-pci`
+//! on pc and q35. A drive with `log=` is three `-blockdev` nodes instead: file, log file and the
 //! `blklogwrites` filter (see [`crate::write_log`]).
 
 use std::ffi::OsString;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use crate::machine::{Machine, ResolvedAccel};
+use crate::machine::{Arch, Machine, ResolvedAccel};
 use crate::drives::Backing;
 use crate::write_log;
 use crate::Drive;
@@ -35,9 +37,21 @@ pub const DEBUGCON_PORT: u16 = 0xe9;
 /// `x-option-roms=off` the guest never starts (7.2's qboot loaded it without one).
 const MICROVM: &str = "microvm,pit=on,pic=off,rtc=off,auto-kernel-cmdline=off";
 
-/// The QEMU binary to run: `QEMU_SYSTEM` or `qemu-system-x86_64`.
+/// The environment variable naming another QEMU binary for aarch64 guests.
+pub const QEMU_AARCH64_ENV: &str = "QEMU_SYSTEM_AARCH64";
+
+/// The QEMU binary to run for x86_64: `QEMU_SYSTEM` or `qemu-system-x86_64`.
 pub fn program() -> OsString {
     std::env::var_os(QEMU_ENV).unwrap_or_else(|| DEFAULT_QEMU.into())
+}
+
+/// The QEMU binary to run for `arch`: for x86_64 as [`program`]; for aarch64
+/// `QEMU_SYSTEM_AARCH64` or `qemu-system-aarch64`.
+pub fn program_for(arch: Arch) -> OsString {
+    match arch {
+        Arch::X86_64 => program(),
+        Arch::Aarch64 => std::env::var_os(QEMU_AARCH64_ENV).unwrap_or_else(|| arch.qemu_program().into()),
+    }
 }
 
 /// Everything that goes into one QEMU command line.
@@ -88,6 +102,7 @@ impl QemuConfig<'_> {
             Machine::Microvm => MICROVM,
             Machine::Pc => "pc",
             Machine::Q35 => "q35",
+            Machine::Virt => "virt",
         };
         push(&["-machine", machine, "-accel", self.accel.as_str()]);
         push(&["-cpu", self.accel.cpu(), "-m", &memory]);
@@ -101,13 +116,19 @@ impl QemuConfig<'_> {
             "none",
         ]);
         push(&["-serial", "stdio"]);
-        let exit = format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04");
-        push(&["-device", &exit]);
         let chardev = format!("file,id=defmt,path={}", path_value(self.defmt_file));
-        let debugcon = format!("isa-debugcon,iobase={DEBUGCON_PORT:#x},chardev=defmt");
-        push(&["-chardev", &chardev, "-device", &debugcon]);
+        if self.machine.arch() == Arch::X86_64 {
+            let exit = format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04");
+            push(&["-device", &exit]);
+            let debugcon = format!("isa-debugcon,iobase={DEBUGCON_PORT:#x},chardev=defmt");
+            push(&["-chardev", &chardev, "-device", &debugcon]);
+        } else {
+            // Semihosting: SYS_EXIT for the status, its console (the chardev) for defmt.
+            push(&["-chardev", &chardev]);
+            push(&["-semihosting-config", "enable=on,target=native,chardev=defmt"]);
+        }
         let device = match self.machine {
-            Machine::Microvm => "virtio-blk-device",
+            Machine::Microvm | Machine::Virt => "virtio-blk-device",
             Machine::Pc | Machine::Q35 => "virtio-blk-pci",
         };
         for (i, drive) in self.drives.iter().enumerate() {
@@ -234,6 +255,17 @@ mod tests {
                 Some("virtio-blk-pci,drive=d0,serial=disk0")
             );
         }
+    }
+
+    #[test]
+    fn virt_uses_semihosting_and_virtio_mmio() {
+        let drives = [Drive::new("/img/a.img", "disk0")];
+        let args = config(Machine::Virt, &drives).args();
+        assert_eq!(values(&args, "-machine"), ["virt"]);
+        assert_eq!(values(&args, "-cpu"), ["max"]);
+        assert_eq!(values(&args, "-semihosting-config"), ["enable=on,target=native,chardev=defmt"]);
+        assert_eq!(values(&args, "-chardev"), ["file,id=defmt,path=/run,,1/defmt.bin"]);
+        assert_eq!(values(&args, "-device"), ["virtio-blk-device,drive=d0,serial=disk0"]);
     }
 
     #[test]

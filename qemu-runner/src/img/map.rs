@@ -70,10 +70,19 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
         for e in entries.iter().filter(|e| e.data && e.offset.is_some()) {
             let file = e.file.as_deref().map_or(String::new(), |p| p.display().to_string());
-            println!("{:<#16x}{:<#16x}{:<#16x}{file}", e.start, e.length, e.offset.unwrap_or(0));
+            println!("{:<16}{:<16}{:<16}{file}", hex(e.start), hex(e.length), hex(e.offset.unwrap_or(0)));
         }
     }
     Ok(())
+}
+
+/// C's `%#x`: `0x` before a non-zero number only (qemu-img prints an extent at 0 as `0`).
+fn hex(v: u64) -> String {
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
 }
 
 /// `img map --output=json`'s text for `entries`, as qemu-img prints it (one extent a line).

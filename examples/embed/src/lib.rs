@@ -97,8 +97,21 @@ pub fn run<const B: usize, const S: usize>(top: &dyn BlockDevice, backing: &dyn 
         disk.read(0, &mut before).await?;
         disk.write(WRITE_AT, &PATTERN).await?;
         disk.flush().await?;
-        disk.read(WRITE_AT - 8, &mut after).await
+        #[cfg(not(feature = "stream"))]
+        disk.read(WRITE_AT - 8, &mut after).await?;
+        Ok::<(), Error>(())
     })?;
+    #[cfg(feature = "stream")]
+    {
+        use embedded_io::{Read, Seek, SeekFrom};
+        let pump = || {};
+        let mut stream = strata_block::backend::stream::BlockingStream::new(&disk, strata_block::backend::blocking::Blocking::new(&pump));
+        stream.seek(SeekFrom::Start(WRITE_AT - 8)).map_err(|e| e.0)?;
+        stream.read_exact(&mut after).map_err(|e| match e {
+            embedded_io::ReadExactError::Other(e) => e.0,
+            embedded_io::ReadExactError::UnexpectedEof => Error::OutOfRange { offset: WRITE_AT - 8, len: 16, size: disk.size() },
+        })?;
+    }
     let size = disk.size();
     block_on(disk.close())?;
     Ok(Seen { size, before, after })

@@ -5,7 +5,10 @@
 //! Options as QEMU's: `inject-error.N.{event,errno,sector,once,immediately,state,iotype}`,
 //! `set-state.N.{event,state,new_state}`, and the limits `align`, `max-transfer`,
 //! `opt-write-zero`, `max-write-zero`, `opt-discard`, `max-discard` (checked as QEMU checks
-//! them, then the node's [`BlockLimits`]). The rules live in the graph's rule tables
+//! them, then the node's [`BlockLimits`]; `max-write-zero` and `max-discard` cut
+//! write-zeroes and discards). `config=FILE` (QEMU's rule file) is read by the host, which has
+//! files, and given here as inline rules (`qemu-runner`'s `img::blkdebug_config`); the block
+//! layer refuses it. The rules live in the graph's rule tables
 //! ([`crate::io::debug`], which has the semantics and the capacities); events reach the node
 //! when the format above it raises them, requests when they pass it (the walk's admission for
 //! reads through the node, [`crate::io::child_io`] for the format's own I/O on it).

@@ -120,7 +120,7 @@ fn growing_and_raw_as_qemu_img_does() {
         let theirs = dir.join(format!("t{i}.img"));
         let mine = dir.join(format!("m{i}.img"));
         run_qemu_img(&["create", "-q", "-f", fmt, p(&theirs), "10M"]);
-        qemu_io(&theirs, &format!("write -P 3 0 10M"));
+        qemu_io(&theirs, "write -P 3 0 10M");
         std::fs::copy(&theirs, &mine).unwrap();
         let (ok, err) = qemu_img(&["resize", "-q", "--shrink", "-f", fmt, p(&theirs), "--", to]);
         assert!(ok, "qemu-img resize {fmt} {to}: {err}");

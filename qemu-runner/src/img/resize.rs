@@ -54,7 +54,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         let current = img.backend.size();
         let size = match sign {
             1 => current.saturating_add(amount),
-            -1 => current.checked_sub(amount).unwrap_or(0),
+            -1 => current.saturating_sub(amount),
             _ => amount,
         };
         if size == 0 || size > i64::MAX as u64 {

@@ -186,7 +186,7 @@ impl CopyTarget for Target<'_, '_, '_> {
             let pos = offset + at as u64;
             let n = ((cs - pos % cs) as usize).min(data.len() - at);
             let piece = &data[at..at + n];
-            let whole = pos % cs == 0 && (n as u64 == cs || pos + n as u64 == size);
+            let whole = pos.is_multiple_of(cs) && (n as u64 == cs || pos + n as u64 == size);
             if !whole {
                 self.backend.write(pos, piece).await?;
             } else {

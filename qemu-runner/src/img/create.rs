@@ -245,7 +245,6 @@ pub(super) fn create_qcow2(req: &Request, size: u64, inputs: &[PathBuf]) -> Resu
         backing: req.backing.as_deref(),
         backing_fmt: req.backing_fmt.as_deref(),
         compression: if req.zstd { Compression::Zstd } else { Compression::Zlib },
-        ..CreateOptions::new(size)
     };
     // Check the options before the file is created or truncated.
     strata_block::driver::qcow2::create::Layout::new(&opts).map_err(|e| describe(file, e))?;

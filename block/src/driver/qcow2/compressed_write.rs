@@ -49,7 +49,7 @@ impl Qcow2 {
                 "compressed writes to an image with an external data file",
             ));
         }
-        if guest % cs != 0 {
+        if !guest.is_multiple_of(cs) {
             return Err(Error::Unsupported(
                 "a compressed write covers one whole cluster",
             ));
@@ -151,7 +151,7 @@ impl Qcow2 {
         let end = start + len;
         self.w
             .compressed_tail
-            .set(if end % cs == 0 { 0 } else { end });
+            .set(if end.is_multiple_of(cs) { 0 } else { end });
         Ok(start)
     }
 }

@@ -210,7 +210,9 @@ impl<'a> Node<'a> {
     pub fn reg(&self) -> impl Iterator<Item = (u64, u64)> + 'a {
         let (ac, sc) = (self.fdt.address_cells, self.fdt.size_cells);
         let value = self.prop("reg").unwrap_or(&[]);
-        let step = ((ac + sc) * 4) as usize;
+        // In usize: a hostile `#address-cells` cannot overflow it (and reads nothing: more than
+        // two cells are refused by `cells_at`).
+        let step = (ac as usize + sc as usize) * 4;
         (0..value.len().checked_div(step).unwrap_or(0)).filter_map(move |i| {
             let at = i * step;
             Some((
@@ -259,6 +261,142 @@ impl<'a> Iterator for TopNodes<'a> {
                 }
                 END => return None,
                 _ => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: tests
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// A blob with a root (`#address-cells` 2, `#size-cells` 2), `/chosen` with `bootargs`, a
+    /// memory node and a `virtio,mmio` node with a child.
+    fn blob() -> [u8; 512] {
+        let strings: &[u8] =
+            b"#address-cells\0#size-cells\0bootargs\0device_type\0reg\0compatible\0";
+        let off = |name: &[u8]| strings.windows(name.len()).position(|w| w == name).unwrap() as u32;
+        let mut s: [u32; 96] = [0; 96];
+        let mut n = 0;
+        let mut put = |words: &[u32]| {
+            for &w in words {
+                s[n] = w.to_be();
+                n += 1;
+            }
+        };
+        put(&[BEGIN_NODE, 0]); // root, empty name
+        put(&[PROP, 4, off(b"#address-cells"), 2]);
+        put(&[PROP, 4, off(b"#size-cells"), 2]);
+        put(&[
+            BEGIN_NODE,
+            u32::from_be_bytes(*b"chos"),
+            u32::from_be_bytes(*b"en\0\0"),
+        ]);
+        put(&[
+            PROP,
+            6,
+            off(b"bootargs"),
+            u32::from_be_bytes(*b"sha2"),
+            u32::from_be_bytes(*b"56\0\0"),
+        ]);
+        put(&[END_NODE]);
+        put(&[
+            NOP,
+            BEGIN_NODE,
+            u32::from_be_bytes(*b"memo"),
+            u32::from_be_bytes(*b"ry\0\0"),
+        ]);
+        put(&[
+            PROP,
+            7,
+            off(b"device_type"),
+            u32::from_be_bytes(*b"memo"),
+            u32::from_be_bytes(*b"ry\0\0"),
+        ]);
+        put(&[PROP, 16, off(b"reg"), 0, 0x4000_0000, 0, 0x1000_0000]);
+        put(&[END_NODE]);
+        put(&[
+            BEGIN_NODE,
+            u32::from_be_bytes(*b"virt"),
+            u32::from_be_bytes(*b"io@a"),
+            0,
+        ]);
+        put(&[
+            PROP,
+            12,
+            off(b"compatible"),
+            u32::from_be_bytes(*b"virt"),
+            u32::from_be_bytes(*b"io,m"),
+            u32::from_be_bytes(*b"mio\0"),
+        ]);
+        put(&[PROP, 16, off(b"reg"), 0, 0x0a00_0000, 0, 0x200]);
+        put(&[BEGIN_NODE, 0, PROP, 4, off(b"reg"), 7, END_NODE]); // a child: not a top node
+        put(&[END_NODE, END_NODE, END]);
+        let structs_len = n * 4;
+        let mut b = [0u8; 512];
+        let header = [
+            MAGIC,
+            512,
+            40,
+            (40 + structs_len) as u32,
+            40,
+            17,
+            16,
+            0,
+            strings.len() as u32,
+            structs_len as u32,
+        ];
+        for (i, w) in header.iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
+        }
+        for (i, w) in s[..n].iter().enumerate() {
+            b[40 + i * 4..44 + i * 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        b[40 + structs_len..40 + structs_len + strings.len()].copy_from_slice(strings);
+        b
+    }
+
+    #[test]
+    fn reads_top_nodes_and_their_properties() {
+        let b = blob();
+        let fdt = Fdt::parse(&b).unwrap();
+        assert_eq!((fdt.address_cells, fdt.size_cells), (2, 2));
+        let names: Vec<&str> = fdt.top_nodes().map(|n| n.name).collect();
+        assert_eq!(names, ["chosen", "memory", "virtio@a"]);
+        assert_eq!(
+            fdt.top_node("chosen").unwrap().str_prop("bootargs"),
+            Some("sha256")
+        );
+        let mem = fdt.top_node("memory").unwrap();
+        assert_eq!(mem.str_prop("device_type"), Some("memory"));
+        assert_eq!(mem.reg().collect::<Vec<_>>(), [(0x4000_0000, 0x1000_0000)]);
+        let v = fdt.top_node("virtio").unwrap();
+        assert!(v.is_compatible("virtio,mmio") && !v.is_compatible("virtio"));
+        assert_eq!(v.reg().collect::<Vec<_>>(), [(0x0a00_0000, 0x200)]);
+        assert_eq!(total_size(&b[..8].try_into().unwrap()), Some(512));
+    }
+
+    #[test]
+    fn malformed_blobs_are_refused_or_cut_short_never_a_panic() {
+        let b = blob();
+        assert_eq!(Fdt::parse(&b[..100]).unwrap_err(), FdtError::BadHeader);
+        let mut bad = b;
+        bad[0] = 0;
+        assert!(matches!(Fdt::parse(&bad), Err(FdtError::BadMagic(_))));
+        // Every byte of the structure block flipped in turn: parsing and walking stay bounded.
+        for i in 40..200 {
+            for x in [0xff, 0x01, 0x80] {
+                let mut m = b;
+                m[i] ^= x;
+                if let Ok(fdt) = Fdt::parse(&m) {
+                    for node in fdt.top_nodes().take(100) {
+                        let _ = node.props().count();
+                        let _ = node.reg().count();
+                    }
+                }
             }
         }
     }

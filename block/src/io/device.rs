@@ -23,6 +23,9 @@ struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
+            // A request still queued in a plugged batch would never complete without its
+            // notification: end the batch first.
+            self.dev.unplug();
             let mut cx = Context::from_waker(Waker::noop());
             while self.dev.poll(ticket, &mut cx).is_pending() {
                 core::hint::spin_loop();

@@ -117,6 +117,32 @@ pub fn relink(old: &[u8], out: &mut [u8], cluster_size: usize, backing: Option<&
     Ok(end)
 }
 
+impl super::Qcow2 {
+    /// Writes backing file `backing` (format `format`; `None`, `None`: no backing file) into the
+    /// header of qcow2 node `node` and makes it stable (QEMU's `qcow2_change_backing_file`).
+    /// The node keeps reading through the backing file it opened with: close it after this.
+    /// The header area must fit one bounce buffer.
+    pub async fn change_backing_file(
+        &self,
+        io: &crate::io::Io<'_, '_>,
+        node: crate::node::NodeId,
+        backing: Option<&str>,
+        format: Option<&str>,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let file = Self::file(io, node)?;
+        let mut bounce = io.bounce.take_for_copy(2).await?;
+        let (Some(old), Some(out)) = bounce.pair() else { return Err(Error::NoSpace { what: "bounce buffers" }) };
+        let cs = self.cluster_size() as usize;
+        let area = cs.min(old.len()).min(out.len());
+        let n = crate::io::child_io::read_upto(io, file, 0, &mut old[..area]).await?;
+        old[n..area].fill(0);
+        let len = relink(&old[..area], &mut out[..area], cs, backing, format)?;
+        crate::io::child_io::write(io, file, 0, &out[..len]).await?;
+        crate::io::flush::flush_leaves(io, file).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // reason: tests
@@ -188,31 +214,5 @@ mod tests {
         let mut raw = image(&[], None);
         raw[88..96].copy_from_slice(&autoclear::DATA_FILE_RAW.to_be_bytes());
         assert!(relink(&raw, &mut out, 4096, Some("b"), Some("raw")).is_err());
-    }
-}
-
-impl super::Qcow2 {
-    /// Writes backing file `backing` (format `format`; `None`, `None`: no backing file) into the
-    /// header of qcow2 node `node` and makes it stable (QEMU's `qcow2_change_backing_file`).
-    /// The node keeps reading through the backing file it opened with: close it after this.
-    /// The header area must fit one bounce buffer.
-    pub async fn change_backing_file(
-        &self,
-        io: &crate::io::Io<'_, '_>,
-        node: crate::node::NodeId,
-        backing: Option<&str>,
-        format: Option<&str>,
-    ) -> Result<()> {
-        self.check_writable()?;
-        let file = Self::file(io, node)?;
-        let mut bounce = io.bounce.take_for_copy(2).await?;
-        let (Some(old), Some(out)) = bounce.pair() else { return Err(Error::NoSpace { what: "bounce buffers" }) };
-        let cs = self.cluster_size() as usize;
-        let area = cs.min(old.len()).min(out.len());
-        let n = crate::io::child_io::read_upto(io, file, 0, &mut old[..area]).await?;
-        old[n..area].fill(0);
-        let len = relink(&old[..area], &mut out[..area], cs, backing, format)?;
-        crate::io::child_io::write(io, file, 0, &out[..len]).await?;
-        crate::io::flush::flush_leaves(io, file).await
     }
 }

@@ -145,11 +145,8 @@ impl Qcow2 {
             .ok_or(Error::BadGraph("L2 entry across a slice"))?;
         match free {
             // Nothing to free in a data file; the data is discarded there now (`data_file.rs`).
-            Some(f) if self.data_file => {
-                if f.discard {
-                    self.discard_data(io, node, f.host, f.len).await?;
-                }
-            }
+            Some(f) if self.data_file && f.discard => self.discard_data(io, node, f.host, f.len).await?,
+            Some(_) if self.data_file => {}
             Some(f) => self.free_later(io, node, f).await?,
             None => {}
         }

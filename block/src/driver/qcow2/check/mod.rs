@@ -297,7 +297,10 @@ pub async fn check(
         // QEMU's rebuild: a new structure from the recount, then the recount again with the
         // old structure's clusters freed as leaks.
         sink.finding(&Finding::Rebuilding);
-        let start = lay.file_clusters().max(first.clusters_end);
+        // Past everything referenced, not past the end of the file: a guest's disk is the
+        // image plus its headroom and cannot grow, and what lies past the last reference is
+        // free (leaked at worst), so the new structure may go there.
+        let start = first.clusters_end;
         passes += rebuild::rebuild(io, file, &lay, start, m.win, m.a, m.b).await?;
         lay = Layout::read(io, file).await?;
         stored.reset();

@@ -2,9 +2,10 @@
 //! by `-r all` when refcount blocks are broken or a referenced cluster has refcount 0), in the
 //! check's window of memory.
 //!
-//! The new refcount blocks and table go past the end of the file and of everything referenced
-//! (QEMU fills holes first; past the end, nothing the old structure describes is touched, and
-//! the counts of every window below are the recount's as it stands). Their own clusters are
+//! The new refcount blocks and table go past the end of everything referenced (QEMU fills
+//! holes first; past the last reference nothing the old structure describes is touched, and
+//! the counts of every window below are the recount's as it stands). That is inside the file
+//! when the file is longer (a guest's disk with its headroom, which cannot grow). Their own clusters are
 //! counted in the blocks: the number of blocks and table clusters is the fixed point of
 //! "cover the old end plus the new structure". One refcount block is written for every range
 //! of clusters up to the new end, window by window as each window is recounted; then the

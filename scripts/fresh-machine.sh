@@ -83,6 +83,12 @@ remove_strata_sources() {
 FOUND_QEMU=$(qemu_installed)
 FOUND_TARGET=0
 (cd "$ROOT" && rustup target list --installed | grep -qx "$TARGET") && FOUND_TARGET=1
+# The other targets and the small tools setup.sh installs, which a new machine lacks too: the
+# ones present now are put back on exit.
+EXTRA_TARGETS=(aarch64-unknown-none riscv64gc-unknown-none-elf)
+EXTRA_PKGS=(dosfstools mtools)
+FOUND_EXTRA_TARGETS=$(cd "$ROOT" && rustup target list --installed | grep -xF "${EXTRA_TARGETS[@]/#/-e}" || true)
+FOUND_EXTRA_PKGS=$(dpkg-query -W -f='${db:Status-Abbrev}|${Package}\n' "${EXTRA_PKGS[@]}" 2>/dev/null | awk -F'|' '$1 ~ /^ii/ { print $2 }' || true)
 FOUND_SOURCES=$(mktemp -d)
 for f in "${STRATA_SOURCES[@]}"; do [[ -f $f ]] && cp "$f" "$FOUND_SOURCES/"; done
 WORK=$(mktemp -d /tmp/strata-fresh.XXXXXX)
@@ -105,6 +111,8 @@ restore() {
     [[ $(qemu_installed) == "$FOUND_QEMU" ]] || say "WARNING: QEMU packages not restored: found [$FOUND_QEMU], now [$(qemu_installed)]"
     cd "$ROOT"
     if ((FOUND_TARGET)); then rustup target add "$TARGET" >/dev/null 2>&1; else rustup target remove "$TARGET" >/dev/null 2>&1; fi
+    for t in $FOUND_EXTRA_TARGETS; do rustup target add "$t" >/dev/null 2>&1 || true; done
+    [[ -z $FOUND_EXTRA_PKGS ]] || apt_get install --no-install-recommends $FOUND_EXTRA_PKGS || true
     rm -rf "$WORK" "$FOUND_SOURCES"
     exit "$rc"
 }
@@ -129,6 +137,8 @@ case $STATE in
         ;;
 esac
 (cd "$ROOT" && rustup target remove "$TARGET" >/dev/null 2>&1 || true)
+for t in "${EXTRA_TARGETS[@]}"; do (cd "$ROOT" && rustup target remove "$t" >/dev/null 2>&1 || true); done
+[[ -z $FOUND_EXTRA_PKGS ]] || apt_get remove $FOUND_EXTRA_PKGS
 say "state $STATE: $(qemu_installed | tr "\n" " ")(target $TARGET absent)"
 
 # ---- the run ----

@@ -23,12 +23,9 @@ use std::path::{Path, PathBuf};
 
 use strata_block::driver::qcow2::header::incompat;
 use strata_block::driver::qcow2::measure::{self, Geometry};
-use strata_block::graph::Role;
 
 use crate::drives::{Backing, Drive, Format};
-use crate::img::image::{self, block_on};
-use crate::img::output;
-use crate::img::ImgError;
+use crate::img::{end, output};
 use crate::RunnerError;
 
 /// The least headroom a writable qcow2 drive without `headroom=` gets: 256 MiB.
@@ -190,7 +187,7 @@ fn shrink_one(g: &Grown) -> Result<(), String> {
     // reports as one, as before.)
     let last_data = data_end(&file, g.original, len);
     let scan_from = last_data.saturating_add(SCAN_SLACK).min(len);
-    let end = match image_end(&g.path, g.original, scan_from) {
+    let end = match end::image_end(&g.path, g.original, scan_from) {
         Ok(end) => end.clamp(g.original, len),
         // An image still dirty (the guest only read it) cannot say where it ends; if nothing was
         // written past its old length, that is where it ends.
@@ -236,47 +233,6 @@ fn zeros(file: &mut std::fs::File, offset: u64, len: u64) -> bool {
     use std::io::{Seek, SeekFrom};
     let mut buf = vec![0u8; len as usize];
     file.seek(SeekFrom::Start(offset)).is_ok() && file.read_exact(&mut buf).is_ok() && buf.iter().all(|&b| b == 0)
-}
-
-/// The end of the last cluster of the qcow2 image `path` (a file of `len` bytes) with a nonzero
-/// refcount, looking no lower than `floor`; `floor` if no cluster at or above it is in use.
-pub fn image_end(path: &Path, floor: u64, len: u64) -> Result<u64, String> {
-    let opts = image::OpenOptions {
-        read_only: true,
-        no_backing: true,
-        format: Some("qcow2".into()),
-        cache_bytes: Some(1 << 20),
-        // Shares every permission: the caller holds the write lock while it reads.
-        force_share: true,
-        ..image::OpenOptions::default()
-    };
-    let spec = path.to_str().ok_or("the path is not UTF-8")?;
-    image::with_image(spec, &opts, |img| {
-        let graph = img.backend.graph();
-        let node = graph.node(img.root()).map_err(|e| ImgError::failed(e.to_string()))?;
-        let (Some(q), Some(file)) = (
-            graph.state(img.root()).ok().flatten().and_then(|s| s.qcow2()),
-            node.child(Role::File),
-        ) else {
-            return Err(ImgError::failed("not a qcow2 image".into()));
-        };
-        if q.header().incompatible & (incompat::DIRTY | incompat::CORRUPT) != 0 {
-            return Err(ImgError::failed("the image is marked dirty or corrupt, so its refcounts cannot say where it ends".into()));
-        }
-        let cs = q.cluster_size();
-        let lowest = floor / cs;
-        let mut cluster = len.div_ceil(cs);
-        while cluster > lowest {
-            let at = (cluster - 1) * cs;
-            let refcount = block_on(q.refcount(&graph.io(), file, at)).map_err(|e| ImgError::failed(format!("refcount of the cluster at {at}: {e}")))?;
-            if refcount != 0 {
-                return Ok(cluster * cs);
-            }
-            cluster -= 1;
-        }
-        Ok(floor)
-    })
-    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 use strata_block::driver::qcow2::Qcow2;
 
 use super::args::{parse_size, Args};
+use super::create::split_options;
 use super::image::{self, block_on, OpenOptions};
 use super::ImgError;
 
@@ -87,7 +88,7 @@ fn apply(img: &image::Image<'_, '_>, q: &Qcow2, amend: &Amend) -> Result<(), Img
 fn parse(options: &[&str]) -> Result<Amend, ImgError> {
     let mut a = Amend::default();
     let bad = |m: String| ImgError::failed(m);
-    for item in options.iter().flat_map(|o| split(o)) {
+    for item in options.iter().flat_map(|o| split_options(o)) {
         let (key, value) = item.split_once('=').unwrap_or((item.as_str(), ""));
         match key {
             "compat" => {
@@ -121,29 +122,6 @@ fn parse(options: &[&str]) -> Result<Amend, ImgError> {
         }
     }
     Ok(a)
-}
-
-/// Splits `a=1,b=x,,y` into `a=1` and `b=x,y`.
-fn split(text: &str) -> Vec<String> {
-    let mut items = vec![String::new()];
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, chars.peek()) {
-            (',', Some(',')) => {
-                chars.next();
-                if let Some(s) = items.last_mut() {
-                    s.push(',');
-                }
-            }
-            (',', _) => items.push(String::new()),
-            (c, _) => {
-                if let Some(s) = items.last_mut() {
-                    s.push(c);
-                }
-            }
-        }
-    }
-    items.into_iter().filter(|s| !s.is_empty()).collect()
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ pub(super) fn apply_options(req: &mut Request, text: &str) -> Result<(), ImgErro
 }
 
 /// Splits `a=1,b=x,,y` into `a=1` and `b=x,y` (QEMU's `,,` escape).
-fn split_options(text: &str) -> Vec<String> {
+pub(super) fn split_options(text: &str) -> Vec<String> {
     let mut items = Vec::new();
     let mut cur = String::new();
     let mut chars = text.chars().peekable();

@@ -13,6 +13,7 @@ use strata_block::driver::qcow2::measure::{self, Geometry, Measure};
 use strata_block::graph::Role;
 
 use super::args::{parse_size, Args};
+use super::create::split_options;
 use super::map;
 use super::image::{self, block_on, Image, OpenOptions};
 use super::qjson;
@@ -178,7 +179,7 @@ fn render(m: Measure, bitmaps: Option<u64>, json: bool) -> String {
 
 /// `-o` for a raw output: only `size` and `preallocation` mean anything to its measure.
 fn raw_options(options: &[String]) -> Result<(), ImgError> {
-    for item in options.iter().flat_map(|o| split(o)) {
+    for item in options.iter().flat_map(|o| split_options(o)) {
         let key = item.split_once('=').map_or(item.as_str(), |(k, _)| k);
         if !matches!(key, "size" | "preallocation" | "extent_size_hint") {
             return Err(invalid(key, "raw"));
@@ -196,7 +197,7 @@ fn qcow2_options(options: &[String]) -> Result<Qcow2Opts, ImgError> {
     let (mut cluster, mut refcount_bits, mut version, mut ext_l2) = (None, None, 3u32, false);
     let (mut backing, mut full) = (false, false);
     let bad = |msg: String| ImgError::failed(msg);
-    for item in options.iter().flat_map(|o| split(o)) {
+    for item in options.iter().flat_map(|o| split_options(o)) {
         let (key, value) = item.split_once('=').unwrap_or((item.as_str(), ""));
         let on_off = |v: &str| match v {
             "on" => Ok(true),
@@ -253,25 +254,3 @@ fn qcow2_options(options: &[String]) -> Result<Qcow2Opts, ImgError> {
     })
 }
 
-/// Splits `a=1,b=x,,y` into `a=1` and `b=x,y` (QEMU's `,,` escape).
-fn split(text: &str) -> Vec<String> {
-    let mut items = vec![String::new()];
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, chars.peek()) {
-            (',', Some(',')) => {
-                chars.next();
-                if let Some(s) = items.last_mut() {
-                    s.push(',');
-                }
-            }
-            (',', _) => items.push(String::new()),
-            (c, _) => {
-                if let Some(s) = items.last_mut() {
-                    s.push(c);
-                }
-            }
-        }
-    }
-    items.into_iter().filter(|s| !s.is_empty()).collect()
-}

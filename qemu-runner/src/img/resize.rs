@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use super::args::{parse_size, Args};
 use super::image::{self, block_on, OpenOptions};
+use super::end;
 use super::ImgError;
-use crate::headroom;
 
 /// qemu-img's warning beside the refusal of a shrink without `--shrink`.
 const SHRINK_WARNING: &str = "Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.";
@@ -96,7 +96,7 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
 /// failure is only a warning there too).
 fn cut_tail(path: &std::path::Path) {
     let Ok(len) = std::fs::metadata(path).map(|m| m.len()) else { return };
-    match headroom::image_end(path, 0, len) {
+    match end::image_end(path, 0, len) {
         Ok(end) if end < len => {
             if let Err(e) = std::fs::OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(end)) {
                 eprintln!("qemu-runner img: warning: Failed to truncate the tail of the image: {e}");

@@ -8,7 +8,7 @@ use strata_block::node::Role;
 
 use super::args::Args;
 use super::image::{self, block_on, Image, OpenOptions};
-use super::info::human_size;
+use super::human::human_size;
 use super::ImgError;
 
 /// What to do.

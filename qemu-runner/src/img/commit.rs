@@ -16,17 +16,16 @@
 //! on its own (the target). The source never reads the base's data (those ranges are left to
 //! the base), so the target's writes cannot be read back stale.
 
-use std::cell::RefCell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use strata_block::cmd::copy::{Action, Copy, CopyConfig, CopyError, CopyHooks, CopyOp, RateLimit, Standard};
+use strata_block::cmd::copy::{Action, Copy, CopyConfig, CopyError, CopyOp, Standard};
 use strata_block::driver::qcow2::Qcow2;
 use strata_block::graph::Role;
 
 use super::args::{parse_size, Args};
+use super::copy_hooks::HostHooks;
 use super::extents;
 use super::holes::HostFiles;
 use super::image::{self, block_on, AlignedBuf, Image, OpenOptions};
@@ -84,41 +83,6 @@ fn names(m: &Member, name: &str, top: &Path) -> bool {
     }
     let dir = top.parent().unwrap_or(Path::new("."));
     [dir.join(name), PathBuf::from(name)].iter().any(|p| p.canonicalize().is_ok_and(|c| c == m.path))
-}
-
-/// What the copy tells the host: holes of host files, the `-p` line, the `-r` rate.
-struct Hooks<'i, 'g, 'd, 'w> {
-    src: &'i Image<'g, 'd>,
-    files: RefCell<HostFiles<'i, 'g, 'd>>,
-    progress: RefCell<Option<Progress<'w>>>,
-    rate: RefCell<Option<(RateLimit, Instant)>>,
-}
-
-impl CopyHooks for Hooks<'_, '_, '_, '_> {
-    fn host_hole(&self, leaf: strata_block::NodeId, offset: u64, len: u64) -> Option<(bool, u64)> {
-        let graph = self.src.backend.graph();
-        let mut files = self.files.borrow_mut();
-        let path = graph.node(leaf).ok().and_then(|n| n.device()).and_then(|d| files.path(d))?;
-        Some(files.hole(&path, offset, len))
-    }
-
-    fn claimed(&self, _offset: u64, len: u64, action: Action) {
-        if matches!(action, Action::Copy | Action::Zero) {
-            if let Some(p) = self.progress.borrow_mut().as_mut() {
-                p.add(len);
-            }
-        }
-    }
-
-    async fn pace(&self, len: u64) {
-        let wait = match self.rate.borrow_mut().as_mut() {
-            Some((limit, start)) => limit.delay_ns(start.elapsed().as_nanos() as u64, len),
-            None => 0,
-        };
-        if wait > 0 {
-            std::thread::sleep(Duration::from_nanos(wait));
-        }
-    }
 }
 
 /// Runs `img commit [-f FMT] [--image-opts] [-t CACHE] [-b BASE] [-d] [-p] [-q] [-r RATE] FILE`.
@@ -185,12 +149,7 @@ pub fn run_to(argv: &[String], out: &mut dyn Write) -> Result<(), ImgError> {
                 ..CopyConfig::new(size)
             };
             let policy = Standard { base_depth: Some(depth as u16) };
-            let hooks = Hooks {
-                src,
-                files: RefCell::new(HostFiles::new(src)),
-                progress: RefCell::new(None),
-                rate: RefCell::new((rate > 0).then(|| (RateLimit::new(rate, 100_000_000), Instant::now()))),
-            };
+            let hooks = HostHooks::new(src, rate, |a| matches!(a, Action::Copy | Action::Zero));
             let copy = Copy::new(&src.backend, &dst.backend, None, &policy, &hooks, cfg).map_err(|e| ImgError::failed(format!("commit: {e}")))?;
             if show_progress {
                 let total = block_on(copy.bytes_to_copy()).map_err(describe)?;

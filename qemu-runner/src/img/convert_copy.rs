@@ -8,12 +8,10 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use strata_block::cmd::copy::{
-    Action, Copy, CopyConfig, CopyError, CopyHooks, CopyOp, CopyTarget, ExtentPolicy, RateLimit,
-    Standard,
+    Action, Copy, CopyConfig, CopyError, CopyOp, CopyTarget, ExtentPolicy, Standard,
 };
 use strata_block::driver::qcow2::header::Compression;
 use strata_block::driver::qcow2::Qcow2;
@@ -21,6 +19,7 @@ use strata_block::path::Extent;
 use strata_block::{Backend, NodeId};
 
 use super::compress::compress;
+use super::copy_hooks::HostHooks;
 use super::extents;
 use super::holes::HostFiles;
 use super::image::{block_on, AlignedBuf, Image};
@@ -49,46 +48,6 @@ pub struct Plan {
     pub rate: u64,
     /// `-C`: copy data between host files with `copy_file_range` (raw output only).
     pub offload: bool,
-}
-
-/// What the copy tells the host.
-struct Hooks<'i, 'g, 'd, 'w> {
-    src: &'i Image<'g, 'd>,
-    files: RefCell<HostFiles<'i, 'g, 'd>>,
-    progress: RefCell<Option<Progress<'w>>>,
-    rate: RefCell<Option<(RateLimit, Instant)>>,
-}
-
-impl CopyHooks for Hooks<'_, '_, '_, '_> {
-    fn host_hole(&self, leaf: NodeId, offset: u64, len: u64) -> Option<(bool, u64)> {
-        let graph = self.src.backend.graph();
-        let mut files = self.files.borrow_mut();
-        let path = graph
-            .node(leaf)
-            .ok()
-            .and_then(|n| n.device())
-            .and_then(|d| files.path(d))?;
-        Some(files.hole(&path, offset, len))
-    }
-
-    fn claimed(&self, _offset: u64, len: u64, action: Action) {
-        if matches!(action, Action::Copy | Action::CopyIfDiffers) {
-            if let Some(p) = self.progress.borrow_mut().as_mut() {
-                p.add(len);
-            }
-        }
-    }
-
-    async fn pace(&self, len: u64) {
-        let wait = match self.rate.borrow_mut().as_mut() {
-            Some((limit, start)) => limit.delay_ns(start.elapsed().as_nanos() as u64, len),
-            None => 0,
-        };
-        if wait > 0 {
-            // One thread runs every worker: sleeping holds them all, which a rate limit wants.
-            std::thread::sleep(Duration::from_nanos(wait));
-        }
-    }
 }
 
 /// convert's policy: [`Standard`], and with `-S 0` zeros copied as data (qemu-img "fully
@@ -292,14 +251,7 @@ pub fn copy(
         compressed,
         offload,
     };
-    let hooks = Hooks {
-        src,
-        files: RefCell::new(HostFiles::new(src)),
-        progress: RefCell::new(None),
-        rate: RefCell::new(
-            (plan.rate > 0).then(|| (RateLimit::new(plan.rate, 100_000_000), Instant::now())),
-        ),
-    };
+    let hooks = HostHooks::new(src, plan.rate, |a| matches!(a, Action::Copy | Action::CopyIfDiffers));
     let copy = Copy::new(&src.backend, &target, None, &policy, &hooks, cfg)
         .map_err(|e| ImgError::failed(format!("convert: {e}")))?;
     if let Some(out) = progress {

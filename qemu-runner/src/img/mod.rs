@@ -16,6 +16,7 @@ mod compare;
 mod compress;
 pub mod convert;
 mod convert_copy;
+mod copy_hooks;
 mod create;
 mod extents;
 mod holes;

@@ -225,6 +225,13 @@ pub struct CopyError {
     pub error: Error,
 }
 
+impl CopyError {
+    /// Wraps a failure of `op` at `offset` (for `map_err`).
+    fn at(op: CopyOp, offset: u64) -> impl FnOnce(Error) -> Self {
+        move |error| Self { op, offset, error }
+    }
+}
+
 /// What a finished copy did, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -472,11 +479,7 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
         let graph = self.src.graph();
         let mut ext = block_status(&graph.stack(), self.src.root(), pos, len.min(STATUS_STEP))
             .await
-            .map_err(|error| CopyError {
-                op: CopyOp::Status,
-                offset: pos,
-                error,
-            })?;
+            .map_err(CopyError::at(CopyOp::Status, pos))?;
         ext.len = ext.len.clamp(1, len);
         let mut at_leaf = None;
         if let ExtentKind::Data { leaf, offset, .. } = ext.kind {
@@ -513,11 +516,7 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
                         .dst
                         .copy_range(leaf, at, p.offset, p.len)
                         .await
-                        .map_err(|error| CopyError {
-                            op: CopyOp::Write,
-                            offset: p.offset,
-                            error,
-                        })?;
+                        .map_err(CopyError::at(CopyOp::Write, p.offset))?;
                     if done {
                         let mut s = self.shared.borrow_mut();
                         s.summary.read += p.len;
@@ -531,11 +530,7 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
                 self.src
                     .read(p.offset, data)
                     .await
-                    .map_err(|error| CopyError {
-                        op: CopyOp::Read,
-                        offset: p.offset,
-                        error,
-                    })?;
+                    .map_err(CopyError::at(CopyOp::Read, p.offset))?;
                 self.shared.borrow_mut().summary.read += p.len;
                 self.my_turn(p).await;
                 self.write_runs(p.offset, data, None).await?;
@@ -566,19 +561,11 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
                 self.src
                     .read(p.offset, data)
                     .await
-                    .map_err(|error| CopyError {
-                        op: CopyOp::Read,
-                        offset: p.offset,
-                        error,
-                    })?;
+                    .map_err(CopyError::at(CopyOp::Read, p.offset))?;
                 compare
                     .read(p.offset, other)
                     .await
-                    .map_err(|error| CopyError {
-                        op: CopyOp::ReadCompare,
-                        offset: p.offset,
-                        error,
-                    })?;
+                    .map_err(CopyError::at(CopyOp::ReadCompare, p.offset))?;
                 self.shared.borrow_mut().summary.read += p.len;
                 self.my_turn(p).await;
                 self.write_runs(p.offset, data, Some(other)).await?;
@@ -647,11 +634,7 @@ impl<'a, 'g, 'd, T: CopyTarget, P: ExtentPolicy, H: CopyHooks> Copy<'a, 'g, 'd, 
                     self.dst
                         .write(pos, &data[at..end])
                         .await
-                        .map_err(|error| CopyError {
-                            op: CopyOp::Write,
-                            offset: pos,
-                            error,
-                        })?;
+                        .map_err(CopyError::at(CopyOp::Write, pos))?;
                     self.shared.borrow_mut().summary.written += n;
                 }
             }

@@ -102,3 +102,17 @@ pub struct TraceChannel {
     /// Writes bytes through it.
     pub write: fn(&[u8]),
 }
+
+/// Writes `s` through `out` with each `\n` as `\r\n`, as a serial terminal wants (the consoles
+/// of every architecture).
+pub(crate) fn write_crlf(s: &str, mut out: impl FnMut(&[u8])) {
+    for chunk in s.split_inclusive('\n') {
+        match chunk.strip_suffix('\n') {
+            Some(line) => {
+                out(line.as_bytes());
+                out(b"\r\n");
+            }
+            None => out(chunk.as_bytes()),
+        }
+    }
+}

@@ -56,15 +56,7 @@ impl Uart {
 
 impl core::fmt::Write for Uart {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for chunk in s.split_inclusive('\n') {
-            match chunk.strip_suffix('\n') {
-                Some(line) => {
-                    self.write_bytes(line.as_bytes());
-                    self.write_bytes(b"\r\n");
-                }
-                None => self.write_bytes(chunk.as_bytes()),
-            }
-        }
+        crate::common::write_crlf(s, |b| self.write_bytes(b));
         Ok(())
     }
 }

@@ -25,18 +25,26 @@ pub fn ensure_qemu() {
 
 /// A fresh directory for one test under the workspace's target dir, named `NAME-PID`.
 ///
-/// Tests leave their directories behind (a failure's images are the evidence), so the first call
-/// in a test process removes those of ended processes last changed more than [`KEEP_SCRATCH`]
-/// ago: repeated runs no longer fill the disk (a whole run leaves about 2 GB).
+/// A failed test's directory is kept (its images are the evidence); those of tests that passed
+/// are removed when the test process exits (see [`scratch_cleanup`]), so a whole run does not
+/// fill the disk of a machine with little room. `STRATA_KEEP_SCRATCH=1` keeps them all. The
+/// first call in a test process also removes the kept directories of ended processes last
+/// changed more than [`KEEP_SCRATCH`] ago.
 pub fn scratch(name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/strata/tests");
     static SWEEP: Once = Once::new();
-    SWEEP.call_once(|| remove_stale(&root));
+    SWEEP.call_once(|| {
+        remove_stale(&root);
+        scratch_cleanup::install();
+    });
     let dir = root.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    scratch_cleanup::register(&dir);
     dir
 }
+
+pub mod scratch_cleanup;
 
 /// How long the scratch directory of an ended test process is kept for inspection.
 pub const KEEP_SCRATCH: std::time::Duration = std::time::Duration::from_secs(3600);

@@ -33,7 +33,17 @@ pub fn qimg(args: &[&str]) -> String {
 /// Runs `qemu-img ARGS`; true on success.
 pub fn qimg_ok(args: &[&str]) -> bool {
     ensure_qemu();
-    Command::new(qemu_img()).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+    match Command::new(qemu_img()).args(args).output() {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!("qemu-img {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+            false
+        }
+        Err(e) => {
+            eprintln!("qemu-img {args:?}: {e}");
+            false
+        }
+    }
 }
 
 /// Runs qemu-io commands on `file` (format `fmt`); panics if one fails (its exit status, or a

@@ -21,11 +21,12 @@ cd "$(dirname "$0")/.."
 NEEDS=(
     "qemu-system-x86|qemu-system-x86_64 boots the kernel"
     "qemu-system-arm|qemu-system-aarch64 boots the kernel on arm64 virt (qemu-runner boot --arch aarch64)"
+    "qemu-system-misc|qemu-system-riscv64 boots the kernel on riscv64 virt (qemu-runner boot --arch riscv64)"
     "qemu-utils|qemu-img and qemu-io, the oracles the tests check Strata against"
     "zstd|the zstd command, the reference encoder block/tests/zstd_codec.rs checks the decoder against"
     "target:x86_64-unknown-none|the kernel's bare-metal target"
     "target:aarch64-unknown-none|examples/embed builds the embedding example for bare-metal arm64"
-    "target:riscv64gc-unknown-none-elf|examples/embed builds the embedding example for bare-metal riscv64"
+    "target:riscv64gc-unknown-none-elf|the kernel on riscv64 virt, and examples/embed for bare-metal riscv64"
     "dosfstools|mkfs.fat makes the FAT32 image tests/tests/fat_guest.rs reads through a qcow2 chain"
     "mtools|mcopy/mdir/mtype put files into and read them out of that FAT32 image"
 )

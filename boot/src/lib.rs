@@ -26,6 +26,7 @@
 
 pub mod common;
 pub mod fdt;
+pub mod pci;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 mod x86_64;

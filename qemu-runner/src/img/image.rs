@@ -53,6 +53,8 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// `-t none|writeback`.
     pub cache: CacheMode,
+    /// `-t unsafe`: flushes never reach the host file (QEMU's `cache.no-flush`).
+    pub no_flush: bool,
     /// `-i threads|io_uring` (`native` is refused).
     pub engine: Engine,
     /// `-U`: share every permission (read-only opens of images others hold).
@@ -177,6 +179,7 @@ fn with_graph<R, F: FnOnce(&Image<'_, '_>) -> Result<R, ImgError>, const N: usiz
         mode: opts.cache,
         engine: opts.engine,
         force_share: opts.force_share,
+        no_flush: opts.no_flush,
         ..HostFileOptions::default()
     };
     let mut resolver = HostResolver::new(&arena, file_opts, opts.allow_backing_anywhere, opts.no_backing);

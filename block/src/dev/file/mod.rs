@@ -21,7 +21,8 @@
 //!   (reads past the end of the file come back as zeros, as in QEMU), so a qcow2 file that
 //!   `qemu-img create` left at 196616 bytes opens with O_DIRECT too.
 //!
-//! Both report [`DeviceFeatures::FLUSH`] (`fdatasync`). Writable files also get
+//! Both report [`DeviceFeatures::FLUSH`] (`fdatasync`) unless opened with
+//! [`HostFileOptions::no_flush`] (`cache=unsafe`). Writable files also get
 //! `WRITE_ZEROES` and `WRITE_ZEROES_UNMAP` (a punched hole when unmapping is allowed, else
 //! `FALLOC_FL_ZERO_RANGE`; where the file system has neither, zeros are written, so the
 //! operation always works), and `DISCARD` when the file system punches holes (probed at open
@@ -151,6 +152,10 @@ pub struct HostFileOptions<'a> {
     pub direct_fallback: bool,
     /// The serial the device reports (cut to [`super::MAX_SERIAL`] bytes).
     pub serial: Option<&'a str>,
+    /// QEMU's `cache.no-flush` (`cache=unsafe`): the file does not report
+    /// [`DeviceFeatures::FLUSH`], so the block layer's flushes never reach `fdatasync` (what
+    /// `qemu-img convert` does to its output by default). Data still goes to the page cache.
+    pub no_flush: bool,
 }
 
 impl Default for HostFileOptions<'_> {
@@ -165,6 +170,7 @@ impl Default for HostFileOptions<'_> {
             threads: 8,
             direct_fallback: false,
             serial: None,
+            no_flush: false,
         }
     }
 }
@@ -469,7 +475,7 @@ impl HostFile {
         let grow_align = if direct { direct_grow_align(&meta, block_size) } else { u64::from(block_size) };
 
         let exec = Exec::new(file, is_blockdev, !opts.read_only).map_err(|e| open_error(path, "allocate buffers for", e))?;
-        let mut features = DeviceFeatures::FLUSH;
+        let mut features = if opts.no_flush { DeviceFeatures::empty() } else { DeviceFeatures::FLUSH };
         if !opts.read_only {
             features |= DeviceFeatures::WRITE_ZEROES | DeviceFeatures::WRITE_ZEROES_UNMAP;
             if is_blockdev || exec.probe_punch(length) {

@@ -773,11 +773,8 @@ fn rebuild_cut_anywhere(dir: &Path, base: &Path, budget: usize) {
             assert_eq!(said.status, before, "{cut}: {said:?}");
             unchanged += 1;
             assert_eq!(ours(&out, &["-r", "all"]).status, 0, "{cut}: second repair");
-            assert_eq!(
-                theirs(&out, &[]).status,
-                0,
-                "{cut}: after the second repair"
-            );
+            let after = theirs(&out, &[]);
+            assert_eq!(after.status, 0, "{cut}: after the second repair: {after:?}");
         }
         assert!(
             qimg_ok(&[

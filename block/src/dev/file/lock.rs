@@ -91,6 +91,25 @@ fn lock_byte(fd: RawFd, byte: i64) -> Result<(), i32> {
     }
 }
 
+/// Drops every lock this open file description holds, ahead of closing it.
+///
+/// Closing alone is not enough in a process that starts other programs: between `fork` and
+/// `exec` a child shares this open file description (the descriptor is close-on-exec, but not
+/// yet closed), so the locks would outlive the close by that window, and a `qemu-img` started
+/// right after the close could find the image still locked. Errors are ignored (there is
+/// nothing left to do about them when closing).
+pub fn release(fd: RawFd) {
+    let mut fl = flock(libc::F_UNLCK, 0);
+    fl.l_len = 0; // to the end of the file, however far it grows
+    loop {
+        // SAFETY: F_OFD_SETLK reads the `flock` the pointer points at.
+        let r = unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &mut fl as *mut libc::flock) };
+        if r == 0 || errno() != libc::EINTR {
+            return;
+        }
+    }
+}
+
 /// Whether another open file description holds a lock on `byte` that an exclusive lock would
 /// conflict with (`qemu_lock_fd_test(fd, byte, 1, true)`).
 fn byte_taken(fd: RawFd, byte: i64) -> Result<bool, i32> {

@@ -815,6 +815,35 @@ fn locks_against_qemu() {
     }
 }
 
+/// Dropping a file releases its image locks at once, though a child forked meanwhile (as
+/// `Command::spawn` does, between `fork` and `exec`) still shares the open file description:
+/// otherwise a `qemu-img` started right after the close could find the image locked.
+#[test]
+fn dropping_releases_locks_a_forked_child_still_shares() {
+    let p = make_file("lock-fork", 65536);
+    let dev = HostFile::open(&p, &HostFileOptions::default()).unwrap();
+    assert!(dev.is_locked());
+    // SAFETY: the child only sleeps and exits (async-signal-safe calls) and never returns into
+    // Rust code, so forking from a multi-threaded test process is sound.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::sleep(3);
+            libc::_exit(0);
+        }
+    }
+    assert!(pid > 0, "fork failed");
+    drop(dev);
+    let again = HostFile::open(&p, &HostFileOptions::default());
+    // SAFETY: plain syscalls on the child this test forked.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, core::ptr::null_mut(), 0);
+    }
+    assert!(again.is_ok(), "the image stayed locked after the drop: {:?}", again.err());
+}
+
 #[test]
 fn host_file_is_send_and_sync() {
     fn check<T: Send + Sync>() {}

@@ -3,12 +3,20 @@
 //! Options are checked as QEMU's `qcow2_amend_options` checks them, with its messages: the
 //! creation-only ones (`cluster_size`, `extended_l2`, `compression_type`, encryption,
 //! `preallocation`) are refused, a refcount width must be a power of two up to 64, and
-//! compat=0.10 allows neither lazy refcounts nor another width than 16. What is done so far:
-//! `lazy_refcounts=on|off` (the block layer's [`Qcow2::set_lazy_refcounts`]), `size`
-//! (a resize), and `compat`/`refcount_bits` equal to what the image has. Changing the compat
-//! level or the refcount width, and the backing or data file, is refused as not supported yet.
+//! compat=0.10 allows neither lazy refcounts nor another width than 16. Done in QEMU's order:
+//! the upgrade to compat=1.1 and the refcount width change (the block layer's
+//! [`version::upgrade`] and [`refcount_width::change_refcount_width`], on the image file
+//! opened raw), then `lazy_refcounts=on|off` ([`Qcow2::set_lazy_refcounts`]) and `size` (a
+//! resize) on the qcow2 node, then the downgrade to compat=0.10 ([`version::downgrade`], on
+//! the file again), each refusal with QEMU's message. Changing the backing or data file is
+//! refused as not supported yet.
 
+use strata_block::driver::qcow2::amend::refcount_width::{self, WidthChange};
+use strata_block::driver::qcow2::amend::version;
 use strata_block::driver::qcow2::Qcow2;
+use strata_block::graph::Role;
+use strata_block::io::Io;
+use strata_block::NodeId;
 
 use super::args::{parse_size, Args};
 use super::create::split_options;
@@ -26,6 +34,9 @@ struct Amend {
     unsupported: Option<String>,
 }
 
+/// Memory for the structural changes (the check's default budget).
+const BUDGET: usize = 16 << 20;
+
 /// Runs `img amend [-f FMT] [--image-opts] [-p] [-q] [--force] -o OPTIONS FILE`.
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let args = Args::parse(argv, &["-f", "-o", "-t"], &["--image-opts", "-p", "-q", "--force"])?;
@@ -40,48 +51,125 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         image_opts: args.has("--image-opts"),
         ..args.image_options()?
     };
-    image::with_image(file, &opts, |img| {
+    // What the image is, checked against what is asked (and, when nothing structural is
+    // asked, the lazy-refcounts and size changes made in the same open).
+    let steps = image::with_image(file, &opts, |img| {
         let graph = img.backend.graph();
         let root = img.root();
         let Some(q) = graph.state(root).ok().flatten().and_then(|s| s.qcow2()) else {
             return Err(ImgError::failed(format!("Format driver '{}' does not support option amendment", img.format())));
         };
-        apply(img, q, &amend)
-    })
+        let steps = plan(q, &amend)?;
+        if !steps.upgrade && steps.width.is_none() && !steps.downgrade {
+            node_changes(img, q, &amend)?;
+        }
+        Ok(steps)
+    })?;
+    if !steps.upgrade && steps.width.is_none() && !steps.downgrade {
+        return Ok(());
+    }
+    if opts.image_opts {
+        return Err(ImgError::failed("amend: changing compat or refcount_bits is not supported with --image-opts".into()));
+    }
+    // QEMU's order: upgrade, refcount width, lazy refcounts and size, downgrade last.
+    let mut memory = vec![0u8; BUDGET];
+    if steps.upgrade || steps.width.is_some() {
+        on_file(file, &opts, |io, node| {
+            if steps.upgrade {
+                block_on(version::upgrade(io, node, &mut memory)).map_err(failed)?;
+            }
+            if let Some(order) = steps.width {
+                match block_on(refcount_width::change_refcount_width(io, node, order, &mut memory)).map_err(failed)? {
+                    WidthChange::Changed => {}
+                    WidthChange::TooNarrow { offset, refcount } => {
+                        return Err(ImgError::failed(format!(
+                            "Cannot decrease refcount entry width to {} bits: Cluster at offset {offset:#x} has a refcount of {refcount}",
+                            1u32 << order
+                        )))
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+    if amend.lazy.is_some() || amend.size.is_some() {
+        image::with_image(file, &opts, |img| {
+            let graph = img.backend.graph();
+            let Some(q) = graph.state(img.root()).ok().flatten().and_then(|s| s.qcow2()) else {
+                return Err(ImgError::failed("amend: the image is no longer qcow2".into()));
+            };
+            node_changes(img, q, &amend)
+        })?;
+    }
+    if steps.downgrade {
+        on_file(file, &opts, |io, node| match block_on(version::downgrade(io, node, &mut memory)).map_err(failed)? {
+            Ok(()) => Ok(()),
+            Err(refusal) => Err(ImgError::failed(refusal.to_string())),
+        })?;
+    }
+    Ok(())
 }
 
-/// Checks `amend` against image `q` as QEMU does, then applies it.
-fn apply(img: &image::Image<'_, '_>, q: &Qcow2, amend: &Amend) -> Result<(), ImgError> {
+/// The structural changes to make, in QEMU's order.
+#[derive(Clone, Copy, Debug, Default)]
+struct Steps {
+    upgrade: bool,
+    /// The new refcount order.
+    width: Option<u32>,
+    downgrade: bool,
+}
+
+fn failed(e: strata_block::Error) -> ImgError {
+    ImgError::failed(format!("Error while amending options: {e}"))
+}
+
+/// Checks `amend` against image `q` as QEMU's `qcow2_amend_options` does.
+fn plan(q: &Qcow2, amend: &Amend) -> Result<Steps, ImgError> {
     let h = q.header();
     let version = amend.version.unwrap_or(h.version);
-    let bits = amend.refcount_bits.unwrap_or(1 << h.refcount_order);
-    if version < 3 && bits != 16 {
+    let bits = 1u64 << h.refcount_order;
+    let new_bits = amend.refcount_bits.unwrap_or(bits);
+    if new_bits != bits && version < 3 && new_bits != 16 {
         return Err(ImgError::failed("Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)".into()));
     }
     if version < 3 && amend.lazy == Some(true) {
         return Err(ImgError::failed("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)".into()));
     }
-    if version != h.version {
-        return Err(ImgError::failed(format!("amend: changing compat to {} is not supported yet", if version < 3 { "0.10" } else { "1.1" })));
-    }
-    if bits != 1 << h.refcount_order {
-        return Err(ImgError::failed("amend: changing refcount_bits is not supported yet".into()));
-    }
     if let Some(what) = &amend.unsupported {
         return Err(ImgError::failed(format!("amend: changing {what} is not supported yet")));
     }
+    Ok(Steps {
+        upgrade: version > h.version,
+        width: (new_bits != bits).then(|| new_bits.trailing_zeros()),
+        downgrade: version < h.version,
+    })
+}
+
+/// Lazy refcounts and size, through the open qcow2 node.
+fn node_changes(img: &image::Image<'_, '_>, q: &Qcow2, amend: &Amend) -> Result<(), ImgError> {
     let graph = img.backend.graph();
-    let fail = |e: strata_block::Error| ImgError::failed(format!("Error while amending options: {e}"));
     if let Some(on) = amend.lazy {
         let _drained = block_on(img.backend.drain());
-        block_on(q.set_lazy_refcounts(&graph.io(), img.root(), on)).map_err(fail)?;
+        block_on(q.set_lazy_refcounts(&graph.io(), img.root(), on)).map_err(failed)?;
     }
     if let Some(size) = amend.size {
         if size != img.backend.size() {
-            block_on(img.backend.resize(size)).map_err(fail)?;
+            block_on(img.backend.resize(size)).map_err(failed)?;
         }
     }
     Ok(())
+}
+
+/// Runs `f` on the image file's node, opened raw with no qcow2 node over it (as `img check
+/// -r` does), so the structural change has no driver state to go stale.
+fn on_file(file: &str, opts: &OpenOptions, f: impl FnOnce(&Io<'_, '_>, NodeId) -> Result<(), ImgError>) -> Result<(), ImgError> {
+    let raw = OpenOptions { format: Some("raw".into()), no_backing: true, read_only: false, ..opts.clone() };
+    image::with_image(file, &raw, |img| {
+        let graph = img.backend.graph();
+        let node = graph.node(img.root()).ok().and_then(|n| n.child(Role::File)).ok_or_else(|| ImgError::failed("amend: no image file node".into()))?;
+        let _drained = block_on(img.backend.drain());
+        f(&graph.io(), node)
+    })
 }
 
 /// Parses the `-o` values (QEMU's `,,` escape; later values win).

@@ -3,8 +3,15 @@
 //! first (everything written back and made stable, the dirty bit cleared: QEMU's
 //! `qcow2_mark_clean`), then clears the compatible bit in one header write.
 //!
-//! Not here yet: refcount width changes (`qcow2_change_refcount_order`) and compat level
-//! changes (`qcow2_downgrade`, `qcow2_upgrade`); the host tool refuses them.
+//! The structural changes work on the image file alone, with no qcow2 node open (as the
+//! check does), in caller-given memory: [`refcount_width`] (QEMU's
+//! `qcow2_change_refcount_order`) and [`version`] (`qcow2_upgrade`, `qcow2_downgrade` with
+//! [`zero_expand`]); [`header_rewrite`] writes the header of the other version.
+
+mod header_rewrite;
+pub mod refcount_width;
+pub mod version;
+mod zero_expand;
 
 use crate::error::{Error, Result};
 use crate::io::{flush, Io};

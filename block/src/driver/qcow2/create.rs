@@ -26,6 +26,7 @@ pub use super::header::Compression;
 mod layout;
 
 pub use layout::{header_bytes, set_refcount, Blocks, Layout};
+pub(crate) use layout::{FEATURES, FEATURE_ENTRY};
 
 /// Bytes written at once (the on-stack buffer).
 const CHUNK: usize = 4096;

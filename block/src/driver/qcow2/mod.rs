@@ -17,7 +17,7 @@
 //! [`crate::io::child_io`], never through another format. The driver maps and plans; the io
 //! layer moves data (`docs/ARCHITECTURE.md`).
 
-mod amend;
+pub mod amend;
 mod compressed;
 mod compressed_zstd;
 mod compressed_write;

@@ -25,11 +25,11 @@
 mod compare;
 mod copied;
 mod finding;
-mod layout;
-mod rebuild;
-mod stored;
+pub(crate) mod layout;
+pub(crate) mod rebuild;
+pub(crate) mod stored;
 mod walk;
-mod window;
+pub(crate) mod window;
 
 pub use finding::Finding;
 

@@ -74,8 +74,61 @@ impl Plan {
     }
 
     /// The first cluster of the table.
-    fn table(&self) -> u64 {
+    pub(crate) fn table(&self) -> u64 {
         self.start + self.blocks
+    }
+}
+
+/// Where the counts of a new refcount structure come from, one window at a time.
+pub(crate) trait Fill {
+    /// Sets the counts of `win`'s clusters (the window starts zeroed; the new structure's own
+    /// clusters are set to 1 after this). `a` and `b` are scratch buffers of a chunk each.
+    async fn fill(
+        &mut self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        win: &mut Window<'_>,
+        a: &mut [u8],
+        b: &mut [u8],
+    ) -> Result<()>;
+}
+
+/// The recount of the check's reference walk (one walk per window below the new structure).
+struct Recount<'l> {
+    lay: &'l Layout,
+    start: u64,
+    passes: u32,
+}
+
+impl Fill for Recount<'_> {
+    async fn fill(
+        &mut self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        win: &mut Window<'_>,
+        a: &mut [u8],
+        b: &mut [u8],
+    ) -> Result<()> {
+        if win.start >= self.start {
+            return Ok(());
+        }
+        let mut res = CheckResult::default();
+        let mut sink = |_: &Finding| {};
+        let mut pass = Pass {
+            lay: self.lay,
+            win,
+            res: &mut res,
+            sink: &mut sink,
+            global: false,
+            local: false,
+            clusters_end: 0,
+            broken_refblocks: false,
+            fix_errors: false,
+            grown: 0,
+        };
+        pass.run(io, file, a, b).await?;
+        self.passes += 1;
+        Ok(())
     }
 }
 
@@ -92,9 +145,40 @@ pub(crate) async fn rebuild(
     b: &mut [u8],
 ) -> Result<u32> {
     let plan = Plan::new(start, lay.refblock_bits, lay.cs)?;
-    let per_block = 1u64 << lay.refblock_bits;
+    let mut recount = Recount {
+        lay,
+        start,
+        passes: 0,
+    };
+    write_structure(io, file, &plan, lay.refcount_order, lay.cs, &mut recount, mem, a, b).await?;
+    let mut fields = [0u8; 12];
+    put_be64(&mut fields, 0, plan.table() * lay.cs);
+    fields[8..].copy_from_slice(&(plan.table_clusters as u32).to_be_bytes());
+    child_io::write(io, file, REFTABLE_FIELDS, &fields).await?;
+    flush::flush_leaves(io, file).await?;
+    Ok(recount.passes)
+}
+
+/// Writes the refcount blocks and table of `plan` with entries of `1 << order` bits, the
+/// counts window by window from `fill` (the plan's own clusters counted 1), and flushes. The
+/// header is the caller's to switch. `mem` holds the window; `a` and `b` are scratch buffers
+/// of a chunk (at most [`super::SCRATCH`] bytes, or a cluster if clusters are smaller).
+#[allow(clippy::too_many_arguments)] // reason: the plan, its geometry, the source, three buffers
+pub(crate) async fn write_structure<F: Fill>(
+    io: &Io<'_, '_>,
+    file: NodeId,
+    plan: &Plan,
+    order: u32,
+    cs: u64,
+    fill: &mut F,
+    mem: &mut [u8],
+    a: &mut [u8],
+    b: &mut [u8],
+) -> Result<()> {
+    let refblock_bits = cs.trailing_zeros() + 3 - order;
+    let per_block = 1u64 << refblock_bits;
     // Windows tile the blocks: whole blocks, or a power of two within one.
-    let cap = Window::capacity(mem.len(), lay.refcount_order);
+    let cap = Window::capacity(mem.len(), order);
     let len = if cap >= per_block {
         cap / per_block * per_block
     } else if cap == 0 {
@@ -107,30 +191,12 @@ pub(crate) async fn rebuild(
             what: "check budget (a window for the rebuild)",
         });
     }
-    child_io::grow(io, file, plan.end() * lay.cs)?;
-    let mut passes = 0;
+    child_io::grow(io, file, plan.end() * cs)?;
     let covered = plan.blocks * per_block;
     let mut at = 0;
     while at < covered {
-        let mut win = Window::new(mem, lay.refcount_order, at, len);
-        if at < plan.start {
-            let mut res = CheckResult::default();
-            let mut sink = |_: &Finding| {};
-            let mut pass = Pass {
-                lay,
-                win: &mut win,
-                res: &mut res,
-                sink: &mut sink,
-                global: false,
-                local: false,
-                clusters_end: 0,
-                broken_refblocks: false,
-                fix_errors: false,
-                grown: 0,
-            };
-            pass.run(io, file, a, b).await?;
-            passes += 1;
-        }
+        let mut win = Window::new(mem, order, at, len);
+        fill.fill(io, file, &mut win, a, b).await?;
         for k in plan.start.max(at)..plan.end().min(at + len) {
             win.set(k, 1);
         }
@@ -140,43 +206,37 @@ pub(crate) async fn rebuild(
         let mut k = at;
         while k < end {
             let n = (per_block - k % per_block).min(end - k);
-            let from = (((k - at) << lay.refcount_order) / 8) as usize;
-            let to = (((k - at + n) << lay.refcount_order) / 8) as usize;
+            let from = (((k - at) << order) / 8) as usize;
+            let to = (((k - at + n) << order) / 8) as usize;
             let block = plan.start + k / per_block;
-            let within = ((k % per_block) << lay.refcount_order) / 8;
+            let within = ((k % per_block) << order) / 8;
             let piece = bytes.get(from..to).ok_or(Error::NoSpace {
                 what: "check budget (a window for the rebuild)",
             })?;
-            child_io::write(io, file, block * lay.cs + within, piece).await?;
+            child_io::write(io, file, block * cs + within, piece).await?;
             k += n;
         }
         at += len;
     }
     // The table, a chunk at a time.
-    let chunk = lay.chunk() as u64;
-    let table_bytes = plan.table_clusters * lay.cs;
+    let chunk = (cs as usize).min(super::SCRATCH).min(a.len()) as u64;
+    let table_bytes = plan.table_clusters * cs;
     let mut pos = 0;
     while pos < table_bytes {
         let n = (table_bytes - pos).min(chunk) as usize;
         for i in 0..n / 8 {
             let index = pos / 8 + i as u64;
             let entry = if index < plan.blocks {
-                (plan.start + index) * lay.cs
+                (plan.start + index) * cs
             } else {
                 0
             };
             put_be64(a, i * 8, entry);
         }
-        child_io::write(io, file, plan.table() * lay.cs + pos, &a[..n]).await?;
+        child_io::write(io, file, plan.table() * cs + pos, &a[..n]).await?;
         pos += n as u64;
     }
-    flush::flush_leaves(io, file).await?;
-    let mut fields = [0u8; 12];
-    put_be64(&mut fields, 0, plan.table() * lay.cs);
-    fields[8..].copy_from_slice(&(plan.table_clusters as u32).to_be_bytes());
-    child_io::write(io, file, REFTABLE_FIELDS, &fields).await?;
-    flush::flush_leaves(io, file).await?;
-    Ok(passes)
+    flush::flush_leaves(io, file).await
 }
 
 #[cfg(test)]

@@ -210,7 +210,7 @@ impl Iterator for Blocks {
 }
 
 /// QEMU's feature-name table: (type, bit, name).
-const FEATURES: [(u8, u8, &str); 8] = [
+pub(crate) const FEATURES: [(u8, u8, &str); 8] = [
     (0, 0, "dirty bit"),
     (0, 1, "corrupt bit"),
     (0, 2, "external data file"),
@@ -221,7 +221,7 @@ const FEATURES: [(u8, u8, &str); 8] = [
     (2, 1, "raw external data"),
 ];
 /// Bytes of one feature-name entry.
-const FEATURE_ENTRY: usize = 48;
+pub(crate) const FEATURE_ENTRY: usize = 48;
 
 /// Appends `bytes` at `*at` of `buf`.
 fn put(buf: &mut [u8], at: &mut usize, bytes: &[u8]) -> Result<()> {

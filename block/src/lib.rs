@@ -38,6 +38,14 @@
 //! such stream (`dev::stream`); `embedded-sdmmc` a backend as that crate's 512-byte block
 //! device, for its FAT file system (`backend::sdmmc`).
 //!
+//! # Features
+//!
+//! Default: everything (`write`, `compress`, `cmd`, and the filters `blkdebug`, `blkverify`,
+//! `throttle`, `copy-on-read`). A firmware that only boots from raw or qcow2 images links
+//! `default-features = false`: chains open with `read-only=on` and read (a read-write open, or a
+//! writing [`Backend`], fails with [`driver::NO_WRITE`]; a compressed cluster reads as
+//! `Error::Unsupported`); about 128 KiB of text on x86_64 (`scripts/footprint.sh`).
+//!
 //! Everything here builds for bare-metal targets with no `alloc` crate and no global allocator.
 //! Capacities are fixed at build or init time; running out is an error, never a panic.
 //! `docs/ARCHITECTURE.md` in the repository describes the layers, the data path, the crash
@@ -56,6 +64,7 @@
 
 pub mod backend;
 pub mod clock;
+#[cfg(feature = "cmd")]
 pub mod cmd;
 pub mod codec;
 pub mod dev;

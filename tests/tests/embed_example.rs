@@ -57,6 +57,36 @@ fn example_reads_and_writes_a_qcow2_chain() {
     run_qemu_img(&["compare", "-q", expected.to_str().unwrap(), t]);
 }
 
+#[test]
+fn read_only_example_hashes_a_qcow2_chain_as_qemu_img_reads_it() {
+    ensure_qemu();
+    let dir = scratch("embed-example-ro");
+    let base = dir.join("base.raw");
+    let top = dir.join("top.qcow2");
+    let (b, t) = (base.to_str().unwrap(), top.to_str().unwrap());
+    run_qemu_img(&["create", "-q", "-f", "raw", b, "1M"]);
+    qemu_io("raw", &base, "write -P 0x11 0 1M");
+    run_qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", t]);
+    qemu_io("qcow2", &top, "write -P 0x22 64k 4k");
+    qemu_io("qcow2", &top, "write -z 256k 64k");
+    qemu_io("qcow2", &top, "write -P 0x33 1020k 4k");
+    // What the guest sees, according to qemu-img.
+    let flat = dir.join("flat.raw");
+    run_qemu_img(&["convert", "-O", "raw", t, flat.to_str().unwrap()]);
+    let expected = strata_embed::fnv1a(strata_embed::FNV_START, &std::fs::read(&flat).unwrap());
+
+    let (mut top_mem, mut base_mem) = (std::fs::read(&top).unwrap(), std::fs::read(&base).unwrap());
+    let (top_before, base_before) = (top_mem.clone(), base_mem.clone());
+    let hashed = {
+        let (top_disk, base_disk) = (SliceDisk::new(&mut top_mem, "top"), SliceDisk::new(&mut base_mem, "base"));
+        let mut memory: Box<Memory<{ 4 * strata_embed::BOUNCE }, 8>> = Box::default();
+        strata_embed::run_read_only(&top_disk, &base_disk, "base.raw", &mut memory).unwrap()
+    };
+    assert_eq!(hashed.size, 1 << 20);
+    assert_eq!(hashed.hash, expected, "the chain as read differs from qemu-img convert's");
+    assert!(top_mem == top_before && base_mem == base_before, "a read-only open wrote to a device");
+}
+
 /// The toolchain's `rustc` (the one `cargo` runs).
 fn rustc() -> String {
     std::env::var("RUSTC").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "rustc".into())
@@ -68,17 +98,26 @@ fn example_links_for_three_bare_metal_targets() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // Its own target directory: the `cargo test` running this holds the workspace's.
     let target_dir = root.join("target/embed");
-    for target in ["x86_64-unknown-none", "aarch64-unknown-none", "riscv64gc-unknown-none-elf"] {
+    // The full example, and the read-only one over a strata-block without its default
+    // features (no writes, compression, commands or filters); each image is checked before the
+    // next build replaces it.
+    for (target, read_only) in ["x86_64-unknown-none", "aarch64-unknown-none", "riscv64gc-unknown-none-elf"].into_iter().flat_map(|t| [(t, false), (t, true)]) {
         qemu_runner::install::ensure_target(rustc().as_ref(), target).unwrap();
+        let features = match read_only {
+            false => &["--features", "firmware"][..],
+            true => &["--no-default-features", "--features", "firmware,read-only"][..],
+        };
         let out = Command::new(&cargo)
-            .args(["build", "-q", "-p", "strata-embed", "--features", "firmware", "--release", "--target", target, "--target-dir"])
+            .args(["build", "-q", "-p", "strata-embed", "--release", "--target", target])
+            .args(features)
+            .arg("--target-dir")
             .arg(&target_dir)
             .current_dir(&root)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{target}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{target} (read-only: {read_only}): {}", String::from_utf8_lossy(&out.stderr));
         let elf = target_dir.join(target).join("release/embed-firmware");
         let bytes = std::fs::read(&elf).unwrap();
         assert_eq!(&bytes[..4], b"\x7fELF", "{}", elf.display());

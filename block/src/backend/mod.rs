@@ -108,6 +108,9 @@ impl<'g, 'd> Backend<'g, 'd> {
     /// as a writer that shares only reading (QEMU's default): readers attach next to a writer,
     /// a second writer is refused.
     pub fn new<const N: usize, const T: usize>(graph: &'g Graph<'d, N, T>, root: NodeId, opts: BackendOptions) -> Result<Self> {
+        if !opts.read_only && !cfg!(feature = "write") {
+            return Err(crate::driver::NO_WRITE);
+        }
         let graph = graph.handle();
         let attachment = if opts.read_only { Attachment::SHARED_READER } else { Attachment::WRITER };
         let user = graph.attach_user(root, attachment)?;

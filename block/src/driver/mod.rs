@@ -11,14 +11,18 @@
 //! Drivers see a graph only through [`Io`] (the lower io half): they map, plan and commit; the
 //! layer above ([`crate::path`]) walks the graph and moves data. No driver calls back up.
 
+#[cfg(feature = "blkdebug")]
 pub mod blkdebug;
+#[cfg(feature = "blkverify")]
 pub mod blkverify;
+#[cfg(feature = "copy-on-read")]
 pub mod cor;
 pub mod filter;
 pub mod null;
 pub mod plan;
 pub mod qcow2;
 pub mod raw;
+#[cfg(feature = "throttle")]
 pub mod throttle;
 
 pub use plan::{Allocation, Cow, Mapping, RangeStep, WritePlan};
@@ -28,6 +32,10 @@ use crate::io::tracked::{ReqKind, Tracked};
 use crate::io::{Io, RangeOp};
 use crate::node::{BlockLimits, NodeId, Pass, Role};
 use crate::options::OptionsView;
+
+/// What a read-write open (of a node, or of a writing backend) fails with in a build without
+/// the `write` feature.
+pub const NO_WRITE: Error = Error::Unsupported("read-write open (strata-block built without the `write` feature)");
 
 /// Bytes of an image a probe looks at (QEMU's `BLOCK_PROBE_BUF_SIZE`).
 pub const PROBE_BYTES: usize = 512;
@@ -71,7 +79,9 @@ impl DriverDesc {
     /// child names).
     pub fn child_key(&self) -> &'static str {
         match self.id {
+            #[cfg(feature = "blkdebug")]
             DriverId::Blkdebug => blkdebug::CHILD_KEY,
+            #[cfg(feature = "blkverify")]
             DriverId::Blkverify => blkverify::CHILD_KEY,
             _ => "file",
         }
@@ -256,121 +266,123 @@ pub fn probe(head: &[u8]) -> &'static DriverDesc {
 }
 
 /// Generates the table, the state and pending enums, and the dispatch, from one list of
-/// `Variant(StateType) = DESCRIPTOR` lines.
+/// `Variant(StateType) = DESCRIPTOR` lines; a line's `#[cfg(feature = ...)]` leaves that driver
+/// out of all of them.
 macro_rules! drivers {
-    ($($variant:ident($ty:ty) = $desc:path),* $(,)?) => {
+    ($($(#[$cfg:meta])* $variant:ident($ty:ty) = $desc:path),* $(,)?) => {
         /// Which driver a descriptor is (one per line of the table).
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum DriverId {
-            $(#[doc = concat!("`", stringify!($variant), "`.")] $variant,)*
+            $($(#[$cfg])* #[doc = concat!("`", stringify!($variant), "`.")] $variant,)*
         }
 
         /// Every driver, in probe order.
-        pub static DRIVERS: &[&DriverDesc] = &[$(&$desc),*];
+        pub static DRIVERS: &[&DriverDesc] = &[$($(#[$cfg])* &$desc),*];
 
         /// A driver node's state.
         #[allow(clippy::large_enum_variant)] // reason: nodes live in fixed arrays (no heap to box into); a qcow2 node's state is about a kilobyte by design
         pub enum FormatState {
-            $(#[doc = concat!("`", stringify!($variant), "`.")] $variant($ty),)*
+            $($(#[$cfg])* #[doc = concat!("`", stringify!($variant), "`.")] $variant($ty),)*
         }
 
         /// An allocating write between execution and commit.
         pub enum Pending {
-            $(#[doc = concat!("`", stringify!($variant), "`.")] $variant(<$ty as Driver>::Pending),)*
+            $($(#[$cfg])* #[doc = concat!("`", stringify!($variant), "`.")] $variant(<$ty as Driver>::Pending),)*
         }
 
         impl FormatState {
             /// Opens `desc` over `file` (see [`Driver::open`]).
             pub(crate) async fn open(desc: &'static DriverDesc, io: &Io<'_, '_>, file: Option<NodeId>, opts: &OptionsView<'_, '_>, read_only: bool) -> Result<Self> {
                 match desc.id {
-                    $(DriverId::$variant => Ok(Self::$variant(<$ty as Driver>::open(io, file, opts, read_only).await?)),)*
+                    $($(#[$cfg])* DriverId::$variant => Ok(Self::$variant(<$ty as Driver>::open(io, file, opts, read_only).await?)),)*
                 }
             }
 
             /// See [`Driver::size`].
             pub fn size(&self) -> u64 {
-                match self { $(Self::$variant(d) => d.size(),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.size(),)* }
             }
 
             /// See [`Driver::pass`].
             pub fn pass(&self) -> Option<Pass> {
-                match self { $(Self::$variant(d) => d.pass(),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.pass(),)* }
             }
 
             /// See [`Driver::limits`].
             pub fn limits(&self, inherited: BlockLimits) -> BlockLimits {
-                match self { $(Self::$variant(d) => d.limits(inherited),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.limits(inherited),)* }
             }
 
             /// See [`Driver::gate`].
             pub fn gate(&self) -> crate::node::Gate {
-                match self { $(Self::$variant(d) => d.gate(),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.gate(),)* }
             }
 
             /// See [`Driver::links`].
             pub fn links(&self) -> Links<'_> {
-                match self { $(Self::$variant(d) => d.links(),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.links(),)* }
             }
 
             /// See [`Driver::tracks_reads`].
             pub(crate) fn tracks_reads(&self) -> bool {
-                match self { $(Self::$variant(d) => d.tracks_reads(),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.tracks_reads(),)* }
             }
 
             /// See [`Driver::ADMITS`].
             pub(crate) fn admits(&self) -> bool {
-                match self { $(Self::$variant(_) => <$ty as Driver>::ADMITS,)* }
+                match self { $($(#[$cfg])* Self::$variant(_) => <$ty as Driver>::ADMITS,)* }
             }
 
             /// See [`Driver::admit`].
             pub(crate) async fn admit(&self, io: &Io<'_, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<()> {
-                match self { $(Self::$variant(d) => d.admit(io, node, kind, offset, len).await,)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.admit(io, node, kind, offset, len).await,)* }
             }
 
             /// See [`Driver::allocation_unit`].
+            #[cfg_attr(not(feature = "copy-on-read"), allow(dead_code))] // reason: asked only by copy-on-read
             pub(crate) fn allocation_unit(&self) -> u64 {
-                match self { $(Self::$variant(d) => d.allocation_unit(),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.allocation_unit(),)* }
             }
 
             /// See [`Driver::verify_against`].
             pub(crate) fn verify_against(&self) -> Option<Role> {
-                match self { $(Self::$variant(d) => d.verify_against(),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.verify_against(),)* }
             }
 
             /// See [`Driver::copy_on_read`].
             pub(crate) fn copy_on_read(&self) -> Option<u16> {
-                match self { $(Self::$variant(d) => d.copy_on_read(),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.copy_on_read(),)* }
             }
 
             /// See [`Driver::map_cached`].
             pub(crate) fn map_cached(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<Mapping> {
-                match self { $(Self::$variant(d) => d.map_cached(io, node, offset, len),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.map_cached(io, node, offset, len),)* }
             }
 
             /// See [`Driver::is_empty`].
             pub(crate) fn is_empty(&self) -> bool {
-                match self { $(Self::$variant(d) => d.is_empty(),)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.is_empty(),)* }
             }
 
             /// See [`Driver::map`].
             pub(crate) async fn map(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Mapping> {
-                match self { $(Self::$variant(d) => d.map(io, node, offset, len).await,)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.map(io, node, offset, len).await,)* }
             }
 
             /// See [`Driver::read_compressed`].
             pub(crate) async fn read_compressed(&self, io: &Io<'_, '_>, node: NodeId, host: u64, csize: u64, skip: u64, out: &mut [u8]) -> Result<()> {
-                match self { $(Self::$variant(d) => d.read_compressed(io, node, host, csize, skip, out).await,)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.read_compressed(io, node, host, csize, skip, out).await,)* }
             }
 
             /// See [`Driver::begin_write`].
             pub(crate) async fn begin_write<'g>(&self, io: &Io<'g, '_>, node: NodeId, kind: ReqKind, offset: u64, len: u64) -> Result<Option<Tracked<'g>>> {
-                match self { $(Self::$variant(d) => d.begin_write(io, node, kind, offset, len).await,)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.begin_write(io, node, kind, offset, len).await,)* }
             }
 
             /// See [`Driver::plan_write`].
             pub(crate) async fn plan_write(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<WritePlan<Pending>> {
                 match self {
-                    $(Self::$variant(d) => Ok(match d.plan_write(io, node, offset, len).await? {
+                    $($(#[$cfg])* Self::$variant(d) => Ok(match d.plan_write(io, node, offset, len).await? {
                         WritePlan::Child { role, offset, len, grow_to } => WritePlan::Child { role, offset, len, grow_to },
                         WritePlan::Sink { len } => WritePlan::Sink { len },
                         WritePlan::Allocate(a, p) => WritePlan::Allocate(a, Pending::$variant(p)),
@@ -381,7 +393,7 @@ macro_rules! drivers {
             /// See [`Driver::commit_write`].
             pub(crate) async fn commit_write(&self, io: &Io<'_, '_>, node: NodeId, pending: Pending) -> Result<()> {
                 match (self, pending) {
-                    $((Self::$variant(d), Pending::$variant(p)) => d.commit_write(io, node, p).await,)*
+                    $($(#[$cfg])* (Self::$variant(d), Pending::$variant(p)) => d.commit_write(io, node, p).await,)*
                     #[allow(unreachable_patterns)] // reason: with one driver the arms above are exhaustive
                     _ => Err(Error::BadGraph("commit for another driver's allocation")),
                 }
@@ -389,22 +401,22 @@ macro_rules! drivers {
 
             /// See [`Driver::plan_range`].
             pub(crate) async fn plan_range(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, end: u64, op: RangeOp) -> Result<RangeStep> {
-                match self { $(Self::$variant(d) => d.plan_range(io, node, offset, end, op).await,)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.plan_range(io, node, offset, end, op).await,)* }
             }
 
             /// See [`Driver::flush_caches`].
             pub(crate) async fn flush_caches(&self, io: &Io<'_, '_>, node: NodeId) -> Result<()> {
-                match self { $(Self::$variant(d) => d.flush_caches(io, node).await,)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.flush_caches(io, node).await,)* }
             }
 
             /// See [`Driver::close`].
             pub(crate) async fn close(&self, io: &Io<'_, '_>, node: NodeId) -> Result<()> {
-                match self { $(Self::$variant(d) => d.close(io, node).await,)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.close(io, node).await,)* }
             }
 
             /// See [`Driver::resize`].
             pub(crate) async fn resize(&self, io: &Io<'_, '_>, node: NodeId, new_size: u64) -> Result<()> {
-                match self { $(Self::$variant(d) => d.resize(io, node, new_size).await,)* }
+                match self { $($(#[$cfg])* Self::$variant(d) => d.resize(io, node, new_size).await,)* }
             }
         }
     };
@@ -415,9 +427,13 @@ drivers! {
     Raw(raw::Raw) = raw::RAW,
     NullCo(null::Null) = null::NULL_CO,
     NullAio(null::Null) = null::NULL_AIO,
+    #[cfg(feature = "throttle")]
     Throttle(throttle::Throttle) = throttle::THROTTLE,
+    #[cfg(feature = "copy-on-read")]
     CopyOnRead(cor::CopyOnRead) = cor::COPY_ON_READ,
+    #[cfg(feature = "blkverify")]
     Blkverify(blkverify::Blkverify) = blkverify::BLKVERIFY,
+    #[cfg(feature = "blkdebug")]
     Blkdebug(blkdebug::Blkdebug) = blkdebug::BLKDEBUG,
 }
 

@@ -130,9 +130,22 @@ fn views_down<'o, 'a>(top: OptionsView<'o, 'a>) -> Result<heapless::Vec<OptionsV
 }
 
 /// True if `view` opens a `blkverify` node.
+#[cfg(feature = "blkverify")]
 fn is_blkverify(view: &OptionsView<'_, '_>) -> bool {
     view.get("driver").is_some_and(|d| d.eq_str(driver::blkverify::BLKVERIFY.name))
 }
+
+/// Built without the `blkverify` feature: no view opens one (`driver=blkverify` is unknown).
+#[cfg(not(feature = "blkverify"))]
+fn is_blkverify(_view: &OptionsView<'_, '_>) -> bool {
+    false
+}
+
+/// The options key of blkverify's reference child.
+#[cfg(feature = "blkverify")]
+const BLKVERIFY_REFERENCE: &str = driver::blkverify::REFERENCE_KEY;
+#[cfg(not(feature = "blkverify"))]
+const BLKVERIFY_REFERENCE: &str = "raw";
 
 fn same_device(a: &dyn BlockDevice, b: &dyn BlockDevice) -> bool {
     core::ptr::addr_eq(a as *const dyn BlockDevice, b as *const dyn BlockDevice)
@@ -163,7 +176,7 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             let reference = match chain.iter().filter(|v| is_blkverify(v)).count() {
                 0 => None,
                 1 => {
-                    let at = chain.iter().find(|v| is_blkverify(v)).and_then(|v| v.child(driver::blkverify::REFERENCE_KEY));
+                    let at = chain.iter().find(|v| is_blkverify(v)).and_then(|v| v.child(BLKVERIFY_REFERENCE));
                     let sub = views_down(at.ok_or(Error::BadOption { key: "raw", why: "missing (blkverify's reference)" })?)?;
                     if sub.iter().any(is_blkverify) {
                         return Err(Error::Unsupported("blkverify inside blkverify"));
@@ -514,6 +527,9 @@ impl<'d, const N: usize, const T: usize> Graph<'d, N, T> {
             let _ = children.push(Child { role: Role::File, node: file, attachment });
         } else if !desc.caps.contains(DriverCaps::PROTOCOL) {
             return Err(Error::BadOption { key: "file", why: "missing" });
+        }
+        if !read_only && !cfg!(feature = "write") {
+            return Err(driver::NO_WRITE);
         }
         let threshold = write_threshold(view)?;
         let state = FormatState::open(desc, &self.io(), file, view, read_only).await?;

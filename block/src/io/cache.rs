@@ -43,11 +43,12 @@ pub const SLICE: usize = 4096;
 /// Slots per set.
 pub const WAYS: usize = 8;
 
-/// What a dirty slice holds, in the order slices are written back.
+/// What a dirty slice holds, in the order slices are written back. (Numbered from 1 so that
+/// `None::<Class>` is the byte 0: see [`CacheSlot::new`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Class {
     /// Refcount table and refcount blocks: stable before anything that points at what they count.
-    Refcount,
+    Refcount = 1,
     /// L2 tables: written after a flush, so the data and refcounts they rely on are stable.
     Table,
 }
@@ -60,7 +61,9 @@ enum SlotState {
 }
 
 /// One cached slice: storage and bookkeeping. Make them with [`CacheSlot::new`] (a `const fn`,
-/// so `[const { CacheSlot::new() }; 16]` works in a `static`).
+/// so `[const { CacheSlot::new() }; 16]` works in a `static`). An empty slot is all zero bytes
+/// (every `None` and `Empty` below is encoded as 0), so such a `static` costs `.bss`, not
+/// `.data` in the image file; the unit test `empty_slot_is_zeroes` keeps it so.
 pub struct CacheSlot {
     data: RefCell<[u8; SLICE]>,
     key: Cell<Option<(NodeId, u64)>>,
@@ -107,6 +110,7 @@ impl Default for CacheSlot {
 /// compressed cluster needs, whatever the cluster size (the output is streamed out of the
 /// window). About 60 KiB each; the graph holds as many as the caller gives it
 /// ([`crate::Graph::set_decompressors`]), and a request waits for a free one.
+#[cfg_attr(not(feature = "compress"), allow(dead_code))] // reason: used only by compressed reads
 pub struct Inflater {
     pub(crate) state: RefCell<DecompressorOxide>,
     pub(crate) window: RefCell<[u8; WINDOW]>,
@@ -138,6 +142,7 @@ impl Default for Inflater {
 }
 
 /// An inflater taken from the pool; given back on drop.
+#[cfg_attr(not(feature = "compress"), allow(dead_code))] // reason: used only by compressed reads
 pub(crate) struct TakenInflater<'a>(pub(crate) &'a Inflater);
 
 impl Drop for TakenInflater<'_> {
@@ -554,6 +559,7 @@ impl<'d> MetaCache<'d> {
     }
 
     /// Takes a free decoder, waiting while all are busy.
+    #[cfg_attr(not(feature = "compress"), allow(dead_code))] // reason: used only by compressed reads
     pub(crate) async fn take_inflater(&self) -> Result<TakenInflater<'d>> {
         if self.inflaters.is_empty() {
             return Err(Error::NoSpace { what: "decompressors (Graph::set_decompressors)" });
@@ -564,6 +570,7 @@ impl<'d> MetaCache<'d> {
     }
 
     /// Takes a free zstd decoder, waiting while all are busy.
+    #[cfg_attr(not(feature = "compress"), allow(dead_code))] // reason: used only by compressed reads
     pub(crate) async fn take_zstd(&self) -> Result<TakenZstd<'d, 'd>> {
         if self.zstd.is_empty() {
             return Err(Error::NoSpace { what: "zstd decoders (Graph::set_zstd_decoders)" });
@@ -577,6 +584,19 @@ impl<'d> MetaCache<'d> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields of an empty slot that are enums hold 0, so `CacheSlot::new()` is all zeroes
+    /// (the rest are integers, `false`, a tag-encoded `Option` of plain integers and a
+    /// `RefCell`'s unborrowed flag) and a `static` of slots goes to `.bss`.
+    #[test]
+    #[allow(unsafe_code)] // reason: reads the bytes of field-less enums (every byte initialised)
+    fn empty_slot_is_zeroes() {
+        assert_eq!(core::mem::size_of::<Option<Class>>(), 1);
+        assert_eq!(core::mem::size_of::<Option<Event>>(), 1);
+        // SAFETY: both are one fully initialised byte (sizes checked above).
+        let (class, event) = unsafe { (core::mem::transmute::<Option<Class>, u8>(None), core::mem::transmute::<Option<Event>, u8>(None)) };
+        assert_eq!((class, event, SlotState::Empty as u8), (0, 0, 0));
+    }
 
     /// The same slice of many nodes (a chain's layers keep their tables at the same offsets)
     /// spreads over the sets: no set is asked to hold more of them than it has ways, so a

@@ -9,8 +9,9 @@ use crate::node::NodeId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Event {
-    /// An L1 entry is about to change.
-    L1Update,
+    /// An L1 entry is about to change. (Numbered from 1 so that `None::<Event>` is the byte 0:
+    /// a metadata cache slot with no event is all zeros and its `static` lands in `.bss`.)
+    L1Update = 1,
     /// A larger L1 table: clusters allocated, written, made active.
     L1GrowAllocTable,
     /// See [`Event::L1GrowAllocTable`].

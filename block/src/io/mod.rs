@@ -9,6 +9,7 @@ pub mod bounce;
 pub mod cache;
 pub mod child_io;
 mod ctx;
+#[cfg_attr(not(feature = "blkdebug"), allow(dead_code))] // reason: its rules are installed only by the blkdebug driver
 pub mod debug;
 mod device;
 pub mod events;
@@ -18,6 +19,7 @@ pub mod throttle;
 pub mod tracked;
 pub mod wait;
 pub mod zero;
+#[cfg_attr(not(feature = "compress"), allow(dead_code))] // reason: decoders are taken only by compressed reads
 pub mod zstd;
 
 pub use ctx::Io;

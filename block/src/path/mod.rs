@@ -2,6 +2,7 @@
 //! the write executor (plan, execute, commit), range operations and whole-graph flush. It works
 //! on a [`Stack`], the graph's [`crate::io::Io`] view plus every driver node's state.
 
+#[cfg(feature = "copy-on-read")]
 pub(crate) mod cor;
 pub(crate) mod flush;
 pub(crate) mod range;
@@ -9,6 +10,7 @@ pub(crate) mod request;
 pub(crate) mod skip;
 mod stack;
 pub(crate) mod walk;
+#[cfg(feature = "blkverify")]
 pub(crate) mod verify;
 pub(crate) mod write;
 

@@ -4,7 +4,11 @@
 //! its child against a reference ([`super::verify`]), they go there first. Kept apart from the
 //! modules it calls so that none of them calls back up.
 
-use super::{cor, range, verify, walk, write, Stack};
+#[cfg(feature = "copy-on-read")]
+use super::cor;
+#[cfg(feature = "blkverify")]
+use super::verify;
+use super::{range, walk, write, Stack};
 use crate::error::Result;
 use crate::io::RangeOp;
 use crate::node::NodeId;
@@ -12,12 +16,15 @@ use crate::node::NodeId;
 /// Reads `buf` at byte `offset` of `node`.
 pub(crate) async fn read(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
     if let Some(state) = s.state(node)? {
+        #[cfg(feature = "copy-on-read")]
         if let Some(depth) = state.copy_on_read() {
             return cor::read(s, node, depth, offset, buf).await;
         }
+        #[cfg(feature = "blkverify")]
         if let Some(role) = state.verify_against() {
             return verify::read(s, node, role, offset, buf).await;
         }
+        let _ = state; // without either filter, only the walk below
     }
     walk::read_request(s, node, offset, buf).await
 }
@@ -35,6 +42,7 @@ pub(crate) fn read_now(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [
 
 /// Writes `buf` at byte `offset` of `node`.
 pub(crate) async fn write(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &[u8]) -> Result<()> {
+    #[cfg(feature = "blkverify")]
     if let Some(role) = s.state(node)?.and_then(|state| state.verify_against()) {
         return verify::write(s, node, role, offset, buf).await;
     }
@@ -43,6 +51,7 @@ pub(crate) async fn write(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &[u
 
 /// Runs `op` over `len` bytes at `offset` of `node`.
 pub(crate) async fn range_op(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64, op: RangeOp) -> Result<()> {
+    #[cfg(feature = "blkverify")]
     if let Some(role) = s.state(node)?.and_then(|state| state.verify_against()) {
         return verify::range_op(s, node, role, offset, len, op).await;
     }

@@ -14,6 +14,11 @@
 //! back. It is generic over the devices, so the host test (`tests/chain.rs`) runs it on images
 //! made by `qemu-img` and checks the result with `qemu-img check` and `compare`, and
 //! `src/bin/firmware.rs` links it for x86_64, aarch64 and riscv64 bare metal.
+//!
+//! [`run_read_only`] is what a firmware that only boots from images needs: it opens the same
+//! chain read-only and hashes the guest disk. Built with `--no-default-features --features
+//! firmware,read-only`, the firmware links strata-block without its `write`, `compress`,
+//! `cmd` and filter features (`scripts/footprint.sh` prints what each build costs).
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -115,4 +120,54 @@ pub fn run<const B: usize, const S: usize>(top: &dyn BlockDevice, backing: &dyn 
     let size = disk.size();
     block_on(disk.close())?;
     Ok(Seen { size, before, after })
+}
+
+/// What [`run_read_only`] saw: the chain's size and a hash of every guest byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hashed {
+    /// Size of the top image in bytes.
+    pub size: u64,
+    /// [`fnv1a`] of the whole guest disk, read through the chain.
+    pub hash: u64,
+}
+
+/// FNV-1a (64-bit) of `bytes`, continuing from `hash` (start with [`FNV_START`]): small and
+/// dependency-free, enough to compare a disk read through the chain with the host's copy.
+pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// FNV-1a's offset basis.
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Bytes [`run_read_only`] reads per request.
+pub const READ_CHUNK: usize = 4096;
+
+/// Opens the qcow2 image on `top` read-only, with its backing file `backing` (the name stored
+/// in the overlay resolves to it), and hashes the guest disk. Nothing is written to either
+/// device; a read-only graph has nothing to write back, so it is dropped without a close.
+pub fn run_read_only<const B: usize, const S: usize>(top: &dyn BlockDevice, backing: &dyn BlockDevice, backing_name: &str, memory: &mut Memory<B, S>) -> Result<Hashed, Error> {
+    let mut graph: Graph<'_, 8, 16> = Graph::new(&mut memory.bounce, BOUNCE);
+    graph.set_metadata_cache(&memory.cache);
+    let mut resolve = |name: &str| match name {
+        "top" => Some(top),
+        n if n == backing_name => Some(backing),
+        _ => None,
+    };
+    let root = block_on(graph.open("driver=qcow2,file=top,read-only=on", &mut resolve))?;
+    let disk = Backend::new(&graph, root, BackendOptions { read_only: true, ..BackendOptions::default() })?;
+    let size = disk.size();
+    let mut buf = [0; READ_CHUNK];
+    let mut hash = FNV_START;
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(READ_CHUNK as u64) as usize;
+        block_on(disk.read(at, &mut buf[..n]))?;
+        hash = fnv1a(hash, &buf[..n]);
+        at += n as u64;
+    }
+    Ok(Hashed { size, hash })
 }

@@ -18,12 +18,18 @@
 //! layer moves data (`docs/ARCHITECTURE.md`).
 
 pub mod amend;
+#[cfg(feature = "compress")]
 mod compressed;
+#[cfg(not(feature = "compress"))]
+#[path = "compressed_off.rs"]
+mod compressed;
+#[cfg(feature = "compress")]
 mod compressed_zstd;
 mod compressed_write;
 mod data_file;
 mod empty;
 pub mod relink;
+#[cfg_attr(not(feature = "write"), allow(dead_code))] // reason: read-only builds never repair a dirty image at open
 pub mod check;
 pub mod create;
 mod entry_bits;
@@ -91,6 +97,7 @@ pub struct Qcow2 {
     pub(crate) extended_l2: bool,
     pub(crate) data_file: bool,
     pub(crate) refcount_order: u8,
+    #[cfg_attr(not(feature = "compress"), allow(dead_code))] // reason: read only by the decoders
     pub(crate) compression: Compression,
     /// The L1 table mapped: the active one, or the open snapshot's (moves when it grows).
     pub(crate) l1: Cell<Region>,
@@ -136,8 +143,13 @@ impl Qcow2 {
         // A dirty image is repaired before a read-write open reads its tables (QEMU's
         // `qcow2_do_open`): the repair may rebuild the refcount structure. A corrupt one is
         // refused below.
+        #[cfg(feature = "write")]
         if !read_only {
             check::repair_if_dirty(io, file).await?;
+        }
+        #[cfg(not(feature = "write"))]
+        if !read_only {
+            return Err(super::NO_WRITE);
         }
         let mut bytes = [0u8; KNOWN_HEADER_LEN];
         let present = child_io::read_upto(io, file, 0, &mut bytes).await?;

@@ -1,6 +1,8 @@
 //! The host side of `img convert`'s copy: block's copy loop ([`strata_block::cmd::copy`]) with
 //! the host's hooks (holes of host files, the `-p` line, a `-r` rate) and targets (a backend,
-//! or a qcow2 taking compressed clusters for `-c`), run by `-m` workers on this thread.
+//! or a qcow2 taking compressed clusters for `-c`), run by `-m` workers on this thread. With
+//! `-c` the whole clusters of each chunk are compressed together on all cores
+//! ([`compress_all`]), then written in order.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,7 +20,7 @@ use strata_block::driver::qcow2::Qcow2;
 use strata_block::path::Extent;
 use strata_block::{Backend, NodeId};
 
-use super::compress::compress;
+use super::compress::compress_all;
 use super::copy_hooks::HostHooks;
 use super::extents;
 use super::holes::HostFiles;
@@ -139,32 +141,46 @@ impl CopyTarget for Target<'_, '_, '_> {
         let graph = self.backend.graph();
         let io = graph.io();
         let root = self.backend.root();
-        let mut padded = Vec::new();
+        // The chunk's pieces: (guest offset, range in `data`, whether it is a whole cluster).
+        let mut pieces = Vec::new();
         let mut at = 0usize;
         while at < data.len() {
             let pos = offset + at as u64;
             let n = ((cs - pos % cs) as usize).min(data.len() - at);
-            let piece = &data[at..at + n];
             let whole = pos.is_multiple_of(cs) && (n as u64 == cs || pos + n as u64 == size);
-            if !whole {
-                self.backend.write(pos, piece).await?;
-            } else {
-                // The last cluster of an image whose size is not a multiple of the cluster
-                // size is compressed zero-padded, as QEMU does.
-                let full: &[u8] = if n as u64 == cs {
-                    piece
-                } else {
-                    padded.clear();
-                    padded.extend_from_slice(piece);
-                    padded.resize(cs as usize, 0);
-                    &padded
-                };
-                match compress(codec, full, cs as usize) {
-                    Some(payload) => q.write_compressed(&io, root, pos, &payload).await?,
-                    None => self.backend.write(pos, piece).await?,
-                }
-            }
+            pieces.push((pos, at..at + n, whole));
             at += n;
+        }
+        // The last cluster of an image whose size is not a multiple of the cluster size is
+        // compressed zero-padded, as QEMU does.
+        let mut padded = Vec::new();
+        if let Some((_, r, true)) = pieces.last().filter(|(_, r, _)| (r.len() as u64) < cs) {
+            padded.extend_from_slice(&data[r.clone()]);
+            padded.resize(cs as usize, 0);
+        }
+        let clusters: Vec<&[u8]> = pieces
+            .iter()
+            .filter(|(_, _, whole)| *whole)
+            .map(|(_, r, _)| {
+                if (r.len() as u64) < cs {
+                    &padded[..]
+                } else {
+                    &data[r.clone()]
+                }
+            })
+            .collect();
+        // Every whole cluster of the chunk is compressed at once, on all cores.
+        let mut payloads = compress_all(codec, &clusters, cs as usize).into_iter();
+        for (pos, r, whole) in pieces {
+            let payload = if whole {
+                payloads.next().flatten()
+            } else {
+                None
+            };
+            match payload {
+                Some(payload) => q.write_compressed(&io, root, pos, &payload).await?,
+                None => self.backend.write(pos, &data[r]).await?,
+            }
         }
         Ok(())
     }

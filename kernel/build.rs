@@ -10,6 +10,7 @@ fn main() {
     let board = match target_arch.as_str() {
         "x86_64" => "x86_64-pvh",
         "aarch64" => "aarch64-virt",
+        "riscv64" => "riscv64-virt",
         other => panic!("no board for target_arch {other}"),
     };
     let script = manifest.join("../targets").join(board).join("link.ld");

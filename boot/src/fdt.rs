@@ -7,6 +7,8 @@
 //! structure block is walked token by token (FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_NOP,
 //! FDT_END, devicetree specification v0.4 chapter 5), keeping only the depth.
 
+mod children;
+
 /// The blob's magic number (big-endian at offset 0).
 pub const MAGIC: u32 = 0xd00d_feed;
 

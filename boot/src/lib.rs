@@ -39,3 +39,12 @@ mod aarch64;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub use self::aarch64::{board, boot_info, clock, console, exit, trace, traps};
+
+#[cfg(all(target_arch = "riscv64", target_os = "none"))]
+mod riscv64;
+
+#[cfg(all(target_arch = "riscv64", target_os = "none"))]
+pub use self::riscv64::{board, boot_info, clock, console, exit, trace, traps};
+
+#[cfg(all(any(target_arch = "aarch64", target_arch = "riscv64"), target_os = "none"))]
+mod semihosting_trace;

@@ -1,0 +1,63 @@
+//! The riscv64 `virt` board: virtio-mmio transports from the device tree (`virtio,mmio` nodes
+//! under `/soc`; QEMU has 8 of 4 KiB from 0x1000_1000) and the test finisher's address. PCI
+//! (ECAM with BARs allocated from the host bridge's `ranges`) is not driven here yet: [`pci`]
+//! says there is none.
+
+use super::boot_info::BootInfo;
+use crate::common::MmioWindows;
+
+/// Paging is off (`satp` Bare): every physical address below QEMU's 56-bit limit is reachable
+/// as itself.
+pub(super) const PHYS_END: u64 = 1 << 56;
+
+/// PCI configuration access; `virt`'s ECAM is not driven yet, so there is never one.
+#[derive(Clone, Copy, Debug)]
+pub struct PciConfig(());
+
+impl PciConfig {
+    /// Reads a configuration word (never called: [`pci`] returns none).
+    pub fn read(&self, _bus: u8, _device: u8, _function: u8, _offset: u16) -> u32 {
+        u32::MAX
+    }
+
+    /// Writes a configuration word (never called: [`pci`] returns none).
+    pub fn write(&self, _bus: u8, _device: u8, _function: u8, _offset: u16, _value: u32) {}
+}
+
+/// PCI configuration access: none yet on riscv64 `virt`.
+pub fn pci() -> Option<PciConfig> {
+    None
+}
+
+/// The device tree's virtio-mmio windows (top level or one bus down), in tree order.
+pub fn virtio_mmio(info: &BootInfo) -> MmioWindows {
+    let mut windows = MmioWindows::new();
+    for node in info
+        .fdt()
+        .shallow_nodes()
+        .filter(|n| n.is_compatible("virtio,mmio"))
+    {
+        if let Some((base, size)) = node.reg().next() {
+            if !windows.push(base, size) {
+                break;
+            }
+        }
+    }
+    windows
+}
+
+/// The SiFive test finisher's register address (`sifive,test0`/`sifive,test1`), if the tree
+/// has one.
+pub(super) fn test_finisher(info: &BootInfo) -> Option<u64> {
+    let node = info
+        .fdt()
+        .shallow_nodes()
+        .find(|n| n.is_compatible("sifive,test0") || n.is_compatible("sifive,test1"))?;
+    let (base, size) = node.reg().next()?;
+    (size >= 4 && base.is_multiple_of(4) && base < PHYS_END).then_some(base)
+}
+
+/// True if `[addr, addr + size)` is reachable (paging is off: any physical address).
+pub fn is_mapped(addr: u64, size: u64) -> bool {
+    addr.checked_add(size).is_some_and(|end| end <= PHYS_END)
+}

@@ -51,28 +51,22 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         image_opts: args.has("--image-opts"),
         ..args.image_options()?
     };
-    // What the image is, checked against what is asked (and, when nothing structural is
-    // asked, the lazy-refcounts and size changes made in the same open).
-    let steps = image::with_image(file, &opts, |img| {
+    // What the image is, checked against what is asked; read-only, so a refused amend leaves
+    // the image as it was (a read-write open clears autoclear bits such as bitmaps').
+    let ro = OpenOptions { read_only: true, ..opts.clone() };
+    let steps = image::with_image(file, &ro, |img| {
         let graph = img.backend.graph();
-        let root = img.root();
-        let Some(q) = graph.state(root).ok().flatten().and_then(|s| s.qcow2()) else {
+        let Some(q) = graph.state(img.root()).ok().flatten().and_then(|s| s.qcow2()) else {
             return Err(ImgError::failed(format!("Format driver '{}' does not support option amendment", img.format())));
         };
-        let steps = plan(q, &amend)?;
-        if !steps.upgrade && steps.width.is_none() && !steps.downgrade {
-            node_changes(img, q, &amend)?;
-        }
-        Ok(steps)
+        plan(q, &amend)
     })?;
-    if !steps.upgrade && steps.width.is_none() && !steps.downgrade {
-        return Ok(());
-    }
-    if opts.image_opts {
+    let structural = steps.upgrade || steps.width.is_some() || steps.downgrade;
+    if structural && opts.image_opts {
         return Err(ImgError::failed("amend: changing compat or refcount_bits is not supported with --image-opts".into()));
     }
     // QEMU's order: upgrade, refcount width, lazy refcounts and size, downgrade last.
-    let mut memory = vec![0u8; BUDGET];
+    let mut memory = if structural { vec![0u8; BUDGET] } else { Vec::new() };
     if steps.upgrade || steps.width.is_some() {
         on_file(file, &opts, |io, node| {
             if steps.upgrade {

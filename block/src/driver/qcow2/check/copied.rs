@@ -2,12 +2,13 @@
 //! `check_oflag_copied`), run after the refcounts are repaired. A repair writes the L1 entry,
 //! and each 4 KiB chunk of an L2 table with changed entries.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::{child_io, Io};
 use crate::node::NodeId;
 
 use super::super::entry_bits::{COMPRESSED, COPIED, L1_OFFSET, L2_OFFSET, ZERO};
 use super::layout::{be64, put_be64, Layout};
+use super::snaptable;
 use super::stored::{Lookup, Stored};
 use super::{CheckResult, Finding, Mode, Sink};
 
@@ -93,6 +94,14 @@ async fn l2_copied(
 ) -> Result<()> {
     let (cs, es) = (lay.cs, lay.l2_entry);
     let chunk = lay.chunk() as u64;
+    // QEMU's overlap check before it writes the table back (it can fail only where the
+    // snapshot table is garbage: an "L1 table" read from it lies on this L2 table).
+    let refused = if repair {
+        snaptable::overlap(io, file, lay, l2, cs).await?
+    } else {
+        None
+    };
+    let mut refused_dirty = 0u64;
     let mut at = 0;
     while at < cs {
         let n = (cs - at).min(chunk) as usize;
@@ -137,12 +146,23 @@ async fn l2_copied(
                 }
             }
         }
-        if dirty > 0 {
+        if dirty > 0 && refused.is_some() {
+            refused_dirty += dirty;
+        } else if dirty > 0 {
             child_io::write(io, file, l2 + at, &b[..n]).await?;
             res.corruptions -= dirty;
             res.corruptions_fixed += dirty;
         }
         at += n as u64;
+    }
+    if let (Some(what), true) = (refused, refused_dirty > 0) {
+        snaptable::mark_corrupt(io, file, lay, what, &mut *sink).await?;
+        sink.finding(&Finding::L2WriteRefused);
+        res.check_errors += 1;
+        return Err(Error::Corrupt {
+            what: "a COPIED repair would overwrite metadata",
+            offset: l2,
+        });
     }
     Ok(())
 }

@@ -69,6 +69,88 @@ pub enum Finding {
     Rebuilding,
     /// After a rebuild, the recount still finds a referenced cluster with refcount 0.
     RebuiltStillBroken,
+    /// More than 65536 snapshots and no `-r all` (a check error).
+    SnapshotTableTooLarge { overhanging: u32 },
+    /// The snapshot table offset is not cluster-aligned or too large (a check error).
+    SnapshotTableOffsetInvalid,
+    /// An entry's extra data is above 1024 bytes and no `-r all` (a check error).
+    SnapshotExtraTooLarge { index: u32 },
+    /// The table is above 64 MiB and no `-r all` (a check error).
+    SnapshotTableTooBig { overhanging: u32 },
+    /// The table lies where it cannot be read (a check error).
+    SnapshotTableUnreadable,
+    /// `-r all` drops `count` snapshots off the end (`too_big`: the table passed 64 MiB;
+    /// else there were more than 65536).
+    SnapshotsDiscarded { count: u32, too_big: bool },
+    /// `-r all` cuts an entry's extra data to 1024 bytes.
+    SnapshotExtraDiscarded { index: u32, size: u32 },
+    /// A version 3 entry with less than 16 bytes of extra data.
+    SnapshotIncomplete { index: u32, repairing: bool },
+    /// A snapshot's L1 table offset is not cluster-aligned (the snapshot is not walked).
+    SnapshotL1Unaligned { id: Label, name: Label, offset: u64 },
+    /// A snapshot's L1 table is above 32 MiB (the snapshot is not walked).
+    SnapshotL1TooLarge { id: Label, name: Label, size: u32 },
+    /// Internal snapshots in an image with an external data file.
+    SnapshotsWithDataFile { count: u32 },
+    /// A metadata write would overwrite other metadata: the image is marked corrupt (QEMU's
+    /// overlap check).
+    MarkedCorrupt { what: &'static str },
+    /// A COPIED repair's L2 write was refused by the overlap check (a check error).
+    L2WriteRefused,
+    /// Rewriting the snapshot table failed (a check error).
+    SnapshotTableUpdateFailed { reason: &'static str },
+    /// An L1 table cannot be read (it lies past 2^63).
+    L1IoError,
+    /// Freeing the old snapshot table after its rewrite found a cluster already free.
+    FreeFailed,
+}
+
+/// A snapshot's id or name as QEMU prints it (`%s`: up to the first NUL byte), cut at
+/// [`Label::CAPACITY`] bytes; invalid UTF-8 shows as U+FFFD.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Label {
+    bytes: [u8; Label::CAPACITY],
+    len: u8,
+}
+
+impl Label {
+    /// Bytes kept.
+    pub const CAPACITY: usize = 64;
+
+    /// The label of `raw` (cut at its first NUL and at the capacity).
+    pub fn new(raw: &[u8]) -> Self {
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let len = end.min(Self::CAPACITY);
+        let mut bytes = [0u8; Self::CAPACITY];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The bytes kept.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.as_bytes().utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{FFFD}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
 }
 
 impl fmt::Display for Finding {
@@ -140,6 +222,57 @@ impl fmt::Display for Finding {
             Finding::NeedRebuild => write!(f, "ERROR need to rebuild refcount structures"),
             Finding::Rebuilding => write!(f, "Rebuilding refcount structure"),
             Finding::RebuiltStillBroken => write!(f, "ERROR rebuilt refcount structure is still broken"),
+            Finding::SnapshotTableTooLarge { overhanging } => {
+                write!(f, "ERROR snapshot table too large")?;
+                if overhanging != 0 {
+                    write!(f, "\nYou can force-remove all {overhanging} overhanging snapshots with qemu-img check -r all")?;
+                }
+                Ok(())
+            }
+            Finding::SnapshotTableOffsetInvalid => write!(f, "ERROR snapshot table offset invalid"),
+            Finding::SnapshotExtraTooLarge { index } => write!(
+                f,
+                "ERROR failed to read the snapshot table: Too much extra metadata in snapshot table entry {index}\nYou can force-remove this extra metadata with qemu-img check -r all"
+            ),
+            Finding::SnapshotTableTooBig { overhanging } => write!(
+                f,
+                "ERROR failed to read the snapshot table: Snapshot table is too big\nYou can force-remove all {overhanging} overhanging snapshots with qemu-img check -r all"
+            ),
+            Finding::SnapshotTableUnreadable => {
+                write!(f, "ERROR failed to read the snapshot table: Failed to read snapshot table: Invalid argument")
+            }
+            Finding::SnapshotsDiscarded { count, too_big } => {
+                write!(f, "Discarding {count} overhanging snapshots")?;
+                if too_big {
+                    write!(f, " (snapshot table is too big)")?;
+                }
+                Ok(())
+            }
+            Finding::SnapshotExtraDiscarded { index, size } => {
+                write!(f, "Discarding too much extra metadata in snapshot table entry {index} ({size} > 1024)")
+            }
+            Finding::SnapshotIncomplete { index, repairing } => {
+                write!(f, "{} snapshot table entry {index} is incomplete", verb(repairing))
+            }
+            Finding::SnapshotL1Unaligned { id, name, offset } => write!(
+                f,
+                "ERROR snapshot {id} ({name}) l1_offset={offset:#x}: L1 table is not cluster aligned; snapshot table entry corrupted"
+            ),
+            Finding::SnapshotL1TooLarge { id, name, size } => write!(
+                f,
+                "ERROR snapshot {id} ({name}) l1_size={size:#x}: L1 table is too large; snapshot table entry corrupted"
+            ),
+            Finding::SnapshotsWithDataFile { count } => write!(f, "ERROR {count} snapshots in image with data file"),
+            Finding::MarkedCorrupt { what } => write!(
+                f,
+                "qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with {what}); further corruption events will be suppressed"
+            ),
+            Finding::L2WriteRefused => {
+                write!(f, "ERROR: Could not write L2 table; metadata overlap check failed: Input/output error")
+            }
+            Finding::SnapshotTableUpdateFailed { reason } => write!(f, "ERROR failed to update snapshot table: {reason}"),
+            Finding::L1IoError => write!(f, "ERROR: I/O error in check_refcounts_l1"),
+            Finding::FreeFailed => write!(f, "qcow2_free_clusters failed: Invalid argument"),
         }
     }
 }

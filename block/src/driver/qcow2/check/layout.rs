@@ -2,6 +2,8 @@
 //! tables it names and their sizes, read from the image file alone (no qcow2 node is opened,
 //! so a corrupt or dirty image can be checked and repaired), with the same placement checks an
 //! open makes. An image these checks refuse cannot be checked (qemu-img: it cannot be opened).
+//! The check reads the snapshot table tolerantly itself ([`super::snaptable`]), as QEMU opens
+//! an image for a check without it; other users read it as strictly as an open.
 
 use crate::error::{Error, Result};
 use crate::io::{child_io, Io};
@@ -11,6 +13,7 @@ use super::super::extensions;
 use super::super::header::{incompat, Header, KNOWN_HEADER_LEN};
 use super::super::snapshots;
 use super::super::validation::{self, Metadata, Region, Table};
+use super::snaptable;
 
 /// The image as the check sees it.
 #[derive(Clone, Copy, Debug)]
@@ -31,15 +34,26 @@ pub(crate) struct Layout {
     pub(crate) l2_entry: u64,
     pub(crate) extended_l2: bool,
     pub(crate) data_file: bool,
-    /// The snapshot table's length (entries padded to 8 bytes, as QEMU's `snapshots_size`).
-    pub(crate) snapshots_len: u64,
+    /// The snapshot table as the check read it (empty until [`snaptable::survey`] has).
+    pub(crate) snaps: snaptable::Table,
     /// The bitmap directory (offset, bytes, bitmaps), if the bitmaps are consistent.
     pub(crate) bitmaps: Option<(u64, u64, u32)>,
 }
 
 impl Layout {
-    /// Reads and checks the header, extensions and table placement of the image in `file`.
+    /// Reads and checks the header, extensions and table placement of the image in `file`,
+    /// the snapshot table as strictly as an open reads it.
     pub(crate) async fn read(io: &Io<'_, '_>, file: NodeId) -> Result<Self> {
+        Self::read_with(io, file, true).await
+    }
+
+    /// [`Layout::read`] without the snapshot table (`snaps` empty): the check reads it
+    /// tolerantly ([`snaptable::survey`]), as QEMU opens an image for a check without it.
+    pub(crate) async fn read_for_check(io: &Io<'_, '_>, file: NodeId) -> Result<Self> {
+        Self::read_with(io, file, false).await
+    }
+
+    async fn read_with(io: &Io<'_, '_>, file: NodeId, snapshots: bool) -> Result<Self> {
         let mut bytes = [0u8; KNOWN_HEADER_LEN];
         let present = child_io::read_upto(io, file, 0, &mut bytes).await?;
         let header = Header::parse(&bytes, present)?;
@@ -66,7 +80,14 @@ impl Layout {
             file_size,
         )?;
         let ext = extensions::read(io, file, &header).await?;
-        let snaps = snapshots::check(io, file, &header).await?;
+        let (snaps, count) = if snapshots {
+            (
+                snapshots::check(io, file, &header).await?,
+                header.nb_snapshots,
+            )
+        } else {
+            (Region::new(header.snapshots_offset, 0), 0)
+        };
         validation::disjoint(&Metadata {
             header: Region::new(0, cs),
             l1,
@@ -86,7 +107,11 @@ impl Layout {
             l2_entry: if header.extended_l2() { 16 } else { 8 },
             extended_l2: header.extended_l2(),
             data_file: header.incompatible & incompat::DATA_FILE != 0,
-            snapshots_len: snaps.len,
+            snaps: snaptable::Table {
+                offset: header.snapshots_offset,
+                count,
+                len: snaps.len,
+            },
             bitmaps: ext.bitmap_directory,
         })
     }

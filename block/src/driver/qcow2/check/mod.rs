@@ -17,8 +17,10 @@
 //! QEMU rebuilds the refcount structure (broken refcount blocks: unaligned, shared; or a
 //! referenced cluster with stored refcount 0), `-r all` does too ([`rebuild`]); a refcount
 //! block past the end of the file is first covered by growing the file, as QEMU does. The
-//! snapshot table is not repaired (QEMU's `qcow2_check_fix_snapshot_table` is not done). Like
-//! qemu-img, a caller re-checks after a repair to report the image as it now is.
+//! snapshot table is read tolerantly first and, under `-r all`, cut or rewritten last
+//! ([`snaptable`], QEMU's `qcow2_check_read_snapshot_table` and
+//! `qcow2_check_fix_snapshot_table`). Like qemu-img, a caller re-checks after a repair to
+//! report the image as it now is.
 //!
 //! Problems go to a caller's [`Sink`] as [`Finding`]s, whose `Display` is QEMU's message.
 
@@ -27,11 +29,12 @@ mod copied;
 mod finding;
 pub(crate) mod layout;
 pub(crate) mod rebuild;
+pub(crate) mod snaptable;
 pub(crate) mod stored;
 mod walk;
 pub(crate) mod window;
 
-pub use finding::Finding;
+pub use finding::{Finding, Label};
 
 use crate::error::{Error, Result};
 use crate::io::{child_io, flush, Io};
@@ -265,7 +268,7 @@ pub async fn check(
     budget: &mut [u8],
     sink: &mut dyn Sink,
 ) -> Result<CheckResult> {
-    let mut lay = Layout::read(io, file).await?;
+    let mut lay = Layout::read_for_check(io, file).await?;
     if budget.len() < MIN_BUDGET {
         return Err(Error::NoSpace {
             what: "check budget (at least 16 KiB)",
@@ -276,6 +279,20 @@ pub async fn check(
     let (c, win) = rest.split_at_mut(SCRATCH);
     let mut m = Memory { a, b, win };
     let mut stored = Stored::new(c);
+
+    // The snapshot table first (its problems counted apart, as QEMU's `snapshot_res`).
+    let mut snap_res = CheckResult::default();
+    let snaps = snaptable::survey(
+        io,
+        file,
+        &lay.header,
+        mode.fix_errors,
+        &mut *sink,
+        &mut snap_res,
+    )
+    .await?;
+    lay.snaps = snaps;
+    lay.header.nb_snapshots = snaps.count;
 
     // Check: walk and compare, reporting (and growing the file over a refcount block past its
     // end under -r all, as QEMU).
@@ -302,7 +319,8 @@ pub async fn check(
         // free (leaked at worst), so the new structure may go there.
         let start = first.clusters_end;
         passes += rebuild::rebuild(io, file, &lay, start, m.win, m.a, m.b).await?;
-        lay = Layout::read(io, file).await?;
+        lay = Layout::read_for_check(io, file).await?;
+        lay.snaps = snaps;
         stored.reset();
         let how = SweepMode {
             walk_reports: true,
@@ -363,6 +381,26 @@ pub async fn check(
         m.b,
     )
     .await?;
+    // The snapshot table rewritten once the refcounts are right (QEMU's
+    // `qcow2_check_fix_snapshot_table`): its new clusters are allocated from them.
+    if mode.fix_errors && snap_res.corruptions != 0 {
+        match snaptable::rewrite(io, file, &lay, &lay.snaps, &mut stored, m.a, &mut *sink).await
+        {
+            Ok(t) => lay.snaps = t,
+            Err(e) => {
+                // QEMU's strerror: EFBIG for a table over its limit, EIO otherwise.
+                let reason = match e {
+                    Error::NoSpace { .. } => "File too large",
+                    _ => "Input/output error",
+                };
+                sink.finding(&Finding::SnapshotTableUpdateFailed { reason });
+                return Err(e);
+            }
+        }
+        snap_res.corruptions_fixed += snap_res.corruptions;
+        snap_res.corruptions = 0;
+    }
+    res.add_counts(&snap_res);
     if mode.repairs() {
         flush::flush_leaves(io, file).await?;
         let bits = lay.header.incompatible;
@@ -394,6 +432,9 @@ pub(crate) async fn repair_if_dirty(io: &Io<'_, '_>, file: NodeId) -> Result<()>
     if bits & (incompat::DIRTY | incompat::CORRUPT) == incompat::DIRTY
         && bits & incompat::DATA_FILE == 0
     {
+        // QEMU reads the snapshot table strictly at open, before it repairs: a broken table
+        // is refused, not repaired, here.
+        super::snapshots::check(io, file, &header).await?;
         repair_dirty(io, file).await?;
     }
     Ok(())

@@ -12,8 +12,9 @@ use crate::node::NodeId;
 use super::super::entry_bits::{
     COMPRESSED, COPIED, L1_OFFSET, L1_RESERVED, L2_OFFSET, L2_RESERVED, ZERO,
 };
-use super::super::snapshots::Walk;
+use super::super::validation::MAX_L1_BYTES;
 use super::layout::{be64, put_be64, Layout};
+use super::snaptable::{self, Reader};
 use super::window::Window;
 use super::{CheckResult, Finding, Sink};
 
@@ -110,15 +111,58 @@ impl Pass<'_, '_> {
         self.inc(0, lay.cs);
         self.l1(io, file, h.l1_table_offset, h.l1_size, true, a, b)
             .await?;
-        let mut walk = Walk::new(h);
-        while let Some(s) = walk.next(io, file).await? {
-            self.l1(io, file, s.l1_table_offset, s.l1_size, false, a, b)
-                .await?;
-        }
-        self.inc(h.snapshots_offset, lay.snapshots_len);
+        self.snapshots(io, file, a, b).await?;
+        self.inc(lay.snaps.offset, lay.snaps.len);
         self.inc(h.refcount_table_offset, lay.rt_entries * 8);
         self.bitmaps(io, file, a).await?;
         self.refblocks(io, file, a).await
+    }
+
+    /// Each snapshot's L1 table, skipping (and reporting) one that is not cluster-aligned or
+    /// above 32 MiB, as QEMU's `calculate_refcounts`.
+    async fn snapshots(
+        &mut self,
+        io: &Io<'_, '_>,
+        file: NodeId,
+        a: &mut [u8],
+        b: &mut [u8],
+    ) -> Result<()> {
+        let lay = self.lay;
+        if lay.data_file && lay.snaps.count != 0 {
+            let count = lay.snaps.count;
+            self.report(Finding::SnapshotsWithDataFile { count }, true);
+        }
+        // The survey accepted the table: extra data above 1024 bytes is there only under
+        // -r all, cut.
+        let mut r = Reader::new(&lay.snaps, lay.header.size, true);
+        while let Some(s) = r.next(io, file).await? {
+            let unaligned = s.l1_table_offset & (lay.cs - 1) != 0;
+            let large = u64::from(s.l1_size) > MAX_L1_BYTES / 8;
+            if unaligned || large {
+                if self.global {
+                    let id = snaptable::label(io, file, s.id_at, s.id_len).await?;
+                    let name = snaptable::label(io, file, s.name_at(), s.name_len).await?;
+                    let f = if unaligned {
+                        Finding::SnapshotL1Unaligned {
+                            id,
+                            name,
+                            offset: s.l1_table_offset,
+                        }
+                    } else {
+                        Finding::SnapshotL1TooLarge {
+                            id,
+                            name,
+                            size: s.l1_size,
+                        }
+                    };
+                    self.report(f, true);
+                }
+                continue;
+            }
+            self.l1(io, file, s.l1_table_offset, s.l1_size, false, a, b)
+                .await?;
+        }
+        Ok(())
     }
 
     /// An L1 table, its L2 tables and their clusters (QEMU's `check_refcounts_l1`).
@@ -135,6 +179,19 @@ impl Pass<'_, '_> {
     ) -> Result<()> {
         let bytes = u64::from(entries) * 8;
         self.inc(offset, bytes);
+        // A snapshot's L1 offset is any 64-bit number; QEMU's read fails past 2^63.
+        if offset
+            .checked_add(bytes)
+            .is_none_or(|e| e > i64::MAX as u64)
+        {
+            if self.global {
+                self.sink.finding(&Finding::L1IoError);
+                self.res.check_errors += 1;
+            }
+            return Err(Error::BadImage {
+                what: "an L1 table lies past 2^63",
+            });
+        }
         let chunk = self.lay.chunk() as u64;
         let mut at = 0;
         while at < bytes {
@@ -344,7 +401,7 @@ impl Pass<'_, '_> {
             (0, lay.cs),
             (h.l1_table_offset, u64::from(h.l1_size) * 8),
             (h.refcount_table_offset, lay.rt_entries * 8),
-            (h.snapshots_offset, lay.snapshots_len),
+            (lay.snaps.offset, lay.snaps.len),
             (0, 0),
         ];
         if let Some((dir, n, _)) = lay.bitmaps {

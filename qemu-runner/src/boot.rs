@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::console::{Line, Transcript};
 use crate::exit_status::{classify, Status};
-use crate::machine::{Accel, Machine};
+use crate::machine::{Accel, Machine, Transport};
 use crate::qemu::QemuConfig;
 use crate::workspace::RunDir;
 use crate::{chain, defmt_log, drives, footprint, headroom, install, kernel, process, qemu, series, write_log};
@@ -30,6 +30,8 @@ pub struct BootOptions {
     pub cmd: Option<String>,
     /// The machine type.
     pub machine: Machine,
+    /// The virtio transport; `None`: the machine's default ([`Machine::default_transport`]).
+    pub transport: Option<Transport>,
     /// The accelerator.
     pub accel: Accel,
     /// Kill QEMU after this long.
@@ -54,6 +56,7 @@ impl Default for BootOptions {
             drives: Vec::new(),
             cmd: None,
             machine: Machine::default(),
+            transport: None,
             accel: Accel::default(),
             timeout: DEFAULT_TIMEOUT,
             memory_mib: DEFAULT_MEMORY_MIB,
@@ -86,6 +89,10 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     // 1 GiB, so 3 GiB of it ends at the same line.
     if opts.memory_mib > MAX_MEMORY_MIB {
         return Err(RunnerError::Usage(format!("--memory {}: the guest uses at most {MAX_MEMORY_MIB} MiB", opts.memory_mib)));
+    }
+    let transport = opts.transport.unwrap_or(opts.machine.default_transport());
+    if !opts.machine.supports(transport) {
+        return Err(RunnerError::Usage(format!("--transport {transport}: the {} machine has no {transport} transport", opts.machine)));
     }
     let (drives, default_cmd) = if opts.drives.is_empty() {
         (vec![drives::default_disk()?], DEFAULT_CMD_SCRATCH)
@@ -126,6 +133,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
         cmdline,
         memory_mib: opts.memory_mib,
         machine: opts.machine,
+        transport,
         accel,
         drives: &drives,
         defmt_file: &defmt_file,
@@ -171,6 +179,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
         kernel_code: outcome.kernel_code,
         message: outcome.message,
         machine: opts.machine,
+        transport,
         accel,
         qemu_wall_ms: u64::try_from(finished.wall.as_millis()).unwrap_or(u64::MAX),
         boot_to_first_io_us: transcript.record_u64("exit", "first_io_us"),

@@ -107,6 +107,7 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
             "--cmd" => options.cmd = Some(flags.value(flag, inline)?.to_string()),
             "--machine" => machine = Some(flags.value(flag, inline)?.parse()?),
             "--arch" => arch = Some(flags.value(flag, inline)?.parse()?),
+            "--transport" => options.transport = Some(flags.value(flag, inline)?.parse()?),
             "--accel" => options.accel = flags.value(flag, inline)?.parse()?,
             "--timeout" => options.timeout = parse_timeout(flags.value(flag, inline)?)?,
             "--memory" => options.memory_mib = parse_memory(flags.value(flag, inline)?)?,
@@ -139,6 +140,11 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
         (Some(a), None) => a.default_machine(),
         (None, None) => Machine::default(),
     };
+    if let Some(t) = options.transport {
+        if !options.machine.supports(t) {
+            return Err(RunnerError::Usage(format!("--transport {t}: the {} machine has no {t} transport", options.machine)));
+        }
+    }
     options.echo_console = !json;
     let workload = options
         .cmd
@@ -341,6 +347,18 @@ mod tests {
         assert_eq!(b.options.machine, Machine::Virt);
         let b = boot_args(&["--arch=x86_64", "--machine", "pc"])?;
         assert_eq!(b.options.machine, Machine::Pc);
+        Ok(())
+    }
+
+    #[test]
+    fn transport_is_checked_against_the_machine() -> Result<(), String> {
+        let b = boot_args(&["--arch", "aarch64", "--transport", "pci"])?;
+        assert_eq!((b.options.machine, b.options.transport), (Machine::Virt, Some(crate::Transport::Pci)));
+        let b = boot_args(&["--machine=q35", "--transport=pci"])?;
+        assert_eq!(b.options.transport, Some(crate::Transport::Pci));
+        for bad in [&["--transport", "pci"][..], &["--machine", "pc", "--transport", "mmio"], &["--arch", "aarch64", "--transport", "isa"]] {
+            assert!(boot_args(bad).is_err(), "{bad:?} accepted");
+        }
         Ok(())
     }
 

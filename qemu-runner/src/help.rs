@@ -79,6 +79,10 @@ Options:
   --machine M        microvm (default; virtio-mmio, fastest boot), pc or q35
                      (virtio-pci); virt for aarch64 (virtio-mmio from the
                      device tree; the default with --arch aarch64)
+  --transport T      mmio or pci: how the disks are attached (default: mmio on
+                     microvm and virt, pci on pc and q35). virt takes both; with
+                     pci its disks are virtio-blk-pci on the PCIe host bridge,
+                     whose BARs the kernel assigns from the device tree
   --accel A          tcg (default), kvm, or auto (kvm if /dev/kvm opens
                      read-write, else tcg). This machine's KVM is nested, where
                      VM exits are slow: KVM is often slower than TCG here, and

@@ -55,7 +55,7 @@ pub use drives::Drive;
 pub use error::RunnerError;
 pub use exit_status::Status;
 pub use kernel::build_kernel;
-pub use machine::{Accel, Arch, Machine, ResolvedAccel};
+pub use machine::{Accel, Arch, Machine, ResolvedAccel, Transport};
 pub use result::BootResult;
 
 /// Makes sure `qemu-system-x86_64`, `qemu-img` and `qemu-io` (or `QEMU_SYSTEM`) can be found; if

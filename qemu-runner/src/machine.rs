@@ -146,6 +146,63 @@ impl fmt::Display for Machine {
     }
 }
 
+/// How virtio devices reach the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// virtio-mmio (`virtio-blk-device`): microvm's fixed windows, `virt`'s device tree.
+    Mmio,
+    /// virtio-pci (`virtio-blk-pci`): pc and q35 (firmware assigns BARs), `virt` (the kernel's
+    /// board code assigns them from the device tree's host bridge).
+    Pci,
+}
+
+impl Transport {
+    /// Its name (as `--transport` takes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mmio => "mmio",
+            Transport::Pci => "pci",
+        }
+    }
+}
+
+impl FromStr for Transport {
+    type Err = RunnerError;
+
+    fn from_str(s: &str) -> Result<Self, RunnerError> {
+        match s {
+            "mmio" => Ok(Transport::Mmio),
+            "pci" => Ok(Transport::Pci),
+            _ => Err(RunnerError::Usage(format!(
+                "unknown transport \"{s}\" (mmio or pci)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Machine {
+    /// The virtio transport used when none is named: PCI on pc and q35, MMIO elsewhere.
+    pub fn default_transport(self) -> Transport {
+        match self {
+            Machine::Pc | Machine::Q35 => Transport::Pci,
+            _ => Transport::Mmio,
+        }
+    }
+
+    /// True if the machine carries `transport`: `virt` has both a virtio-mmio bus and a PCIe
+    /// host bridge; microvm has no PCI, pc and q35 no virtio-mmio bus.
+    pub fn supports(self, transport: Transport) -> bool {
+        matches!(self, Machine::Virt) || self.default_transport() == transport
+    }
+}
+
 /// The accelerator the user asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Accel {

@@ -7,14 +7,14 @@
 //! both). Disks are raw `-drive if=none` backends (opened through `file.filename`, so a
 //! name with a `:` is never taken for a protocol), or `-blockdev driver=null-co` nodes, behind
 //! virtio-blk devices: `virtio-blk-device` (virtio-mmio) on microvm and virt, `virtio-blk-pci`
-//! on pc and q35. A drive with `log=` is three `-blockdev` nodes instead: file, log file and the
+//! on pc and q35 and on virt with `--transport pci`. A drive with `log=` is three `-blockdev` nodes instead: file, log file and the
 //! `blklogwrites` filter (see [`crate::write_log`]).
 
 use std::ffi::OsString;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use crate::machine::{Arch, Machine, ResolvedAccel};
+use crate::machine::{Arch, Machine, ResolvedAccel, Transport};
 use crate::drives::Backing;
 use crate::write_log;
 use crate::Drive;
@@ -65,6 +65,8 @@ pub struct QemuConfig<'a> {
     pub memory_mib: u32,
     /// The machine type.
     pub machine: Machine,
+    /// The virtio transport (one the machine supports).
+    pub transport: Transport,
     /// The accelerator.
     pub accel: ResolvedAccel,
     /// The disks, in order; validated already.
@@ -127,9 +129,9 @@ impl QemuConfig<'_> {
             push(&["-chardev", &chardev]);
             push(&["-semihosting-config", "enable=on,target=native,chardev=defmt"]);
         }
-        let device = match self.machine {
-            Machine::Microvm | Machine::Virt => "virtio-blk-device",
-            Machine::Pc | Machine::Q35 => "virtio-blk-pci",
+        let device = match self.transport {
+            Transport::Mmio => "virtio-blk-device",
+            Transport::Pci => "virtio-blk-pci",
         };
         for (i, drive) in self.drives.iter().enumerate() {
             let frontend = format!("{device},drive=d{i},serial={}", escape(&drive.serial));
@@ -184,6 +186,7 @@ mod tests {
             cmdline: "sha256 disk0",
             memory_mib: 256,
             machine,
+            transport: machine.default_transport(),
             accel: ResolvedAccel::Tcg,
             drives,
             defmt_file: Path::new("/run,1/defmt.bin"),
@@ -266,6 +269,19 @@ mod tests {
         assert_eq!(values(&args, "-semihosting-config"), ["enable=on,target=native,chardev=defmt"]);
         assert_eq!(values(&args, "-chardev"), ["file,id=defmt,path=/run,,1/defmt.bin"]);
         assert_eq!(values(&args, "-device"), ["virtio-blk-device,drive=d0,serial=disk0"]);
+    }
+
+    #[test]
+    fn virt_with_pci_uses_virtio_blk_pci() {
+        let drives = [Drive::new("/img/a.img", "disk0"), Drive::new("/img/b.img", "disk1")];
+        let mut cfg = config(Machine::Virt, &drives);
+        cfg.transport = Transport::Pci;
+        let args = cfg.args();
+        assert_eq!(values(&args, "-machine"), ["virt"]);
+        assert_eq!(
+            values(&args, "-device"),
+            ["virtio-blk-pci,drive=d0,serial=disk0", "virtio-blk-pci,drive=d1,serial=disk1"]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::defmt_log::LogLine;
 use crate::exit_status::Status;
 use crate::footprint::BlockShare;
-use crate::machine::{Machine, ResolvedAccel};
+use crate::machine::{Machine, ResolvedAccel, Transport};
 use crate::series::BenchSeries;
 
 /// Everything one boot produced.
@@ -23,6 +23,8 @@ pub struct BootResult {
     pub message: Option<String>,
     /// The machine type.
     pub machine: Machine,
+    /// The virtio transport the disks were attached with.
+    pub transport: Transport,
     /// The accelerator used.
     pub accel: ResolvedAccel,
     /// QEMU's wall time, from spawn to exit, measured by the runner.
@@ -130,6 +132,7 @@ mod tests {
             kernel_code: Some(0),
             message: None,
             machine: Machine::Microvm,
+            transport: Transport::Mmio,
             accel: ResolvedAccel::Tcg,
             qemu_wall_ms: 812,
             boot_to_first_io_us: Some(3100),

@@ -15,6 +15,7 @@ pub const BOOT_ERROR: u32 = 4;
 
 /// Records the exit on the console and ends the machine.
 pub fn exit(code: u32) -> ! {
+    crate::stack_depth::report();
     crate::report::exit(code);
     strata_boot::exit::exit(code)
 }

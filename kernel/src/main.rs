@@ -23,6 +23,7 @@ pub mod log;
 mod pack;
 mod report;
 mod stack;
+mod stack_depth;
 mod workloads;
 
 use strata_boot::{boot_info::BootInfo, clock, traps};
@@ -32,6 +33,7 @@ use strata_boot::{boot_info::BootInfo, clock, traps};
 #[no_mangle]
 extern "C" fn strata_main(boot_handle: u64) -> ! {
     clock::mark_boot();
+    stack_depth::paint();
     console::init();
     traps::init();
     // SAFETY: `boot_handle` is what the entry code passed us.

@@ -31,10 +31,13 @@ use crate::img::resolve::HostResolver;
 use crate::{Machine, RunnerError};
 
 /// Most virtio-blk devices a boot takes: microvm's 24 virtio-mmio slots, which is also what the
-/// kernel's device catalog holds (pc/q35 have more free PCI slots, the catalog does not).
+/// kernel's device catalog holds (pc/q35 have more free PCI slots, the catalog does not);
+/// riscv64 virt's 8.
 pub fn max_drives(machine: Machine) -> usize {
     match machine {
         Machine::Microvm | Machine::Pc | Machine::Q35 | Machine::Virt => 24,
+        // riscv64 virt has 8 virtio-mmio slots (VIRTIO_COUNT).
+        Machine::RiscvVirt => 8,
     }
 }
 

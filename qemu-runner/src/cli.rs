@@ -133,10 +133,10 @@ fn parse_boot(args: &[String]) -> Result<Command, RunnerError> {
         }
     }
     options.machine = match (arch, machine) {
-        (Some(a), Some(m)) if m.arch() != a => {
-            return Err(RunnerError::Usage(format!("--machine {m} is not an {a} machine")))
-        }
-        (_, Some(m)) => m,
+        (Some(a), Some(m)) => m.on(a).ok_or_else(|| {
+            RunnerError::Usage(format!("--machine {m} is not an {a} machine"))
+        })?,
+        (None, Some(m)) => m,
         (Some(a), None) => a.default_machine(),
         (None, None) => Machine::default(),
     };
@@ -318,7 +318,7 @@ mod tests {
     fn usage_errors() {
         for bad in [
             &["--machine", "sparc"][..],
-            &["--arch", "riscv64"],
+            &["--arch", "sparc"],
             &["--arch", "x86_64", "--machine", "virt"],
             &["--arch", "aarch64", "--machine", "q35"],
             &["--accel", "hvf"],
@@ -345,6 +345,10 @@ mod tests {
         assert_eq!(b.options.machine, Machine::Virt);
         let b = boot_args(&["--machine", "virt"])?;
         assert_eq!(b.options.machine, Machine::Virt);
+        let b = boot_args(&["--arch", "riscv64"])?;
+        assert_eq!(b.options.machine, Machine::RiscvVirt);
+        let b = boot_args(&["--arch", "riscv64", "--machine", "virt"])?;
+        assert_eq!(b.options.machine, Machine::RiscvVirt);
         let b = boot_args(&["--arch=x86_64", "--machine", "pc"])?;
         assert_eq!(b.options.machine, Machine::Pc);
         Ok(())

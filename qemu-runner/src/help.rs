@@ -73,12 +73,15 @@ Options:
                      bench OPTIONS [--rw randread|randwrite|read|write] [--bs 4k]
                      [--qd 1..64] [--seconds N | --count N], logbench; a bad
                      command line makes the kernel print its usage (exit 2)
-  --arch A           x86_64 (default) or aarch64 (arm64 `virt` under TCG:
-                     qemu-system-aarch64, kernel target aarch64-unknown-none;
-                     its packages are installed only when it is asked for)
+  --arch A           x86_64 (default), aarch64 (arm64 `virt` under TCG:
+                     qemu-system-aarch64, kernel target aarch64-unknown-none)
+                     or riscv64 (`virt` under TCG and OpenSBI, -bios default,
+                     -cpu rv64: qemu-system-riscv64, kernel target
+                     riscv64gc-unknown-none-elf); their packages are installed
+                     only when they are asked for
   --machine M        microvm (default; virtio-mmio, fastest boot), pc or q35
-                     (virtio-pci); virt for aarch64 (virtio-mmio from the
-                     device tree; the default with --arch aarch64)
+                     (virtio-pci); virt for aarch64 and riscv64 (virtio-mmio
+                     from the device tree; the default with either --arch)
   --transport T      mmio or pci: how the disks are attached (default: mmio on
                      microvm and virt, pci on pc and q35). virt takes both; with
                      pci its disks are virtio-blk-pci on the PCIe host bridge,
@@ -86,7 +89,8 @@ Options:
   --accel A          tcg (default), kvm, or auto (kvm if /dev/kvm opens
                      read-write, else tcg). This machine's KVM is nested, where
                      VM exits are slow: KVM is often slower than TCG here, and
-                     tests pin tcg. TCG uses -cpu max, KVM -cpu host.
+                     tests pin tcg. TCG uses -cpu max (rv64 on riscv64), KVM
+                     -cpu host.
   --timeout S        kill QEMU after S seconds (default {timeout}; fractions allowed)
   --memory MiB       guest RAM (default {memory})
   --kernel PATH      boot this kernel ELF instead of building one
@@ -126,7 +130,10 @@ which installs Debian's packages with apt-get at one release: the emulator that
 matches an installed qemu-utils (from backports if qemu-utils came from there),
 else both from the Debian release. For --arch aarch64 the same holds for
 qemu-system-aarch64 (package qemu-system-arm) and the aarch64-unknown-none
-target (built into target/kernel/aarch64-unknown-none/).
+target (built into target/kernel/aarch64-unknown-none/), and for --arch riscv64
+for qemu-system-riscv64 (package qemu-system-misc) and the
+riscv64gc-unknown-none-elf target (built with relocation-model=pic, whose GOT
+reaches defmt's string indexes from a kernel at 0x8020_0000).
 
 Channels: the console is COM1 on QEMU's stdout; lines starting with '@{{' are
 JSON records (boot, footprint, device, sha256, demo, bench, bench_latency,
@@ -136,15 +143,20 @@ for --json and hidden from the human transcript. defmt logs arrive on debugcon
 '[   1.234567 INFO ] message'. The kernel exits through isa-debug-exit (port 0xf4;
 QEMU exits with 2*code+1). On aarch64 virt: the console is the PL011, defmt goes
 to the semihosting console and the exit status through semihosting SYS_EXIT
-(-semihosting-config; again 2*code+1).
+(-semihosting-config; again 2*code+1). On riscv64 virt: OpenSBI's banner, then
+the kernel, on the NS16550A; defmt on the semihosting console; the exit status
+through the SiFive test finisher (again 2*code+1).
 
 Environment:
   CARGO             cargo used for the kernel build (default: cargo)
   QEMU_SYSTEM       QEMU binary (default: qemu-system-x86_64; never installed)
   QEMU_SYSTEM_AARCH64 QEMU binary for --arch aarch64 (default:
                     qemu-system-aarch64; never installed)
+  QEMU_SYSTEM_RISCV64 QEMU binary for --arch riscv64 (default:
+                    qemu-system-riscv64; never installed)
   STRATA_KERNEL     prebuilt kernel ELF, as --kernel
   STRATA_KERNEL_AARCH64 prebuilt aarch64 kernel ELF
+  STRATA_KERNEL_RISCV64 prebuilt riscv64 kernel ELF
   STRATA_KEEP_RUN   keep the run directory target/strata/runs/<pid>-<n>/
                     (defmt.bin) after the run
   DEFMT_LOG         defmt filter for the kernel build (default: info)

@@ -18,6 +18,18 @@ pub const KERNEL_ENV: &str = "STRATA_KERNEL";
 /// The environment variable naming a prebuilt aarch64 kernel ELF.
 pub const KERNEL_AARCH64_ENV: &str = "STRATA_KERNEL_AARCH64";
 
+/// The environment variable naming a prebuilt riscv64 kernel ELF.
+pub const KERNEL_RISCV64_ENV: &str = "STRATA_KERNEL_RISCV64";
+
+/// What the riscv64 kernel is compiled with: position-independent code, whose GOT reaches
+/// defmt's string indexes (symbols at 1..65534 in the `.defmt` info section). The kernel runs
+/// at 0x8020_0000, more than 2 GiB away from them, out of reach of the `auipc` the default
+/// (medany, static) code uses to take a symbol's address; the large code model is refused by
+/// LTO against the prebuilt `core`. Passed only for the kernel's own build (its own target
+/// directory), not through `.cargo/config.toml`, so other riscv64 builds keep their codegen.
+pub const RISCV64_KERNEL_CONFIG: &str =
+    "target.riscv64gc-unknown-none-elf.rustflags=[\"-C\", \"relocation-model=pic\"]";
+
 /// The x86_64 kernel's target triple (per architecture: [`Arch::target`]).
 pub const TARGET: &str = "x86_64-unknown-none";
 
@@ -52,7 +64,7 @@ pub fn resolve(explicit: Option<&Path>, quiet: bool) -> Result<PathBuf, RunnerEr
 }
 
 /// The kernel to boot for `arch`: `explicit` if given, else `STRATA_KERNEL` (x86_64) or
-/// `STRATA_KERNEL_AARCH64`, else [`build_kernel_for`].
+/// `STRATA_KERNEL_AARCH64` or `STRATA_KERNEL_RISCV64`, else [`build_kernel_for`].
 pub fn resolve_for(
     arch: Arch,
     explicit: Option<&Path>,
@@ -61,6 +73,7 @@ pub fn resolve_for(
     let env = match arch {
         Arch::X86_64 => KERNEL_ENV,
         Arch::Aarch64 => KERNEL_AARCH64_ENV,
+        Arch::Riscv64 => KERNEL_RISCV64_ENV,
     };
     let given = explicit.map(Path::to_path_buf).or_else(|| {
         std::env::var_os(env)
@@ -100,9 +113,11 @@ pub fn build_kernel() -> Result<PathBuf, RunnerError> {
 pub fn build_kernel_for(arch: Arch) -> Result<PathBuf, RunnerError> {
     static X86_64: OnceLock<Result<PathBuf, (String, String)>> = OnceLock::new();
     static AARCH64: OnceLock<Result<PathBuf, (String, String)>> = OnceLock::new();
+    static RISCV64: OnceLock<Result<PathBuf, (String, String)>> = OnceLock::new();
     let built = match arch {
         Arch::X86_64 => &X86_64,
         Arch::Aarch64 => &AARCH64,
+        Arch::Riscv64 => &RISCV64,
     };
     built
         .get_or_init(|| run_cargo_build(arch))
@@ -129,7 +144,7 @@ fn rustc_beside(cargo: &OsStr) -> OsString {
 fn run_cargo_build(arch: Arch) -> Result<PathBuf, (String, String)> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = target_dir();
-    let args = [
+    let mut args: Vec<&OsStr> = vec![
         "build".as_ref(),
         "-p".as_ref(),
         PACKAGE.as_ref(),
@@ -139,14 +154,17 @@ fn run_cargo_build(arch: Arch) -> Result<PathBuf, (String, String)> {
         "--target-dir".as_ref(),
         target_dir.as_os_str(),
     ];
+    if arch == Arch::Riscv64 {
+        args.extend([OsStr::new("--config"), OsStr::new(RISCV64_KERNEL_CONFIG)]);
+    }
     let shown = std::iter::once(cargo.as_os_str())
-        .chain(args)
+        .chain(args.iter().copied())
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
     install::ensure_target(&rustc_beside(&cargo), arch.target()).map_err(|e| (shown.clone(), e))?;
     let mut cmd = Command::new(&cargo);
-    cmd.args(args).current_dir(workspace::root());
+    cmd.args(&args).current_dir(workspace::root());
     // Flags meant for host builds would replace the kernel's `target.x86_64-unknown-none.rustflags`
     // (`.cargo/config.toml`), so they are not passed on.
     cmd.env_remove("RUSTFLAGS")

@@ -20,6 +20,8 @@ pub enum Arch {
     X86_64,
     /// aarch64 (`virt`).
     Aarch64,
+    /// riscv64 (`virt`, under OpenSBI).
+    Riscv64,
 }
 
 impl Arch {
@@ -28,6 +30,7 @@ impl Arch {
         match self {
             Arch::X86_64 => "x86_64",
             Arch::Aarch64 => "aarch64",
+            Arch::Riscv64 => "riscv64",
         }
     }
 
@@ -36,6 +39,7 @@ impl Arch {
         match self {
             Arch::X86_64 => "x86_64-unknown-none",
             Arch::Aarch64 => "aarch64-unknown-none",
+            Arch::Riscv64 => "riscv64gc-unknown-none-elf",
         }
     }
 
@@ -44,6 +48,7 @@ impl Arch {
         match self {
             Arch::X86_64 => Machine::Microvm,
             Arch::Aarch64 => Machine::Virt,
+            Arch::Riscv64 => Machine::RiscvVirt,
         }
     }
 
@@ -52,6 +57,7 @@ impl Arch {
         match self {
             Arch::X86_64 => "qemu-system-x86_64",
             Arch::Aarch64 => "qemu-system-aarch64",
+            Arch::Riscv64 => "qemu-system-riscv64",
         }
     }
 
@@ -60,6 +66,7 @@ impl Arch {
         match self {
             Arch::X86_64 => ["qemu-system-x86", "qemu-utils"],
             Arch::Aarch64 => ["qemu-system-arm", "qemu-utils"],
+            Arch::Riscv64 => ["qemu-system-misc", "qemu-utils"],
         }
     }
 
@@ -76,8 +83,9 @@ impl FromStr for Arch {
         match s {
             "x86_64" | "x86-64" | "amd64" => Ok(Arch::X86_64),
             "aarch64" | "arm64" => Ok(Arch::Aarch64),
+            "riscv64" | "riscv" => Ok(Arch::Riscv64),
             _ => Err(RunnerError::Usage(format!(
-                "unknown architecture \"{s}\" (x86_64 or aarch64)"
+                "unknown architecture \"{s}\" (x86_64, aarch64 or riscv64)"
             ))),
         }
     }
@@ -102,6 +110,10 @@ pub enum Machine {
     Q35,
     /// aarch64 `virt`: virtio-mmio found through the device tree.
     Virt,
+    /// riscv64 `virt` (QEMU's name is `virt` too; `--arch riscv64` picks it): virtio-mmio found
+    /// through the device tree, OpenSBI as firmware.
+    #[serde(rename = "riscv64-virt")]
+    RiscvVirt,
 }
 
 impl Machine {
@@ -111,7 +123,7 @@ impl Machine {
             Machine::Microvm => "microvm",
             Machine::Pc => "pc",
             Machine::Q35 => "q35",
-            Machine::Virt => "virt",
+            Machine::Virt | Machine::RiscvVirt => "virt",
         }
     }
 
@@ -120,6 +132,17 @@ impl Machine {
         match self {
             Machine::Microvm | Machine::Pc | Machine::Q35 => Arch::X86_64,
             Machine::Virt => Arch::Aarch64,
+            Machine::RiscvVirt => Arch::Riscv64,
+        }
+    }
+
+    /// The machine called `self`'s name on `arch` (`virt` is a machine of aarch64 and of
+    /// riscv64), if `arch` has one.
+    pub fn on(self, arch: Arch) -> Option<Machine> {
+        match (self, arch) {
+            (Machine::Virt | Machine::RiscvVirt, Arch::Riscv64) => Some(Machine::RiscvVirt),
+            (Machine::Virt | Machine::RiscvVirt, Arch::Aarch64) => Some(Machine::Virt),
+            _ => (self.arch() == arch).then_some(self),
         }
     }
 }
@@ -134,7 +157,7 @@ impl FromStr for Machine {
             "q35" => Ok(Machine::Q35),
             "virt" => Ok(Machine::Virt),
             _ => Err(RunnerError::Usage(format!(
-                "unknown machine \"{s}\" (microvm, pc or q35; virt for aarch64)"
+                "unknown machine \"{s}\" (microvm, pc or q35; virt for aarch64 and riscv64)"
             ))),
         }
     }
@@ -246,6 +269,15 @@ impl ResolvedAccel {
         match self {
             ResolvedAccel::Kvm => "kvm",
             ResolvedAccel::Tcg => "tcg",
+        }
+    }
+
+    /// The `-cpu` model used with it for a guest of `arch`: as [`ResolvedAccel::cpu`], except
+    /// riscv64 under TCG, which takes `rv64` (QEMU 7.2 has no riscv64 `max`).
+    pub fn cpu_for(self, arch: Arch) -> &'static str {
+        match (self, arch) {
+            (ResolvedAccel::Tcg, Arch::Riscv64) => "rv64",
+            _ => self.cpu(),
         }
     }
 

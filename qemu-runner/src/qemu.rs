@@ -40,6 +40,9 @@ const MICROVM: &str = "microvm,pit=on,pic=off,rtc=off,auto-kernel-cmdline=off";
 /// The environment variable naming another QEMU binary for aarch64 guests.
 pub const QEMU_AARCH64_ENV: &str = "QEMU_SYSTEM_AARCH64";
 
+/// The environment variable naming another QEMU binary for riscv64 guests.
+pub const QEMU_RISCV64_ENV: &str = "QEMU_SYSTEM_RISCV64";
+
 /// The QEMU binary to run for x86_64: `QEMU_SYSTEM` or `qemu-system-x86_64`.
 pub fn program() -> OsString {
     std::env::var_os(QEMU_ENV).unwrap_or_else(|| DEFAULT_QEMU.into())
@@ -51,6 +54,7 @@ pub fn program_for(arch: Arch) -> OsString {
     match arch {
         Arch::X86_64 => program(),
         Arch::Aarch64 => std::env::var_os(QEMU_AARCH64_ENV).unwrap_or_else(|| arch.qemu_program().into()),
+        Arch::Riscv64 => std::env::var_os(QEMU_RISCV64_ENV).unwrap_or_else(|| arch.qemu_program().into()),
     }
 }
 
@@ -104,10 +108,14 @@ impl QemuConfig<'_> {
             Machine::Microvm => MICROVM,
             Machine::Pc => "pc",
             Machine::Q35 => "q35",
-            Machine::Virt => "virt",
+            Machine::Virt | Machine::RiscvVirt => "virt",
         };
         push(&["-machine", machine, "-accel", self.accel.as_str()]);
-        push(&["-cpu", self.accel.cpu(), "-m", &memory]);
+        push(&["-cpu", self.accel.cpu_for(self.machine.arch()), "-m", &memory]);
+        if self.machine == Machine::RiscvVirt {
+            // OpenSBI (QEMU's own build) starts the kernel in S-mode with the device tree in a1.
+            push(&["-bios", "default"]);
+        }
         push(&["-kernel", &kernel, "-append", self.cmdline]);
         push(&[
             "-nodefaults",
@@ -269,6 +277,18 @@ mod tests {
         assert_eq!(values(&args, "-semihosting-config"), ["enable=on,target=native,chardev=defmt"]);
         assert_eq!(values(&args, "-chardev"), ["file,id=defmt,path=/run,,1/defmt.bin"]);
         assert_eq!(values(&args, "-device"), ["virtio-blk-device,drive=d0,serial=disk0"]);
+    }
+
+    #[test]
+    fn riscv64_virt_boots_opensbi_with_rv64_semihosting_and_virtio_mmio() {
+        let drives = [Drive::new("/img/a.img", "disk0")];
+        let args = config(Machine::RiscvVirt, &drives).args();
+        assert_eq!(values(&args, "-machine"), ["virt"]);
+        assert_eq!(values(&args, "-cpu"), ["rv64"]);
+        assert_eq!(values(&args, "-bios"), ["default"]);
+        assert_eq!(values(&args, "-semihosting-config"), ["enable=on,target=native,chardev=defmt"]);
+        assert_eq!(values(&args, "-device"), ["virtio-blk-device,drive=d0,serial=disk0"]);
+        assert!(values(&config(Machine::Virt, &drives).args(), "-bios").is_empty());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! an ELF `-kernel`: command line (`/chosen` `bootargs`), memory (`/memory` `reg`) and the
 //! devices the board module looks up.
 
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use super::entry::MAPPED_END;
 use crate::common::{BootError, MemoryRegion};
 use crate::fdt::{self, Fdt};
@@ -14,6 +16,24 @@ const RAM_START: u64 = 0x4000_0000;
 
 /// Most memory regions reported.
 const MAX_REGIONS: usize = 8;
+
+/// Where the device tree [`BootInfo::read`] accepted lies (0: none yet), for board code
+/// that runs without a `BootInfo` in hand ([`super::board::pci`]).
+static ACCEPTED_AT: AtomicU64 = AtomicU64::new(0);
+static ACCEPTED_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// The device tree [`BootInfo::read`] accepted, if it has run.
+pub(crate) fn accepted_device_tree() -> Option<Fdt<'static>> {
+    let at = ACCEPTED_AT.load(Ordering::Relaxed);
+    let len = ACCEPTED_LEN.load(Ordering::Relaxed);
+    if at == 0 {
+        return None;
+    }
+    // SAFETY: `read` stored these only after checking that `len` bytes from `at` lie in mapped
+    // RAM and parse as a device tree, which its caller promised stays untouched.
+    let blob: &'static [u8] = unsafe { core::slice::from_raw_parts(at as *const u8, len) };
+    Fdt::parse(blob).ok()
+}
 
 /// What the kernel needs from the device tree.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +79,11 @@ impl BootInfo {
             // writes them while the kernel runs.
             let blob: &'static [u8] = unsafe { core::slice::from_raw_parts(at as *const u8, size) };
             match Fdt::parse(blob) {
-                Ok(fdt) => return Ok(Self { fdt }),
+                Ok(fdt) => {
+                    ACCEPTED_AT.store(at, Ordering::Relaxed);
+                    ACCEPTED_LEN.store(size, Ordering::Relaxed);
+                    return Ok(Self { fdt });
+                }
                 Err(_) => {
                     last = BootError {
                         what: "malformed device tree",

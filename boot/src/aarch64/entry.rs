@@ -33,14 +33,23 @@ const AF: u64 = 1 << 10;
 const INNER_SHAREABLE: u64 = 0b11 << 8;
 const PXN_UXN: u64 = (1 << 53) | (1 << 54);
 
-/// The first GiB is `virt`'s MMIO (GIC, PL011, virtio-mmio, PCIe windows and ECAM): Device
-/// memory, never executable. 1 GiB to 4 GiB is RAM (`-m` at most 3 GiB): Normal memory.
+/// The first GiB is `virt`'s MMIO (GIC, PL011, virtio-mmio, PCIe windows and low ECAM):
+/// Device memory, never executable. 1 GiB to 4 GiB is RAM (`-m` at most 3 GiB): Normal
+/// memory. 4 GiB to 512 GiB is Device memory again, for the high MMIO `virt` places above RAM
+/// (from 256 GiB with `-m` below it: the second GIC redistributor region and the high PCIe
+/// ECAM at 0x40_1000_0000 that QEMU 7.2 to 10.x use by default); the 64-bit PCIe window at
+/// 512 GiB is beyond the 39-bit address space, so BARs go below 4 GiB.
 const fn boot_l1() -> Table {
     let mut t = [0u64; 512];
-    t[0] = BLOCK | AF | (ATTR_DEVICE << 2) | PXN_UXN;
+    let device = BLOCK | AF | (ATTR_DEVICE << 2) | PXN_UXN;
+    t[0] = device;
     let mut gib = 1;
-    while gib < 4 {
-        t[gib] = ((gib as u64) << 30) | BLOCK | AF | INNER_SHAREABLE | (ATTR_NORMAL << 2);
+    while gib < 512 {
+        t[gib] = if gib < 4 {
+            ((gib as u64) << 30) | BLOCK | AF | INNER_SHAREABLE | (ATTR_NORMAL << 2)
+        } else {
+            ((gib as u64) << 30) | device
+        };
         gib += 1;
     }
     Table(t)
@@ -50,8 +59,11 @@ const fn boot_l1() -> Table {
 #[no_mangle]
 static BOOT_L1: Table = boot_l1();
 
-/// Highest address (exclusive) [`BOOT_L1`] maps.
+/// Highest address (exclusive) of the RAM [`BOOT_L1`] maps.
 pub const MAPPED_END: u64 = 4 << 30;
+
+/// Highest address (exclusive) [`BOOT_L1`] maps at all (Device memory from [`MAPPED_END`]).
+pub const DEVICE_MAPPED_END: u64 = 512 << 30;
 
 global_asm!(
     r#"

@@ -1,5 +1,6 @@
 //! virtio-pci discovery through the board's configuration access (`strata_boot::board::pci`;
-//! x86 pc and q35: ports 0xcf8/0xcfc).
+//! x86 pc and q35: ports 0xcf8/0xcfc, BARs from the firmware; aarch64 `virt`: ECAM, BARs
+//! from the board's allocator).
 //!
 //! The first 256 bytes of each function's configuration space hold everything virtio needs.
 //! Buses behind bridges are followed through their secondary bus numbers (firmware has numbered
@@ -57,9 +58,16 @@ pub fn discover(catalog: &mut Catalog, config: PciConfig) {
                 continue;
             }
             let location = Location::Pci(df.bus, df.device, df.function);
-            if let Some(addr) = unmapped_bar(&mut root, df) {
-                println!("strata: virtio-blk at {:?}: BAR at {:#x} is above the 4 GiB identity map; skipped", location, addr);
-                continue;
+            match unusable_bar(&mut root, df) {
+                Some(0) => {
+                    println!("strata: virtio-blk at {:?}: a memory BAR was never assigned (no room in the host bridge's windows); skipped", location);
+                    continue;
+                }
+                Some(addr) => {
+                    println!("strata: virtio-blk at {:?}: BAR at {:#x} is outside the boot identity map; skipped", location, addr);
+                    continue;
+                }
+                None => {}
             }
             root.set_command(df, Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
             match PciTransport::new::<KernelHal, _>(&mut root, df) {
@@ -70,11 +78,12 @@ pub fn discover(catalog: &mut Catalog, config: PciConfig) {
     }
 }
 
-/// The first memory BAR that the boot identity map does not cover.
-fn unmapped_bar(root: &mut PciRoot<BoardCam>, df: DeviceFunction) -> Option<u64> {
+/// The address of the first memory BAR the kernel cannot use: unassigned (0: firmware or the
+/// board's allocator found no room for it) or outside the boot identity map.
+fn unusable_bar(root: &mut PciRoot<BoardCam>, df: DeviceFunction) -> Option<u64> {
     let bars = root.bars(df).ok()?;
     bars.iter().flatten().find_map(|bar| match bar {
-        BarInfo::Memory { address, size, .. } if !board::is_mapped(*address, *size) => Some(*address),
+        BarInfo::Memory { address, size, .. } if *address == 0 || !board::is_mapped(*address, *size) => Some(*address),
         _ => None,
     })
 }

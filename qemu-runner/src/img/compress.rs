@@ -144,6 +144,8 @@ mod tests {
         let d = compress(Compression::Zlib, &data, 65536).unwrap();
         // Give it exactly its own length as the limit: it must be refused (not < limit).
         assert!(compress(Compression::Zlib, &data, d.len()).is_none());
-        assert_eq!(compress(Compression::Zlib, &data, d.len() + 1).unwrap(), d);
+        // Deflate may want a few bytes of room past its final size to finish (as zlib does in
+        // QEMU, where such a cluster is then written plainly): with some slack it fits.
+        assert_eq!(compress(Compression::Zlib, &data, d.len() + 64).unwrap(), d);
     }
 }

@@ -327,3 +327,19 @@ fn more_than_65536_snapshots() {
     // table's own cluster, which its count past the end of the file left uncounted.
     agree_case(&many, &f, "many", After::StatusOnly);
 }
+
+#[test]
+fn snapshots_with_a_data_file() {
+    let dir = scratch("check-snap-data-file");
+    let base = dir.join("df.qcow2");
+    let raw = dir.join("df.raw");
+    let opt = format!("data_file={}", raw.to_str().unwrap());
+    create(&base, &opt, "4M", &[]);
+    qio("qcow2", &base, &["write -P 0x31 0 64k"]);
+    // One snapshot (an entry past the end of the file, so all zeros) in an image with an
+    // external data file: a corruption QEMU reports and no repair removes.
+    let f = copy_as(&base, "df-snap.qcow2");
+    patch(&f, 60, &1u32.to_be_bytes());
+    patch(&f, 64, &0x10_0000u64.to_be_bytes());
+    agree_case(&f, &base, "df-snap", After::Same);
+}

@@ -10,6 +10,13 @@
 //! then 0); writes past the end are short, and a write that starts at the end fails with
 //! [`ErrorKind::WriteZero`](embedded_io::ErrorKind::WriteZero). Seeking past the end is allowed
 //! (as for files); seeking before 0 is `InvalidInput`.
+//!
+//! **Code size.** A request future is compiled in every crate that polls it (its `poll` is
+//! instantiated where it is used; release builds do not share such instances across crates,
+//! and LTO does not merge them). The blocking methods are `#[inline]` so that they, and the
+//! backend futures they poll, are compiled in the caller's crate beside the caller's own polls
+//! of the same futures: compiled here instead, the read and write paths were linked twice
+//! (examples/embed with `stream`: +180 KB of x86_64 text; now +10 KB).
 
 use embedded_io::{ErrorKind, ErrorType, SeekFrom};
 
@@ -158,6 +165,7 @@ impl ErrorType for BlockingStream<'_, '_, '_, '_> {
 }
 
 impl embedded_io::Read for BlockingStream<'_, '_, '_, '_> {
+    #[inline] // compiled in the caller's crate: see the module docs
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, IoError> {
         let (stream, wait) = (&mut self.stream, self.wait);
         wait.block_on(async { stream.read_at(buf).await.map_err(|e| e.0) }).map_err(IoError)
@@ -165,11 +173,13 @@ impl embedded_io::Read for BlockingStream<'_, '_, '_, '_> {
 }
 
 impl embedded_io::Write for BlockingStream<'_, '_, '_, '_> {
+    #[inline] // compiled in the caller's crate: see the module docs
     fn write(&mut self, buf: &[u8]) -> Result<usize, IoError> {
         let (stream, wait) = (&mut self.stream, self.wait);
         wait.block_on(async { stream.write_at(buf).await.map_err(|e| e.0) }).map_err(IoError)
     }
 
+    #[inline] // compiled in the caller's crate: see the module docs
     fn flush(&mut self) -> Result<(), IoError> {
         let backend = self.stream.backend;
         self.wait.block_on(backend.flush()).map_err(IoError)

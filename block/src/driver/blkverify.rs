@@ -5,11 +5,16 @@
 //! discards go to both. The node passes to `test` for everything else (block status, sizes);
 //! the reads and writes to both are in [`crate::path::verify`]. The graph's open makes the
 //! `raw` subtree and links it in role [`Role::Reference`].
+//!
+//! Below a format (`driver=qcow2,file.driver=blkverify,file.test.…,file.raw.…`, `raw` a byte
+//! copy of the image file) the node's gate ([`Gate::Verify`]) does the same to the format's own
+//! I/O — metadata reads compared, writes repeated on the reference — and to the data reads the
+//! walk resolves through it ([`crate::io::verify`]).
 
 use super::{filter, Driver, DriverDesc, DriverId, Mapping};
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::node::{NodeId, Pass, Role};
+use crate::node::{Gate, NodeId, Pass, Role};
 use crate::options::OptionsView;
 
 /// The options key of the image under test (the node's file child).
@@ -46,6 +51,10 @@ impl Driver for Blkverify {
 
     fn verify_against(&self) -> Option<Role> {
         Some(Role::Reference)
+    }
+
+    fn gate(&self) -> Gate {
+        Gate::Verify
     }
 
     fn pass(&self) -> Option<Pass> {

@@ -8,7 +8,8 @@
 
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::node::{Gate, NodeId, NodeKind, Pass, MAX_DEPTH};
+use crate::io::verify::{self, Verifier};
+use crate::node::{Gate, NodeId, NodeKind, Pass, Role, MAX_DEPTH};
 use crate::io::throttle::Direction;
 use crate::io::leaf::{self, Buf};
 use crate::io::RangeOp;
@@ -17,7 +18,24 @@ use crate::io::debug::IoType;
 /// The leaf and offset where `len` bytes at `offset` of `node` live; the range must lie inside
 /// every node on the way down.
 fn to_leaf(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<(NodeId, u64)> {
+    route(io, node, offset, len).map(|r| (r.leaf, r.at))
+}
+
+/// Where a request of a format on its file child goes.
+struct Route {
+    /// The leaf.
+    leaf: NodeId,
+    /// The offset on it.
+    at: u64,
+    /// The first `blkverify` node on the way ([`Gate::Verify`]): its reference and the
+    /// request's offset there.
+    verify: Option<Verifier>,
+}
+
+/// [`to_leaf`], with the verifying node on the way.
+fn route(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<Route> {
     let (mut cur, mut off) = (node, offset);
+    let mut verify = None;
     for _ in 0..MAX_DEPTH {
         let here = io.node(cur)?;
         match off.checked_add(len) {
@@ -25,13 +43,29 @@ fn to_leaf(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<(Node
             _ => return Err(Error::OutOfRange { offset: off, len, size: here.size() }),
         }
         if let NodeKind::Leaf(_) = here.kind {
-            return Ok((cur, off));
+            return Ok(Route { leaf: cur, at: off, verify });
+        }
+        if here.gate == Gate::Verify && verify.is_none() {
+            let reference = here.child(Role::Reference).ok_or(Error::BadGraph("blkverify without its reference"))?;
+            verify = Some(Verifier { reference, offset: off });
         }
         let Pass { role, offset } = here.pass.ok_or(Error::BadGraph("metadata I/O through a node that is not translation-only"))?;
         cur = here.child(role).ok_or(Error::BadGraph("translation names a missing child"))?;
         off = off.checked_add(offset).ok_or(Error::OutOfRange { offset: off, len, size: here.size() })?;
     }
     Err(Error::BadGraph("graph deeper than MAX_DEPTH"))
+}
+
+/// Compares `buf`, read at `v.offset` of a verifying node, with its reference
+/// ([`crate::io::verify`]); the walk uses it for data it read through such a node.
+pub(crate) async fn compare_with_reference(io: &Io<'_, '_>, v: Verifier, buf: &[u8]) -> Result<()> {
+    let (leaf, at) = to_leaf(io, v.reference, v.offset, buf.len() as u64)?;
+    verify::compare(io, leaf, at, v.offset, buf).await
+}
+
+/// The reference's leaf and offset for a request of `len` bytes that passed `v`.
+fn reference_leaf(io: &Io<'_, '_>, v: Verifier, len: u64) -> Result<(NodeId, u64)> {
+    to_leaf(io, v.reference, v.offset, len)
 }
 
 /// The gates of the nodes from `node` down to its leaf, for a request of `kind` over
@@ -76,8 +110,12 @@ pub(crate) async fn read(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &mut [
         return Ok(());
     }
     gates(io, node, IoType::Read, offset, buf.len() as u64).await?;
-    let (leaf, at) = to_leaf(io, node, offset, buf.len() as u64)?;
-    leaf::rw(io, leaf, at, Buf::Read(buf)).await
+    let r = route(io, node, offset, buf.len() as u64)?;
+    leaf::rw(io, r.leaf, r.at, Buf::Read(buf)).await?;
+    match r.verify {
+        Some(v) => compare_with_reference(io, v, buf).await,
+        None => Ok(()),
+    }
 }
 
 /// Reads what of `buf.len()` bytes at `offset` of `node` lies before its end and fills the rest
@@ -99,8 +137,13 @@ pub(crate) async fn write(io: &Io<'_, '_>, node: NodeId, offset: u64, buf: &[u8]
         return Ok(());
     }
     gates(io, node, IoType::Write, offset, buf.len() as u64).await?;
-    let (leaf, at) = to_leaf(io, node, offset, buf.len() as u64)?;
-    leaf::rw(io, leaf, at, Buf::Write(buf)).await
+    let r = route(io, node, offset, buf.len() as u64)?;
+    leaf::rw(io, r.leaf, r.at, Buf::Write(buf)).await?;
+    if let Some(v) = r.verify {
+        let (leaf, at) = reference_leaf(io, v, buf.len() as u64)?;
+        leaf::rw(io, leaf, at, Buf::Write(buf)).await?;
+    }
+    Ok(())
 }
 
 /// Writes `parts` back to back from `offset` of `node` as one leaf request where the leaf
@@ -111,8 +154,13 @@ pub(crate) async fn write_vectored(io: &Io<'_, '_>, node: NodeId, offset: u64, p
         return Ok(());
     }
     gates(io, node, IoType::Write, offset, len).await?;
-    let (leaf, at) = to_leaf(io, node, offset, len)?;
-    leaf::write_vectored(io, leaf, at, parts).await
+    let r = route(io, node, offset, len)?;
+    leaf::write_vectored(io, r.leaf, r.at, parts).await?;
+    if let Some(v) = r.verify {
+        let (leaf, at) = reference_leaf(io, v, len)?;
+        leaf::write_vectored(io, leaf, at, parts).await?;
+    }
+    Ok(())
 }
 
 /// Makes `node` at least `min_size` bytes long (an image file growing as clusters are
@@ -123,30 +171,39 @@ pub(crate) fn grow(io: &Io<'_, '_>, node: NodeId, min_size: u64) -> Result<u64> 
     if min_size <= here.size() {
         return Ok(here.size());
     }
-    if here.driver == crate::io::debug::DRIVER_NAME {
-        // A blkdebug node is its image, byte for byte: the image grows under it, and every
-        // blkdebug node on the way down with it.
-        let mut bottom = node;
-        for _ in 0..MAX_DEPTH {
-            let n = io.node(bottom)?;
-            if n.driver != crate::io::debug::DRIVER_NAME {
-                break;
-            }
-            bottom = n.child(crate::node::Role::File).ok_or(Error::BadGraph("blkdebug node without its image"))?;
-        }
-        let new = grow_node(io, bottom, min_size)?;
-        let mut cur = node;
-        while cur != bottom {
-            let n = io.node(cur)?;
-            n.size.set(new);
-            cur = n.child(crate::node::Role::File).ok_or(Error::BadGraph("blkdebug node without its image"))?;
-        }
-        return Ok(new);
+    if !byte_filter(here) {
+        return grow_node(io, node, min_size);
     }
-    grow_node(io, node, min_size)
+    // A blkdebug or blkverify node is its image, byte for byte: the image grows under it, and
+    // every such node on the way down with it; a blkverify node's reference grows too.
+    let mut bottom = node;
+    for _ in 0..MAX_DEPTH {
+        let n = io.node(bottom)?;
+        if !byte_filter(n) {
+            break;
+        }
+        if n.gate == Gate::Verify {
+            grow_node(io, n.child(Role::Reference).ok_or(Error::BadGraph("blkverify without its reference"))?, min_size)?;
+        }
+        bottom = n.child(Role::File).ok_or(Error::BadGraph("filter node without its child"))?;
+    }
+    let new = grow_node(io, bottom, min_size)?;
+    let mut cur = node;
+    while cur != bottom {
+        let n = io.node(cur)?;
+        n.size.set(new);
+        cur = n.child(Role::File).ok_or(Error::BadGraph("filter node without its child"))?;
+    }
+    Ok(new)
 }
 
-/// [`grow`] for a node that is not a blkdebug node: only a leaf grows.
+/// True for the filters whose size is their file child's as it grows (`blkdebug`,
+/// `blkverify`).
+fn byte_filter(n: &crate::node::Node<'_>) -> bool {
+    n.driver == crate::io::debug::DRIVER_NAME || n.gate == Gate::Verify
+}
+
+/// [`grow`] for a node that is not a blkdebug or blkverify node: only a leaf grows.
 fn grow_node(io: &Io<'_, '_>, node: NodeId, min_size: u64) -> Result<u64> {
     let here = io.node(node)?;
     if min_size <= here.size() {
@@ -164,14 +221,23 @@ fn grow_node(io: &Io<'_, '_>, node: NodeId, min_size: u64) -> Result<u64> {
 /// Passes a discard of `len` bytes at `offset` of `node` down to its leaf (advisory).
 pub(crate) async fn discard(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<()> {
     gates(io, node, IoType::Discard, offset, len).await?;
-    let (leaf, at) = to_leaf(io, node, offset, len)?;
-    crate::io::zero::leaf_range_op(io, leaf, at, len, RangeOp::Discard).await
+    range_op(io, node, offset, len, RangeOp::Discard).await
+}
+
+/// `op` at the leaf below `node`, and on a verifying node's reference after it.
+async fn range_op(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64, op: RangeOp) -> Result<()> {
+    let r = route(io, node, offset, len)?;
+    crate::io::zero::leaf_range_op(io, r.leaf, r.at, len, op).await?;
+    if let Some(v) = r.verify {
+        let (leaf, at) = reference_leaf(io, v, len)?;
+        crate::io::zero::leaf_range_op(io, leaf, at, len, op).await?;
+    }
+    Ok(())
 }
 
 /// Makes `len` bytes at `offset` of `node` read as zeros, offloaded to the leaf where it can
 /// (virtio-blk's and host files' write-zeroes), else written from a zero buffer.
 pub(crate) async fn write_zeroes(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<()> {
     gates(io, node, IoType::WriteZeroes, offset, len).await?;
-    let (leaf, at) = to_leaf(io, node, offset, len)?;
-    crate::io::zero::leaf_range_op(io, leaf, at, len, RangeOp::WriteZeroes { unmap: false }).await
+    range_op(io, node, offset, len, RangeOp::WriteZeroes { unmap: false }).await
 }

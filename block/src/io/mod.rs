@@ -17,6 +17,7 @@ pub mod flush;
 pub(crate) mod leaf;
 pub mod throttle;
 pub mod tracked;
+pub(crate) mod verify;
 pub mod wait;
 pub mod zero;
 #[cfg_attr(not(feature = "compress"), allow(dead_code))] // reason: decoders are taken only by compressed reads

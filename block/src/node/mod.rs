@@ -137,6 +137,10 @@ pub enum Gate {
         /// The node's member index in the group.
         member: usize,
     },
+    /// A `blkverify` node: reads are compared with its reference child ([`Role::Reference`]),
+    /// writes, write-zeroes and discards repeated on it, and it grows with the image
+    /// ([`crate::io::verify`]).
+    Verify,
 }
 
 /// Bumps a node's write generation when dropped: a write counts once it has started, whether it

@@ -14,7 +14,9 @@ use crate::driver::{FormatState, Mapping};
 use crate::error::{Error, Result};
 use crate::io::leaf::{self, Buf};
 use crate::io::tracked::ReqKind;
-use crate::node::{Node, NodeId, NodeKind, Role};
+use crate::io::child_io;
+use crate::io::verify::Verifier;
+use crate::node::{Gate, Node, NodeId, NodeKind, Role};
 
 /// Where one extent of a request lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +50,9 @@ pub(crate) struct Located {
     pub(crate) depth: u16,
     /// The last node that is not translation-only to map the extent as data in this layer.
     pub(crate) mapped_by: Option<NodeId>,
+    /// The first `blkverify` node passed below the walk's start ([`Gate::Verify`]): data read
+    /// from the extent is compared with its reference.
+    pub(crate) verify: Option<Verifier>,
 }
 
 /// The ranges a request was admitted for at nodes that hold requests, so a request the walk
@@ -79,6 +84,8 @@ struct Walk {
     via_backing: bool,
     /// The last node that is not translation-only to map the extent as data.
     mapped_by: Option<NodeId>,
+    /// See [`Located::verify`].
+    verify: Option<Verifier>,
 }
 
 /// What [`Walk::arrive`] found at the current node.
@@ -93,11 +100,11 @@ enum Arrival<'g, 'd> {
 
 impl Walk {
     fn new(node: NodeId, offset: u64, len: u64) -> Self {
-        Self { cur: node, off: offset, n: len, depth: 0, via_backing: false, mapped_by: None }
+        Self { cur: node, off: offset, n: len, depth: 0, via_backing: false, mapped_by: None, verify: None }
     }
 
     fn done(&self, target: Target, len: u64, depth: u16, mapped_by: Option<NodeId>) -> Located {
-        Located { target, len, depth, mapped_by }
+        Located { target, len, depth, mapped_by, verify: self.verify }
     }
 
     /// Handles the current node as far as no driver needs asking: the node's end, a leaf, a run
@@ -132,6 +139,10 @@ impl Walk {
             Mapping::Data { role, offset, len, .. } => {
                 if here.pass.is_none() {
                     self.mapped_by = Some(self.cur);
+                }
+                if here.gate == Gate::Verify && self.verify.is_none() {
+                    let reference = here.child(Role::Reference).ok_or(Error::BadGraph("blkverify without its reference"))?;
+                    self.verify = Some(Verifier { reference, offset: self.off });
                 }
                 self.cur = here.child(role).ok_or(Error::BadGraph("mapping names a missing child"))?;
                 self.off = offset;
@@ -247,6 +258,9 @@ pub(crate) fn read_request_now(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf
     let mut done = 0usize;
     while done < buf.len() {
         let l = locate_now(s, node, offset + done as u64, (buf.len() - done) as u64)?;
+        if l.verify.is_some() {
+            return None;
+        }
         if let Err(e) = extent_now(s, l.target, &mut buf[done..done + l.len as usize])? {
             return Some(Err(e));
         }
@@ -270,6 +284,9 @@ async fn read_as(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8], a
         match extent_now(s, l.target, part) {
             Some(result) => result?,
             None => read_extent(s, l.target, part).await?,
+        }
+        if let (Some(v), Target::Leaf(..)) = (l.verify, l.target) {
+            child_io::compare_with_reference(s, v, part).await?;
         }
         done += l.len as usize;
     }

@@ -43,13 +43,16 @@ owners() {
     awk '{
         size = $1; $1 = ""; name = substr($0, 2)
         if (name ~ /BOOT_STACK/) o = "boot stack"
-        else if (name ~ /stack::META|MEMORY/) o = "block: metadata cache + bounce (caller memory)"
+        else if (name ~ /BOOT_TABLES|PAGE_TABLE/) o = "page tables"
+        else if (name ~ /stack::META/) o = "block: metadata cache"
         else if (name ~ /stack::BOUNCE/) o = "block: bounce buffers"
-        else if (name ~ /INFLATER|ZSTD/) o = "block: decoders (deflate, zstd)"
-        else if (name ~ /ARENA/) o = "virtio queues + DMA arena"
-        else if (name ~ /workload|bench|sha256|io::|stress/) o = "workloads"
+        else if (name ~ /embed_firmware::MEMORY/) o = "block: metadata cache + bounce (caller memory)"
+        else if (name ~ /INFLATER|ZSTD/) o = "block: decoders (deflate, zstd window)"
+        else if (name ~ /ARENA/) o = "virtio queues (DMA arena)"
+        else if (name ~ /devices::CELLS/) o = "devices (virtio-blk state, graph nodes)"
+        else if (name ~ /workloads::/) o = "workload buffers"
         else if (name ~ /embed_firmware::(TOP|BASE)/) o = "example RAM disks"
-        else if (name ~ /executor|TASK/) o = "executor"
+        else if (name ~ /executor/) o = "executor"
         else { o = name; sub(/<[^>]*>/, "", o); n = split(o, p, "::"); o = (n >= 2) ? p[1] "::" p[2] : p[1] }
         sum[o] += size
     }

@@ -276,3 +276,37 @@ impl fmt::Display for Finding {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn snapshot_messages_as_qemu_prints_them() {
+        // %s stops at the first NUL; bytes that are not UTF-8 show as U+FFFD.
+        let id = Label::new(b"2\0junk");
+        let name = Label::new(&[b's', 0xff, b'2']);
+        let f = Finding::SnapshotL1Unaligned {
+            id,
+            name,
+            offset: 0x1d0200,
+        };
+        assert_eq!(
+            f.to_string(),
+            "ERROR snapshot 2 (s\u{FFFD}2) l1_offset=0x1d0200: L1 table is not cluster aligned; snapshot table entry corrupted"
+        );
+        assert_eq!(Label::new(&[b'a'; 100]).as_bytes().len(), Label::CAPACITY);
+        let f = Finding::SnapshotsDiscarded {
+            count: 3,
+            too_big: true,
+        };
+        assert_eq!(
+            f.to_string(),
+            "Discarding 3 overhanging snapshots (snapshot table is too big)"
+        );
+        let f = Finding::SnapshotTableTooLarge { overhanging: 0 };
+        assert_eq!(f.to_string(), "ERROR snapshot table too large");
+    }
+}

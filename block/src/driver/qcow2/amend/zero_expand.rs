@@ -5,7 +5,12 @@
 //!   entry cleared; it reads as zeros either way);
 //! - one with no host cluster over a backing file: a new cluster of zeros (appended to the
 //!   file, its refcount the L2 table's, as QEMU gives a shared table's clusters);
-//! - a preallocated zero cluster: its cluster written with zeros, the flag dropped.
+//! - a preallocated zero cluster: its cluster written with zeros, the flag dropped — unless
+//!   the cluster has more references than the L2 table naming it (a snapshot's other table
+//!   holds data there): then it is treated as a zero cluster without a host cluster, and its
+//!   refcount drops by the table's once the new entry is stable. QEMU writes the zeros in place
+//!   there, changing what the snapshot reads (`qemu-img convert -l` shows it); Strata keeps
+//!   every snapshot's contents.
 //!
 //! Crash order: a new cluster's refcount and every cluster's zeros are flushed before the L2
 //! chunk naming them is written, so each cut shows each entry as zero flag or zeroed data (a
@@ -23,6 +28,15 @@ use super::super::snapshots::Walk;
 
 /// Bytes of the L1 piece read at once.
 const L1_PIECE: usize = 512;
+
+/// Most entries in an L2 chunk (4 KiB of 8-byte entries).
+const MAX_DROPS: usize = 512;
+
+/// Clusters whose refcount drops by the L2 table's once its chunk is written.
+struct Drops {
+    clusters: [u64; MAX_DROPS],
+    len: usize,
+}
 
 /// The allocator: clusters appended past the end of the file.
 struct Tail {
@@ -72,10 +86,20 @@ async fn expand_l1(io: &Io<'_, '_>, file: NodeId, lay: &Layout, l1: u64, entries
             while pos < lay.cs {
                 let buf = &mut l2[..chunk];
                 child_io::read(io, file, l2_offset + pos, buf).await?;
-                if expand_chunk(io, file, lay, buf, l2_refcount, backed, stored, tail).await? {
+                let mut drop = Drops { clusters: [0; MAX_DROPS], len: 0 };
+                if expand_chunk(io, file, lay, buf, l2_refcount, backed, stored, tail, &mut drop).await? {
                     // Refcounts and zeros stable before the entries that rely on them.
                     flush::flush_leaves(io, file).await?;
                     child_io::write(io, file, l2_offset + pos, &l2[..chunk]).await?;
+                }
+                if drop.len > 0 {
+                    // References dropped only once the entries that dropped them are stable.
+                    flush::flush_leaves(io, file).await?;
+                    for &k in &drop.clusters[..drop.len] {
+                        let n = refcount(io, file, lay, stored, k).await?;
+                        stored.set(io, file, lay, k, n.saturating_sub(l2_refcount.max(1))).await?;
+                    }
+                    stored.write_back(io, file, lay).await?;
                 }
                 pos += chunk as u64;
             }
@@ -87,7 +111,7 @@ async fn expand_l1(io: &Io<'_, '_>, file: NodeId, lay: &Layout, l1: u64, entries
 
 /// Rewrites the zero entries of one L2 chunk; true if any changed.
 #[allow(clippy::too_many_arguments)] // reason: the chunk, its table's refcount, the allocator
-async fn expand_chunk(io: &Io<'_, '_>, file: NodeId, lay: &Layout, buf: &mut [u8], l2_refcount: u64, backed: bool, stored: &mut Stored<'_>, tail: &mut Tail) -> Result<bool> {
+async fn expand_chunk(io: &Io<'_, '_>, file: NodeId, lay: &Layout, buf: &mut [u8], l2_refcount: u64, backed: bool, stored: &mut Stored<'_>, tail: &mut Tail, drop: &mut Drops) -> Result<bool> {
     let mut changed = false;
     for j in 0..buf.len() / 8 {
         let e = be64(buf, j * 8);
@@ -95,7 +119,22 @@ async fn expand_chunk(io: &Io<'_, '_>, file: NodeId, lay: &Layout, buf: &mut [u8
             continue;
         }
         let mut offset = e & L2_OFFSET;
-        let shared;
+        if offset & (lay.cs - 1) != 0 {
+            return Err(Error::Corrupt { what: "L2 entry: preallocated zero cluster offset not cluster-aligned", offset });
+        }
+        let mut shared = false;
+        if offset != 0 {
+            let n = refcount(io, file, lay, stored, offset >> lay.cluster_bits).await?;
+            if n > l2_refcount.max(1) {
+                // Others hold data in it: this table lets go of it instead.
+                let slot = drop.clusters.get_mut(drop.len).ok_or(Error::NoSpace { what: "zero expansion: references to drop" })?;
+                *slot = offset >> lay.cluster_bits;
+                drop.len += 1;
+                offset = 0;
+            } else {
+                shared = n != 1;
+            }
+        }
         if offset == 0 {
             if !backed {
                 put_be64(buf, j * 8, 0);
@@ -104,11 +143,6 @@ async fn expand_chunk(io: &Io<'_, '_>, file: NodeId, lay: &Layout, buf: &mut [u8
             }
             offset = allocate(io, file, lay, stored, tail, l2_refcount.max(1)).await?;
             shared = l2_refcount > 1;
-        } else {
-            if offset & (lay.cs - 1) != 0 {
-                return Err(Error::Corrupt { what: "L2 entry: preallocated zero cluster offset not cluster-aligned", offset });
-            }
-            shared = refcount(io, file, lay, stored, offset >> lay.cluster_bits).await? != 1;
         }
         child_io::write_zeroes(io, file, offset, lay.cs).await?;
         put_be64(buf, j * 8, if shared { offset } else { offset | COPIED });

@@ -84,6 +84,11 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     if opts.memory_mib < 32 {
         return Err(RunnerError::Usage("the guest needs at least 32 MiB".into()));
     }
+    // riscv64 virt: OpenSBI's 2 MiB and the kernel's image start RAM, and QEMU 7.2 puts the
+    // device tree on the 16 MiB line below RAM's end: with 32 MiB it would land in the `.bss`.
+    if opts.machine == Machine::RiscvVirt && opts.memory_mib < 64 {
+        return Err(RunnerError::Usage("--arch riscv64: the guest needs at least 64 MiB".into()));
+    }
     // The kernel identity-maps the first 4 GiB, and the x86 machines put RAM past 3 GiB above
     // the 4 GiB line (below it are the PCI and virtio-mmio windows); aarch64 virt's RAM starts at
     // 1 GiB, so 3 GiB of it ends at the same line.

@@ -699,3 +699,63 @@ fn a_rule_fails_a_guest_request_with_its_errno() {
     let c = check(&img);
     assert!(c == 0 || c == 3, "qemu-img check {c}");
 }
+
+/// The discards that reach the file below `driver=qcow2,file.driver=blkdebug,{rules}` when the
+/// guest discards the image's one allocated 64 KiB cluster (at host offset `host`).
+fn format_discards(dir: &Path, rules: impl Fn(u64) -> String) -> (u64, Vec<(u64, u64)>) {
+    use qemu_runner::img::block::dev::file::{HostFile, HostFileOptions};
+    use qemu_runner::img::block::dev::record::{Event as Rec, RecordSink, Recording};
+    use qemu_runner::img::block::dev::BlockDevice;
+    use qemu_runner::img::block::io::cache::CacheSlot;
+    use qemu_runner::img::block::{Backend, BackendOptions, Graph};
+    use qemu_runner::img::image::block_on;
+    use std::cell::RefCell;
+
+    struct Sink(RefCell<Vec<(u64, u64)>>);
+    impl RecordSink for Sink {
+        fn event(&self, e: Rec<'_>) {
+            if let Rec::Discard { offset, len, .. } = e {
+                self.0.borrow_mut().push((offset, len));
+            }
+        }
+    }
+    let work = dir.join("discard.qcow2");
+    let _ = std::fs::remove_file(&work);
+    assert!(Command::new(qemu_img()).args(["create", "-q", "-f", "qcow2", "-o", "cluster_size=65536"]).arg(&work).arg("1M").status().unwrap().success());
+    assert!(Command::new(qemu_io()).args(["-f", "qcow2", "-c", "write -q -P 1 0 64k"]).arg(&work).status().unwrap().success());
+    let map = Command::new(qemu_img()).args(["map", "--output=json"]).arg(&work).output().unwrap();
+    let map = String::from_utf8_lossy(&map.stdout).into_owned();
+    let host: u64 = map.split("\"offset\": ").nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()).unwrap().parse().unwrap();
+    let file = HostFile::open(&work, &HostFileOptions::default()).unwrap();
+    let sink = Sink(RefCell::new(Vec::new()));
+    let rec: Recording<'_> = Recording::new(&file, &sink);
+    let slots: Vec<CacheSlot> = (0..16).map(|_| CacheSlot::new()).collect();
+    let mut bounce = vec![0u8; 8 * 64 * 1024 + 4096];
+    let mut graph: Graph<'_, 16, 64> = Graph::new(&mut bounce, 64 * 1024);
+    graph.set_metadata_cache(&slots);
+    let mut resolve = |name: &str| -> Option<&dyn BlockDevice> { (name == "rec").then_some(&rec as &dyn BlockDevice) };
+    let opts = format!("driver=qcow2,file.driver=blkdebug,file.image=rec,{}", rules(host));
+    let root = block_on(graph.open(&opts, &mut resolve)).unwrap();
+    let backend = Backend::new(&graph, root, BackendOptions::default()).unwrap();
+    let _ = block_on(backend.discard(0, 65536));
+    let _ = block_on(backend.close());
+    let ops = sink.0.borrow().clone();
+    (host, ops)
+}
+
+#[test]
+fn max_discard_cuts_a_formats_discard_at_the_blkdebug_node() {
+    let dir = scratch("blkdebug-format-discard");
+    // The cluster's discard is cut at the blkdebug node into its max-discard pieces.
+    let (host, ops) = format_discards(&dir, |_| "file.max-discard=16384".into());
+    assert_eq!(ops, (0..4).map(|i| (host + i * 16384, 16384)).collect::<Vec<_>>());
+    // As QEMU's bdrv_co_pdiscard, each piece passes blkdebug's rules on its own: a rule pinned
+    // to the third piece's sector fails that piece; the two before it reached the file.
+    let (host, ops) = format_discards(&dir, |host| {
+        format!(
+            "file.max-discard=16384,file.inject-error.0.event=cluster_free,file.inject-error.0.iotype=discard,file.inject-error.0.once=on,file.inject-error.0.sector={}",
+            (host + 32768) / 512
+        )
+    });
+    assert_eq!(ops, vec![(host, 16384), (host + 16384, 16384)]);
+}

@@ -220,8 +220,54 @@ fn grow_node(io: &Io<'_, '_>, node: NodeId, min_size: u64) -> Result<u64> {
 
 /// Passes a discard of `len` bytes at `offset` of `node` down to its leaf (advisory).
 pub(crate) async fn discard(io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Result<()> {
-    gates(io, node, IoType::Discard, offset, len).await?;
-    range_op(io, node, offset, len, RangeOp::Discard).await
+    let Some((add, limits)) = discard_cutter(io, node, len) else {
+        gates(io, node, IoType::Discard, offset, len).await?;
+        return range_op(io, node, offset, len, RangeOp::Discard).await;
+    };
+    // QEMU's bdrv_co_pdiscard at the node whose `max_discard` is smaller than the range (a
+    // blkdebug node's `max-discard`): pieces up to its alignment, then aligned pieces of at most
+    // its limit, each passing the gates on its own (a rule's `sector=` fails only its piece,
+    // and the pieces before it reach the file); a piece smaller than the alignment is not
+    // passed down (blkdebug's -ENOTSUP, which QEMU ignores).
+    let align = u64::from(limits.discard_alignment.max(limits.request_alignment)).max(1);
+    let most = (u64::from(limits.max_discard) / align * align).max(align);
+    let end = offset + len;
+    let mut pos = offset;
+    while pos < end {
+        let at = pos + add;
+        let mut n = end - pos;
+        if !at.is_multiple_of(align) {
+            n = n.min(align - at % align);
+        } else if n > align && !(at + n).is_multiple_of(align) {
+            n -= (at + n) % align;
+        }
+        n = n.min(most);
+        if n >= align {
+            gates(io, node, IoType::Discard, pos, n).await?;
+            range_op(io, node, pos, n, RangeOp::Discard).await?;
+        }
+        pos += n;
+    }
+    Ok(())
+}
+
+/// The first blkdebug node from `node` down whose `max_discard` is below `len`: the offset it
+/// adds to `node`'s and its limits.
+fn discard_cutter(io: &Io<'_, '_>, node: NodeId, len: u64) -> Option<(u64, crate::node::BlockLimits)> {
+    if !io.has_debug() {
+        return None;
+    }
+    let (mut cur, mut add) = (node, 0u64);
+    for _ in 0..MAX_DEPTH {
+        let here = io.node(cur).ok()?;
+        if here.driver == crate::io::debug::DRIVER_NAME && u64::from(here.limits.max_discard) < len {
+            return Some((add, here.limits));
+        }
+        let p = here.pass?;
+        cur = here.child(p.role)?;
+        add = add.checked_add(p.offset)?;
+    }
+    None
 }
 
 /// `op` at the leaf below `node`, and on a verifying node's reference after it.

@@ -150,7 +150,18 @@ pub(crate) async fn rebuild(
         start,
         passes: 0,
     };
-    write_structure(io, file, &plan, lay.refcount_order, lay.cs, &mut recount, mem, a, b).await?;
+    write_structure(
+        io,
+        file,
+        &plan,
+        lay.refcount_order,
+        lay.cs,
+        &mut recount,
+        mem,
+        a,
+        b,
+    )
+    .await?;
     let mut fields = [0u8; 12];
     put_be64(&mut fields, 0, plan.table() * lay.cs);
     fields[8..].copy_from_slice(&(plan.table_clusters as u32).to_be_bytes());

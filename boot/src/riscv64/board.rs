@@ -1,14 +1,11 @@
 //! The riscv64 `virt` board: virtio-mmio transports from the device tree (`virtio,mmio` nodes
-//! under `/soc`; QEMU has 8 of 4 KiB from 0x1000_1000) and the test finisher's address. PCI
+//! under `/soc`; QEMU has 8 of 4 KiB from 0x1000_1000). PCI
 //! (ECAM with BARs allocated from the host bridge's `ranges`) is not driven here yet: [`pci`]
 //! says there is none.
 
 use super::boot_info::BootInfo;
+use super::entry::PHYS_END;
 use crate::common::MmioWindows;
-
-/// Paging is off (`satp` Bare): every physical address below QEMU's 56-bit limit is reachable
-/// as itself.
-pub(super) const PHYS_END: u64 = 1 << 56;
 
 /// PCI configuration access; `virt`'s ECAM is not driven yet, so there is never one.
 #[derive(Clone, Copy, Debug)]
@@ -44,17 +41,6 @@ pub fn virtio_mmio(info: &BootInfo) -> MmioWindows {
         }
     }
     windows
-}
-
-/// The SiFive test finisher's register address (`sifive,test0`/`sifive,test1`), if the tree
-/// has one.
-pub(super) fn test_finisher(info: &BootInfo) -> Option<u64> {
-    let node = info
-        .fdt()
-        .shallow_nodes()
-        .find(|n| n.is_compatible("sifive,test0") || n.is_compatible("sifive,test1"))?;
-    let (base, size) = node.reg().next()?;
-    (size >= 4 && base.is_multiple_of(4) && base < PHYS_END).then_some(base)
 }
 
 /// True if `[addr, addr + size)` is reachable (paging is off: any physical address).

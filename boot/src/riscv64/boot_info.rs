@@ -3,7 +3,7 @@
 //! timebase the clock reads, the test finisher the exit uses, and the devices the board module
 //! looks up.
 
-use super::board::PHYS_END;
+use super::entry::PHYS_END;
 use crate::common::{BootError, MemoryRegion};
 use crate::fdt::{self, Fdt};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,8 @@ pub struct BootInfo {
     fdt: Fdt<'static>,
 }
 
-/// The device tree [`BootInfo::read`] accepted, if any (for the clock's timebase).
+/// The device tree [`BootInfo::read`] accepted, if any (for the clock's timebase and the
+/// exit's test finisher).
 pub(super) fn saved() -> Option<Fdt<'static>> {
     let at = SAVED_AT.load(Ordering::Relaxed);
     let size = SAVED_SIZE.load(Ordering::Relaxed) as usize;
@@ -38,8 +39,8 @@ pub(super) fn saved() -> Option<Fdt<'static>> {
 }
 
 impl BootInfo {
-    /// Checks the device tree at `handle` (a1 at entry), remembers it for the clock, and points
-    /// the exit at its test finisher.
+    /// Checks the device tree at `handle` (a1 at entry) and remembers it for the clock and the
+    /// exit.
     ///
     /// # Safety
     /// `handle` must be the value the entry code passed to `strata_main`; the device tree's
@@ -90,9 +91,6 @@ impl BootInfo {
         }
         SAVED_AT.store(at, Ordering::Relaxed);
         SAVED_SIZE.store(size as u64, Ordering::Relaxed);
-        if let Some(base) = super::board::test_finisher(&info) {
-            super::exit::set_finisher(base);
-        }
         Ok(info)
     }
 

@@ -19,6 +19,10 @@ struct BootStack([u8; BOOT_STACK_SIZE]);
 #[no_mangle]
 static mut BOOT_STACK: BootStack = BootStack([0; BOOT_STACK_SIZE]);
 
+/// Paging stays off (`satp` Bare): every physical address below QEMU's 56-bit limit is
+/// reachable as itself.
+pub const PHYS_END: u64 = 1 << 56;
+
 /// `sstatus.FS` = Initial (bits 14:13 = 01).
 const SSTATUS_FS_INITIAL: usize = 1 << 13;
 

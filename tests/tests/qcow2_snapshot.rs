@@ -36,6 +36,21 @@ fn ours_ok(args: &[&str]) -> String {
 }
 
 /// `qemu-img snapshot ARGS`: (status, stdout, stderr).
+/// qemu-img's error message in `err`, as qemu-img 10 words it: the first `qemu-img: ` line
+/// (7.2 prints a probing warning first when it has no -f) without the prefix, and 7.2's
+/// `: -95 (Operation not supported)` errno form as 10's `: Operation not supported`.
+fn qemu_message(err: &str) -> String {
+    let line = err.lines().find_map(|l| l.strip_prefix("qemu-img: ")).unwrap_or_else(|| err.lines().next().unwrap_or(""));
+    if let Some((head, tail)) = line.rsplit_once(": -") {
+        if let Some((num, text)) = tail.split_once(" (") {
+            if num.bytes().all(|b| b.is_ascii_digit()) && text.ends_with(')') {
+                return format!("{head}: {}", &text[..text.len() - 1]);
+            }
+        }
+    }
+    line.to_string()
+}
+
 fn theirs(args: &[&str]) -> (i32, String, String) {
     ensure_qemu();
     // This process opens the same files in-process (`img`) while other test threads start
@@ -415,12 +430,7 @@ fn errors_as_qemu_img() {
         full.push(p(&a));
         let (status, _, err) = theirs(&full);
         assert_eq!(ours(&full).0, status, "{full:?}");
-        let want = err
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("qemu-img: ")
-            .to_string();
+        let want = qemu_message(&err);
         assert_eq!(message(&full), want, "{full:?}");
     }
     check_clean(&a);
@@ -435,14 +445,14 @@ fn errors_as_qemu_img() {
     ] {
         let mut full: Vec<&str> = args.to_vec();
         full.push(p(&r));
-        let (status, out, err) = theirs(&full);
+        // qemu-img 7.2's snapshot command has no -f (8.0 added it): ask it with a probed raw
+        // image instead, which it answers alike.
+        let (status, out, err) = match theirs(&full) {
+            (_, _, err) if err.contains("unrecognized option '-f'") => theirs(&full[2..]),
+            said => said,
+        };
         assert_eq!(ours(&full), (status, out), "{full:?}");
-        let want = err
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("qemu-img: ")
-            .to_string();
+        let want = qemu_message(&err);
         assert_eq!(message(&full), want, "{full:?}");
     }
     // An external data file: refused, as QEMU refuses it.
@@ -544,8 +554,9 @@ fn full_snapshot_table_refused() {
     std::fs::copy(&a, &b).unwrap();
     let (status, _, err) = theirs(&["-c", "one-more", p(&b)]);
     assert_eq!(status, 1);
+    // qemu-img 10 says "...: File too large", 7.2 "...: -27 (File too large)".
     assert!(
-        err.contains("Could not create snapshot 'one-more': File too large"),
+        err.contains("Could not create snapshot 'one-more': ") && err.contains("File too large"),
         "{err}"
     );
     let mut argv: Vec<String> = vec!["-c".into(), "one-more".into(), p(&a).into()];

@@ -381,11 +381,11 @@ pub async fn check(
         m.b,
     )
     .await?;
+    let first_table = lay.snaps;
     // The snapshot table rewritten once the refcounts are right (QEMU's
     // `qcow2_check_fix_snapshot_table`): its new clusters are allocated from them.
     if mode.fix_errors && snap_res.corruptions != 0 {
-        match snaptable::rewrite(io, file, &lay, &lay.snaps, &mut stored, m.a, &mut *sink).await
-        {
+        match snaptable::rewrite(io, file, &lay, &lay.snaps, &mut stored, m.a, &mut *sink).await {
             Ok(t) => lay.snaps = t,
             Err(e) => {
                 // QEMU's strerror: EFBIG for a table over its limit, EIO otherwise.
@@ -401,6 +401,9 @@ pub async fn check(
         snap_res.corruptions = 0;
     }
     res.add_counts(&snap_res);
+    if mode.fix_leaks {
+        compare::discard_free_table(io, file, &lay, &first_table, &mut stored).await?;
+    }
     if mode.repairs() {
         flush::flush_leaves(io, file).await?;
         let bits = lay.header.incompatible;

@@ -10,9 +10,9 @@
 
 #![allow(unsafe_code)] // reason: fcntl(F_OFD_*) takes a pointer to a `struct flock`
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
-use super::sys::errno;
+use super::sys::{errno, Exec};
 
 /// `BLK_PERM_CONSISTENT_READ`: the reader sees a self-consistent image.
 pub const PERM_CONSISTENT_READ: u8 = 1 << 0;
@@ -88,6 +88,14 @@ fn lock_byte(fd: RawFd, byte: i64) -> Result<(), i32> {
             libc::EINTR => continue,
             e => return Err(e),
         }
+    }
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        // The last user of the file is gone (every engine has finished its requests): release
+        // the image locks explicitly before the descriptor closes.
+        release(self.file.as_raw_fd());
     }
 }
 

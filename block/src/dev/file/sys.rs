@@ -53,14 +53,6 @@ impl AlignedBuf {
     }
 }
 
-impl Drop for Exec {
-    fn drop(&mut self) {
-        // The last user of the file is gone (every engine has finished its requests): release
-        // the image locks explicitly before the descriptor closes (see `lock::release`).
-        super::lock::release(self.file.as_raw_fd());
-    }
-}
-
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: `ptr` came from `alloc_zeroed` with this very layout and is freed only here.

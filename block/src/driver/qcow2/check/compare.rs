@@ -154,7 +154,7 @@ pub(crate) async fn discard_free_table(
     io: &Io<'_, '_>,
     file: NodeId,
     lay: &Layout,
-    old: &super::snaptable::Table,
+    old: &super::layout::SnapTable,
     stored: &mut Stored<'_>,
 ) -> Result<()> {
     let mut at_old = *lay;

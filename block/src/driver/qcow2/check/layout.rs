@@ -2,7 +2,7 @@
 //! tables it names and their sizes, read from the image file alone (no qcow2 node is opened,
 //! so a corrupt or dirty image can be checked and repaired), with the same placement checks an
 //! open makes. An image these checks refuse cannot be checked (qemu-img: it cannot be opened).
-//! The check reads the snapshot table tolerantly itself ([`super::snaptable`]), as QEMU opens
+//! The check reads the snapshot table tolerantly itself (`snaptable`), as QEMU opens
 //! an image for a check without it; other users read it as strictly as an open.
 
 use crate::error::{Error, Result};
@@ -13,7 +13,6 @@ use super::super::extensions;
 use super::super::header::{incompat, Header, KNOWN_HEADER_LEN};
 use super::super::snapshots;
 use super::super::validation::{self, Metadata, Region, Table};
-use super::snaptable;
 
 /// The image as the check sees it.
 #[derive(Clone, Copy, Debug)]
@@ -34,8 +33,8 @@ pub(crate) struct Layout {
     pub(crate) l2_entry: u64,
     pub(crate) extended_l2: bool,
     pub(crate) data_file: bool,
-    /// The snapshot table as the check read it (empty until [`snaptable::survey`] has).
-    pub(crate) snaps: snaptable::Table,
+    /// The snapshot table as the check read it (empty until `snaptable::survey` has).
+    pub(crate) snaps: SnapTable,
     /// The bitmap directory (offset, bytes, bitmaps), if the bitmaps are consistent.
     pub(crate) bitmaps: Option<(u64, u64, u32)>,
 }
@@ -48,7 +47,7 @@ impl Layout {
     }
 
     /// [`Layout::read`] without the snapshot table (`snaps` empty): the check reads it
-    /// tolerantly ([`snaptable::survey`]), as QEMU opens an image for a check without it.
+    /// tolerantly (`snaptable::survey`), as QEMU opens an image for a check without it.
     pub(crate) async fn read_for_check(io: &Io<'_, '_>, file: NodeId) -> Result<Self> {
         Self::read_with(io, file, false).await
     }
@@ -107,7 +106,7 @@ impl Layout {
             l2_entry: if header.extended_l2() { 16 } else { 8 },
             extended_l2: header.extended_l2(),
             data_file: header.incompatible & incompat::DATA_FILE != 0,
-            snaps: snaptable::Table {
+            snaps: SnapTable {
                 offset: header.snapshots_offset,
                 count,
                 len: snaps.len,
@@ -150,4 +149,15 @@ pub(crate) fn put_be64(buf: &mut [u8], at: usize, v: u64) {
     if let Some(b) = buf.get_mut(at..at + 8) {
         b.copy_from_slice(&v.to_be_bytes());
     }
+}
+
+/// The snapshot table as the check found it (`snaptable::survey` reads it tolerantly).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SnapTable {
+    /// Its offset in the file.
+    pub(crate) offset: u64,
+    /// Entries in force (after a cut under `-r all`).
+    pub(crate) count: u32,
+    /// Bytes from the first entry to the end of the last one's name (QEMU's `snapshots_size`).
+    pub(crate) len: u64,
 }

@@ -36,7 +36,7 @@ use super::super::header::{incompat, Header};
 use super::super::snapshots::{MAX_EXTRA, V3_MIN_EXTRA};
 use super::super::validation::{MAX_SNAPSHOTS, MAX_SNAPSHOT_TABLE_BYTES};
 use super::finding::Label;
-use super::layout::Layout;
+use super::layout::{Layout, SnapTable as Table};
 use super::stored::{Lookup, Stored};
 use super::{CheckResult, Finding, Sink};
 
@@ -52,17 +52,6 @@ const INCOMPATIBLE_FIELD: u64 = 72;
 const MAX_POS: u64 = i64::MAX as u64;
 /// QEMU's `INT_MAX` bound on the bytes a table spans.
 const MAX_SPAN: u64 = i32::MAX as u64;
-
-/// The snapshot table as the check found it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Table {
-    /// Its offset in the file.
-    pub(crate) offset: u64,
-    /// Entries in force (after a cut under `-r all`).
-    pub(crate) count: u32,
-    /// Bytes from the first entry to the end of the last one's name (QEMU's `snapshots_size`).
-    pub(crate) len: u64,
-}
 
 /// One entry, as QEMU reads it.
 #[derive(Clone, Copy, Debug)]

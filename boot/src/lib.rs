@@ -27,6 +27,7 @@
 pub mod common;
 pub mod fdt;
 pub mod pci;
+pub mod tick_clock;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 mod x86_64;

@@ -2,13 +2,12 @@
 //! QEMU put in CNTFRQ_EL0 (62.5 MHz or 1 GHz on `virt`, depending on the machine version).
 
 pub use crate::common::Calibration;
-use core::sync::atomic::{AtomicU64, Ordering};
+use crate::tick_clock::TickClock;
 
 /// Used when CNTFRQ_EL0 reads zero (no firmware set it); reported as uncalibrated.
 const FALLBACK_HZ: u64 = 62_500_000;
 
-static HZ: AtomicU64 = AtomicU64::new(FALLBACK_HZ);
-static BOOT_TICKS: AtomicU64 = AtomicU64::new(0);
+static CLOCK: TickClock = TickClock::new(FALLBACK_HZ);
 
 /// The clock now, in ticks.
 #[inline]
@@ -24,12 +23,12 @@ pub fn now() -> u64 {
 
 /// Records the boot time. Call first thing in the kernel.
 pub fn mark_boot() {
-    BOOT_TICKS.store(now(), Ordering::Relaxed);
+    CLOCK.mark_boot(now());
 }
 
 /// The tick count recorded by [`mark_boot`] (the counter starts near zero when QEMU starts).
 pub fn boot_ticks() -> u64 {
-    BOOT_TICKS.load(Ordering::Relaxed)
+    CLOCK.boot_ticks()
 }
 
 /// Reads the counter's frequency from CNTFRQ_EL0 and stores it for [`ticks_to_ns`].
@@ -37,33 +36,20 @@ pub fn calibrate() -> Calibration {
     let hz: u64;
     // SAFETY: reading CNTFRQ_EL0 has no side effects.
     unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack)) };
-    let hz = hz & 0xffff_ffff;
-    let cal = if hz > 0 {
-        Calibration {
-            hz,
-            calibrated: true,
-        }
-    } else {
-        Calibration {
-            hz: FALLBACK_HZ,
-            calibrated: false,
-        }
-    };
-    HZ.store(cal.hz, Ordering::Relaxed);
-    cal
+    CLOCK.set_rate(Some(hz & 0xffff_ffff))
 }
 
 /// Ticks per second (after [`calibrate`]).
 pub fn hz() -> u64 {
-    HZ.load(Ordering::Relaxed)
+    CLOCK.hz()
 }
 
 /// Converts ticks to nanoseconds.
 pub fn ticks_to_ns(ticks: u64) -> u64 {
-    ((ticks as u128 * 1_000_000_000) / hz().max(1) as u128) as u64
+    CLOCK.ticks_to_ns(ticks)
 }
 
 /// Nanoseconds since [`mark_boot`].
 pub fn ns_since_boot() -> u64 {
-    ticks_to_ns(now().wrapping_sub(boot_ticks()))
+    CLOCK.ns_since_boot(now())
 }

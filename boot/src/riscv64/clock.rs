@@ -2,13 +2,12 @@
 //! (10 MHz on QEMU's `virt`).
 
 pub use crate::common::Calibration;
-use core::sync::atomic::{AtomicU64, Ordering};
+use crate::tick_clock::TickClock;
 
 /// QEMU `virt`'s timebase, used when the device tree gives none; reported as uncalibrated.
 const FALLBACK_HZ: u64 = 10_000_000;
 
-static HZ: AtomicU64 = AtomicU64::new(FALLBACK_HZ);
-static BOOT_TICKS: AtomicU64 = AtomicU64::new(0);
+static CLOCK: TickClock = TickClock::new(FALLBACK_HZ);
 
 /// The clock now, in ticks.
 #[inline]
@@ -22,12 +21,12 @@ pub fn now() -> u64 {
 
 /// Records the boot time. Call first thing in the kernel.
 pub fn mark_boot() {
-    BOOT_TICKS.store(now(), Ordering::Relaxed);
+    CLOCK.mark_boot(now());
 }
 
 /// The tick count recorded by [`mark_boot`] (the timer starts at zero when QEMU starts).
 pub fn boot_ticks() -> u64 {
-    BOOT_TICKS.load(Ordering::Relaxed)
+    CLOCK.boot_ticks()
 }
 
 /// Reads the timebase from the device tree (after `BootInfo::read`) and stores it for
@@ -42,31 +41,20 @@ pub fn calibrate() -> Calibration {
             _ => None,
         }
     });
-    let cal = match from_tree {
-        Some(hz) if hz > 0 => Calibration {
-            hz,
-            calibrated: true,
-        },
-        _ => Calibration {
-            hz: FALLBACK_HZ,
-            calibrated: false,
-        },
-    };
-    HZ.store(cal.hz, Ordering::Relaxed);
-    cal
+    CLOCK.set_rate(from_tree)
 }
 
 /// Ticks per second (after [`calibrate`]).
 pub fn hz() -> u64 {
-    HZ.load(Ordering::Relaxed)
+    CLOCK.hz()
 }
 
 /// Converts ticks to nanoseconds.
 pub fn ticks_to_ns(ticks: u64) -> u64 {
-    ((ticks as u128 * 1_000_000_000) / hz().max(1) as u128) as u64
+    CLOCK.ticks_to_ns(ticks)
 }
 
 /// Nanoseconds since [`mark_boot`].
 pub fn ns_since_boot() -> u64 {
-    ticks_to_ns(now().wrapping_sub(boot_ticks()))
+    CLOCK.ns_since_boot(now())
 }

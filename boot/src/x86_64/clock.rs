@@ -6,15 +6,14 @@
 
 use super::port::{inb, outb};
 pub use crate::common::Calibration;
-use core::sync::atomic::{AtomicU64, Ordering};
+use crate::tick_clock::TickClock;
 
 const PIT_HZ: u64 = 1_193_182;
 const CALIBRATION_MS: u64 = 10;
 /// Used when no PIT answers; reported as uncalibrated.
 const FALLBACK_HZ: u64 = 1_000_000_000;
 
-static TSC_HZ: AtomicU64 = AtomicU64::new(FALLBACK_HZ);
-static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+static CLOCK: TickClock = TickClock::new(FALLBACK_HZ);
 
 /// The clock now, in ticks (the time-stamp counter).
 #[inline]
@@ -25,12 +24,12 @@ pub fn now() -> u64 {
 
 /// Records the boot time-stamp. Call first thing in the kernel.
 pub fn mark_boot() {
-    BOOT_TSC.store(now(), Ordering::Relaxed);
+    CLOCK.mark_boot(now());
 }
 
 /// The tick count recorded by [`mark_boot`].
 pub fn boot_ticks() -> u64 {
-    BOOT_TSC.load(Ordering::Relaxed)
+    CLOCK.boot_ticks()
 }
 
 /// Measures the TSC frequency against PIT channel 0 and stores it for [`ticks_to_ns`].
@@ -61,12 +60,7 @@ pub fn calibrate() -> Calibration {
         }
         (elapsed >= target).then(|| end.wrapping_sub(start) * PIT_HZ / elapsed)
     };
-    let cal = match measured {
-        Some(hz) if hz > 0 => Calibration { hz, calibrated: true },
-        _ => Calibration { hz: FALLBACK_HZ, calibrated: false },
-    };
-    TSC_HZ.store(cal.hz, Ordering::Relaxed);
-    cal
+    CLOCK.set_rate(measured)
 }
 
 /// Latches and reads PIT channel 0's current count.
@@ -85,15 +79,15 @@ unsafe fn read_pit0() -> u16 {
 
 /// Ticks per second (after [`calibrate`]).
 pub fn hz() -> u64 {
-    TSC_HZ.load(Ordering::Relaxed)
+    CLOCK.hz()
 }
 
 /// Converts ticks to nanoseconds.
 pub fn ticks_to_ns(ticks: u64) -> u64 {
-    ((ticks as u128 * 1_000_000_000) / hz().max(1) as u128) as u64
+    CLOCK.ticks_to_ns(ticks)
 }
 
 /// Nanoseconds since [`mark_boot`].
 pub fn ns_since_boot() -> u64 {
-    ticks_to_ns(now().wrapping_sub(boot_ticks()))
+    CLOCK.ns_since_boot(now())
 }

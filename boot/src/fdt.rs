@@ -7,6 +7,7 @@
 //! structure block is walked token by token (FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_NOP,
 //! FDT_END, devicetree specification v0.4 chapter 5), keeping only the depth.
 
+mod boot_facts;
 mod children;
 
 /// The blob's magic number (big-endian at offset 0).
@@ -379,6 +380,10 @@ mod tests {
         assert!(v.is_compatible("virtio,mmio") && !v.is_compatible("virtio"));
         assert_eq!(v.reg().collect::<Vec<_>>(), [(0x0a00_0000, 0x200)]);
         assert_eq!(total_size(&b[..8].try_into().unwrap()), Some(512));
+        assert_eq!(fdt.bootargs(), "sha256");
+        let ram: Vec<(u64, u64, bool)> = fdt.memory_regions(8).map(|r| (r.addr, r.size, r.ram)).collect();
+        assert_eq!(ram, [(0x4000_0000, 0x1000_0000, true)]);
+        assert_eq!(fdt.memory_regions(0).count(), 0);
     }
 
     #[test]

@@ -102,24 +102,12 @@ impl BootInfo {
 
     /// The kernel command line (`/chosen` `bootargs`; empty if absent).
     pub fn cmdline(&self) -> &'static str {
-        self.fdt
-            .top_node("chosen")
-            .and_then(|n| n.str_prop("bootargs"))
-            .unwrap_or("")
+        self.fdt.bootargs()
     }
 
     /// RAM regions (`/memory` nodes' `reg`).
     pub fn memory_map(&self) -> impl Iterator<Item = MemoryRegion> + '_ {
-        self.fdt
-            .top_nodes()
-            .filter(|n| n.str_prop("device_type") == Some("memory"))
-            .flat_map(|n| n.reg())
-            .take(MAX_REGIONS)
-            .map(|(addr, size)| MemoryRegion {
-                addr,
-                size,
-                ram: true,
-            })
+        self.fdt.memory_regions(MAX_REGIONS)
     }
 
     /// Total RAM.

@@ -105,6 +105,7 @@ pub struct TraceChannel {
 
 /// Writes `s` through `out` with each `\n` as `\r\n`, as a serial terminal wants (the consoles
 /// of every architecture).
+#[cfg_attr(not(target_os = "none"), allow(dead_code))] // reason: only the bare-metal consoles call it; tested on the host
 pub(crate) fn write_crlf(s: &str, mut out: impl FnMut(&[u8])) {
     for chunk in s.split_inclusive('\n') {
         match chunk.strip_suffix('\n') {
@@ -114,5 +115,18 @@ pub(crate) fn write_crlf(s: &str, mut out: impl FnMut(&[u8])) {
             }
             None => out(chunk.as_bytes()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    #[test]
+    fn write_crlf_turns_each_newline_into_cr_lf() {
+        let mut out = Vec::new();
+        super::write_crlf("a\nbc\n\nd", |b| out.extend_from_slice(b));
+        assert_eq!(out, b"a\r\nbc\r\n\r\nd");
     }
 }

@@ -8,6 +8,7 @@
 //! FDT_END, devicetree specification v0.4 chapter 5), keeping only the depth.
 
 mod boot_facts;
+pub use boot_facts::virtio_mmio_windows;
 mod children;
 
 /// The blob's magic number (big-endian at offset 0).
@@ -384,6 +385,8 @@ mod tests {
         let ram: Vec<(u64, u64, bool)> = fdt.memory_regions(8).map(|r| (r.addr, r.size, r.ram)).collect();
         assert_eq!(ram, [(0x4000_0000, 0x1000_0000, true)]);
         assert_eq!(fdt.memory_regions(0).count(), 0);
+        let w = virtio_mmio_windows(fdt.top_nodes());
+        assert_eq!(w.iter().collect::<Vec<_>>(), [(0x0a00_0000, 0x200)]);
     }
 
     #[test]

@@ -93,19 +93,7 @@ fn setup() -> bool {
 
 /// The device tree's virtio-mmio windows, in tree order.
 pub fn virtio_mmio(info: &BootInfo) -> MmioWindows {
-    let mut windows = MmioWindows::new();
-    for node in info
-        .fdt()
-        .top_nodes()
-        .filter(|n| n.is_compatible("virtio,mmio"))
-    {
-        if let Some((base, size)) = node.reg().next() {
-            if !windows.push(base, size) {
-                break;
-            }
-        }
-    }
-    windows
+    crate::fdt::virtio_mmio_windows(info.fdt().top_nodes())
 }
 
 /// True if `[addr, addr + size)` is mapped (Device memory below 1 GiB, RAM to 4 GiB, Device

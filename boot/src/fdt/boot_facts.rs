@@ -1,8 +1,8 @@
-//! What every device-tree board reads first: the kernel command line (`/chosen` `bootargs`) and
-//! the RAM regions (`/memory` nodes' `reg`).
+//! What every device-tree board reads first: the kernel command line (`/chosen` `bootargs`),
+//! the RAM regions (`/memory` nodes' `reg`) and the virtio-mmio windows.
 
-use super::Fdt;
-use crate::common::MemoryRegion;
+use super::{Fdt, Node};
+use crate::common::{MemoryRegion, MmioWindows};
 
 impl<'a> Fdt<'a> {
     /// `/chosen` `bootargs`; empty if absent.
@@ -24,4 +24,18 @@ impl<'a> Fdt<'a> {
                 ram: true,
             })
     }
+}
+
+/// The first `reg` window of each `virtio,mmio` node among `nodes`, in order, as many as
+/// [`MmioWindows`] holds.
+pub fn virtio_mmio_windows<'a>(nodes: impl Iterator<Item = Node<'a>>) -> MmioWindows {
+    let mut windows = MmioWindows::new();
+    for node in nodes.filter(|n| n.is_compatible("virtio,mmio")) {
+        if let Some((base, size)) = node.reg().next() {
+            if !windows.push(base, size) {
+                break;
+            }
+        }
+    }
+    windows
 }

@@ -28,19 +28,7 @@ pub fn pci() -> Option<PciConfig> {
 
 /// The device tree's virtio-mmio windows (top level or one bus down), in tree order.
 pub fn virtio_mmio(info: &BootInfo) -> MmioWindows {
-    let mut windows = MmioWindows::new();
-    for node in info
-        .fdt()
-        .shallow_nodes()
-        .filter(|n| n.is_compatible("virtio,mmio"))
-    {
-        if let Some((base, size)) = node.reg().next() {
-            if !windows.push(base, size) {
-                break;
-            }
-        }
-    }
-    windows
+    crate::fdt::virtio_mmio_windows(info.fdt().shallow_nodes())
 }
 
 /// True if `[addr, addr + size)` is reachable (paging is off: any physical address).

@@ -169,6 +169,8 @@ pub struct Recording<'a, const Q: usize = 64, const S: usize = 32> {
     sink: &'a dyn RecordSink,
     info: DeviceInfo,
     next: Cell<Seq>,
+    /// A counter shared with other recordings ([`Recording::sharing`]), used instead of `next`.
+    shared: Option<&'a Cell<Seq>>,
     table: RefCell<[Option<Entry<S>>; Q]>,
 }
 
@@ -178,12 +180,23 @@ impl<'a, const Q: usize, const S: usize> Recording<'a, Q, S> {
         let mut info = inner.info().clone();
         info.max_segments = info.max_segments.min(S.min(usize::from(u16::MAX)) as u16).max(1);
         info.queue_depth = info.queue_depth.min(Q.min(usize::from(u16::MAX)) as u16).max(1);
-        Self { inner, sink, info, next: Cell::new(0), table: RefCell::new([None; Q]) }
+        Self { inner, sink, info, next: Cell::new(0), shared: None, table: RefCell::new([None; Q]) }
+    }
+
+    /// Wraps `inner`, reporting to `sink`, with seqs taken from `counter`: recordings of several
+    /// devices (the files of a backing chain) sharing one counter put all their events in one
+    /// order, so one cut point means the same instant on every device.
+    pub fn sharing(inner: &'a dyn BlockDevice, sink: &'a dyn RecordSink, counter: &'a Cell<Seq>) -> Self {
+        Self { shared: Some(counter), ..Self::new(inner, sink) }
+    }
+
+    fn counter(&self) -> &Cell<Seq> {
+        self.shared.unwrap_or(&self.next)
     }
 
     /// The seq the next submission or completion will take: every event so far has a lower one.
     pub fn seq(&self) -> Seq {
-        self.next.get()
+        self.counter().get()
     }
 
     /// Recorded requests in flight.
@@ -192,8 +205,9 @@ impl<'a, const Q: usize, const S: usize> Recording<'a, Q, S> {
     }
 
     fn take_seq(&self) -> Seq {
-        let s = self.next.get();
-        self.next.set(s.saturating_add(1));
+        let counter = self.counter();
+        let s = counter.get();
+        counter.set(s.saturating_add(1));
         s
     }
 

@@ -168,3 +168,24 @@ fn limits_and_busy() {
     assert_eq!(rec.grow(512), Ok(16 * 1024));
     assert!(!log.0.borrow().iter().any(|e| matches!(e, Owned::Grow { .. })));
 }
+
+#[test]
+fn recordings_sharing_a_counter_take_seqs_in_one_order() {
+    let (mut ma, mut mb) = ([0u8; 8192], [0u8; 8192]);
+    let a: RamDisk<'_, 4> = RamDisk::new(&mut ma, 512, RamConfig::default());
+    let b: RamDisk<'_, 4> = RamDisk::new(&mut mb, 512, RamConfig::default());
+    let (log_a, log_b) = (Log::default(), Log::default());
+    let counter = core::cell::Cell::new(10);
+    let ra: Recording<'_, 4, 2> = Recording::sharing(&a, &log_a, &counter);
+    let rb: Recording<'_, 4, 2> = Recording::sharing(&b, &log_b, &counter);
+    let buf = [7u8; 512];
+    let ta = submit(&ra, DeviceOp::Write, 0, 512, &[Segment::from_ref(&buf)]);
+    let tb = submit(&rb, DeviceOp::Write, 512, 512, &[Segment::from_ref(&buf)]);
+    wait(&rb, tb);
+    wait(&ra, ta);
+    let t = submit(&ra, DeviceOp::Flush, 0, 0, &[]);
+    wait(&ra, t);
+    assert_eq!(*log_a.0.borrow(), [Owned::Write { seq: 13, submitted: 10, offset: 0, data: buf.to_vec() }, Owned::FlushSubmitted { seq: 14 }, Owned::Flushed { seq: 15, submitted: 14 }]);
+    assert_eq!(*log_b.0.borrow(), [Owned::Write { seq: 12, submitted: 11, offset: 512, data: buf.to_vec() }]);
+    assert_eq!((ra.seq(), rb.seq(), counter.get()), (16, 16, 16));
+}

@@ -111,21 +111,25 @@ impl DeviceInfo {
     /// [`DeviceInfo::check`] against a device that has grown to `capacity` bytes since it was
     /// opened ([`BlockDevice::grow`]).
     pub fn check_within(&self, req: &DeviceRequest<'_>, capacity: u64) -> Result<(), DeviceError> {
-        let writes = !matches!(req.op, DeviceOp::Read | DeviceOp::Flush);
-        if writes && self.read_only {
-            return Err(DeviceError::ReadOnly);
-        }
-        match req.op {
+        let moves_data = match req.op {
+            DeviceOp::Read => true,
             DeviceOp::Flush => return Ok(()),
-            DeviceOp::Discard if !self.features.contains(DeviceFeatures::DISCARD) => return Err(DeviceError::Unsupported),
+            _ if self.read_only => return Err(DeviceError::ReadOnly),
+            DeviceOp::Write => true,
+            DeviceOp::Discard => {
+                if !self.features.contains(DeviceFeatures::DISCARD) {
+                    return Err(DeviceError::Unsupported);
+                }
+                false
+            }
             DeviceOp::WriteZeroes { unmap } => {
                 let need = if unmap { DeviceFeatures::WRITE_ZEROES_UNMAP } else { DeviceFeatures::WRITE_ZEROES };
                 if !self.features.contains(need) {
                     return Err(DeviceError::Unsupported);
                 }
+                false
             }
-            _ => {}
-        }
+        };
         let bs = u64::from(self.block_size.max(1));
         let end = req.offset.checked_add(req.len).ok_or(DeviceError::Invalid)?;
         // Block sizes are powers of two in practice: masks, not divisions, on every request.
@@ -137,29 +141,35 @@ impl DeviceInfo {
         if !aligned || end > limit || req.len == 0 {
             return Err(DeviceError::Invalid);
         }
-        if matches!(req.op, DeviceOp::Read | DeviceOp::Write) {
-            let align = self.mem_alignment.max(1) as usize;
-            let bad_segment = |s: &Segment| {
-                let misaligned = if align.is_power_of_two() {
-                    (s.ptr as usize | s.len) & (align - 1) != 0
-                } else {
-                    !(s.ptr as usize).is_multiple_of(align) || !s.len.is_multiple_of(align)
-                };
-                s.len > self.max_segment_size as usize || misaligned
-            };
-            let total: u64 = match req.segments {
-                [one] => one.len as u64,
-                many => many.iter().map(|s| s.len as u64).sum(),
-            };
-            if total != req.len
-                || req.len > u64::from(self.max_transfer)
-                || req.segments.len() > usize::from(self.max_segments)
-                || req.segments.iter().any(bad_segment)
-            {
-                return Err(DeviceError::Invalid);
-            }
+        if moves_data && !self.segments_fit(req) {
+            return Err(DeviceError::Invalid);
         }
         Ok(())
+    }
+
+    /// True if `req`'s segments add up to its length and each fits the memory limits.
+    fn segments_fit(&self, req: &DeviceRequest<'_>) -> bool {
+        let align = self.mem_alignment.max(1) as usize;
+        let fits = |s: &Segment| {
+            let aligned = if align.is_power_of_two() {
+                (s.ptr as usize | s.len) & (align - 1) == 0
+            } else {
+                (s.ptr as usize).is_multiple_of(align) && s.len.is_multiple_of(align)
+            };
+            s.len <= self.max_segment_size as usize && aligned
+        };
+        if req.len > u64::from(self.max_transfer) {
+            return false;
+        }
+        match req.segments {
+            // One buffer: most requests.
+            [one] => one.len as u64 == req.len && fits(one),
+            many => {
+                many.len() <= usize::from(self.max_segments)
+                    && many.iter().map(|s| s.len as u64).sum::<u64>() == req.len
+                    && many.iter().all(fits)
+            }
+        }
     }
 
     /// The serial as text.

@@ -189,9 +189,8 @@ fn map_json_equals_qemu_img() {
     raw_disk(&src, 8 * MIB);
     qemu_io(&src, "raw", &["write -P 7 0 2M", "write -P 0 2M 1M", "write -P 9 5M 64k"]);
     run_qemu_img(&["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", s(&src), s(&comp)]);
-    // Extended L2: whole clusters and zero subclusters of unallocated clusters. (Inside a
-    // partly allocated cluster qemu-img also prints the host offset of the unallocated
-    // subclusters; Strata's block status has none to give there: a known difference.)
+    // Extended L2: whole clusters and zero subclusters of unallocated clusters (partly
+    // allocated clusters, whose other subclusters have host offsets: img_map_subclusters.rs).
     let ext = qcow2(&dir, "ext.qcow2", "extended_l2=on");
     qemu_io(&ext, "qcow2", &["write -P 4 0 128k", "write -z 200k 4k", "write -z 256k 64k"]);
     // Sparse layers of 4 KiB clusters (an L1 entry covers 2 MiB): runs of empty L1 entries

@@ -25,7 +25,7 @@ pub mod raw;
 #[cfg(feature = "throttle")]
 pub mod throttle;
 
-pub use plan::{Allocation, Cow, Mapping, RangeStep, WritePlan};
+pub use plan::{Allocation, Cow, Kept, Mapping, RangeStep, WritePlan};
 
 use crate::error::{Error, Result};
 use crate::io::tracked::{ReqKind, Tracked};

@@ -69,7 +69,7 @@ impl Driver for Null {
     }
 
     async fn map(&self, _io: &Io<'_, '_>, _node: NodeId, _offset: u64, len: u64) -> Result<Mapping> {
-        Ok(if self.read_zeroes { Mapping::Zero { len } } else { Mapping::Sink { len } })
+        Ok(if self.read_zeroes { Mapping::Zero { len, kept: None } } else { Mapping::Sink { len } })
     }
 
     async fn plan_write(&self, _io: &Io<'_, '_>, _node: NodeId, _offset: u64, len: u64) -> Result<WritePlan<Self::Pending>> {

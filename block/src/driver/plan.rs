@@ -23,11 +23,16 @@ pub enum Mapping {
     Zero {
         /// Length of the extent.
         len: u64,
+        /// A host range the node keeps for it anyway (a preallocated zero cluster).
+        kept: Option<Kept>,
     },
     /// Not allocated here: read from the backing child (zeros without one) for `len` bytes.
     Unallocated {
         /// Length of the extent.
         len: u64,
+        /// A host range the node keeps for it anyway (unallocated subclusters of an allocated
+        /// cluster).
+        kept: Option<Kept>,
     },
     /// Data no storage keeps (`null-co` without `read-zeroes`): reads leave the caller's buffer
     /// as it is, for `len` bytes.
@@ -47,6 +52,18 @@ pub enum Mapping {
         /// Length of the extent.
         len: u64,
     },
+}
+
+/// Where a node keeps host space for an extent it does not read from there: QEMU's
+/// `QCOW2_SUBCLUSTER_ZERO_ALLOC` and `QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC`. Reads and writes never
+/// use it (they follow the extent's kind); block status reports it, as QEMU's does (the offset
+/// `qemu-img map` prints for such extents). The range is contiguous for the extent's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The child holding it.
+    pub role: Role,
+    /// Offset there of the extent's first byte.
+    pub offset: u64,
 }
 
 /// How the next part of a write is carried out.

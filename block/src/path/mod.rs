@@ -16,4 +16,4 @@ pub(crate) mod write;
 
 pub(crate) use skip::Skip;
 pub use stack::Stack;
-pub use walk::{block_status, Extent, ExtentKind};
+pub use walk::{block_status, Extent, ExtentKind, KeptAt};

@@ -10,7 +10,7 @@
 
 use super::skip;
 use super::Stack;
-use crate::driver::{FormatState, Mapping};
+use crate::driver::{FormatState, Kept, Mapping};
 use crate::error::{Error, Result};
 use crate::io::leaf::{self, Buf};
 use crate::io::tracked::ReqKind;
@@ -53,6 +53,19 @@ pub(crate) struct Located {
     /// The first `blkverify` node passed below the walk's start ([`Gate::Verify`]): data read
     /// from the extent is compared with its reference.
     pub(crate) verify: Option<Verifier>,
+    /// For a zero or hole target: host space the layer that answered keeps there
+    /// ([`crate::driver::Kept`]), for block status.
+    pub(crate) kept: Option<KeptAt>,
+}
+
+/// Host space a layer keeps for an extent that reads as zeros or through to its backing file
+/// (QEMU's `ZERO_ALLOC` and `UNALLOCATED_ALLOC` clusters): where `qemu-img map` says it lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeptAt {
+    /// The node holding it (the format node's file or data-file child).
+    pub node: NodeId,
+    /// Offset there of the extent's first byte.
+    pub offset: u64,
 }
 
 /// The ranges a request was admitted for at nodes that hold requests, so a request the walk
@@ -86,6 +99,10 @@ struct Walk {
     mapped_by: Option<NodeId>,
     /// See [`Located::verify`].
     verify: Option<Verifier>,
+    /// What the node that sent the walk down its backing link keeps for the range: if the
+    /// backing node ends before it, the range reads as zeros at that node's depth, where QEMU
+    /// reports it.
+    kept_above: Option<KeptAt>,
 }
 
 /// What [`Walk::arrive`] found at the current node.
@@ -100,11 +117,16 @@ enum Arrival<'g, 'd> {
 
 impl Walk {
     fn new(node: NodeId, offset: u64, len: u64) -> Self {
-        Self { cur: node, off: offset, n: len, depth: 0, via_backing: false, mapped_by: None, verify: None }
+        Self { cur: node, off: offset, n: len, depth: 0, via_backing: false, mapped_by: None, verify: None, kept_above: None }
     }
 
     fn done(&self, target: Target, len: u64, depth: u16, mapped_by: Option<NodeId>) -> Located {
-        Located { target, len, depth, mapped_by, verify: self.verify }
+        Located { target, len, depth, mapped_by, verify: self.verify, kept: None }
+    }
+
+    /// Where `kept`, reported by the current node `here`, lies.
+    fn kept_at(here: &Node<'_>, kept: Option<Kept>) -> Option<KeptAt> {
+        kept.and_then(|k| Some(KeptAt { node: here.child(k.role)?, offset: k.offset }))
     }
 
     /// Handles the current node as far as no driver needs asking: the node's end, a leaf, a run
@@ -115,8 +137,8 @@ impl Walk {
             // Below a larger overlay: past this node's end reads as zeros. As `qemu-img map`
             // (whose block status calls the overlay's range zero when its backing file is
             // shorter), the depth is the overlay's, not the short layer's.
-            let depth = if self.via_backing { self.depth.saturating_sub(1) } else { self.depth };
-            return Ok(Arrival::Done(self.done(Target::Hole, self.n, depth, None)));
+            let (depth, kept) = if self.via_backing { (self.depth.saturating_sub(1), self.kept_above) } else { (self.depth, None) };
+            return Ok(Arrival::Done(Located { kept, ..self.done(Target::Hole, self.n, depth, None) }));
         }
         self.n = self.n.min(here.size() - self.off);
         if let NodeKind::Leaf(_) = here.kind {
@@ -127,6 +149,8 @@ impl Walk {
             self.cur = below;
             self.depth = self.depth.saturating_add(u16::from(layers));
             self.via_backing = true;
+            // An empty layer keeps nothing.
+            self.kept_above = None;
             return Ok(Arrival::Skipped);
         }
         Ok(Arrival::Map(here, s.driver(self.cur)?))
@@ -148,18 +172,24 @@ impl Walk {
                 self.off = offset;
                 self.n = self.n.min(len);
                 self.via_backing = false;
+                self.kept_above = None;
             }
-            Mapping::Zero { len } => return Ok(Some(self.done(Target::Zero, self.n.min(len), self.depth, None))),
+            Mapping::Zero { len, kept } => {
+                let kept = Self::kept_at(here, kept);
+                return Ok(Some(Located { kept, ..self.done(Target::Zero, self.n.min(len), self.depth, None) }));
+            }
             Mapping::Sink { len } => return Ok(Some(self.done(Target::Sink, self.n.min(len), self.depth, Some(self.cur)))),
-            Mapping::Unallocated { len } => {
+            Mapping::Unallocated { len, kept } => {
                 self.n = self.n.min(len);
+                let kept = Self::kept_at(here, kept);
                 match here.child(Role::Backing) {
                     Some(backing) => {
                         self.cur = backing;
                         self.depth = self.depth.saturating_add(1);
                         self.via_backing = true;
+                        self.kept_above = kept;
                     }
-                    None => return Ok(Some(self.done(Target::Hole, self.n, self.depth, None))),
+                    None => return Ok(Some(Located { kept, ..self.done(Target::Hole, self.n, self.depth, None) })),
                 }
             }
             Mapping::Compressed { host_offset, csize, skip, len } => {
@@ -353,6 +383,9 @@ pub struct Extent {
     pub len: u64,
     /// Backing links followed (0: the node itself).
     pub depth: u16,
+    /// For [`ExtentKind::Zero`] and [`ExtentKind::Hole`]: host space the layer that answered
+    /// keeps there anyway, contiguous for `len` bytes (QEMU's block status gives its offset).
+    pub kept: Option<KeptAt>,
 }
 
 /// The extent starting at `offset` of `node`, at most `len` bytes (QEMU's block status, for
@@ -366,7 +399,7 @@ pub async fn block_status(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64
         Target::Sink => ExtentKind::Sink,
         Target::Compressed { .. } => ExtentKind::Compressed,
     };
-    Ok(Extent { kind, len: l.len, depth: l.depth })
+    Ok(Extent { kind, len: l.len, depth: l.depth, kept: l.kept })
 }
 
 /// True if guest `[from, to)` of `node` reads as zeros by its metadata (zero clusters, nothing

@@ -6,6 +6,15 @@
 //! holes read as zeros and are not data; inside a qcow2 data cluster, a host hole sets `zero`
 //! only if the image looks metadata-preallocated (QEMU's `qcow2_detect_metadata_preallocation`:
 //! more clusters with a refcount than the file has allocated, by a tenth).
+//!
+//! Zero and unallocated extents carry a host offset where the layer keeps a cluster for them
+//! anyway (QEMU's `ZERO_ALLOC` and `UNALLOCATED_ALLOC`: a preallocated zero cluster, the
+//! unallocated or zero subclusters of an allocated extended-L2 cluster), as qemu-img prints it;
+//! with an offset, adjacent extents merge only where their host ranges are contiguous.
+//!
+//! The human output is qemu-img's: the merged extents that are data and not zeros, and an error
+//! (after the lines before it) at the first data extent without a host offset (a compressed
+//! cluster).
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -66,14 +75,37 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
     let entries = image::with_image(spec, &opts, map)?;
     if as_json {
         println!("{}", json(&entries));
-    } else {
-        println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
-        for e in entries.iter().filter(|e| e.data && e.offset.is_some()) {
+        return Ok(());
+    }
+    let (text, refused) = human(&entries);
+    print!("{text}");
+    match refused {
+        Some(message) => Err(ImgError::failed(message.into())),
+        None => Ok(()),
+    }
+}
+
+/// What qemu-img refuses to draw in the human map.
+const NO_HUMAN_MAP: &str = "File contains external, encrypted or compressed clusters.";
+
+/// `img map`'s human text for `entries`, as qemu-img prints it, and its error if it stops: the
+/// header, then every data extent that is not zeros, up to the first data extent without a
+/// host offset.
+pub fn human(entries: &[MapEntry]) -> (String, Option<&'static str>) {
+    let mut text = format!("{:<16}{:<16}{:<16}File\n", "Offset", "Length", "Mapped to");
+    for e in entries {
+        let Some(offset) = e.offset.filter(|_| e.data) else {
+            if e.data {
+                return (text, Some(NO_HUMAN_MAP));
+            }
+            continue;
+        };
+        if !e.zero {
             let file = e.file.as_deref().map_or(String::new(), |p| p.display().to_string());
-            println!("{:<16}{:<16}{:<16}{file}", hex(e.start), hex(e.length), hex(e.offset.unwrap_or(0)));
+            text.push_str(&format!("{:<16}{:<16}{:<16}{file}\n", hex(e.start), hex(e.length), hex(offset)));
         }
     }
-    Ok(())
+    (text, None)
 }
 
 /// C's `%#x`: `0x` before a non-zero number only (qemu-img prints an extent at 0 as `0`).
@@ -119,8 +151,14 @@ pub fn map(img: &Image<'_, '_>) -> Result<Vec<MapEntry>, ImgError> {
         match ext.kind {
             ExtentKind::Compressed => push(&mut out, MapEntry { compressed: true, ..base }),
             ExtentKind::Sink => push(&mut out, base),
-            ExtentKind::Zero => push(&mut out, MapEntry { zero: true, data: false, ..base }),
-            ExtentKind::Hole => push(&mut out, MapEntry { zero: true, data: false, present: false, ..base }),
+            ExtentKind::Zero | ExtentKind::Hole => {
+                let (offset, file) = match ext.kept {
+                    Some(k) => (Some(k.offset), graph.node(k.node).ok().and_then(|n| n.device()).and_then(|d| files.path(d))),
+                    None => (None, None),
+                };
+                let present = ext.kind == ExtentKind::Zero;
+                push(&mut out, MapEntry { zero: true, data: false, present, offset, file, ..base });
+            }
             ExtentKind::Data { leaf, offset, mapped_by } => {
                 let path = graph.node(leaf).ok().and_then(|n| n.device()).and_then(|d| files.path(d));
                 let qcow2_prealloc = mapped_by.map(|q| *prealloc.entry(q).or_insert_with(|| metadata_preallocated(img, q)));

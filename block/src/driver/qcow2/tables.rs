@@ -4,7 +4,7 @@
 //! clusters (or subclusters) of one kind with contiguous host offsets are merged into one
 //! extent, within one cache slice.
 
-use crate::driver::Mapping;
+use crate::driver::{Kept, Mapping};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::node::{NodeId, Role};
@@ -134,12 +134,30 @@ pub fn decode_l2(q: &Qcow2, entry: u64, bitmap: u64, guest: GuestOffset, at: u64
     Ok(Entry::Normal { host: HostOffset(off), copied, bitmap })
 }
 
-/// One run of a scan, before it becomes a [`Mapping`].
+/// One run of a scan, before it becomes a [`Mapping`]. `host` and `kept` are host offsets of
+/// the run's first byte (`kept`: a zero or unallocated run's host cluster, see [`Kept`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Run {
     Data { host: u64, writable: bool },
-    Zero,
-    Unallocated,
+    Zero { kept: Option<u64> },
+    Unallocated { kept: Option<u64> },
+}
+
+impl Run {
+    /// Whether `next`, found `gap` bytes after this run's start, continues it: the same kind,
+    /// and host offsets (where there are) `gap` bytes on.
+    fn continued_by(self, next: Run, gap: u64) -> bool {
+        let follows = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.checked_add(gap) == Some(b),
+            _ => false,
+        };
+        match (self, next) {
+            (Run::Data { host, writable }, Run::Data { host: h, writable: w }) => writable == w && follows(Some(host), Some(h)),
+            (Run::Zero { kept: a }, Run::Zero { kept: b }) | (Run::Unallocated { kept: a }, Run::Unallocated { kept: b }) => follows(a, b),
+            _ => false,
+        }
+    }
 }
 
 /// What [`Qcow2::scan`] found: a run of `len` bytes, or a compressed cluster.
@@ -174,18 +192,25 @@ struct LookupAt {
 fn finish(found: Found, eof: u64, data_role: Role) -> Mapping {
     match found {
         Found::Compressed { host, csize, skip, len } => Mapping::Compressed { host_offset: host, csize, skip, len },
-        Found::Run(Run::Zero, n) => Mapping::Zero { len: n },
-        Found::Run(Run::Unallocated, n) => Mapping::Unallocated { len: n },
+        Found::Run(Run::Zero { kept }, n) => Mapping::Zero { len: n, kept: kept.map(|offset| Kept { role: data_role, offset }) },
+        Found::Run(Run::Unallocated { kept }, n) => Mapping::Unallocated { len: n, kept: kept.map(|offset| Kept { role: data_role, offset }) },
         Found::Run(Run::Data { host, writable }, n) => {
             // A cluster the file ends inside reads as zeros past the end (QEMU writes such
             // images); clusters starting past the end were refused by the scan.
             if host >= eof {
-                Mapping::Zero { len: n }
+                Mapping::Zero { len: n, kept: None }
             } else {
                 Mapping::Data { role: data_role, offset: host, len: n.min(eof - host), writable }
             }
         }
     }
+}
+
+/// The host offset `skip` bytes into a standard zero cluster whose L2 entry is `word`, if the
+/// cluster is preallocated (QEMU's `QCOW2_SUBCLUSTER_ZERO_ALLOC`).
+fn zero_kept(word: u64, skip: u64) -> Option<u64> {
+    let host = word & L2_OFFSET;
+    (host != 0).then_some(host + skip)
 }
 
 impl Qcow2 {
@@ -210,7 +235,7 @@ impl Qcow2 {
         }
         let want = len;
         let at = match self.start(io, node, offset, len)? {
-            Start::Unallocated(len) => return Ok(Mapping::Unallocated { len }),
+            Start::Unallocated(len) => return Ok(Mapping::Unallocated { len, kept: None }),
             Start::At(at) => at,
         };
         // File sizes are read after each await, never before: a concurrent write may grow the
@@ -224,7 +249,7 @@ impl Qcow2 {
                 let l1_entry = io.meta.read_u64(io, at.file, at.l1_at, slice_len).await?;
                 let Some(l2) = decode_l1(l1_entry, at.l1_at)? else {
                     let len = self.unallocated_l1_run(io, at.file, at.l1_at, offset, want).await?;
-                    return Ok(Mapping::Unallocated { len });
+                    return Ok(Mapping::Unallocated { len, kept: None });
                 };
                 validation::cluster_ref(l2.0, self.cluster_size(), size_of(at.file)?, &self.meta.get(), at.l1_at, ClusterRef::L2Table)?;
                 // Kept only if no L1 change came while the entry was read.
@@ -248,7 +273,7 @@ impl Qcow2 {
     /// wrong: `map` then reads what it needs and judges it (and reports the error).
     pub(crate) fn map_cached(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<Mapping> {
         let at = match self.start(io, node, offset, len).ok()? {
-            Start::Unallocated(len) => return Some(Mapping::Unallocated { len }),
+            Start::Unallocated(len) => return Some(Mapping::Unallocated { len, kept: None }),
             Start::At(at) => at,
         };
         let l2 = self.remembered_l2(at.l1_at)?;
@@ -355,8 +380,8 @@ impl Qcow2 {
                     self.check_data_cluster(host.0, eof, at)?;
                     Found::Run(Run::Data { host: host.0 + (offset - first_cluster), writable: copied && self.snapshot.is_none() }, len)
                 }
-                Entry::Zero => Found::Run(Run::Zero, len),
-                Entry::Unallocated { .. } => Found::Run(Run::Unallocated, len),
+                Entry::Zero => Found::Run(Run::Zero { kept: zero_kept(word, offset - first_cluster) }, len),
+                Entry::Unallocated { .. } => Found::Run(Run::Unallocated { kept: None }, len),
                 Entry::Compressed { host, csize } => {
                     entry_rules::compressed_extent(host.0, csize, eof, at)?;
                     Found::Compressed { host: host.0, csize, skip: offset - first_cluster, len }
@@ -385,14 +410,14 @@ impl Qcow2 {
             while pos < end && pos < cluster + cs {
                 let sub = ((pos - cluster) >> unit_bits) as u32;
                 let class = match entry {
-                    Entry::Zero => Run::Zero,
+                    Entry::Zero => Run::Zero { kept: zero_kept(word, pos - cluster) },
                     Entry::Unallocated { bitmap } => match subclusters::kind(bitmap, sub, false) {
-                        Sub::Zero => Run::Zero,
-                        _ => Run::Unallocated,
+                        Sub::Zero => Run::Zero { kept: None },
+                        _ => Run::Unallocated { kept: None },
                     },
                     Entry::Normal { host, copied, bitmap } => match subclusters::kind(bitmap, sub, true) {
-                        Sub::Zero => Run::Zero,
-                        Sub::Unallocated => Run::Unallocated,
+                        Sub::Zero => Run::Zero { kept: Some(host.0 + (pos - cluster)) },
+                        Sub::Unallocated => Run::Unallocated { kept: Some(host.0 + (pos - cluster)) },
                         Sub::Data => {
                             if !checked {
                                 self.check_data_cluster(host.0, eof, entry_at)?;
@@ -401,17 +426,12 @@ impl Qcow2 {
                             Run::Data { host: host.0 + (pos - cluster), writable: copied && self.snapshot.is_none() }
                         }
                     },
-                    Entry::Compressed { .. } => Run::Unallocated,
+                    Entry::Compressed { .. } => Run::Unallocated { kept: None },
                 };
-                match (run, class) {
-                    (None, c) => run = Some(c),
-                    (Some(Run::Data { host, writable }), Run::Data { host: h, writable: w }) => {
-                        if writable != w || host + (pos - offset) != h {
-                            return Ok(Found::Run(Run::Data { host, writable }, pos - offset));
-                        }
-                    }
-                    (Some(r), c) if r == c => {}
-                    (Some(r), _) => return Ok(Found::Run(r, pos - offset)),
+                match run {
+                    None => run = Some(class),
+                    Some(r) if r.continued_by(class, pos - offset) => {}
+                    Some(r) => return Ok(Found::Run(r, pos - offset)),
                 }
                 pos = ((pos >> unit_bits) + 1) << unit_bits;
             }

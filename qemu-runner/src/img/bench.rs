@@ -144,7 +144,7 @@ impl Job {
                 if offset + bufsize > size {
                     offset = 0;
                 }
-                next_offset.set((offset + step) % size);
+                next_offset.set(wrap(offset + step, size));
                 if random.is_some() {
                     // xorshift64*: a reproducible spread of aligned offsets.
                     let mut x = rng.get();
@@ -161,7 +161,8 @@ impl Job {
                     backend.read(offset, buf.as_mut_slice()).await
                 };
                 result.map_err(|e| ImgError::failed(format!("request at byte {offset} failed: {e}")))?;
-                timeline.borrow_mut().record(image::now_ns().saturating_sub(t0_ns));
+                // The backend's clock read when the request finished: one clock read fewer per request.
+                timeline.borrow_mut().record(backend.last_done().saturating_sub(t0_ns));
                 if write && flush_interval > 0 {
                     writes_since_flush.set(writes_since_flush.get() + 1);
                     if writes_since_flush.get() >= flush_interval {
@@ -245,6 +246,16 @@ impl Job {
         );
         }
         Ok(())
+    }
+}
+
+/// `x % size`, without the division while `x` is already below `size` (every request but the
+/// one that wraps).
+fn wrap(x: u64, size: u64) -> u64 {
+    if x < size {
+        x
+    } else {
+        x % size
     }
 }
 

@@ -17,6 +17,7 @@
 //! cluster).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -58,6 +59,13 @@ pub struct MapEntry {
 /// Runs `img map [-f FMT] [--image-opts] [-U] [--output=human|json] [--cache-size SIZE]
 /// [--allow-backing-anywhere] FILE`.
 pub fn run(argv: &[String]) -> Result<(), ImgError> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    run_to(argv, &mut out)
+}
+
+/// [`run`], printing into `out`.
+pub fn run_to(argv: &[String], out: &mut dyn Write) -> Result<(), ImgError> {
     let args = Args::parse(argv, &["-f", "--output"], &["-U", "--force-share", "--image-opts"])?;
     let spec = &args.exactly(1, "one image")?[0];
     let opts = OpenOptions {
@@ -73,12 +81,13 @@ pub fn run(argv: &[String]) -> Result<(), ImgError> {
         other => return Err(ImgError::usage(format!("--output={other}: expected human or json"))),
     };
     let entries = image::with_image(spec, &opts, map)?;
+    let written = |e: std::io::Error| ImgError::failed(format!("writing the output: {e}"));
     if as_json {
-        println!("{}", json(&entries));
+        writeln!(out, "{}", json(&entries)).map_err(written)?;
         return Ok(());
     }
     let (text, refused) = human(&entries);
-    print!("{text}");
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(written)?;
     match refused {
         Some(message) => Err(ImgError::failed(message.into())),
         None => Ok(()),

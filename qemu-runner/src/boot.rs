@@ -108,7 +108,7 @@ pub fn boot(opts: &BootOptions) -> Result<BootResult, RunnerError> {
     // the kernel (see `chain`).
     // Warnings (a writable drive probed as raw) are reported with the result, as every other.
     // Pack disks (a chain deeper than the slots) live until QEMU is gone: `_packs` removes them.
-    let chain::Expanded { drives, words, warnings: probe_warnings, packs: _packs } = chain::expand(&drives, opts.machine, opts.allow_backing_anywhere)?;
+    let chain::Expanded { drives, words, warnings: probe_warnings, packs: _packs } = chain::expand(&drives, opts.machine, transport, opts.allow_backing_anywhere)?;
     let mut cmdline = opts.cmd.as_deref().unwrap_or(default_cmd).to_string();
     for word in &words {
         cmdline.push(' ');

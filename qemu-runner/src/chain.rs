@@ -28,16 +28,16 @@ use strata_block::graph::{check_name, NameRequest, Resolver, Role};
 
 use crate::drives::{check_serial, Backing, Drive, Format};
 use crate::img::resolve::HostResolver;
-use crate::{Machine, RunnerError};
+use crate::{Machine, RunnerError, Transport};
 
 /// Most virtio-blk devices a boot takes: microvm's 24 virtio-mmio slots, which is also what the
-/// kernel's device catalog holds (pc/q35 have more free PCI slots, the catalog does not);
-/// riscv64 virt's 8.
-pub fn max_drives(machine: Machine) -> usize {
-    match machine {
-        Machine::Microvm | Machine::Pc | Machine::Q35 | Machine::Virt => 24,
+/// kernel's device catalog holds (pc/q35 and the `virt` boards' PCIe root bus have more free
+/// PCI slots, the catalog does not); riscv64 virt's 8 virtio-mmio slots.
+pub fn max_drives(machine: Machine, transport: Transport) -> usize {
+    match (machine, transport) {
         // riscv64 virt has 8 virtio-mmio slots (VIRTIO_COUNT).
-        Machine::RiscvVirt => 8,
+        (Machine::RiscvVirt, Transport::Mmio) => 8,
+        _ => 24,
     }
 }
 
@@ -277,8 +277,8 @@ impl Pack {
 /// never looked into; one with `format=qcow2` must be qcow2; one without is probed. If the
 /// chains' files are more than the machine has device slots for, each drive's chain files go
 /// into one pack disk instead (see the module docs).
-pub fn expand(drives: &[Drive], machine: Machine, allow_anywhere: bool) -> Result<Expanded, RunnerError> {
-    let max = max_drives(machine);
+pub fn expand(drives: &[Drive], machine: Machine, transport: Transport, allow_anywhere: bool) -> Result<Expanded, RunnerError> {
+    let max = max_drives(machine, transport);
     let mut expanded = expand_with(drives, allow_anywhere, false)?;
     if expanded.drives.len() > max {
         expanded = expand_with(drives, allow_anywhere, true)?;

@@ -360,6 +360,8 @@ mod tests {
         assert_eq!((b.options.machine, b.options.transport), (Machine::Virt, Some(crate::Transport::Pci)));
         let b = boot_args(&["--machine=q35", "--transport=pci"])?;
         assert_eq!(b.options.transport, Some(crate::Transport::Pci));
+        let b = boot_args(&["--arch", "riscv64", "--transport", "pci"])?;
+        assert_eq!((b.options.machine, b.options.transport), (Machine::RiscvVirt, Some(crate::Transport::Pci)));
         for bad in [&["--transport", "pci"][..], &["--machine", "pc", "--transport", "mmio"], &["--arch", "aarch64", "--transport", "isa"]] {
             assert!(boot_args(bad).is_err(), "{bad:?} accepted");
         }

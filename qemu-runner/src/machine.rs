@@ -108,10 +108,10 @@ pub enum Machine {
     Pc,
     /// `q35`: virtio-pci on PCIe.
     Q35,
-    /// aarch64 `virt`: virtio-mmio found through the device tree.
+    /// aarch64 `virt`: virtio-mmio found through the device tree, or virtio-pci.
     Virt,
     /// riscv64 `virt` (QEMU's name is `virt` too; `--arch riscv64` picks it): virtio-mmio found
-    /// through the device tree, OpenSBI as firmware.
+    /// through the device tree, or virtio-pci; OpenSBI as firmware.
     #[serde(rename = "riscv64-virt")]
     RiscvVirt,
 }
@@ -219,10 +219,11 @@ impl Machine {
         }
     }
 
-    /// True if the machine carries `transport`: `virt` has both a virtio-mmio bus and a PCIe
-    /// host bridge; microvm has no PCI, pc and q35 no virtio-mmio bus.
+    /// True if the machine carries `transport`: `virt` (aarch64 and riscv64) has both a
+    /// virtio-mmio bus and a PCIe host bridge; microvm has no PCI, pc and q35 no virtio-mmio
+    /// bus.
     pub fn supports(self, transport: Transport) -> bool {
-        matches!(self, Machine::Virt) || self.default_transport() == transport
+        matches!(self, Machine::Virt | Machine::RiscvVirt) || self.default_transport() == transport
     }
 }
 

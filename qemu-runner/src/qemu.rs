@@ -7,7 +7,7 @@
 //! both). Disks are raw `-drive if=none` backends (opened through `file.filename`, so a
 //! name with a `:` is never taken for a protocol), or `-blockdev driver=null-co` nodes, behind
 //! virtio-blk devices: `virtio-blk-device` (virtio-mmio) on microvm and virt, `virtio-blk-pci`
-//! on pc and q35 and on virt with `--transport pci`. A drive with `log=` is three `-blockdev` nodes instead: file, log file and the
+//! on pc and q35 and on virt (aarch64 and riscv64) with `--transport pci`. A drive with `log=` is three `-blockdev` nodes instead: file, log file and the
 //! `blklogwrites` filter (see [`crate::write_log`]).
 
 use std::ffi::OsString;
@@ -302,6 +302,16 @@ mod tests {
             values(&args, "-device"),
             ["virtio-blk-pci,drive=d0,serial=disk0", "virtio-blk-pci,drive=d1,serial=disk1"]
         );
+    }
+
+    #[test]
+    fn riscv64_virt_with_pci_uses_virtio_blk_pci() {
+        let drives = [Drive::new("/img/a.img", "disk0")];
+        let mut cfg = config(Machine::RiscvVirt, &drives);
+        cfg.transport = Transport::Pci;
+        let args = cfg.args();
+        assert_eq!(values(&args, "-bios"), ["default"]);
+        assert_eq!(values(&args, "-device"), ["virtio-blk-pci,drive=d0,serial=disk0"]);
     }
 
     #[test]

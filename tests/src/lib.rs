@@ -46,6 +46,8 @@ pub fn scratch(name: &str) -> PathBuf {
 
 pub mod scratch_cleanup;
 
+pub mod arch_guest;
+
 /// How long the scratch directory of an ended test process is kept for inspection.
 pub const KEEP_SCRATCH: std::time::Duration = std::time::Duration::from_secs(3600);
 

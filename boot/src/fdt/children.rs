@@ -29,14 +29,32 @@ impl<'a> Node<'a> {
     pub fn child(&self, name: &str) -> Option<Node<'a>> {
         self.children().find(|n| n.base_name() == name)
     }
+
+    /// The `#address-cells` and `#size-cells` of the node's parent: the cells its own `reg`
+    /// is read in, and the CPU side of a bus node's `ranges`.
+    pub fn parent_cells(&self) -> (u32, u32) {
+        (self.fdt.address_cells, self.fdt.size_cells)
+    }
+
+    /// True if the node's children's addresses are its own parent's (an empty `ranges`,
+    /// devicetree specification v0.4 §2.3.8), so a child's `reg` is a CPU address if the
+    /// node's own is. Without `ranges` a child's address is not translatable at all; a
+    /// non-empty `ranges` (a real translation) is not followed here.
+    pub fn maps_children_one_to_one(&self) -> bool {
+        self.prop("ranges").is_some_and(<[u8]>::is_empty)
+    }
 }
 
 impl<'a> Fdt<'a> {
-    /// The nodes at the top level and one level below it (a bus's devices), parents first, in
-    /// tree order: where boards put the devices the boot code looks for.
+    /// The nodes at the top level and, below a bus that maps them one to one
+    /// ([`Node::maps_children_one_to_one`]: riscv64 `virt`'s `/soc`), the bus's devices;
+    /// parents first, in tree order. Where boards put the devices the boot code looks for,
+    /// each with a `reg` in CPU addresses (read in its parent's cells).
     pub fn shallow_nodes(&self) -> impl Iterator<Item = Node<'a>> + 'a {
-        self.top_nodes()
-            .flat_map(|top| core::iter::once(top).chain(top.children()))
+        self.top_nodes().flat_map(|top| {
+            let bus = top.maps_children_one_to_one().then(|| top.children());
+            core::iter::once(top).chain(bus.into_iter().flatten())
+        })
     }
 }
 
@@ -48,10 +66,11 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    /// A blob: a root (cells 2/2) with a `soc` bus (cells 1/1) holding `test@100000` (reg
-    /// `<0x100000 0x1000>`, which has a grandchild) and `uart@10000000`; then `cpus`.
+    /// A blob: a root (cells 2/2) with a `soc` bus (cells 1/1, `ranges;`) holding
+    /// `test@100000` (reg `<0x100000 0x1000>`, which has a grandchild) and `uart@10000000`;
+    /// then `cpus` (no `ranges`) with `cpu@0`.
     fn blob() -> Vec<u8> {
-        let strings: &[u8] = b"#address-cells\0#size-cells\0reg\0compatible\0";
+        let strings: &[u8] = b"#address-cells\0#size-cells\0reg\0compatible\0ranges\0";
         let off = |name: &[u8]| strings.windows(name.len()).position(|w| w == name).unwrap() as u32;
         let mut s: Vec<u8> = Vec::new();
         let word = |s: &mut Vec<u8>, w: u32| s.extend_from_slice(&w.to_be_bytes());
@@ -79,6 +98,7 @@ mod tests {
         node(&mut s, "soc");
         prop(&mut s, b"#address-cells", &cells(&[1]));
         prop(&mut s, b"#size-cells", &cells(&[1]));
+        prop(&mut s, b"ranges", &[]);
         node(&mut s, "test@100000");
         prop(&mut s, b"compatible", b"sifive,test1\0sifive,test0\0");
         prop(&mut s, b"reg", &cells(&[0x10_0000, 0x1000]));
@@ -91,6 +111,9 @@ mod tests {
         word(&mut s, END_NODE);
         word(&mut s, END_NODE);
         node(&mut s, "cpus");
+        node(&mut s, "cpu@0");
+        prop(&mut s, b"reg", &cells(&[0]));
+        word(&mut s, END_NODE);
         word(&mut s, END_NODE);
         word(&mut s, END_NODE);
         word(&mut s, END);
@@ -130,7 +153,12 @@ mod tests {
             soc.child("uart").unwrap().reg().collect::<Vec<_>>(),
             [(0x1000_0000, 0x100)]
         );
-        assert!(fdt.top_node("cpus").unwrap().children().next().is_none());
+        assert_eq!(soc.parent_cells(), (2, 2));
+        assert_eq!(test.parent_cells(), (1, 1));
+        let cpus = fdt.top_node("cpus").unwrap();
+        assert_eq!(cpus.children().count(), 1);
+        assert!(soc.maps_children_one_to_one() && !cpus.maps_children_one_to_one());
+        // `cpu@0`'s reg is a hart id, not an address: `cpus` has no `ranges`.
         let all: Vec<&str> = fdt.shallow_nodes().map(|n| n.name).collect();
         assert_eq!(all, ["soc", "test@100000", "uart@10000000", "cpus"]);
     }

@@ -8,7 +8,10 @@
 //! `#address-cells`) and a size (the node's `#size-cells`). On QEMU `virt` (aarch64, QEMU 7.2
 //! to 10.x) the ECAM is at 0x40_1000_0000 (256 buses; `highmem-ecam`, on by default) or
 //! 0x3f00_0000 (16 buses), with an I/O window at 0x3eff_0000, a 32-bit memory window
-//! 0x1000_0000-0x3efe_ffff and a 64-bit one at 512 GiB.
+//! 0x1000_0000-0x3efe_ffff and a 64-bit one at 512 GiB. On riscv64 `virt` the bridge sits
+//! under `/soc` (`ranges;`, one to one): ECAM at 0x3000_0000 (256 buses), I/O at 0x0300_0000,
+//! a 32-bit memory window 0x4000_0000-0x7fff_ffff and a 64-bit one of 16 GiB at 16 GiB
+//! (QEMU 7.2 and 10.0 with up to 16 GiB of RAM; above RAM with more).
 
 use crate::fdt::{Fdt, Node};
 
@@ -192,12 +195,9 @@ impl HostBridge {
         Ok(bridge)
     }
 
-    /// Reads the host bridge `node`, whose parent has these cell counts.
-    pub fn from_node(
-        node: &Node<'_>,
-        parent_address_cells: u32,
-        parent_size_cells: u32,
-    ) -> Result<Self, BridgeError> {
+    /// Reads the host bridge `node` (its CPU addresses in its parent's cells).
+    pub fn from_node(node: &Node<'_>) -> Result<Self, BridgeError> {
+        let (parent_address_cells, parent_size_cells) = node.parent_cells();
         Self::from_props(&Props {
             reg: node.prop("reg").unwrap_or(&[]),
             ranges: node.prop("ranges").unwrap_or(&[]),
@@ -209,14 +209,15 @@ impl HostBridge {
         })
     }
 
-    /// The first top-level generic ECAM host bridge of `fdt` (aarch64 `virt` puts it under
-    /// the root).
-    pub fn find_top(fdt: &Fdt<'_>) -> Result<Self, BridgeError> {
+    /// The first generic ECAM host bridge of `fdt` at the top level (aarch64 `virt`) or on a
+    /// one-to-one bus below it (riscv64 `virt`: `/soc/pci@30000000`), as
+    /// [`Fdt::shallow_nodes`] walks them.
+    pub fn find(fdt: &Fdt<'_>) -> Result<Self, BridgeError> {
         let node = fdt
-            .top_nodes()
+            .shallow_nodes()
             .find(|n| n.is_compatible(COMPATIBLE))
             .ok_or(BridgeError::Absent)?;
-        Self::from_node(&node, fdt.address_cells, fdt.size_cells)
+        Self::from_node(&node)
     }
 
     /// The windows, in `ranges` order.
@@ -377,5 +378,33 @@ mod tests {
                 .map(|b| b.windows().count());
             }
         }
+    }
+
+    #[test]
+    fn finds_riscv64_virts_bridge_under_soc() {
+        // `qemu-system-riscv64 -machine virt,dumpdtb=riscv64-virt-qemu10.dtb -m 256` (10.0.2).
+        let blob = include_bytes!("testdata/riscv64-virt-qemu10.dtb");
+        let fdt = Fdt::parse(blob).unwrap();
+        assert!(
+            fdt.top_nodes().all(|n| !n.is_compatible(COMPATIBLE)),
+            "not at the top level"
+        );
+        let b = HostBridge::find(&fdt).unwrap();
+        assert_eq!(
+            (b.ecam_base, b.ecam_size, b.bus_start, b.bus_end),
+            (0x3000_0000, 0x1000_0000, 0, 255)
+        );
+        let w: Vec<(Space, u64, u64, u64)> = b
+            .windows()
+            .map(|w| (w.space, w.pci_base, w.cpu_base, w.size))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                (Space::Io, 0, 0x0300_0000, 0x1_0000),
+                (Space::Mem32, 0x4000_0000, 0x4000_0000, 0x4000_0000),
+                (Space::Mem64, 0x4_0000_0000, 0x4_0000_0000, 0x4_0000_0000),
+            ]
+        );
     }
 }

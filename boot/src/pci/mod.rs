@@ -5,11 +5,12 @@
 //! windows.
 //!
 //! The pieces are portable and tested on the host against a fake configuration space
-//! ([`bars`]' tests); a board module wires them: it finds the node, checks that the ECAM and
-//! the windows are mapped, and runs [`bars::assign`] once before the kernel enumerates devices
-//! through its `board::pci()`.
+//! ([`bars`]' tests); [`dt_ecam`] wires them for a device-tree board: it finds the node, checks
+//! that the ECAM and the windows are reachable, and runs [`bars::assign`] once before the
+//! kernel enumerates devices through the board's `board::pci()`.
 
 pub mod bars;
+pub mod dt_ecam;
 pub mod ecam;
 pub mod host_bridge;
 

@@ -1,29 +1,27 @@
 //! The riscv64 `virt` board: virtio-mmio transports from the device tree (`virtio,mmio` nodes
-//! under `/soc`; QEMU has 8 of 4 KiB from 0x1000_1000). PCI
-//! (ECAM with BARs allocated from the host bridge's `ranges`) is not driven here yet: [`pci`]
-//! says there is none.
+//! under `/soc`; QEMU has 8 of 4 KiB from 0x1000_1000), and PCI through the generic ECAM host
+//! bridge under `/soc`. Nothing assigns BARs under `-kernel` (OpenSBI does not), so the first
+//! [`pci`] call places them from the bridge's `ranges` ([`crate::pci::bars`]).
 
-use super::boot_info::BootInfo;
+use super::boot_info::{saved, BootInfo};
 use super::entry::PHYS_END;
 use crate::common::MmioWindows;
+use crate::pci::dt_ecam::EcamOnce;
 
-/// PCI configuration access; `virt`'s ECAM is not driven yet, so there is never one.
-#[derive(Clone, Copy, Debug)]
-pub struct PciConfig(());
+pub use crate::pci::dt_ecam::PciConfig;
 
-impl PciConfig {
-    /// Reads a configuration word (never called: [`pci`] returns none).
-    pub fn read(&self, _bus: u8, _device: u8, _function: u8, _offset: u16) -> u32 {
-        u32::MAX
-    }
+/// The host bridge, once [`pci`] has set it up.
+static PCI: EcamOnce = EcamOnce::new();
 
-    /// Writes a configuration word (never called: [`pci`] returns none).
-    pub fn write(&self, _bus: u8, _device: u8, _function: u8, _offset: u16, _value: u32) {}
-}
-
-/// PCI configuration access: none yet on riscv64 `virt`.
+/// PCI configuration access, if the device tree has a generic ECAM host bridge. The first
+/// call (after `BootInfo::read`) assigns every BAR on the bridge's first bus and enables the
+/// functions that fit; later calls return the same access.
 pub fn pci() -> Option<PciConfig> {
-    None
+    // SAFETY: the tree is the one OpenSBI passed this machine (`BootInfo::read` accepted it);
+    // paging is off, so every address `is_mapped` accepts is reached as itself, and `virt`
+    // does not cache device regions (PMAs); only the kernel, on one hart, drives
+    // configuration space.
+    unsafe { PCI.get(saved, is_mapped) }
 }
 
 /// The device tree's virtio-mmio windows (top level or one bus down), in tree order.

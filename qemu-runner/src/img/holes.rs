@@ -26,9 +26,9 @@ impl<'i, 'g, 'd> HostFiles<'i, 'g, 'd> {
     /// The path of the host file that is leaf device `dev`, if it is one of the image's.
     pub fn path(&self, dev: &dyn BlockDevice) -> Option<PathBuf> {
         self.img
-            .files
+            .leaves
             .iter()
-            .position(|f| std::ptr::addr_eq(*f as &dyn BlockDevice as *const dyn BlockDevice, dev as *const dyn BlockDevice))
+            .position(|l| std::ptr::addr_eq(*l as *const dyn BlockDevice, dev as *const dyn BlockDevice))
             .and_then(|i| self.img.paths.get(i).cloned())
     }
 

@@ -82,6 +82,9 @@ pub struct Image<'g, 'd> {
     pub files: Vec<&'d HostFile>,
     /// Their canonical paths, in the same order.
     pub paths: Vec<std::path::PathBuf>,
+    /// The devices the block layer holds for them, in the same order: the files, or the
+    /// recordings over them ([`super::leaf_logs`]).
+    pub leaves: Vec<&'d dyn strata_block::dev::BlockDevice>,
 }
 
 impl Image<'_, '_> {
@@ -137,7 +140,11 @@ fn with_graph<R, F: FnOnce(&Image<'_, '_>) -> Result<R, ImgError>, const N: usiz
     opts: &OpenOptions,
     f: &mut Option<F>,
 ) -> Result<Option<R>, ImgError> {
+    // Recorded files (crash tests, `super::leaf_logs`): their logs and recordings outlive the graph.
+    let leaf_logs = super::leaf_logs::active();
+    let sinks: typed_arena::Arena<std::rc::Rc<super::crashlog::LogWriter>> = typed_arena::Arena::new();
     let arena: typed_arena::Arena<HostFile> = typed_arena::Arena::new();
+    let recordings: typed_arena::Arena<strata_block::dev::record::Recording<'_>> = typed_arena::Arena::new();
     let budget = opts.cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
     let slots: Vec<CacheSlot> = (0..(budget / SLICE as u64).max(1)).map(|_| CacheSlot::new()).collect();
     let inflaters: Vec<Inflater> = (0..INFLATERS).map(|_| Inflater::new()).collect();
@@ -183,6 +190,9 @@ fn with_graph<R, F: FnOnce(&Image<'_, '_>) -> Result<R, ImgError>, const N: usiz
         ..HostFileOptions::default()
     };
     let mut resolver = HostResolver::new(&arena, file_opts, opts.allow_backing_anywhere, opts.no_backing);
+    if let Some(logs) = leaf_logs.as_deref() {
+        resolver = resolver.recording(super::resolve::LeafWrap { logs, sinks: &sinks, recordings: &recordings });
+    }
     let opened = block_on(graph.open_with(&text, &mut resolver));
     let root = match opened {
         Ok(root) => root,
@@ -211,7 +221,7 @@ fn with_graph<R, F: FnOnce(&Image<'_, '_>) -> Result<R, ImgError>, const N: usiz
     )
     .map_err(|e| ImgError::failed(format!("Could not open '{spec}': {e}")))?;
     let (paths, files) = resolver.files.iter().map(|(p, f)| (p.clone(), *f)).unzip();
-    let image = Image { backend, files, paths };
+    let image = Image { backend, files, paths, leaves: resolver.leaves.clone() };
     let Some(f) = f.take() else { return Err(ImgError::failed(format!("Could not open '{spec}': opened twice"))) };
     let result = f(&image);
     // A clean close: caches written back and stable, images marked clean.

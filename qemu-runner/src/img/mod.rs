@@ -26,6 +26,7 @@ pub mod end;
 pub mod image;
 pub mod info;
 pub mod io;
+pub mod leaf_logs;
 pub mod logcut;
 pub mod logwrites;
 pub mod map;

@@ -11,11 +11,16 @@
 //!   the block layer sees a loop in a chain.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use strata_block::dev::file::{HostFile, HostFileOptions};
+use strata_block::dev::record::Recording;
 use strata_block::dev::BlockDevice;
 use strata_block::graph::{NameRequest, Resolver};
 use strata_block::Error;
+
+use super::crashlog::LogWriter;
+use super::leaf_logs::LeafLogs;
 
 /// The tree rule: `canonical` (a resolved backing or data file) must lie inside `tree`, unless
 /// `allow_anywhere`; the error says where it lies and how to allow it.
@@ -26,12 +31,26 @@ pub(crate) fn check_in_tree(canonical: &Path, tree: &Path, allow_anywhere: bool)
     Err(format!("'{}' lies outside {} (use --allow-backing-anywhere to allow it)", canonical.display(), tree.display()))
 }
 
+/// Where a resolver that records its files ([`super::leaf_logs`]) keeps what it makes.
+pub struct LeafWrap<'d> {
+    /// The run's logs and seq counter.
+    pub logs: &'d LeafLogs,
+    /// The logs this image writes to.
+    pub sinks: &'d typed_arena::Arena<Rc<LogWriter>>,
+    /// The recordings over its files.
+    pub recordings: &'d typed_arena::Arena<Recording<'d>>,
+}
+
 /// Opens host files for one image and remembers them.
 pub struct HostResolver<'d> {
     arena: &'d typed_arena::Arena<HostFile>,
     opts: HostFileOptions<'d>,
     /// Files opened, by canonical path.
     pub files: Vec<(PathBuf, &'d HostFile)>,
+    /// The device handed to the block layer for each of `files` (same order): the file, or
+    /// the recording over it.
+    pub leaves: Vec<&'d dyn BlockDevice>,
+    record: Option<LeafWrap<'d>>,
     tree: Option<PathBuf>,
     allow_anywhere: bool,
     no_backing: bool,
@@ -42,14 +61,20 @@ pub struct HostResolver<'d> {
 impl<'d> HostResolver<'d> {
     /// A resolver opening files with `opts` into `arena`.
     pub fn new(arena: &'d typed_arena::Arena<HostFile>, opts: HostFileOptions<'d>, allow_anywhere: bool, no_backing: bool) -> Self {
-        Self { arena, opts, files: Vec::new(), tree: None, allow_anywhere, no_backing, last_error: None }
+        Self { arena, opts, files: Vec::new(), leaves: Vec::new(), record: None, tree: None, allow_anywhere, no_backing, last_error: None }
+    }
+
+    /// Hands the block layer every file this resolver opens wrapped in a recording.
+    pub fn recording(self, wrap: LeafWrap<'d>) -> Self {
+        Self { record: Some(wrap), ..self }
     }
 
     /// The path of a device this resolver opened.
     pub fn path_of(&self, dev: &dyn BlockDevice) -> Option<&Path> {
-        self.files
+        self.leaves
             .iter()
-            .find(|(_, f)| std::ptr::addr_eq(*f as &dyn BlockDevice as *const dyn BlockDevice, dev as *const dyn BlockDevice))
+            .position(|l| std::ptr::addr_eq(*l as *const dyn BlockDevice, dev as *const dyn BlockDevice))
+            .and_then(|i| self.files.get(i))
             .map(|(p, _)| p.as_path())
     }
 
@@ -93,8 +118,10 @@ impl<'d> Resolver<'d> for HostResolver<'d> {
             }
             (None, Some(_)) => {}
         }
-        if let Some((_, f)) = self.files.iter().find(|(p, _)| *p == canonical) {
-            return Ok(*f as &dyn BlockDevice);
+        if let Some(i) = self.files.iter().position(|(p, _)| *p == canonical) {
+            if let Some(leaf) = self.leaves.get(i) {
+                return Ok(*leaf);
+            }
         }
         let mut opts = self.opts;
         if req.role == strata_block::graph::Role::Backing {
@@ -103,8 +130,19 @@ impl<'d> Resolver<'d> for HostResolver<'d> {
         match HostFile::open(&canonical, &opts) {
             Ok(f) => {
                 let f: &'d HostFile = self.arena.alloc(f);
+                let leaf: &'d dyn BlockDevice = match &self.record {
+                    None => f,
+                    Some(w) => match w.logs.sink(&canonical) {
+                        Ok(sink) => {
+                            let sink: &'d Rc<LogWriter> = w.sinks.alloc(sink);
+                            w.recordings.alloc(Recording::sharing(f, &**sink, w.logs.counter()))
+                        }
+                        Err(e) => return Err(self.fail(Error::NotFound, format!("recording {}: {e}", canonical.display()))),
+                    },
+                };
                 self.files.push((canonical, f));
-                Ok(f as &dyn BlockDevice)
+                self.leaves.push(leaf);
+                Ok(leaf)
             }
             Err(e) => Err(self.fail(Error::NotFound, format!("{e}"))),
         }

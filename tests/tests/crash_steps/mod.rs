@@ -3,7 +3,8 @@
 //! with the image file's leaf wrapped in a [`Recording`] (each step's span of the log kept),
 //! then every prefix cut of the log plus planned ones (random subsets of the unflushed writes)
 //! replayed onto copies of the start, each judged by `qemu-img check` (leaks allowed) and a
-//! caller's test of the state the cut shows.
+//! caller's test of the state the cut shows. [`chain`] does the same for a whole `img`
+//! command over the files of a backing chain (`crash_commit.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // reason: test helpers
 
@@ -18,6 +19,8 @@ use qemu_runner::img::block::{Graph, NodeId};
 use qemu_runner::img::crashlog::{read_log, LogWriter, Record};
 use qemu_runner::img::replay::{plan, replay, Cut};
 use strata_tests::*;
+
+pub mod chain;
 
 /// The graph a recorded run opens its image in.
 pub type StepGraph<'d> = Graph<'d, 64, 512>;
@@ -116,6 +119,8 @@ pub struct Cuts {
     pub cuts: usize,
     pub clean: usize,
     pub leaky: usize,
+    /// Cuts that leaked, per file (chains only).
+    pub leaks_by_file: Vec<(String, usize)>,
     pub failures: Vec<String>,
 }
 

@@ -1,6 +1,7 @@
 //! The workloads every architecture's guest tests boot (issue 17: `sha256` of a raw disk and of
 //! a qcow2 chain, `io`, `bench`, on each machine and virtio transport), written once for the
-//! `arch_*` test files: each names a [`Guest`] (machine and transport) and calls these.
+//! `arch_*` test files: each names a [`Guest`] (machine and transport), defines the common
+//! tests with [`guest_workload_tests!`](crate::guest_workload_tests) and adds its own.
 //!
 //! Every boot is under TCG with a 120 s limit, and checks that the runner attached the disks
 //! the way the transport says (`virtio-blk-device` for MMIO, `virtio-blk-pci` for PCI) and
@@ -90,7 +91,26 @@ impl Guest {
             "guest and host disagree"
         );
         assert_eq!(digest[0]["bytes"], 8 * MIB);
+        // The same channels on every board: timings, the defmt log, the footprint, a clock
+        // whose rate the board reported (CPUID, CNTFRQ, the device tree's timebase).
         assert!(r.boot_to_first_io_us.is_some(), "first I/O time reported");
+        assert!(
+            r.log
+                .iter()
+                .any(|l| l.message.contains("virtio-blk devices")),
+            "defmt log: {:?}",
+            r.log
+        );
+        assert!(
+            r.block_footprint.is_some_and(|f| f.text > 0),
+            "block layer footprint missing"
+        );
+        assert_eq!(
+            records(&r, "boot")[0]["tsc_calibrated"],
+            true,
+            "clock rate not found: {}",
+            r.console
+        );
         r
     }
 
@@ -231,4 +251,36 @@ impl Guest {
             assert_eq!(d["transport"], want, "{d}");
         }
     }
+}
+
+/// Defines the tests every guest runs, in the calling test file: `sha256` of a raw disk and of
+/// a 3-deep qcow2 chain, `io` read back by the host, `bench` at queue depth 32.
+///
+/// `guest_workload_tests!(GUEST, SEED, chain, host_digest)`: the [`Guest`], a seed for the
+/// disks' contents, and the caller's chain builder `chain(dir, depth, seed) -> PathBuf` and
+/// host digest `host_digest(file) -> String` (`tests/tests/qcow2_util`).
+#[macro_export]
+macro_rules! guest_workload_tests {
+    ($guest:expr, $seed:expr, $chain:path, $host_digest:path) => {
+        #[test]
+        fn sha256_of_a_raw_disk_matches_the_host() {
+            $guest.sha256_of_a_raw_disk($seed);
+        }
+
+        #[test]
+        fn sha256_of_a_qcow2_chain_matches_qemu_img_convert() {
+            let top = $chain(&$guest.scratch("chain"), 3, $seed + 1);
+            $guest.sha256_of_a_qcow2_chain(&top, &$host_digest(&top));
+        }
+
+        #[test]
+        fn io_writes_what_the_host_reads() {
+            $guest.io_writes_what_the_host_reads($seed + 2);
+        }
+
+        #[test]
+        fn bench_holds_32_requests() {
+            $guest.bench_holds_32_requests();
+        }
+    };
 }

@@ -2,7 +2,7 @@
 //! virtio-mmio: `sha256` of a raw disk and of a qcow2 chain against the host (`sha256sum` of
 //! `qemu-img convert -O raw`), `io` with the host reading back what the guest wrote, `bench`
 //! holding 32 requests, and the exit status, defmt log and boot-to-first-I/O the runner reads
-//! the same way as on x86. Over PCI: `arch_aarch64_pci.rs`.
+//! the same way as on x86 (`strata_tests::arch_guest`). Over PCI: `arch_aarch64_pci.rs`.
 //!
 //! The runner installs `qemu-system-aarch64` (Debian `qemu-system-arm`, at qemu-utils' release)
 //! and the `aarch64-unknown-none` target through `scripts/setup.sh` when they are missing.
@@ -15,7 +15,6 @@ mod util;
 use qemu_runner::Transport;
 use strata_tests::arch_guest::Guest;
 use strata_tests::Machine;
-use util::{chain, host_digest};
 
 const GUEST: Guest = Guest {
     machine: Machine::Virt,
@@ -23,36 +22,10 @@ const GUEST: Guest = Guest {
     tag: "aarch64",
 };
 
-#[test]
-fn sha256_of_a_raw_disk_matches_the_host() {
-    let r = GUEST.sha256_of_a_raw_disk(11);
-    // The same channels as on x86: the defmt log (semihosting), the footprint.
-    assert!(
-        r.log
-            .iter()
-            .any(|l| l.message.contains("virtio-blk devices")),
-        "defmt log: {:?}",
-        r.log
-    );
-    assert!(
-        r.block_footprint.is_some_and(|f| f.text > 0),
-        "block layer footprint missing"
-    );
-}
+strata_tests::guest_workload_tests!(GUEST, 11, util::chain, util::host_digest);
 
 #[test]
-fn sha256_of_a_qcow2_chain_matches_qemu_img_convert() {
-    let top = chain(&GUEST.scratch("chain"), 3, 5);
-    GUEST.sha256_of_a_qcow2_chain(&top, &host_digest(&top));
-}
-
-#[test]
-fn io_writes_what_the_host_reads_and_exit_codes_pass_through() {
-    GUEST.io_writes_what_the_host_reads(13);
+fn exit_codes_pass_through() {
+    // Semihosting SYS_EXIT carries kernel codes 1 and 2 as QEMU's status 3 and 5.
     GUEST.exit_codes_pass_through(14);
-}
-
-#[test]
-fn bench_holds_32_requests() {
-    GUEST.bench_holds_32_requests();
 }

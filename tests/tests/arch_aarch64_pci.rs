@@ -3,7 +3,7 @@
 //! reads the generic ECAM host bridge from the device tree (QEMU 7.2 and 10.x place its ECAM
 //! above 4 GiB by default) and places every BAR in the bridge's 32-bit window, so these also
 //! check the allocator with one device (raw), four (a 3-deep qcow2 chain arrives as one device
-//! per file) and 24 (the kernel's device limit).
+//! per file) and 24 (the kernel's device limit). The workloads: `strata_tests::arch_guest`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
@@ -13,7 +13,6 @@ mod util;
 use qemu_runner::Transport;
 use strata_tests::arch_guest::Guest;
 use strata_tests::{BootOptions, Machine};
-use util::{chain, host_digest};
 
 const GUEST: Guest = Guest {
     machine: Machine::Virt,
@@ -21,30 +20,11 @@ const GUEST: Guest = Guest {
     tag: "aarch64-pci",
 };
 
-#[test]
-fn sha256_of_a_raw_disk_over_pci_matches_the_host() {
-    GUEST.sha256_of_a_raw_disk(21);
-}
-
-#[test]
-fn sha256_of_a_qcow2_chain_over_pci_matches_qemu_img_convert() {
-    let top = chain(&GUEST.scratch("chain"), 3, 7);
-    GUEST.sha256_of_a_qcow2_chain(&top, &host_digest(&top));
-}
-
-#[test]
-fn io_over_pci_writes_what_the_host_reads() {
-    GUEST.io_writes_what_the_host_reads(27);
-}
+strata_tests::guest_workload_tests!(GUEST, 21, util::chain, util::host_digest);
 
 #[test]
 fn twenty_four_disks_each_get_bars_and_answer() {
     GUEST.every_disk_answers(24);
-}
-
-#[test]
-fn bench_over_pci_holds_32_requests() {
-    GUEST.bench_holds_32_requests();
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! virtio-pci discovery through the board's configuration access (`strata_boot::board::pci`;
-//! x86 pc and q35: ports 0xcf8/0xcfc, BARs from the firmware; aarch64 `virt`: ECAM, BARs
-//! from the board's allocator).
+//! x86 pc and q35: ports 0xcf8/0xcfc, BARs from the firmware; aarch64 and riscv64 `virt`:
+//! ECAM, BARs from the board's allocator).
 //!
 //! The first 256 bytes of each function's configuration space hold everything virtio needs.
 //! Buses behind bridges are followed through their secondary bus numbers (firmware has numbered

@@ -123,3 +123,43 @@ impl EcamOnce {
         true
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_tree_or_an_unreachable_ecam_is_none_and_stays_none() {
+        let none = EcamOnce::new();
+        // SAFETY: no tree: nothing is read or written.
+        assert!(unsafe { none.get(|| None, |_, _| true) }.is_none());
+        // SAFETY: as above; the first answer is kept, the tree not asked again.
+        assert!(unsafe { none.get(|| panic!("asked twice"), |_, _| true) }.is_none());
+
+        // riscv64 virt's tree has a bridge, but the board says its ECAM is out of reach:
+        // configuration space is never touched.
+        let blob = include_bytes!("testdata/riscv64-virt-qemu10.dtb");
+        let unreachable = EcamOnce::new();
+        let mut asked = None;
+        let mapped = |addr: u64, size: u64| {
+            assert_eq!(
+                (addr, size),
+                (0x3000_0000, 0x1000_0000),
+                "only the ECAM is checked"
+            );
+            false
+        };
+        // SAFETY: `mapped` refuses the ECAM, so nothing is read or written.
+        let got = unsafe {
+            unreachable.get(
+                || {
+                    asked = Some(());
+                    Fdt::parse(blob).ok()
+                },
+                mapped,
+            )
+        };
+        assert!(got.is_none() && asked.is_some());
+    }
+}

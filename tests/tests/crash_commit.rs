@@ -149,20 +149,26 @@ fn read_all(file: &Path, format: &str) -> Vec<u8> {
     bytes
 }
 
-/// `Ok` if every byte of `got` is the byte `before` or `after` holds there (zeros past the end
-/// of either): what a layer being written reads at a cut, its old data or its new.
+/// `Ok` if `got` has the old size or the new and every byte of it is the byte `before` or
+/// `after` holds there (zeros past the end of either): what a layer being written reads at a
+/// cut, its old data or its new (a base that grows does so before anything is copied).
 fn old_or_new(got: &[u8], before: &[u8], after: &[u8]) -> Result<(), String> {
-    if got.len() != after.len() {
-        return Err(format!("{} bytes, not {}", got.len(), after.len()));
+    if got.len() != before.len() && got.len() != after.len() {
+        return Err(format!(
+            "{} bytes, neither the old {} nor the new {}",
+            got.len(),
+            before.len(),
+            after.len()
+        ));
     }
     let at = |v: &[u8], i: usize| v.get(i).copied().unwrap_or(0);
-    match (0..got.len()).find(|&i| got[i] != at(before, i) && got[i] != after[i]) {
+    match (0..got.len()).find(|&i| got[i] != at(before, i) && got[i] != at(after, i)) {
         None => Ok(()),
         Some(i) => Err(format!(
             "byte {i:#x} reads {:#04x}, neither the old {:#04x} nor the new {:#04x}",
             got[i],
             at(before, i),
-            after[i]
+            at(after, i)
         )),
     }
 }
@@ -380,4 +386,54 @@ fn commit_keeping_the_top_with_d() {
         },
     ];
     crash_commit("d", &layers, "cluster_size=4096", &["-d"], "mid.qcow2");
+}
+
+#[test]
+fn commit_grows_a_small_cluster_base() {
+    // 4 KiB clusters: the copy allocates L2 tables and a second refcount block in the base,
+    // which first grows from 4 MiB to 20 MiB (a longer L1 table).
+    let top: &[&str] = &[
+        "write -P 3 128k 4k",
+        "write -z 512k 128k",
+        "write -P 4 900k 3k",
+        "write -P 9 5M 1M",
+        "write -P 10 8M 3M",
+        "write -z 12M 1M",
+        "write -P 11 19M 1M",
+        "discard 8M 64k",
+    ];
+    let layers = [
+        Layer {
+            name: "base.qcow2",
+            format: "qcow2",
+            size: "4M",
+            io: &["write -P 1 0 2M"],
+        },
+        Layer {
+            name: "top.qcow2",
+            format: "qcow2",
+            size: "20M",
+            io: top,
+        },
+    ];
+    crash_commit("grow", &layers, "cluster_size=4096", &[], "base.qcow2");
+}
+
+#[test]
+fn commit_with_extended_l2() {
+    let layers = [
+        Layer {
+            name: "base.qcow2",
+            format: "qcow2",
+            size: "4M",
+            io: &["write -P 1 0 1M", "write -P 2 1100k 8k", "write -z 2M 4k"],
+        },
+        Layer {
+            name: "top.qcow2",
+            format: "qcow2",
+            size: "4M",
+            io: TOP_IO,
+        },
+    ];
+    crash_commit("ext", &layers, "extended_l2=on", &[], "base.qcow2");
 }

@@ -118,8 +118,11 @@ impl Qcow2 {
         let slice_len = self.slice_len();
         let l1_at = self.l1.get().start + l1_index * 8;
         let l1 = io.meta.read_u64(io, file, l1_at, slice_len).await?;
-        if decode_l1(l1, l1_at)?.is_none() && !has_backing {
-            return Ok(None); // no table, nothing below: reads as zeros, nothing to free
+        // No table and nothing below: the cluster reads as zeros and has nothing to free. A
+        // discard leaves it so; write-zeroes makes a table for its zero flag, as QEMU's
+        // zero_in_l2_slice (get_cluster_table) does, so `qemu-img map` shows it present as zeros.
+        if decode_l1(l1, l1_at)?.is_none() && !has_backing && change == Change::Discard {
+            return Ok(None);
         }
         let l2 = self.l2_for_write(io, node, file, c).await?;
         let esize = self.l2_entry_size();

@@ -8,6 +8,8 @@
 //! before the refcount table entry naming it changes. Before a cluster is handed out it is
 //! checked against the image's metadata — the header, L1, refcount and snapshot tables and every
 //! table slice the cache holds (QEMU's "cached" overlap check); a hit marks the image corrupt.
+//! Refcount blocks and L2 tables changed in place are checked against the tables a scan finds
+//! ([`overlap`]).
 
 use crate::error::{Error, Result};
 use crate::io::Io;
@@ -19,6 +21,8 @@ use crate::io::cache::Class;
 use super::refcount::{entry, set_entry};
 use super::validation::{self, ClusterRef, Region};
 use super::Qcow2;
+
+pub(crate) mod overlap;
 
 /// Where a search for free clusters stopped.
 enum Search {
@@ -144,6 +148,7 @@ impl Qcow2 {
                 return Err(self.signal_corruption(io, file, what, cluster << self.cluster_bits).await);
             }
         };
+        self.check_refblock_write(io, file, block).await?;
         let (slice, i) = self.refcount_slot(block, cluster);
         let order = u32::from(self.refcount_order);
         // refblock_update_part is raised when the slice is written back (io::cache).
@@ -169,6 +174,7 @@ impl Qcow2 {
         let cs = self.cluster_size();
         let host = c * cs;
         self.check_new_clusters(io, file, host, host + cs).await?;
+        self.check_refblock_write(io, file, host).await?;
         child_io::grow(io, file, host + cs)?;
         let fresh = host >= self.w.fresh_from.get();
         let slice_len = self.slice_len();
@@ -200,6 +206,7 @@ impl Qcow2 {
         let rt = self.meta.get().refcount_table;
         let entry_at = rt.start + c / self.per_block() * 8;
         self.check_meta_write(io, file, entry_at, Class::Refcount).await?;
+        self.w.cleared.linked();
         io.meta.write_u64(io, file, entry_at, slice_len, Class::Refcount, host).await
     }
 
@@ -228,7 +235,9 @@ impl Qcow2 {
     }
 
     /// The overlap check for a metadata slice about to change: table slices (L1, L2) and refcount
-    /// slices must lie on their own kind of structure, never on the header or the snapshot table.
+    /// slices must lie on their own kind of structure, never on the header or the snapshot table;
+    /// a table slice outside the L1 table (an L2 table's) not on a refcount block either
+    /// ([`Qcow2::check_table_write`]).
     pub(crate) async fn check_meta_write(&self, io: &Io<'_, '_>, file: NodeId, at: u64, class: Class) -> Result<()> {
         let m = self.meta.get();
         let r = Region::new(at, 8);
@@ -238,6 +247,9 @@ impl Qcow2 {
             || (class == Class::Refcount && r.overlaps(&m.l1));
         if bad {
             return Err(self.signal_corruption(io, file, "metadata write would overwrite other metadata", at).await);
+        }
+        if class == Class::Table && !r.overlaps(&m.l1) {
+            self.check_table_write(io, file, at).await?;
         }
         Ok(())
     }

@@ -69,6 +69,8 @@ pub struct WriteState {
     /// host cluster compressed payloads share (0: none; QEMU's `free_byte_offset`).
     pub(crate) compressed_tail: Cell<u64>,
     pub(crate) pending: RefCell<heapless::Vec<PendingFree, MAX_PENDING_FREES>>,
+    /// Tables the overlap check found clear lately.
+    pub(crate) cleared: super::alloc::overlap::Cleared,
 }
 
 impl WriteState {
@@ -86,6 +88,7 @@ impl WriteState {
             fresh_from: Cell::new(fresh_from.div_ceil(cs).saturating_mul(cs)),
             compressed_tail: Cell::new(0),
             pending: RefCell::new(heapless::Vec::new()),
+            cleared: super::alloc::overlap::Cleared::default(),
         }
     }
 }

@@ -32,6 +32,15 @@ impl<'i, 'g, 'd> HostFiles<'i, 'g, 'd> {
             .and_then(|i| self.img.paths.get(i).cloned())
     }
 
+    /// What QEMU calls the host file that is leaf device `dev` (see [`Image::names`]).
+    pub fn name(&self, dev: &dyn BlockDevice) -> Option<String> {
+        self.img
+            .leaves
+            .iter()
+            .position(|l| std::ptr::addr_eq(*l as *const dyn BlockDevice, dev as *const dyn BlockDevice))
+            .and_then(|i| self.img.names.get(i).cloned())
+    }
+
     /// Whether `offset` of `path` is in a hole, and for how many bytes (at most `len`, at least
     /// 1) that stays so. Unknown answers count as data.
     pub fn hole(&mut self, path: &Path, offset: u64, len: u64) -> (bool, u64) {

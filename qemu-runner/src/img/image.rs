@@ -85,6 +85,8 @@ pub struct Image<'g, 'd> {
     /// The devices the block layer holds for them, in the same order: the files, or the
     /// recordings over them ([`super::leaf_logs`]).
     pub leaves: Vec<&'d dyn strata_block::dev::BlockDevice>,
+    /// What QEMU calls them, in the same order (`qemu-img map` prints these).
+    pub names: Vec<String>,
 }
 
 impl Image<'_, '_> {
@@ -221,7 +223,7 @@ fn with_graph<R, F: FnOnce(&Image<'_, '_>) -> Result<R, ImgError>, const N: usiz
     )
     .map_err(|e| ImgError::failed(format!("Could not open '{spec}': {e}")))?;
     let (paths, files) = resolver.files.iter().map(|(p, f)| (p.clone(), *f)).unzip();
-    let image = Image { backend, files, paths, leaves: resolver.leaves.clone() };
+    let image = Image { backend, files, paths, leaves: resolver.leaves.clone(), names: resolver.names.clone() };
     let Some(f) = f.take() else { return Err(ImgError::failed(format!("Could not open '{spec}': opened twice"))) };
     let result = f(&image);
     // A clean close: caches written back and stable, images marked clean.

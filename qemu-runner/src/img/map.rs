@@ -52,7 +52,7 @@ pub struct MapEntry {
     pub compressed: bool,
     /// Host offset, where there is one.
     pub offset: Option<u64>,
-    /// Host file, where there is one.
+    /// Host file, where there is one, as QEMU names it (`Image::names`).
     pub file: Option<PathBuf>,
 }
 
@@ -162,14 +162,16 @@ pub fn map(img: &Image<'_, '_>) -> Result<Vec<MapEntry>, ImgError> {
             ExtentKind::Sink => push(&mut out, base),
             ExtentKind::Zero | ExtentKind::Hole => {
                 let (offset, file) = match ext.kept {
-                    Some(k) => (Some(k.offset), graph.node(k.node).ok().and_then(|n| n.device()).and_then(|d| files.path(d))),
+                    Some(k) => (Some(k.offset), graph.node(k.node).ok().and_then(|n| n.device()).and_then(|d| files.name(d)).map(PathBuf::from)),
                     None => (None, None),
                 };
                 let present = ext.kind == ExtentKind::Zero;
                 push(&mut out, MapEntry { zero: true, data: false, present, offset, file, ..base });
             }
             ExtentKind::Data { leaf, offset, mapped_by } => {
-                let path = graph.node(leaf).ok().and_then(|n| n.device()).and_then(|d| files.path(d));
+                let device = graph.node(leaf).ok().and_then(|n| n.device());
+                let path = device.and_then(|d| files.path(d));
+                let name = device.and_then(|d| files.name(d)).map(PathBuf::from);
                 let qcow2_prealloc = mapped_by.map(|q| *prealloc.entry(q).or_insert_with(|| metadata_preallocated(img, q)));
                 // Split by the host file's holes.
                 let mut done = 0;
@@ -188,7 +190,7 @@ pub fn map(img: &Image<'_, '_>) -> Result<Vec<MapEntry>, ImgError> {
                         data,
                         zero,
                         offset: Some(offset + done),
-                        file: path.clone(),
+                        file: name.clone(),
                         ..base.clone()
                     });
                     done += n;

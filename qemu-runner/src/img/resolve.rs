@@ -50,6 +50,10 @@ pub struct HostResolver<'d> {
     /// The device handed to the block layer for each of `files` (same order): the file, or
     /// the recording over it.
     pub leaves: Vec<&'d dyn BlockDevice>,
+    /// What QEMU calls each of `files` (same order): the name given for the image, a backing
+    /// name joined to the directory of the name that names it (QEMU's `path_combine`), a data
+    /// file's name as the image spells it (QEMU opens it so).
+    pub names: Vec<String>,
     record: Option<LeafWrap<'d>>,
     tree: Option<PathBuf>,
     allow_anywhere: bool,
@@ -61,7 +65,7 @@ pub struct HostResolver<'d> {
 impl<'d> HostResolver<'d> {
     /// A resolver opening files with `opts` into `arena`.
     pub fn new(arena: &'d typed_arena::Arena<HostFile>, opts: HostFileOptions<'d>, allow_anywhere: bool, no_backing: bool) -> Self {
-        Self { arena, opts, files: Vec::new(), leaves: Vec::new(), record: None, tree: None, allow_anywhere, no_backing, last_error: None }
+        Self { arena, opts, files: Vec::new(), leaves: Vec::new(), names: Vec::new(), record: None, tree: None, allow_anywhere, no_backing, last_error: None }
     }
 
     /// Hands the block layer every file this resolver opens wrapped in a recording.
@@ -76,6 +80,21 @@ impl<'d> HostResolver<'d> {
             .position(|l| std::ptr::addr_eq(*l as *const dyn BlockDevice, dev as *const dyn BlockDevice))
             .and_then(|i| self.files.get(i))
             .map(|(p, _)| p.as_path())
+    }
+
+    /// What QEMU calls the file `req` names (see [`HostResolver::names`]).
+    fn qemu_name(&self, req: &NameRequest<'_, 'd>) -> String {
+        let referrer = req.referrer.and_then(|dev| {
+            let i = self.leaves.iter().position(|l| std::ptr::addr_eq(*l as *const dyn BlockDevice, dev as *const dyn BlockDevice))?;
+            self.names.get(i)
+        });
+        match referrer {
+            Some(base) if req.role == strata_block::graph::Role::Backing && !Path::new(req.name).is_absolute() => match base.rfind('/') {
+                Some(i) => format!("{}{}", &base[..=i], req.name),
+                None => req.name.to_string(),
+            },
+            _ => req.name.to_string(),
+        }
     }
 
     fn fail(&mut self, e: Error, text: String) -> Error {
@@ -140,8 +159,10 @@ impl<'d> Resolver<'d> for HostResolver<'d> {
                         Err(e) => return Err(self.fail(Error::NotFound, format!("recording {}: {e}", canonical.display()))),
                     },
                 };
+                let name = self.qemu_name(req);
                 self.files.push((canonical, f));
                 self.leaves.push(leaf);
+                self.names.push(name);
                 Ok(leaf)
             }
             Err(e) => Err(self.fail(Error::NotFound, format!("{e}"))),

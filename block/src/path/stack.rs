@@ -33,6 +33,12 @@ impl<'g> Stack<'g, '_> {
     pub(crate) fn driver(&self, id: NodeId) -> Result<&'g FormatState> {
         self.state(id)?.ok_or(Error::BadGraph("driver call on a leaf"))
     }
+
+    /// [`Stack::driver`] of an id the caller has just checked (it looked the node up): the
+    /// generation is not compared again.
+    pub(crate) fn driver_of_checked(&self, id: NodeId) -> Result<&'g FormatState> {
+        self.states.get(usize::from(id.index)).and_then(Option::as_ref).ok_or(Error::BadGraph("driver call on a leaf"))
+    }
 }
 
 impl<'g, 'd> Deref for Stack<'g, 'd> {

@@ -153,7 +153,7 @@ impl Walk {
             self.kept_above = None;
             return Ok(Arrival::Skipped);
         }
-        Ok(Arrival::Map(here, s.driver(self.cur)?))
+        Ok(Arrival::Map(here, s.driver_of_checked(self.cur)?))
     }
 
     /// Follows the mapping of the range by `here`, the current node: to a child, to the

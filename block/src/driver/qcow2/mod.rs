@@ -305,7 +305,12 @@ impl Qcow2 {
     }
 
     pub(crate) fn l2_entries(&self) -> u64 {
-        self.cluster_size() / self.l2_entry_size()
+        1 << self.l2_bits()
+    }
+
+    /// log2 of [`Qcow2::l2_entries`].
+    pub(crate) fn l2_bits(&self) -> u32 {
+        u32::from(self.cluster_bits) - if self.extended_l2 { 4 } else { 3 }
     }
 
     /// Bytes of a table read at once: a 4 KiB slice, or one cluster if clusters are smaller.

@@ -217,8 +217,9 @@ impl Qcow2 {
     /// How much of `len` bytes at `offset` one lookup answers: up to the end of the L2 table
     /// covering `offset`.
     pub(crate) fn lookup_len(&self, offset: u64, len: u64) -> u64 {
-        let span = self.l2_entries().saturating_mul(self.cluster_size());
-        let table_end = (offset / span + 1).saturating_mul(span);
+        // Tables span a power of two: masks, not divisions, on every request.
+        let span_mask = (1u64 << (u32::from(self.cluster_bits) + self.l2_bits())) - 1;
+        let table_end = (offset | span_mask).saturating_add(1);
         len.min(table_end - offset)
     }
 
@@ -295,16 +296,15 @@ impl Qcow2 {
         } else {
             (Role::File, file)
         };
-        let l2_entries = self.l2_entries();
         let guest_cluster = offset >> self.cluster_bits;
-        let l1_index = guest_cluster / l2_entries;
+        let l1_index = guest_cluster >> self.l2_bits();
         // Bytes this L2 table covers from `offset`.
         let len = self.lookup_len(offset, len);
         if l1_index >= u64::from(self.l1_entries.get()) || self.l1_empty.get() {
             return Ok(Start::Unallocated(len));
         }
         let l1_at = self.l1.get().start + l1_index * 8;
-        Ok(Start::At(LookupAt { file, data, data_role, l1_at, l2_index: guest_cluster % l2_entries, len }))
+        Ok(Start::At(LookupAt { file, data, data_role, l1_at, l2_index: guest_cluster & (self.l2_entries() - 1), len }))
     }
 
     /// The L2 table the L1 entry at `l1_at` points to, if it is the remembered one and no L1
@@ -319,9 +319,10 @@ impl Qcow2 {
     /// The cache slice holding entry `l2_index` of the L2 table at `l2`: its start, the entry's
     /// offset inside it, and the entry's file offset.
     fn l2_slice(&self, l2: HostOffset, l2_index: u64) -> (u64, usize, u64) {
-        let slice_len = self.slice_len() as u64;
+        // Slices are a power of two long (a cluster or 4 KiB).
+        let slice_mask = self.slice_len() as u64 - 1;
         let entry_at = l2.0 + l2_index * self.l2_entry_size();
-        let slice_start = entry_at / slice_len * slice_len;
+        let slice_start = entry_at & !slice_mask;
         (slice_start, (entry_at - slice_start) as usize, entry_at)
     }
 

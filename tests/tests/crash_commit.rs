@@ -36,12 +36,27 @@ const PREFIX_CUTS: usize = 200;
 /// Planned cuts per case at most.
 const PLANNED_CUTS: usize = 20;
 
-/// One layer of a chain: file name, format, virtual size, and the qemu-io commands that fill it.
+/// One layer of a chain ([`layer`]): file name, format, virtual size, and the qemu-io commands that fill it.
 struct Layer {
     name: &'static str,
     format: &'static str,
     size: &'static str,
     io: &'static [&'static str],
+}
+
+/// A [`Layer`].
+fn layer(
+    name: &'static str,
+    format: &'static str,
+    size: &'static str,
+    io: &'static [&'static str],
+) -> Layer {
+    Layer {
+        name,
+        format,
+        size,
+        io,
+    }
 }
 
 /// `qemu-io -f FMT -c CMD... FILE`, which must succeed.
@@ -293,18 +308,13 @@ const TOP_IO: &[&str] = &[
 #[test]
 fn commit_into_a_qcow2_base() {
     let layers = [
-        Layer {
-            name: "base.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: &["write -P 1 0 3M", "write -z 3M 64k"],
-        },
-        Layer {
-            name: "top.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: TOP_IO,
-        },
+        layer(
+            "base.qcow2",
+            "qcow2",
+            "4M",
+            &["write -P 1 0 3M", "write -z 3M 64k"],
+        ),
+        layer("top.qcow2", "qcow2", "4M", TOP_IO),
     ];
     crash_commit("qcow2", &layers, "", &[], "base.qcow2");
 }
@@ -312,18 +322,8 @@ fn commit_into_a_qcow2_base() {
 #[test]
 fn commit_into_a_raw_base() {
     let layers = [
-        Layer {
-            name: "base.raw",
-            format: "raw",
-            size: "4M",
-            io: &["write -P 1 0 3M"],
-        },
-        Layer {
-            name: "top.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: TOP_IO,
-        },
+        layer("base.raw", "raw", "4M", &["write -P 1 0 3M"]),
+        layer("top.qcow2", "qcow2", "4M", TOP_IO),
     ];
     crash_commit("raw", &layers, "", &[], "base.raw");
 }
@@ -331,34 +331,24 @@ fn commit_into_a_raw_base() {
 #[test]
 fn commit_to_a_middle_layer_with_b() {
     let layers = [
-        Layer {
-            name: "base.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: &["write -P 1 0 4M"],
-        },
-        Layer {
-            name: "mid.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: &[
+        layer("base.qcow2", "qcow2", "4M", &["write -P 1 0 4M"]),
+        layer(
+            "mid.qcow2",
+            "qcow2",
+            "4M",
+            &[
                 "write -P 2 64k 64k",
                 "write -z 256k 64k",
                 "write -P 5 2M 512k",
             ],
-        },
-        Layer {
-            name: "upper.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: &["write -P 8 1500k 70k", "write -z 2200k 8k"],
-        },
-        Layer {
-            name: "top.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: TOP_IO,
-        },
+        ),
+        layer(
+            "upper.qcow2",
+            "qcow2",
+            "4M",
+            &["write -P 8 1500k 70k", "write -z 2200k 8k"],
+        ),
+        layer("top.qcow2", "qcow2", "4M", TOP_IO),
     ];
     crash_commit("b", &layers, "", &["-b", "mid.qcow2"], "mid.qcow2");
 }
@@ -366,24 +356,14 @@ fn commit_to_a_middle_layer_with_b() {
 #[test]
 fn commit_keeping_the_top_with_d() {
     let layers = [
-        Layer {
-            name: "base.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: &["write -P 1 0 4M"],
-        },
-        Layer {
-            name: "mid.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: &["write -P 2 64k 64k", "write -z 256k 64k"],
-        },
-        Layer {
-            name: "top.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: TOP_IO,
-        },
+        layer("base.qcow2", "qcow2", "4M", &["write -P 1 0 4M"]),
+        layer(
+            "mid.qcow2",
+            "qcow2",
+            "4M",
+            &["write -P 2 64k 64k", "write -z 256k 64k"],
+        ),
+        layer("top.qcow2", "qcow2", "4M", TOP_IO),
     ];
     crash_commit("d", &layers, "cluster_size=4096", &["-d"], "mid.qcow2");
 }
@@ -403,18 +383,8 @@ fn commit_grows_a_small_cluster_base() {
         "discard 8M 64k",
     ];
     let layers = [
-        Layer {
-            name: "base.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: &["write -P 1 0 2M"],
-        },
-        Layer {
-            name: "top.qcow2",
-            format: "qcow2",
-            size: "20M",
-            io: top,
-        },
+        layer("base.qcow2", "qcow2", "4M", &["write -P 1 0 2M"]),
+        layer("top.qcow2", "qcow2", "20M", top),
     ];
     crash_commit("grow", &layers, "cluster_size=4096", &[], "base.qcow2");
 }
@@ -422,18 +392,13 @@ fn commit_grows_a_small_cluster_base() {
 #[test]
 fn commit_with_extended_l2() {
     let layers = [
-        Layer {
-            name: "base.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: &["write -P 1 0 1M", "write -P 2 1100k 8k", "write -z 2M 4k"],
-        },
-        Layer {
-            name: "top.qcow2",
-            format: "qcow2",
-            size: "4M",
-            io: TOP_IO,
-        },
+        layer(
+            "base.qcow2",
+            "qcow2",
+            "4M",
+            &["write -P 1 0 1M", "write -P 2 1100k 8k", "write -z 2M 4k"],
+        ),
+        layer("top.qcow2", "qcow2", "4M", TOP_IO),
     ];
     crash_commit("ext", &layers, "extended_l2=on", &[], "base.qcow2");
 }

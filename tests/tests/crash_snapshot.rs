@@ -1,5 +1,5 @@
 //! Crash consistency of internal snapshot create, apply and delete (issue 14), on the
-//! recording-leaf machinery of `crash.rs` (`crash_util`, `img::crashlog`, `img::replay`): a
+//! operation crash scaffolding (`crash_steps`: `img::crashlog`, `img::replay`): a
 //! sequence of guest writes (each flushed) and snapshot operations runs through Strata with the
 //! image file's leaf recorded; the same sequence runs through qemu-img and qemu-io on a copy,
 //! whose state after each step (active contents, and the name and contents of every snapshot)
@@ -15,28 +15,26 @@
 //! (whose cache writes refcounts before tables) and Strata both leave a cut between them with
 //! an OFLAG_COPIED mismatch, which `qemu-img check -r all` repairs without touching data. Such
 //! cuts are counted; they must hold nothing but OFLAG_COPIED errors, be clean after the repair,
-//! and show a valid state.
+//! and show a valid state (`crash_steps::check_cut_copied`).
 //!
 //! Every prefix cut runs (the log is short), plus `STRATA_CRASH_CUTS` (default 50) planned ones
 //! with random subsets of the unflushed writes (`STRATA_CRASH_SEED`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: tests
 
-#[path = "crash_util/mod.rs"]
-mod util;
+#[path = "crash_steps/mod.rs"]
+mod steps;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qemu_runner::img::block::dev::file::{CacheMode, Engine, HostFile, HostFileOptions};
-use qemu_runner::img::block::dev::record::{Recording, Seq};
-use qemu_runner::img::block::dev::BlockDevice;
+use qemu_runner::img::block::dev::record::Seq;
 use qemu_runner::img::block::driver::qcow2::snapshots::{Lookup, NewSnapshot};
-use qemu_runner::img::block::io::cache::{CacheSlot, Inflater};
-use qemu_runner::img::block::{Backend, BackendOptions, Graph};
-use qemu_runner::img::crashlog::{read_log, LogWriter, Record};
-use qemu_runner::img::replay::{plan, replay, Cut};
-use util::*;
+use steps::*;
+use strata_tests::*;
+
+/// The image's virtual size.
+const SIZE: u64 = 8 << 20;
 
 /// One step of the sequence.
 #[derive(Clone, Copy, Debug)]
@@ -89,10 +87,6 @@ const STEPS: &[Step] = &[
 /// Active contents and (name, contents) of every snapshot, hashed.
 type State = (String, Vec<(String, String)>);
 
-fn p(f: &Path) -> &str {
-    f.to_str().unwrap()
-}
-
 /// The state of `image` as qemu-img shows it; `None` if it cannot.
 fn state(image: &Path) -> Option<State> {
     let raw = image.with_extension("state.raw");
@@ -141,18 +135,12 @@ fn start(name: &str, opts: &str) -> (PathBuf, PathBuf) {
     }
     let size = SIZE.to_string();
     args.extend([p(&base), size.as_str()]);
-    qimg(&args);
-    let io = |cmd: &str| {
-        let out = Command::new(std::env::var("QEMU_IO").unwrap_or_else(|_| "qemu-io".into()))
-            .args(["-f", "qcow2", "-c", cmd, p(&base)])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "qemu-io {cmd}");
-    };
+    run_qemu_img(&args);
+    let io = |cmd: &str| qemu_io(&base, cmd);
     io("write -P 0x11 0 2M");
     io("write -c -P 0x12 4M 64k");
     io("write -P 0x13 6M 512k");
-    qimg(&["snapshot", "-c", "base", p(&base)]);
+    run_qemu_img(&["snapshot", "-c", "base", p(&base)]);
     io("write -P 0x14 1M 64k");
     (dir, base)
 }
@@ -165,213 +153,82 @@ fn oracle(dir: &Path, base: &Path) -> Vec<State> {
     for step in STEPS {
         match *step {
             Step::Write { offset, len, pat } => {
-                let cmd = format!("write -P {pat} {offset} {len}");
-                let out =
-                    Command::new(std::env::var("QEMU_IO").unwrap_or_else(|_| "qemu-io".into()))
-                        .args(["-f", "qcow2", "-c", &cmd, p(&o)])
-                        .output()
-                        .unwrap();
-                assert!(out.status.success());
+                qemu_io(&o, &format!("write -P {pat} {offset} {len}"))
             }
-            Step::Create(n) => qimg(&["snapshot", "-c", n, p(&o)]),
-            Step::Apply(n) => qimg(&["snapshot", "-a", n, p(&o)]),
-            Step::Delete(n) => qimg(&["snapshot", "-d", n, p(&o)]),
+            Step::Create(n) => run_qemu_img(&["snapshot", "-c", n, p(&o)]),
+            Step::Apply(n) => run_qemu_img(&["snapshot", "-a", n, p(&o)]),
+            Step::Delete(n) => run_qemu_img(&["snapshot", "-d", n, p(&o)]),
         }
         states.push(state(&o).unwrap());
     }
     states
 }
 
-/// Runs the steps through Strata on a copy with its leaf recorded; returns the log and each
-/// step's (first, end) seq.
-fn record(dir: &Path, base: &Path) -> (PathBuf, Vec<(Seq, Seq)>) {
-    let work = dir.join("work.qcow2");
-    let log_path = dir.join("leaf.log");
-    std::fs::copy(base, &work).unwrap();
-    let opts = HostFileOptions {
-        mode: CacheMode::Writeback,
-        engine: Engine::Threads,
-        direct_fallback: true,
-        ..HostFileOptions::default()
-    };
-    let file = HostFile::open(&work, &opts).unwrap();
-    let writer = LogWriter::create(&log_path).unwrap();
-    let recording: Recording<'_> = Recording::new(&file, &writer);
-    let slots: Vec<CacheSlot> = (0..64).map(|_| CacheSlot::new()).collect();
-    let inflaters = [Inflater::new()];
-    let mut bounce = vec![0u8; 32 * 64 * 1024 + 4096];
-    let mut spans = Vec::new();
-    {
-        let mut graph: Graph<'_, 64, 512> = Graph::new(&mut bounce, 64 * 1024);
-        graph.set_metadata_cache(&slots);
-        graph.set_decompressors(&inflaters);
-        let mut resolve = |name: &str| -> Option<&dyn BlockDevice> {
-            (name == "work").then_some(&recording as &dyn BlockDevice)
-        };
-        let root = block_on(graph.open("driver=qcow2,file=work", &mut resolve)).unwrap();
-        let backend = Backend::new(&graph, root, BackendOptions::default()).unwrap();
+/// Runs the steps through Strata on a copy with its leaf recorded; returns the log, each
+/// step's (first, end) seq and the finished copy.
+fn record_steps(dir: &Path, base: &Path) -> (PathBuf, Vec<(Seq, Seq)>, PathBuf) {
+    record_backend_steps(dir, base, STEPS, |backend, graph, root, i, step| {
         let q = graph.state(root).unwrap().and_then(|s| s.qcow2()).unwrap();
         let io = graph.io();
-        for (i, step) in STEPS.iter().enumerate() {
-            let first = recording.seq();
-            match *step {
-                Step::Write { offset, len, pat } => {
-                    let buf = vec![pat; len as usize];
-                    block_on(backend.write(offset, &buf)).unwrap();
-                    block_on(backend.flush()).unwrap();
-                }
-                Step::Create(name) => {
-                    let new = NewSnapshot {
-                        id: None,
-                        name,
-                        date_sec: 1_700_000_000 + i as u32,
-                        date_nsec: 0,
-                        vm_clock_nsec: 0,
-                        icount: 0,
-                    };
-                    block_on(q.snapshot_create(&io, root, &new)).unwrap();
-                }
-                Step::Apply(name) => {
-                    block_on(q.snapshot_apply(&io, root, name)).unwrap();
-                }
-                Step::Delete(name) => {
-                    block_on(q.snapshot_delete(&io, root, name, Lookup::Name)).unwrap();
-                }
+        match *step {
+            Step::Write { offset, len, pat } => write_flushed(backend, offset, len, pat),
+            Step::Create(name) => {
+                let new = NewSnapshot {
+                    id: None,
+                    name,
+                    date_sec: 1_700_000_000 + i as u32,
+                    date_nsec: 0,
+                    vm_clock_nsec: 0,
+                    icount: 0,
+                };
+                block_on(q.snapshot_create(&io, root, &new)).unwrap();
             }
-            spans.push((first, recording.seq()));
-        }
-        block_on(backend.close()).unwrap();
-    }
-    writer.finish().unwrap();
-    (log_path, spans)
-}
-
-/// What `qemu-img check` said about a cut.
-enum Verdict {
-    Clean,
-    Leaks,
-    /// Only OFLAG_COPIED mismatches (repaired, then clean).
-    CopiedWindow,
-}
-
-fn check_cut(out: &Path, lazy: bool) -> Result<Verdict, String> {
-    if lazy {
-        // A dirty image's refcounts may lag: QEMU repairs it when it opens it.
-        let r = Command::new(qemu_img())
-            .args(["check", "-q", "-r", "all", p(out)])
-            .output()
-            .unwrap();
-        if !r.status.success() {
-            return Err(format!(
-                "qemu-img check -r all: {}",
-                String::from_utf8_lossy(&r.stderr)
-            ));
-        }
-    }
-    let c = Command::new(qemu_img())
-        .args(["check", p(out)])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&c.stdout),
-        String::from_utf8_lossy(&c.stderr)
-    );
-    match c.status.code() {
-        Some(0) => Ok(Verdict::Clean),
-        Some(3) => Ok(Verdict::Leaks),
-        Some(2) => {
-            let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR")).collect();
-            if errors.is_empty() || errors.iter().any(|l| !l.contains("OFLAG_COPIED")) {
-                return Err(format!("qemu-img check: {text}"));
+            Step::Apply(name) => {
+                block_on(q.snapshot_apply(&io, root, name)).unwrap();
             }
-            let r = Command::new(qemu_img())
-                .args(["check", "-r", "all", p(out)])
-                .output()
-                .unwrap();
-            let again = Command::new(qemu_img())
-                .args(["check", p(out)])
-                .output()
-                .unwrap();
-            if !r.status.success() || again.status.code() != Some(0) {
-                return Err(format!(
-                    "not clean after check -r all: {}",
-                    String::from_utf8_lossy(&again.stdout)
-                ));
+            Step::Delete(name) => {
+                block_on(q.snapshot_delete(&io, root, name, Lookup::Name)).unwrap();
             }
-            Ok(Verdict::CopiedWindow)
         }
-        code => Err(format!("qemu-img check exit {code:?}: {text}")),
-    }
-}
-
-/// The states a cut at `at` may show: before or after the step it falls in; after the last
-/// step that ended before it.
-fn allowed(spans: &[(Seq, Seq)], at: Seq) -> (usize, usize) {
-    for (i, &(first, end)) in spans.iter().enumerate() {
-        if at <= first {
-            return (i, i);
-        }
-        if at < end {
-            return (i, i + 1);
-        }
-    }
-    (spans.len(), spans.len())
+    })
 }
 
 fn crash_snapshots(name: &str, opts: &str) {
     let (dir, base) = start(name, opts);
     let states = oracle(&dir, &base);
-    let (log, spans) = record(&dir, &base);
+    let (log, spans, work) = record_steps(&dir, &base);
     // The finished image is the oracle's last state.
-    assert_eq!(
-        state(&dir.join("work.qcow2")),
-        states.last().cloned(),
-        "final state"
-    );
-    let records: Vec<Record> = read_log(&log).unwrap();
-    let mut cuts = plan(&records, cuts_wanted(), seed());
-    // And every prefix cut: the log is short (a few hundred records).
-    let last = records.iter().map(Record::seq).max().unwrap_or(0);
-    cuts.extend((0..=last + 1).map(|at| Cut { at, drop: None }));
-    let (mut clean, mut leaky, mut window, mut failures) = (0, 0, 0, Vec::new());
-    for (i, cut) in cuts.iter().enumerate() {
-        let out = dir.join(format!("cut{i}.qcow2"));
-        replay(&records, *cut, &base, &out).unwrap();
-        let verdict = match check_cut(&out, opts.contains("lazy_refcounts=on")) {
-            Ok(v) => v,
-            Err(e) => {
-                failures.push(format!("{cut:?}: {e}"));
-                continue;
-            }
-        };
-        let (lo, hi) = allowed(&spans, cut.at);
-        let got = state(&out);
-        if !(lo..=hi).any(|k| got.as_ref() == Some(&states[k])) {
-            failures.push(format!(
-                "{cut:?}: state is neither after step {lo} nor {hi}: {got:?}"
-            ));
-            continue;
+    assert_eq!(state(&work), states.last().cloned(), "final state");
+    let lazy = opts.contains("lazy_refcounts=on");
+    let check = |out: &Path| check_cut_copied(out, lazy);
+    let judge = |at, out: &Path| -> Result<(), String> {
+        let (lo, hi) = allowed(&spans, at);
+        let got = state(out);
+        if (lo..=hi).any(|k| got.as_ref() == Some(&states[k])) {
+            Ok(())
+        } else {
+            Err(format!(
+                "state is neither after step {lo} nor {hi}: {got:?}"
+            ))
         }
-        match verdict {
-            Verdict::Clean => clean += 1,
-            Verdict::Leaks => leaky += 1,
-            Verdict::CopiedWindow => window += 1,
-        }
-        let _ = std::fs::remove_file(&out);
-    }
+    };
+    // Every prefix cut (the log is short: a few hundred records), and the planned ones.
+    let r = run_cuts_with(&dir, &base, &log, usize::MAX, cuts_wanted(), &check, &judge);
     eprintln!(
-        "crash snapshots {name}: {} records, {} cuts: {clean} clean, {leaky} with leaks, {window} in the OFLAG_COPIED window, {} failed",
-        records.len(),
-        cuts.len(),
-        failures.len()
+        "crash snapshots {name}: {} records, {} cuts: {} clean, {} with leaks, {} in the OFLAG_COPIED window, {} failed",
+        r.records,
+        r.cuts,
+        r.clean,
+        r.leaky,
+        r.copied_window,
+        r.failures.len()
     );
     assert!(
-        failures.is_empty(),
+        r.failures.is_empty(),
         "{} of {} cuts failed:\n{}",
-        failures.len(),
-        cuts.len(),
-        failures.join("\n")
+        r.failures.len(),
+        r.cuts,
+        r.failures.join("\n")
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,9 +10,8 @@
 //! and refcount tables on every metadata write; Strata scans them through the metadata cache
 //! only for a table not checked since what it was checked against last changed: the last
 //! refcount block and two L2 tables are remembered ([`Cleared`]), so a run of writes to the same
-//! tables pays one scan. A refcount block stays clear until an L1 entry changes (or the L1 table
-//! or the snapshot table moves); an L2 table until a refcount block is linked or the refcount
-//! table moves.
+//! tables pays one scan. A refcount block stays clear until the L1 table or the snapshot table
+//! moves; an L2 table until a refcount block is linked or the refcount table moves.
 
 use core::cell::Cell;
 
@@ -27,8 +26,11 @@ use super::super::Qcow2;
 /// The offset bits of a refcount table entry.
 const REFT_OFFSET: u64 = 0xffff_ffff_ffff_fe00;
 
-/// The refcount block found clear last, and what it was checked under: (block, L1 changes,
-/// snapshot table offset, snapshot count). It stays clear while the rest is unchanged.
+/// The refcount block found clear last, and what it was checked under: (block, L1 table offset,
+/// snapshot table offset, snapshot count). It stays clear while the rest is unchanged: an L2
+/// table linked into the L1 table meanwhile is checked against the refcount blocks when its
+/// entries are written ([`Qcow2::check_table_write`]), so L1 entry changes (COPIED flags, a
+/// snapshot's reference walk) need no new scan.
 type ClearRefblock = (u64, u64, u64, u32);
 
 /// Tables recently found clear of the metadata a scan finds. Kept small: every node slot of a
@@ -77,7 +79,7 @@ impl Qcow2 {
     /// refcount-block write (everything but refcount blocks).
     pub(crate) async fn check_refblock_write(&self, io: &Io<'_, '_>, file: NodeId, block: u64) -> Result<()> {
         let (snap_at, snaps) = self.snap_table.get();
-        let now = (block, self.l1_changes.get(), snap_at, snaps);
+        let now = (block, self.l1.get().start, snap_at, snaps);
         if self.w.cleared.refblock.get() == Some(now) {
             return Ok(());
         }

@@ -10,6 +10,17 @@
 //! - read through the layer committed into, byte by byte, what it read before or what it
 //!   reads after the commit: nothing else ever lands there.
 //!
+//! Where the leaks are, and why QEMU's commit has them too: in the layer committed into, a
+//! new cluster's refcount is stable before the L2 entry that uses it, and a cluster an L2
+//! entry lets go (zeros committed over data) is freed only after that entry is stable, the
+//! order of QEMU's qcow2 (its cache makes tables depend on refcounts when allocating, and
+//! frees after the table write), so a cut between the two leaks in both. In the emptied top,
+//! the L2 tables are cleared and flushed before the freed clusters' refcounts drop: leaks
+//! until then. QEMU's `bdrv_make_empty` there either discards cluster by cluster in the same
+//! order (images with snapshots, bitmaps or compat=0.10: the same leaks) or rebuilds the
+//! whole image under the dirty flag (`make_completely_empty`), where a cut needs `check -r
+//! all` to be usable at all, worse than leaks.
+//!
 //! The finished chain is compared with `qemu-img commit` of the same arguments on another copy:
 //! every file checks clean, reads the same as its counterpart (`qemu-img compare`) and has the
 //! same allocation (`qemu-img map` runs, host offsets aside): the committed layer emptied
@@ -274,22 +285,7 @@ fn crash_commit(name: &str, layers: &[Layer], opts: &str, args: &[&str], target:
         cuts_wanted().min(PLANNED_CUTS),
         &judge,
     );
-    eprintln!(
-        "crash commit {name} {args:?}: files opened {written:?}, {} records, {} cuts: {} clean, {} with leaks (cuts leaking per file: {:?}), {} failed",
-        r.records,
-        r.cuts,
-        r.clean,
-        r.leaky,
-        r.leaks_by_file,
-        r.failures.len()
-    );
-    assert!(
-        r.failures.is_empty(),
-        "{} of {} cuts failed:\n{}",
-        r.failures.len(),
-        r.cuts,
-        r.failures.join("\n")
-    );
+    r.assert_passed(&format!("commit {name} {args:?}, files opened {written:?}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

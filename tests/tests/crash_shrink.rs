@@ -126,8 +126,7 @@ fn crash_shrink(name: &str, opts: &str) {
     };
     // Every prefix cut (the log is short), and the planned ones.
     let r = run_cuts(&dir, &base, &log, opts.contains("lazy_refcounts=on"), usize::MAX, cuts_wanted(), &judge);
-    eprintln!("crash shrink {name}: {} records, {} cuts: {} clean, {} with leaks, {} failed", r.records, r.cuts, r.clean, r.leaky, r.failures.len());
-    assert!(r.failures.is_empty(), "{} of {} cuts failed:\n{}", r.failures.len(), r.cuts, r.failures.join("\n"));
+    r.assert_passed(&format!("shrink {name}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -214,22 +214,7 @@ fn crash_snapshots(name: &str, opts: &str) {
     };
     // Every prefix cut (the log is short: a few hundred records), and the planned ones.
     let r = run_cuts_with(&dir, &base, &log, usize::MAX, cuts_wanted(), &check, &judge);
-    eprintln!(
-        "crash snapshots {name}: {} records, {} cuts: {} clean, {} with leaks, {} in the OFLAG_COPIED window, {} failed",
-        r.records,
-        r.cuts,
-        r.clean,
-        r.leaky,
-        r.copied_window,
-        r.failures.len()
-    );
-    assert!(
-        r.failures.is_empty(),
-        "{} of {} cuts failed:\n{}",
-        r.failures.len(),
-        r.cuts,
-        r.failures.join("\n")
-    );
+    r.assert_passed(&format!("snapshots {name}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -192,6 +192,22 @@ pub struct Cuts {
     pub failures: Vec<String>,
 }
 
+impl Cuts {
+    /// Prints the table line for the note (`crash WHAT: records, cuts, clean, with leaks, ...`)
+    /// and fails the test with every failed cut if there are any.
+    pub fn assert_passed(&self, what: &str) {
+        let mut line = format!("crash {what}: {} records, {} cuts: {} clean, {} with leaks", self.records, self.cuts, self.clean, self.leaky);
+        if self.copied_window > 0 {
+            line += &format!(", {} in the OFLAG_COPIED window", self.copied_window);
+        }
+        if !self.leaks_by_file.is_empty() {
+            line += &format!(" (cuts leaking per file: {:?})", self.leaks_by_file);
+        }
+        eprintln!("{line}, {} failed", self.failures.len());
+        assert!(self.failures.is_empty(), "{} of {} cuts failed:\n{}", self.failures.len(), self.cuts, self.failures.join("\n"));
+    }
+}
+
 /// Replays every prefix cut of `log` (at most `prefix_limit` of them, evenly sampled, plus
 /// the last; `usize::MAX` for all) and `planned` planned ones onto copies of `base` in `dir`;
 /// each must pass [`check_cut`] and `judge(cut's seq, copy)`. Passing copies are removed.

@@ -403,6 +403,24 @@ fn write_zeroes_maps_as_zero() {
     assert!(map_at(&m, 2 * cs).data && !map_at(&m, 2 * cs).zero, "{m:?}");
 }
 
+/// v3 write-zeroes where no L2 table exists and nothing lies below: as qemu-io, a table is made
+/// and the clusters get the zero flag, so `qemu-img map` shows them present (Strata used to
+/// leave them unallocated; `img commit` then differed from `qemu-img commit`).
+#[test]
+fn write_zeroes_without_a_table_marks_zero_clusters() {
+    let dir = scratch("qcow2w-zero-notable");
+    let f = fresh(&dir, "t.qcow2", "cluster_size=4k", 8 * MIB);
+    qio("qcow2", &f, &["write -P 1 0 64k"]);
+    let copy = copy_as(&f, "t.qemu-io.qcow2");
+    // 4 KiB clusters: an L2 table spans 2 MiB, so 4 MiB has none.
+    run(&f, vec![vec![Op::Zeroes { off: 4 * MIB, len: 64 * KIB, unmap: false }, Op::Zeroes { off: 6 * MIB, len: 8 * KIB, unmap: true }]]);
+    qio("qcow2", &copy, &["write -z 4M 64k", "write -z -u 6M 8k"]);
+    let json = |file: &Path| qimg(&["map", "--output=json", file.to_str().unwrap()]);
+    assert_eq!(json(&f), json(&copy));
+    assert!(json(&f).contains(&format!("\"start\": {}, \"length\": 65536, \"depth\": 0, \"present\": true, \"zero\": true", 4 * MIB)), "{}", json(&f));
+    assert_clean(&f);
+}
+
 #[test]
 fn refcount_widths() {
     let dir = scratch("qcow2w-refcount-bits");

@@ -5,7 +5,7 @@
 //! longer holding it and emits a `stack` record: how deep the kernel went below `strata_main`'s
 //! frame (`deepest_bytes`) out of what was painted (`painted_bytes`). The entry code of every
 //! architecture (`boot/src/*/entry.rs`) names the stack `BOOT_STACK` (`#[no_mangle]`), which is
-//! all this module needs from it. Painting is one `memset` of about 8 MiB at boot, before
+//! all this module needs from it. Painting is one `memset` of about 4 MiB at boot, before
 //! the first I/O (`paint_us` in the record says what it cost). A frame that reserved stack without writing it is not seen:
 //! the mark is a lower bound on the depth, exact to the deepest write.
 

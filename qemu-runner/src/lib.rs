@@ -44,6 +44,7 @@ pub mod process;
 pub mod qemu;
 pub mod result;
 pub mod series;
+pub mod stack_check;
 pub mod workspace;
 pub mod write_log;
 

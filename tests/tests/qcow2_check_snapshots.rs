@@ -344,3 +344,31 @@ fn snapshots_with_a_data_file() {
     patch(&f, 64, &0x10_0000u64.to_be_bytes());
     agree_case(&f, &base, "df-snap", After::Same);
 }
+
+/// A table rewrite that needs a new refcount block: 512-byte clusters with 64-bit refcounts
+/// (a block describes 64 clusters), the file filled up to the end of its last block's range,
+/// and an incomplete version 3 entry that `-r all` completes in a new table. QEMU's allocation
+/// adds a refcount block past the new table's first free cluster and then places the table
+/// past the block (`alloc_refcount_block`, `-EAGAIN`); the check must do the same.
+#[test]
+fn table_rewrite_adds_a_refcount_block() {
+    let dir = scratch("check-snap-new-block");
+    let base = dir.join("base.qcow2");
+    create(&base, "cluster_size=512,refcount_bits=64", "4M", &[]);
+    qio("qcow2", &base, &["write -P 0x11 0 512"]);
+    qimg(&["snapshot", "-c", "s1", base.to_str().unwrap()]);
+    // Fill one guest cluster at a time until the file ends where a block's range ends.
+    let range = 64 * 512;
+    let mut guest = 512u64;
+    while std::fs::metadata(&base).unwrap().len() % range != 0 {
+        qio("qcow2", &base, &[&format!("write -P 0x22 {guest} 512")]);
+        guest += 512;
+        assert!(guest < 4 << 20, "the file never ended on a block's range");
+    }
+    let (_, entries) = table(&base);
+    let f = copy_as(&base, "incomplete.qcow2");
+    let mut e = entries.clone();
+    e[0] = with_extra(&e[0], 8, 0);
+    write_table(&f, &e);
+    agree_case(&f, &base, "new-block", After::Same);
+}

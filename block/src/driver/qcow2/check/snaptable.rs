@@ -456,7 +456,7 @@ pub(crate) async fn rewrite(
     }
     let cs = lay.cs;
     let n = new_len.div_ceil(cs);
-    let first = first_fit(io, file, lay, stored, n).await?;
+    let first = place_table(io, file, lay, stored, n).await?;
     for k in first..first + n {
         if !stored.set(io, file, lay, k, 1).await? {
             return Err(Error::NoSpace {
@@ -584,18 +584,46 @@ pub(crate) async fn overlap(
     Ok(None)
 }
 
-/// The first of `n` consecutive clusters whose stored refcount is 0 (QEMU's
-/// `alloc_clusters_noref` from cluster 0).
+/// Refcount blocks [`place_table`] may add for one table (QEMU needs at most one per
+/// refcount-block range the table's clusters cross).
+const MAX_NEW_BLOCKS: usize = 8;
+
+/// Where a new table of `n` clusters goes, as QEMU's `qcow2_alloc_clusters` places it: the
+/// first run of `n` free clusters; where a cluster of the run has no refcount block, a new
+/// block takes the first free cluster past the run ([`Stored::add_block`]: QEMU's
+/// `alloc_refcount_block` allocates from where the run's search stopped) and the search
+/// starts again (QEMU's retry after `-EAGAIN`), which finds the same run if the block left it
+/// free (as `qemu-img check -r all` lays it out: the table, then its block).
+async fn place_table(io: &Io<'_, '_>, file: NodeId, lay: &Layout, stored: &mut Stored<'_>, n: u64) -> Result<u64> {
+    for _ in 0..MAX_NEW_BLOCKS {
+        let first = first_fit(io, file, lay, stored, 0, n).await?;
+        let mut uncovered = None;
+        for k in first..first + n {
+            if !stored.covered(io, file, lay, k).await? {
+                uncovered = Some(k);
+                break;
+            }
+        }
+        let Some(k) = uncovered else { return Ok(first) };
+        let block = first_fit(io, file, lay, stored, first + n, 1).await?;
+        stored.add_block(io, file, lay, k, block).await?;
+    }
+    Err(Error::NoSpace { what: "refcount blocks for the new snapshot table" })
+}
+
+/// The first of `n` consecutive clusters from cluster `from` on whose stored refcount is 0
+/// (QEMU's `alloc_clusters_noref` from its free-cluster index).
 async fn first_fit(
     io: &Io<'_, '_>,
     file: NodeId,
     lay: &Layout,
     stored: &mut Stored<'_>,
+    from: u64,
     n: u64,
 ) -> Result<u64> {
-    let limit = lay.file_clusters() + n;
-    let (mut start, mut run) = (0u64, 0u64);
-    let mut k = 0u64;
+    let limit = lay.file_clusters().max(from) + n;
+    let (mut start, mut run) = (from, 0u64);
+    let mut k = from;
     while run < n {
         if k > limit {
             return Err(Error::NoSpace {

@@ -4,8 +4,8 @@
 //! Lookups follow QEMU's `qcow2_get_refcount`: a cluster past the table, or whose table entry
 //! is zero, has refcount 0; a block offset that is not cluster-aligned cannot be read.
 
-use crate::error::Result;
-use crate::io::{child_io, Io};
+use crate::error::{Error, Result};
+use crate::io::{child_io, flush, Io};
 use crate::node::NodeId;
 
 use super::super::refcount::{entry, set_entry};
@@ -153,6 +153,49 @@ impl<'b> Stored<'b> {
         }
         self.dirty = true;
         Ok(true)
+    }
+
+    /// True if a refcount block holds cluster `k`'s entry (false also where the table's entry
+    /// for it cannot be read).
+    pub(crate) async fn covered(&mut self, io: &Io<'_, '_>, file: NodeId, lay: &Layout, k: u64) -> Result<bool> {
+        Ok(matches!(self.block_of(io, file, lay, k).await?, Some((block, _)) if block != 0))
+    }
+
+    /// Puts a new refcount block at cluster `at` for cluster `k`, whose refcount table entry is
+    /// free (QEMU's `alloc_refcount_block`): the block counts itself if it lies in the range it
+    /// describes, else its count goes into the block that does; it is written zeroed but for
+    /// that count and made stable, then linked into the table, stable too. `at` must be a
+    /// cluster the stored refcounts call free. `NoSpace` where QEMU would grow the refcount
+    /// table (`k` past it), which this does not.
+    pub(crate) async fn add_block(&mut self, io: &Io<'_, '_>, file: NodeId, lay: &Layout, k: u64, at: u64) -> Result<()> {
+        let index = k >> lay.refblock_bits;
+        if index >= lay.rt_entries {
+            return Err(Error::NoSpace { what: "refcount table (growing it during a check is not supported)" });
+        }
+        let describes_itself = at >> lay.refblock_bits == index;
+        if !describes_itself && !self.set(io, file, lay, at, 1).await? {
+            return Err(Error::NoSpace { what: "no refcount block covers the new refcount block" });
+        }
+        self.write_back(io, file, lay).await?;
+        let start = at * lay.cs;
+        if start + lay.cs > child_io::size(io, file)? {
+            child_io::grow(io, file, start + lay.cs)?;
+        }
+        child_io::write_zeroes(io, file, start, lay.cs).await?;
+        if describes_itself {
+            // The 8-byte word holding the block's own entry.
+            let bit = (at & ((1u64 << lay.refblock_bits) - 1)) << lay.refcount_order;
+            let word = bit / 64 * 8;
+            let mut w = [0u8; 8];
+            set_entry(&mut w, lay.refcount_order, (bit - word * 8) >> lay.refcount_order, 1)
+                .ok_or(Error::BadGraph("refcount entry outside its word"))?;
+            child_io::write(io, file, start + word, &w).await?;
+        }
+        flush::flush_leaves(io, file).await?;
+        child_io::write(io, file, lay.header.refcount_table_offset + index * 8, &start.to_be_bytes()).await?;
+        flush::flush_leaves(io, file).await?;
+        self.reset();
+        Ok(())
     }
 
     /// Writes the chunk back if a repair changed it.

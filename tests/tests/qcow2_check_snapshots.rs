@@ -360,7 +360,7 @@ fn table_rewrite_adds_a_refcount_block() {
     // Fill one guest cluster at a time until the file ends where a block's range ends.
     let range = 64 * 512;
     let mut guest = 512u64;
-    while std::fs::metadata(&base).unwrap().len() % range != 0 {
+    while !std::fs::metadata(&base).unwrap().len().is_multiple_of(range) {
         qio("qcow2", &base, &[&format!("write -P 0x22 {guest} 512")]);
         guest += 512;
         assert!(guest < 4 << 20, "the file never ended on a block's range");

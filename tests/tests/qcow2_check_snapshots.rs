@@ -348,8 +348,9 @@ fn snapshots_with_a_data_file() {
 /// A table rewrite that needs a new refcount block: 512-byte clusters with 64-bit refcounts
 /// (a block describes 64 clusters), the file filled up to the end of its last block's range,
 /// and an incomplete version 3 entry that `-r all` completes in a new table. QEMU's allocation
-/// adds a refcount block past the new table's first free cluster and then places the table
-/// past the block (`alloc_refcount_block`, `-EAGAIN`); the check must do the same.
+/// adds a refcount block at the first free cluster past the table's run (`alloc_refcount_block`)
+/// and, searching again after `-EAGAIN`, keeps the table at that run; the check must lay the
+/// file out the same way (the image end offset of the repaired image is compared).
 #[test]
 fn table_rewrite_adds_a_refcount_block() {
     let dir = scratch("check-snap-new-block");

@@ -31,7 +31,8 @@ impl<'g> Stack<'g, '_> {
 
     /// The driver state of `id`, which must be a driver node.
     pub(crate) fn driver(&self, id: NodeId) -> Result<&'g FormatState> {
-        self.state(id)?.ok_or(Error::BadGraph("driver call on a leaf"))
+        self.io.node(id)?;
+        self.driver_of_checked(id)
     }
 
     /// [`Stack::driver`] of an id the caller has just checked (it looked the node up): the

@@ -104,15 +104,8 @@ impl Image<'_, '_> {
     }
 }
 
-/// Nanoseconds on the monotonic clock: the backends' accounting clock. Read twice per request,
-/// so it calls `clock_gettime` directly: `Instant::elapsed` spends more on its `Duration`
-/// arithmetic than the vDSO call costs.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes only the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
-}
+/// The backends' accounting clock (see [`super::clock`]).
+pub use super::clock::now_ns;
 
 /// Runs a future to completion on this thread (devices are polled; pending futures wake
 /// themselves).

@@ -9,6 +9,7 @@ mod aio;
 pub mod amend;
 mod args;
 mod bench;
+pub mod clock;
 pub mod blkdebug_config;
 pub mod check;
 mod commit;

@@ -10,11 +10,11 @@ use core::cell::{Cell, RefCell};
 
 pub use stats::{KindStats, OpKind, Stats, BUCKETS, KINDS};
 
-use crate::dev::BlockDevice;
 use crate::error::{Error, Result};
 use crate::graph::{Attachment, Graph, GraphRef, NodeId, UserId};
 use crate::io::{wait_until, zero, RangeOp};
-use crate::path::{flush, request, walk, Stack};
+use crate::path::now::ReadNow;
+use crate::path::{flush, request, walk};
 
 /// What to do with writes whose data is all zeros (QEMU's `detect-zeroes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -49,8 +49,6 @@ impl Default for BackendOptions {
     }
 }
 
-/// Most leaves [`Backend::reads_now`] checks one by one on every read.
-const NOW_LEAVES: usize = 8;
 
 /// A user's handle on a node.
 ///
@@ -69,11 +67,8 @@ pub struct Backend<'g, 'd> {
     /// Writes and write-zeroes flush before they complete (QEMU's backend with its write cache
     /// off: `BDRV_REQ_FUA` emulated by a flush, qemu-io's default).
     write_through: Cell<bool>,
-    /// The graph's leaves (see [`Backend::reads_now`]), found under graph shape `now_shape`;
-    /// `now_many` holds the answer instead if there were more than [`NOW_LEAVES`].
-    now_leaves: RefCell<heapless::Vec<&'d dyn BlockDevice, NOW_LEAVES>>,
-    now_many: Cell<Option<bool>>,
-    now_shape: Cell<Option<u64>>,
+    /// What the graph's shape allows of reads done at once.
+    now: ReadNow<'d>,
     /// The clock when the last request finished: see [`Backend::last_done`].
     last_done: Cell<u64>,
 }
@@ -125,9 +120,7 @@ impl<'g, 'd> Backend<'g, 'd> {
             in_flight: Cell::new(0),
             quiesce: Cell::new(0),
             write_through: Cell::new(false),
-            now_leaves: RefCell::new(heapless::Vec::new()),
-            now_many: Cell::new(None),
-            now_shape: Cell::new(None),
+            now: ReadNow::default(),
             last_done: Cell::new(0),
         })
     }
@@ -184,7 +177,7 @@ impl<'g, 'd> Backend<'g, 'd> {
             Ok(()) => {
                 let stack = self.graph.stack_ref();
                 // A warm read on host files completes here, without the futures below.
-                match self.reads_now(stack).then(|| request::read_now(stack, self.root, offset, buf)).flatten() {
+                match self.now.read(stack, self.root, offset, buf) {
                     Some(result) => result,
                     None => request::read(stack, self.root, offset, buf).await,
                 }
@@ -192,31 +185,6 @@ impl<'g, 'd> Backend<'g, 'd> {
             Err(e) => Err(e),
         };
         self.account(admitted, OpKind::Read, offset, len, result)
-    }
-
-    /// True if every leaf of the graph reads in the caller's thread now
-    /// ([`crate::dev::BlockDevice::runs_now`]). Otherwise (virtio; a host file while helper
-    /// threads serve it) a read tried at once would fail at its leaf and be resolved twice.
-    /// The leaves are found again when the graph's shape changes; for a graph of more than
-    /// [`NOW_LEAVES`] leaves the answer found then is kept.
-    fn reads_now(&self, stack: &Stack<'_, 'd>) -> bool {
-        let shape = stack.io.shape.get();
-        if self.now_shape.get() != Some(shape) {
-            let mut leaves = self.now_leaves.borrow_mut();
-            leaves.clear();
-            let mut all = true;
-            let mut many = false;
-            for dev in stack.io.nodes().filter_map(|(_, n)| n.device()) {
-                all &= dev.runs_now();
-                many |= leaves.push(dev).is_err();
-            }
-            self.now_many.set(many.then_some(all));
-            self.now_shape.set(Some(shape));
-        }
-        match self.now_many.get() {
-            Some(all) => all,
-            None => self.now_leaves.borrow().iter().all(|d| d.runs_now()),
-        }
     }
 
     /// Writes `buf` at `offset` (as write-zeroes if it is all zeros and detect-zeroes is on).

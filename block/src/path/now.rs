@@ -1,0 +1,100 @@
+//! Reads done at once, in the caller's thread, for a backend: what the graph's shape allows is
+//! worked out once per shape, so a warm read pays only for its own mapping and its syscall.
+//!
+//! Two things are kept per shape ([`crate::io::Io::shape_changed`]):
+//! - the graph's leaves, to ask whether all of them run requests in the caller's thread now
+//!   ([`crate::dev::BlockDevice::runs_now`]): if one does not (virtio; a host file whose
+//!   helper threads serve a queue), a read tried at once would fail at its leaf and be resolved
+//!   twice, so it is not tried;
+//! - a **route** when the root is a format or translation node right over the leaf holding its
+//!   data, with nothing on the way that holds, copies or compares reads (a qcow2 or raw image
+//!   in a file): a read the root maps from memory to one run of its own data then goes from
+//!   that mapping straight to the leaf. The walk's other rules (backing links, empty layers,
+//!   zeros, splits, filters) have nothing to add to such a read; anything else — a mapping not
+//!   in memory, a range in a backing file, zeros, a read the leaf cannot do at once — falls
+//!   back to the walk ([`request::read_now`]), which tries it in full.
+
+use core::cell::{Cell, RefCell};
+
+use super::{request, Stack};
+use crate::dev::BlockDevice;
+use crate::driver::Mapping;
+use crate::error::Result;
+use crate::io::leaf;
+use crate::node::{Gate, NodeId};
+
+/// Leaves remembered per shape; a graph with more keeps only the answer found when its shape
+/// was last seen.
+const NOW_LEAVES: usize = 8;
+
+/// What a backend remembers of its graph's shape for reads done at once.
+#[derive(Default)]
+pub(crate) struct ReadNow<'d> {
+    /// The shape the rest was found under.
+    shape: Cell<Option<u64>>,
+    leaves: RefCell<heapless::Vec<&'d dyn BlockDevice, NOW_LEAVES>>,
+    /// For a graph of more than [`NOW_LEAVES`] leaves: whether all ran now when it was looked at.
+    many: Cell<Option<bool>>,
+    /// The root, if reads of it may take the route (see the module doc).
+    route: Cell<Option<NodeId>>,
+}
+
+impl<'d> ReadNow<'d> {
+    /// Reads `buf` at `offset` of `root` at once if it can be done so; `None` if it needs an
+    /// await (then nothing was read that counts: the caller reads the whole buffer again).
+    pub(crate) fn read(&self, s: &Stack<'_, 'd>, root: NodeId, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+        if self.shape.get() != Some(s.io.shape.get()) {
+            self.learn(s, root);
+        }
+        let all_now = match self.many.get() {
+            Some(all) => all,
+            None => self.leaves.borrow().iter().all(|d| d.runs_now()),
+        };
+        if !all_now {
+            return None;
+        }
+        if let Some(result) = self.route.get().and_then(|node| route(s, node, offset, buf)) {
+            return Some(result);
+        }
+        request::read_now(s, root, offset, buf)
+    }
+
+    /// Finds the leaves and the route under the graph's current shape.
+    fn learn(&self, s: &Stack<'_, 'd>, root: NodeId) {
+        let mut leaves = self.leaves.borrow_mut();
+        leaves.clear();
+        let mut all = true;
+        let mut many = false;
+        for dev in s.io.nodes().filter_map(|(_, n)| n.device()) {
+            all &= dev.runs_now();
+            many |= leaves.push(dev).is_err();
+        }
+        self.many.set(many.then_some(all));
+        self.route.set(routable(s, root).then_some(root));
+        self.shape.set(Some(s.io.shape.get()));
+    }
+}
+
+/// True if reads of `node` may take the route: a driver node that holds no requests, copies
+/// and compares nothing, and passes reads on unchanged.
+fn routable(s: &Stack<'_, '_>, node: NodeId) -> bool {
+    let (Ok(here), Ok(Some(state))) = (s.node(node), s.state(node)) else { return false };
+    here.gate == Gate::Open && !state.admits() && state.copy_on_read().is_none() && state.verify_against().is_none()
+}
+
+/// The route's read: `node` maps the whole range from memory to data of one child, and that
+/// child is a leaf that reads it at once. `None` otherwise, with nothing read.
+fn route(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+    let here = s.node(node).ok()?;
+    let state = s.driver_of_checked(node).ok()?;
+    // A format that tracks reads (qcow2) needs none while no serialising request is in flight,
+    // and none can start while this runs (see `walk::read_request_now`).
+    if state.tracks_reads() && s.format_tracker.serialising() != 0 {
+        return None;
+    }
+    let len = buf.len() as u64;
+    match state.map_cached(s, node, offset, len)? {
+        Mapping::Data { role, offset: at, len: mapped, .. } if mapped >= len => leaf::read_now(s, here.child(role)?, at, buf),
+        _ => None,
+    }
+}

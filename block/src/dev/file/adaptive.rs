@@ -36,6 +36,7 @@
 #![allow(unsafe_code)] // reason: requests carry raw segments from `submit` to whichever thread runs them
 
 use std::cell::UnsafeCell;
+use std::task::{Context, Poll};
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
+use super::parking::Parking;
 use super::sys::Exec;
 use super::{decode_result, encode_result, lock_unpoisoned, make_ticket, split_ticket, IovBuf, SlotReq};
 use crate::dev::{DeviceError, DeviceRequest, SubmitError, Ticket};
@@ -134,6 +136,8 @@ struct Local {
     batch_polls: usize,
     /// The iovecs of requests run inside `submit`.
     iov: IovBuf,
+    /// Wakers of requests waiting on the helpers.
+    parking: Parking,
 }
 
 /// Where a file's requests ran (the adaptive engine's).
@@ -189,6 +193,7 @@ impl Adaptive {
                 batch: Vec::with_capacity(usize::from(depth)),
                 batch_polls: 0,
                 iov: IovBuf::with_capacity(max_segments),
+                parking: Parking::new(usize::from(depth)),
             }),
             inline: AtomicBool::new(true),
         }
@@ -352,13 +357,14 @@ impl Adaptive {
         local.counts.inline += 1;
     }
 
-    /// `Some(result)` once `ticket` is done (or unknown: `Invalid`).
-    pub(super) fn poll(&self, ticket: Ticket) -> Option<Result<(), DeviceError>> {
+    /// The result once `ticket` is done (or unknown: `Invalid`). While it is not, the waker is
+    /// woken at once or kept until the request is seen done ([`Parking`]).
+    pub(super) fn poll(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<Result<(), DeviceError>> {
         let (index, generation) = split_ticket(ticket);
         let mut guard = lock_unpoisoned(&self.local);
         let local = &mut *guard;
         if local.generations.get(index) != Some(&generation) {
-            return Some(Err(DeviceError::Invalid));
+            return Poll::Ready(Err(DeviceError::Invalid));
         }
         let slot = &self.shared.slots[index];
         let mut state = slot.state.load(Ordering::Acquire);
@@ -367,7 +373,8 @@ impl Adaptive {
                 // First poll of the probe: give the caller a chance to submit something else.
                 Some((held, false)) if usize::from(held) == index => {
                     local.probe = Some((held, true));
-                    return None;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 // Nothing else came: the caller has one request at a time.
                 _ => {
@@ -403,10 +410,17 @@ impl Adaptive {
                 slot.state.store(FREE, Ordering::Relaxed);
                 local.free.push(index as u16);
                 local.outstanding -= 1;
-                Some(result)
+                local.parking.finished(index as u16, |i| self.shared.is_done(i));
+                Poll::Ready(result)
             }
-            QUEUED => None,
-            _ => Some(Err(DeviceError::Invalid)),
+            QUEUED => {
+                // Handed to the helpers, it finishes without this poll; still in the batch, it
+                // needs polls (or an `unplug`) to be handed over.
+                let handed_over = local.batch.is_empty();
+                local.parking.wait(index as u16, cx, handed_over, |i| self.shared.is_done(i));
+                Poll::Pending
+            }
+            _ => Poll::Ready(Err(DeviceError::Invalid)),
         }
     }
 
@@ -433,6 +447,10 @@ impl Drop for Adaptive {
 }
 
 impl Shared {
+    fn is_done(&self, index: u16) -> bool {
+        self.slots[usize::from(index)].state.load(Ordering::Acquire) == DONE
+    }
+
     /// Copies `req` into slot `index`, which the caller owns (FREE or HELD).
     fn store(&self, index: u16, req: &DeviceRequest<'_>) {
         // SAFETY: the caller owns the slot (see `Slot`'s Sync): no other thread touches `req`.

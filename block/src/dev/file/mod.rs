@@ -45,6 +45,7 @@
 mod adaptive;
 mod failure;
 pub mod lock;
+mod parking;
 mod pool;
 mod sys;
 mod uring;
@@ -717,7 +718,7 @@ impl BlockDevice for HostFile {
     fn poll(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<Result<(), DeviceError>> {
         let done = match &self.backend {
             Backend::InThread(b) => Some(b.poll(ticket)),
-            Backend::Adaptive(b) => b.poll(ticket),
+            Backend::Adaptive(b) => return b.poll(ticket, cx),
             Backend::Uring(b) => b.poll(ticket),
             Backend::Pool(b) => b.poll(ticket),
         };

@@ -179,7 +179,7 @@ impl<'g, 'd> Backend<'g, 'd> {
                 // A warm read on host files completes here, without the futures below.
                 match self.now.read(stack, self.root, offset, buf) {
                     Some(result) => result,
-                    None => request::read(stack, self.root, offset, buf).await,
+                    None => self.now.read_queued(stack, self.root, offset, buf).await,
                 }
             }
             Err(e) => Err(e),

@@ -12,7 +12,8 @@
 //!   that mapping straight to the leaf. The walk's other rules (backing links, empty layers,
 //!   zeros, splits, filters) have nothing to add to such a read; anything else — a mapping not
 //!   in memory, a range in a backing file, zeros, a read the leaf cannot do at once — falls
-//!   back to the walk ([`request::read_now`]), which tries it in full.
+//!   back to the walk ([`request::read_now`]), which tries it in full. A read that must wait
+//!   for its device takes the same route ([`ReadNow::read_queued`]).
 
 use core::cell::{Cell, RefCell};
 
@@ -20,7 +21,8 @@ use super::{request, Stack};
 use crate::dev::BlockDevice;
 use crate::driver::Mapping;
 use crate::error::Result;
-use crate::io::leaf;
+use crate::io::leaf::{self, Buf};
+use crate::io::tracked::ReqKind;
 use crate::node::{Gate, NodeId};
 
 /// Leaves remembered per shape; a graph with more keeps only the answer found when its shape
@@ -57,6 +59,36 @@ impl<'d> ReadNow<'d> {
             return Some(result);
         }
         request::read_now(s, root, offset, buf)
+    }
+
+    /// Reads `buf` at `offset` of `root` when [`ReadNow::read`] could not do it at once: through
+    /// the route if the root has one and maps the range from memory (so a device that queues,
+    /// as a host file does while helper threads serve it, costs a mapping and the device
+    /// request, not a walk), else by the walk ([`request::read`]).
+    pub(crate) async fn read_queued(&self, s: &Stack<'_, 'd>, root: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let routed = self.shape.get() == Some(s.io.shape.get()) && self.route.get() == Some(root);
+        if routed {
+            let state = s.driver(root)?;
+            let len = buf.len() as u64;
+            // As the walk does (`walk::read_request`): a format that frees clusters while written
+            // tracks the read, so nothing it reads is freed and reused before it is done.
+            let tracked = match state.tracks_reads() {
+                true => Some(s.format_tracker.begin(root, ReqKind::Read, offset, len).await),
+                false => None,
+            };
+            if let Some(t) = &tracked {
+                t.wait_serialising().await;
+            }
+            if let Some(Mapping::Data { role, offset: at, len: mapped, .. }) = state.map_cached(s, root, offset, len) {
+                // Data past the leaf's end reads as zeros: the walk's business.
+                let inside = |n: &crate::node::Node<'_>| n.device().is_some() && at.checked_add(len).is_some_and(|end| end <= n.size());
+                let leaf = s.node(root)?.child(role).filter(|&c| s.node(c).is_ok_and(inside));
+                if let Some(leaf) = leaf.filter(|_| mapped >= len) {
+                    return leaf::rw(s, leaf, at, Buf::Read(buf)).await;
+                }
+            }
+        }
+        request::read(s, root, offset, buf).await
     }
 
     /// Finds the leaves and the route under the graph's current shape.

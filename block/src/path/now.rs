@@ -17,7 +17,7 @@
 
 use core::cell::{Cell, RefCell};
 
-use super::{request, Stack};
+use super::{request, walk, Stack};
 use crate::dev::BlockDevice;
 use crate::driver::Mapping;
 use crate::error::Result;
@@ -64,7 +64,8 @@ impl<'d> ReadNow<'d> {
     /// Reads `buf` at `offset` of `root` when [`ReadNow::read`] could not do it at once: through
     /// the route if the root has one and maps the range from memory (so a device that queues,
     /// as a host file does while helper threads serve it, costs a mapping and the device
-    /// request, not a walk), else by the walk ([`request::read`]).
+    /// request, not a walk), else by the walk ([`request::read`]; for a routable root, tracked
+    /// once here).
     pub(crate) async fn read_queued(&self, s: &Stack<'_, 'd>, root: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
         let routed = self.shape.get() == Some(s.io.shape.get()) && self.route.get() == Some(root);
         if routed {
@@ -87,6 +88,9 @@ impl<'d> ReadNow<'d> {
                     return leaf::rw(s, leaf, at, Buf::Read(buf)).await;
                 }
             }
+            // The root neither copies nor compares what it reads (`routable`): the walk is all
+            // `request::read` would do, and the read is tracked already.
+            return walk::read_tracked(s, root, offset, buf).await;
         }
         request::read(s, root, offset, buf).await
     }

@@ -269,6 +269,12 @@ pub(crate) async fn read_request(s: &Stack<'_, '_>, node: NodeId, offset: u64, b
     read_as(s, node, offset, buf, Some(ReqKind::Read)).await
 }
 
+/// [`read_request`] for a caller that has tracked the read at `node` itself where the node
+/// tracks reads ([`crate::path::now`]).
+pub(crate) async fn read_tracked(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+    read_as(s, node, offset, buf, Some(ReqKind::Read)).await
+}
+
 /// Reads `buf` from byte `offset` of `node` for the io layer itself (a copy-on-write source, a
 /// probe): not admitted at waiting nodes, not tracked at the node.
 pub(crate) async fn read(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {

@@ -14,6 +14,7 @@ pub mod debug;
 mod device;
 pub mod events;
 pub mod flush;
+mod overlap_filter;
 pub(crate) mod leaf;
 pub mod throttle;
 pub mod tracked;

@@ -14,6 +14,7 @@ use core::future::poll_fn;
 use core::task::{Poll, Waker};
 
 use crate::node::NodeId;
+use crate::io::overlap_filter::{Mark, OverlapFilter};
 use crate::io::wait_for;
 
 /// What a tracked request does.
@@ -40,6 +41,9 @@ pub struct Entry {
     overlap_bytes: u64,
     serialising: bool,
     waker: Option<Waker>,
+    /// How the overlap range is counted in the table's [`OverlapFilter`]; `None` while the
+    /// filter is off.
+    mark: Option<Mark>,
 }
 
 /// Tracked-request slots: `S` is `[Option<Entry>; T]` where the graph owns them, and
@@ -59,6 +63,9 @@ pub struct TrackerOf<S: ?Sized> {
     /// One past the highest slot in use: conflict scans stop there (a big table with a few
     /// requests in flight costs what those few cost).
     high: Cell<usize>,
+    /// The overlap ranges in use, counted while a serialising request is in the table (the only
+    /// time a conflict scan runs): a request no other one overlaps waits without a scan.
+    filter: OverlapFilter,
     slots: RefCell<S>,
 }
 
@@ -80,6 +87,7 @@ impl<const T: usize> TrackerOf<[Option<Entry>; T]> {
             waiting: Cell::new(0),
             free_hint: Cell::new(0),
             high: Cell::new(0),
+            filter: OverlapFilter::new(),
             slots: RefCell::new([const { None }; T]),
         }
     }
@@ -114,6 +122,7 @@ impl Tracker {
             overlap_bytes: bytes,
             serialising: false,
             waker: None,
+            mark: self.filter.is_on().then(|| self.filter.add(node, offset, bytes)),
         });
         Some(Tracked { tracker: self, index })
     }
@@ -131,8 +140,20 @@ impl Tracker {
     fn release(&self, index: usize) {
         let mut slots = self.slots.borrow_mut();
         if let Some(entry) = slots.get_mut(index).and_then(Option::take) {
+            if let Some(mark) = entry.mark {
+                self.filter.remove(mark);
+            }
             if entry.serialising {
                 self.serialising.set(self.serialising.get() - 1);
+                if self.serialising.get() == 0 {
+                    // The last serialising request left: no scan can run, so nothing is counted.
+                    for e in slots.iter_mut().flatten() {
+                        if let Some(mark) = e.mark.take() {
+                            self.filter.remove(mark);
+                        }
+                    }
+                    self.filter.set_on(false);
+                }
             }
             if entry.waker.is_some() {
                 self.waiting.set(self.waiting.get() - 1);
@@ -176,6 +197,28 @@ impl Tracked<'_> {
                 self.tracker.serialising.set(self.tracker.serialising.get() + 1);
             }
             e.serialising = true;
+            let filter = &self.tracker.filter;
+            if !filter.is_on() {
+                // The first serialising request: every request in the table gets counted.
+                filter.set_on(true);
+                let high = self.tracker.high.get().min(slots.len());
+                for o in slots[..high].iter_mut().flatten() {
+                    o.mark = Some(filter.add(o.node, o.overlap_offset, o.overlap_bytes));
+                }
+                return;
+            }
+            // Counted again only if that changes its buckets (a 4 KiB write widened to its
+            // cluster of up to 64 KiB keeps its one).
+            let mark = OverlapFilter::buckets_of(e.node, start, end - start);
+            match e.mark {
+                Some(old) if old.is_some() && old == mark => {}
+                old => {
+                    if let Some(old) = old {
+                        filter.remove(old);
+                    }
+                    e.mark = Some(filter.add_mark(mark));
+                }
+            }
         }
     }
 
@@ -186,6 +229,10 @@ impl Tracked<'_> {
             let Some(Some(me)) = slots.get(self.index) else { return Poll::Ready(()) };
             // Only a serialising request on one side makes a conflict.
             if !me.serialising && self.tracker.serialising.get() == 0 {
+                return Poll::Ready(());
+            }
+            // Nothing else overlaps it at all (the filter never misses one): no conflict.
+            if me.mark.is_some_and(|m| self.tracker.filter.alone(m)) {
                 return Poll::Ready(());
             }
             let (node, seq, start, end, serialising) =
@@ -226,3 +273,7 @@ impl Drop for Tracked<'_> {
         self.tracker.release(self.index);
     }
 }
+
+#[cfg(test)]
+#[path = "tracked_tests.rs"]
+mod tests;

@@ -9,7 +9,8 @@
 //! - a **route** when the root is a format or translation node right over the leaf holding its
 //!   data, with nothing on the way that holds, copies or compares reads (a qcow2 or raw image
 //!   in a file): a read the root maps from memory to one run of its own data then goes from
-//!   that mapping straight to the leaf. The walk's other rules (backing links, empty layers,
+//!   that mapping straight to the leaf. Under a run of empty overlays (a fresh snapshot
+//!   chain) the route starts at the first layer below them, as the walk would. The walk's other rules (backing links, empty layers,
 //!   zeros, splits, filters) have nothing to add to such a read; anything else — a mapping not
 //!   in memory, a range in a backing file, zeros, a read the leaf cannot do at once — falls
 //!   back to the walk ([`request::read_now`]), which tries it in full. A read that must wait
@@ -17,7 +18,7 @@
 
 use core::cell::{Cell, RefCell};
 
-use super::{request, walk, Stack};
+use super::{request, skip, walk, Stack};
 use crate::dev::BlockDevice;
 use crate::driver::Mapping;
 use crate::error::Result;
@@ -39,6 +40,8 @@ pub(crate) struct ReadNow<'d> {
     many: Cell<Option<bool>>,
     /// The root, if reads of it may take the route (see the module doc).
     route: Cell<Option<NodeId>>,
+    /// The root is an empty layer: reads may fall through it to a routable layer below.
+    root_empty: Cell<bool>,
 }
 
 impl<'d> ReadNow<'d> {
@@ -55,10 +58,24 @@ impl<'d> ReadNow<'d> {
         if !all_now {
             return None;
         }
-        if let Some(result) = self.route.get().and_then(|node| route(s, node, offset, buf)) {
+        if let Some(result) = self.route_start(s, root, offset, buf.len() as u64).and_then(|node| route(s, node, offset, buf)) {
             return Some(result);
         }
         request::read_now(s, root, offset, buf)
+    }
+
+    /// Where a read at once of `len` bytes at `offset` of `root` starts its route, if it has
+    /// one: the root, or the first layer below it that is not empty when the range falls
+    /// through a run of empty overlays ([`skip`], as the walk passes them), if that layer is
+    /// routable too.
+    fn route_start(&self, s: &Stack<'_, 'd>, root: NodeId, offset: u64, len: u64) -> Option<NodeId> {
+        if !self.root_empty.get() {
+            return self.route.get();
+        }
+        match skip::through_empty(s, root, offset, len) {
+            Some((below, _)) => routable(s, below).then_some(below),
+            None => self.route.get(),
+        }
     }
 
     /// Reads `buf` at `offset` of `root` when [`ReadNow::read`] could not do it at once: through
@@ -107,6 +124,7 @@ impl<'d> ReadNow<'d> {
         }
         self.many.set(many.then_some(all));
         self.route.set(routable(s, root).then_some(root));
+        self.root_empty.set(skip::through_empty(s, root, 0, 0).is_some());
         self.shape.set(Some(s.io.shape.get()));
     }
 }

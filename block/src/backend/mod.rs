@@ -13,7 +13,7 @@ pub use stats::{KindStats, OpKind, Stats, BUCKETS, KINDS};
 use crate::error::{Error, Result};
 use crate::graph::{Attachment, Graph, GraphRef, NodeId, UserId};
 use crate::io::{wait_until, zero, RangeOp};
-use crate::path::now::ReadNow;
+use crate::path::route::ReadRoute;
 use crate::path::{flush, request, walk};
 
 /// What to do with writes whose data is all zeros (QEMU's `detect-zeroes`).
@@ -68,7 +68,7 @@ pub struct Backend<'g, 'd> {
     /// off: `BDRV_REQ_FUA` emulated by a flush, qemu-io's default).
     write_through: Cell<bool>,
     /// What the graph's shape allows of reads done at once.
-    now: ReadNow<'d>,
+    reads: ReadRoute<'d>,
     /// The clock when the last request finished: see [`Backend::last_done`].
     last_done: Cell<u64>,
 }
@@ -120,7 +120,7 @@ impl<'g, 'd> Backend<'g, 'd> {
             in_flight: Cell::new(0),
             quiesce: Cell::new(0),
             write_through: Cell::new(false),
-            now: ReadNow::default(),
+            reads: ReadRoute::default(),
             last_done: Cell::new(0),
         })
     }
@@ -177,9 +177,9 @@ impl<'g, 'd> Backend<'g, 'd> {
             Ok(()) => {
                 let stack = self.graph.stack_ref();
                 // A warm read on host files completes here, without the futures below.
-                match self.now.read(stack, self.root, offset, buf) {
+                match self.reads.read_now(stack, self.root, offset, buf) {
                     Some(result) => result,
-                    None => self.now.read_queued(stack, self.root, offset, buf).await,
+                    None => self.reads.read_queued(stack, self.root, offset, buf).await,
                 }
             }
             Err(e) => Err(e),

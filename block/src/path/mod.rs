@@ -5,7 +5,7 @@
 #[cfg(feature = "copy-on-read")]
 pub(crate) mod cor;
 pub(crate) mod flush;
-pub(crate) mod now;
+pub(crate) mod route;
 pub(crate) mod range;
 pub(crate) mod request;
 pub(crate) mod skip;

@@ -270,7 +270,7 @@ pub(crate) async fn read_request(s: &Stack<'_, '_>, node: NodeId, offset: u64, b
 }
 
 /// [`read_request`] for a caller that has tracked the read at `node` itself where the node
-/// tracks reads ([`crate::path::now`]).
+/// tracks reads ([`crate::path::route`]).
 pub(crate) async fn read_tracked(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
     read_as(s, node, offset, buf, Some(ReqKind::Read)).await
 }

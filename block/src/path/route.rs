@@ -1,20 +1,20 @@
-//! Reads done at once, in the caller's thread, for a backend: what the graph's shape allows is
-//! worked out once per shape, so a warm read pays only for its own mapping and its syscall.
-//!
-//! Two things are kept per shape ([`crate::io::Io::shape_changed`]):
+//! The shortest way for a backend's reads: what the graph's shape allows is worked out once
+//! per shape ([`crate::io::Io::shape_changed`]), so a warm read pays only for its own mapping
+//! and its device request. Two things are kept:
 //! - the graph's leaves, to ask whether all of them run requests in the caller's thread now
 //!   ([`crate::dev::BlockDevice::runs_now`]): if one does not (virtio; a host file whose
-//!   helper threads serve a queue), a read tried at once would fail at its leaf and be resolved
-//!   twice, so it is not tried;
-//! - a **route** when the root is a format or translation node right over the leaf holding its
-//!   data, with nothing on the way that holds, copies or compares reads (a qcow2 or raw image
-//!   in a file): a read the root maps from memory to one run of its own data then goes from
-//!   that mapping straight to the leaf. Under a run of empty overlays (a fresh snapshot
-//!   chain) the route starts at the first layer below them, as the walk would. The walk's other rules (backing links, empty layers,
-//!   zeros, splits, filters) have nothing to add to such a read; anything else — a mapping not
-//!   in memory, a range in a backing file, zeros, a read the leaf cannot do at once — falls
-//!   back to the walk ([`request::read_now`]), which tries it in full. A read that must wait
-//!   for its device takes the same route ([`ReadNow::read_queued`]).
+//!   helper threads serve a queue), a read tried at once would fail at its leaf and be
+//!   resolved twice, so it waits for its device instead ([`ReadRoute::read_queued`]);
+//! - a **route** when the root is a format or translation node right over the leaf holding
+//!   its data, with nothing on the way that holds, copies or compares reads (a qcow2 or raw
+//!   image in a file): a read the root maps from memory to one run of its own data goes from
+//!   that mapping straight to the leaf. Under a run of empty overlays (a fresh snapshot chain)
+//!   a read done at once starts at the first layer below them, as the walk would.
+//!
+//! The walk's other rules (backing links, zeros, splits, filters) have nothing to add to such a
+//! read. Anything else — a mapping not in memory, a range in a backing file, zeros, data past
+//! the leaf's end — goes to the walk ([`request::read_now`], [`request::read`]), which does it
+//! in full.
 
 use core::cell::{Cell, RefCell};
 
@@ -32,7 +32,7 @@ const NOW_LEAVES: usize = 8;
 
 /// What a backend remembers of its graph's shape for reads done at once.
 #[derive(Default)]
-pub(crate) struct ReadNow<'d> {
+pub(crate) struct ReadRoute<'d> {
     /// The shape the rest was found under.
     shape: Cell<Option<u64>>,
     leaves: RefCell<heapless::Vec<&'d dyn BlockDevice, NOW_LEAVES>>,
@@ -44,10 +44,10 @@ pub(crate) struct ReadNow<'d> {
     root_empty: Cell<bool>,
 }
 
-impl<'d> ReadNow<'d> {
+impl<'d> ReadRoute<'d> {
     /// Reads `buf` at `offset` of `root` at once if it can be done so; `None` if it needs an
     /// await (then nothing was read that counts: the caller reads the whole buffer again).
-    pub(crate) fn read(&self, s: &Stack<'_, 'd>, root: NodeId, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+    pub(crate) fn read_now(&self, s: &Stack<'_, 'd>, root: NodeId, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
         if self.shape.get() != Some(s.io.shape.get()) {
             self.learn(s, root);
         }
@@ -78,7 +78,7 @@ impl<'d> ReadNow<'d> {
         }
     }
 
-    /// Reads `buf` at `offset` of `root` when [`ReadNow::read`] could not do it at once: through
+    /// Reads `buf` at `offset` of `root` when [`ReadRoute::read_now`] could not do it at once: through
     /// the route if the root has one and maps the range from memory (so a device that queues,
     /// as a host file does while helper threads serve it, costs a mapping and the device
     /// request, not a walk), else by the walk ([`request::read`]; for a routable root, tracked

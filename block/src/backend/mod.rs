@@ -49,7 +49,6 @@ impl Default for BackendOptions {
     }
 }
 
-
 /// A user's handle on a node.
 ///
 /// Every request future may be dropped at any await point: slots and buffers are released and

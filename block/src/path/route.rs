@@ -23,7 +23,6 @@ use crate::dev::BlockDevice;
 use crate::driver::Mapping;
 use crate::error::Result;
 use crate::io::leaf::{self, Buf};
-use crate::io::tracked::ReqKind;
 use crate::node::{Gate, NodeId};
 
 /// Leaves remembered per shape; a graph with more keeps only the answer found when its shape
@@ -86,22 +85,12 @@ impl<'d> ReadRoute<'d> {
     pub(crate) async fn read_queued(&self, s: &Stack<'_, 'd>, root: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
         let routed = self.shape.get() == Some(s.io.shape.get()) && self.route.get() == Some(root);
         if routed {
-            let state = s.driver(root)?;
-            let len = buf.len() as u64;
-            // As the walk does (`walk::read_request`): a format that frees clusters while written
-            // tracks the read, so nothing it reads is freed and reused before it is done.
-            let tracked = match state.tracks_reads() {
-                true => Some(s.format_tracker.begin(root, ReqKind::Read, offset, len).await),
-                false => None,
-            };
-            if let Some(t) = &tracked {
-                t.wait_serialising().await;
-            }
-            if let Some(Mapping::Data { role, offset: at, len: mapped, .. }) = state.map_cached(s, root, offset, len) {
+            // As the walk does: tracked at a format that frees clusters while written.
+            let _tracked = walk::track_read(s, root, offset, buf.len() as u64).await?;
+            if let Some((leaf, at)) = own_data(s, root, offset, buf.len() as u64) {
                 // Data past the leaf's end reads as zeros: the walk's business.
-                let inside = |n: &crate::node::Node<'_>| n.device().is_some() && at.checked_add(len).is_some_and(|end| end <= n.size());
-                let leaf = s.node(root)?.child(role).filter(|&c| s.node(c).is_ok_and(inside));
-                if let Some(leaf) = leaf.filter(|_| mapped >= len) {
+                let inside = |n: &crate::node::Node<'_>| n.device().is_some() && at.checked_add(buf.len() as u64).is_some_and(|end| end <= n.size());
+                if s.node(leaf).is_ok_and(inside) {
                     return leaf::rw(s, leaf, at, Buf::Read(buf)).await;
                 }
             }
@@ -139,16 +128,22 @@ fn routable(s: &Stack<'_, '_>, node: NodeId) -> bool {
 /// The route's read: `node` maps the whole range from memory to data of one child, and that
 /// child is a leaf that reads it at once. `None` otherwise, with nothing read.
 fn route(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
-    let here = s.node(node).ok()?;
-    let state = s.driver_of_checked(node).ok()?;
     // A format that tracks reads (qcow2) needs none while no serialising request is in flight,
     // and none can start while this runs (see `walk::read_request_now`).
-    if state.tracks_reads() && s.format_tracker.serialising() != 0 {
+    if s.format_tracker.serialising() != 0 && s.driver(node).ok()?.tracks_reads() {
         return None;
     }
-    let len = buf.len() as u64;
-    match state.map_cached(s, node, offset, len)? {
-        Mapping::Data { role, offset: at, len: mapped, .. } if mapped >= len => leaf::read_now(s, here.child(role)?, at, buf),
+    let (leaf, at) = own_data(s, node, offset, buf.len() as u64)?;
+    leaf::read_now(s, leaf, at, buf)
+}
+
+/// Where `node` keeps `len` bytes at `offset` by its mapping in memory, if as one run of data
+/// in one child: the child and the offset there.
+#[inline]
+fn own_data(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<(NodeId, u64)> {
+    let here = s.node(node).ok()?;
+    match s.driver_of_checked(node).ok()?.map_cached(s, node, offset, len)? {
+        Mapping::Data { role, offset: at, len: mapped, .. } if mapped >= len => Some((here.child(role)?, at)),
         _ => None,
     }
 }

@@ -13,7 +13,7 @@ use super::Stack;
 use crate::driver::{FormatState, Kept, Mapping};
 use crate::error::{Error, Result};
 use crate::io::leaf::{self, Buf};
-use crate::io::tracked::ReqKind;
+use crate::io::tracked::{ReqKind, Tracked};
 use crate::io::child_io;
 use crate::io::verify::Verifier;
 use crate::node::{Gate, Node, NodeId, NodeKind, Role};
@@ -260,17 +260,24 @@ fn locate_now(s: &Stack<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<
 /// comparing aside: [`super::request`]): at a node that allocates and frees while written, the read is tracked there, so no cluster it reads is
 /// freed (and reused) before it is done. Internal reads (copy-on-write sources) use [`read`].
 pub(crate) async fn read_request(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
-    let tracks = s.state(node)?.is_some_and(|state| state.tracks_reads());
-    if !tracks {
-        return read_as(s, node, offset, buf, Some(ReqKind::Read)).await;
-    }
-    let tracked = s.format_tracker.begin(node, ReqKind::Read, offset, buf.len() as u64).await;
-    tracked.wait_serialising().await;
-    read_as(s, node, offset, buf, Some(ReqKind::Read)).await
+    let _tracked = track_read(s, node, offset, buf.len() as u64).await?;
+    read_tracked(s, node, offset, buf).await
 }
 
-/// [`read_request`] for a caller that has tracked the read at `node` itself where the node
-/// tracks reads ([`crate::path::route`]).
+/// The tracked read a request of `len` bytes at `offset` of `node` holds there, if the node
+/// tracks reads ([`read_request`]), once no serialising request it overlaps is in flight;
+/// `None` at a node that does not track them.
+pub(crate) async fn track_read<'t>(s: &Stack<'t, '_>, node: NodeId, offset: u64, len: u64) -> Result<Option<Tracked<'t>>> {
+    if !s.state(node)?.is_some_and(|state| state.tracks_reads()) {
+        return Ok(None);
+    }
+    let tracked = s.format_tracker.begin(node, ReqKind::Read, offset, len).await;
+    tracked.wait_serialising().await;
+    Ok(Some(tracked))
+}
+
+/// [`read_request`] for a caller that holds the read's [`track_read`] itself
+/// ([`crate::path::route`]).
 pub(crate) async fn read_tracked(s: &Stack<'_, '_>, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<()> {
     read_as(s, node, offset, buf, Some(ReqKind::Read)).await
 }

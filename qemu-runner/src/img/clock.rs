@@ -9,22 +9,22 @@
 //! `clock_gettime`'s own; from the calibration point on, readings continue from
 //! `CLOCK_MONOTONIC`'s value there, so the clock never steps. Elsewhere it is `clock_gettime`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// How long readings come from `clock_gettime` while the TSC's rate is measured: long enough
 /// that `clock_gettime`'s own jitter (tens of ns) is a 10⁻⁵ error on the rate.
 const CALIBRATE_NS: u64 = 5_000_000;
 
 /// The calibration's start (`START_TSC`, `START_NS`, 0: not yet) and result: nanoseconds per
-/// tick as a 32.32 fixed-point number (`SCALE`, 0: not calibrated, or no usable TSC when
-/// `NO_TSC` is set), anchored at `BASE_TSC`/`BASE_NS`.
+/// tick as a 32.32 fixed-point number (`SCALE`, 0: not calibrated yet, and never where the TSC
+/// is not usable), anchored at `BASE_TSC`/`BASE_NS`.
 static START_TSC: AtomicU64 = AtomicU64::new(0);
 static START_NS: AtomicU64 = AtomicU64::new(0);
 static BASE_TSC: AtomicU64 = AtomicU64::new(0);
 static BASE_NS: AtomicU64 = AtomicU64::new(0);
 static SCALE: AtomicU64 = AtomicU64::new(0);
 /// 0: not yet asked, 1: the TSC is usable, 2: it is not.
-static TSC_OK: AtomicU64 = AtomicU64::new(0);
+static TSC_OK: AtomicU8 = AtomicU8::new(0);
 
 /// Nanoseconds since an arbitrary start; never goes backwards.
 pub fn now_ns() -> u64 {

@@ -91,7 +91,7 @@ pub fn grow(drives: &[Drive]) -> Result<Headroom, RunnerError> {
         // Never grow a file another process holds (QEMU's write lock, taken and tested as QEMU
         // does): QEMU would then refuse the drive, and cutting the file back later could cut
         // that process's clusters. The lock ends with `file`, before QEMU starts.
-        output::lock_for_writing(&file, &drive.file).map_err(|e| RunnerError::io(context(), std::io::Error::other(e)))?;
+        let _lock = output::lock_for_writing(&file, &drive.file).map_err(|e| RunnerError::io(context(), std::io::Error::other(e)))?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
             continue;
@@ -176,10 +176,10 @@ fn shrink_one(g: &Grown) -> Result<(), String> {
     if len <= g.original {
         return Ok(());
     }
-    let mut file = OpenOptions::new().read(true).write(true).open(&g.path).map_err(|e| e.to_string())?;
+    let file = OpenOptions::new().read(true).write(true).open(&g.path).map_err(|e| e.to_string())?;
     // Held while the end is found and the file cut: another process may have opened the image
     // since QEMU exited, and its clusters past our idea of the end must not be cut.
-    output::lock_for_writing(&file, &g.path)?;
+    let _lock = output::lock_for_writing(&file, &g.path)?;
     // The scan for the last cluster in use starts a little past the file's last data: the
     // extension is a hole wherever the guest wrote nothing, and an image of terabytes gets
     // terabytes of headroom by default. (Past the slack only clusters allocated and never
@@ -196,7 +196,7 @@ fn shrink_one(g: &Grown) -> Result<(), String> {
     };
     // A file that ended inside its last cluster (as `qemu-img create` leaves them) keeps its
     // length while nothing was written past it: past the end reads as zeros anyway.
-    let target = if end - g.original < 64 * 1024 && zeros(&mut file, g.original, end - g.original) { g.original } else { end };
+    let target = if end - g.original < 64 * 1024 && zeros(&file, g.original, end - g.original) { g.original } else { end };
     file.set_len(target).map_err(|e| e.to_string())
 }
 
@@ -229,10 +229,10 @@ fn data_end(file: &std::fs::File, from: u64, len: u64) -> u64 {
 }
 
 /// Whether the `len` bytes at `offset` of `file` are all zeros (false if they cannot be read).
-fn zeros(file: &mut std::fs::File, offset: u64, len: u64) -> bool {
-    use std::io::{Seek, SeekFrom};
+fn zeros(file: &std::fs::File, offset: u64, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; len as usize];
-    file.seek(SeekFrom::Start(offset)).is_ok() && file.read_exact(&mut buf).is_ok() && buf.iter().all(|&b| b == 0)
+    file.read_exact_at(&mut buf, offset).is_ok() && buf.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]

@@ -35,12 +35,26 @@ pub fn refuse_inputs(output: &Path, inputs: &[PathBuf]) -> Result<(), ImgError> 
     }
 }
 
+/// QEMU's write lock on an open file, held until this guard drops: see [`lock_for_writing`].
+#[must_use = "the lock is released when the guard drops"]
+pub struct WriteLock<'a>(&'a File);
+
+impl Drop for WriteLock<'_> {
+    /// Releases the lock bytes explicitly rather than leaving it to the close: a child process
+    /// forked meanwhile by another thread (the tests run `img` and boots in parallel threads of
+    /// one process) shares the open file description until it execs, and would hold the lock
+    /// past the close, failing the next open of the same file.
+    fn drop(&mut self) {
+        lock::release(self.0.as_raw_fd());
+    }
+}
+
 /// Takes QEMU's lock bytes on `file` (at `path`) for writing and resizing, as a writable open
-/// does; they last until `file` is closed. File systems without OFD locks are let through, as
-/// QEMU's `locking=auto` does.
-pub fn lock_for_writing(file: &File, path: &Path) -> Result<(), String> {
+/// does; they last until the returned guard drops. File systems without OFD locks are let
+/// through, as QEMU's `locking=auto` does.
+pub fn lock_for_writing<'a>(file: &'a File, path: &Path) -> Result<WriteLock<'a>, String> {
     match lock::apply(file.as_raw_fd(), lock::WRITER_PERM, lock::DEFAULT_SHARED) {
-        Ok(()) | Err(LockError::Unsupported(_)) => Ok(()),
+        Ok(()) | Err(LockError::Unsupported(_)) => Ok(WriteLock(file)),
         Err(LockError::Conflict { perm, shared }) => {
             Err(FileError::Locked { path: path.to_path_buf(), perm, shared }.to_string())
         }
@@ -66,7 +80,7 @@ pub fn create_output(output: &Path, size: u64, inputs: &[PathBuf]) -> Result<(),
         .truncate(false)
         .open(output)
         .map_err(|e| ImgError::failed(format!("Could not create '{}': {e}", output.display())))?;
-    lock_for_writing(&file, output).map_err(ImgError::failed)?;
+    let _lock = lock_for_writing(&file, output).map_err(ImgError::failed)?;
     // Checked again through the open file: `output` may have been renamed into place meanwhile.
     let opened = file.metadata().ok().map(|m| (m.dev(), m.ino()));
     if inputs.iter().any(|input| identity(input) == opened) {
@@ -118,12 +132,31 @@ mod tests {
         std::fs::write(&out, [7u8; 512]).unwrap();
         // Another open file description holding the write lock, as a QEMU process would.
         let holder = OpenOptions::new().read(true).write(true).open(&out).unwrap();
-        lock_for_writing(&holder, &out).unwrap();
+        let held = lock_for_writing(&holder, &out).unwrap();
         let err = create_output(&out, 0, &[]).unwrap_err().to_string();
         assert!(err.contains("lock"), "{err}");
         assert_eq!(std::fs::read(&out).unwrap(), vec![7u8; 512]);
+        drop(held);
         drop(holder);
         create_output(&out, 0, &[]).unwrap();
         assert_eq!(std::fs::metadata(&out).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_lock_ends_with_the_guard_even_while_a_forked_child_shares_the_file() {
+        let d = dir("shared");
+        let out = d.join("out.img");
+        // A duplicate descriptor shares the open file description, as a child forked by
+        // another thread does until it execs: closing our descriptor alone would leave the
+        // lock held through the duplicate.
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&out).unwrap();
+        let child_copy = file.try_clone().unwrap();
+        let lock = lock_for_writing(&file, &out).unwrap();
+        let other = OpenOptions::new().read(true).write(true).open(&out).unwrap();
+        assert!(lock_for_writing(&other, &out).is_err(), "held while the guard lives");
+        drop(lock);
+        drop(file);
+        assert!(lock_for_writing(&other, &out).is_ok(), "released with the guard");
+        drop(child_copy);
     }
 }

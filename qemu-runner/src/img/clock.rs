@@ -8,12 +8,20 @@
 //! `CLOCK_MONOTONIC` over the process's first [`CALIBRATE_NS`] of readings, which are
 //! `clock_gettime`'s own; from the calibration point on, readings continue from
 //! `CLOCK_MONOTONIC`'s value there, so the clock never steps. Elsewhere it is `clock_gettime`.
+//!
+//! Each calibration point pairs a `clock_gettime` reading with the TSC read just before and
+//! just after it, and is used only if those two are close ([`PAIR_TICKS`]): a thread preempted
+//! between the two clocks (a loaded machine) would otherwise skew the rate by the time it lost.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// How long readings come from `clock_gettime` while the TSC's rate is measured: long enough
 /// that `clock_gettime`'s own jitter (tens of ns) is a 10⁻⁵ error on the rate.
 const CALIBRATE_NS: u64 = 5_000_000;
+
+/// Most TSC ticks around a `clock_gettime` reading for the pair to count (about 2 µs at
+/// 2–4 GHz; the reading itself takes tens of ns).
+const PAIR_TICKS: u64 = 8_000;
 
 /// The calibration's start (`START_TSC`, `START_NS`, 0: not yet) and result: nanoseconds per
 /// tick as a 32.32 fixed-point number (`SCALE`, 0: not calibrated yet, and never where the TSC
@@ -33,18 +41,21 @@ pub fn now_ns() -> u64 {
         let ticks = tsc().wrapping_sub(BASE_TSC.load(Ordering::Relaxed));
         return BASE_NS.load(Ordering::Relaxed) + ((u128::from(ticks) * u128::from(scale)) >> 32) as u64;
     }
-    let ns = monotonic_ns();
-    if tsc_usable() {
-        calibrate(ns);
+    if !tsc_usable() {
+        return monotonic_ns();
+    }
+    let (t0, ns, t1) = (tsc(), monotonic_ns(), tsc());
+    if t1.wrapping_sub(t0) <= PAIR_TICKS {
+        calibrate(t0 + (t1 - t0) / 2, ns);
     }
     ns
 }
 
-/// One step of the calibration at a `clock_gettime` reading `ns`: the first reading starts it,
-/// the first one [`CALIBRATE_NS`] later ends it. Readings from two threads at once may start or
-/// end it twice; each result is a valid scale and anchor, and `SCALE` is published last.
-fn calibrate(ns: u64) {
-    let t = tsc();
+/// One step of the calibration at a `clock_gettime` reading `ns` taken at TSC `t`: the first
+/// pair starts it, the first one [`CALIBRATE_NS`] later ends it. Readings from two threads at
+/// once may start or end it twice; each result is a valid scale and anchor, and `SCALE` is
+/// published last.
+fn calibrate(t: u64, ns: u64) {
     let start_ns = START_NS.load(Ordering::Acquire);
     if start_ns == 0 {
         START_TSC.store(t, Ordering::Relaxed);
@@ -105,17 +116,29 @@ mod tests {
     use super::*;
 
     /// The clock never goes backwards and keeps pace with `CLOCK_MONOTONIC` across the
-    /// calibration (within 1% over 20 ms, far beyond its error).
+    /// calibration: within 1% over 50 ms, far beyond its error. Each end of the span is a
+    /// reading of this clock between two of `CLOCK_MONOTONIC`, so a preemption between them
+    /// (a loaded machine) widens the allowed range instead of failing the test.
     #[test]
     fn monotonic_and_in_step() {
-        let (first, mono0) = (now_ns(), monotonic_ns());
+        let bracket = || {
+            let before = monotonic_ns();
+            let clock = now_ns();
+            (before, clock, monotonic_ns())
+        };
+        let (before0, first, after0) = bracket();
         let mut last = first;
-        while monotonic_ns() - mono0 < 20_000_000 {
+        while monotonic_ns() - after0 < 50_000_000 {
             let now = now_ns();
             assert!(now >= last, "clock went back: {last} -> {now}");
             last = now;
         }
-        let (clock, mono) = (now_ns() - first, monotonic_ns() - mono0);
-        assert!(clock.abs_diff(mono) < mono / 100, "clock {clock} ns vs monotonic {mono} ns");
+        let (before1, end, after1) = bracket();
+        let (shortest, longest) = (before1 - after0, after1 - before0);
+        let clock = end - first;
+        assert!(
+            clock >= shortest - shortest / 100 && clock <= longest + longest / 100,
+            "clock {clock} ns; monotonic between {shortest} and {longest} ns"
+        );
     }
 }

@@ -13,7 +13,7 @@ use super::Stack;
 use crate::driver::{FormatState, Kept, Mapping};
 use crate::error::{Error, Result};
 use crate::io::leaf::{self, Buf};
-use crate::io::tracked::{ReqKind, Tracked};
+use crate::io::tracked::{ReadHold, ReqKind};
 use crate::io::child_io;
 use crate::io::verify::Verifier;
 use crate::node::{Gate, Node, NodeId, NodeKind, Role};
@@ -264,16 +264,14 @@ pub(crate) async fn read_request(s: &Stack<'_, '_>, node: NodeId, offset: u64, b
     read_tracked(s, node, offset, buf).await
 }
 
-/// The tracked read a request of `len` bytes at `offset` of `node` holds there, if the node
+/// What a read of `len` bytes at `offset` of `node` holds there while it runs, if the node
 /// tracks reads ([`read_request`]), once no serialising request it overlaps is in flight;
 /// `None` at a node that does not track them.
-pub(crate) async fn track_read<'t>(s: &Stack<'t, '_>, node: NodeId, offset: u64, len: u64) -> Result<Option<Tracked<'t>>> {
+pub(crate) async fn track_read<'t>(s: &Stack<'t, '_>, node: NodeId, offset: u64, len: u64) -> Result<Option<ReadHold<'t>>> {
     if !s.state(node)?.is_some_and(|state| state.tracks_reads()) {
         return Ok(None);
     }
-    let tracked = s.format_tracker.begin(node, ReqKind::Read, offset, len).await;
-    tracked.wait_serialising().await;
-    Ok(Some(tracked))
+    Ok(Some(s.format_tracker.begin_read(node, offset, len).await))
 }
 
 /// [`read_request`] for a caller that holds the read's [`track_read`] itself

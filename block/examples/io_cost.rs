@@ -1,5 +1,6 @@
-//! What a random 4 KiB write costs the block layer, without a device's noise: the guest bench's
-//! workload (`bench --rw randwrite --bs 4k --qd 32`: 32 tasks, the same xorshift offsets) on a
+//! What a random 4 KiB read or write costs the block layer, without a device's noise: the guest
+//! bench's workload (`bench --rw randread|randwrite --bs 4k --qd 32`: 32 tasks, the same
+//! xorshift offsets) on a
 //! RAM disk whose requests complete [`DELAY`] executor rounds after their submission, driven as
 //! the kernel's executor drives them (a round polls the tasks woken since the last; a request
 //! wakes its task when it completes), so the instruction count under
@@ -7,11 +8,12 @@
 //! 1 MiB metadata cache, 64 KiB bounce buffers) and its `zeroed_from` (the file reads zeros
 //! past the image, as the runner's headroom promises).
 //!
-//! `cargo run --release -p strata-block --features std --example write_cost -- IMAGE FORMAT
-//! WRITES [PREFILL]`: IMAGE is a file made by `qemu-img create` (read into RAM with 512 MiB of
-//! room after it), FORMAT `raw` or `qcow2`; PREFILL writes (other offsets) run first, e.g. to
-//! measure overwrites of allocated clusters. Instructions per write: the difference of two runs
-//! with different WRITES, divided by the difference.
+//! `cargo run --release -p strata-block --features std --example io_cost -- IMAGE FORMAT
+//! read|write COUNT [PREFILL]`: IMAGE is a file made by `qemu-img create` (read into RAM with
+//! 512 MiB of room after it), FORMAT `raw` or `qcow2`, optionally with more of the node's
+//! options (`qcow2,read-only=on`, as the guest bench opens its read cases); PREFILL writes
+//! (other offsets) run first, e.g. to measure overwrites of allocated clusters. Instructions per request: the difference of
+//! two runs with different COUNT, divided by the difference.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -98,14 +100,16 @@ impl Wake for Ready {
     }
 }
 
-/// Runs `count` writes from `QD` tasks seeded with `seed`: each round polls the tasks woken.
-fn run(dev: &Zeroed<'_>, backend: &Backend<'_, '_>, mem: &[u8], count: u64, seed: u64) {
+/// Runs `count` requests (writes of `mem`, or reads if `read`) from `QD` tasks seeded with
+/// `seed`: each round polls the tasks woken.
+fn run(dev: &Zeroed<'_>, backend: &Backend<'_, '_>, mem: &[u8], read: bool, count: u64, seed: u64) {
     let slots = backend.size() / BS as u64;
     let issued = std::cell::Cell::new(0u64);
     let mut tasks: Vec<Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = (0..QD)
         .map(|i| {
             let (issued, buf) = (&issued, &mem[i * BS..(i + 1) * BS]);
             Box::pin(async move {
+                let mut into = [0u8; BS];
                 let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((i as u64 + 1) << 32) ^ seed;
                 while issued.get() < count {
                     issued.set(issued.get() + 1);
@@ -113,7 +117,8 @@ fn run(dev: &Zeroed<'_>, backend: &Backend<'_, '_>, mem: &[u8], count: u64, seed
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let offset = rng % slots * BS as u64;
-                    backend.write(offset, buf).await.unwrap_or_else(|e| panic!("write at {offset}: {e}"));
+                    let done = if read { backend.read(offset, &mut into).await } else { backend.write(offset, buf).await };
+                    done.unwrap_or_else(|e| panic!("request at {offset}: {e}"));
                 }
             }) as Pin<Box<dyn std::future::Future<Output = ()>>>
         })
@@ -135,11 +140,16 @@ fn run(dev: &Zeroed<'_>, backend: &Backend<'_, '_>, mem: &[u8], count: u64, seed
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [image, format, writes, rest @ ..] = args.as_slice() else {
-        eprintln!("usage: write_cost IMAGE raw|qcow2 WRITES [PREFILL]");
+    let [image, format, op, count, rest @ ..] = args.as_slice() else {
+        eprintln!("usage: io_cost IMAGE raw|qcow2 read|write COUNT [PREFILL]");
         std::process::exit(2);
     };
-    let writes: u64 = writes.parse().unwrap_or_else(|e| panic!("WRITES: {e}"));
+    let read = match op.as_str() {
+        "read" => true,
+        "write" => false,
+        _ => panic!("read or write, not {op}"),
+    };
+    let count: u64 = count.parse().unwrap_or_else(|e| panic!("COUNT: {e}"));
     let prefill: u64 = rest.first().map_or(0, |p| p.parse().unwrap_or_else(|e| panic!("PREFILL: {e}")));
     let mut memory = std::fs::read(image).unwrap_or_else(|e| panic!("{image}: {e}"));
     let len = memory.len() as u64;
@@ -153,13 +163,14 @@ fn main() {
     let options = format!("driver={format},file=f");
     let mut resolve = |name: &str| (name == "f").then_some(&dev as &dyn BlockDevice);
     let root = futures::executor::block_on(graph.open(&options, &mut resolve)).unwrap_or_else(|e| panic!("open: {e}"));
-    let backend = Backend::new(&graph, root, BackendOptions::default()).unwrap_or_else(|e| panic!("backend: {e}"));
+    let read_only = format.contains("read-only=on");
+    let backend = Backend::new(&graph, root, BackendOptions { read_only, ..BackendOptions::default() }).unwrap_or_else(|e| panic!("backend: {e}"));
     let mem: Vec<u8> = (0..QD * BS).map(|i| (i as u8) ^ 0x5a).collect();
     if prefill > 0 {
-        run(&dev, &backend, &mem, prefill, 7);
+        run(&dev, &backend, &mem, false, prefill, 7);
     }
-    run(&dev, &backend, &mem, writes, 1);
+    run(&dev, &backend, &mem, read, count, 1);
     let submitted = dev.ram.stats().submitted;
     futures::executor::block_on(backend.close()).unwrap_or_else(|e| panic!("close: {e}"));
-    println!("{format}: {writes} writes after {prefill}: {submitted} device requests before the close");
+    println!("{format}: {count} {op}s after {prefill} writes: {submitted} device requests before the close");
 }

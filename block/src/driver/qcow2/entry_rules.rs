@@ -28,6 +28,7 @@ pub fn compressed(entry: u64, bitmap: u64, q: &Qcow2, at: u64) -> Result<()> {
 
 /// Bit 0 of a standard entry (the zero flag) "with version 2 or with extended L2 entries ... is
 /// always 0".
+#[inline(always)]
 pub fn zero_flag(entry: u64, q: &Qcow2, at: u64) -> Result<()> {
     if entry & ZERO == 0 {
         return Ok(());
@@ -55,6 +56,7 @@ pub fn no_host(entry: u64, q: &Qcow2, at: u64) -> Result<()> {
 /// table Strata knows the place of, or the L2 table the entry is in (an L2 table is one aligned
 /// cluster, so it starts at the entry's offset rounded down). Data-file offsets are not checked:
 /// the data file holds no metadata.
+#[inline(always)]
 pub fn host_cluster(host: u64, q: &Qcow2, at: u64) -> Result<()> {
     if q.data_file {
         return Ok(());

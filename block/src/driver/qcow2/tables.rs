@@ -78,6 +78,7 @@ pub fn decode_l1(entry: u64, at: u64) -> Result<Option<HostOffset>> {
 }
 
 /// Decodes an L2 entry (and bitmap) of `q` stored at `at`, describing guest cluster `guest`.
+#[inline(always)]
 pub fn decode_l2(q: &Qcow2, entry: u64, bitmap: u64, guest: GuestOffset, at: u64) -> Result<Entry> {
     let corrupt = |what| Err(Error::Corrupt { what, offset: at });
     if entry & COMPRESSED != 0 {
@@ -189,6 +190,7 @@ struct LookupAt {
 
 /// The mapping a scan found, with data clusters checked against `eof`, the size of the file
 /// they live in (`data_role`).
+#[inline(always)]
 fn finish(found: Found, eof: u64, data_role: Role) -> Mapping {
     match found {
         Found::Compressed { host, csize, skip, len } => Mapping::Compressed { host_offset: host, csize, skip, len },
@@ -366,6 +368,7 @@ impl Qcow2 {
     /// Scans L2 `entries` (stored from file offset `at` on) for the longest run of one kind
     /// starting at guest byte `offset`, at most `len` bytes; data runs need contiguous host
     /// offsets. `eof` is the size of the file data clusters live in.
+    #[inline(always)]
     fn scan(&self, entries: &[u8], at: u64, offset: u64, len: u64, eof: u64) -> Result<Found> {
         let cs = self.cluster_size();
         let unit_bits = if self.extended_l2 { u32::from(self.cluster_bits) - 5 } else { u32::from(self.cluster_bits) };

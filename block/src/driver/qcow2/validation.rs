@@ -54,6 +54,7 @@ pub struct Metadata {
 
 impl Metadata {
     /// Which table `r` lies on, if any.
+    #[inline(always)]
     pub fn hit(&self, r: &Region) -> Option<&'static str> {
         if r.overlaps(&self.header) {
             Some("the header")

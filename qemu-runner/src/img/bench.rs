@@ -132,8 +132,9 @@ impl Job {
         let next_offset = Cell::new(start);
         let writes_since_flush = Cell::new(0u64);
         let backend = &img.backend;
-        // Completions per interval (ns since t0), from 1 ms intervals up, on the backend's clock.
-        let timeline = RefCell::new(Timeline::new(0, 1_000_000));
+        // Completions per interval (ns since t0), from intervals of 2^20 ns (about 1 ms; a power
+        // of two, so counting one is a shift) up, on the backend's clock.
+        let timeline = RefCell::new(Timeline::new(0, 1 << 20));
         let t0_ns = image::now_ns();
         let worker = || async {
             let mut buf = AlignedBuf::new(bufsize as usize);

@@ -12,8 +12,9 @@
 //! A read that starts while no serialising request is in the table waits for nothing, and no
 //! request waits for it but a serialising one: such a read is only counted, per 64 KiB granule,
 //! in a second [`OverlapFilter`] ([`TrackerOf::begin_quiet_read`]), and a serialising request
-//! waits while any counted read may overlap it. That costs a guest's 4 KiB read of a writable
-//! qcow2 image a few counter updates instead of a slot, a conflict check and a release.
+//! waits while any counted read may overlap it, whenever the read began. A quiet read itself
+//! waits for no request, so the waits stay cycle-free. That costs a guest's 4 KiB read of a
+//! writable qcow2 image a few counter updates instead of a slot, a conflict check and a release.
 
 use core::cell::{Cell, RefCell};
 use core::future::poll_fn;

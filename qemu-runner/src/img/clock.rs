@@ -45,8 +45,9 @@ pub fn now_ns() -> u64 {
         return monotonic_ns();
     }
     let (t0, ns, t1) = (tsc(), monotonic_ns(), tsc());
-    if t1.wrapping_sub(t0) <= PAIR_TICKS {
-        calibrate(t0 + (t1 - t0) / 2, ns);
+    let span = t1.wrapping_sub(t0);
+    if span <= PAIR_TICKS {
+        calibrate(t0.wrapping_add(span / 2), ns);
     }
     ns
 }

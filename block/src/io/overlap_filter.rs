@@ -104,15 +104,11 @@ impl OverlapFilter {
         }
     }
 
-    /// True if no range counted here can overlap a range whose buckets are `mark` (as
-    /// [`OverlapFilter::buckets_of`] gave them; `None`, a wide range, only while the filter
-    /// is empty).
-    pub(crate) fn clear_of(&self, mark: Mark) -> bool {
+    /// True if no range counted here can overlap a range counted in buckets `c` (as
+    /// [`OverlapFilter::buckets_of`] gave them).
+    pub(crate) fn clear_of(&self, c: Counted) -> bool {
         let counts = self.counts.borrow();
-        match mark {
-            Some(c) => self.wide.get() == 0 && c.buckets().all(|b| counts[b] == 0),
-            None => self.wide.get() == 0 && counts.iter().all(|&n| n == 0),
-        }
+        self.wide.get() == 0 && c.buckets().all(|b| counts[b] == 0)
     }
 
     /// True if the range counted as `mark` is surely the only one in the filter that can overlap

@@ -163,9 +163,11 @@ impl Tracker {
         Some(QuietRead { tracker: self, mark: self.quiet_reads.add(node, offset, bytes) })
     }
 
-    /// True if a quiet read in flight may overlap `[offset, offset + bytes)` of `node`.
+    /// True if a quiet read in flight may overlap `[offset, offset + bytes)` of `node` (any
+    /// quiet read may, if the range is too wide to count in buckets).
     fn quiet_read_near(&self, node: NodeId, offset: u64, bytes: u64) -> bool {
-        self.quiet_count.get() != 0 && !self.quiet_reads.clear_of(OverlapFilter::buckets_of(node, offset, bytes))
+        self.quiet_count.get() != 0
+            && OverlapFilter::buckets_of(node, offset, bytes).is_none_or(|c| !self.quiet_reads.clear_of(c))
     }
 
     /// Requests in the table marked serialising (a plain read waits only for those).
@@ -348,5 +350,4 @@ impl Drop for Tracked<'_> {
 }
 
 #[cfg(test)]
-#[path = "tracked_tests.rs"]
 mod tests;

@@ -38,6 +38,7 @@
 use std::cell::UnsafeCell;
 use std::task::{Context, Poll};
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::cell::RefCell;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -75,8 +76,11 @@ const DONE: u8 = 3;
 pub(super) struct Adaptive {
     /// Boxed: queued jobs point at it, so it must not move.
     shared: Box<Shared>,
-    local: Mutex<Local>,
-    /// `local.mode == Mode::Inline`, readable without the lock ([`Adaptive::runs_now`]).
+    /// Caller-side state. One thread drives a device at a time (as every `BlockDevice`; a host
+    /// file is `Send`, not `Sync`), so a `RefCell`: a mutex cost two locked instructions on
+    /// every submit and poll, and at depth the caller's thread is the bottleneck.
+    local: RefCell<Local>,
+    /// `local.mode == Mode::Inline`, readable without borrowing `local` ([`Adaptive::runs_now`]).
     inline: AtomicBool,
 }
 
@@ -178,7 +182,7 @@ impl Adaptive {
             .collect();
         Self {
             shared: Box::new(Shared { exec, slots }),
-            local: Mutex::new(Local {
+            local: RefCell::new(Local {
                 generations: vec![0; usize::from(depth)],
                 free: (0..depth).rev().collect(),
                 mode: Mode::Inline,
@@ -199,7 +203,7 @@ impl Adaptive {
         }
     }
 
-    /// True while requests run inline: a hint (read without the lock) that
+    /// True while requests run inline: a hint (read without borrowing `local`) that
     /// [`Adaptive::rw_now`] would run one.
     pub(super) fn runs_now(&self) -> bool {
         self.inline.load(Ordering::Relaxed)
@@ -208,12 +212,12 @@ impl Adaptive {
     /// Whether requests are being shared with the helpers now.
     #[cfg(test)]
     pub(super) fn is_shared(&self) -> bool {
-        lock_unpoisoned(&self.local).mode == Mode::Shared
+        self.local.borrow_mut().mode == Mode::Shared
     }
 
     /// Where this file's requests ran so far.
     pub(super) fn counts(&self) -> EngineCounts {
-        lock_unpoisoned(&self.local).counts
+        self.local.borrow_mut().counts
     }
 
     /// Requests held or queued and not yet done.
@@ -224,7 +228,7 @@ impl Adaptive {
     /// # Safety
     /// As [`crate::dev::BlockDevice::submit`]; `req` is validated.
     pub(super) unsafe fn submit(&self, req: &DeviceRequest<'_>) -> Result<Ticket, SubmitError> {
-        let mut guard = lock_unpoisoned(&self.local);
+        let mut guard = self.local.borrow_mut();
         let local = &mut *guard;
         let index = local.free.pop().ok_or(SubmitError::Busy)?;
         let i = usize::from(index);
@@ -295,7 +299,7 @@ impl Adaptive {
     /// # Safety
     /// As [`crate::dev::BlockDevice::rw_now`]; `req` is validated.
     pub(super) unsafe fn rw_now(&self, req: &DeviceRequest<'_>) -> Option<Result<(), DeviceError>> {
-        let mut guard = lock_unpoisoned(&self.local);
+        let mut guard = self.local.borrow_mut();
         let local = &mut *guard;
         // The probe's turn (`until_probe` reaching 0) goes through `submit`, which holds it.
         if local.mode != Mode::Inline || local.probe.is_some() || local.outstanding > 0 || local.until_probe <= 1 {
@@ -318,7 +322,7 @@ impl Adaptive {
 
     /// Ends a submission batch: hands the queued requests to the helpers.
     pub(super) fn unplug(&self) {
-        let mut guard = lock_unpoisoned(&self.local);
+        let mut guard = self.local.borrow_mut();
         self.hand_over(&mut guard);
     }
 
@@ -361,7 +365,7 @@ impl Adaptive {
     /// woken at once or kept until the request is seen done ([`Parking`]).
     pub(super) fn poll(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<Result<(), DeviceError>> {
         let (index, generation) = split_ticket(ticket);
-        let mut guard = lock_unpoisoned(&self.local);
+        let mut guard = self.local.borrow_mut();
         let local = &mut *guard;
         if local.generations.get(index) != Some(&generation) {
             return Poll::Ready(Err(DeviceError::Invalid));

@@ -8,7 +8,7 @@
 //! others, which are **parked** with their wakers, and wakes those that are done. When the
 //! spinner's own request finishes, it wakes one parked request to take its place.
 //!
-//! All of this is caller-side state, kept under the engine's lock; the helpers only ever mark a
+//! All of this is caller-side state, kept with the engine's; the helpers only ever mark a
 //! request done.
 
 use std::task::{Context, Waker};
@@ -50,14 +50,22 @@ impl Parking {
         }
     }
 
-    /// Request `index` finished (its result was taken): it is no longer parked, and if it was
-    /// the spinner, the parked requests that are done are woken, and one that is not takes over.
+    /// Request `index` finished (its result was taken): it is no longer parked, and if there is
+    /// no spinner now (it was the spinner, or none had taken over yet), the parked requests
+    /// that are done are woken, and one that is not takes over.
+    ///
+    /// "None had taken over yet": the request a finishing spinner woke to take over may itself
+    /// be done by the time it is polled. It then finishes here without ever spinning, and if
+    /// this did not hand the role on again, the parked requests would wait for a wake that no
+    /// one sends (the bench hung so at its end, when no new request comes to spin).
     pub(super) fn finished(&mut self, index: u16, is_done: impl Fn(u16) -> bool) {
         if self.wakers[usize::from(index)].take().is_some() {
             self.parked.retain(|&p| p != index);
         }
         if self.spinner == Some(index) {
             self.spinner = None;
+        }
+        if self.spinner.is_none() && !self.parked.is_empty() {
             self.wake_done(is_done);
             if let Some(next) = self.parked.pop() {
                 if let Some(w) = self.wakers[usize::from(next)].take() {
@@ -123,6 +131,27 @@ mod tests {
         assert_eq!(ws[1].0 .0.load(Ordering::Relaxed), 1);
         p.wait(1, &mut Context::from_waker(&ws[1].1), true, done(&[]));
         assert_eq!(ws[1].0 .0.load(Ordering::Relaxed), 2);
+        assert!(p.parked.is_empty());
+    }
+
+    /// The request woken to take over from a finished spinner is done by the time it is polled:
+    /// it finishes without spinning, and hands the role on to a parked request that is not done.
+    #[test]
+    fn a_successor_that_is_done_hands_on() {
+        let mut p = Parking::new(3);
+        let ws: Vec<_> = (0..3).map(|_| waker()).collect();
+        let none = |_: u16| false;
+        for (i, (_, w)) in ws.iter().enumerate() {
+            p.wait(i as u16, &mut Context::from_waker(w), true, none);
+        }
+        // 0 spins; 1 and 2 park. 0 finishes and wakes 2 (the last parked) to take over.
+        p.finished(0, |i| i == 0);
+        assert_eq!(ws[2].0 .0.load(Ordering::Relaxed), 1);
+        // 2 is done when polled: it finishes, and 1, still waiting, must be woken to spin.
+        p.finished(2, |i| i == 2);
+        assert_eq!(ws[1].0 .0.load(Ordering::Relaxed), 1, "the parked request was left without a spinner");
+        p.wait(1, &mut Context::from_waker(&ws[1].1), true, none);
+        assert_eq!(p.spinner, Some(1));
         assert!(p.parked.is_empty());
     }
 

@@ -849,9 +849,12 @@ fn dropping_releases_locks_a_forked_child_still_shares() {
     assert!(again.is_ok(), "the image stayed locked after the drop: {:?}", again.err());
 }
 
+/// A host file may move to another thread, but one thread drives it at a time, as every
+/// [`BlockDevice`] (its engine's caller-side state is a `RefCell`, not a mutex: no locked
+/// instruction per request).
 #[test]
-fn host_file_is_send_and_sync() {
-    fn check<T: Send + Sync>() {}
+fn host_file_is_send() {
+    fn check<T: Send>() {}
     check::<HostFile>();
 }
 

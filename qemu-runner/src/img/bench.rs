@@ -8,12 +8,11 @@
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
-use futures::future::join_all;
 use strata_block::backend::OpKind;
 use strata_block::cmd::timeline::Timeline;
 
 use super::args::Args;
-use super::image::{self, block_on, AlignedBuf, Image, OpenOptions};
+use super::image::{self, AlignedBuf, Image, OpenOptions};
 use super::ImgError;
 use crate::series::{self, BenchSeries, IopsSeries};
 
@@ -177,17 +176,9 @@ impl Job {
             }
             Ok::<(), ImgError>(())
         };
-        // Each pass over the workers is one submission batch, as a virtio queue's requests are
-        // in QEMU (`blk_io_plug`): devices that queue see the pass's requests together.
-        let results = {
-            let mut all = std::pin::pin!(join_all((0..depth).map(|_| worker())));
-            block_on(std::future::poll_fn(|cx| {
-                backend.plug();
-                let polled = std::future::Future::poll(all.as_mut(), cx);
-                backend.unplug();
-                polled
-            }))
-        };
+        // Each round of polls is one submission batch, as a virtio queue's requests are in QEMU
+        // (`blk_io_plug`): devices that queue see the round's requests together.
+        let results = super::rounds::run_all((0..depth).map(|_| worker()), || backend.plug(), || backend.unplug());
         let elapsed_ns = image::now_ns().saturating_sub(t0_ns);
         let seconds = elapsed_ns as f64 / 1e9;
         results.into_iter().collect::<Result<Vec<()>, ImgError>>()?;

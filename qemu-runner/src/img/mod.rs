@@ -40,6 +40,7 @@ pub mod snapshot;
 mod rebase;
 pub mod replay;
 pub mod rng;
+mod rounds;
 pub(crate) mod resolve;
 mod stress;
 pub mod stress_check;

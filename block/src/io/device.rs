@@ -70,11 +70,9 @@ pub(crate) async fn run(dev: &dyn BlockDevice, req: &DeviceRequest<'_>, notify: 
 }
 
 /// Performs `req` at once if the device would run it in the caller's thread anyway
-/// ([`BlockDevice::rw_now`]); `None` if it would queue it (nothing was done).
+/// ([`BlockDevice::rw_now`], which decides: no [`BlockDevice::runs_now`] first); `None` if it
+/// would queue it (nothing was done).
 pub(crate) fn run_now(dev: &dyn BlockDevice, req: &DeviceRequest<'_>) -> Option<Result<(), DeviceError>> {
-    if !dev.runs_now() {
-        return None;
-    }
     // SAFETY: `req` borrows its segments' memory for this call, and the device is done with it
     // when `rw_now` returns.
     unsafe { dev.rw_now(req) }

@@ -695,6 +695,10 @@ impl BlockDevice for HostFile {
     }
 
     unsafe fn rw_now(&self, req: &DeviceRequest<'_>) -> Option<Result<(), DeviceError>> {
+        // Whether it runs now first: a request that will be queued is checked by `submit`.
+        if !self.runs_now() {
+            return None;
+        }
         if let Err(e) = self.info.check_within(req, self.capacity.load(Ordering::Acquire)) {
             return Some(Err(e));
         }

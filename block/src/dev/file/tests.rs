@@ -951,3 +951,53 @@ fn direct_grow_from_a_partial_block_waits_for_writes_in_flight() {
         assert!(data[2048..2560].iter().all(|&b| b == 0x77), "{engine:?}: the write in flight landed");
     }
 }
+
+/// Sets `path`'s access and modification times to `atime` and `mtime` seconds before now;
+/// returns the access time set.
+fn set_times_ago(path: &Path, atime: u64, mtime: u64) -> std::time::SystemTime {
+    let now = std::time::SystemTime::now();
+    let ago = |s: u64| now - std::time::Duration::from_secs(s);
+    let times = std::fs::FileTimes::new().set_accessed(ago(atime)).set_modified(ago(mtime));
+    std::fs::File::options().write(true).open(path).unwrap().set_times(times).unwrap();
+    ago(atime)
+}
+
+fn accessed(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path).unwrap().accessed().unwrap()
+}
+
+/// False on a `noatime` or read-only mount, where no read moves the access time.
+fn mount_updates_atime(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: `statvfs` is plain data; all-zero is a valid value, filled in by fstatvfs.
+    let mut st: libc::statvfs = unsafe { core::mem::zeroed() };
+    // SAFETY: fstatvfs writes only the struct it is given.
+    assert_eq!(unsafe { libc::fstatvfs(f.as_raw_fd(), &mut st) }, 0);
+    // ST_NOATIME and ST_RDONLY have the MS_ flags' values on Linux.
+    st.f_flag & (libc::MS_NOATIME | libc::MS_RDONLY) == 0
+}
+
+/// Reads of a file opened with the default `noatime` leave its access time alone, even one a
+/// day old that the mount's relatime rule would update; with `noatime` off, a read updates it.
+#[test]
+fn noatime_reads_leave_the_access_time() {
+    let p = make_file("noatime", 64 << 10);
+    if !mount_updates_atime(&p) {
+        return; // No read moves the access time here either way.
+    }
+    let mut buf = vec![0u8; 4096];
+    let day = 24 * 3600;
+
+    let dev = HostFile::open(&p, &writeback()).unwrap();
+    let old = set_times_ago(&p, 2 * day, 3 * day);
+    read(&dev, 0, &mut buf).unwrap();
+    read(&dev, 8192, &mut buf).unwrap();
+    assert_eq!(accessed(&p), old, "a read with O_NOATIME moved the access time");
+    drop(dev);
+
+    let dev = HostFile::open(&p, &HostFileOptions { noatime: false, ..writeback() }).unwrap();
+    let old = set_times_ago(&p, 2 * day, 3 * day);
+    read(&dev, 0, &mut buf).unwrap();
+    assert!(accessed(&p) > old, "with noatime off, a read updates a day-old access time (relatime)");
+}

@@ -35,10 +35,9 @@
 
 #![allow(unsafe_code)] // reason: requests carry raw segments from `submit` to whichever thread runs them
 
-use std::cell::UnsafeCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::task::{Context, Poll};
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::cell::RefCell;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -212,12 +211,12 @@ impl Adaptive {
     /// Whether requests are being shared with the helpers now.
     #[cfg(test)]
     pub(super) fn is_shared(&self) -> bool {
-        self.local.borrow_mut().mode == Mode::Shared
+        self.local.borrow().mode == Mode::Shared
     }
 
     /// Where this file's requests ran so far.
     pub(super) fn counts(&self) -> EngineCounts {
-        self.local.borrow_mut().counts
+        self.local.borrow().counts
     }
 
     /// Requests held or queued and not yet done.

@@ -120,7 +120,7 @@ pub fn release(fd: RawFd) {
 
 /// Whether another open file description holds a lock on `byte` that an exclusive lock would
 /// conflict with (`qemu_lock_fd_test(fd, byte, 1, true)`).
-fn byte_taken(fd: RawFd, byte: i64) -> Result<bool, i32> {
+pub(super) fn byte_taken(fd: RawFd, byte: i64) -> Result<bool, i32> {
     let mut fl = flock(libc::F_WRLCK, byte);
     loop {
         // SAFETY: F_OFD_GETLK reads and rewrites the `flock` the pointer points at.

@@ -719,8 +719,8 @@ fn qemu(tool: &Path, args: &[&str], path: &Path) -> (bool, String) {
 }
 
 /// Bytes 0..512 of `path` (QEMU's lock bytes are 100.. and 200..) that some open file
-/// description holds a lock on, probed one by one with `F_OFD_GETLK` from a descriptor of our
-/// own, which holds none.
+/// description holds a lock on, probed one by one ([`lock::byte_taken`], `F_OFD_GETLK`) from a
+/// descriptor of our own, which holds none.
 ///
 /// Exact for each byte, unlike `/proc/locks`: that file is read a page at a time, each read
 /// restarting at a position in the machine's whole list of locks, so while other tests take and
@@ -729,18 +729,7 @@ fn locked_bytes(path: &Path) -> Vec<u64> {
     use std::os::fd::AsRawFd;
     let probe = std::fs::File::open(path).unwrap();
     (0..512u64)
-        .filter(|&byte| {
-            // SAFETY: `flock` is plain data; all-zero is a valid value, filled in below.
-            let mut fl: libc::flock = unsafe { core::mem::zeroed() };
-            fl.l_type = libc::F_WRLCK as _;
-            fl.l_whence = libc::SEEK_SET as _;
-            fl.l_start = byte as _;
-            fl.l_len = 1;
-            // SAFETY: F_OFD_GETLK reads and rewrites the `flock` the pointer points at.
-            let r = unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_OFD_GETLK, &mut fl as *mut libc::flock) };
-            assert_eq!(r, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
-            i32::from(fl.l_type) != libc::F_UNLCK
-        })
+        .filter(|&byte| lock::byte_taken(probe.as_raw_fd(), byte as i64).unwrap_or_else(|e| panic!("F_OFD_GETLK: errno {e}")))
         .collect()
 }
 

@@ -89,14 +89,20 @@ struct Shared {
     slots: Box<[Slot]>,
 }
 
-/// A request slot. The state (written by whoever finishes the request, polled by the caller)
+/// A request slot. The status (written by whoever finishes the request, polled by the caller)
 /// and the request (written by the caller, read by whoever runs it) sit on cache lines of their
 /// own, so neither side's accesses pull the other's line away.
 struct Slot {
-    /// FREE, HELD, QUEUED or DONE: says who may touch `req` (see `Slot`'s Sync).
-    state: CachePadded<AtomicU8>,
-    result: AtomicU8,
+    status: CachePadded<Status>,
     req: CachePadded<UnsafeCell<SlotReq>>,
+}
+
+/// What finishing a request writes, together on one cache line: the caller's poll of a
+/// finished request pulls one line from the finisher's core, not one for each field.
+struct Status {
+    /// FREE, HELD, QUEUED or DONE: says who may touch `req` (see `Slot`'s Sync).
+    state: AtomicU8,
+    result: AtomicU8,
 }
 
 // SAFETY: `req` is only touched by one thread at a time, as `state` says: the caller while the
@@ -174,8 +180,7 @@ impl Adaptive {
     pub(super) fn new(exec: Arc<Exec>, depth: u16, max_segments: usize) -> Self {
         let slots = (0..depth)
             .map(|_| Slot {
-                state: CachePadded::new(AtomicU8::new(FREE)),
-                result: AtomicU8::new(0),
+                status: CachePadded::new(Status { state: AtomicU8::new(FREE), result: AtomicU8::new(0) }),
                 req: CachePadded::new(UnsafeCell::new(SlotReq::new(max_segments))),
             })
             .collect();
@@ -221,7 +226,7 @@ impl Adaptive {
 
     /// Requests held or queued and not yet done.
     pub(super) fn in_flight(&self) -> usize {
-        self.shared.slots.iter().filter(|s| matches!(s.state.load(Ordering::Acquire), HELD | QUEUED)).count()
+        self.shared.slots.iter().filter(|s| matches!(s.status.state.load(Ordering::Acquire), HELD | QUEUED)).count()
     }
 
     /// # Safety
@@ -254,7 +259,7 @@ impl Adaptive {
                         local.until_probe = PROBE_EVERY * local.backoff;
                         local.probe = Some((index, false));
                         self.shared.store(index, req);
-                        self.shared.slots[i].state.store(HELD, Ordering::Relaxed);
+                        self.shared.slots[i].status.state.store(HELD, Ordering::Relaxed);
                         return Ok(ticket);
                     }
                 }
@@ -314,7 +319,7 @@ impl Adaptive {
     /// Queues slot `index` (filled, FREE or HELD) for the helpers: it joins the batch that the
     /// next `unplug` hands over.
     fn queue(&self, index: u16, local: &mut Local) {
-        self.shared.slots[usize::from(index)].state.store(QUEUED, Ordering::Relaxed);
+        self.shared.slots[usize::from(index)].status.state.store(QUEUED, Ordering::Relaxed);
         local.counts.queued += 1;
         local.batch.push(index);
     }
@@ -370,7 +375,7 @@ impl Adaptive {
             return Poll::Ready(Err(DeviceError::Invalid));
         }
         let slot = &self.shared.slots[index];
-        let mut state = slot.state.load(Ordering::Acquire);
+        let mut state = slot.status.state.load(Ordering::Acquire);
         if state == HELD {
             match local.probe {
                 // First poll of the probe: give the caller a chance to submit something else.
@@ -405,12 +410,12 @@ impl Adaptive {
                 local.window_ran += 1;
                 local.counts.ran_by_caller += 1;
             }
-            state = slot.state.load(Ordering::Acquire);
+            state = slot.status.state.load(Ordering::Acquire);
         }
         match state {
             DONE => {
-                let result = decode_result(slot.result.load(Ordering::Relaxed));
-                slot.state.store(FREE, Ordering::Relaxed);
+                let result = decode_result(slot.status.result.load(Ordering::Relaxed));
+                slot.status.state.store(FREE, Ordering::Relaxed);
                 local.free.push(index as u16);
                 local.outstanding -= 1;
                 local.parking.finished(index as u16, |i| self.shared.is_done(i));
@@ -430,7 +435,7 @@ impl Adaptive {
     /// Blocks until the helpers have finished this file's queued requests.
     pub(super) fn wait_idle(&self) {
         self.unplug();
-        while self.shared.slots.iter().any(|s| s.state.load(Ordering::Acquire) == QUEUED) {
+        while self.shared.slots.iter().any(|s| s.status.state.load(Ordering::Acquire) == QUEUED) {
             // Run queued requests rather than only wait: this thread may be the only one left
             // that can (the helpers may be busy with other files' requests).
             match helpers().and_then(|h| h.pop_beyond(0)) {
@@ -451,7 +456,7 @@ impl Drop for Adaptive {
 
 impl Shared {
     fn is_done(&self, index: u16) -> bool {
-        self.slots[usize::from(index)].state.load(Ordering::Acquire) == DONE
+        self.slots[usize::from(index)].status.state.load(Ordering::Acquire) == DONE
     }
 
     /// Copies `req` into slot `index`, which the caller owns (FREE or HELD).
@@ -463,8 +468,8 @@ impl Shared {
 
 impl Slot {
     fn finish(&self, result: Result<(), DeviceError>) {
-        self.result.store(encode_result(result), Ordering::Relaxed);
-        self.state.store(DONE, Ordering::Release);
+        self.status.result.store(encode_result(result), Ordering::Relaxed);
+        self.status.state.store(DONE, Ordering::Release);
     }
 }
 

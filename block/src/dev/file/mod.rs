@@ -319,15 +319,24 @@ const INLINE_SEGMENTS: usize = 2;
 
 /// A request copied into a queue slot, to run on another thread (the thread pool's workers,
 /// the adaptive engine's helpers) with [`Exec::execute`].
+///
+/// `repr(C)`, in this order, so that everything a request of up to [`INLINE_SEGMENTS`]
+/// segments needs lies in its first 56 bytes: one cache line for the thread that runs it to
+/// pull from the submitter's core (Rust's own order put `op` and `inline_len` on a second line).
+#[repr(C)]
 struct SlotReq {
     op: DeviceOp,
+    /// How many of `inline` hold the request's iovecs (0: they are in `iov`).
+    inline_len: u8,
     offset: u64,
     len: u64,
-    /// The iovecs of small requests (`inline_len` of them; 0: they are in `iov`).
+    /// The iovecs of small requests.
     inline: [libc::iovec; INLINE_SEGMENTS],
-    inline_len: usize,
     iov: IovBuf,
 }
+
+// What a small request needs, before `iov`, fits one cache line.
+const _: () = assert!(std::mem::offset_of!(SlotReq, iov) <= 64);
 
 // SAFETY: as `IovBuf`'s: the iovecs point into callers' memory, which the submit contract keeps
 // valid until the request completes, whichever thread runs it.
@@ -350,7 +359,7 @@ impl SlotReq {
             for (v, s) in self.inline.iter_mut().zip(req.segments) {
                 *v = libc::iovec { iov_base: s.ptr.cast(), iov_len: s.len };
             }
-            self.inline_len = req.segments.len();
+            self.inline_len = req.segments.len() as u8;
         } else {
             self.iov.fill(req.segments);
         }
@@ -364,7 +373,7 @@ impl SlotReq {
     unsafe fn execute(&mut self, exec: &Exec) -> Result<(), DeviceError> {
         let iov = match self.inline_len {
             0 => &mut self.iov.0[..],
-            n => &mut self.inline[..n],
+            n => &mut self.inline[..usize::from(n)],
         };
         // SAFETY: forwarded from the caller.
         unsafe { exec.execute(self.op, self.offset, self.len, iov) }

@@ -655,6 +655,31 @@ fn drop_waits_for_requests_in_flight() {
     }
 }
 
+/// Writeback at depth: a handed-over batch keeps some requests back for the caller to run,
+/// which no helper ever will. Dropping the file must run those too, not only wait for the
+/// helpers' share.
+#[test]
+fn writeback_drop_runs_requests_kept_back() {
+    let blocks = 256u64;
+    let p = make_file("wb-drop-kept", blocks * 4096);
+    let dev = HostFile::open(&p, &writeback()).unwrap();
+    let mut written = vec![false; blocks as usize];
+    // Into shared mode, as far as the machine gives the helpers a core.
+    at_depth(&dev, 32, 2000, blocks, false, &mut written);
+    let mut bufs = vec![[0u8; 4096]; 32];
+    for (i, buf) in bufs.iter_mut().enumerate() {
+        let seg = Segment::from_mut(&mut buf[..]);
+        let req = DeviceRequest { op: DeviceOp::Read, offset: i as u64 * 4096, len: 4096, segments: core::slice::from_ref(&seg) };
+        // SAFETY: `bufs` outlives `dev`, whose drop waits for these requests.
+        unsafe { dev.submit(&req) }.unwrap();
+    }
+    dev.unplug();
+    drop(dev);
+    for (i, buf) in bufs.iter().enumerate() {
+        assert!(buf.iter().enumerate().all(|(j, &b)| b == pattern(i as u64 * 4096 + j as u64)), "block {i}");
+    }
+}
+
 #[test]
 fn auto_engine_prefers_io_uring() {
     let p = make_file("dio-auto", 1 << 16);

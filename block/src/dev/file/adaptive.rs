@@ -343,8 +343,9 @@ impl Adaptive {
     /// thread to run while it waits (`poll`, `wait_idle`): at depth the caller runs about that
     /// share anyway, and a kept request never goes through the shared queue, whose every push
     /// and pop moves cache lines between cores, and its slot is still in this core's cache. With
-    /// the helpers on the machine's other core, QD32 reads ran 1.04× as fast as when the caller
-    /// took its share back from the queue (11 paired runs; one in 3: the same, one in 6: 0.985×).
+    /// the helpers on the machine's other core, QD32 reads ran 1.04× and 1.035× as fast as when
+    /// the caller took its share back from the queue (medians of two sets of 11 paired runs; a
+    /// third set, in a noisy minute, 0.95×). One in 3: the same as 4; one in 6: 0.985×.
     fn hand_over(&self, local: &mut Local) {
         local.batch_polls = 0;
         if local.batch.is_empty() {

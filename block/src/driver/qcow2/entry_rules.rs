@@ -62,7 +62,7 @@ pub fn host_cluster(host: u64, q: &Qcow2, at: u64) -> Result<()> {
         return Ok(());
     }
     let cs = q.cluster_size();
-    if q.meta.get().hit(&Region::new(host, cs)).is_some() {
+    if q.meta.hit(&Region::new(host, cs)).is_some() {
         return Err(Error::Corrupt { what: "L2 entry: data cluster overlaps the header or a table", offset: at });
     }
     if host == at & !(cs - 1) {

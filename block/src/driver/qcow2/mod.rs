@@ -67,7 +67,7 @@ use crate::options::OptionsView;
 use extensions::Extensions;
 use header::{Compression, Header, KNOWN_HEADER_LEN};
 use snapshots::Walk;
-use validation::{Metadata, Region, Table};
+use validation::{Metadata, Region, Table, Tables};
 
 /// Largest L1 table scanned at open to learn that it is empty (64 Ki entries: a 32 TiB image
 /// of 64 KiB clusters).
@@ -113,7 +113,7 @@ pub struct Qcow2 {
     /// Bumped whenever an L1 entry or the L1 table changes: older `last_l1`s are void.
     pub(crate) l1_changes: Cell<u64>,
     /// Header cluster and tables, for overlap checks (tables move when they grow).
-    pub(crate) meta: Cell<Metadata>,
+    pub(crate) meta: Tables,
     /// The snapshot open (index in the table), if any.
     pub(crate) snapshot: Option<u32>,
     /// The snapshot table in force: (offset, entries); moves when snapshots are made or deleted.
@@ -187,7 +187,7 @@ impl Qcow2 {
             l1_empty: Cell::new(false),
             last_l1: Cell::new(None),
             l1_changes: Cell::new(0),
-            meta: Cell::new(meta),
+            meta: Tables::new(meta),
             snapshot: None,
             snap_table: Cell::new((header.snapshots_offset, header.nb_snapshots)),
             size: Cell::new(header.size),

@@ -458,7 +458,9 @@ impl Adaptive {
     pub(super) fn wait_idle(&self) {
         self.unplug();
         // The caller's kept requests are this thread's to run.
-        while let Some(index) = self.local.borrow_mut().kept.pop() {
+        loop {
+            let kept = self.local.borrow_mut().kept.pop();
+            let Some(index) = kept else { break };
             Job { file: &*self.shared, index }.run();
         }
         while self.shared.slots.iter().any(|s| s.status.state.load(Ordering::Acquire) == QUEUED) {

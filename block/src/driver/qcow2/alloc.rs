@@ -228,7 +228,7 @@ impl Qcow2 {
         // Clusters past everything written since the open cannot hold a table the cache knows
         // of (every table lies below that line), so the cache is searched only below it.
         let below_fresh = start < self.w.fresh_from.get();
-        if self.meta.get().hit(&region).is_some() || (below_fresh && io.meta.holds(file, start, end, self.slice_len() as u64)) {
+        if self.meta.hit(&region).is_some() || (below_fresh && io.meta.holds(file, start, end, self.slice_len() as u64)) {
             return Err(self.signal_corruption(io, file, "allocation would overwrite metadata (refcounts are wrong)", start).await);
         }
         Ok(())

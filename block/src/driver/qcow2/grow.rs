@@ -115,7 +115,7 @@ impl Qcow2 {
         let end = (area + blocks + table).checked_mul(cs).ok_or(Error::NoSpace { what: "image file offsets" })?;
         let start = area * cs;
         let r = Region::new(start, end - start);
-        if self.meta.get().hit(&r).is_some() {
+        if self.meta.hit(&r).is_some() {
             return Err(self.signal_corruption(io, file, "refcount table growth would overwrite metadata", start).await);
         }
         child_io::grow(io, file, end)?;

@@ -53,7 +53,7 @@ impl Qcow2 {
             cs,
             child_io::size(io, file)?,
         )?;
-        if self.meta.get().hit(&sn_l1).is_some() {
+        if self.meta.hit(&sn_l1).is_some() {
             return Err(Error::BadImage {
                 what: "snapshot L1 table overlaps the header or a table",
             });

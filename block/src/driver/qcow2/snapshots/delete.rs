@@ -28,7 +28,7 @@ impl Qcow2 {
             snap.l1_table_offset,
             u64::from(snap.l1_size) * 8,
         );
-        if self.meta.get().hit(&l1).is_some() {
+        if self.meta.hit(&l1).is_some() {
             return Err(Error::BadImage {
                 what: "snapshot L1 table overlaps the header or a table",
             });

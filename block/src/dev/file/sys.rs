@@ -323,8 +323,7 @@ impl Exec {
             // kernel touches at most `count` entries of the slice.
             let n = unsafe {
                 match (write, iov.len()) {
-                    (false, 1) => libc::pread(self.fd(), first.iov_base, first.iov_len, off),
-                    (true, 1) => libc::pwrite(self.fd(), first.iov_base, first.iov_len, off),
+                    (_, 1) => transfer_one(self.fd(), write, first.iov_base, first.iov_len, off),
                     (false, _) => libc::preadv(self.fd(), iov.as_ptr(), count, off),
                     (true, _) => libc::pwritev(self.fd(), iov.as_ptr(), count, off),
                 }

@@ -40,6 +40,7 @@ mod alloc;
 pub mod bitmaps;
 mod grow;
 pub mod measure;
+mod plain_read;
 mod refcount;
 mod shrink;
 pub mod snapshots;

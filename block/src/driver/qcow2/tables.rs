@@ -275,6 +275,16 @@ impl Qcow2 {
     /// an asynchronous call per request. `None` if anything it needs is not in memory or looks
     /// wrong: `map` then reads what it needs and judges it (and reports the error).
     pub(crate) fn map_cached(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<Mapping> {
+        let cs = self.cluster_size();
+        let one_cluster = len != 0 && len <= cs - (offset & (cs - 1));
+        if one_cluster && !self.data_file && !self.extended_l2 {
+            return self.map_cached_plain(io, node, offset, len);
+        }
+        self.map_cached_any(io, node, offset, len)
+    }
+
+    /// [`Qcow2::map_cached`] for any image and range.
+    pub(super) fn map_cached_any(&self, io: &Io<'_, '_>, node: NodeId, offset: u64, len: u64) -> Option<Mapping> {
         let at = match self.start(io, node, offset, len).ok()? {
             Start::Unallocated(len) => return Some(Mapping::Unallocated { len, kept: None }),
             Start::At(at) => at,
@@ -309,9 +319,17 @@ impl Qcow2 {
         Ok(Start::At(LookupAt { file, data, data_role, l1_at, l2_index: guest_cluster & (self.l2_entries() - 1), len }))
     }
 
+    /// The answer for `len` bytes at `offset` inside the one cluster whose L2 entry, at file
+    /// offset `entry_at` of a standard table without a data file, is `word`; `None` if the entry
+    /// breaks a rule (the general lookup reports it). `eof`: the image file's size.
+    pub(super) fn judge_one(&self, word: u64, entry_at: u64, offset: u64, len: u64, eof: u64) -> Option<Mapping> {
+        let found = self.scan(&word.to_be_bytes(), entry_at, offset, len, eof).ok()?;
+        Some(finish(found, eof, Role::File))
+    }
+
     /// The L2 table the L1 entry at `l1_at` points to, if it is the remembered one and no L1
     /// change came since it was read.
-    fn remembered_l2(&self, l1_at: u64) -> Option<HostOffset> {
+    pub(super) fn remembered_l2(&self, l1_at: u64) -> Option<HostOffset> {
         match self.last_l1.get() {
             Some((at, table, seen)) if at == l1_at && seen == self.l1_changes.get() => Some(HostOffset(table)),
             _ => None,
@@ -320,7 +338,7 @@ impl Qcow2 {
 
     /// The cache slice holding entry `l2_index` of the L2 table at `l2`: its start, the entry's
     /// offset inside it, and the entry's file offset.
-    fn l2_slice(&self, l2: HostOffset, l2_index: u64) -> (u64, usize, u64) {
+    pub(super) fn l2_slice(&self, l2: HostOffset, l2_index: u64) -> (u64, usize, u64) {
         // Slices are a power of two long (a cluster or 4 KiB).
         let slice_mask = self.slice_len() as u64 - 1;
         let entry_at = l2.0 + l2_index * self.l2_entry_size();

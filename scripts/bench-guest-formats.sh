@@ -7,11 +7,19 @@
 # own overlay/raw ratio is measured the same way on the host (`qemu-img bench -w -d 32`, 4 KiB at
 # 64 KiB steps: one allocation per write) as the yardstick. Usage:
 #   scripts/bench-guest-formats.sh [SECONDS] [RUNS]      (default: 3 s, 5 runs)
+#   CASES=read scripts/bench-guest-formats.sh 1 100      (only the read cases: many short runs)
+# Each run boots its cases in a rotated order (run k starts k cases further on), so no case always
+# follows the same one. Beside the ratio of the medians, each case's ratio to raw is taken run by
+# run (against that run's raw boot) and their median printed with a 95% bootstrap interval: on a
+# machine whose speed drifts from minute to minute (raw alone can range 35k-80k IOPS), a per-run
+# ratio cancels what separate medians keep, and the interval says whether a few per cent can be
+# told apart at all (at about 0.15 spread per run, that takes on the order of 100 runs).
 # Images live in target/strata/bench-formats/ (256 MiB each, made once). Needs qemu-img, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-3}
 RUNS=${2:-5}
+CASES=${CASES:-all}
 QEMU_IMG=${QEMU_IMG:-qemu-img}
 cargo build -q --release -p qemu-runner
 RUNNER=$PWD/target/release/qemu-runner
@@ -60,32 +68,64 @@ qemu_write() {
     "$QEMU_IMG" bench -f "$fmt" -w -t writeback -d 32 -c 4000 -s 4096 -S 65536 q.img |
         awk '/Run completed in/ { printf "%d\n", 4000 / $4 }'
 }
-median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+# run_case CASE: one measurement of CASE.
+run_case() {
+    case $1 in
+        r-raw) read_case base.raw raw ;;
+        r-qcow2) read_case full.qcow2 qcow2 ;;
+        r-chain8) read_case chain-8.qcow2 qcow2 ;;
+        w-*) write_case "${1#w-}" ;;
+        q-*) qemu_write "${1#q-}" ;;
+    esac
+}
+# rotated K GROUP...: the group's cases, starting K places on.
+rotated() {
+    local k=$1; shift
+    local n=$#
+    local all=("$@")
+    for j in $(seq 0 $((n - 1))); do echo "${all[$(((j + k) % n))]}"; done
+}
 
 declare -A got
-cases="r-raw r-qcow2 r-chain8 w-raw w-qcow2 w-overlay q-raw q-overlay"
 for run in $(seq "$RUNS"); do
-    got[r-raw]+=" $(read_case base.raw raw)"
-    got[r-qcow2]+=" $(read_case full.qcow2 qcow2)"
-    got[r-chain8]+=" $(read_case chain-8.qcow2 qcow2)"
-    got[w-raw]+=" $(write_case raw)"
-    got[w-qcow2]+=" $(write_case qcow2)"
-    got[w-overlay]+=" $(write_case overlay)"
-    got[q-raw]+=" $(qemu_write raw)"
-    got[q-overlay]+=" $(qemu_write overlay)"
+    groups=()
+    [ "$CASES" = write ] || groups+=("r-raw r-qcow2 r-chain8")
+    [ "$CASES" = read ] || groups+=("w-raw w-qcow2 w-overlay" "q-raw q-overlay")
+    for group in "${groups[@]}"; do
+        # shellcheck disable=SC2086 # reason: the group is a word list
+        for c in $(rotated "$run" $group); do got[$c]+=" $(run_case "$c")"; done
+    done
     echo "run $run of $RUNS done" >&2
 done
 rm -f w.img q.img run.json
-declare -A med
-for c in $cases; do med[$c]=$(echo ${got[$c]} | tr ' ' '\n' | median); done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-echo "Strata guest (TCG, microvm), 4 KiB, QD32, $SECS s per boot; medians of $RUNS interleaved runs; load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf "%-44s %10s %8s   %s\n" case IOPS "vs raw" runs
-printf "%-44s %10s %8s   %s\n" "randread raw" "${med[r-raw]}" 1.00 "${got[r-raw]}"
-printf "%-44s %10s %8s   %s\n" "randread fully allocated qcow2" "${med[r-qcow2]}" "$(ratio "${med[r-qcow2]}" "${med[r-raw]}")" "${got[r-qcow2]}"
-printf "%-44s %10s %8s   %s\n" "randread 8 empty overlays over raw" "${med[r-chain8]}" "$(ratio "${med[r-chain8]}" "${med[r-raw]}")" "${got[r-chain8]}"
-printf "%-44s %10s %8s   %s\n" "randwrite raw" "${med[w-raw]}" 1.00 "${got[w-raw]}"
-printf "%-44s %10s %8s   %s\n" "randwrite empty qcow2" "${med[w-qcow2]}" "$(ratio "${med[w-qcow2]}" "${med[w-raw]}")" "${got[w-qcow2]}"
-printf "%-44s %10s %8s   %s\n" "randwrite qcow2 overlay over raw (CoW)" "${med[w-overlay]}" "$(ratio "${med[w-overlay]}" "${med[w-raw]}")" "${got[w-overlay]}"
-printf "%-44s %10s %8s   %s\n" "qemu-img bench -w -S 64k raw (host)" "${med[q-raw]}" 1.00 "${got[q-raw]}"
-printf "%-44s %10s %8s   %s\n" "qemu-img bench -w -S 64k overlay (host)" "${med[q-overlay]}" "$(ratio "${med[q-overlay]}" "${med[q-raw]}")" "${got[q-overlay]}"
+# stats CASE BASE: the median of CASE, its ratio of medians to BASE, and the median of the
+# per-run ratios with a 95% bootstrap interval.
+stats() {
+    python3 - "${got[$1]}" "${got[$2]}" <<'PY'
+import random, statistics as st, sys
+case, base = ([float(v) for v in a.split()] for a in sys.argv[1:3])
+ratios = [c / b for c, b in zip(case, base)]
+random.seed(1)
+meds = sorted(st.median(random.choices(ratios, k=len(ratios))) for _ in range(2000))
+print("%d %.3f %.3f [%.3f, %.3f]" % (st.median(case), st.median(case) / st.median(base), st.median(ratios), meds[50], meds[1949]))
+PY
+}
+echo "Strata guest (TCG, microvm), 4 KiB, QD32, $SECS s per boot; $RUNS interleaved runs; load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%-42s %8s %9s   %-26s %s\n" case IOPS "vs raw" "per-run ratio [95%]" runs
+row() {
+    read -r iops ofmed rest <<< "$(stats "$2" "$3")"
+    printf "%-42s %8s %9s   %-26s %s\n" "$1" "$iops" "$ofmed" "$rest" "${got[$2]}"
+}
+if [ "$CASES" != write ]; then
+    row "randread raw" r-raw r-raw
+    row "randread fully allocated qcow2" r-qcow2 r-raw
+    row "randread 8 empty overlays over raw" r-chain8 r-raw
+fi
+if [ "$CASES" != read ]; then
+    row "randwrite raw" w-raw w-raw
+    row "randwrite empty qcow2" w-qcow2 w-raw
+    row "randwrite qcow2 overlay over raw (CoW)" w-overlay w-raw
+    row "qemu-img bench -w -S 64k raw (host)" q-raw q-raw
+    row "qemu-img bench -w -S 64k overlay (host)" q-overlay q-raw
+fi

@@ -11,7 +11,8 @@
 //! `cargo run --release -p strata-block --features std --example io_cost -- IMAGE FORMAT
 //! read|write COUNT [PREFILL]`: IMAGE is a file made by `qemu-img create` (read into RAM with
 //! 512 MiB of room after it), FORMAT `raw` or `qcow2`, optionally with more of the node's
-//! options (`qcow2,read-only=on`, as the guest bench opens its read cases); PREFILL writes
+//! options (`qcow2,read-only=on`, as the guest bench opens its read cases; the RAM disk is then
+//! read-only too, as a `read-only=on` drive is to the guest); PREFILL writes
 //! (other offsets) run first, e.g. to measure overwrites of allocated clusters. Instructions per request: the difference of
 //! two runs with different COUNT, divided by the difference.
 
@@ -39,6 +40,8 @@ const DELAY: u64 = 8;
 /// task then, and says where it reads zeros from (as the guest's headroom disk does).
 struct Zeroed<'m> {
     ram: RamDisk<'m, 64>,
+    /// The RAM disk's, read-only for the read-only cases (as the guest bench's drives are).
+    info: DeviceInfo,
     zeroed_from: u64,
     round: Cell<u64>,
     /// Requests wait for their round (in [`run`]; the open and the close do not tick).
@@ -65,7 +68,7 @@ impl Zeroed<'_> {
 #[allow(unsafe_code)] // reason: forwards the device contract unchanged
 impl BlockDevice for Zeroed<'_> {
     fn info(&self) -> &DeviceInfo {
-        self.ram.info()
+        &self.info
     }
     unsafe fn submit(&self, req: &DeviceRequest<'_>) -> Result<Ticket, SubmitError> {
         // SAFETY: the caller's guarantees are passed on as they are.
@@ -155,7 +158,10 @@ fn main() {
     let len = memory.len() as u64;
     memory.resize(memory.len() + (512 << 20), 0);
     let config = RamConfig::default();
-    let dev = Zeroed { ram: RamDisk::new(&mut memory, 512, config), zeroed_from: len, round: Cell::new(0), pacing: Cell::new(false), flight: RefCell::new(HashMap::new()) };
+    let read_only = format.contains("read-only=on");
+    let ram = RamDisk::new(&mut memory, 512, config);
+    let info = DeviceInfo { read_only, ..ram.info().clone() };
+    let dev = Zeroed { ram, info, zeroed_from: len, round: Cell::new(0), pacing: Cell::new(false), flight: RefCell::new(HashMap::new()) };
     let mut bounce = vec![0u8; 256 * 1024];
     let cache: Vec<CacheSlot> = (0..256).map(|_| CacheSlot::new()).collect();
     let mut graph: Graph<'_, 8, 64> = Graph::new(&mut bounce, 64 * 1024);
@@ -163,7 +169,6 @@ fn main() {
     let options = format!("driver={format},file=f");
     let mut resolve = |name: &str| (name == "f").then_some(&dev as &dyn BlockDevice);
     let root = futures::executor::block_on(graph.open(&options, &mut resolve)).unwrap_or_else(|e| panic!("open: {e}"));
-    let read_only = format.contains("read-only=on");
     let backend = Backend::new(&graph, root, BackendOptions { read_only, ..BackendOptions::default() }).unwrap_or_else(|e| panic!("backend: {e}"));
     let mem: Vec<u8> = (0..QD * BS).map(|i| (i as u8) ^ 0x5a).collect();
     if prefill > 0 {

@@ -221,7 +221,7 @@ impl Job {
                 "mean_ns": kind.total_ns / kind.ops.max(1), "p50_ns_le": p50, "p99_ns_le": p99, "p999_ns_le": p999,
                 "engine": img.files.first().map(|f| format!("{:?}", f.engine())),
                 "engine_counts": img.files.first().and_then(|f| f.engine_counts()).map(|c| serde_json::json!({
-                    "inline": c.inline, "queued": c.queued, "ran_by_caller": c.ran_by_caller,
+                    "inline": c.inline, "queued": c.queued, "ran_by_caller": c.ran_by_caller, "merged": c.merged,
                 })),
                 "latency_histogram": series.latency_histogram, "iops_series": series.iops_series,
             });
@@ -252,7 +252,7 @@ fn wrap(x: u64, size: u64) -> u64 {
 }
 
 /// The image file's engine and, for the adaptive one, where its requests ran: "Adaptive: 2%
-/// inline, 98% queued (31% of those run by the caller)".
+/// inline, 98% queued (31% of those run by the caller, 40% merged into the read before)".
 fn engine_summary(img: &Image<'_, '_>) -> String {
     let Some(file) = img.files.first() else { return String::new() };
     let name = format!("{:?}", file.engine());
@@ -260,10 +260,11 @@ fn engine_summary(img: &Image<'_, '_>) -> String {
         Some(c) if c.inline + c.queued > 0 => {
             let total = (c.inline + c.queued) as f64;
             format!(
-                "{name}: {:.0}% inline, {:.0}% queued ({:.0}% of those run by the caller)",
+                "{name}: {:.0}% inline, {:.0}% queued ({:.0}% of those run by the caller, {:.0}% merged into the read before)",
                 c.inline as f64 * 100.0 / total,
                 c.queued as f64 * 100.0 / total,
                 c.ran_by_caller as f64 * 100.0 / (c.queued.max(1)) as f64,
+                c.merged as f64 * 100.0 / (c.queued.max(1)) as f64,
             )
         }
         _ => name,

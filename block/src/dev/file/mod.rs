@@ -365,6 +365,33 @@ impl SlotReq {
         }
     }
 
+    /// Makes this a request of one segment, `iov`, the first of a run that
+    /// [`SlotReq::extend_run`] grows.
+    fn start_run(&mut self, op: DeviceOp, offset: u64, iov: libc::iovec) {
+        self.op = op;
+        self.offset = offset;
+        self.len = iov.iov_len as u64;
+        self.inline_len = 0;
+        self.iov.0.clear();
+        self.iov.0.push(iov);
+    }
+
+    /// Appends `iov`, the segment that follows this request's last byte; false (nothing
+    /// changed) when the slot's iovecs are full.
+    fn extend_run(&mut self, iov: libc::iovec) -> bool {
+        if self.iov.0.len() == self.iov.0.capacity() {
+            return false;
+        }
+        self.iov.0.push(iov);
+        self.len += iov.iov_len as u64;
+        true
+    }
+
+    /// The byte after the request's last.
+    fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+
     /// Runs it.
     ///
     /// # Safety

@@ -658,6 +658,109 @@ fn drop_waits_for_requests_in_flight() {
 /// Writeback at depth: a handed-over batch keeps some requests back for the caller to run,
 /// which no helper ever will. Dropping the file must run those too, not only wait for the
 /// helpers' share.
+/// Submits one request of `segments` (polled later, or never: the device's drop waits).
+fn submit_only(dev: &HostFile, op: DeviceOp, offset: u64, segments: &[Segment]) -> Ticket {
+    let len = segments.iter().map(|s| s.len as u64).sum();
+    // SAFETY: every caller keeps the segments' memory alive and untouched until the ticket is
+    // polled done or the device is dropped (whose drop waits for its requests).
+    unsafe { dev.submit(&DeviceRequest { op, offset, len, segments }) }.unwrap()
+}
+
+/// Takes the adaptive engine into shared mode the way a caller at depth does: one request at a
+/// time until a probe is held, then a second request beside it. Returns the two tickets.
+fn into_shared_mode(dev: &HostFile, bufs: &mut [[u8; 4096]; 2]) -> [Ticket; 2] {
+    let [a, b] = bufs;
+    let seg = Segment::from_mut(&mut a[..]);
+    let mut held = None;
+    for _ in 0..1000 {
+        let t = submit_only(dev, DeviceOp::Read, 0, core::slice::from_ref(&seg));
+        if dev.in_flight() == 1 {
+            held = Some(t);
+            break;
+        }
+        assert_eq!(block_on(Wait { dev, ticket: t }), Ok(()));
+    }
+    let held = held.expect("no probe within 1000 requests");
+    let second = submit_only(dev, DeviceOp::Read, 0, &[Segment::from_mut(&mut b[..])]);
+    assert_eq!(dev.adaptive_shared(), Some(true));
+    [held, second]
+}
+
+/// Reads of one batch whose ranges follow one another are done by one system call: each gets
+/// its own bytes, and nothing else is joined: not across a gap, a write, a request of several
+/// segments or a request of another batch.
+#[test]
+fn adaptive_merges_adjacent_reads_of_a_batch() {
+    let blocks = 64u64;
+    let p = make_file("wb-merge", blocks * 4096);
+    let dev = HostFile::open(&p, &writeback()).unwrap();
+    let mut probe = [[0u8; 4096]; 2];
+    let first = into_shared_mode(&dev, &mut probe);
+    // One batch: blocks 10..18 (a run of 8), 20 (a gap before it), 21 written (a write ends the
+    // run), 22 read in two segments, 23 and 24 (a run of 2, after a request of two segments).
+    let mut bufs = vec![[0u8; 4096]; 16];
+    let mut halves = [[0u8; 2048]; 2];
+    let write_data = [0xa5u8; 4096];
+    let mut tickets = Vec::new();
+    {
+        let (run, rest) = bufs.split_at_mut(8);
+        for (i, buf) in run.iter_mut().enumerate() {
+            tickets.push(submit_only(&dev, DeviceOp::Read, (10 + i as u64) * 4096, &[Segment::from_mut(&mut buf[..])]));
+        }
+        tickets.push(submit_only(&dev, DeviceOp::Read, 20 * 4096, &[Segment::from_mut(&mut rest[0][..])]));
+        tickets.push(submit_only(&dev, DeviceOp::Write, 21 * 4096, &[Segment::from_ref(&write_data[..])]));
+        let [h0, h1] = &mut halves;
+        tickets.push(submit_only(&dev, DeviceOp::Read, 22 * 4096, &[Segment::from_mut(&mut h0[..]), Segment::from_mut(&mut h1[..])]));
+        tickets.push(submit_only(&dev, DeviceOp::Read, 23 * 4096, &[Segment::from_mut(&mut rest[1][..])]));
+        tickets.push(submit_only(&dev, DeviceOp::Read, 24 * 4096, &[Segment::from_mut(&mut rest[2][..])]));
+    }
+    dev.unplug();
+    for t in first.into_iter().chain(tickets) {
+        assert_eq!(block_on(Wait { dev: &dev, ticket: t }), Ok(()));
+    }
+    // The batch (the probe and the request beside it first) is 15 requests; its last 3 (the
+    // request of two segments, 23 and 24) are kept back for the caller and merged apart from
+    // the rest: 7 reads join the one before them in the run of 8, 24 joins 23.
+    let counts = dev.engine_counts().unwrap();
+    assert_eq!(counts.merged, 7 + 1, "{counts:?}");
+    let expect = |block: u64, buf: &[u8]| buf.iter().enumerate().all(|(j, &b)| b == pattern(block * 4096 + j as u64));
+    for (i, buf) in bufs[..8].iter().enumerate() {
+        assert!(expect(10 + i as u64, buf), "block {}", 10 + i);
+    }
+    assert!(expect(20, &bufs[8]) && expect(23, &bufs[9]) && expect(24, &bufs[10]));
+    assert!(halves.concat().iter().enumerate().all(|(j, &b)| b == pattern(22 * 4096 + j as u64)));
+    // A second batch: 25 follows 24 on the file, but not in one batch.
+    let t = submit_only(&dev, DeviceOp::Read, 25 * 4096, &[Segment::from_mut(&mut bufs[11][..])]);
+    dev.unplug();
+    assert_eq!(block_on(Wait { dev: &dev, ticket: t }), Ok(()));
+    assert_eq!(dev.engine_counts().unwrap().merged, 8);
+    assert!(expect(25, &bufs[11]));
+    drop(dev);
+    let file = std::fs::read(&p).unwrap();
+    assert!(file[21 * 4096..22 * 4096].iter().all(|&b| b == 0xa5));
+}
+
+/// A run of adjacent reads longer than one system call takes is split.
+#[test]
+fn adaptive_merged_runs_are_bounded() {
+    let p = make_file("wb-merge-long", 64 * 4096);
+    let dev = HostFile::open(&p, &writeback()).unwrap();
+    let mut probe = [[0u8; 4096]; 2];
+    let first = into_shared_mode(&dev, &mut probe);
+    let mut bufs = vec![[0u8; 4096]; 48];
+    let tickets: Vec<_> = bufs.iter_mut().enumerate().map(|(i, b)| submit_only(&dev, DeviceOp::Read, i as u64 * 4096, &[Segment::from_mut(&mut b[..])])).collect();
+    dev.unplug();
+    for t in first.into_iter().chain(tickets) {
+        assert_eq!(block_on(Wait { dev: &dev, ticket: t }), Ok(()));
+    }
+    // 50 requests: the last 12 kept back (a run of 12: 11 merged); the 36 reads handed over
+    // before them are a run of 32 (31 merged) and one of 4 (3), which would have been 35.
+    assert_eq!(dev.engine_counts().unwrap().merged, 11 + 31 + 3);
+    for (i, buf) in bufs.iter().enumerate() {
+        assert!(buf.iter().enumerate().all(|(j, &b)| b == pattern(i as u64 * 4096 + j as u64)), "block {i}");
+    }
+}
+
 #[test]
 fn writeback_drop_runs_requests_kept_back() {
     let blocks = 256u64;

@@ -374,8 +374,7 @@ impl Adaptive {
                 None => Err(job),
             };
             if let Err(job) = refused {
-                job.run();
-                local.counts.ran_by_caller += 1;
+                local.counts.ran_by_caller += job.run();
             }
         }
         if let Some(h) = h {
@@ -463,9 +462,9 @@ impl Adaptive {
             // has work of its own then.)
             let job = local.kept.pop().or_else(|| helpers().and_then(|h| h.pop_beyond(h.threads)));
             if let Some(job) = job {
-                job.run();
-                local.window_ran += 1;
-                local.counts.ran_by_caller += 1;
+                let ran = job.run();
+                local.window_ran += ran as u32;
+                local.counts.ran_by_caller += ran;
             }
             state = slot.status.state.load(Ordering::Acquire);
         }
@@ -502,7 +501,9 @@ impl Adaptive {
             // Run queued requests rather than only wait: this thread may be the only one left
             // that can (the helpers may be busy with other files' requests).
             match helpers().and_then(|h| h.pop_beyond(0)) {
-                Some(job) => job.run(),
+                Some(job) => {
+                    job.run();
+                }
                 None => std::thread::yield_now(),
             }
         }
@@ -601,13 +602,16 @@ impl Job {
         Self { file, index, one: None }
     }
 
-    fn run(self) {
+    /// Runs the request and finishes it; returns how many requests that finished (the
+    /// followers of a merged read too).
+    fn run(self) -> u64 {
         // SAFETY: see `Send` above: the file outlives this job until `finish` below, after which
         // nothing here touches it.
         let file = unsafe { &*self.file };
         let slot = &file.slots[usize::from(self.index)];
         // The submit contract keeps the segments valid (reads: unaliased) until the ticket is
         // reported done, which `poll` does only after `finish`.
+        let mut finished = 1;
         let result = match self.one {
             Some(mut one) => {
                 let len = one.iov.iov_len as u64;
@@ -624,11 +628,13 @@ impl Job {
                 // be reused.
                 for f in followers.drain(..) {
                     file.slots[usize::from(f)].finish(result);
+                    finished += 1;
                 }
                 result
             }
         };
         slot.finish(result);
+        finished
     }
 }
 

@@ -571,7 +571,8 @@ struct Job {
     one: Option<OneSegment>,
 }
 
-/// A request of one segment (whose length is the request's: `DeviceInfo::check` saw to it).
+/// A read or write of one segment, whose length is the request's (`DeviceInfo::check` saw to
+/// it).
 #[derive(Clone, Copy)]
 struct OneSegment {
     op: DeviceOp,
@@ -585,10 +586,11 @@ unsafe impl Send for Job {}
 
 impl Job {
     /// The job of slot `index` (FREE or HELD, so the caller's) for `req`: carried whole if it
-    /// has one segment, else copied into the slot.
+    /// is a read or write of one segment, else copied into the slot. (Other requests may come
+    /// with segments too, which `DeviceInfo::check` does not hold to their length.)
     fn new(file: &Shared, index: u16, req: &DeviceRequest<'_>) -> Self {
         let one = match req.segments {
-            [s] => Some(OneSegment { op: req.op, offset: req.offset, iov: libc::iovec { iov_base: s.ptr.cast(), iov_len: s.len } }),
+            [s] if matches!(req.op, DeviceOp::Read | DeviceOp::Write) => Some(OneSegment { op: req.op, offset: req.offset, iov: libc::iovec { iov_base: s.ptr.cast(), iov_len: s.len } }),
             _ => {
                 file.store(index, req);
                 None

@@ -729,15 +729,23 @@ fn adaptive_merges_adjacent_reads_of_a_batch() {
     }
     assert!(expect(20, &bufs[8]) && expect(23, &bufs[9]) && expect(24, &bufs[10]));
     assert!(halves.concat().iter().enumerate().all(|(j, &b)| b == pattern(22 * 4096 + j as u64)));
-    // A second batch: 25 follows 24 on the file, but not in one batch.
+    // A second batch: 25 follows 24 on the file, but not in one batch. And a write-zeroes of
+    // block 30 that comes with a stray segment of 16 bytes: its length is the request's.
     let t = submit_only(&dev, DeviceOp::Read, 25 * 4096, &[Segment::from_mut(&mut bufs[11][..])]);
+    let stray = [0u8; 16];
+    let req = DeviceRequest { op: DeviceOp::WriteZeroes { unmap: false }, offset: 30 * 4096, len: 4096, segments: &[Segment::from_ref(&stray[..])] };
+    // SAFETY: `stray` outlives the request, polled below.
+    let z = unsafe { dev.submit(&req) }.unwrap();
     dev.unplug();
     assert_eq!(block_on(Wait { dev: &dev, ticket: t }), Ok(()));
+    assert_eq!(block_on(Wait { dev: &dev, ticket: z }), Ok(()));
     assert_eq!(dev.engine_counts().unwrap().merged, 8);
     assert!(expect(25, &bufs[11]));
     drop(dev);
     let file = std::fs::read(&p).unwrap();
     assert!(file[21 * 4096..22 * 4096].iter().all(|&b| b == 0xa5));
+    assert!(file[30 * 4096..31 * 4096].iter().all(|&b| b == 0), "block 30 zeroed whole");
+    assert!(expect(31, &file[31 * 4096..32 * 4096]));
 }
 
 /// A run of adjacent reads longer than one system call takes is split.

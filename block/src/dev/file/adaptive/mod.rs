@@ -13,7 +13,7 @@
 //!   a caller with nothing else to do polls again, and the held request runs there and then
 //!   (costing one extra poll per [`PROBE_EVERY`] requests).
 //! - **Shared**: `submit` queues the request; `unplug` hands the batch to the process-wide
-//!   [`Helpers`] queue, which the helper threads drain, but for a part the caller keeps. `poll`
+//!   [`Helpers`](helpers::Helpers) queue, which the helper threads drain, but for a part the caller keeps. `poll`
 //!   of a request not yet done runs a kept request, else the request at the front of that
 //!   queue, in the caller's thread, so the caller executes requests too whenever it has nothing
 //!   else to do. [`CALM_SUBMITS`] submits in a row that find nothing else in flight switch back to
@@ -28,7 +28,7 @@
 //! The helpers are shared by every file of the process (an image chain is one caller, not one
 //! per file, and helpers spinning per file would outnumber the cores): `available_parallelism() -
 //! 1` of them (at least one), started on first need. After its last request a helper spins for
-//! [`SPIN`] before sleeping, so a steady stream of requests never pays for a wake-up.
+//! [`SPIN`](helpers::SPIN) before sleeping, so a steady stream of requests never pays for a wake-up.
 //!
 //! A hand-off costs what the cores spend moving cache lines between them, so it moves few: the
 //! queue is a lock-free ring (`crossbeam-queue`), each slot's status sits on its own cache line,
@@ -39,17 +39,21 @@
 
 use std::cell::{RefCell, UnsafeCell};
 use std::task::{Context, Poll};
-use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
 use super::parking::Parking;
 use super::sys::Exec;
-use super::{decode_result, encode_result, lock_unpoisoned, make_ticket, split_ticket, IovBuf, SlotReq};
-use crate::dev::{DeviceError, DeviceOp, DeviceRequest, SubmitError, Ticket};
+use super::{decode_result, encode_result, make_ticket, split_ticket, IovBuf, SlotReq};
+use crate::dev::{DeviceError, DeviceRequest, SubmitError, Ticket};
+
+mod helpers;
+mod job;
+
+use helpers::helpers;
+use job::{Job, MAX_MERGE};
 
 /// In inline mode, one request in this many is held for a poll to see whether the caller has
 /// others to make.
@@ -60,16 +64,8 @@ const CALM_SUBMITS: u32 = 16;
 const WINDOW: u32 = 256;
 /// The most the probe interval grows after shared windows that did not pay.
 const MAX_BACKOFF: u32 = 64;
-/// How long an idle helper spins before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
-/// Most helper threads, whatever the core count.
-const MAX_HELPERS: usize = 4;
 /// A handed-over batch keeps one in this many of its requests back for the caller to run.
 const KEEP_DIVISOR: usize = 4;
-/// Jobs the helpers' queue holds; past that, callers run their requests themselves.
-const QUEUE_CAPACITY: usize = 4096;
-/// Most reads one system call does for a batch (see [`Adaptive::merge_reads`]).
-const MAX_MERGE: usize = 32;
 
 const FREE: u8 = 0;
 /// Submitted, kept back for the probe (not queued).
@@ -382,32 +378,6 @@ impl Adaptive {
         }
     }
 
-    /// Joins each run of reads in the batch whose ranges follow one another (one segment each,
-    /// up to [`MAX_MERGE`]) into one read: the run's first slot takes the whole run as a
-    /// request of several segments, and the others become its followers, done by its system
-    /// call and finished with it. A stream of sequential reads at depth hands over a few such
-    /// reads per batch; one `preadv` for them saves each one's system call (entry, file lookup,
-    /// checks), which is a good part of a page-cache read. As QEMU's virtio-blk and Linux's
-    /// plugging merge adjacent requests, the joined reads also share one result: an error
-    /// fails the whole run.
-    fn merge_reads(&self, jobs: &mut Vec<Job>, from: usize) -> u64 {
-        let mut merged = 0;
-        let mut end = from;
-        for i in from..jobs.len() {
-            if let (Some(read), true) = (jobs[i].one.filter(|o| o.op == DeviceOp::Read), end > from) {
-                let follower = jobs[i].index;
-                if self.shared.join(&mut jobs[end - 1], follower, read) {
-                    merged += 1;
-                    continue;
-                }
-            }
-            jobs.swap(end, i);
-            end += 1;
-        }
-        jobs.truncate(end);
-        merged
-    }
-
     /// Runs the held probe request in this thread.
     fn run_held(&self, index: u16, local: &mut Local) {
         // SAFETY: the slot is HELD: only the caller, which holds `local`, touches its request.
@@ -523,30 +493,6 @@ impl Shared {
         self.slots[usize::from(index)].status.state.load(Ordering::Acquire) == DONE
     }
 
-    /// Makes slot `follower`'s `read` part of `leader`'s read if it starts where that one
-    /// ends, and the run has room; false (nothing changed) otherwise. Both jobs are in the
-    /// caller's batch.
-    fn join(&self, leader: &mut Job, follower: u16, read: OneSegment) -> bool {
-        let slot = &self.slots[usize::from(leader.index)];
-        // SAFETY: the leader's job is in the caller's batch, not handed over: the slot is the
-        // caller's (see `Slot`'s Sync).
-        let (req, followers) = unsafe { (&mut *slot.req.get(), &mut *slot.followers.get()) };
-        match leader.one {
-            Some(first) if first.op == DeviceOp::Read && first.offset + first.iov.iov_len as u64 == read.offset => {
-                req.start_run(DeviceOp::Read, first.offset, first.iov);
-                followers.clear();
-            }
-            None if !followers.is_empty() && followers.len() + 1 < MAX_MERGE && req.end() == read.offset => {}
-            _ => return false,
-        }
-        if !req.extend_run(read.iov) {
-            return false;
-        }
-        followers.push(follower);
-        leader.one = None;
-        true
-    }
-
     /// Copies `req` into slot `index`, which the caller owns (FREE or HELD).
     fn store(&self, index: u16, req: &DeviceRequest<'_>) {
         // SAFETY: the caller owns the slot (see `Slot`'s Sync): no other thread touches `req`.
@@ -558,174 +504,5 @@ impl Slot {
     fn finish(&self, result: Result<(), DeviceError>) {
         self.status.result.store(encode_result(result), Ordering::Relaxed);
         self.status.state.store(DONE, Ordering::Release);
-    }
-}
-
-/// One queued request: a file's slot, and the request itself when it has one segment.
-struct Job {
-    file: *const Shared,
-    index: u16,
-    /// The request, carried in the job so that the thread that runs it reads the queue entry's
-    /// cache line and not the slot's too (QD32 reads: 1.026×, median of 15 paired runs).
-    /// `None`: the request is in the slot (more than one segment, or the held probe).
-    one: Option<OneSegment>,
-}
-
-/// A read or write of one segment, whose length is the request's (`DeviceInfo::check` saw to
-/// it).
-#[derive(Clone, Copy)]
-struct OneSegment {
-    op: DeviceOp,
-    offset: u64,
-    iov: libc::iovec,
-}
-
-// SAFETY: `file` points into an `Adaptive`'s box, which outlives every job on its slots (its
-// Drop waits until none is QUEUED); the slot's request is the job's alone while it is QUEUED.
-unsafe impl Send for Job {}
-
-impl Job {
-    /// The job of slot `index` (FREE or HELD, so the caller's) for `req`: carried whole if it
-    /// is a read or write of one segment, else copied into the slot. (Other requests may come
-    /// with segments too, which `DeviceInfo::check` does not hold to their length.)
-    fn new(file: &Shared, index: u16, req: &DeviceRequest<'_>) -> Self {
-        let one = match req.segments {
-            [s] if matches!(req.op, DeviceOp::Read | DeviceOp::Write) => Some(OneSegment { op: req.op, offset: req.offset, iov: libc::iovec { iov_base: s.ptr.cast(), iov_len: s.len } }),
-            _ => {
-                file.store(index, req);
-                None
-            }
-        };
-        Self { file, index, one }
-    }
-
-    /// The job of a request already in slot `index` (the held probe).
-    fn in_slot(file: &Shared, index: u16) -> Self {
-        Self { file, index, one: None }
-    }
-
-    /// Runs the request and finishes it; returns how many requests that finished (the
-    /// followers of a merged read too).
-    fn run(self) -> u64 {
-        // SAFETY: see `Send` above: the file outlives this job until `finish` below, after which
-        // nothing here touches it.
-        let file = unsafe { &*self.file };
-        let slot = &file.slots[usize::from(self.index)];
-        // The submit contract keeps the segments valid (reads: unaliased) until the ticket is
-        // reported done, which `poll` does only after `finish`.
-        let mut finished = 1;
-        let result = match self.one {
-            Some(mut one) => {
-                let len = one.iov.iov_len as u64;
-                // SAFETY: as said above.
-                unsafe { file.exec.execute(one.op, one.offset, len, std::slice::from_mut(&mut one.iov)) }
-            }
-            None => {
-                // SAFETY: popping the job gave this thread the slot's request and followers
-                // (see `Slot`'s Sync).
-                let (r, followers) = unsafe { (&mut *slot.req.get(), &mut *slot.followers.get()) };
-                // SAFETY: as said above.
-                let result = unsafe { r.execute(&file.exec) };
-                // Before the leader's own: once it is finished, its slot (and this list) may
-                // be reused.
-                for f in followers.drain(..) {
-                    file.slots[usize::from(f)].finish(result);
-                    finished += 1;
-                }
-                result
-            }
-        };
-        slot.finish(result);
-        finished
-    }
-}
-
-/// The process-wide helper threads and their queue.
-struct Helpers {
-    /// Helper threads running.
-    threads: usize,
-    queue: ArrayQueue<Job>,
-    /// Helpers asleep (or about to sleep) on `work`.
-    sleeping: AtomicUsize,
-    lock: Mutex<()>,
-    work: Condvar,
-}
-
-/// The helpers, started on first use; `None` if no thread could be started (the engine then
-/// stays inline).
-fn helpers() -> Option<&'static Helpers> {
-    static HELPERS: OnceLock<Option<Helpers>> = OnceLock::new();
-    HELPERS.get_or_init(Helpers::start).as_ref()
-}
-
-impl Helpers {
-    fn start() -> Option<Self> {
-        let count = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).clamp(1, MAX_HELPERS);
-        // Threads reach the helpers through `helpers()`, which blocks them until this returns.
-        let mut started = 0;
-        for i in 0..count {
-            let spawned = std::thread::Builder::new().name(format!("strata-helper-{i}")).spawn(|| {
-                if let Some(h) = helpers() {
-                    h.serve();
-                }
-            });
-            started += usize::from(spawned.is_ok());
-        }
-        (started > 0).then(|| Self {
-            threads: started,
-            queue: ArrayQueue::new(QUEUE_CAPACITY),
-            sleeping: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            work: Condvar::new(),
-        })
-    }
-
-    /// Queues `job`; gives it back if the queue is full. Call [`Helpers::wake`] after a batch.
-    fn push(&self, job: Job) -> Result<(), Job> {
-        self.queue.push(job)
-    }
-
-    /// Wakes a sleeping helper for the jobs just pushed.
-    fn wake(&self) {
-        // Pairs with the fence in `serve`: either this sees the sleeper or the sleeper sees the
-        // jobs.
-        fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) > 0 {
-            let _guard = lock_unpoisoned(&self.lock);
-            self.work.notify_one();
-        }
-    }
-
-    /// The front job if more than `keep` are queued.
-    fn pop_beyond(&self, keep: usize) -> Option<Job> {
-        if self.queue.len() <= keep {
-            return None;
-        }
-        self.queue.pop()
-    }
-
-    /// A helper's life: run jobs; when there are none, spin a little, then sleep.
-    fn serve(&self) -> ! {
-        loop {
-            if let Some(job) = self.queue.pop() {
-                job.run();
-                continue;
-            }
-            let idle_since = Instant::now();
-            'spin: while idle_since.elapsed() < SPIN {
-                for _ in 0..64 {
-                    if !self.queue.is_empty() {
-                        break 'spin;
-                    }
-                    std::hint::spin_loop();
-                }
-            }
-            let guard = lock_unpoisoned(&self.lock);
-            self.sleeping.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let guard = if self.queue.is_empty() { self.work.wait(guard).unwrap_or_else(|e| e.into_inner()) } else { guard };
-            self.sleeping.fetch_sub(1, Ordering::SeqCst);
-            drop(guard);
-        }
     }
 }

@@ -655,9 +655,6 @@ fn drop_waits_for_requests_in_flight() {
     }
 }
 
-/// Writeback at depth: a handed-over batch keeps some requests back for the caller to run,
-/// which no helper ever will. Dropping the file must run those too, not only wait for the
-/// helpers' share.
 /// Submits one request of `segments` (polled later, or never: the device's drop waits).
 fn submit_only(dev: &HostFile, op: DeviceOp, offset: u64, segments: &[Segment]) -> Ticket {
     let len = segments.iter().map(|s| s.len as u64).sum();
@@ -769,6 +766,9 @@ fn adaptive_merged_runs_are_bounded() {
     }
 }
 
+/// Writeback at depth: a handed-over batch keeps some requests back for the caller to run,
+/// which no helper ever will. Dropping the file must run those too, not only wait for the
+/// helpers' share.
 #[test]
 fn writeback_drop_runs_requests_kept_back() {
     let blocks = 256u64;
@@ -778,11 +778,9 @@ fn writeback_drop_runs_requests_kept_back() {
     // Into shared mode, as far as the machine gives the helpers a core.
     at_depth(&dev, 32, 2000, blocks, false, &mut written);
     let mut bufs = vec![[0u8; 4096]; 32];
+    // `bufs` outlives `dev`, whose drop waits for these requests.
     for (i, buf) in bufs.iter_mut().enumerate() {
-        let seg = Segment::from_mut(&mut buf[..]);
-        let req = DeviceRequest { op: DeviceOp::Read, offset: i as u64 * 4096, len: 4096, segments: core::slice::from_ref(&seg) };
-        // SAFETY: `bufs` outlives `dev`, whose drop waits for these requests.
-        unsafe { dev.submit(&req) }.unwrap();
+        submit_only(&dev, DeviceOp::Read, i as u64 * 4096, &[Segment::from_mut(&mut buf[..])]);
     }
     dev.unplug();
     drop(dev);
